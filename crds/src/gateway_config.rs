@@ -1,0 +1,235 @@
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// The gateway's whole configuration document.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// HTTP server settings.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// Upstream providers, in order of preference when a bare model name is served by several.
+    #[serde(default)]
+    pub providers: Vec<ProviderConfig>,
+}
+
+/// HTTP server settings.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address to listen on, `host:port`. The `--listen` flag overrides it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+    /// Largest accepted request body in bytes (default 10 MiB); larger bodies get 413.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_body_bytes: Option<u64>,
+}
+
+/// The wire protocol a provider speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// OpenAI Chat Completions (OpenAI, Groq, Together AI, vLLM, ...).
+    Openai,
+    /// Anthropic Messages API.
+    Anthropic,
+    /// Ollama: chat and embeddings through its OpenAI-compatible `/v1`, models from `/api/tags`.
+    Ollama,
+}
+
+/// Where a secret comes from. The value itself never appears in configuration.
+/// Written as `{env: VAR}` or `{file: PATH}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "SecretSourceRepr", into = "SecretSourceRepr")]
+pub enum SecretSource {
+    /// Read from this environment variable at start.
+    Env(String),
+    /// Read from this file at start (for example a mounted Kubernetes Secret); surrounding
+    /// whitespace is trimmed.
+    File(String),
+}
+
+/// The written form of [`SecretSource`]: exactly one of `env`, `file`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SecretSourceRepr {
+    /// Name of the environment variable holding the secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<String>,
+    /// Path of the file holding the secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+}
+
+impl TryFrom<SecretSourceRepr> for SecretSource {
+    type Error = String;
+    fn try_from(r: SecretSourceRepr) -> Result<Self, String> {
+        match (r.env, r.file) {
+            (Some(e), None) if !e.is_empty() => Ok(Self::Env(e)),
+            (None, Some(f)) if !f.is_empty() => Ok(Self::File(f)),
+            _ => Err("set exactly one of `env` (a variable name) or `file` (a path), non-empty".into()),
+        }
+    }
+}
+
+impl From<SecretSource> for SecretSourceRepr {
+    fn from(s: SecretSource) -> Self {
+        match s {
+            SecretSource::Env(e) => Self { env: Some(e), file: None },
+            SecretSource::File(f) => Self { env: None, file: Some(f) },
+        }
+    }
+}
+
+impl JsonSchema for SecretSource {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "SecretSource".into()
+    }
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        SecretSourceRepr::json_schema(generator)
+    }
+}
+
+/// One upstream provider.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderConfig {
+    /// Unique name; also the prefix of provider-qualified model names (`groq/llama-3.1-8b-instant`).
+    pub name: String,
+    /// Wire protocol. Defaults from the name for the five known vendors
+    /// (`openai`, `groq`, `together` → openai; `anthropic` → anthropic; `ollama` → ollama).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<Protocol>,
+    /// Base URL. OpenAI protocol: includes `/v1`. Anthropic: without `/v1`. Ollama: the host.
+    /// Defaults to the vendor's public endpoint for the five known names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_url: Option<String>,
+    /// Where the API key comes from. Required for the hosted vendors, optional for Ollama.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key: Option<SecretSource>,
+    /// Built-in catalog whose models this provider serves (`openai`, `anthropic`, `groq`,
+    /// `together`, `ollama`, or `none`). Defaults to the provider's name when that is a catalog.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub catalog: Option<String>,
+    /// Ask the provider which models it has at start (Ollama's `/api/tags`). Default: true for
+    /// Ollama, false otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discover_models: Option<bool>,
+    /// Models added to, or overriding fields of, the catalog entries.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub models: Vec<ModelConfig>,
+    /// Extra request headers sent upstream (not for secrets: use `api_key`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    /// Connect timeout in seconds (default 10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_timeout_secs: Option<f64>,
+    /// Whole-request timeout for non-streaming calls, in seconds (default 600).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_secs: Option<f64>,
+    /// Longest silence allowed between two reads of a response, in seconds (default 120).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_idle_timeout_secs: Option<f64>,
+    /// Anthropic only: the `anthropic-version` header (default `2023-06-01`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anthropic_version: Option<String>,
+    /// Anthropic only: `max_tokens` sent when the client gives none (default 4096, capped by
+    /// the model's maximum output).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_max_tokens: Option<u32>,
+}
+
+/// What kind of endpoint a model serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelKind {
+    /// `/v1/chat/completions`.
+    Chat,
+    /// `/v1/embeddings`.
+    Embedding,
+}
+
+/// A capability a chat model may have.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Capability {
+    /// Function calling (`tools`).
+    Tools,
+    /// Image inputs (`image_url` content parts).
+    Vision,
+    /// JSON mode / structured outputs (`response_format`).
+    Json,
+}
+
+/// A model entry: a catalog entry, or an override of one (unset fields keep the catalog's).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// The provider's own model name, as sent upstream.
+    pub name: String,
+    /// Chat or embedding (default chat).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<ModelKind>,
+    /// Price in USD per 1M input (prompt) tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_usd_per_mtok: Option<f64>,
+    /// Price in USD per 1M output (completion) tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_usd_per_mtok: Option<f64>,
+    /// Context window in tokens (prompt + completion).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context_window: Option<u32>,
+    /// Largest completion the model produces, in tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_output_tokens: Option<u32>,
+    /// What the model can do beyond plain text chat.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capabilities: Option<Vec<Capability>>,
+    /// Prior belief of answer quality in [0, 1], used by routing until measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quality: Option<f64>,
+    /// Prior time to first token in milliseconds, used by routing until measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_ms: Option<f64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_source_is_written_as_a_single_key_map() {
+        let p: ProviderConfig =
+            serde_json::from_str(r#"{"name":"openai","api_key":{"env":"OPENAI_API_KEY"}}"#).unwrap();
+        assert_eq!(p.api_key, Some(SecretSource::Env("OPENAI_API_KEY".into())));
+        let back = serde_json::to_value(&p).unwrap();
+        assert_eq!(back["api_key"]["env"], "OPENAI_API_KEY");
+    }
+
+    #[test]
+    fn secret_source_needs_exactly_one_source() {
+        for bad in [r#"{}"#, r#"{"env":"A","file":"/b"}"#, r#"{"env":""}"#] {
+            let err = serde_json::from_str::<SecretSource>(bad).unwrap_err().to_string();
+            assert!(err.contains("exactly one"), "{bad}: {err}");
+        }
+        let f: SecretSource = serde_json::from_str(r#"{"file":"/k"}"#).unwrap();
+        assert_eq!(f, SecretSource::File("/k".into()));
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected() {
+        let err = serde_json::from_str::<ProviderConfig>(r#"{"name":"x","api_keys":{}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("api_keys"), "{err}");
+    }
+
+    #[test]
+    fn schema_names_every_top_level_field() {
+        let schema = serde_json::to_value(schemars::schema_for!(GatewayConfig)).unwrap();
+        let props = schema["properties"].as_object().unwrap();
+        assert!(props.contains_key("server") && props.contains_key("providers"));
+    }
+}

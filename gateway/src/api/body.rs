@@ -1,0 +1,96 @@
+//! Reading a request body within the size limit and parsing it, with errors that name the
+//! field at fault.
+
+use axum::body::Body;
+use http::{header, HeaderMap, StatusCode};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
+
+use super::error::ApiError;
+
+/// Reads the whole body; more than `limit` bytes is a 413.
+pub async fn read(headers: &HeaderMap, body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request_error",
+            format!("Request body is larger than this gateway's limit of {limit} bytes."),
+        )
+        .with_code("request_too_large")
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
+        Err(e) => Err(ApiError::invalid("", format!("Could not read the request body: {e}"))),
+    }
+}
+
+/// Parses a JSON object body into its raw map and a typed view; a type error names the
+/// field path (`messages[2].content`).
+pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<(Map<String, Value>, T), ApiError> {
+    if bytes.is_empty() {
+        return Err(ApiError::invalid("", "The request body is empty; send a JSON object."));
+    }
+    let raw: Value = serde_json::from_slice(bytes).map_err(|e| {
+        ApiError::invalid("", format!("The request body is not valid JSON: {e}"))
+    })?;
+    let Value::Object(map) = raw else {
+        return Err(ApiError::invalid("", "The request body must be a JSON object."));
+    };
+    let typed = serde_path_to_error::deserialize(&Value::Object(map.clone())).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        if path == "." {
+            ApiError::invalid("", format!("Invalid request: {inner}"))
+        } else {
+            ApiError::invalid(path.clone(), format!("Invalid value for `{path}`: {inner}"))
+        }
+    })?;
+    Ok((map, typed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::openai::ChatRequest;
+
+    #[test]
+    fn errors_name_the_field() {
+        let cases = [
+            (r#"{"messages":[]}"#, None, "model"),
+            (r#"{"model":"x"}"#, None, "messages"),
+            (r#"{"model":"x","messages":[{"role":"wizard","content":"hi"}]}"#, Some("messages[0].role"), "wizard"),
+            (r#"{"model":"x","messages":[{"role":"user"}]}"#, Some("messages[0]"), "content"),
+            (r#"{"model":"x","messages":[],"temperature":"hot"}"#, Some("temperature"), "hot"),
+            (r#"{"model":"x","messages":[],"max_tokens":-5}"#, Some("max_tokens"), "-5"),
+            (r#"{"model":"x","messages":[{"role":"tool","content":"r"}]}"#, Some("messages[0]"), "tool_call_id"),
+            (r#"{"model":"x""#, None, "not valid JSON"),
+            (r#"[1,2]"#, None, "JSON object"),
+        ];
+        for (body, param, words) in cases {
+            let e = parse::<ChatRequest>(body.as_bytes()).unwrap_err();
+            assert_eq!(e.status, StatusCode::BAD_REQUEST, "{body}");
+            assert_eq!(e.param.as_deref(), param, "{body}: {e}");
+            assert!(e.message.contains(words), "{body}: {e}");
+        }
+    }
+
+    #[test]
+    fn unknown_fields_are_kept_in_the_raw_map() {
+        let (raw, req) = parse::<ChatRequest>(
+            br#"{"model":"x","messages":[{"role":"user","content":"hi"}],"seed":7,"logit_bias":{"1":2}}"#,
+        )
+        .unwrap();
+        assert_eq!(req.model, "x");
+        assert_eq!(raw["seed"], 7);
+        assert_eq!(raw["logit_bias"]["1"], 2);
+    }
+}

@@ -1,0 +1,84 @@
+//! `POST /v1/embeddings`: forwarded to an OpenAI-protocol provider (OpenAI, Together, Ollama).
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use http::{header, HeaderMap, HeaderValue};
+use llm_gateway_crds::ModelKind;
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::error::ApiError;
+use super::record::Record;
+use super::{body, headers, AppState};
+
+#[derive(Deserialize)]
+struct EmbeddingsRequest {
+    model: String,
+    input: Value,
+}
+
+/// The handler.
+pub async fn handle(State(gw): State<AppState>, req_headers: HeaderMap, body: Body) -> Response {
+    let request_id = super::request_id(&req_headers);
+    let mut record = Record::new(gw.clone(), "embeddings", request_id.clone());
+    let mut resp = match serve(&gw, &req_headers, body, &mut record).await {
+        Ok(r) => r,
+        Err(e) => {
+            record.finish(e.status.as_u16(), None);
+            let mut resp = e.into_response();
+            if let Some(t) = record.target() {
+                headers::target_headers(resp.headers_mut(), t);
+            }
+            resp
+        }
+    };
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        resp.headers_mut().insert(headers::REQUEST_ID, v);
+    }
+    resp
+}
+
+async fn serve(
+    gw: &AppState,
+    req_headers: &HeaderMap,
+    body: Body,
+    record: &mut Record,
+) -> Result<Response, ApiError> {
+    let bytes = body::read(req_headers, body, gw.max_body_bytes).await?;
+    let (raw, req): (_, EmbeddingsRequest) = body::parse(&bytes)?;
+    let empty = match &req.input {
+        Value::String(s) => s.is_empty(),
+        Value::Array(a) => a.is_empty(),
+        Value::Null => true,
+        _ => false,
+    };
+    if empty {
+        return Err(ApiError::invalid("input", "`input` must not be empty."));
+    }
+    let target = gw.registry.resolve(&req.model)?;
+    record.set_target(&target);
+    if target.info.as_ref().is_some_and(|i| i.kind == ModelKind::Chat) {
+        return Err(ApiError::invalid(
+            "model",
+            format!(
+                "`{}` is a chat model; embeddings need an embedding model (GET /v1/models lists them).",
+                req.model
+            ),
+        ));
+    }
+    let Some(result) = target.provider.embeddings(raw, &target.model).await else {
+        return Err(ApiError::invalid(
+            "model",
+            format!("Provider `{}` has no embeddings endpoint.", target.provider.name),
+        ));
+    };
+    let (body, usage) = result?;
+    let cost = record.finish(200, usage.as_ref());
+    let mut resp = Response::new(Body::from(body));
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers::target_headers(resp.headers_mut(), &target);
+    headers::cost_header(resp.headers_mut(), cost);
+    Ok(resp)
+}

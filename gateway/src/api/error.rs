@@ -1,0 +1,105 @@
+//! Errors as OpenAI's error JSON: `{"error": {"message", "type", "param", "code"}}`.
+
+use axum::response::{IntoResponse, Response};
+use http::{header, HeaderValue, StatusCode};
+use serde_json::json;
+
+/// An error returned to the client in OpenAI's format.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Human-readable message.
+    pub message: String,
+    /// OpenAI error type (`invalid_request_error`, `api_error`, ...).
+    pub kind: String,
+    /// Machine-readable code.
+    pub code: Option<String>,
+    /// The request field at fault.
+    pub param: Option<String>,
+    /// `Retry-After` in seconds, passed on from upstream.
+    pub retry_after: Option<String>,
+}
+
+impl ApiError {
+    /// An error with the given status, type and message.
+    pub fn new(status: StatusCode, kind: &str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+            kind: kind.to_owned(),
+            code: None,
+            param: None,
+            retry_after: None,
+        }
+    }
+
+    /// 400 for a bad request field.
+    pub fn invalid(param: impl Into<String>, message: impl Into<String>) -> Self {
+        let param = param.into();
+        let mut e = Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", message);
+        e.param = (!param.is_empty()).then_some(param);
+        e
+    }
+
+    /// Sets the machine-readable code.
+    pub fn with_code(mut self, code: &str) -> Self {
+        self.code = Some(code.to_owned());
+        self
+    }
+
+    /// 502 when the upstream could not be reached or answered nonsense.
+    pub fn bad_gateway(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_GATEWAY, "upstream_error", message).with_code("bad_gateway")
+    }
+
+    /// 504 when the upstream did not answer in time.
+    pub fn gateway_timeout(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::GATEWAY_TIMEOUT, "upstream_error", message)
+            .with_code("upstream_timeout")
+    }
+
+    /// The JSON body.
+    pub fn body(&self) -> serde_json::Value {
+        json!({"error": {
+            "message": self.message,
+            "type": self.kind,
+            "param": self.param,
+            "code": self.code,
+        }})
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}: {}", self.status.as_u16(), self.kind, self.message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut resp = (self.status, axum::Json(self.body())).into_response();
+        if let Some(v) = self
+            .retry_after
+            .as_deref()
+            .and_then(|r| HeaderValue::from_str(r).ok())
+        {
+            resp.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        resp
+    }
+}
+
+/// Maps a reqwest failure to 502/504 without leaking URLs with credentials.
+pub fn from_transport(provider: &str, err: reqwest::Error) -> ApiError {
+    if err.is_timeout() {
+        ApiError::gateway_timeout(format!("provider {provider} did not answer in time"))
+    } else if err.is_connect() {
+        ApiError::bad_gateway(format!("provider {provider} is unreachable"))
+    } else {
+        ApiError::bad_gateway(format!(
+            "provider {provider} failed: {}",
+            err.without_url()
+        ))
+    }
+}

@@ -1,0 +1,48 @@
+//! The `x-llm-gateway-*` response headers that say what happened.
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+use crate::models::info::format_usd;
+use crate::models::registry::Target;
+
+/// Provider that answered.
+pub const PROVIDER: HeaderName = HeaderName::from_static("x-llm-gateway-provider");
+/// Upstream model that answered.
+pub const MODEL: HeaderName = HeaderName::from_static("x-llm-gateway-model");
+/// Routing decision for virtual models.
+pub const ROUTE: HeaderName = HeaderName::from_static("x-llm-gateway-route");
+/// Cost in USD, when the price is known.
+pub const COST: HeaderName = HeaderName::from_static("x-llm-gateway-cost-usd");
+/// `unknown` when the model is not in the catalog and so cannot be priced.
+pub const PRICE: HeaderName = HeaderName::from_static("x-llm-gateway-price");
+/// The request id (the client's `x-request-id`, or a new one).
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Headers naming the target.
+pub fn target_headers(h: &mut HeaderMap, t: &Target) {
+    put(h, PROVIDER, &t.provider.name);
+    put(h, MODEL, &t.model);
+    if let Some(v) = t.virtual_model {
+        put(
+            h,
+            ROUTE,
+            &format!("virtual={}; strategy=default; chosen={}/{}", v.as_str(), t.provider.name, t.model),
+        );
+    }
+    if t.info.as_ref().and_then(|i| i.price).is_none() {
+        h.insert(PRICE, HeaderValue::from_static("unknown"));
+    }
+}
+
+/// The cost header.
+pub fn cost_header(h: &mut HeaderMap, cost: Option<f64>) {
+    if let Some(c) = cost {
+        put(h, COST, &format_usd(c));
+    }
+}
+
+fn put(h: &mut HeaderMap, name: HeaderName, value: &str) {
+    if let Ok(v) = HeaderValue::from_str(value) {
+        h.insert(name, v);
+    }
+}

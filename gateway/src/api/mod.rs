@@ -1,0 +1,69 @@
+//! The HTTP API: OpenAI-compatible endpoints, health, metrics.
+
+pub mod body;
+pub mod chat;
+pub mod embeddings;
+pub mod error;
+pub mod health;
+pub mod headers;
+pub mod models;
+pub mod record;
+pub mod sse;
+
+use std::sync::Arc;
+
+use axum::routing::{get, post};
+use axum::Router;
+use http::StatusCode;
+
+use crate::app::Gateway;
+use error::ApiError;
+
+/// Shared state of every handler.
+pub type AppState = Arc<Gateway>;
+
+/// All routes.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/chat/completions", post(chat::handle))
+        .route("/v1/embeddings", post(embeddings::handle))
+        .route("/v1/models", get(models::list))
+        .route("/v1/models/{*id}", get(models::get))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+}
+
+async fn not_found(uri: http::Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "invalid_request_error",
+        format!(
+            "Unknown endpoint {}. This gateway serves /v1/chat/completions, /v1/embeddings and /v1/models.",
+            uri.path()
+        ),
+    )
+    .with_code("unknown_url")
+}
+
+async fn method_not_allowed(method: http::Method, uri: http::Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "invalid_request_error",
+        format!("{method} is not allowed on {}", uri.path()),
+    )
+    .with_code("method_not_allowed")
+}
+
+/// The client's `x-request-id` if it sent a sane one, else a new UUID.
+pub fn request_id(headers: &http::HeaderMap) -> String {
+    headers
+        .get(headers::REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128)
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+}

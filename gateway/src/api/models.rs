@@ -1,0 +1,83 @@
+//! `GET /v1/models` and `GET /v1/models/{id}`: enabled models, then the virtual ones.
+
+use axum::extract::{Path, State};
+use axum::Json;
+use llm_gateway_crds::ModelKind;
+use serde_json::{json, Value};
+
+use super::error::ApiError;
+use super::AppState;
+use crate::models::registry::Entry;
+
+fn model_object(id: String, e: &Entry) -> Value {
+    let i = &e.info;
+    let mut caps = Vec::new();
+    if let Some(c) = i.capabilities {
+        for (has, name) in [(c.tools, "tools"), (c.vision, "vision"), (c.json, "json")] {
+            if has {
+                caps.push(name);
+            }
+        }
+    }
+    json!({
+        "id": id,
+        "object": "model",
+        "created": 0,
+        "owned_by": e.provider.name,
+        "llm_gateway": {
+            "provider": e.provider.name,
+            "upstream_model": i.name,
+            "kind": match i.kind { ModelKind::Chat => "chat", ModelKind::Embedding => "embedding" },
+            "context_window": i.context_window,
+            "max_output_tokens": i.max_output_tokens,
+            "input_usd_per_mtok": i.price.map(|p| p.input_per_mtok),
+            "output_usd_per_mtok": i.price.map(|p| p.output_per_mtok),
+            "capabilities": i.capabilities.map(|_| caps),
+            "local": e.provider.is_local(),
+        },
+    })
+}
+
+fn virtual_objects(gw: &AppState) -> Vec<Value> {
+    gw.registry
+        .virtuals()
+        .map(|(v, e)| {
+            json!({
+                "id": v.as_str(),
+                "object": "model",
+                "created": 0,
+                "owned_by": "llm-gateway",
+                "llm_gateway": {"virtual": true, "routes_to": e.qualified_name()},
+            })
+        })
+        .collect()
+}
+
+/// The list.
+pub async fn list(State(gw): State<AppState>) -> Json<Value> {
+    let mut data: Vec<Value> = (0..gw.registry.entries().len())
+        .map(|i| model_object(gw.registry.public_name(i), &gw.registry.entries()[i]))
+        .collect();
+    data.extend(virtual_objects(&gw));
+    Json(json!({"object": "list", "data": data}))
+}
+
+/// One model by any name that resolves to it.
+pub async fn get(State(gw): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    if let Some(v) = virtual_objects(&gw).into_iter().find(|v| v["id"] == id.as_str()) {
+        return Ok(Json(v));
+    }
+    let t = gw.registry.resolve(&id)?;
+    let found = gw.registry.entries().iter().find(|e| {
+        e.provider.name == t.provider.name && t.info.as_ref().is_some_and(|i| i.name == e.info.name)
+    });
+    match found {
+        Some(e) => Ok(Json(model_object(id, e))),
+        None => Err(ApiError::new(
+            http::StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            format!("The model `{id}` is not in the catalog of provider `{}`; it can still be requested by that name.", t.provider.name),
+        )
+        .with_code("model_not_found")),
+    }
+}

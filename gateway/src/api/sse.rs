@@ -1,0 +1,33 @@
+//! Server-sent event frames in OpenAI's streaming format.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use super::error::ApiError;
+use crate::models::info::format_usd;
+
+/// `data: <json>\n\n`.
+pub fn data(json: &[u8]) -> Bytes {
+    let mut b = BytesMut::with_capacity(json.len() + 8);
+    b.put_slice(b"data: ");
+    b.put_slice(json);
+    b.put_slice(b"\n\n");
+    b.freeze()
+}
+
+/// The end of a complete stream: the cost as an SSE comment (clients ignore comments; the
+/// headers were sent before the cost was known), then `data: [DONE]`.
+pub fn done(cost: Option<f64>) -> Bytes {
+    match cost {
+        Some(c) => Bytes::from(format!(
+            ": x-llm-gateway-cost-usd={}\n\ndata: [DONE]\n\n",
+            format_usd(c)
+        )),
+        None => Bytes::from_static(b"data: [DONE]\n\n"),
+    }
+}
+
+/// An error event; the stream ends after it, without `[DONE]`, so clients see a failure and
+/// never a silently truncated answer.
+pub fn error(e: &ApiError) -> Bytes {
+    data(e.body().to_string().as_bytes())
+}

@@ -1,0 +1,146 @@
+//! Building a running gateway from validated settings: discover models, create providers,
+//! build the registry; then serve until a shutdown signal.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use llm_gateway_crds::Protocol;
+use tokio::net::TcpListener;
+use tracing::{info, warn};
+
+use crate::config::{ProviderSettings, Settings};
+use crate::models::info::{ModelInfo, Price, UNKNOWN_LATENCY_MS, UNKNOWN_QUALITY};
+use crate::models::registry::Registry;
+use crate::providers::{ollama, Provider};
+use crate::telemetry::metrics::Metrics;
+
+/// Everything the handlers share.
+#[derive(Debug)]
+pub struct Gateway {
+    /// Enabled models and providers.
+    pub registry: Registry,
+    /// Prometheus metrics.
+    pub metrics: Metrics,
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+    /// Cleared when shutdown begins, so `/readyz` fails at once.
+    pub ready: AtomicBool,
+}
+
+impl Gateway {
+    /// Builds the gateway: discovers models where asked, then builds providers and registry.
+    pub async fn build(settings: &Settings) -> anyhow::Result<Self> {
+        let mut providers = Vec::new();
+        for p in &settings.providers {
+            let models = if p.discover_models {
+                match ollama::list_models(p.base_url.as_str()).await {
+                    Ok(names) => discovered_models(p, &names),
+                    Err(e) if p.optional => {
+                        info!(provider = %p.name, base_url = %p.base_url, error = %e, "provider not reachable; skipping it");
+                        continue;
+                    }
+                    Err(e) => {
+                        warn!(provider = %p.name, base_url = %p.base_url, error = %e, "model discovery failed; serving the configured models");
+                        p.models.clone()
+                    }
+                }
+            } else {
+                p.models.clone()
+            };
+            let provider = Arc::new(Provider::new(p)?);
+            info!(
+                provider = %p.name,
+                protocol = ?p.protocol,
+                base_url = %p.base_url,
+                models = models.len(),
+                "provider enabled"
+            );
+            providers.push((provider, models));
+        }
+        Ok(Self {
+            registry: Registry::new(providers),
+            metrics: Metrics::default(),
+            max_body_bytes: settings.max_body_bytes,
+            ready: AtomicBool::new(true),
+        })
+    }
+}
+
+/// Models a provider listed, with what the catalog knows of each (`llama3.2:3b` takes the
+/// entry of `llama3.2`); local models the catalog lacks are free with unknown capabilities.
+fn discovered_models(p: &ProviderSettings, names: &[String]) -> Vec<ModelInfo> {
+    names
+        .iter()
+        .map(|name| {
+            let family = name.split_once(':').map_or(name.as_str(), |(f, _)| f);
+            let known = p
+                .models
+                .iter()
+                .find(|m| m.name == *name)
+                .or_else(|| p.models.iter().find(|m| m.name == family));
+            match known {
+                Some(m) => ModelInfo {
+                    name: name.clone(),
+                    ..m.clone()
+                },
+                None => ModelInfo {
+                    name: name.clone(),
+                    kind: if name.contains("embed") || name.contains("minilm") {
+                        llm_gateway_crds::ModelKind::Embedding
+                    } else {
+                        llm_gateway_crds::ModelKind::Chat
+                    },
+                    price: (p.protocol == Protocol::Ollama).then_some(Price {
+                        input_per_mtok: 0.0,
+                        output_per_mtok: 0.0,
+                    }),
+                    context_window: None,
+                    max_output_tokens: None,
+                    capabilities: None,
+                    quality: UNKNOWN_QUALITY,
+                    latency_ms: UNKNOWN_LATENCY_MS,
+                },
+            }
+        })
+        .collect()
+}
+
+/// Serves on `listener` until SIGINT/SIGTERM, then drains in-flight requests.
+pub async fn serve(listener: TcpListener, gw: Arc<Gateway>) -> anyhow::Result<()> {
+    let addr: SocketAddr = listener.local_addr()?;
+    if gw.registry.providers().is_empty() {
+        warn!("no providers enabled: set OPENAI_API_KEY, ANTHROPIC_API_KEY, GROQ_API_KEY or TOGETHER_API_KEY, start Ollama, or pass --config");
+    }
+    info!(
+        models = gw.registry.entries().len(),
+        "listening on http://{addr} — point OpenAI SDKs at OPENAI_BASE_URL=http://{addr}/v1"
+    );
+    let app = crate::api::router(gw.clone());
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            gw.ready.store(false, Ordering::Relaxed);
+            info!("shutdown signal received; draining in-flight requests");
+        })
+        .await?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}

@@ -1,0 +1,128 @@
+//! Configuration: read a `GatewayConfig` (from a YAML file or from the environment), validate
+//! it once into typed [`Settings`], which is all the rest of the gateway ever sees.
+
+mod env;
+mod file;
+mod validate;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::HeaderMap;
+use llm_gateway_crds::Protocol;
+use url::Url;
+
+use crate::models::info::ModelInfo;
+
+pub use env::from_env;
+pub use file::load_file;
+pub use validate::validate;
+
+/// Default largest request body: 10 MiB (room for a few inline images).
+pub const DEFAULT_MAX_BODY_BYTES: usize = 10 * 1024 * 1024;
+/// Default listen address: loopback only, since the quick start has no authentication.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// `max_tokens` sent to Anthropic when the client gives none.
+pub const DEFAULT_ANTHROPIC_MAX_TOKENS: u32 = 4096;
+
+/// Validated configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Listen address from the file, if it set one.
+    pub listen: Option<SocketAddr>,
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+    /// Providers in order of preference.
+    pub providers: Vec<ProviderSettings>,
+}
+
+/// One validated provider.
+#[derive(Debug, Clone)]
+pub struct ProviderSettings {
+    /// Unique name, prefix of qualified model names.
+    pub name: String,
+    /// Wire protocol.
+    pub protocol: Protocol,
+    /// Base URL without a trailing slash.
+    pub base_url: Url,
+    /// The key, read from its source.
+    pub api_key: Option<Secret>,
+    /// Extra headers sent upstream.
+    pub headers: HeaderMap,
+    /// Connect timeout.
+    pub connect_timeout: Duration,
+    /// Whole-request timeout of non-streaming calls.
+    pub timeout: Duration,
+    /// Longest silence between two reads.
+    pub read_idle_timeout: Duration,
+    /// Anthropic's `anthropic-version` header.
+    pub anthropic_version: String,
+    /// Anthropic's `max_tokens` default.
+    pub default_max_tokens: u32,
+    /// Ask the provider for its models at start.
+    pub discover_models: bool,
+    /// Dropped quietly when discovery finds nothing there (the quick start's Ollama probe).
+    pub optional: bool,
+    /// Models, catalog and config merged.
+    pub models: Vec<ModelInfo>,
+}
+
+/// A secret value whose `Debug` never prints it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a value.
+    pub fn new(v: impl Into<String>) -> Self {
+        Self(v.into())
+    }
+    /// The value, for the one place that sends it upstream.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// A configuration problem: where (file and field path) and what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file, or `environment`.
+    pub source: String,
+    /// Field path such as `providers[1].base_url`; empty for the whole document.
+    pub path: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl ConfigError {
+    /// An error at a field path.
+    pub fn at(source: &str, path: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            source: source.to_owned(),
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            write!(f, "invalid configuration in {}: {}", self.source, self.message)
+        } else {
+            write!(
+                f,
+                "invalid configuration in {}: {}: {}",
+                self.source, self.path, self.message
+            )
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}

@@ -1,0 +1,314 @@
+//! Turning a `GatewayConfig` into [`Settings`]: defaults filled in, secrets read, catalogs
+//! merged, every field checked, each error naming its field path.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+use llm_gateway_crds::{GatewayConfig, ModelConfig, Protocol, ProviderConfig, SecretSource};
+use url::Url;
+
+use super::{
+    ConfigError, ProviderSettings, Secret, Settings, DEFAULT_ANTHROPIC_MAX_TOKENS,
+    DEFAULT_MAX_BODY_BYTES,
+};
+use crate::catalog;
+use crate::models::info::ModelInfo;
+
+/// Vendors whose hosted API always needs a key.
+const KEYED_VENDORS: [&str; 4] = ["openai", "anthropic", "groq", "together"];
+
+/// Validates a config; `source` (a file name or `environment`) names it in errors, and `getenv`
+/// reads the variables that `api_key.env` entries name.
+pub fn validate(
+    cfg: &GatewayConfig,
+    source: &str,
+    getenv: &dyn Fn(&str) -> Option<String>,
+) -> Result<Settings, ConfigError> {
+    let err = |path: String, msg: String| ConfigError::at(source, path, msg);
+
+    let listen = match &cfg.server.listen {
+        None => None,
+        Some(l) => Some(l.parse().map_err(|_| {
+            err(
+                "server.listen".into(),
+                format!("`{l}` is not an address of the form IP:PORT (e.g. 0.0.0.0:8080)"),
+            )
+        })?),
+    };
+    let max_body_bytes = match cfg.server.max_body_bytes {
+        None => DEFAULT_MAX_BODY_BYTES,
+        Some(0) => return Err(err("server.max_body_bytes".into(), "must be > 0".into())),
+        Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
+    };
+
+    let mut seen = HashSet::new();
+    let mut providers = Vec::with_capacity(cfg.providers.len());
+    for (i, p) in cfg.providers.iter().enumerate() {
+        let at = |field: &str| format!("providers[{i}].{field}");
+        if !seen.insert(p.name.as_str()) {
+            return Err(err(at("name"), format!("duplicate provider name `{}`", p.name)));
+        }
+        providers.push(provider(p, &at, getenv).map_err(|(path, msg)| err(path, msg))?);
+    }
+    Ok(Settings {
+        listen,
+        max_body_bytes,
+        providers,
+    })
+}
+
+type FieldError = (String, String);
+
+fn provider(
+    p: &ProviderConfig,
+    at: &dyn Fn(&str) -> String,
+    getenv: &dyn Fn(&str) -> Option<String>,
+) -> Result<ProviderSettings, FieldError> {
+    let fail = |field: &str, msg: String| Err((at(field), msg));
+    if p.name.is_empty() || p.name.contains('/') || p.name.chars().any(char::is_whitespace) {
+        return fail(
+            "name",
+            format!(
+                "`{}` is not a valid provider name (non-empty, no `/`, no spaces)",
+                p.name
+            ),
+        );
+    }
+    let vendor = catalog::vendor(&p.name);
+    let Some(protocol) = p.protocol.or(vendor.map(|v| v.protocol)) else {
+        return fail(
+            "protocol",
+            format!(
+                "required for provider `{}`: one of openai, anthropic, ollama (only {} have a default)",
+                p.name,
+                catalog::VENDORS.join(", ")
+            ),
+        );
+    };
+    let Some(base) = p.base_url.as_deref().or(vendor.map(|v| v.base_url.as_str())) else {
+        return fail("base_url", format!("required for provider `{}`", p.name));
+    };
+    let base_url = match Url::parse(base.trim_end_matches('/')) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => u,
+        Ok(_) => return fail("base_url", format!("`{base}` must be an http(s) URL")),
+        Err(e) => return fail("base_url", format!("`{base}` is not a URL: {e}")),
+    };
+    if !base_url.username().is_empty() || base_url.password().is_some() {
+        return fail(
+            "base_url",
+            "must not contain credentials; use api_key".to_owned(),
+        );
+    }
+
+    let api_key = match &p.api_key {
+        None if KEYED_VENDORS.contains(&p.name.as_str()) => {
+            return fail(
+                "api_key",
+                format!("provider `{}` needs an API key: set api_key: {{env: VAR}} or {{file: PATH}}", p.name),
+            )
+        }
+        None => None,
+        Some(SecretSource::Env(var)) => match getenv(var).filter(|v| !v.trim().is_empty()) {
+            Some(v) => Some(Secret::new(v.trim())),
+            None => return fail("api_key.env", format!("environment variable `{var}` is not set")),
+        },
+        Some(SecretSource::File(path)) => match std::fs::read_to_string(path) {
+            Ok(v) if !v.trim().is_empty() => Some(Secret::new(v.trim())),
+            Ok(_) => return fail("api_key.file", format!("`{path}` is empty")),
+            Err(e) => return fail("api_key.file", format!("cannot read `{path}`: {e}")),
+        },
+    };
+
+    let mut headers = HeaderMap::new();
+    for (k, v) in &p.headers {
+        let field = format!("headers.{k}");
+        let name = HeaderName::from_bytes(k.as_bytes())
+            .map_err(|_| (at(&field), "not a valid header name".to_owned()))?;
+        if matches!(
+            name.as_str(),
+            "authorization" | "x-api-key" | "api-key" | "proxy-authorization"
+        ) {
+            return fail(
+                &field,
+                "credentials do not belong in the config file; use api_key".to_owned(),
+            );
+        }
+        let value = HeaderValue::from_str(v)
+            .map_err(|_| (at(&field), "not a valid header value".to_owned()))?;
+        headers.insert(name, value);
+    }
+
+    let secs = |field: &str, v: Option<f64>, default: f64| -> Result<Duration, FieldError> {
+        let v = v.unwrap_or(default);
+        if v.is_finite() && v > 0.0 && v < 1e7 {
+            Ok(Duration::from_secs_f64(v))
+        } else {
+            Err((at(field), format!("{v} is not a positive number of seconds")))
+        }
+    };
+
+    let catalog_name = match p.catalog.as_deref() {
+        Some("none") => None,
+        Some(c) if catalog::vendor(c).is_some() => Some(c),
+        Some(c) => {
+            return fail(
+                "catalog",
+                format!(
+                    "unknown catalog `{c}`; one of {}, none",
+                    catalog::VENDORS.join(", ")
+                ),
+            )
+        }
+        None => vendor.map(|_| p.name.as_str()),
+    };
+    let base_models = catalog_name
+        .and_then(catalog::vendor)
+        .map(|v| v.models.clone())
+        .unwrap_or_default();
+
+    Ok(ProviderSettings {
+        name: p.name.clone(),
+        protocol,
+        base_url,
+        api_key,
+        headers,
+        connect_timeout: secs("connect_timeout_secs", p.connect_timeout_secs, 10.0)?,
+        timeout: secs("timeout_secs", p.timeout_secs, 600.0)?,
+        read_idle_timeout: secs("read_idle_timeout_secs", p.read_idle_timeout_secs, 120.0)?,
+        anthropic_version: p
+            .anthropic_version
+            .clone()
+            .unwrap_or_else(|| "2023-06-01".to_owned()),
+        default_max_tokens: match p.default_max_tokens {
+            Some(0) => return fail("default_max_tokens", "must be > 0".to_owned()),
+            Some(n) => n,
+            None => DEFAULT_ANTHROPIC_MAX_TOKENS,
+        },
+        discover_models: p
+            .discover_models
+            .unwrap_or(protocol == Protocol::Ollama),
+        optional: false,
+        models: merge_models(base_models, &p.models, at)?,
+    })
+}
+
+/// Catalog models with the config's entries laid over them: a known name overrides the
+/// fields it sets, a new name is added.
+fn merge_models(
+    mut models: Vec<ModelConfig>,
+    overrides: &[ModelConfig],
+    at: &dyn Fn(&str) -> String,
+) -> Result<Vec<ModelInfo>, FieldError> {
+    for (j, o) in overrides.iter().enumerate() {
+        let field = |f: &str| at(&format!("models[{j}].{f}"));
+        if o.name.trim().is_empty() {
+            return Err((field("name"), "must not be empty".to_owned()));
+        }
+        for (f, v) in [
+            ("input_usd_per_mtok", o.input_usd_per_mtok),
+            ("output_usd_per_mtok", o.output_usd_per_mtok),
+            ("latency_ms", o.latency_ms),
+        ] {
+            if let Some(v) = v.filter(|v| !v.is_finite() || *v < 0.0) {
+                return Err((field(f), format!("{v} must be a number >= 0")));
+            }
+        }
+        if let Some(q) = o.quality.filter(|q| !(0.0..=1.0).contains(q)) {
+            return Err((field("quality"), format!("{q} must be between 0 and 1")));
+        }
+        if o.context_window == Some(0) {
+            return Err((field("context_window"), "must be > 0".to_owned()));
+        }
+        match models.iter_mut().find(|m| m.name == o.name) {
+            Some(m) => overlay(m, o),
+            None => models.push(o.clone()),
+        }
+    }
+    Ok(models.iter().map(ModelInfo::from_config).collect())
+}
+
+fn overlay(m: &mut ModelConfig, o: &ModelConfig) {
+    macro_rules! take {
+        ($($f:ident),*) => { $( if o.$f.is_some() { m.$f = o.$f.clone(); } )* };
+    }
+    take!(
+        kind,
+        input_usd_per_mtok,
+        output_usd_per_mtok,
+        context_window,
+        max_output_tokens,
+        capabilities,
+        quality,
+        latency_ms
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::file::parse;
+
+    fn run(yaml: &str) -> Result<Settings, ConfigError> {
+        let cfg = parse("gw.yaml", yaml)?;
+        validate(&cfg, "gw.yaml", &|k| {
+            (k == "OPENAI_API_KEY").then(|| "sk-test".to_owned())
+        })
+    }
+
+    #[test]
+    fn invalid_configs_name_the_field_and_the_problem() {
+        let cases = [
+            ("providers: [{name: openai, api_key: {env: OPENAI_API_KEY}}, {name: openai, api_key: {env: OPENAI_API_KEY}}]", "providers[1].name", "duplicate"),
+            ("providers: [{name: anthropic}]", "providers[0].api_key", "needs an API key"),
+            ("providers: [{name: groq, api_key: {env: GROQ_API_KEY}}]", "providers[0].api_key.env", "GROQ_API_KEY` is not set"),
+            ("providers: [{name: mine}]", "providers[0].protocol", "required"),
+            ("providers: [{name: mine, protocol: openai}]", "providers[0].base_url", "required"),
+            ("providers: [{name: mine, protocol: openai, base_url: 'ftp://x'}]", "providers[0].base_url", "http(s)"),
+            ("providers: [{name: mine, protocol: openai, base_url: 'http://u:p@x/v1'}]", "providers[0].base_url", "credentials"),
+            ("providers: [{name: 'a/b', protocol: openai, base_url: 'http://x'}]", "providers[0].name", "not a valid provider name"),
+            ("providers: [{name: ollama, headers: {Authorization: Bearer x}}]", "providers[0].headers.Authorization", "use api_key"),
+            ("providers: [{name: ollama, timeout_secs: -1}]", "providers[0].timeout_secs", "positive"),
+            ("providers: [{name: ollama, catalog: foo}]", "providers[0].catalog", "unknown catalog"),
+            ("providers: [{name: ollama, models: [{name: x, quality: 2}]}]", "providers[0].models[0].quality", "between 0 and 1"),
+            ("providers: [{name: ollama, models: [{name: x, input_usd_per_mtok: -1}]}]", "providers[0].models[0].input_usd_per_mtok", ">= 0"),
+            ("providers: [{name: ollama, api_key: {file: /nonexistent/key}}]", "providers[0].api_key.file", "cannot read"),
+            ("server: {listen: 'localhost'}", "server.listen", "IP:PORT"),
+            ("server: {max_body_bytes: 0}", "server.max_body_bytes", "> 0"),
+        ];
+        for (yaml, path, words) in cases {
+            let e = run(yaml).expect_err(yaml);
+            assert_eq!(e.path, path, "{yaml}: {e}");
+            assert!(e.message.contains(words), "{yaml}: {e}");
+            assert_eq!(e.source, "gw.yaml");
+        }
+    }
+
+    #[test]
+    fn defaults_come_from_the_vendor_catalog_and_overrides_apply() {
+        let s = run("providers:\n- name: openai\n  api_key: {env: OPENAI_API_KEY}\n  models:\n  - {name: gpt-4o-mini, input_usd_per_mtok: 9}\n  - {name: my-finetune, input_usd_per_mtok: 1, output_usd_per_mtok: 2}\n").unwrap();
+        let p = &s.providers[0];
+        assert_eq!(p.protocol, Protocol::Openai);
+        assert_eq!(p.base_url.as_str(), "https://api.openai.com/v1");
+        assert_eq!(p.api_key.as_ref().unwrap().expose(), "sk-test");
+        let mini = p.models.iter().find(|m| m.name == "gpt-4o-mini").unwrap();
+        assert_eq!(mini.price.unwrap().input_per_mtok, 9.0);
+        assert_eq!(mini.price.unwrap().output_per_mtok, 0.6, "unset fields keep the catalog's");
+        assert!(p.models.iter().any(|m| m.name == "my-finetune"));
+        assert!(!p.discover_models);
+    }
+
+    #[test]
+    fn key_file_is_read_and_trimmed() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("key");
+        std::fs::write(&key, "sk-from-file\n").unwrap();
+        let yaml = format!(
+            "providers: [{{name: together, api_key: {{file: '{}'}}}}]",
+            key.display()
+        );
+        let s = run(&yaml).unwrap();
+        assert_eq!(s.providers[0].api_key.as_ref().unwrap().expose(), "sk-from-file");
+        assert!(!format!("{:?}", s).contains("sk-from-file"), "Debug must not print secrets");
+    }
+}

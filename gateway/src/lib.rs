@@ -1,0 +1,17 @@
+//! LLM Gateway: one OpenAI-compatible endpoint in front of OpenAI, Anthropic, Groq,
+//! Together AI and Ollama.
+
+pub mod api;
+pub mod app;
+pub mod catalog;
+pub mod config;
+pub mod models;
+pub mod openai;
+pub mod providers;
+pub mod router;
+pub mod telemetry;
+
+/// Installs the process-wide TLS crypto provider (ring); call once before building clients.
+pub fn install_crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

@@ -1,0 +1,183 @@
+//! The `llm-gateway` binary.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use llm_gateway::app::Gateway;
+use llm_gateway::config::{self, Settings, DEFAULT_LISTEN};
+use tracing_subscriber::EnvFilter;
+
+/// One OpenAI-compatible endpoint in front of OpenAI, Anthropic, Groq, Together AI and Ollama.
+///
+/// Without --config, providers come from the variables their own SDKs read: OPENAI_API_KEY,
+/// ANTHROPIC_API_KEY, GROQ_API_KEY, TOGETHER_API_KEY (each with an optional *_BASE_URL), and
+/// Ollama at OLLAMA_HOST (default http://127.0.0.1:11434) when it answers. Log verbosity
+/// follows RUST_LOG (default `info`).
+#[derive(Parser, Debug)]
+#[command(name = "llm-gateway", version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the gateway (the default when no subcommand is given).
+    Serve(ServeArgs),
+    /// Validate the configuration, print the providers and models it enables, and exit
+    /// (status 0 if valid, 2 if not).
+    CheckConfig {
+        /// YAML config file; without it, the environment is checked.
+        #[arg(long, short, env = "LLM_GATEWAY_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Print the built-in model catalog (prices, context windows, capabilities) as YAML.
+    Catalog,
+}
+
+#[derive(Args, Debug, Clone)]
+struct ServeArgs {
+    /// Address to listen on, IP:PORT. Default: the config file's server.listen, else 127.0.0.1:8080.
+    #[arg(long, env = "LLM_GATEWAY_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// YAML config file (a GatewayConfig document; see examples/gateway.yaml). Without it,
+    /// providers come from the environment.
+    #[arg(long, short, env = "LLM_GATEWAY_CONFIG")]
+    config: Option<PathBuf>,
+    /// Log line format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "LLM_GATEWAY_LOG_FORMAT")]
+    log_format: LogFormat,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let (command, args) = match cli.command {
+        None => (None, cli.serve),
+        Some(Command::Serve(a)) => (None, a),
+        Some(c) => (Some(c), cli.serve),
+    };
+    init_logging(args.log_format);
+    llm_gateway::install_crypto();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match command {
+        Some(Command::Catalog) => {
+            print!("{}", include_str!("catalog.yaml"));
+            ExitCode::SUCCESS
+        }
+        Some(Command::CheckConfig { config }) => rt.block_on(check_config(config)),
+        Some(Command::Serve(_)) | None => rt.block_on(serve(args)),
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+fn load(config: Option<&PathBuf>) -> Result<Settings, config::ConfigError> {
+    let getenv = |k: &str| std::env::var(k).ok();
+    match config {
+        Some(path) => {
+            let cfg = config::load_file(path)?;
+            config::validate(&cfg, &path.display().to_string(), &getenv)
+        }
+        None => {
+            let cfg = config::from_env(getenv);
+            let mut s = config::validate(&cfg, "environment", &getenv)?;
+            for p in &mut s.providers {
+                // The quick start probes Ollama; absent is fine.
+                p.optional = p.discover_models;
+            }
+            Ok(s)
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> ExitCode {
+    let settings = match load(args.config.as_ref()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let addr = args
+        .listen
+        .or(settings.listen)
+        .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("default address parses"));
+    let gw = match Gateway::build(&settings).await {
+        Ok(gw) => Arc::new(gw),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let listener = match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: cannot listen on {addr}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match llm_gateway::app::serve(listener, gw).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn check_config(config: Option<PathBuf>) -> ExitCode {
+    let settings = match load(config.as_ref()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let gw = match Gateway::build(&settings).await {
+        Ok(gw) => gw,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("configuration is valid");
+    for p in gw.registry.providers() {
+        let n = gw
+            .registry
+            .entries()
+            .iter()
+            .filter(|e| e.provider.name == p.name)
+            .count();
+        println!("provider {} ({:?}) at {}: {n} models", p.name, p.protocol, p.base_url);
+    }
+    for (v, e) in gw.registry.virtuals() {
+        println!("virtual model {} -> {}", v.as_str(), e.qualified_name());
+    }
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,172 @@
+//! Model name resolution: virtual names, catalog names and provider-qualified names.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use http::StatusCode;
+use llm_gateway_crds::ModelKind;
+
+use super::info::ModelInfo;
+use crate::api::error::ApiError;
+use crate::providers::Provider;
+use crate::router::{self, VirtualModel};
+
+/// One enabled model.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// Who serves it.
+    pub provider: Arc<Provider>,
+    /// What is known of it.
+    pub info: Arc<ModelInfo>,
+}
+
+impl Entry {
+    /// `provider/model`.
+    pub fn qualified_name(&self) -> String {
+        format!("{}/{}", self.provider.name, self.info.name)
+    }
+}
+
+/// Where a request goes.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The provider.
+    pub provider: Arc<Provider>,
+    /// The model name sent upstream.
+    pub model: String,
+    /// Catalog knowledge; `None` for a provider-qualified name the catalog lacks.
+    pub info: Option<Arc<ModelInfo>>,
+    /// The virtual model the client asked for, if any.
+    pub virtual_model: Option<VirtualModel>,
+}
+
+/// All enabled models and the names that reach them.
+#[derive(Debug, Default)]
+pub struct Registry {
+    providers: Vec<Arc<Provider>>,
+    entries: Vec<Entry>,
+    qualified: HashMap<String, usize>,
+    bare: HashMap<String, usize>,
+    virtuals: Vec<(VirtualModel, usize)>,
+}
+
+impl Registry {
+    /// Builds the registry; providers earlier in the list win bare names they share.
+    pub fn new(providers: Vec<(Arc<Provider>, Vec<ModelInfo>)>) -> Self {
+        let mut r = Registry::default();
+        for (provider, models) in providers {
+            for info in models {
+                let idx = r.entries.len();
+                let entry = Entry {
+                    provider: provider.clone(),
+                    info: Arc::new(info),
+                };
+                for name in aliases(&entry.info.name) {
+                    r.qualified
+                        .entry(format!("{}/{}", provider.name, name))
+                        .or_insert(idx);
+                    r.bare.entry(name.to_owned()).or_insert(idx);
+                }
+                r.entries.push(entry);
+            }
+            r.providers.push(provider);
+        }
+        let chat: Vec<usize> = (0..r.entries.len())
+            .filter(|&i| r.entries[i].info.kind == ModelKind::Chat)
+            .collect();
+        for v in VirtualModel::ALL {
+            if let Some(i) = router::pick_default(v, chat.iter().map(|&i| (i, &*r.entries[i].info))) {
+                r.virtuals.push((v, i));
+            }
+        }
+        r
+    }
+
+    /// Enabled providers.
+    pub fn providers(&self) -> &[Arc<Provider>] {
+        &self.providers
+    }
+
+    /// Enabled models.
+    pub fn entries(&self) -> &[Entry] {
+        &self.entries
+    }
+
+    /// The model each virtual name currently maps to.
+    pub fn virtuals(&self) -> impl Iterator<Item = (VirtualModel, &Entry)> {
+        self.virtuals.iter().map(|(v, i)| (*v, &self.entries[*i]))
+    }
+
+    /// The name under which `/v1/models` lists an entry: bare if the bare name reaches it.
+    pub fn public_name(&self, idx: usize) -> String {
+        let e = &self.entries[idx];
+        if self.bare.get(&e.info.name) == Some(&idx) {
+            e.info.name.clone()
+        } else {
+            e.qualified_name()
+        }
+    }
+
+    /// Resolves a requested model name.
+    pub fn resolve(&self, name: &str) -> Result<Target, ApiError> {
+        if let Some(v) = VirtualModel::parse(name) {
+            let Some((_, i)) = self.virtuals.iter().find(|(x, _)| *x == v) else {
+                return Err(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "service_unavailable",
+                    format!("virtual model `{name}` has no enabled chat model to route to; enable a provider"),
+                )
+                .with_code("no_candidates"));
+            };
+            return Ok(self.target(*i, Some(v)));
+        }
+        let split = name.split_once('/');
+        if let Some(&i) = split.and_then(|_| self.qualified.get(name)) {
+            return Ok(self.target(i, None));
+        }
+        if let Some(&i) = self.bare.get(name) {
+            return Ok(self.target(i, None));
+        }
+        if let Some((prefix, rest)) = split.filter(|(_, rest)| !rest.is_empty()) {
+            if let Some(p) = self.providers.iter().find(|p| p.name == prefix) {
+                // New models appear every week: let them through to the named provider, unpriced.
+                return Ok(Target {
+                    provider: p.clone(),
+                    model: rest.to_owned(),
+                    info: None,
+                    virtual_model: None,
+                });
+            }
+        }
+        Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            format!(
+                "The model `{name}` does not exist or is not enabled on this gateway. \
+                 List the available models with GET /v1/models, or name a provider explicitly \
+                 as `provider/model` (enabled providers: {}).",
+                self.providers
+                    .iter()
+                    .map(|p| p.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )
+        .with_code("model_not_found"))
+    }
+
+    fn target(&self, i: usize, virtual_model: Option<VirtualModel>) -> Target {
+        let e = &self.entries[i];
+        Target {
+            provider: e.provider.clone(),
+            model: e.info.name.clone(),
+            info: Some(e.info.clone()),
+            virtual_model,
+        }
+    }
+}
+
+/// Names that reach a model: its own, and for Ollama-style `name:latest` the bare `name`.
+fn aliases(name: &str) -> impl Iterator<Item = &str> {
+    std::iter::once(name).chain(name.strip_suffix(":latest"))
+}

@@ -1,0 +1,412 @@
+//! OpenAI wire types: the typed view of a chat request used for validation and translation,
+//! and the usage block. Requests forwarded to OpenAI-protocol upstreams are sent from the raw
+//! JSON, so fields this view does not know still pass through untouched.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// The fields of `POST /v1/chat/completions` the gateway reads.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ChatRequest {
+    /// Model name: catalog, provider-qualified, or virtual.
+    pub model: String,
+    /// The conversation.
+    pub messages: Vec<Message>,
+    /// Stream the answer as server-sent events.
+    #[serde(default)]
+    pub stream: Option<bool>,
+    /// Streaming options (`include_usage`).
+    #[serde(default)]
+    pub stream_options: Option<StreamOptions>,
+    /// Deprecated name of `max_completion_tokens`, still the one most clients send.
+    #[serde(default)]
+    pub max_tokens: Option<u32>,
+    /// Largest completion to generate.
+    #[serde(default)]
+    pub max_completion_tokens: Option<u32>,
+    /// Sampling temperature.
+    #[serde(default)]
+    pub temperature: Option<f64>,
+    /// Nucleus sampling.
+    #[serde(default)]
+    pub top_p: Option<f64>,
+    /// Number of choices.
+    #[serde(default)]
+    pub n: Option<u32>,
+    /// Stop sequences.
+    #[serde(default)]
+    pub stop: Option<Stop>,
+    /// Tool definitions.
+    #[serde(default)]
+    pub tools: Option<Vec<Tool>>,
+    /// Which tool to call.
+    #[serde(default)]
+    pub tool_choice: Option<ToolChoice>,
+    /// Whether several tool calls may come in one turn.
+    #[serde(default)]
+    pub parallel_tool_calls: Option<bool>,
+    /// Output format (text, JSON object, JSON schema).
+    #[serde(default)]
+    pub response_format: Option<ResponseFormat>,
+    /// End-user identifier.
+    #[serde(default)]
+    pub user: Option<String>,
+}
+
+impl ChatRequest {
+    /// Whether the client asked for a stream.
+    pub fn is_stream(&self) -> bool {
+        self.stream.unwrap_or(false)
+    }
+
+    /// Whether the client asked for usage in the stream.
+    pub fn wants_stream_usage(&self) -> bool {
+        self.stream_options
+            .as_ref()
+            .and_then(|o| o.include_usage)
+            .unwrap_or(false)
+    }
+
+    /// The completion limit the client asked for, under either name.
+    pub fn max_output(&self) -> Option<u32> {
+        self.max_completion_tokens.or(self.max_tokens)
+    }
+
+    /// Whether any message carries an image.
+    pub fn has_images(&self) -> bool {
+        self.messages.iter().any(|m| match m.content() {
+            Some(Content::Parts(parts)) => parts
+                .iter()
+                .any(|p| matches!(p, ContentPart::ImageUrl { .. })),
+            _ => false,
+        })
+    }
+
+    /// Whether the request defines tools.
+    pub fn has_tools(&self) -> bool {
+        self.tools.as_ref().is_some_and(|t| !t.is_empty())
+    }
+
+    /// Whether the request asks for JSON output.
+    pub fn wants_json(&self) -> bool {
+        matches!(
+            self.response_format,
+            Some(ResponseFormat::JsonObject) | Some(ResponseFormat::JsonSchema { .. })
+        )
+    }
+}
+
+/// `stream_options`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct StreamOptions {
+    /// Send a final chunk with the usage.
+    #[serde(default)]
+    pub include_usage: Option<bool>,
+}
+
+/// One message of the conversation, by role.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "role", rename_all = "lowercase")]
+pub enum Message {
+    /// Instructions.
+    System {
+        /// Text or text parts.
+        content: Content,
+    },
+    /// Instructions (newer name of `system`).
+    Developer {
+        /// Text or text parts.
+        content: Content,
+    },
+    /// The user's turn.
+    User {
+        /// Text, or text and image parts.
+        content: Content,
+    },
+    /// The model's earlier turn.
+    Assistant {
+        /// Text; may be null when the turn only calls tools.
+        #[serde(default)]
+        content: Option<Content>,
+        /// Tool calls made in this turn.
+        #[serde(default)]
+        tool_calls: Option<Vec<ToolCall>>,
+    },
+    /// A tool's result.
+    Tool {
+        /// The result.
+        content: Content,
+        /// The id of the call this answers.
+        tool_call_id: String,
+    },
+    /// Deprecated function result.
+    Function {
+        /// The result.
+        #[serde(default)]
+        content: Option<String>,
+        /// The function's name.
+        name: String,
+    },
+}
+
+impl Message {
+    /// The message's content, if any.
+    pub fn content(&self) -> Option<&Content> {
+        match self {
+            Message::System { content }
+            | Message::Developer { content }
+            | Message::User { content }
+            | Message::Tool { content, .. } => Some(content),
+            Message::Assistant { content, .. } => content.as_ref(),
+            Message::Function { .. } => None,
+        }
+    }
+}
+
+/// Message content: a string or a list of parts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Content {
+    /// Plain text.
+    Text(String),
+    /// Typed parts.
+    Parts(Vec<ContentPart>),
+}
+
+impl Content {
+    /// All text of the content, parts joined by a blank line.
+    pub fn text(&self) -> String {
+        match self {
+            Content::Text(s) => s.clone(),
+            Content::Parts(parts) => parts
+                .iter()
+                .filter_map(|p| match p {
+                    ContentPart::Text { text } => Some(text.as_str()),
+                    ContentPart::Refusal { refusal } => Some(refusal.as_str()),
+                    _ => None,
+                })
+                .collect::<Vec<_>>()
+                .join("\n\n"),
+        }
+    }
+}
+
+/// One typed part of message content.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ContentPart {
+    /// Text.
+    Text {
+        /// The text.
+        text: String,
+    },
+    /// An image by URL or data URL.
+    ImageUrl {
+        /// The image.
+        image_url: ImageUrl,
+    },
+    /// Audio input (OpenAI only).
+    InputAudio {
+        /// The audio.
+        input_audio: Value,
+    },
+    /// A file (OpenAI only).
+    File {
+        /// The file.
+        file: Value,
+    },
+    /// A refusal in an earlier assistant turn.
+    Refusal {
+        /// The refusal text.
+        refusal: String,
+    },
+}
+
+/// `image_url` of an image part.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ImageUrl {
+    /// `https://…` or `data:image/png;base64,…`.
+    pub url: String,
+}
+
+/// A tool definition.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Tool {
+    /// `function`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The function.
+    #[serde(default)]
+    pub function: Option<FunctionDef>,
+}
+
+/// A function tool.
+#[derive(Debug, Clone, Deserialize)]
+pub struct FunctionDef {
+    /// Name the model calls it by.
+    pub name: String,
+    /// What it does.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// JSON schema of the arguments.
+    #[serde(default)]
+    pub parameters: Option<Value>,
+}
+
+/// `tool_choice`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum ToolChoice {
+    /// `none`, `auto` or `required`.
+    Mode(String),
+    /// A named function.
+    Named {
+        /// `function`.
+        #[serde(rename = "type")]
+        kind: String,
+        /// The function to call.
+        function: NamedFunction,
+    },
+}
+
+/// The function named by `tool_choice`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct NamedFunction {
+    /// Its name.
+    pub name: String,
+}
+
+/// A tool call in an assistant message.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ToolCall {
+    /// Call id, echoed by the tool message that answers it.
+    pub id: String,
+    /// The function called.
+    pub function: FunctionCall,
+}
+
+/// The function part of a tool call.
+#[derive(Debug, Clone, Deserialize)]
+pub struct FunctionCall {
+    /// Function name.
+    pub name: String,
+    /// Arguments as a JSON string.
+    #[serde(default)]
+    pub arguments: String,
+}
+
+/// `stop`: one sequence or several.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Stop {
+    /// One.
+    One(String),
+    /// Several.
+    Many(Vec<String>),
+}
+
+impl Stop {
+    /// As a list.
+    pub fn to_vec(&self) -> Vec<String> {
+        match self {
+            Stop::One(s) => vec![s.clone()],
+            Stop::Many(v) => v.clone(),
+        }
+    }
+}
+
+/// `response_format`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ResponseFormat {
+    /// Plain text.
+    Text,
+    /// Any JSON object.
+    JsonObject,
+    /// JSON matching a schema.
+    JsonSchema {
+        /// The schema and its name.
+        json_schema: JsonSchemaFormat,
+    },
+}
+
+/// The schema of a `json_schema` response format.
+#[derive(Debug, Clone, Deserialize)]
+pub struct JsonSchemaFormat {
+    /// Schema name.
+    pub name: String,
+    /// What the output is.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// The schema.
+    #[serde(default)]
+    pub schema: Option<Value>,
+}
+
+/// Token usage as OpenAI reports it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Usage {
+    /// Prompt tokens (cached ones included).
+    #[serde(default)]
+    pub prompt_tokens: u64,
+    /// Completion tokens.
+    #[serde(default)]
+    pub completion_tokens: u64,
+    /// Sum of both.
+    #[serde(default)]
+    pub total_tokens: u64,
+    /// Breakdown of the prompt tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_tokens_details: Option<PromptTokensDetails>,
+}
+
+/// `usage.prompt_tokens_details`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PromptTokensDetails {
+    /// Prompt tokens read from the provider's prompt cache.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cached_tokens: Option<u64>,
+}
+
+/// The parts of an upstream response or chunk the gateway reads; everything else is forwarded
+/// as the upstream sent it.
+#[derive(Debug, Default, Deserialize)]
+pub struct ResponseProbe {
+    /// Choices, only counted (an empty list marks the final usage chunk).
+    #[serde(default)]
+    pub choices: Option<Vec<serde::de::IgnoredAny>>,
+    /// Usage, when present.
+    #[serde(default)]
+    pub usage: Option<Usage>,
+    /// Groq reports stream usage here.
+    #[serde(default)]
+    pub x_groq: Option<GroqExtra>,
+    /// An error object sent inside a stream.
+    #[serde(default)]
+    pub error: Option<Value>,
+}
+
+/// Groq's `x_groq` extension.
+#[derive(Debug, Default, Deserialize)]
+pub struct GroqExtra {
+    /// Usage of the whole stream.
+    #[serde(default)]
+    pub usage: Option<Usage>,
+}
+
+impl ResponseProbe {
+    /// Usage from wherever this provider put it.
+    pub fn usage(&self) -> Option<&Usage> {
+        self.usage
+            .as_ref()
+            .or_else(|| self.x_groq.as_ref().and_then(|x| x.usage.as_ref()))
+    }
+}
+
+/// Seconds since the Unix epoch, for `created` fields.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

@@ -1,0 +1,62 @@
+//! The Anthropic Messages API: exact translation both ways.
+
+pub mod request;
+pub mod response;
+
+use bytes::Bytes;
+use eventsource_stream::Eventsource;
+use futures::StreamExt;
+
+use super::{stream_channel, ChatCall, ChatResponse, Provider, StreamItem};
+use crate::api::error::{from_transport, ApiError};
+
+pub use response::error_from_body;
+
+/// `POST {base}/v1/messages`, translated from and back to OpenAI's format.
+pub async fn chat(p: &Provider, call: ChatCall<'_>) -> Result<ChatResponse, ApiError> {
+    let stream = call.req.is_stream();
+    let default_max = call
+        .info
+        .and_then(|i| i.max_output_tokens)
+        .map_or(p.default_max_tokens, |m| m.min(p.default_max_tokens));
+    let t = request::translate(call.req, &call.raw, call.model, default_max)?;
+    let rb = p
+        .post(&format!("{}/v1/messages", p.base_url))
+        .header("anthropic-version", &p.anthropic_version)
+        .json(&t.body);
+    let resp = p.send(rb, stream).await?;
+
+    if !stream {
+        let body = resp.bytes().await.map_err(|e| from_transport(&p.name, e))?;
+        let (v, usage) = response::to_chat_completion(&body, t.json_tool.as_deref())
+            .map_err(|e| {
+                ApiError::bad_gateway(format!("provider {} returned an invalid message: {e}", p.name))
+            })?;
+        return Ok(ChatResponse::Json {
+            body: Bytes::from(v.to_string()),
+            usage: Some(usage),
+        });
+    }
+
+    let (tx, rx) = stream_channel();
+    let provider = p.name.clone();
+    let mut events = resp.bytes_stream().eventsource();
+    let mut translator = response::StreamTranslator::new(t.json_tool);
+    tokio::spawn(async move {
+        while let Some(ev) = events.next().await {
+            let items = match ev {
+                Ok(ev) => translator.on_event(&ev.data),
+                Err(e) => vec![StreamItem::Error(ApiError::bad_gateway(format!(
+                    "provider {provider} stream failed: {e}"
+                )))],
+            };
+            for item in items {
+                let last = !matches!(item, StreamItem::Chunk { .. });
+                if tx.send(item).await.is_err() || last {
+                    return;
+                }
+            }
+        }
+    });
+    Ok(ChatResponse::Stream(rx))
+}

@@ -1,0 +1,216 @@
+//! Upstream providers, one module per wire protocol. Each turns an OpenAI-shaped request into
+//! its protocol, calls the upstream over a pooled connection, and hands back OpenAI-shaped
+//! JSON or chunks.
+
+pub mod anthropic;
+pub mod ollama;
+pub mod openai;
+
+use bytes::Bytes;
+use http::{HeaderMap, StatusCode};
+use llm_gateway_crds::Protocol;
+use serde_json::{Map, Value};
+use tokio::sync::mpsc;
+
+use crate::api::error::{from_transport, ApiError};
+use crate::config::{ProviderSettings, Secret};
+use crate::models::info::ModelInfo;
+use crate::openai::{ChatRequest, Usage};
+
+/// Longest upstream error body read before it is cut (errors are small; a huge one is a fault).
+const MAX_ERROR_BODY: usize = 64 * 1024;
+
+/// A configured upstream with its connection pool.
+#[derive(Debug)]
+pub struct Provider {
+    /// Unique name.
+    pub name: String,
+    /// Wire protocol.
+    pub protocol: Protocol,
+    /// Base URL without a trailing slash.
+    pub base_url: String,
+    api_key: Option<Secret>,
+    headers: HeaderMap,
+    client: reqwest::Client,
+    timeout: std::time::Duration,
+    anthropic_version: String,
+    default_max_tokens: u32,
+}
+
+/// What a chat call returned.
+pub enum ChatResponse {
+    /// A complete OpenAI `chat.completion` body.
+    Json {
+        /// The body, as sent to the client.
+        body: Bytes,
+        /// Usage, when the upstream reported it.
+        usage: Option<Usage>,
+    },
+    /// OpenAI `chat.completion.chunk`s as they arrive.
+    Stream(mpsc::Receiver<StreamItem>),
+}
+
+/// One item of a translated stream.
+#[derive(Debug)]
+pub enum StreamItem {
+    /// A chunk's JSON.
+    Chunk {
+        /// The JSON text after `data: `.
+        data: Bytes,
+        /// Usage carried by this chunk.
+        usage: Option<Usage>,
+        /// The chunk only carries usage (`choices: []`): forwarded only if the client asked.
+        usage_only: bool,
+    },
+    /// The upstream failed mid-stream.
+    Error(ApiError),
+    /// The upstream finished the stream properly.
+    End,
+}
+
+/// The parts of a validated chat request a provider needs.
+pub struct ChatCall<'a> {
+    /// The typed view.
+    pub req: &'a ChatRequest,
+    /// The raw JSON body, forwarded as-is to OpenAI-protocol upstreams.
+    pub raw: Map<String, Value>,
+    /// The upstream model name.
+    pub model: &'a str,
+    /// What the catalog knows of the model.
+    pub info: Option<&'a ModelInfo>,
+}
+
+impl Provider {
+    /// Builds the provider and its HTTP client from validated settings.
+    pub fn new(s: &ProviderSettings) -> anyhow::Result<Self> {
+        let client = reqwest::Client::builder()
+            .connect_timeout(s.connect_timeout)
+            .read_timeout(s.read_idle_timeout)
+            .pool_idle_timeout(std::time::Duration::from_secs(90))
+            .tcp_nodelay(true)
+            .user_agent(concat!("llm-gateway/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Self {
+            name: s.name.clone(),
+            protocol: s.protocol,
+            base_url: s.base_url.as_str().trim_end_matches('/').to_owned(),
+            api_key: s.api_key.clone(),
+            headers: s.headers.clone(),
+            client,
+            timeout: s.timeout,
+            anthropic_version: s.anthropic_version.clone(),
+            default_max_tokens: s.default_max_tokens,
+        })
+    }
+
+    /// Whether models of this provider run locally (and cost nothing).
+    pub fn is_local(&self) -> bool {
+        self.protocol == Protocol::Ollama
+    }
+
+    /// Chat completion, streamed or not.
+    pub async fn chat(&self, call: ChatCall<'_>) -> Result<ChatResponse, ApiError> {
+        match self.protocol {
+            Protocol::Openai | Protocol::Ollama => openai::chat(self, call).await,
+            Protocol::Anthropic => anthropic::chat(self, call).await,
+        }
+    }
+
+    /// Embeddings; `None` when the protocol has no embeddings endpoint.
+    pub async fn embeddings(
+        &self,
+        raw: Map<String, Value>,
+        model: &str,
+    ) -> Option<Result<(Bytes, Option<Usage>), ApiError>> {
+        match self.protocol {
+            Protocol::Openai | Protocol::Ollama => Some(openai::embeddings(self, raw, model).await),
+            Protocol::Anthropic => None,
+        }
+    }
+
+    /// A POST to `url` with the provider's auth and headers.
+    fn post(&self, url: &str) -> reqwest::RequestBuilder {
+        let mut rb = self.client.post(url).headers(self.headers.clone());
+        if let Some(key) = &self.api_key {
+            rb = match self.protocol {
+                Protocol::Anthropic => rb.header("x-api-key", key.expose()),
+                _ => rb.bearer_auth(key.expose()),
+            };
+        }
+        rb
+    }
+
+    /// Sends a request, mapping transport failures and upstream error statuses to [`ApiError`].
+    async fn send(
+        &self,
+        rb: reqwest::RequestBuilder,
+        stream: bool,
+    ) -> Result<reqwest::Response, ApiError> {
+        let rb = if stream { rb } else { rb.timeout(self.timeout) };
+        let resp = rb.send().await.map_err(|e| from_transport(&self.name, e))?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        Err(self.upstream_error(resp).await)
+    }
+
+    /// Reads an upstream error response into an OpenAI error with the same status.
+    async fn upstream_error(&self, resp: reqwest::Response) -> ApiError {
+        let status = resp.status();
+        let retry_after = resp
+            .headers()
+            .get(http::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let body = read_capped(resp, MAX_ERROR_BODY).await;
+        let mut err = match self.protocol {
+            Protocol::Anthropic => anthropic::error_from_body(status, &body),
+            _ => openai::error_from_body(status, &body),
+        };
+        err.message = format!("provider {}: {}", self.name, err.message);
+        err.retry_after = retry_after;
+        err
+    }
+}
+
+/// Reads at most `cap` bytes of a response body, as text.
+async fn read_capped(mut resp: reqwest::Response, cap: usize) -> String {
+    let mut buf = Vec::new();
+    while let Ok(Some(chunk)) = resp.chunk().await {
+        buf.extend_from_slice(&chunk);
+        if buf.len() >= cap {
+            buf.truncate(cap);
+            break;
+        }
+    }
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// An error for an upstream status whose body could not be understood.
+fn opaque_error(status: StatusCode, body: &str) -> ApiError {
+    let snippet: String = body.chars().take(300).collect();
+    let status = if status.is_client_error() || status.is_server_error() {
+        status
+    } else {
+        StatusCode::BAD_GATEWAY
+    };
+    let kind = if status.is_server_error() {
+        "upstream_error"
+    } else {
+        "invalid_request_error"
+    };
+    ApiError::new(
+        status,
+        kind,
+        format!("upstream returned HTTP {}: {}", status.as_u16(), snippet.trim()),
+    )
+}
+
+/// Channel depth between an upstream reader task and the client writer: small, so a slow
+/// client slows the upstream read instead of buffering without bound.
+const STREAM_BUFFER: usize = 16;
+
+/// A channel for a translated stream.
+fn stream_channel() -> (mpsc::Sender<StreamItem>, mpsc::Receiver<StreamItem>) {
+    mpsc::channel(STREAM_BUFFER)
+}

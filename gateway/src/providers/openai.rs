@@ -1,0 +1,206 @@
+//! The OpenAI protocol (OpenAI, Groq, Together AI, and Ollama's `/v1`): requests are forwarded
+//! as the client sent them, with only `model` replaced (and usage requested on streams), so
+//! fields the gateway does not know still reach the upstream.
+
+use bytes::Bytes;
+use eventsource_stream::Eventsource;
+use futures::StreamExt;
+use http::StatusCode;
+use llm_gateway_crds::Protocol;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use super::{opaque_error, stream_channel, ChatCall, ChatResponse, Provider, StreamItem};
+use crate::api::error::ApiError;
+use crate::openai::{ResponseProbe, Usage};
+
+impl Provider {
+    /// The OpenAI-compatible root (`…/v1`).
+    fn openai_root(&self) -> String {
+        match self.protocol {
+            Protocol::Ollama => format!("{}/v1", self.base_url),
+            _ => self.base_url.clone(),
+        }
+    }
+}
+
+/// `POST {root}/chat/completions`.
+pub async fn chat(p: &Provider, call: ChatCall<'_>) -> Result<ChatResponse, ApiError> {
+    let stream = call.req.is_stream();
+    let mut body = call.raw;
+    body.insert("model".into(), Value::String(call.model.to_owned()));
+    if stream {
+        // Usage is needed to price the request even when the client did not ask for it; the
+        // usage-only chunk is then held back from the client.
+        let opts = body
+            .entry("stream_options")
+            .or_insert_with(|| json!({}));
+        match opts {
+            Value::Object(o) => {
+                o.insert("include_usage".into(), Value::Bool(true));
+            }
+            other => *other = json!({"include_usage": true}),
+        }
+    }
+    let url = format!("{}/chat/completions", p.openai_root());
+    let resp = p.send(p.post(&url).json(&body), stream).await?;
+    if !stream {
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| crate::api::error::from_transport(&p.name, e))?;
+        let probe: ResponseProbe = serde_json::from_slice(&body).map_err(|e| {
+            ApiError::bad_gateway(format!("provider {} returned invalid JSON: {e}", p.name))
+        })?;
+        if probe.choices.is_none() {
+            return Err(ApiError::bad_gateway(format!(
+                "provider {} returned a response without `choices`",
+                p.name
+            )));
+        }
+        let usage = probe.usage().cloned();
+        return Ok(ChatResponse::Json { body, usage });
+    }
+
+    let (tx, rx) = stream_channel();
+    let provider = p.name.clone();
+    let mut events = resp.bytes_stream().eventsource();
+    tokio::spawn(async move {
+        while let Some(ev) = events.next().await {
+            let item = match ev {
+                Err(e) => StreamItem::Error(ApiError::bad_gateway(format!(
+                    "provider {provider} stream failed: {e}"
+                ))),
+                Ok(ev) if ev.data == "[DONE]" => StreamItem::End,
+                Ok(ev) => match serde_json::from_str::<ResponseProbe>(&ev.data) {
+                    Err(e) => StreamItem::Error(ApiError::bad_gateway(format!(
+                        "provider {provider} sent an invalid stream chunk: {e}"
+                    ))),
+                    Ok(probe) if probe.error.is_some() => {
+                        let body = json!({"error": probe.error});
+                        StreamItem::Error(error_from_body(
+                            StatusCode::BAD_GATEWAY,
+                            &body.to_string(),
+                        ))
+                    }
+                    Ok(probe) => StreamItem::Chunk {
+                        usage_only: probe.choices.as_ref().is_some_and(Vec::is_empty)
+                            && probe.usage().is_some(),
+                        usage: probe.usage().cloned(),
+                        data: Bytes::from(ev.data),
+                    },
+                },
+            };
+            let last = !matches!(item, StreamItem::Chunk { .. });
+            if tx.send(item).await.is_err() || last {
+                return;
+            }
+        }
+        // The byte stream ended without `[DONE]`: the caller turns the closed channel into an
+        // error event, so a cut stream never looks complete.
+    });
+    Ok(ChatResponse::Stream(rx))
+}
+
+/// `POST {root}/embeddings`.
+pub async fn embeddings(
+    p: &Provider,
+    mut body: Map<String, Value>,
+    model: &str,
+) -> Result<(Bytes, Option<Usage>), ApiError> {
+    body.insert("model".into(), Value::String(model.to_owned()));
+    let url = format!("{}/embeddings", p.openai_root());
+    let resp = p.send(p.post(&url).json(&body), false).await?;
+    let body = resp
+        .bytes()
+        .await
+        .map_err(|e| crate::api::error::from_transport(&p.name, e))?;
+    #[derive(Deserialize)]
+    struct Probe {
+        data: Vec<serde::de::IgnoredAny>,
+        #[serde(default)]
+        usage: Option<Usage>,
+    }
+    let probe: Probe = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_gateway(format!(
+            "provider {} returned an invalid embeddings response: {e}",
+            p.name
+        ))
+    })?;
+    let _ = probe.data;
+    Ok((body, probe.usage))
+}
+
+/// An OpenAI-format error body (`{"error": {...}}`, or Ollama's `{"error": "text"}`) to
+/// [`ApiError`] with the upstream's status.
+pub fn error_from_body(status: StatusCode, body: &str) -> ApiError {
+    let Ok(v) = serde_json::from_str::<Value>(body) else {
+        return opaque_error(status, body);
+    };
+    let str_of = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
+    match v.get("error") {
+        Some(Value::String(msg)) => ApiError::new(status, default_kind(status), msg.clone()),
+        Some(e @ Value::Object(_)) => {
+            let mut err = ApiError::new(
+                status,
+                &str_of(e, "type").unwrap_or_else(|| default_kind(status).to_owned()),
+                str_of(e, "message").unwrap_or_else(|| "upstream error".to_owned()),
+            );
+            err.code = match e.get("code") {
+                Some(Value::String(c)) => Some(c.clone()),
+                Some(Value::Number(n)) => Some(n.to_string()),
+                _ => None,
+            };
+            err.param = str_of(e, "param");
+            err
+        }
+        _ => opaque_error(status, body),
+    }
+}
+
+fn default_kind(status: StatusCode) -> &'static str {
+    if status.is_server_error() {
+        "upstream_error"
+    } else {
+        "invalid_request_error"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_error_bodies_keep_status_message_type_and_code() {
+        let cases = [
+            (
+                401,
+                r#"{"error":{"message":"Incorrect API key provided","type":"invalid_request_error","param":null,"code":"invalid_api_key"}}"#,
+                "invalid_request_error",
+                "Incorrect API key provided",
+                Some("invalid_api_key"),
+            ),
+            (
+                404,
+                r#"{"error":"model \"llama9\" not found, try pulling it first"}"#,
+                "invalid_request_error",
+                "model \"llama9\" not found, try pulling it first",
+                None,
+            ),
+            (
+                500,
+                "<html>oops</html>",
+                "upstream_error",
+                "upstream returned HTTP 500: <html>oops</html>",
+                None,
+            ),
+        ];
+        for (status, body, kind, msg, code) in cases {
+            let e = error_from_body(StatusCode::from_u16(status).unwrap(), body);
+            assert_eq!(e.status.as_u16(), status);
+            assert_eq!(e.kind, kind);
+            assert_eq!(e.message, msg);
+            assert_eq!(e.code.as_deref(), code);
+        }
+    }
+}

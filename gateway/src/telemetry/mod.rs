@@ -1,0 +1,3 @@
+//! Telemetry: Prometheus metrics (traces arrive with the observability work).
+
+pub mod metrics;
