@@ -69,7 +69,9 @@ impl TryFrom<SecretSourceRepr> for SecretSource {
         match (r.env, r.file) {
             (Some(e), None) if !e.is_empty() => Ok(Self::Env(e)),
             (None, Some(f)) if !f.is_empty() => Ok(Self::File(f)),
-            _ => Err("set exactly one of `env` (a variable name) or `file` (a path), non-empty".into()),
+            _ => Err(
+                "set exactly one of `env` (a variable name) or `file` (a path), non-empty".into(),
+            ),
         }
     }
 }
@@ -77,8 +79,14 @@ impl TryFrom<SecretSourceRepr> for SecretSource {
 impl From<SecretSource> for SecretSourceRepr {
     fn from(s: SecretSource) -> Self {
         match s {
-            SecretSource::Env(e) => Self { env: Some(e), file: None },
-            SecretSource::File(f) => Self { env: None, file: Some(f) },
+            SecretSource::Env(e) => Self {
+                env: Some(e),
+                file: None,
+            },
+            SecretSource::File(f) => Self {
+                env: None,
+                file: Some(f),
+            },
         }
     }
 }
@@ -152,7 +160,9 @@ pub enum ModelKind {
 }
 
 /// A capability a chat model may have.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Capability {
     /// Function calling (`tools`).
@@ -202,7 +212,8 @@ mod tests {
     #[test]
     fn secret_source_is_written_as_a_single_key_map() {
         let p: ProviderConfig =
-            serde_json::from_str(r#"{"name":"openai","api_key":{"env":"OPENAI_API_KEY"}}"#).unwrap();
+            serde_json::from_str(r#"{"name":"openai","api_key":{"env":"OPENAI_API_KEY"}}"#)
+                .unwrap();
         assert_eq!(p.api_key, Some(SecretSource::Env("OPENAI_API_KEY".into())));
         let back = serde_json::to_value(&p).unwrap();
         assert_eq!(back["api_key"]["env"], "OPENAI_API_KEY");
@@ -211,7 +222,9 @@ mod tests {
     #[test]
     fn secret_source_needs_exactly_one_source() {
         for bad in [r#"{}"#, r#"{"env":"A","file":"/b"}"#, r#"{"env":""}"#] {
-            let err = serde_json::from_str::<SecretSource>(bad).unwrap_err().to_string();
+            let err = serde_json::from_str::<SecretSource>(bad)
+                .unwrap_err()
+                .to_string();
             assert!(err.contains("exactly one"), "{bad}: {err}");
         }
         let f: SecretSource = serde_json::from_str(r#"{"file":"/k"}"#).unwrap();

@@ -49,10 +49,22 @@ mod tests {
             assert!(!v.models.is_empty(), "{name} has no models");
             for m in &v.models {
                 assert!(m.input_usd_per_mtok.is_some(), "{name}/{} unpriced", m.name);
-                assert!(m.output_usd_per_mtok.is_some(), "{name}/{} unpriced", m.name);
-                assert!(m.context_window.is_some(), "{name}/{} has no context", m.name);
+                assert!(
+                    m.output_usd_per_mtok.is_some(),
+                    "{name}/{} unpriced",
+                    m.name
+                );
+                assert!(
+                    m.context_window.is_some(),
+                    "{name}/{} has no context",
+                    m.name
+                );
                 if m.kind != Some(ModelKind::Embedding) {
-                    assert!(m.quality.is_some(), "{name}/{} has no quality prior", m.name);
+                    assert!(
+                        m.quality.is_some(),
+                        "{name}/{} has no quality prior",
+                        m.name
+                    );
                 }
             }
         }

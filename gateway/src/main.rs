@@ -71,7 +71,10 @@ fn main() -> ExitCode {
     };
     init_logging(args.log_format);
     llm_gateway::install_crypto();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -90,7 +93,9 @@ fn main() -> ExitCode {
 
 fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
@@ -174,7 +179,10 @@ async fn check_config(config: Option<PathBuf>) -> ExitCode {
             .iter()
             .filter(|e| e.provider.name == p.name)
             .count();
-        println!("provider {} ({:?}) at {}: {n} models", p.name, p.protocol, p.base_url);
+        println!(
+            "provider {} ({:?}) at {}: {n} models",
+            p.name, p.protocol, p.base_url
+        );
     }
     for (v, e) in gw.registry.virtuals() {
         println!("virtual model {} -> {}", v.as_str(), e.qualified_name());

@@ -164,13 +164,26 @@ impl Message {
 }
 
 /// Message content: a string or a list of parts.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug, Clone)]
 pub enum Content {
     /// Plain text.
     Text(String),
     /// Typed parts.
     Parts(Vec<ContentPart>),
+}
+
+impl<'de> Deserialize<'de> for Content {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match Value::deserialize(d)? {
+            Value::String(s) => Ok(Content::Text(s)),
+            v @ Value::Array(_) => serde_json::from_value(v)
+                .map(Content::Parts)
+                .map_err(|e| serde::de::Error::custom(format!("invalid content part: {e}"))),
+            other => Err(serde::de::Error::custom(format!(
+                "`content` must be a string or an array of content parts, not {other}"
+            ))),
+        }
+    }
 }
 
 impl Content {

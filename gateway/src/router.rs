@@ -49,7 +49,9 @@ pub fn pick_default<'a>(
         .collect();
     let (lo, hi) = priced
         .iter()
-        .fold((f64::MAX, f64::MIN), |(lo, hi), (_, _, p)| (lo.min(*p), hi.max(*p)));
+        .fold((f64::MAX, f64::MIN), |(lo, hi), (_, _, p)| {
+            (lo.min(*p), hi.max(*p))
+        });
     let cost_score = |p: f64| if hi > lo { (hi - p) / (hi - lo) } else { 1.0 };
     let score = |m: &ModelInfo, p: f64| match v {
         VirtualModel::Cheap => cost_score(p) + 1e-3 * m.quality,
@@ -97,7 +99,11 @@ mod tests {
             m("quick", 1.0, 0.6, 100.0),
             m("balanced", 0.5, 0.85, 400.0),
         ];
-        let pick = |v| ms[pick_default(v, ms.iter().enumerate()).unwrap()].name.clone();
+        let pick = |v| {
+            ms[pick_default(v, ms.iter().enumerate()).unwrap()]
+                .name
+                .clone()
+        };
         assert_eq!(pick(VirtualModel::Cheap), "cheap");
         assert_eq!(pick(VirtualModel::Quality), "strong");
         assert_eq!(pick(VirtualModel::Fast), "quick");
@@ -108,7 +114,10 @@ mod tests {
     fn unpriced_models_and_empty_sets_pick_nothing() {
         let mut x = m("x", 1.0, 0.9, 1.0);
         x.price = None;
-        assert_eq!(pick_default(VirtualModel::Auto, [(0, &x)].into_iter()), None);
+        assert_eq!(
+            pick_default(VirtualModel::Auto, [(0, &x)].into_iter()),
+            None
+        );
         assert_eq!(pick_default(VirtualModel::Auto, std::iter::empty()), None);
     }
 }

@@ -29,7 +29,10 @@ pub async fn read(headers: &HeaderMap, body: Body, limit: usize) -> Result<bytes
     match Limited::new(body, limit).collect().await {
         Ok(c) => Ok(c.to_bytes()),
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
-        Err(e) => Err(ApiError::invalid("", format!("Could not read the request body: {e}"))),
+        Err(e) => Err(ApiError::invalid(
+            "",
+            format!("Could not read the request body: {e}"),
+        )),
     }
 }
 
@@ -37,13 +40,18 @@ pub async fn read(headers: &HeaderMap, body: Body, limit: usize) -> Result<bytes
 /// field path (`messages[2].content`).
 pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<(Map<String, Value>, T), ApiError> {
     if bytes.is_empty() {
-        return Err(ApiError::invalid("", "The request body is empty; send a JSON object."));
+        return Err(ApiError::invalid(
+            "",
+            "The request body is empty; send a JSON object.",
+        ));
     }
-    let raw: Value = serde_json::from_slice(bytes).map_err(|e| {
-        ApiError::invalid("", format!("The request body is not valid JSON: {e}"))
-    })?;
+    let raw: Value = serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::invalid("", format!("The request body is not valid JSON: {e}")))?;
     let Value::Object(map) = raw else {
-        return Err(ApiError::invalid("", "The request body must be a JSON object."));
+        return Err(ApiError::invalid(
+            "",
+            "The request body must be a JSON object.",
+        ));
     };
     let typed = serde_path_to_error::deserialize(&Value::Object(map.clone())).map_err(|e| {
         let path = e.path().to_string();
@@ -67,11 +75,31 @@ mod tests {
         let cases = [
             (r#"{"messages":[]}"#, None, "model"),
             (r#"{"model":"x"}"#, None, "messages"),
-            (r#"{"model":"x","messages":[{"role":"wizard","content":"hi"}]}"#, Some("messages[0].role"), "wizard"),
-            (r#"{"model":"x","messages":[{"role":"user"}]}"#, Some("messages[0]"), "content"),
-            (r#"{"model":"x","messages":[],"temperature":"hot"}"#, Some("temperature"), "hot"),
-            (r#"{"model":"x","messages":[],"max_tokens":-5}"#, Some("max_tokens"), "-5"),
-            (r#"{"model":"x","messages":[{"role":"tool","content":"r"}]}"#, Some("messages[0]"), "tool_call_id"),
+            (
+                r#"{"model":"x","messages":[{"role":"wizard","content":"hi"}]}"#,
+                Some("messages[0].role"),
+                "wizard",
+            ),
+            (
+                r#"{"model":"x","messages":[{"role":"user"}]}"#,
+                Some("messages[0]"),
+                "content",
+            ),
+            (
+                r#"{"model":"x","messages":[],"temperature":"hot"}"#,
+                Some("temperature"),
+                "hot",
+            ),
+            (
+                r#"{"model":"x","messages":[],"max_tokens":-5}"#,
+                Some("max_tokens"),
+                "-5",
+            ),
+            (
+                r#"{"model":"x","messages":[{"role":"tool","content":"r"}]}"#,
+                Some("messages[0]"),
+                "tool_call_id",
+            ),
             (r#"{"model":"x""#, None, "not valid JSON"),
             (r#"[1,2]"#, None, "JSON object"),
         ];

@@ -84,13 +84,22 @@ async fn serve(
 
 fn validate(req: &ChatRequest) -> Result<(), ApiError> {
     if req.messages.is_empty() {
-        return Err(ApiError::invalid("messages", "`messages` must contain at least one message."));
+        return Err(ApiError::invalid(
+            "messages",
+            "`messages` must contain at least one message.",
+        ));
     }
     if let Some(t) = req.temperature.filter(|t| !(0.0..=2.0).contains(t)) {
-        return Err(ApiError::invalid("temperature", format!("`temperature` must be between 0 and 2, got {t}.")));
+        return Err(ApiError::invalid(
+            "temperature",
+            format!("`temperature` must be between 0 and 2, got {t}."),
+        ));
     }
     if let Some(p) = req.top_p.filter(|p| !(0.0..=1.0).contains(p)) {
-        return Err(ApiError::invalid("top_p", format!("`top_p` must be between 0 and 1, got {p}.")));
+        return Err(ApiError::invalid(
+            "top_p",
+            format!("`top_p` must be between 0 and 1, got {p}."),
+        ));
     }
     if req.n == Some(0) {
         return Err(ApiError::invalid("n", "`n` must be at least 1."));
@@ -104,19 +113,35 @@ fn check_capabilities(req: &ChatRequest, t: &Target) -> Result<(), ApiError> {
     if info.kind == ModelKind::Embedding {
         return Err(ApiError::invalid(
             "model",
-            format!("`{}` is an embedding model; send it to /v1/embeddings.", t.model),
+            format!(
+                "`{}` is an embedding model; send it to /v1/embeddings.",
+                t.model
+            ),
         ));
     }
-    let Some(caps) = info.capabilities else { return Ok(()) };
+    let Some(caps) = info.capabilities else {
+        return Ok(());
+    };
     let missing = [
         (req.has_images() && !caps.vision, "messages", "image input"),
-        (req.has_tools() && !caps.tools, "tools", "tools (function calling)"),
-        (req.wants_json() && !caps.json, "response_format", "JSON response formats"),
+        (
+            req.has_tools() && !caps.tools,
+            "tools",
+            "tools (function calling)",
+        ),
+        (
+            req.wants_json() && !caps.json,
+            "response_format",
+            "JSON response formats",
+        ),
     ];
     match missing.into_iter().find(|(miss, ..)| *miss) {
         Some((_, param, what)) => Err(ApiError::invalid(
             param,
-            format!("Model `{}/{}` does not support {what}.", t.provider.name, t.model),
+            format!(
+                "Model `{}/{}` does not support {what}.",
+                t.provider.name, t.model
+            ),
         )
         .with_code("unsupported_capability")),
         None => Ok(()),
@@ -133,7 +158,11 @@ struct SseState {
 
 /// The SSE response: chunks as they arrive, the usage chunk only if the client asked, then
 /// `[DONE]`; or an error event and no `[DONE]` if the upstream failed.
-fn stream_response(rx: mpsc::Receiver<StreamItem>, include_usage: bool, record: Record) -> Response {
+fn stream_response(
+    rx: mpsc::Receiver<StreamItem>,
+    include_usage: bool,
+    record: Record,
+) -> Response {
     let state = SseState {
         rx,
         include_usage,
@@ -182,7 +211,10 @@ fn stream_response(rx: mpsc::Receiver<StreamItem>, include_usage: bool, record: 
     let mut resp = Response::new(Body::from_stream(stream));
     *resp.status_mut() = StatusCode::OK;
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     resp

@@ -58,7 +58,11 @@ async fn serve(
     }
     let target = gw.registry.resolve(&req.model)?;
     record.set_target(&target);
-    if target.info.as_ref().is_some_and(|i| i.kind == ModelKind::Chat) {
+    if target
+        .info
+        .as_ref()
+        .is_some_and(|i| i.kind == ModelKind::Chat)
+    {
         return Err(ApiError::invalid(
             "model",
             format!(
@@ -70,14 +74,19 @@ async fn serve(
     let Some(result) = target.provider.embeddings(raw, &target.model).await else {
         return Err(ApiError::invalid(
             "model",
-            format!("Provider `{}` has no embeddings endpoint.", target.provider.name),
+            format!(
+                "Provider `{}` has no embeddings endpoint.",
+                target.provider.name
+            ),
         ));
     };
     let (body, usage) = result?;
     let cost = record.finish(200, usage.as_ref());
     let mut resp = Response::new(Body::from(body));
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     headers::target_headers(resp.headers_mut(), &target);
     headers::cost_header(resp.headers_mut(), cost);
     Ok(resp)

@@ -4,9 +4,14 @@ use axum::response::{IntoResponse, Response};
 use http::{header, HeaderValue, StatusCode};
 use serde_json::json;
 
-/// An error returned to the client in OpenAI's format.
+/// An error returned to the client in OpenAI's format (boxed: errors are rare, and a small
+/// `Result` keeps the success path cheap).
 #[derive(Debug, Clone)]
-pub struct ApiError {
+pub struct ApiError(Box<ErrorDetail>);
+
+/// The fields of an [`ApiError`].
+#[derive(Debug, Clone)]
+pub struct ErrorDetail {
     /// HTTP status.
     pub status: StatusCode,
     /// Human-readable message.
@@ -24,14 +29,14 @@ pub struct ApiError {
 impl ApiError {
     /// An error with the given status, type and message.
     pub fn new(status: StatusCode, kind: &str, message: impl Into<String>) -> Self {
-        Self {
+        Self(Box::new(ErrorDetail {
             status,
             message: message.into(),
             kind: kind.to_owned(),
             code: None,
             param: None,
             retry_after: None,
-        }
+        }))
     }
 
     /// 400 for a bad request field.
@@ -70,9 +75,28 @@ impl ApiError {
     }
 }
 
+impl std::ops::Deref for ApiError {
+    type Target = ErrorDetail;
+    fn deref(&self) -> &ErrorDetail {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for ApiError {
+    fn deref_mut(&mut self) -> &mut ErrorDetail {
+        &mut self.0
+    }
+}
+
 impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {}: {}", self.status.as_u16(), self.kind, self.message)
+        write!(
+            f,
+            "{} {}: {}",
+            self.status.as_u16(),
+            self.kind,
+            self.message
+        )
     }
 }
 
@@ -97,9 +121,6 @@ pub fn from_transport(provider: &str, err: reqwest::Error) -> ApiError {
     } else if err.is_connect() {
         ApiError::bad_gateway(format!("provider {provider} is unreachable"))
     } else {
-        ApiError::bad_gateway(format!(
-            "provider {provider} failed: {}",
-            err.without_url()
-        ))
+        ApiError::bad_gateway(format!("provider {provider} failed: {}", err.without_url()))
     }
 }

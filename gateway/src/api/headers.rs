@@ -26,7 +26,12 @@ pub fn target_headers(h: &mut HeaderMap, t: &Target) {
         put(
             h,
             ROUTE,
-            &format!("virtual={}; strategy=default; chosen={}/{}", v.as_str(), t.provider.name, t.model),
+            &format!(
+                "virtual={}; strategy=default; chosen={}/{}",
+                v.as_str(),
+                t.provider.name,
+                t.model
+            ),
         );
     }
     if t.info.as_ref().and_then(|i| i.price).is_none() {

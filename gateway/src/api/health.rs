@@ -18,7 +18,11 @@ pub async fn healthz() -> Json<serde_json::Value> {
 /// Readiness: false while shutting down or with no provider enabled.
 pub async fn readyz(State(gw): State<AppState>) -> Response {
     if !gw.ready.load(Ordering::Relaxed) {
-        return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "shutting down"}))).into_response();
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "shutting down"})),
+        )
+            .into_response();
     }
     if gw.registry.providers().is_empty() {
         return (

@@ -63,8 +63,14 @@ pub async fn list(State(gw): State<AppState>) -> Json<Value> {
 }
 
 /// One model by any name that resolves to it.
-pub async fn get(State(gw): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
-    if let Some(v) = virtual_objects(&gw).into_iter().find(|v| v["id"] == id.as_str()) {
+pub async fn get(
+    State(gw): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    if let Some(v) = virtual_objects(&gw)
+        .into_iter()
+        .find(|v| v["id"] == id.as_str())
+    {
         return Ok(Json(v));
     }
     let t = gw.registry.resolve(&id)?;

@@ -97,6 +97,9 @@ mod tests {
     fn ollama_host_forms() {
         assert_eq!(normalize_ollama_host("0.0.0.0"), "http://0.0.0.0:11434");
         assert_eq!(normalize_ollama_host("box:1234"), "http://box:1234");
-        assert_eq!(normalize_ollama_host("https://o.example/"), "https://o.example");
+        assert_eq!(
+            normalize_ollama_host("https://o.example/"),
+            "https://o.example"
+        );
     }
 }

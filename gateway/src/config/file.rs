@@ -65,7 +65,9 @@ mod tests {
             let err = parse("t.yaml", yaml).unwrap_err();
             assert_eq!(err.path, path, "{yaml}: {err}");
             assert!(err.to_string().contains(word), "{err}");
-            assert!(err.to_string().starts_with("invalid configuration in t.yaml"));
+            assert!(err
+                .to_string()
+                .starts_with("invalid configuration in t.yaml"));
         }
     }
 

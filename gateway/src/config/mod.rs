@@ -16,7 +16,7 @@ use url::Url;
 use crate::models::info::ModelInfo;
 
 pub use env::from_env;
-pub use file::load_file;
+pub use file::{load_file, parse};
 pub use validate::validate;
 
 /// Default largest request body: 10 MiB (room for a few inline images).
@@ -114,7 +114,11 @@ impl ConfigError {
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.path.is_empty() {
-            write!(f, "invalid configuration in {}: {}", self.source, self.message)
+            write!(
+                f,
+                "invalid configuration in {}: {}",
+                self.source, self.message
+            )
         } else {
             write!(
                 f,

@@ -47,7 +47,10 @@ pub fn validate(
     for (i, p) in cfg.providers.iter().enumerate() {
         let at = |field: &str| format!("providers[{i}].{field}");
         if !seen.insert(p.name.as_str()) {
-            return Err(err(at("name"), format!("duplicate provider name `{}`", p.name)));
+            return Err(err(
+                at("name"),
+                format!("duplicate provider name `{}`", p.name),
+            ));
         }
         providers.push(provider(p, &at, getenv).map_err(|(path, msg)| err(path, msg))?);
     }
@@ -86,7 +89,11 @@ fn provider(
             ),
         );
     };
-    let Some(base) = p.base_url.as_deref().or(vendor.map(|v| v.base_url.as_str())) else {
+    let Some(base) = p
+        .base_url
+        .as_deref()
+        .or(vendor.map(|v| v.base_url.as_str()))
+    else {
         return fail("base_url", format!("required for provider `{}`", p.name));
     };
     let base_url = match Url::parse(base.trim_end_matches('/')) {
@@ -101,24 +108,31 @@ fn provider(
         );
     }
 
-    let api_key = match &p.api_key {
-        None if KEYED_VENDORS.contains(&p.name.as_str()) => {
-            return fail(
+    let api_key =
+        match &p.api_key {
+            None if KEYED_VENDORS.contains(&p.name.as_str()) => return fail(
                 "api_key",
-                format!("provider `{}` needs an API key: set api_key: {{env: VAR}} or {{file: PATH}}", p.name),
-            )
-        }
-        None => None,
-        Some(SecretSource::Env(var)) => match getenv(var).filter(|v| !v.trim().is_empty()) {
-            Some(v) => Some(Secret::new(v.trim())),
-            None => return fail("api_key.env", format!("environment variable `{var}` is not set")),
-        },
-        Some(SecretSource::File(path)) => match std::fs::read_to_string(path) {
-            Ok(v) if !v.trim().is_empty() => Some(Secret::new(v.trim())),
-            Ok(_) => return fail("api_key.file", format!("`{path}` is empty")),
-            Err(e) => return fail("api_key.file", format!("cannot read `{path}`: {e}")),
-        },
-    };
+                format!(
+                    "provider `{}` needs an API key: set api_key: {{env: VAR}} or {{file: PATH}}",
+                    p.name
+                ),
+            ),
+            None => None,
+            Some(SecretSource::Env(var)) => match getenv(var).filter(|v| !v.trim().is_empty()) {
+                Some(v) => Some(Secret::new(v.trim())),
+                None => {
+                    return fail(
+                        "api_key.env",
+                        format!("environment variable `{var}` is not set"),
+                    )
+                }
+            },
+            Some(SecretSource::File(path)) => match std::fs::read_to_string(path) {
+                Ok(v) if !v.trim().is_empty() => Some(Secret::new(v.trim())),
+                Ok(_) => return fail("api_key.file", format!("`{path}` is empty")),
+                Err(e) => return fail("api_key.file", format!("cannot read `{path}`: {e}")),
+            },
+        };
 
     let mut headers = HeaderMap::new();
     for (k, v) in &p.headers {
@@ -144,7 +158,10 @@ fn provider(
         if v.is_finite() && v > 0.0 && v < 1e7 {
             Ok(Duration::from_secs_f64(v))
         } else {
-            Err((at(field), format!("{v} is not a positive number of seconds")))
+            Err((
+                at(field),
+                format!("{v} is not a positive number of seconds"),
+            ))
         }
     };
 
@@ -185,9 +202,7 @@ fn provider(
             Some(n) => n,
             None => DEFAULT_ANTHROPIC_MAX_TOKENS,
         },
-        discover_models: p
-            .discover_models
-            .unwrap_or(protocol == Protocol::Ollama),
+        discover_models: p.discover_models.unwrap_or(protocol == Protocol::Ollama),
         optional: false,
         models: merge_models(base_models, &p.models, at)?,
     })
@@ -293,7 +308,11 @@ mod tests {
         assert_eq!(p.api_key.as_ref().unwrap().expose(), "sk-test");
         let mini = p.models.iter().find(|m| m.name == "gpt-4o-mini").unwrap();
         assert_eq!(mini.price.unwrap().input_per_mtok, 9.0);
-        assert_eq!(mini.price.unwrap().output_per_mtok, 0.6, "unset fields keep the catalog's");
+        assert_eq!(
+            mini.price.unwrap().output_per_mtok,
+            0.6,
+            "unset fields keep the catalog's"
+        );
         assert!(p.models.iter().any(|m| m.name == "my-finetune"));
         assert!(!p.discover_models);
     }
@@ -308,7 +327,13 @@ mod tests {
             key.display()
         );
         let s = run(&yaml).unwrap();
-        assert_eq!(s.providers[0].api_key.as_ref().unwrap().expose(), "sk-from-file");
-        assert!(!format!("{:?}", s).contains("sk-from-file"), "Debug must not print secrets");
+        assert_eq!(
+            s.providers[0].api_key.as_ref().unwrap().expose(),
+            "sk-from-file"
+        );
+        assert!(
+            !format!("{:?}", s).contains("sk-from-file"),
+            "Debug must not print secrets"
+        );
     }
 }

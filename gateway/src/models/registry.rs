@@ -75,7 +75,8 @@ impl Registry {
             .filter(|&i| r.entries[i].info.kind == ModelKind::Chat)
             .collect();
         for v in VirtualModel::ALL {
-            if let Some(i) = router::pick_default(v, chat.iter().map(|&i| (i, &*r.entries[i].info))) {
+            if let Some(i) = router::pick_default(v, chat.iter().map(|&i| (i, &*r.entries[i].info)))
+            {
                 r.virtuals.push((v, i));
             }
         }

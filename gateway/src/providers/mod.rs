@@ -202,7 +202,11 @@ fn opaque_error(status: StatusCode, body: &str) -> ApiError {
     ApiError::new(
         status,
         kind,
-        format!("upstream returned HTTP {}: {}", status.as_u16(), snippet.trim()),
+        format!(
+            "upstream returned HTTP {}: {}",
+            status.as_u16(),
+            snippet.trim()
+        ),
     )
 }
 

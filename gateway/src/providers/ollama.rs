@@ -29,7 +29,10 @@ pub async fn list_models(host: &str) -> Result<Vec<String>, String> {
         .await
         .map_err(|e| e.without_url().to_string())?;
     if !resp.status().is_success() {
-        return Err(format!("/api/tags answered HTTP {}", resp.status().as_u16()));
+        return Err(format!(
+            "/api/tags answered HTTP {}",
+            resp.status().as_u16()
+        ));
     }
     let tags: Tags = resp
         .json()

@@ -32,9 +32,7 @@ pub async fn chat(p: &Provider, call: ChatCall<'_>) -> Result<ChatResponse, ApiE
     if stream {
         // Usage is needed to price the request even when the client did not ask for it; the
         // usage-only chunk is then held back from the client.
-        let opts = body
-            .entry("stream_options")
-            .or_insert_with(|| json!({}));
+        let opts = body.entry("stream_options").or_insert_with(|| json!({}));
         match opts {
             Value::Object(o) => {
                 o.insert("include_usage".into(), Value::Bool(true));

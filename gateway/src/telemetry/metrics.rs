@@ -83,11 +83,7 @@ impl Default for Metrics {
             "Time from request to the last byte of the response",
             duration.clone(),
         );
-        registry.register(
-            "tokens",
-            "Tokens reported by providers",
-            tokens.clone(),
-        );
+        registry.register("tokens", "Tokens reported by providers", tokens.clone());
         registry.register(
             "cost_usd",
             "Cost in USD of the usage providers reported, at catalog prices",
@@ -113,7 +109,10 @@ impl Metrics {
         cost: Option<f64>,
     ) {
         if let Some(u) = usage {
-            for (kind, n) in [("prompt", u.prompt_tokens), ("completion", u.completion_tokens)] {
+            for (kind, n) in [
+                ("prompt", u.prompt_tokens),
+                ("completion", u.completion_tokens),
+            ] {
                 self.tokens
                     .get_or_create(&TokenLabels {
                         provider: labels.provider.clone(),

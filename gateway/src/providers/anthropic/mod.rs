@@ -28,9 +28,12 @@ pub async fn chat(p: &Provider, call: ChatCall<'_>) -> Result<ChatResponse, ApiE
 
     if !stream {
         let body = resp.bytes().await.map_err(|e| from_transport(&p.name, e))?;
-        let (v, usage) = response::to_chat_completion(&body, t.json_tool.as_deref())
-            .map_err(|e| {
-                ApiError::bad_gateway(format!("provider {} returned an invalid message: {e}", p.name))
+        let (v, usage) =
+            response::to_chat_completion(&body, t.json_tool.as_deref()).map_err(|e| {
+                ApiError::bad_gateway(format!(
+                    "provider {} returned an invalid message: {e}",
+                    p.name
+                ))
             })?;
         return Ok(ChatResponse::Json {
             body: Bytes::from(v.to_string()),

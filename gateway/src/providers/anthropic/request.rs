@@ -57,7 +57,10 @@ pub fn translate(
                 tool_calls,
             } => {
                 let mut blocks = Vec::new();
-                if let Some(text) = content.as_ref().map(Content::text).filter(|t| !t.is_empty())
+                if let Some(text) = content
+                    .as_ref()
+                    .map(Content::text)
+                    .filter(|t| !t.is_empty())
                 {
                     blocks.push(json!({"type": "text", "text": text}));
                 }
@@ -88,12 +91,10 @@ pub fn translate(
                     "type": "tool_result", "tool_use_id": tool_call_id, "content": content.text(),
                 })],
             ),
-            Message::Function { .. } => {
-                return Err(ApiError::invalid(
-                    format!("messages[{i}].role"),
-                    "the deprecated `function` role is not supported for Anthropic models; use `tool`",
-                ))
-            }
+            Message::Function { .. } => return Err(ApiError::invalid(
+                format!("messages[{i}].role"),
+                "the deprecated `function` role is not supported for Anthropic models; use `tool`",
+            )),
         }
     }
 
@@ -139,7 +140,10 @@ pub fn translate(
         let Some(f) = t.function.as_ref().filter(|_| t.kind == "function") else {
             return Err(ApiError::invalid(
                 format!("tools[{k}].type"),
-                format!("tool type `{}` is not supported for Anthropic models; use `function`", t.kind),
+                format!(
+                    "tool type `{}` is not supported for Anthropic models; use `function`",
+                    t.kind
+                ),
             ));
         };
         let mut tool = json!({
@@ -223,12 +227,15 @@ fn user_blocks(content: &Content, i: usize) -> Result<Vec<Value>, ApiError> {
             .map(|(j, p)| match p {
                 ContentPart::Text { text } => Ok(json!({"type": "text", "text": text})),
                 ContentPart::Refusal { refusal } => Ok(json!({"type": "text", "text": refusal})),
-                ContentPart::ImageUrl { image_url } => image_block(&image_url.url)
-                    .map_err(|m| ApiError::invalid(format!("messages[{i}].content[{j}].image_url.url"), m)),
-                ContentPart::InputAudio { .. } | ContentPart::File { .. } => Err(ApiError::invalid(
-                    format!("messages[{i}].content[{j}].type"),
-                    "audio and file parts are not supported for Anthropic models",
-                )),
+                ContentPart::ImageUrl { image_url } => image_block(&image_url.url).map_err(|m| {
+                    ApiError::invalid(format!("messages[{i}].content[{j}].image_url.url"), m)
+                }),
+                ContentPart::InputAudio { .. } | ContentPart::File { .. } => {
+                    Err(ApiError::invalid(
+                        format!("messages[{i}].content[{j}].type"),
+                        "audio and file parts are not supported for Anthropic models",
+                    ))
+                }
             })
             .collect(),
     }
@@ -345,12 +352,30 @@ mod tests {
     #[test]
     fn untranslatable_requests_are_400s_naming_the_field() {
         let cases = [
-            (json!({"model":"m","n":2,"messages":[{"role":"user","content":"x"}]}), "n"),
-            (json!({"model":"m","messages":[{"role":"assistant","content":null,"tool_calls":[{"id":"a","type":"function","function":{"name":"f","arguments":"{oops"}}]}]}), "messages[0].tool_calls[0].function.arguments"),
-            (json!({"model":"m","messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"ftp://x"}}]}]}), "messages[0].content[0].image_url.url"),
-            (json!({"model":"m","messages":[{"role":"user","content":[{"type":"input_audio","input_audio":{}}]}]}), "messages[0].content[0].type"),
-            (json!({"model":"m","tool_choice":"sometimes","tools":[{"type":"function","function":{"name":"f"}}],"messages":[{"role":"user","content":"x"}]}), "tool_choice"),
-            (json!({"model":"m","tools":[{"type":"custom"}],"messages":[{"role":"user","content":"x"}]}), "tools[0].type"),
+            (
+                json!({"model":"m","n":2,"messages":[{"role":"user","content":"x"}]}),
+                "n",
+            ),
+            (
+                json!({"model":"m","messages":[{"role":"assistant","content":null,"tool_calls":[{"id":"a","type":"function","function":{"name":"f","arguments":"{oops"}}]}]}),
+                "messages[0].tool_calls[0].function.arguments",
+            ),
+            (
+                json!({"model":"m","messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"ftp://x"}}]}]}),
+                "messages[0].content[0].image_url.url",
+            ),
+            (
+                json!({"model":"m","messages":[{"role":"user","content":[{"type":"input_audio","input_audio":{}}]}]}),
+                "messages[0].content[0].type",
+            ),
+            (
+                json!({"model":"m","tool_choice":"sometimes","tools":[{"type":"function","function":{"name":"f"}}],"messages":[{"role":"user","content":"x"}]}),
+                "tool_choice",
+            ),
+            (
+                json!({"model":"m","tools":[{"type":"custom"}],"messages":[{"role":"user","content":"x"}]}),
+                "tools[0].type",
+            ),
         ];
         for (req, param) in cases {
             let e = tr(req).unwrap_err();

@@ -45,9 +45,8 @@ impl AnthropicUsage {
     /// As OpenAI usage: prompt tokens include cache reads and writes.
     pub fn to_openai(&self) -> Usage {
         let cached = self.cache_read_input_tokens.unwrap_or(0);
-        let prompt = self.input_tokens.unwrap_or(0)
-            + cached
-            + self.cache_creation_input_tokens.unwrap_or(0);
+        let prompt =
+            self.input_tokens.unwrap_or(0) + cached + self.cache_creation_input_tokens.unwrap_or(0);
         let completion = self.output_tokens.unwrap_or(0);
         Usage {
             prompt_tokens: prompt,
@@ -348,7 +347,8 @@ impl StreamTranslator {
                 if let Some(u) = usage {
                     self.usage.update(&u);
                 }
-                let finish = finish_reason(delta.stop_reason.as_deref(), self.answered_by_json_tool);
+                let finish =
+                    finish_reason(delta.stop_reason.as_deref(), self.answered_by_json_tool);
                 vec![self.chunk(json!({}), Some(finish))]
             }
             Event::MessageStop {} => {
@@ -367,8 +367,12 @@ impl StreamTranslator {
                 ]
             }
             Event::Error { error } => vec![StreamItem::Error(
-                ApiError::new(status_for_error_type(&error.kind), &error.kind, error.message)
-                    .with_code(&error.kind),
+                ApiError::new(
+                    status_for_error_type(&error.kind),
+                    &error.kind,
+                    error.message,
+                )
+                .with_code(&error.kind),
             )],
             Event::ContentBlockStop {} | Event::Ping {} | Event::Unknown => vec![],
         }
@@ -405,7 +409,14 @@ mod tests {
             choice["message"]["tool_calls"][0]["function"]["arguments"],
             r#"{"city":"Paris"}"#
         );
-        assert_eq!((usage.prompt_tokens, usage.completion_tokens, usage.total_tokens), (25, 7, 32));
+        assert_eq!(
+            (
+                usage.prompt_tokens,
+                usage.completion_tokens,
+                usage.total_tokens
+            ),
+            (25, 7, 32)
+        );
         assert_eq!(v["usage"]["prompt_tokens_details"]["cached_tokens"], 5);
     }
 
@@ -439,12 +450,18 @@ mod tests {
     fn errors_keep_type_and_message_and_529_becomes_503() {
         let body = r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#;
         let e = error_from_body(StatusCode::from_u16(529).unwrap(), body);
-        assert_eq!((e.status.as_u16(), e.kind.as_str(), e.message.as_str()), (503, "overloaded_error", "Overloaded"));
+        assert_eq!(
+            (e.status.as_u16(), e.kind.as_str(), e.message.as_str()),
+            (503, "overloaded_error", "Overloaded")
+        );
         let e = error_from_body(
             StatusCode::BAD_REQUEST,
             r#"{"type":"error","error":{"type":"invalid_request_error","message":"max_tokens: Field required"}}"#,
         );
-        assert_eq!((e.status.as_u16(), e.message.as_str()), (400, "max_tokens: Field required"));
+        assert_eq!(
+            (e.status.as_u16(), e.message.as_str()),
+            (400, "max_tokens: Field required")
+        );
     }
 
     /// Streaming events in, chunks out, including tool-argument fragments.
@@ -485,16 +502,26 @@ mod tests {
         assert_eq!(usage_chunk["choices"], json!([]));
         assert_eq!(usage_chunk["usage"]["prompt_tokens"], 12);
         assert_eq!(usage_chunk["usage"]["completion_tokens"], 30);
-        assert!(matches!(items[6], StreamItem::Chunk { usage_only: true, .. }));
+        assert!(matches!(
+            items[6],
+            StreamItem::Chunk {
+                usage_only: true,
+                ..
+            }
+        ));
         assert!(matches!(items[7], StreamItem::End));
     }
 
     #[test]
     fn stream_error_event_becomes_an_error_item() {
         let mut t = StreamTranslator::new(None);
-        let items = t.on_event(r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#);
+        let items = t.on_event(
+            r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#,
+        );
         match &items[..] {
-            [StreamItem::Error(e)] => assert_eq!((e.status.as_u16(), e.message.as_str()), (503, "Overloaded")),
+            [StreamItem::Error(e)] => {
+                assert_eq!((e.status.as_u16(), e.message.as_str()), (503, "Overloaded"))
+            }
             other => panic!("{other:?}"),
         }
     }
@@ -505,7 +532,10 @@ mod tests {
         t.on_event(r#"{"type":"message_start","message":{"id":"m","model":"c","usage":{"input_tokens":1}}}"#);
         assert!(t.on_event(r#"{"type":"content_block_start","index":0,"content_block":{"type":"tool_use","id":"t","name":"answer","input":{}}}"#).is_empty());
         let items = t.on_event(r#"{"type":"content_block_delta","index":0,"delta":{"type":"input_json_delta","partial_json":"{\"n\":4}"}}"#);
-        assert_eq!(data(&items[0])["choices"][0]["delta"]["content"], "{\"n\":4}");
+        assert_eq!(
+            data(&items[0])["choices"][0]["delta"]["content"],
+            "{\"n\":4}"
+        );
         let items = t.on_event(r#"{"type":"message_delta","delta":{"stop_reason":"tool_use"},"usage":{"output_tokens":3}}"#);
         assert_eq!(data(&items[0])["choices"][0]["finish_reason"], "stop");
     }

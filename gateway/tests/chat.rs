@@ -1,0 +1,321 @@
+//! Chat completions through the gateway against each wire protocol of the mock providers.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+
+/// (model as the client names it, provider, upstream model, vendor prefix in the mock reply)
+const MODELS: [(&str, &str, &str); 5] = [
+    ("gpt-4o-mini", "openai", "gpt-4o-mini"),
+    (
+        "claude-3-5-haiku-latest",
+        "anthropic",
+        "claude-3-5-haiku-latest",
+    ),
+    ("groq/llama-3.1-8b-instant", "groq", "llama-3.1-8b-instant"),
+    (
+        "together/meta-llama/Llama-3.3-70B-Instruct-Turbo",
+        "together",
+        "meta-llama/Llama-3.3-70B-Instruct-Turbo",
+    ),
+    ("ollama/llama3.2", "ollama", "llama3.2:latest"),
+];
+
+fn hello(model: &str) -> Value {
+    json!({"model": model, "messages": [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hello there"}]})
+}
+
+#[tokio::test]
+async fn non_streaming_chat_works_for_every_provider_with_headers_and_usage() {
+    let h = start().await;
+    for (model, provider, upstream) in MODELS {
+        let (status, headers, body) = h.chat(&hello(model)).await;
+        assert_eq!(status, 200, "{model}: {body}");
+        assert_eq!(headers["x-llm-gateway-provider"], provider);
+        assert_eq!(headers["x-llm-gateway-model"], upstream);
+        assert!(headers.contains_key("x-request-id"));
+        assert_eq!(body["object"], "chat.completion");
+        let content = body["choices"][0]["message"]["content"].as_str().unwrap();
+        assert!(
+            content.contains(&format!("Mock {provider} reply")),
+            "{model}: {content}"
+        );
+        assert!(content.contains("Hello there"));
+        assert_eq!(body["choices"][0]["finish_reason"], "stop");
+        let usage = &body["usage"];
+        assert!(
+            usage["prompt_tokens"].as_u64().unwrap() > 0,
+            "{model}: {usage}"
+        );
+        assert!(usage["completion_tokens"].as_u64().unwrap() > 0);
+        let cost: f64 = headers["x-llm-gateway-cost-usd"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        if provider == "ollama" {
+            assert_eq!(cost, 0.0, "local models are free");
+        } else {
+            assert!(cost > 0.0, "{model}: cost {cost}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn streaming_chat_works_for_every_provider_with_and_without_usage() {
+    let h = start().await;
+    for (model, provider, _) in MODELS {
+        for include_usage in [false, true] {
+            let mut req = hello(model);
+            req["stream"] = json!(true);
+            if include_usage {
+                req["stream_options"] = json!({"include_usage": true});
+            }
+            let (status, headers, body) = h.chat_stream(&req).await;
+            assert_eq!(status, 200, "{model}: {body}");
+            assert_eq!(headers["content-type"], "text/event-stream");
+            assert_eq!(headers["x-llm-gateway-provider"], provider);
+            let chunks = sse_data(&body);
+            assert_eq!(chunks.last().unwrap(), "[DONE]", "{model}: {body}");
+            let text = streamed_text(&chunks);
+            assert!(
+                text.contains(&format!("Mock {provider} reply")),
+                "{model}: {text}"
+            );
+            assert!(text.ends_with("Hello there"), "{model}: {text}");
+            let finishes: Vec<_> = chunks
+                .iter()
+                .filter_map(|c| c["choices"][0]["finish_reason"].as_str())
+                .collect();
+            assert_eq!(finishes, ["stop"], "{model}");
+            let usage_chunks: Vec<&Value> =
+                chunks.iter().filter(|c| c["usage"].is_object()).collect();
+            if include_usage {
+                let u = usage_chunks
+                    .last()
+                    .unwrap_or_else(|| panic!("{model}: no usage in {body}"));
+                assert!(u["usage"]["completion_tokens"].as_u64().unwrap() > 0);
+            } else {
+                assert!(
+                    chunks.iter().all(|c| c["choices"] != json!([])),
+                    "{model}: a usage-only chunk leaked to a client that did not ask: {body}"
+                );
+            }
+            if provider != "ollama" {
+                assert!(
+                    body.contains(": x-llm-gateway-cost-usd="),
+                    "{model}: cost comment missing: {body}"
+                );
+            }
+        }
+    }
+}
+
+fn weather_tools() -> Value {
+    json!([{"type": "function", "function": {"name": "get_weather", "description": "Current weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}, "unit": {"type": "string", "enum": ["c", "f"]}}, "required": ["city"]}}}])
+}
+
+#[tokio::test]
+async fn tool_calls_and_tool_results_round_trip_on_every_protocol() {
+    let h = start().await;
+    for model in [
+        "gpt-4o-mini",
+        "claude-3-5-haiku-latest",
+        "groq/llama-3.3-70b-versatile",
+        "ollama/llama3.2",
+    ] {
+        let req = json!({"model": model, "tools": weather_tools(), "tool_choice": "auto",
+            "messages": [{"role": "user", "content": "Weather in Paris?"}]});
+        let (status, _, body) = h.chat(&req).await;
+        assert_eq!(status, 200, "{model}: {body}");
+        let choice = &body["choices"][0];
+        assert_eq!(choice["finish_reason"], "tool_calls", "{model}: {body}");
+        let call = &choice["message"]["tool_calls"][0];
+        assert_eq!(call["type"], "function");
+        assert_eq!(call["function"]["name"], "get_weather");
+        let args: Value =
+            serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+        assert_eq!(args["city"], "sample");
+        let id = call["id"].as_str().unwrap().to_owned();
+
+        let follow = json!({"model": model, "tools": weather_tools(), "messages": [
+            {"role": "user", "content": "Weather in Paris?"},
+            {"role": "assistant", "content": null, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": id, "content": "18 degrees and sunny"}]});
+        let (status, _, body) = h.chat(&follow).await;
+        assert_eq!(status, 200, "{model}: {body}");
+        let content = body["choices"][0]["message"]["content"].as_str().unwrap();
+        assert!(
+            content.contains("18 degrees and sunny"),
+            "{model}: {content}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn streamed_tool_call_deltas_reassemble_to_the_arguments() {
+    let h = start().await;
+    for model in [
+        "gpt-4o-mini",
+        "claude-3-5-haiku-latest",
+        "together/meta-llama/Llama-3.3-70B-Instruct-Turbo",
+    ] {
+        let req = json!({"model": model, "stream": true, "tools": weather_tools(),
+            "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
+            "messages": [{"role": "user", "content": "Weather in Oslo?"}]});
+        let (status, _, body) = h.chat_stream(&req).await;
+        assert_eq!(status, 200, "{model}: {body}");
+        let chunks = sse_data(&body);
+        let mut id = None;
+        let mut name = String::new();
+        let mut args = String::new();
+        let mut fragments = 0;
+        for c in &chunks {
+            for tc in c["choices"][0]["delta"]["tool_calls"]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
+                assert_eq!(tc["index"], 0);
+                if let Some(i) = tc["id"].as_str() {
+                    id = Some(i.to_owned());
+                }
+                name += tc["function"]["name"].as_str().unwrap_or_default();
+                if let Some(a) = tc["function"]["arguments"]
+                    .as_str()
+                    .filter(|a| !a.is_empty())
+                {
+                    args += a;
+                    fragments += 1;
+                }
+            }
+        }
+        assert!(id.is_some(), "{model}: no tool call id");
+        assert_eq!(name, "get_weather");
+        assert!(
+            fragments > 1,
+            "{model}: arguments should arrive in fragments"
+        );
+        let parsed: Value =
+            serde_json::from_str(&args).unwrap_or_else(|e| panic!("{model}: {args}: {e}"));
+        assert_eq!(parsed, json!({"city": "sample", "unit": "c"}));
+        let finish: Vec<_> = chunks
+            .iter()
+            .filter_map(|c| c["choices"][0]["finish_reason"].as_str())
+            .collect();
+        assert_eq!(finish, ["tool_calls"], "{model}");
+        assert_eq!(chunks.last().unwrap(), "[DONE]");
+    }
+}
+
+#[tokio::test]
+async fn openai_protocol_requests_pass_unknown_fields_through_untouched() {
+    let h = start().await;
+    let req = json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x", "name": "ann"}],
+        "seed": 42, "logit_bias": {"50256": -100}, "some_future_field": {"a": [1, 2]},
+        "response_format": {"type": "json_object"}, "metadata": {"k": "v"}});
+    let (status, _, body) = h.chat(&req).await;
+    assert_eq!(status, 200, "{body}");
+    let got = &h.received("openai").await[0];
+    let sent = &got["body"];
+    for key in [
+        "seed",
+        "logit_bias",
+        "some_future_field",
+        "response_format",
+        "metadata",
+    ] {
+        assert_eq!(sent[key], req[key], "{key}");
+    }
+    assert_eq!(
+        sent["messages"], req["messages"],
+        "message fields are kept too"
+    );
+    assert_eq!(
+        got["headers"]["authorization"],
+        "Bearer key-for-OPENAI_API_KEY"
+    );
+    let answer: Value =
+        serde_json::from_str(body["choices"][0]["message"]["content"].as_str().unwrap()).unwrap();
+    assert!(answer.is_object(), "json mode answer is JSON");
+}
+
+#[tokio::test]
+async fn anthropic_receives_an_exact_messages_request() {
+    let h = start().await;
+    let req = json!({"model": "anthropic/claude-3-5-haiku-latest", "temperature": 0.5, "stop": ["###"],
+    "messages": [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "one"}, {"role": "user", "content": [{"type": "text", "text": "two"},
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]},
+    ]});
+    let (status, _, body) = h.chat(&req).await;
+    assert_eq!(status, 200, "{body}");
+    let got = &h.received("anthropic").await[0];
+    assert_eq!(got["path"], "/v1/messages");
+    assert_eq!(got["headers"]["x-api-key"], "key-for-ANTHROPIC_API_KEY");
+    assert_eq!(got["headers"]["anthropic-version"], "2023-06-01");
+    assert!(got["headers"].get("authorization").is_none());
+    let sent = &got["body"];
+    assert_eq!(sent["system"], "Be brief.");
+    assert_eq!(sent["max_tokens"], 4096);
+    assert_eq!(sent["stop_sequences"], json!(["###"]));
+    assert_eq!(
+        sent["messages"].as_array().unwrap().len(),
+        1,
+        "consecutive user turns merge"
+    );
+    assert_eq!(
+        sent["messages"][0]["content"][2]["source"]["media_type"],
+        "image/png"
+    );
+}
+
+#[tokio::test]
+async fn anthropic_json_schema_answers_come_back_as_content() {
+    let h = start().await;
+    let req = json!({"model": "claude-3-5-haiku-latest", "messages": [{"role": "user", "content": "Give n"}],
+        "response_format": {"type": "json_schema", "json_schema": {"name": "answer",
+            "schema": {"type": "object", "properties": {"n": {"type": "integer"}}}}}});
+    let (status, _, body) = h.chat(&req).await;
+    assert_eq!(status, 200, "{body}");
+    let msg = &body["choices"][0]["message"];
+    assert!(msg.get("tool_calls").is_none(), "{body}");
+    assert_eq!(
+        serde_json::from_str::<Value>(msg["content"].as_str().unwrap()).unwrap(),
+        json!({"n": 1})
+    );
+    assert_eq!(body["choices"][0]["finish_reason"], "stop");
+}
+
+#[tokio::test]
+async fn unknown_provider_qualified_models_pass_through_unpriced() {
+    let h = start().await;
+    let (status, headers, body) = h.chat(&hello("groq/brand-new-model-2026")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(headers["x-llm-gateway-model"], "brand-new-model-2026");
+    assert_eq!(headers["x-llm-gateway-price"], "unknown");
+    assert!(!headers.contains_key("x-llm-gateway-cost-usd"));
+}
+
+#[tokio::test]
+async fn virtual_models_map_to_their_documented_defaults() {
+    let h = start().await;
+    for v in ["auto", "fast", "cheap", "quality"] {
+        let (status, headers, body) = h.chat(&hello(v)).await;
+        assert_eq!(status, 200, "{v}: {body}");
+        let route = headers["x-llm-gateway-route"].to_str().unwrap();
+        assert!(route.starts_with(&format!("virtual={v};")), "{route}");
+    }
+    let (_, headers, _) = h.chat(&hello("quality")).await;
+    assert_eq!(
+        headers["x-llm-gateway-model"], "claude-opus-4-5",
+        "highest quality prior"
+    );
+    let (_, headers, _) = h.chat(&hello("cheap")).await;
+    assert_eq!(headers["x-llm-gateway-provider"], "ollama", "local is free");
+}

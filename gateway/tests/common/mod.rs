@@ -1,0 +1,148 @@
+//! Test harness: a mock-providers server and a gateway configured with all five providers
+//! pointing at it, both in-process on ephemeral ports.
+
+#![allow(dead_code)]
+
+use std::sync::Arc;
+
+use llm_gateway::app::Gateway;
+use llm_gateway::config;
+use mock_providers::{Mock, DEFAULT_OLLAMA_MODELS};
+use serde_json::Value;
+
+pub struct Harness {
+    pub mock: String,
+    pub gw: String,
+    pub http: reqwest::Client,
+}
+
+/// The YAML config for a gateway in front of the mock at `mock`.
+pub fn config_yaml(mock: &str, extra_provider_yaml: &str) -> String {
+    format!(
+        r#"
+server:
+  max_body_bytes: 65536
+providers:
+  - name: openai
+    base_url: {mock}/openai/v1
+    api_key: {{env: OPENAI_API_KEY}}
+    timeout_secs: 3
+{extra_provider_yaml}
+  - name: anthropic
+    base_url: {mock}/anthropic
+    api_key: {{env: ANTHROPIC_API_KEY}}
+  - name: groq
+    base_url: {mock}/groq/openai/v1
+    api_key: {{env: GROQ_API_KEY}}
+  - name: together
+    base_url: {mock}/together/v1
+    api_key: {{env: TOGETHER_API_KEY}}
+  - name: ollama
+    base_url: {mock}/ollama
+"#
+    )
+}
+
+pub async fn start() -> Harness {
+    start_with("").await
+}
+
+/// Starts mock and gateway; `extra` is YAML appended to the openai provider entry.
+pub async fn start_with(extra: &str) -> Harness {
+    llm_gateway::install_crypto();
+    let ml = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mock = format!("http://{}", ml.local_addr().unwrap());
+    let models = DEFAULT_OLLAMA_MODELS.map(String::from).to_vec();
+    tokio::spawn(mock_providers::serve(ml, Mock::new(models)));
+
+    let cfg = config::parse("test.yaml", &config_yaml(&mock, extra)).unwrap();
+    let settings =
+        config::validate(&cfg, "test.yaml", &|k: &str| Some(format!("key-for-{k}"))).unwrap();
+    let gw = Arc::new(Gateway::build(&settings).await.unwrap());
+    let gl = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let gw_url = format!("http://{}", gl.local_addr().unwrap());
+    tokio::spawn(llm_gateway::app::serve(gl, gw));
+    Harness {
+        mock,
+        gw: gw_url,
+        http: reqwest::Client::new(),
+    }
+}
+
+impl Harness {
+    pub async fn post(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.http
+            .post(format!("{}{path}", self.gw))
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn chat(
+        &self,
+        body: &Value,
+    ) -> (reqwest::StatusCode, reqwest::header::HeaderMap, Value) {
+        let r = self.post("/v1/chat/completions", body).await;
+        let status = r.status();
+        let headers = r.headers().clone();
+        let v = r.json().await.unwrap();
+        (status, headers, v)
+    }
+
+    /// A streamed chat: the response headers and the raw SSE text.
+    pub async fn chat_stream(
+        &self,
+        body: &Value,
+    ) -> (reqwest::StatusCode, reqwest::header::HeaderMap, String) {
+        let r = self.post("/v1/chat/completions", body).await;
+        let status = r.status();
+        let headers = r.headers().clone();
+        (status, headers, r.text().await.unwrap())
+    }
+
+    pub async fn fault(&self, fault: Value) {
+        let r = self
+            .http
+            .post(format!("{}/_mock/faults", self.mock))
+            .json(&fault)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success());
+    }
+
+    /// Requests the mock received from `vendor`, oldest first.
+    pub async fn received(&self, vendor: &str) -> Vec<Value> {
+        self.http
+            .get(format!("{}/_mock/requests?vendor={vendor}", self.mock))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+}
+
+/// The `data:` payloads of an SSE body, parsed; `[DONE]` as the string "[DONE]".
+pub fn sse_data(body: &str) -> Vec<Value> {
+    body.split("\n\n")
+        .filter_map(|ev| ev.lines().find_map(|l| l.strip_prefix("data: ")))
+        .map(|d| {
+            if d == "[DONE]" {
+                Value::String("[DONE]".into())
+            } else {
+                serde_json::from_str(d).unwrap_or_else(|e| panic!("bad chunk {d}: {e}"))
+            }
+        })
+        .collect()
+}
+
+/// The concatenated `delta.content` of stream chunks.
+pub fn streamed_text(chunks: &[Value]) -> String {
+    chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect()
+}

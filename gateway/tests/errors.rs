@@ -1,0 +1,266 @@
+//! Errors: OpenAI error JSON with the right status, for client mistakes and upstream failures.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+
+fn assert_openai_error(body: &Value) {
+    let e = &body["error"];
+    assert!(
+        e["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+    assert!(e["type"].is_string(), "{body}");
+    assert!(e.as_object().unwrap().contains_key("code"), "{body}");
+}
+
+#[tokio::test]
+async fn client_errors_are_400_404_413_naming_the_problem() {
+    let h = start().await;
+    let raw = |body: &'static str| {
+        h.http
+            .post(format!("{}/v1/chat/completions", h.gw))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let r = raw("{\"model\": ").await.unwrap();
+    assert_eq!(r.status(), 400);
+    let body: Value = r.json().await.unwrap();
+    assert_openai_error(&body);
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("not valid JSON"));
+
+    let cases = [
+        (
+            json!({"messages": [{"role": "user", "content": "x"}]}),
+            400,
+            "model",
+        ),
+        (
+            json!({"model": "gpt-4o-mini", "messages": []}),
+            400,
+            "messages",
+        ),
+        (
+            json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": 5}]}),
+            400,
+            "`content` must be a string",
+        ),
+        (
+            json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}], "temperature": 7}),
+            400,
+            "temperature",
+        ),
+        (
+            json!({"model": "llama-3.1-8b-instant", "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://x/y.png"}}]}]}),
+            400,
+            "messages",
+        ),
+        (
+            json!({"model": "text-embedding-3-small", "messages": [{"role": "user", "content": "x"}]}),
+            400,
+            "model",
+        ),
+        (
+            json!({"model": "claude-3-5-haiku-latest", "n": 3, "messages": [{"role": "user", "content": "x"}]}),
+            400,
+            "n",
+        ),
+    ];
+    for (req, status, param) in cases {
+        let (got, _, body) = h.chat(&req).await;
+        assert_eq!(got, status, "{req}: {body}");
+        assert_openai_error(&body);
+        let p = body["error"]["param"].as_str().unwrap_or_default();
+        let m = body["error"]["message"].as_str().unwrap();
+        assert!(p == param || m.contains(param), "{req}: {body}");
+    }
+
+    let (status, _, body) = h
+        .chat(&json!({"model": "gpt-17-ultra", "messages": [{"role": "user", "content": "x"}]}))
+        .await;
+    assert_eq!(status, 404);
+    assert_eq!(body["error"]["code"], "model_not_found");
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("GET /v1/models"));
+
+    let big = "x".repeat(70_000);
+    let (status, _, body) = h
+        .chat(&json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": big}]}))
+        .await;
+    assert_eq!(status, 413, "{body}");
+    assert_eq!(body["error"]["code"], "request_too_large");
+
+    let r = h
+        .http
+        .get(format!("{}/v1/nothing-here", h.gw))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert_openai_error(&r.json().await.unwrap());
+    let r = h
+        .http
+        .get(format!("{}/v1/chat/completions", h.gw))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 405);
+}
+
+#[tokio::test]
+async fn chunked_body_over_the_limit_is_413_too() {
+    let h = start().await;
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        (0..100).map(|_| Ok(vec![b' '; 1000])).collect();
+    let r = h
+        .http
+        .post(format!("{}/v1/chat/completions", h.gw))
+        .body(reqwest::Body::wrap_stream(futures::stream::iter(chunks)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+}
+
+#[tokio::test]
+async fn upstream_errors_keep_their_status_and_message() {
+    let h = start().await;
+    let hello = |m: &str| json!({"model": m, "messages": [{"role": "user", "content": "x"}]});
+
+    // The upstream's own 404 for a model it does not have.
+    let (status, headers, body) = h.chat(&hello("openai/missing-model")).await;
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(body["error"]["code"], "model_not_found");
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("missing-model"));
+    assert_eq!(headers["x-llm-gateway-provider"], "openai");
+
+    h.fault(json!({"vendor": "openai", "status": 429, "retry_after": "7", "times": 1}))
+        .await;
+    let (status, headers, body) = h.chat(&hello("gpt-4o-mini")).await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(headers["retry-after"], "7");
+    assert_eq!(body["error"]["code"], "rate_limit_exceeded");
+
+    h.fault(json!({"vendor": "anthropic", "status": 529, "times": 1}))
+        .await;
+    let (status, _, body) = h.chat(&hello("claude-3-5-haiku-latest")).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["type"], "overloaded_error");
+
+    // Anthropic's own validation error, passed on.
+    let (status, _, body) = h
+        .chat(
+            &json!({"model": "claude-3-5-haiku-latest", "temperature": 1.5,
+        "messages": [{"role": "user", "content": "x"}]}),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("temperature"));
+
+    h.fault(json!({"vendor": "groq", "status": 500, "times": 1}))
+        .await;
+    let (status, _, body) = h.chat(&hello("llama-3.1-8b-instant")).await;
+    assert_eq!(status, 500, "{body}");
+    assert_openai_error(&body);
+
+    h.fault(json!({"vendor": "together", "malformed": true, "times": 1}))
+        .await;
+    let (status, _, body) = h
+        .chat(&hello("together/meta-llama/Llama-3.3-70B-Instruct-Turbo"))
+        .await;
+    assert_eq!(status, 502, "{body}");
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("invalid JSON"));
+
+    // The openai provider has timeout_secs: 3 in the test config.
+    h.fault(json!({"vendor": "openai", "hang": true, "times": 1}))
+        .await;
+    let (status, _, body) = h.chat(&hello("gpt-4o-mini")).await;
+    assert_eq!(status, 504, "{body}");
+}
+
+#[tokio::test]
+async fn unreachable_provider_is_502() {
+    let h =
+        start_with("  - name: dead\n    protocol: openai\n    base_url: http://127.0.0.1:9/v1\n")
+            .await;
+    let (status, headers, body) = h
+        .chat(&json!({"model": "dead/x", "messages": [{"role": "user", "content": "x"}]}))
+        .await;
+    assert_eq!(status, 502, "{body}");
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("unreachable"));
+    assert_eq!(headers["x-llm-gateway-provider"], "dead");
+}
+
+#[tokio::test]
+async fn a_stream_cut_mid_way_ends_with_an_error_event_and_no_done() {
+    let h = start().await;
+    for vendor in ["openai", "anthropic"] {
+        h.fault(json!({"vendor": vendor, "cut_after": 4, "times": 1}))
+            .await;
+        let model = if vendor == "openai" {
+            "gpt-4o-mini"
+        } else {
+            "claude-3-5-haiku-latest"
+        };
+        let (status, _, body) = h
+            .chat_stream(&json!({"model": model, "stream": true,
+            "messages": [{"role": "user", "content": "tell me a long story"}]}))
+            .await;
+        assert_eq!(status, 200);
+        let chunks = sse_data(&body);
+        assert_ne!(chunks.last().unwrap(), "[DONE]", "{vendor}: {body}");
+        let err = chunks.last().unwrap();
+        assert!(
+            err["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("before it was complete"),
+            "{vendor}: {body}"
+        );
+    }
+    h.fault(json!({"vendor": "openai", "malformed": true, "times": 1}))
+        .await;
+    let (_, _, body) = h
+        .chat_stream(&json!({"model": "gpt-4o-mini", "stream": true,
+        "messages": [{"role": "user", "content": "x"}]}))
+        .await;
+    let chunks = sse_data(&body);
+    assert!(chunks.last().unwrap()["error"].is_object(), "{body}");
+}
+
+#[tokio::test]
+async fn an_upstream_error_before_a_stream_starts_is_a_json_error() {
+    let h = start().await;
+    h.fault(json!({"vendor": "anthropic", "status": 429, "retry_after": "3", "times": 1}))
+        .await;
+    let r = h
+        .post(
+            "/v1/chat/completions",
+            &json!({"model": "claude-3-5-haiku-latest", "stream": true,
+        "messages": [{"role": "user", "content": "x"}]}),
+        )
+        .await;
+    assert_eq!(r.status(), 429);
+    assert_eq!(r.headers()["retry-after"], "3");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["type"], "rate_limit_error");
+}
