@@ -108,31 +108,32 @@ fn provider(
         );
     }
 
-    let api_key =
-        match &p.api_key {
-            None if KEYED_VENDORS.contains(&p.name.as_str()) => return fail(
+    let api_key = match &p.api_key {
+        None if KEYED_VENDORS.contains(&p.name.as_str()) => {
+            return fail(
                 "api_key",
                 format!(
                     "provider `{}` needs an API key: set api_key: {{env: VAR}} or {{file: PATH}}",
                     p.name
                 ),
-            ),
-            None => None,
-            Some(SecretSource::Env(var)) => match getenv(var).filter(|v| !v.trim().is_empty()) {
-                Some(v) => Some(Secret::new(v.trim())),
-                None => {
-                    return fail(
-                        "api_key.env",
-                        format!("environment variable `{var}` is not set"),
-                    )
-                }
-            },
-            Some(SecretSource::File(path)) => match std::fs::read_to_string(path) {
-                Ok(v) if !v.trim().is_empty() => Some(Secret::new(v.trim())),
-                Ok(_) => return fail("api_key.file", format!("`{path}` is empty")),
-                Err(e) => return fail("api_key.file", format!("cannot read `{path}`: {e}")),
-            },
-        };
+            )
+        }
+        None => None,
+        Some(SecretSource::Env(var)) => match getenv(var).filter(|v| !v.trim().is_empty()) {
+            Some(v) => Some(Secret::new(v.trim())),
+            None => {
+                return fail(
+                    "api_key.env",
+                    format!("environment variable `{var}` is not set"),
+                )
+            }
+        },
+        Some(SecretSource::File(path)) => match std::fs::read_to_string(path) {
+            Ok(v) if !v.trim().is_empty() => Some(Secret::new(v.trim())),
+            Ok(_) => return fail("api_key.file", format!("`{path}` is empty")),
+            Err(e) => return fail("api_key.file", format!("cannot read `{path}`: {e}")),
+        },
+    };
 
     let mut headers = HeaderMap::new();
     for (k, v) in &p.headers {

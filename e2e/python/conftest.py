@@ -1,0 +1,107 @@
+"""Starts the mock providers and the gateway binaries for the SDK tests.
+
+The gateway runs in its quick-start mode: no config file, providers from the standard
+environment variables (pointed at the mocks), exactly as the README's run command.
+"""
+
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import time
+
+import httpx
+import openai
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+BIN_DIR = pathlib.Path(os.environ.get("LLM_GATEWAY_BIN_DIR", ROOT / "target" / "debug"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(url: str, proc: subprocess.Popen, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode}")
+        try:
+            if httpx.get(url, timeout=1.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"{url} not ready after {timeout}s")
+
+
+@pytest.fixture(scope="session")
+def mock():
+    port = free_port()
+    proc = subprocess.Popen(
+        [str(BIN_DIR / "mock-providers"), "--listen", f"127.0.0.1:{port}"],
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    wait_until(f"{url}/_mock/requests", proc)
+    yield url
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture(scope="session")
+def gateway(mock, tmp_path_factory):
+    port = free_port()
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "OPENAI_API_KEY": "sk-test-openai",
+        "OPENAI_BASE_URL": f"{mock}/openai/v1",
+        "ANTHROPIC_API_KEY": "sk-ant-test",
+        "ANTHROPIC_BASE_URL": f"{mock}/anthropic",
+        "GROQ_API_KEY": "gsk-test",
+        "GROQ_BASE_URL": f"{mock}/groq/openai/v1",
+        "TOGETHER_API_KEY": "tg-test",
+        "TOGETHER_BASE_URL": f"{mock}/together/v1",
+        "OLLAMA_HOST": f"{mock}/ollama",
+    }
+    log = tmp_path_factory.mktemp("gateway") / "gateway.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [str(BIN_DIR / "llm-gateway"), "--listen", f"127.0.0.1:{port}"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    wait_until(f"{url}/readyz", proc)
+    yield url
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(15) == 0, log.read_text()
+    text = log.read_text()
+    for secret in env.values():
+        if secret.startswith(("sk-", "gsk-", "tg-")):
+            assert secret not in text, "an API key reached the gateway's log"
+
+
+@pytest.fixture
+def client(gateway) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{gateway}/v1", api_key="unused-by-the-quick-start", max_retries=0)
+
+
+@pytest.fixture(autouse=True)
+def clear_faults(mock):
+    httpx.delete(f"{mock}/_mock/faults")
+    yield
+    httpx.delete(f"{mock}/_mock/faults")
+
+
+@pytest.fixture
+def fault(mock):
+    def set_fault(**kwargs):
+        httpx.post(f"{mock}/_mock/faults", json=kwargs).raise_for_status()
+
+    return set_fault

@@ -1,0 +1,196 @@
+"""The official openai Python SDK against the gateway, for every wire protocol."""
+
+import json
+
+import openai
+import pydantic
+import pytest
+
+# (model as clients name it, provider that must answer)
+CHAT_MODELS = [
+    ("gpt-4o-mini", "openai"),
+    ("claude-3-5-haiku-latest", "anthropic"),
+    ("groq/llama-3.1-8b-instant", "groq"),
+    ("together/meta-llama/Llama-3.3-70B-Instruct-Turbo", "together"),
+    ("ollama/llama3.2", "ollama"),
+]
+TOOL_MODELS = [m for m in CHAT_MODELS if m[1] != "together"] + [
+    ("together/meta-llama/Meta-Llama-3.1-8B-Instruct-Turbo", "together")
+]
+WEATHER = [{
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}]
+CONVERSATION = [
+    {"role": "system", "content": "You are terse."},
+    {"role": "user", "content": "Name a colour."},
+    {"role": "assistant", "content": "Blue."},
+    {"role": "user", "content": "Another one?"},
+]
+
+
+@pytest.mark.parametrize("model,provider", CHAT_MODELS)
+def test_chat_multi_turn(client, model, provider):
+    raw = client.chat.completions.with_raw_response.create(model=model, messages=CONVERSATION)
+    assert raw.headers["x-llm-gateway-provider"] == provider
+    assert raw.headers["x-llm-gateway-model"]
+    assert "x-llm-gateway-cost-usd" in raw.headers
+    resp = raw.parse()
+    assert resp.object == "chat.completion"
+    content = resp.choices[0].message.content
+    assert f"Mock {provider} reply" in content and "Another one?" in content
+    assert resp.choices[0].finish_reason == "stop"
+    assert resp.usage.prompt_tokens > 0 and resp.usage.completion_tokens > 0
+    assert resp.usage.total_tokens == resp.usage.prompt_tokens + resp.usage.completion_tokens
+
+
+@pytest.mark.parametrize("model,provider", CHAT_MODELS)
+def test_streaming_with_usage(client, model, provider):
+    stream = client.chat.completions.create(
+        model=model, messages=CONVERSATION, stream=True, stream_options={"include_usage": True}
+    )
+    text, finish, usage = "", None, None
+    for chunk in stream:
+        if chunk.choices:
+            text += chunk.choices[0].delta.content or ""
+            finish = chunk.choices[0].finish_reason or finish
+        if chunk.usage:
+            usage = chunk.usage
+    assert f"Mock {provider} reply" in text
+    assert finish == "stop"
+    assert usage is not None and usage.completion_tokens > 0
+
+
+@pytest.mark.parametrize("model,provider", CHAT_MODELS)
+def test_streaming_without_usage_sends_no_usage_chunk(client, model, provider):
+    chunks = list(client.chat.completions.create(model=model, messages=CONVERSATION, stream=True))
+    assert chunks and all(c.choices for c in chunks), "a usage-only chunk reached a client that did not ask"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks).startswith("Mock")
+
+
+@pytest.mark.parametrize("model,provider", TOOL_MODELS)
+def test_tools_and_tool_results(client, model, provider):
+    first = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "Weather in Paris?"}], tools=WEATHER, tool_choice="auto"
+    )
+    choice = first.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    call = choice.message.tool_calls[0]
+    assert call.function.name == "get_weather"
+    assert json.loads(call.function.arguments) == {"city": "sample"}
+
+    second = client.chat.completions.create(
+        model=model,
+        tools=WEATHER,
+        messages=[
+            {"role": "user", "content": "Weather in Paris?"},
+            choice.message.model_dump(exclude_none=True),
+            {"role": "tool", "tool_call_id": call.id, "content": "21C, clear"},
+        ],
+    )
+    assert "21C, clear" in second.choices[0].message.content
+
+
+@pytest.mark.parametrize("model,provider", [m for m in TOOL_MODELS if m[1] in ("openai", "anthropic", "groq")])
+def test_streamed_tool_calls_through_the_sdk_stream_helper(client, model, provider):
+    with client.chat.completions.stream(
+        model=model,
+        messages=[{"role": "user", "content": "Weather in Rome?"}],
+        tools=WEATHER,
+        tool_choice={"type": "function", "function": {"name": "get_weather"}},
+    ) as stream:
+        for _ in stream:
+            pass
+        final = stream.get_final_completion()
+    call = final.choices[0].message.tool_calls[0]
+    assert call.function.name == "get_weather"
+    assert json.loads(call.function.arguments) == {"city": "sample"}
+    assert final.choices[0].finish_reason == "tool_calls"
+
+
+class Answer(pydantic.BaseModel):
+    n: int
+    label: str
+
+
+@pytest.mark.parametrize("model", ["gpt-4o-mini", "claude-3-5-haiku-latest"])
+def test_structured_output_with_parse(client, model):
+    resp = client.chat.completions.parse(
+        model=model, messages=[{"role": "user", "content": "Give me a number"}], response_format=Answer
+    )
+    parsed = resp.choices[0].message.parsed
+    assert parsed == Answer(n=1, label="sample")
+
+
+@pytest.mark.parametrize("model", ["gpt-4o-mini", "claude-3-5-haiku-latest"])
+def test_image_parts(client, model):
+    resp = client.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": [
+            {"type": "text", "text": "Describe this"},
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
+        ]}],
+    )
+    assert "Describe this" in resp.choices[0].message.content
+
+
+@pytest.mark.parametrize("model,provider", [
+    ("text-embedding-3-small", "openai"),
+    ("together/BAAI/bge-large-en-v1.5", "together"),
+    ("nomic-embed-text", "ollama"),
+])
+def test_embeddings(client, model, provider):
+    raw = client.embeddings.with_raw_response.create(model=model, input=["first text", "second text"])
+    assert raw.headers["x-llm-gateway-provider"] == provider
+    resp = raw.parse()
+    assert [d.index for d in resp.data] == [0, 1]
+    assert len(resp.data[0].embedding) == 16
+    assert resp.data[0].embedding != resp.data[1].embedding
+    assert resp.usage.prompt_tokens > 0
+
+
+def test_models_list_has_real_and_virtual_models(client):
+    ids = {m.id for m in client.models.list()}
+    assert {"gpt-4o-mini", "claude-3-5-haiku-latest", "llama-3.1-8b-instant", "llama3.2:latest"} <= ids
+    assert {"auto", "fast", "cheap", "quality"} <= ids
+    assert client.models.retrieve("gpt-4o-mini").owned_by == "openai"
+
+
+def test_virtual_model_routes_and_says_so(client):
+    raw = client.chat.completions.with_raw_response.create(model="auto", messages=CONVERSATION)
+    assert raw.headers["x-llm-gateway-route"].startswith("virtual=auto;")
+    assert raw.parse().choices[0].message.content
+
+
+def test_errors_raise_the_sdk_exceptions(client, fault):
+    with pytest.raises(openai.NotFoundError) as e:
+        client.chat.completions.create(model="no-such-model", messages=CONVERSATION)
+    assert "GET /v1/models" in e.value.message
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="gpt-4o-mini", messages=[])
+    assert e.value.body["param"] == "messages"
+    with pytest.raises(openai.BadRequestError):
+        client.embeddings.create(model="gpt-4o-mini", input="x")
+
+    fault(vendor="anthropic", status=429, retry_after="2", times=1)
+    with pytest.raises(openai.RateLimitError) as e:
+        client.chat.completions.create(model="claude-3-5-haiku-latest", messages=CONVERSATION)
+    assert e.value.response.headers["retry-after"] == "2"
+
+    fault(vendor="groq", status=503, times=1)
+    with pytest.raises(openai.InternalServerError):
+        client.chat.completions.create(model="groq/llama-3.1-8b-instant", messages=CONVERSATION)
+
+
+@pytest.mark.parametrize("vendor,model", [("openai", "gpt-4o-mini"), ("anthropic", "claude-3-5-haiku-latest")])
+def test_stream_cut_mid_way_raises_instead_of_looking_complete(client, fault, vendor, model):
+    fault(vendor=vendor, cut_after=5, times=1)
+    stream = client.chat.completions.create(model=model, messages=CONVERSATION, stream=True)
+    with pytest.raises(openai.APIError) as e:
+        for _ in stream:
+            pass
+    assert "before it was complete" in str(e.value)

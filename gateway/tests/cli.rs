@@ -1,0 +1,266 @@
+//! The `llm-gateway` binary itself: flags, config errors, the environment quick start,
+//! secrets kept out of logs, SIGTERM.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use mock_providers::{Mock, DEFAULT_OLLAMA_MODELS};
+
+const BIN: &str = env!("CARGO_BIN_EXE_llm-gateway");
+
+#[test]
+fn help_documents_every_flag_and_subcommand() {
+    let out = Command::new(BIN).arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8(out.stdout).unwrap();
+    for word in [
+        "--listen",
+        "--config",
+        "--log-format",
+        "serve",
+        "check-config",
+        "catalog",
+        "OPENAI_API_KEY",
+        "ANTHROPIC_API_KEY",
+        "GROQ_API_KEY",
+        "TOGETHER_API_KEY",
+        "OLLAMA_HOST",
+    ] {
+        assert!(
+            help.contains(word),
+            "--help does not mention {word}:\n{help}"
+        );
+    }
+    let out = Command::new(BIN)
+        .args(["serve", "--help"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8(out.stdout).unwrap().contains("--listen"));
+}
+
+#[test]
+fn invalid_config_exits_2_naming_file_field_and_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.yaml");
+    let cases = [
+        (
+            "providers:\n  - name: openai\n    api_key: {env: NOT_SET_ANYWHERE_X}\n",
+            "providers[0].api_key.env",
+            "NOT_SET_ANYWHERE_X` is not set",
+        ),
+        (
+            "providers:\n  - name: x\n    protocl: openai\n",
+            "providers[0].protocl",
+            "unknown field",
+        ),
+        ("server: {listen: nowhere}\n", "server.listen", "IP:PORT"),
+    ];
+    for (yaml, field, problem) in cases {
+        std::fs::write(&path, yaml).unwrap();
+        for sub in [&["--config"][..], &["check-config", "--config"][..]] {
+            let out = Command::new(BIN)
+                .args(sub)
+                .arg(&path)
+                .env_remove("LLM_GATEWAY_CONFIG")
+                .output()
+                .unwrap();
+            assert_eq!(out.status.code(), Some(2), "{yaml}");
+            let err = String::from_utf8(out.stderr).unwrap();
+            assert!(err.contains(path.to_str().unwrap()), "{err}");
+            assert!(err.contains(field), "{err}");
+            assert!(err.contains(problem), "{err}");
+        }
+    }
+    let out = Command::new(BIN)
+        .args(["--config", "/nonexistent/gw.yaml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8(out.stderr)
+        .unwrap()
+        .contains("/nonexistent/gw.yaml"));
+}
+
+#[test]
+fn example_config_is_valid() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/gateway.yaml");
+    let out = Command::new(BIN)
+        .args(["check-config", "--config", example])
+        .env("OPENAI_API_KEY", "sk-x")
+        .env("ANTHROPIC_API_KEY", "sk-y")
+        .env("GROQ_API_KEY", "gk")
+        .env("TOGETHER_API_KEY", "tk")
+        .env("OLLAMA_HOST", "127.0.0.1:9")
+        .output()
+        .unwrap();
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{all}");
+    assert!(all.contains("configuration is valid"), "{all}");
+    assert!(all.contains("virtual model auto ->"), "{all}");
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Runs the mock in a background runtime; returns its base URL.
+fn start_mock() -> String {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async move {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tx.send(l.local_addr().unwrap()).unwrap();
+            mock_providers::serve(
+                l,
+                Mock::new(DEFAULT_OLLAMA_MODELS.map(String::from).to_vec()),
+            )
+            .await
+            .unwrap();
+        });
+    });
+    format!("http://{}", rx.recv().unwrap())
+}
+
+#[test]
+fn quick_start_from_environment_serves_and_stops_cleanly_on_sigterm() {
+    let mock = start_mock();
+    let port = free_port();
+    let secret = "sk-super-secret-value-123";
+    let mut child = Command::new(BIN)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .env_clear()
+        .env("OPENAI_API_KEY", secret)
+        .env("OPENAI_BASE_URL", format!("{mock}/openai/v1"))
+        .env("ANTHROPIC_API_KEY", secret)
+        .env("ANTHROPIC_BASE_URL", format!("{mock}/anthropic"))
+        .env("OLLAMA_HOST", format!("{mock}/ollama"))
+        .env("RUST_LOG", "debug")
+        .stderr(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let sink = lines.clone();
+    let reader = std::thread::spawn(move || {
+        for l in BufReader::new(stdout).lines().map_while(Result::ok) {
+            sink.lock().unwrap().push(l);
+        }
+    });
+
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let http = reqwest::blocking_client();
+    loop {
+        if let Ok(r) = http.get(format!("{base}/readyz")) {
+            if r == 200 {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "gateway not ready: {:?}",
+            lines.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (status, body) = http
+        .post_json(
+            &format!("{base}/v1/chat/completions"),
+            r#"{"model":"claude-3-5-haiku-latest","messages":[{"role":"user","content":"hi"}]}"#,
+        )
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+
+    // SIGTERM: readiness is withdrawn, the process drains and exits 0.
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let code = wait_with_timeout(&mut child, Duration::from_secs(15));
+    assert_eq!(code, Some(0));
+    reader.join().unwrap();
+
+    let log = lines.lock().unwrap().join("\n");
+    assert!(
+        log.contains("provider enabled")
+            && log.contains("provider=openai")
+            && log.contains("provider=anthropic"),
+        "{log}"
+    );
+    assert!(
+        log.contains("provider=ollama"),
+        "Ollama answered, so it is enabled: {log}"
+    );
+    assert!(
+        !log.contains("provider=groq"),
+        "no GROQ_API_KEY, no groq: {log}"
+    );
+    assert!(
+        log.contains(&format!("OPENAI_BASE_URL=http://127.0.0.1:{port}/v1")),
+        "{log}"
+    );
+    assert!(log.contains("request finished"), "{log}");
+    assert!(!log.contains(secret), "a secret reached the log: {log}");
+}
+
+fn wait_with_timeout(child: &mut std::process::Child, t: Duration) -> Option<i32> {
+    let end = Instant::now() + t;
+    while Instant::now() < end {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s.code();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    None
+}
+
+/// A tiny blocking HTTP client over a current-thread runtime (reqwest's blocking feature
+/// would add a second copy of its runtime glue for two test calls).
+mod reqwest {
+    pub struct Client(tokio::runtime::Runtime, ::reqwest::Client);
+
+    pub fn blocking_client() -> Client {
+        llm_gateway::install_crypto();
+        Client(
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap(),
+            ::reqwest::Client::new(),
+        )
+    }
+
+    impl Client {
+        pub fn get(&self, url: String) -> Result<u16, ::reqwest::Error> {
+            self.0
+                .block_on(async { Ok(self.1.get(url).send().await?.status().as_u16()) })
+        }
+
+        pub fn post_json(&self, url: &str, body: &str) -> Result<(u16, String), ::reqwest::Error> {
+            self.0.block_on(async {
+                let r = self
+                    .1
+                    .post(url)
+                    .header("content-type", "application/json")
+                    .body(body.to_owned())
+                    .send()
+                    .await?;
+                Ok((r.status().as_u16(), r.text().await?))
+            })
+        }
+    }
+}
