@@ -171,3 +171,100 @@ impl Registry {
 fn aliases(name: &str) -> impl Iterator<Item = &str> {
     std::iter::once(name).chain(name.strip_suffix(":latest"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config;
+    use crate::router::VirtualModel;
+
+    fn registry() -> Registry {
+        let yaml = "providers:\n\
+            - {name: openai, api_key: {env: K}}\n\
+            - {name: groq, api_key: {env: K}}\n\
+            - {name: together, api_key: {env: K}}\n\
+            - {name: ollama, discover_models: false, catalog: none, models: [{name: 'llama3.2:latest', input_usd_per_mtok: 0, output_usd_per_mtok: 0}]}\n";
+        let cfg = config::parse("t", yaml).unwrap();
+        let s = config::validate(&cfg, "t", &|_| Some("k".into())).unwrap();
+        Registry::new(
+            s.providers
+                .iter()
+                .map(|p| (Arc::new(Provider::new(p).unwrap()), p.models.clone()))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn resolution_table() {
+        crate::install_crypto();
+        let r = registry();
+        // (requested, provider, upstream model, priced)
+        let cases = [
+            ("gpt-4o-mini", "openai", "gpt-4o-mini", true),
+            ("openai/gpt-4o-mini", "openai", "gpt-4o-mini", true),
+            ("llama-3.1-8b-instant", "groq", "llama-3.1-8b-instant", true),
+            // A Groq catalog name that starts with another provider's name.
+            ("openai/gpt-oss-120b", "groq", "openai/gpt-oss-120b", true),
+            (
+                "groq/openai/gpt-oss-120b",
+                "groq",
+                "openai/gpt-oss-120b",
+                true,
+            ),
+            (
+                "meta-llama/Llama-3.3-70B-Instruct-Turbo",
+                "together",
+                "meta-llama/Llama-3.3-70B-Instruct-Turbo",
+                true,
+            ),
+            (
+                "together/meta-llama/Llama-3.3-70B-Instruct-Turbo",
+                "together",
+                "meta-llama/Llama-3.3-70B-Instruct-Turbo",
+                true,
+            ),
+            ("llama3.2", "ollama", "llama3.2:latest", true),
+            ("ollama/llama3.2", "ollama", "llama3.2:latest", true),
+            ("ollama/llama3.2:latest", "ollama", "llama3.2:latest", true),
+            // Unknown to the catalog but qualified: passes through, unpriced.
+            ("groq/some-new-model", "groq", "some-new-model", false),
+            ("openai/gpt-9", "openai", "gpt-9", false),
+        ];
+        for (name, provider, model, priced) in cases {
+            let t = r.resolve(name).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(t.provider.name, provider, "{name}");
+            assert_eq!(t.model, model, "{name}");
+            assert_eq!(t.info.is_some(), priced, "{name}");
+            assert_eq!(t.virtual_model, None);
+        }
+        for name in ["gpt-9", "anthropic/claude-x", "", "openai/", "llama3.2:3b"] {
+            let e = r.resolve(name).unwrap_err();
+            assert_eq!(e.status, StatusCode::NOT_FOUND, "{name}");
+            assert_eq!(e.code.as_deref(), Some("model_not_found"));
+        }
+        let t = r.resolve("cheap").unwrap();
+        assert_eq!(t.virtual_model, Some(VirtualModel::Cheap));
+        assert_eq!(
+            t.provider.name, "ollama",
+            "free local model is the cheapest"
+        );
+    }
+
+    #[test]
+    fn virtual_models_without_candidates_are_503() {
+        let r = Registry::new(vec![]);
+        let e = r.resolve("auto").unwrap_err();
+        assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(e.code.as_deref(), Some("no_candidates"));
+    }
+
+    #[test]
+    fn public_names_are_bare_unless_shadowed() {
+        crate::install_crypto();
+        let r = registry();
+        let names: Vec<String> = (0..r.entries().len()).map(|i| r.public_name(i)).collect();
+        assert!(names.contains(&"gpt-4o-mini".to_owned()));
+        assert!(names.contains(&"openai/gpt-oss-120b".to_owned()));
+        assert!(names.contains(&"llama3.2:latest".to_owned()));
+    }
+}
