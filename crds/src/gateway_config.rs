@@ -13,6 +13,93 @@ pub struct GatewayConfig {
     /// Upstream providers, in order of preference when a bare model name is served by several.
     #[serde(default)]
     pub providers: Vec<ProviderConfig>,
+    /// Routing of virtual model names.
+    #[serde(default)]
+    pub routing: RoutingConfig,
+}
+
+/// Routing settings.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RoutingConfig {
+    /// Virtual models. Entries named `auto`, `fast`, `cheap` or `quality` replace the built-in
+    /// ones; other names add new virtual models.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub virtual_models: Vec<VirtualModelConfig>,
+    /// Seconds after which a model's measured slowdown has decayed by a factor e toward its
+    /// healthy level, so a recovered provider wins again without being probed (default 30).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_decay_secs: Option<f64>,
+}
+
+/// What a virtual model optimises for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Strategy {
+    /// Cost, quality and latency together; weights shift toward quality as prompts get harder.
+    Balanced,
+    /// Lowest cost.
+    Cost,
+    /// Highest quality for the prompt's tier.
+    Quality,
+    /// Lowest measured latency.
+    Latency,
+}
+
+/// Weights of the score's parts; they need not sum to 1 (they are normalised).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Weights {
+    /// Weight of the cost part.
+    #[serde(default)]
+    pub cost: f64,
+    /// Weight of the quality part.
+    #[serde(default)]
+    pub quality: f64,
+    /// Weight of the latency part.
+    #[serde(default)]
+    pub latency: f64,
+}
+
+/// Which models a virtual model may route to: a model qualifies if it matches any list.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CandidateSelector {
+    /// Provider names.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub providers: Vec<String>,
+    /// Model names, bare or provider-qualified.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub models: Vec<String>,
+    /// Tags: `local`, `tools`, `vision`, `json`, or any tag the catalog or config gives models
+    /// (`code`, `reasoning`, ...).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+}
+
+/// One virtual model.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VirtualModelConfig {
+    /// The name clients send as `model`.
+    pub name: String,
+    /// What it optimises for.
+    pub strategy: Strategy,
+    /// Fixed weights instead of the strategy's defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weights: Option<Weights>,
+    /// Candidate models (default: every enabled chat model).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub candidates: Option<CandidateSelector>,
+    /// A local (Ollama) candidate wins if its score is at least this fraction of the best
+    /// score. Default 0.7 for balanced and cost, off for quality and latency; `1` means only
+    /// when it is the best anyway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_preference: Option<f64>,
+    /// Classify the prompt's complexity (tier) to pick per-tier quality and weights. Default
+    /// true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub classify: Option<bool>,
 }
 
 /// HTTP server settings.
@@ -203,6 +290,9 @@ pub struct ModelConfig {
     /// Prior time to first token in milliseconds, used by routing until measured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latency_ms: Option<f64>,
+    /// Free-form tags for candidate selection (`code`, `reasoning`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tags: Option<Vec<String>>,
 }
 
 #[cfg(test)]

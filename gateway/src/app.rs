@@ -13,6 +13,7 @@ use crate::config::{ProviderSettings, Settings};
 use crate::models::info::{ModelInfo, Price, UNKNOWN_LATENCY_MS, UNKNOWN_QUALITY};
 use crate::models::registry::Registry;
 use crate::providers::{ollama, Provider};
+use crate::router::Router;
 use crate::telemetry::metrics::Metrics;
 
 /// Everything the handlers share.
@@ -20,6 +21,8 @@ use crate::telemetry::metrics::Metrics;
 pub struct Gateway {
     /// Enabled models and providers.
     pub registry: Registry,
+    /// Virtual models and their routing.
+    pub router: Router,
     /// Prometheus metrics.
     pub metrics: Metrics,
     /// Largest accepted request body.
@@ -58,8 +61,17 @@ impl Gateway {
             );
             providers.push((provider, models));
         }
+        let registry = Registry::new(providers);
+        let router = Router::new(
+            &settings.routing.virtuals,
+            &registry,
+            settings.routing.latency_decay,
+        );
+        crate::router::classifier::warm_up();
+        crate::router::tokens::warm_up();
         Ok(Self {
-            registry: Registry::new(providers),
+            router,
+            registry,
             metrics: Metrics::default(),
             max_body_bytes: settings.max_body_bytes,
             ready: AtomicBool::new(true),
@@ -100,6 +112,7 @@ fn discovered_models(p: &ProviderSettings, names: &[String]) -> Vec<ModelInfo> {
                     capabilities: None,
                     quality: UNKNOWN_QUALITY,
                     latency_ms: UNKNOWN_LATENCY_MS,
+                    tags: vec![],
                 },
             }
         })

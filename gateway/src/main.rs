@@ -188,8 +188,14 @@ async fn check_config(config: Option<PathBuf>) -> ExitCode {
             p.name, p.protocol, p.base_url
         );
     }
-    for (v, e) in gw.registry.virtuals() {
-        println!("virtual model {} -> {}", v.as_str(), e.qualified_name());
+    for (v, pool) in gw.router.virtuals() {
+        println!(
+            "virtual model {} -> strategy {}, {pool} candidates, local preference {}",
+            v.name,
+            llm_gateway::router::strategy_name(v.strategy),
+            v.local_preference
+                .map_or("off".to_owned(), |p| p.to_string())
+        );
     }
     ExitCode::SUCCESS
 }

@@ -385,9 +385,9 @@ pub struct PromptTokensDetails {
 /// as the upstream sent it.
 #[derive(Debug, Default, Deserialize)]
 pub struct ResponseProbe {
-    /// Choices, only counted (an empty list marks the final usage chunk).
+    /// Choices (an empty list marks the final usage chunk).
     #[serde(default)]
-    pub choices: Option<Vec<serde::de::IgnoredAny>>,
+    pub choices: Option<Vec<ChoiceProbe>>,
     /// Usage, when present.
     #[serde(default)]
     pub usage: Option<Usage>,
@@ -407,7 +407,35 @@ pub struct GroqExtra {
     pub usage: Option<Usage>,
 }
 
+/// What the gateway reads of a choice.
+#[derive(Debug, Default, Deserialize)]
+pub struct ChoiceProbe {
+    /// A stream chunk's delta.
+    #[serde(default)]
+    pub delta: Option<DeltaProbe>,
+}
+
+/// What the gateway reads of a delta.
+#[derive(Debug, Default, Deserialize)]
+pub struct DeltaProbe {
+    /// Text, if any.
+    #[serde(default)]
+    pub content: Option<String>,
+    /// Tool call fragments, if any.
+    #[serde(default)]
+    pub tool_calls: Option<serde::de::IgnoredAny>,
+}
+
 impl ResponseProbe {
+    /// Whether a stream chunk carries content or a tool call.
+    pub fn has_content(&self) -> bool {
+        self.choices.iter().flatten().any(|c| {
+            c.delta.as_ref().is_some_and(|d| {
+                d.tool_calls.is_some() || d.content.as_deref().is_some_and(|t| !t.is_empty())
+            })
+        })
+    }
+
     /// Usage from wherever this provider put it.
     pub fn usage(&self) -> Option<&Usage> {
         self.usage

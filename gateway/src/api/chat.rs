@@ -50,9 +50,10 @@ async fn serve(
     let (raw, req): (_, ChatRequest) = body::parse(&bytes)?;
     validate(&req)?;
 
-    // 2. Route: the model name picks provider and upstream model.
-    let target = gw.registry.resolve(&req.model)?;
-    record.set_target(&target);
+    // 2. Route: a virtual model is scored across its candidates; an explicit name resolved.
+    let routed = gw.router.route(&gw.registry, &req, raw.get("tools"), &[])?;
+    record.set_route(&routed);
+    let target = routed.target.clone();
     check_capabilities(&req, &target)?;
 
     // 3. Call the provider.
@@ -79,10 +80,14 @@ async fn serve(
         ChatResponse::Stream(rx) => stream_response(rx, req.wants_stream_usage(), record.detach()),
     };
     headers::target_headers(resp.headers_mut(), &target);
+    if let Some(d) = &routed.decision {
+        headers::route_header(resp.headers_mut(), d);
+    }
     Ok(resp)
 }
 
-fn validate(req: &ChatRequest) -> Result<(), ApiError> {
+/// Checks that do not depend on the model.
+pub fn validate(req: &ChatRequest) -> Result<(), ApiError> {
     if req.messages.is_empty() {
         return Err(ApiError::invalid(
             "messages",
@@ -180,7 +185,11 @@ fn stream_response(
                     data,
                     usage,
                     usage_only,
+                    content,
                 }) => {
+                    if content {
+                        st.record.mark_first_token();
+                    }
                     if usage.is_some() {
                         st.usage = usage;
                     }

@@ -4,6 +4,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::models::info::format_usd;
 use crate::models::registry::Target;
+use crate::router::Decision;
 
 /// Provider that answered.
 pub const PROVIDER: HeaderName = HeaderName::from_static("x-llm-gateway-provider");
@@ -22,21 +23,14 @@ pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub fn target_headers(h: &mut HeaderMap, t: &Target) {
     put(h, PROVIDER, &t.provider.name);
     put(h, MODEL, &t.model);
-    if let Some(v) = t.virtual_model {
-        put(
-            h,
-            ROUTE,
-            &format!(
-                "virtual={}; strategy=default; chosen={}/{}",
-                v.as_str(),
-                t.provider.name,
-                t.model
-            ),
-        );
-    }
     if t.info.as_ref().and_then(|i| i.price).is_none() {
         h.insert(PRICE, HeaderValue::from_static("unknown"));
     }
+}
+
+/// The routing explanation header.
+pub fn route_header(h: &mut HeaderMap, d: &Decision) {
+    put(h, ROUTE, &d.header());
 }
 
 /// The cost header.

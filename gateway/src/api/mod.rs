@@ -8,6 +8,7 @@ pub mod headers;
 pub mod health;
 pub mod models;
 pub mod record;
+pub mod route;
 pub mod sse;
 
 use std::sync::Arc;
@@ -27,6 +28,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(chat::handle))
         .route("/v1/embeddings", post(embeddings::handle))
+        .route("/v1/route", post(route::handle))
         .route("/v1/models", get(models::list))
         .route("/v1/models/{*id}", get(models::get))
         .route("/healthz", get(health::healthz))

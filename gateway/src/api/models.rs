@@ -39,15 +39,21 @@ fn model_object(id: String, e: &Entry) -> Value {
 }
 
 fn virtual_objects(gw: &AppState) -> Vec<Value> {
-    gw.registry
+    gw.router
         .virtuals()
-        .map(|(v, e)| {
+        .map(|(v, pool)| {
             json!({
-                "id": v.as_str(),
+                "id": v.name,
                 "object": "model",
                 "created": 0,
                 "owned_by": "llm-gateway",
-                "llm_gateway": {"virtual": true, "routes_to": e.qualified_name()},
+                "llm_gateway": {
+                    "virtual": true,
+                    "strategy": crate::router::strategy_name(v.strategy),
+                    "candidates": pool,
+                    "local_preference": v.local_preference,
+                    "classify": v.classify,
+                },
             })
         })
         .collect()

@@ -1,5 +1,6 @@
 //! Records each request's outcome exactly once: metrics and one log line.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use tracing::info;
@@ -8,6 +9,7 @@ use super::AppState;
 use crate::models::info::Price;
 use crate::models::registry::Target;
 use crate::openai::Usage;
+use crate::router::{Decision, Routed};
 use crate::telemetry::metrics::{RequestLabels, UNLISTED};
 
 /// The outcome recorder of one request; if dropped unfinished (the client went away
@@ -18,6 +20,8 @@ pub struct Record {
     request_id: String,
     started: Instant,
     target: Option<Target>,
+    decision: Option<Arc<Decision>>,
+    first_token: Option<Instant>,
     done: bool,
 }
 
@@ -30,6 +34,8 @@ impl Record {
             request_id,
             started: Instant::now(),
             target: None,
+            decision: None,
+            first_token: None,
             done: false,
         }
     }
@@ -37,6 +43,20 @@ impl Record {
     /// Notes where the request was routed.
     pub fn set_target(&mut self, t: &Target) {
         self.target = Some(t.clone());
+    }
+
+    /// Notes the routing decision (and counts it in metrics).
+    pub fn set_route(&mut self, r: &Routed) {
+        self.set_target(&r.target);
+        if let Some(d) = &r.decision {
+            self.gw.metrics.record_decision(d);
+            self.decision = Some(d.clone());
+        }
+    }
+
+    /// Notes the first content chunk of a stream (time to first token).
+    pub fn mark_first_token(&mut self) {
+        self.first_token.get_or_insert_with(Instant::now);
     }
 
     /// Where the request was routed, once known.
@@ -62,6 +82,8 @@ impl Record {
             request_id: self.request_id.clone(),
             started: self.started,
             target: self.target.clone(),
+            decision: self.decision.clone(),
+            first_token: self.first_token,
             done: false,
         }
     }
@@ -72,7 +94,15 @@ impl Record {
         if std::mem::replace(&mut self.done, true) {
             return cost;
         }
-        let secs = self.started.elapsed().as_secs_f64();
+        let elapsed = self.started.elapsed();
+        let secs = elapsed.as_secs_f64();
+        // Latency feeds routing: successes, and timeouts (a slow provider must look slow).
+        if let Some(stats) = self.target.as_ref().and_then(|t| t.latency.as_ref()) {
+            if status == 200 || status == 504 {
+                let ttft = self.first_token.map(|t| t.duration_since(self.started));
+                stats.observe(ttft, elapsed, Instant::now(), self.gw.router.decay());
+            }
+        }
         let (provider, model, label) = match &self.target {
             Some(t) => (
                 t.provider.name.as_str(),
@@ -102,6 +132,7 @@ impl Record {
             prompt_tokens = usage.map(|u| u.prompt_tokens),
             completion_tokens = usage.map(|u| u.completion_tokens),
             cost_usd = cost,
+            route = self.decision.as_ref().map(|d| d.header()),
             "request finished"
         );
         cost

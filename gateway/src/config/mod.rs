@@ -14,6 +14,7 @@ use llm_gateway_crds::Protocol;
 use url::Url;
 
 use crate::models::info::ModelInfo;
+use crate::router::VirtualSpec;
 
 pub use env::from_env;
 pub use file::{load_file, parse};
@@ -35,7 +36,21 @@ pub struct Settings {
     pub max_body_bytes: usize,
     /// Providers in order of preference.
     pub providers: Vec<ProviderSettings>,
+    /// Virtual models and latency tracking.
+    pub routing: RoutingSettings,
 }
+
+/// Validated routing settings.
+#[derive(Debug, Clone)]
+pub struct RoutingSettings {
+    /// Virtual models: the built-ins, replaced or extended by config.
+    pub virtuals: Vec<VirtualSpec>,
+    /// Decay constant of measured latency slowdowns.
+    pub latency_decay: Duration,
+}
+
+/// Default `routing.latency_decay_secs`.
+pub const DEFAULT_LATENCY_DECAY_SECS: f64 = 30.0;
 
 /// One validated provider.
 #[derive(Debug, Clone)]

@@ -1,19 +1,22 @@
 //! Turning a `GatewayConfig` into [`Settings`]: defaults filled in, secrets read, catalogs
 //! merged, every field checked, each error naming its field path.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
-use llm_gateway_crds::{GatewayConfig, ModelConfig, Protocol, ProviderConfig, SecretSource};
+use llm_gateway_crds::{
+    GatewayConfig, ModelConfig, Protocol, ProviderConfig, RoutingConfig, SecretSource,
+};
 use url::Url;
 
 use super::{
-    ConfigError, ProviderSettings, Secret, Settings, DEFAULT_ANTHROPIC_MAX_TOKENS,
-    DEFAULT_MAX_BODY_BYTES,
+    ConfigError, ProviderSettings, RoutingSettings, Secret, Settings, DEFAULT_ANTHROPIC_MAX_TOKENS,
+    DEFAULT_LATENCY_DECAY_SECS, DEFAULT_MAX_BODY_BYTES,
 };
 use crate::catalog;
 use crate::models::info::ModelInfo;
+use crate::router::{builtin_virtuals, default_local_preference, VirtualSpec};
 
 /// Vendors whose hosted API always needs a key.
 const KEYED_VENDORS: [&str; 4] = ["openai", "anthropic", "groq", "together"];
@@ -54,10 +57,144 @@ pub fn validate(
         }
         providers.push(provider(p, &at, getenv).map_err(|(path, msg)| err(path, msg))?);
     }
+    let routing = routing(&cfg.routing, &providers).map_err(|(path, msg)| err(path, msg))?;
     Ok(Settings {
         listen,
         max_body_bytes,
         providers,
+        routing,
+    })
+}
+
+fn routing(
+    r: &RoutingConfig,
+    providers: &[ProviderSettings],
+) -> Result<RoutingSettings, FieldError> {
+    let decay = r.latency_decay_secs.unwrap_or(DEFAULT_LATENCY_DECAY_SECS);
+    if !(decay.is_finite() && decay > 0.0) {
+        return Err((
+            "routing.latency_decay_secs".into(),
+            format!("{decay} is not a positive number of seconds"),
+        ));
+    }
+    let known_tags: BTreeSet<String> = ["local", "tools", "vision", "json"]
+        .into_iter()
+        .map(str::to_owned)
+        .chain(
+            providers
+                .iter()
+                .flat_map(|p| p.models.iter().flat_map(|m| m.tags.iter().cloned())),
+        )
+        .collect();
+    let mut virtuals = builtin_virtuals();
+    let mut seen = HashSet::new();
+    for (i, v) in r.virtual_models.iter().enumerate() {
+        let at = |f: &str| format!("routing.virtual_models[{i}].{f}");
+        if v.name.is_empty() || v.name.contains('/') || v.name.chars().any(char::is_whitespace) {
+            return Err((
+                at("name"),
+                format!(
+                    "`{}` is not a valid virtual model name (non-empty, no `/`, no spaces)",
+                    v.name
+                ),
+            ));
+        }
+        if !seen.insert(v.name.as_str()) {
+            return Err((at("name"), format!("duplicate virtual model `{}`", v.name)));
+        }
+        if let Some(p) = providers
+            .iter()
+            .find(|p| p.models.iter().any(|m| m.name == v.name))
+        {
+            return Err((
+                at("name"),
+                format!(
+                    "`{}` is already a model of provider `{}`; pick another name",
+                    v.name, p.name
+                ),
+            ));
+        }
+        if let Some(w) = v.weights {
+            for (f, x) in [
+                ("cost", w.cost),
+                ("quality", w.quality),
+                ("latency", w.latency),
+            ] {
+                if !(x.is_finite() && x >= 0.0) {
+                    return Err((
+                        at(&format!("weights.{f}")),
+                        format!("{x} must be a number >= 0"),
+                    ));
+                }
+            }
+            if w.cost + w.quality + w.latency <= 0.0 {
+                return Err((at("weights"), "at least one weight must be > 0".into()));
+            }
+        }
+        if let Some(p) = v.local_preference.filter(|p| !(0.0..=1.0).contains(p)) {
+            return Err((
+                at("local_preference"),
+                format!("{p} must be between 0 and 1"),
+            ));
+        }
+        if let Some(sel) = &v.candidates {
+            for (j, p) in sel.providers.iter().enumerate() {
+                if !providers.iter().any(|x| x.name == *p) {
+                    return Err((
+                        at(&format!("candidates.providers[{j}]")),
+                        format!("no provider named `{p}`"),
+                    ));
+                }
+            }
+            for (j, m) in sel.models.iter().enumerate() {
+                let known = providers.iter().any(|p| {
+                    let qualified = m.strip_prefix(&format!("{}/", p.name));
+                    p.models
+                        .iter()
+                        .any(|x| x.name == *m || Some(x.name.as_str()) == qualified)
+                        || (p.discover_models && qualified.is_some())
+                });
+                if !known {
+                    return Err((
+                        at(&format!("candidates.models[{j}]")),
+                        format!("no enabled provider serves a model named `{m}`"),
+                    ));
+                }
+            }
+            for (j, t) in sel.tags.iter().enumerate() {
+                if !known_tags.contains(t) {
+                    let list: Vec<&str> = known_tags.iter().map(String::as_str).collect();
+                    return Err((
+                        at(&format!("candidates.tags[{j}]")),
+                        format!("unknown tag `{t}`; known tags: {}", list.join(", ")),
+                    ));
+                }
+            }
+            if sel.providers.is_empty() && sel.models.is_empty() && sel.tags.is_empty() {
+                return Err((
+                    at("candidates"),
+                    "lists no providers, models or tags; omit it to use every model".into(),
+                ));
+            }
+        }
+        let spec = VirtualSpec {
+            name: v.name.clone(),
+            strategy: v.strategy,
+            weights: v.weights,
+            selector: v.candidates.clone(),
+            local_preference: v
+                .local_preference
+                .or_else(|| default_local_preference(v.strategy)),
+            classify: v.classify.unwrap_or(true),
+        };
+        match virtuals.iter_mut().find(|x| x.name == v.name) {
+            Some(existing) => *existing = spec,
+            None => virtuals.push(spec),
+        }
+    }
+    Ok(RoutingSettings {
+        virtuals,
+        latency_decay: Duration::from_secs_f64(decay),
     })
 }
 
@@ -256,7 +393,8 @@ fn overlay(m: &mut ModelConfig, o: &ModelConfig) {
         max_output_tokens,
         capabilities,
         quality,
-        latency_ms
+        latency_ms,
+        tags
     );
 }
 
@@ -291,6 +429,18 @@ mod tests {
             ("providers: [{name: ollama, api_key: {file: /nonexistent/key}}]", "providers[0].api_key.file", "cannot read"),
             ("server: {listen: 'localhost'}", "server.listen", "IP:PORT"),
             ("server: {max_body_bytes: 0}", "server.max_body_bytes", "> 0"),
+            ("routing: {latency_decay_secs: 0}", "routing.latency_decay_secs", "positive"),
+            ("routing: {virtual_models: [{name: 'a/b', strategy: cost}]}", "routing.virtual_models[0].name", "not a valid"),
+            ("routing: {virtual_models: [{name: x, strategy: cost}, {name: x, strategy: cost}]}", "routing.virtual_models[1].name", "duplicate"),
+            ("routing: {virtual_models: [{name: x, strategy: fastest}]}", "routing.virtual_models[0].strategy", "fastest"),
+            ("routing: {virtual_models: [{name: x, strategy: cost, weights: {cost: -1}}]}", "routing.virtual_models[0].weights.cost", ">= 0"),
+            ("routing: {virtual_models: [{name: x, strategy: cost, weights: {}}]}", "routing.virtual_models[0].weights", "at least one"),
+            ("routing: {virtual_models: [{name: x, strategy: cost, local_preference: 1.5}]}", "routing.virtual_models[0].local_preference", "between 0 and 1"),
+            ("routing: {virtual_models: [{name: x, strategy: cost, candidates: {providers: [nope]}}]}", "routing.virtual_models[0].candidates.providers[0]", "no provider named `nope`"),
+            ("routing: {virtual_models: [{name: x, strategy: cost, candidates: {models: [gpt-99]}}]}", "routing.virtual_models[0].candidates.models[0]", "gpt-99"),
+            ("routing: {virtual_models: [{name: x, strategy: cost, candidates: {tags: [fancy]}}]}", "routing.virtual_models[0].candidates.tags[0]", "unknown tag `fancy`"),
+            ("routing: {virtual_models: [{name: x, strategy: cost, candidates: {}}]}", "routing.virtual_models[0].candidates", "lists no"),
+            ("providers: [{name: ollama, discover_models: false}]\nrouting: {virtual_models: [{name: llama3.2, strategy: cost}]}", "routing.virtual_models[0].name", "already a model"),
         ];
         for (yaml, path, words) in cases {
             let e = run(yaml).expect_err(yaml);
@@ -336,5 +486,27 @@ mod tests {
             !format!("{:?}", s).contains("sk-from-file"),
             "Debug must not print secrets"
         );
+    }
+}
+
+#[cfg(test)]
+mod routing_tests {
+    use super::*;
+    use crate::config::file::parse;
+    use llm_gateway_crds::Strategy;
+
+    #[test]
+    fn config_virtual_models_replace_and_extend_the_builtins() {
+        let yaml = "providers: [{name: ollama, discover_models: false}]\nrouting:\n  latency_decay_secs: 5\n  virtual_models:\n  - {name: auto, strategy: quality}\n  - {name: coder, strategy: balanced, local_preference: 0.9, candidates: {tags: [code]}, weights: {quality: 2, cost: 1}}\n";
+        let s = validate(&parse("t", yaml).unwrap(), "t", &|_| None).unwrap();
+        let names: Vec<&str> = s.routing.virtuals.iter().map(|v| v.name.as_str()).collect();
+        assert_eq!(names, ["auto", "fast", "cheap", "quality", "coder"]);
+        assert_eq!(s.routing.virtuals[0].strategy, Strategy::Quality);
+        assert_eq!(
+            s.routing.virtuals[0].local_preference, None,
+            "quality's default"
+        );
+        assert_eq!(s.routing.virtuals[4].local_preference, Some(0.9));
+        assert_eq!(s.routing.latency_decay, Duration::from_secs(5));
     }
 }

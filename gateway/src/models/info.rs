@@ -23,6 +23,8 @@ pub struct ModelInfo {
     pub quality: f64,
     /// Time-to-first-token prior in ms.
     pub latency_ms: f64,
+    /// Tags for candidate selection and tier quality (`code`, `reasoning`, ...).
+    pub tags: Vec<String>,
 }
 
 /// Default quality prior of a model nobody rated.
@@ -53,6 +55,7 @@ impl ModelInfo {
             capabilities: m.capabilities.as_deref().map(Caps::from_list),
             quality: m.quality.unwrap_or(UNKNOWN_QUALITY),
             latency_ms: m.latency_ms.unwrap_or(UNKNOWN_LATENCY_MS),
+            tags: m.tags.clone().unwrap_or_default(),
         }
     }
 }

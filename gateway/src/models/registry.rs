@@ -4,12 +4,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use http::StatusCode;
-use llm_gateway_crds::ModelKind;
 
 use super::info::ModelInfo;
 use crate::api::error::ApiError;
 use crate::providers::Provider;
-use crate::router::{self, VirtualModel};
+use crate::router::latency::LatencyStats;
 
 /// One enabled model.
 #[derive(Debug, Clone)]
@@ -18,6 +17,8 @@ pub struct Entry {
     pub provider: Arc<Provider>,
     /// What is known of it.
     pub info: Arc<ModelInfo>,
+    /// Live latency estimates.
+    pub latency: Arc<LatencyStats>,
 }
 
 impl Entry {
@@ -37,7 +38,9 @@ pub struct Target {
     /// Catalog knowledge; `None` for a provider-qualified name the catalog lacks.
     pub info: Option<Arc<ModelInfo>>,
     /// The virtual model the client asked for, if any.
-    pub virtual_model: Option<VirtualModel>,
+    pub virtual_model: Option<String>,
+    /// Where to record this model's latency (catalog models only).
+    pub latency: Option<Arc<LatencyStats>>,
 }
 
 /// All enabled models and the names that reach them.
@@ -47,7 +50,6 @@ pub struct Registry {
     entries: Vec<Entry>,
     qualified: HashMap<String, usize>,
     bare: HashMap<String, usize>,
-    virtuals: Vec<(VirtualModel, usize)>,
 }
 
 impl Registry {
@@ -59,6 +61,7 @@ impl Registry {
                 let idx = r.entries.len();
                 let entry = Entry {
                     provider: provider.clone(),
+                    latency: Arc::new(LatencyStats::new(info.latency_ms)),
                     info: Arc::new(info),
                 };
                 for name in aliases(&entry.info.name) {
@@ -70,15 +73,6 @@ impl Registry {
                 r.entries.push(entry);
             }
             r.providers.push(provider);
-        }
-        let chat: Vec<usize> = (0..r.entries.len())
-            .filter(|&i| r.entries[i].info.kind == ModelKind::Chat)
-            .collect();
-        for v in VirtualModel::ALL {
-            if let Some(i) = router::pick_default(v, chat.iter().map(|&i| (i, &*r.entries[i].info)))
-            {
-                r.virtuals.push((v, i));
-            }
         }
         r
     }
@@ -93,11 +87,6 @@ impl Registry {
         &self.entries
     }
 
-    /// The model each virtual name currently maps to.
-    pub fn virtuals(&self) -> impl Iterator<Item = (VirtualModel, &Entry)> {
-        self.virtuals.iter().map(|(v, i)| (*v, &self.entries[*i]))
-    }
-
     /// The name under which `/v1/models` lists an entry: bare if the bare name reaches it.
     pub fn public_name(&self, idx: usize) -> String {
         let e = &self.entries[idx];
@@ -108,25 +97,14 @@ impl Registry {
         }
     }
 
-    /// Resolves a requested model name.
+    /// Resolves an explicit (non-virtual) model name.
     pub fn resolve(&self, name: &str) -> Result<Target, ApiError> {
-        if let Some(v) = VirtualModel::parse(name) {
-            let Some((_, i)) = self.virtuals.iter().find(|(x, _)| *x == v) else {
-                return Err(ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "service_unavailable",
-                    format!("virtual model `{name}` has no enabled chat model to route to; enable a provider"),
-                )
-                .with_code("no_candidates"));
-            };
-            return Ok(self.target(*i, Some(v)));
-        }
         let split = name.split_once('/');
         if let Some(&i) = split.and_then(|_| self.qualified.get(name)) {
-            return Ok(self.target(i, None));
+            return Ok(self.target_of(&self.entries[i], None));
         }
         if let Some(&i) = self.bare.get(name) {
-            return Ok(self.target(i, None));
+            return Ok(self.target_of(&self.entries[i], None));
         }
         if let Some((prefix, rest)) = split.filter(|(_, rest)| !rest.is_empty()) {
             if let Some(p) = self.providers.iter().find(|p| p.name == prefix) {
@@ -136,6 +114,7 @@ impl Registry {
                     model: rest.to_owned(),
                     info: None,
                     virtual_model: None,
+                    latency: None,
                 });
             }
         }
@@ -156,13 +135,14 @@ impl Registry {
         .with_code("model_not_found"))
     }
 
-    fn target(&self, i: usize, virtual_model: Option<VirtualModel>) -> Target {
-        let e = &self.entries[i];
+    /// The target for an entry, reached through `virtual_model` if any.
+    pub fn target_of(&self, e: &Entry, virtual_model: Option<String>) -> Target {
         Target {
             provider: e.provider.clone(),
             model: e.info.name.clone(),
             info: Some(e.info.clone()),
             virtual_model,
+            latency: Some(e.latency.clone()),
         }
     }
 }
@@ -176,7 +156,6 @@ fn aliases(name: &str) -> impl Iterator<Item = &str> {
 mod tests {
     use super::*;
     use crate::config;
-    use crate::router::VirtualModel;
 
     fn registry() -> Registry {
         let yaml = "providers:\n\
@@ -242,20 +221,6 @@ mod tests {
             assert_eq!(e.status, StatusCode::NOT_FOUND, "{name}");
             assert_eq!(e.code.as_deref(), Some("model_not_found"));
         }
-        let t = r.resolve("cheap").unwrap();
-        assert_eq!(t.virtual_model, Some(VirtualModel::Cheap));
-        assert_eq!(
-            t.provider.name, "ollama",
-            "free local model is the cheapest"
-        );
-    }
-
-    #[test]
-    fn virtual_models_without_candidates_are_503() {
-        let r = Registry::new(vec![]);
-        let e = r.resolve("auto").unwrap_err();
-        assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(e.code.as_deref(), Some("no_candidates"));
     }
 
     #[test]

@@ -61,6 +61,9 @@ pub enum StreamItem {
         usage: Option<Usage>,
         /// The chunk only carries usage (`choices: []`): forwarded only if the client asked.
         usage_only: bool,
+        /// The chunk carries content or a tool call (not just the role preamble or an empty
+        /// delta): the first such chunk marks the time to first token.
+        content: bool,
     },
     /// The upstream failed mid-stream.
     Error(ApiError),

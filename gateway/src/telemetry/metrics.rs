@@ -49,9 +49,25 @@ pub struct TokenLabels {
     pub kind: String,
 }
 
+/// `virtual_model`, `tier`, `provider`, `model` of a routing decision.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabels {
+    /// Virtual model name (from configuration).
+    pub virtual_model: String,
+    /// Classifier tier.
+    pub tier: String,
+    /// Chosen provider.
+    pub provider: String,
+    /// Chosen model.
+    pub model: String,
+}
+
 /// All gateway metrics.
 pub struct Metrics {
     registry: Registry,
+    decisions: Family<DecisionLabels, Counter>,
+    classifier_seconds: Histogram,
+    routing_seconds: Histogram,
     requests: Family<RequestLabels, Counter>,
     duration: Family<RequestLabels, Histogram>,
     tokens: Family<TokenLabels, Counter>,
@@ -73,6 +89,25 @@ impl Default for Metrics {
         });
         let tokens = Family::<TokenLabels, Counter>::default();
         let cost = Family::<ModelLabels, Counter<f64, AtomicU64>>::default();
+        let decisions = Family::<DecisionLabels, Counter>::default();
+        // 1 µs to ~16 ms: the classifier and the router work in microseconds.
+        let classifier_seconds = Histogram::new(exponential_buckets(1e-6, 2.0, 15));
+        let routing_seconds = Histogram::new(exponential_buckets(1e-6, 2.0, 15));
+        registry.register(
+            "routing_decisions",
+            "Routing decisions by virtual model, tier and chosen model",
+            decisions.clone(),
+        );
+        registry.register(
+            "classifier_duration_seconds",
+            "Time to classify a prompt's complexity",
+            classifier_seconds.clone(),
+        );
+        registry.register(
+            "routing_duration_seconds",
+            "Time to make a routing decision (classifier included)",
+            routing_seconds.clone(),
+        );
         registry.register(
             "requests",
             "Requests by endpoint, provider, model and HTTP status",
@@ -91,6 +126,9 @@ impl Default for Metrics {
         );
         Self {
             registry,
+            decisions,
+            classifier_seconds,
+            routing_seconds,
             requests,
             duration,
             tokens,
@@ -132,6 +170,25 @@ impl Metrics {
         }
         self.duration.get_or_create(&labels).observe(seconds);
         self.requests.get_or_create(&labels).inc();
+    }
+
+    /// Records a routing decision.
+    pub fn record_decision(&self, d: &crate::router::Decision) {
+        if let Some(best) = d.ranking.first() {
+            let (provider, model) = best.model.split_once('/').unwrap_or(("", &best.model));
+            self.decisions
+                .get_or_create(&DecisionLabels {
+                    virtual_model: d.virtual_model.clone(),
+                    tier: d.tier.as_str().to_owned(),
+                    provider: provider.to_owned(),
+                    model: model.to_owned(),
+                })
+                .inc();
+        }
+        if d.classification.is_some() {
+            self.classifier_seconds.observe(d.classifier_us / 1e6);
+        }
+        self.routing_seconds.observe(d.decision_us / 1e6);
     }
 
     /// The OpenMetrics text exposition.

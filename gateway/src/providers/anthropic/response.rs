@@ -260,6 +260,11 @@ impl StreamTranslator {
     }
 
     fn chunk(&self, delta: Value, finish: Option<&str>) -> StreamItem {
+        let content = delta.get("tool_calls").is_some()
+            || delta
+                .get("content")
+                .and_then(Value::as_str)
+                .is_some_and(|t| !t.is_empty());
         let v = json!({
             "id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
             "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}],
@@ -268,6 +273,7 @@ impl StreamTranslator {
             data: Bytes::from(v.to_string()),
             usage: None,
             usage_only: false,
+            content,
         }
     }
 
@@ -362,6 +368,7 @@ impl StreamTranslator {
                         data: Bytes::from(v.to_string()),
                         usage: Some(usage),
                         usage_only: true,
+                        content: false,
                     },
                     StreamItem::End,
                 ]

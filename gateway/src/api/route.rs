@@ -1,0 +1,41 @@
+//! `POST /v1/route`: the routing decision for a chat request, without calling a provider.
+//! Takes the same body as `/v1/chat/completions`; returns the tier and classifier features,
+//! the weights, every candidate with each part of its score, and the excluded models with
+//! their reasons.
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::Json;
+use http::HeaderMap;
+use serde_json::{json, Value};
+
+use super::error::ApiError;
+use super::{body, chat, AppState};
+use crate::openai::ChatRequest;
+
+/// The handler.
+pub async fn handle(
+    State(gw): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    let bytes = body::read(&headers, body, gw.max_body_bytes).await?;
+    let (raw, req): (_, ChatRequest) = body::parse(&bytes)?;
+    chat::validate(&req)?;
+    let routed = gw.router.route(&gw.registry, &req, raw.get("tools"), &[])?;
+    Ok(Json(match &routed.decision {
+        Some(d) => json!({
+            "model": req.model,
+            "virtual": true,
+            "chosen": d.ranking[0].model,
+            "route_header": d.header(),
+            "decision": &**d,
+        }),
+        None => json!({
+            "model": req.model,
+            "virtual": false,
+            "chosen": format!("{}/{}", routed.target.provider.name, routed.target.model),
+            "priced": routed.target.info.as_ref().is_some_and(|i| i.price.is_some()),
+        }),
+    }))
+}

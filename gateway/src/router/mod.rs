@@ -1,0 +1,555 @@
+//! Routing: a virtual model name (`auto`, `fast`, `cheap`, `quality`, or one from config)
+//! becomes a ranked list of concrete models for this request.
+//!
+//! For each request: classify its complexity (tier), build the candidates (chat models of the
+//! virtual model's selection that fit the context window and have the capabilities the
+//! request needs, minus any removed by filters such as circuit breakers or budgets), score
+//! them ([`score`]), apply local-first, and keep the whole ranking: the first entry serves the
+//! request, the rest are the fallback order. Explicit model names bypass scoring.
+
+pub mod classifier;
+pub mod latency;
+pub mod score;
+pub mod tokens;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::StatusCode;
+use llm_gateway_crds::{CandidateSelector, ModelKind, Strategy, Weights};
+use serde::Serialize;
+
+use crate::api::error::ApiError;
+use crate::models::info::ModelInfo;
+use crate::models::registry::{Entry, Registry, Target};
+use crate::openai::ChatRequest;
+use classifier::{Classification, Tier};
+use score::{Inputs, Scored};
+
+/// Context window assumed for a model whose window is unknown.
+pub const UNKNOWN_CONTEXT: u32 = 8192;
+/// Completion tokens reserved in the context check when the request sets no `max_tokens`.
+pub const DEFAULT_OUTPUT_RESERVE: usize = 512;
+
+/// A validated virtual model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VirtualSpec {
+    /// Name clients send.
+    pub name: String,
+    /// What it optimises for.
+    pub strategy: Strategy,
+    /// Fixed weights; `None` uses the strategy's (per-tier for balanced).
+    pub weights: Option<Weights>,
+    /// Which models it may use; `None` = all chat models.
+    pub selector: Option<CandidateSelector>,
+    /// Local-first threshold; `None` = off.
+    pub local_preference: Option<f64>,
+    /// Classify prompts (else everything is `moderate`).
+    pub classify: bool,
+}
+
+impl VirtualSpec {
+    /// A built-in virtual model with its strategy's defaults.
+    pub fn builtin(name: &str, strategy: Strategy) -> Self {
+        Self {
+            name: name.to_owned(),
+            strategy,
+            weights: None,
+            selector: None,
+            local_preference: default_local_preference(strategy),
+            classify: true,
+        }
+    }
+}
+
+/// The four built-in virtual models.
+pub fn builtin_virtuals() -> Vec<VirtualSpec> {
+    vec![
+        VirtualSpec::builtin("auto", Strategy::Balanced),
+        VirtualSpec::builtin("fast", Strategy::Latency),
+        VirtualSpec::builtin("cheap", Strategy::Cost),
+        VirtualSpec::builtin("quality", Strategy::Quality),
+    ]
+}
+
+/// Local-first threshold by strategy: 0.7 where cost matters, off where it does not.
+pub fn default_local_preference(s: Strategy) -> Option<f64> {
+    match s {
+        Strategy::Balanced | Strategy::Cost => Some(0.7),
+        Strategy::Quality | Strategy::Latency => None,
+    }
+}
+
+/// Default weights by strategy and tier. Balanced leans toward quality as prompts get harder.
+pub fn default_weights(s: Strategy, tier: Tier) -> Weights {
+    let w = |cost, quality, latency| Weights {
+        cost,
+        quality,
+        latency,
+    };
+    match (s, tier) {
+        (Strategy::Balanced, Tier::Simple) => w(0.5, 0.3, 0.2),
+        (Strategy::Balanced, Tier::Moderate) => w(0.35, 0.45, 0.2),
+        (Strategy::Balanced, Tier::Complex) => w(0.25, 0.6, 0.15),
+        (Strategy::Balanced, Tier::Reasoning) => w(0.15, 0.75, 0.1),
+        (Strategy::Cost, _) => w(1.0, 0.0, 0.0),
+        (Strategy::Quality, _) => w(0.0, 1.0, 0.0),
+        (Strategy::Latency, _) => w(0.0, 0.0, 1.0),
+    }
+}
+
+/// Quality of a model for a tier, from its prior: differences shrink on easy prompts (any model
+/// greets well) and grow on hard ones. `difficulty` per tier: simple 0.35, moderate 0.7,
+/// complex 1.0 (0.85 for `code` models), reasoning 1.25 (1.0 for `reasoning` models).
+pub fn tier_quality(m: &ModelInfo, tier: Tier) -> f64 {
+    let has = |t: &str| m.tags.iter().any(|x| x == t);
+    let difficulty = match tier {
+        Tier::Simple => 0.35,
+        Tier::Moderate => 0.7,
+        Tier::Complex if has("code") => 0.85,
+        Tier::Complex => 1.0,
+        Tier::Reasoning if has("reasoning") => 1.0,
+        Tier::Reasoning => 1.25,
+    };
+    (1.0 - (1.0 - m.quality) * difficulty).clamp(0.0, 1.0)
+}
+
+/// Why a model was not a candidate.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "reason", rename_all = "snake_case")]
+pub enum Exclusion {
+    /// The request has tools; the model has no (known) tool support.
+    NoTools,
+    /// The request has images; the model has no (known) vision support.
+    NoVision,
+    /// The request asks for JSON; the model has no (known) JSON mode.
+    NoJson,
+    /// Prompt plus completion reserve exceed the context window.
+    Context {
+        /// Tokens needed.
+        needed: usize,
+        /// The model's window.
+        window: u32,
+    },
+    /// Removed by a filter (circuit breaker, budget), with its explanation.
+    Unavailable {
+        /// Why.
+        detail: String,
+    },
+}
+
+impl Exclusion {
+    /// Whether the request itself (not the gateway's state) rules the model out.
+    fn is_client_caused(&self) -> bool {
+        !matches!(self, Exclusion::Unavailable { .. })
+    }
+}
+
+/// Removes candidates for reasons outside the request: breaker state, the caller's budget.
+pub trait CandidateFilter: Send + Sync {
+    /// `Some` excludes the model.
+    fn check(&self, entry: &Entry) -> Option<Exclusion>;
+}
+
+/// One ranked candidate.
+#[derive(Debug, Clone, Serialize)]
+pub struct Ranked {
+    /// `provider/model`.
+    pub model: String,
+    /// Registry index.
+    #[serde(skip)]
+    pub entry: usize,
+    /// Score and parts.
+    #[serde(flatten)]
+    pub scored: Scored,
+    /// Price (mean of input and output, USD/Mtok) used.
+    pub price: f64,
+    /// Tier quality used.
+    pub tier_quality: f64,
+    /// Latency estimate used, ms.
+    pub latency_ms: f64,
+    /// Runs locally.
+    pub local: bool,
+}
+
+/// An excluded model.
+#[derive(Debug, Clone, Serialize)]
+pub struct Excluded {
+    /// `provider/model`.
+    pub model: String,
+    /// Why.
+    #[serde(flatten)]
+    pub why: Exclusion,
+}
+
+/// A routing decision with everything that explains it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Decision {
+    /// The virtual model asked for.
+    pub virtual_model: String,
+    /// Its strategy.
+    pub strategy: Strategy,
+    /// The prompt's tier.
+    pub tier: Tier,
+    /// The classifier's output, if it ran.
+    pub classification: Option<Classification>,
+    /// Weights used (normalised).
+    pub weights: Weights,
+    /// Prompt tokens (upper bound, or counted when the bound was too close to a window).
+    pub prompt_tokens: usize,
+    /// Whether `prompt_tokens` was counted with the tokenizer.
+    pub prompt_tokens_counted: bool,
+    /// Candidates, best first: the first serves, the rest are the fallback order.
+    pub ranking: Vec<Ranked>,
+    /// Models that were not candidates, and why.
+    pub excluded: Vec<Excluded>,
+    /// Whether local-first moved a local model to the front.
+    pub local_first: bool,
+    /// Time the decision took, microseconds.
+    pub decision_us: f64,
+    /// Time the classifier took, microseconds.
+    pub classifier_us: f64,
+}
+
+impl Decision {
+    /// The `x-llm-gateway-route` header value.
+    pub fn header(&self) -> String {
+        let mut s = format!(
+            "virtual={}; strategy={}; tier={}",
+            self.virtual_model,
+            strategy_name(self.strategy),
+            self.tier.as_str()
+        );
+        if let Some(best) = self.ranking.first() {
+            s += &format!("; chosen={}; score={:.3}", best.model, best.scored.score);
+        }
+        if let Some(r) = self.ranking.get(1) {
+            s += &format!(
+                "; runner_up={}; runner_up_score={:.3}",
+                r.model, r.scored.score
+            );
+        }
+        if self.local_first {
+            s += "; local_first=true";
+        }
+        s
+    }
+}
+
+/// A strategy's name.
+pub fn strategy_name(s: Strategy) -> &'static str {
+    match s {
+        Strategy::Balanced => "balanced",
+        Strategy::Cost => "cost",
+        Strategy::Quality => "quality",
+        Strategy::Latency => "latency",
+    }
+}
+
+/// Where a request goes, and why.
+#[derive(Debug, Clone)]
+pub struct Routed {
+    /// The first choice.
+    pub target: Target,
+    /// For virtual models: the full decision (fallbacks included).
+    pub decision: Option<Arc<Decision>>,
+}
+
+/// A virtual model with its candidate pool resolved against the registry.
+#[derive(Debug)]
+struct Route {
+    spec: VirtualSpec,
+    pool: Vec<usize>,
+}
+
+/// The router: virtual models and their pools.
+#[derive(Debug)]
+pub struct Router {
+    routes: Vec<Route>,
+    decay: Duration,
+}
+
+/// Whether an entry matches a selector (any list).
+fn selected(sel: &CandidateSelector, e: &Entry, registry: &Registry) -> bool {
+    let i = &e.info;
+    sel.providers.iter().any(|p| *p == e.provider.name)
+        || sel.models.iter().any(|m| {
+            registry
+                .resolve(m)
+                .is_ok_and(|t| t.provider.name == e.provider.name && t.model == i.name)
+        })
+        || sel.tags.iter().any(|t| match t.as_str() {
+            "local" => e.provider.is_local(),
+            "tools" => i.capabilities.is_some_and(|c| c.tools),
+            "vision" => i.capabilities.is_some_and(|c| c.vision),
+            "json" => i.capabilities.is_some_and(|c| c.json),
+            other => i.tags.iter().any(|x| x == other),
+        })
+}
+
+impl Router {
+    /// Resolves each virtual model's pool.
+    pub fn new(specs: &[VirtualSpec], registry: &Registry, decay: Duration) -> Self {
+        let routes = specs
+            .iter()
+            .map(|spec| Route {
+                pool: registry
+                    .entries()
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, e)| e.info.kind == ModelKind::Chat)
+                    .filter(|(_, e)| {
+                        spec.selector
+                            .as_ref()
+                            .is_none_or(|s| selected(s, e, registry))
+                    })
+                    .map(|(i, _)| i)
+                    .collect(),
+                spec: spec.clone(),
+            })
+            .collect();
+        Self { routes, decay }
+    }
+
+    /// The latency decay constant.
+    pub fn decay(&self) -> Duration {
+        self.decay
+    }
+
+    /// Virtual models with their pool sizes.
+    pub fn virtuals(&self) -> impl Iterator<Item = (&VirtualSpec, usize)> {
+        self.routes.iter().map(|r| (&r.spec, r.pool.len()))
+    }
+
+    /// Whether `name` is a virtual model.
+    pub fn is_virtual(&self, name: &str) -> bool {
+        self.routes.iter().any(|r| r.spec.name == name)
+    }
+
+    /// Routes a request: virtual names are scored, explicit names resolved and checked.
+    pub fn route(
+        &self,
+        registry: &Registry,
+        req: &ChatRequest,
+        raw_tools: Option<&serde_json::Value>,
+        filters: &[&dyn CandidateFilter],
+    ) -> Result<Routed, ApiError> {
+        let Some(route) = self.routes.iter().find(|r| r.spec.name == req.model) else {
+            let target = registry.resolve(&req.model)?;
+            check_explicit_context(&target, req, raw_tools)?;
+            return Ok(Routed {
+                target,
+                decision: None,
+            });
+        };
+        let decision = self.decide(route, registry, req, raw_tools, filters)?;
+        let best = &registry.entries()[decision.ranking[0].entry];
+        let target = registry.target_of(best, Some(route.spec.name.clone()));
+        Ok(Routed {
+            target,
+            decision: Some(Arc::new(decision)),
+        })
+    }
+
+    fn decide(
+        &self,
+        route: &Route,
+        registry: &Registry,
+        req: &ChatRequest,
+        raw_tools: Option<&serde_json::Value>,
+        filters: &[&dyn CandidateFilter],
+    ) -> Result<Decision, ApiError> {
+        let started = Instant::now();
+        let spec = &route.spec;
+        let (classification, classifier_us) = if spec.classify {
+            let t = Instant::now();
+            let c = classifier::classify(req);
+            (Some(c), t.elapsed().as_secs_f64() * 1e6)
+        } else {
+            (None, 0.0)
+        };
+        let tier = classification.as_ref().map_or(Tier::Moderate, |c| c.tier);
+        let entries = registry.entries();
+        if route.pool.is_empty() {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "service_unavailable",
+                format!(
+                    "Virtual model `{}` has no enabled chat model to route to.",
+                    spec.name
+                ),
+            )
+            .with_code("no_candidates"));
+        }
+
+        // Context: a free upper bound first; count tokens only if it is too close to a window.
+        let reserve = req
+            .max_output()
+            .map_or(DEFAULT_OUTPUT_RESERVE, |m| m as usize);
+        let window = |e: &Entry| e.info.context_window.unwrap_or(UNKNOWN_CONTEXT);
+        let smallest = route
+            .pool
+            .iter()
+            .map(|&i| window(&entries[i]))
+            .min()
+            .unwrap_or(0) as usize;
+        let mut prompt_tokens = tokens::upper_bound(req, raw_tools);
+        let mut counted = false;
+        if prompt_tokens + reserve > smallest {
+            prompt_tokens = tokens::count(req, raw_tools);
+            counted = true;
+        }
+        let needed = prompt_tokens + reserve;
+
+        let (images, tools, json) = (req.has_images(), req.has_tools(), req.wants_json());
+        let mut excluded = Vec::new();
+        let mut pool = Vec::with_capacity(route.pool.len());
+        for &i in &route.pool {
+            let e = &entries[i];
+            let caps = e.info.capabilities.unwrap_or_default();
+            let why = if tools && !caps.tools {
+                Some(Exclusion::NoTools)
+            } else if images && !caps.vision {
+                Some(Exclusion::NoVision)
+            } else if json && !caps.json {
+                Some(Exclusion::NoJson)
+            } else if needed > window(e) as usize {
+                Some(Exclusion::Context {
+                    needed,
+                    window: window(e),
+                })
+            } else {
+                filters.iter().find_map(|f| f.check(e))
+            };
+            match why {
+                Some(why) => excluded.push(Excluded {
+                    model: e.qualified_name(),
+                    why,
+                }),
+                None => pool.push(i),
+            }
+        }
+        if pool.is_empty() {
+            return Err(no_candidate_error(&spec.name, &excluded));
+        }
+
+        let now = Instant::now();
+        let stream = req.is_stream();
+        let inputs: Vec<Inputs> = pool
+            .iter()
+            .map(|&i| {
+                let e = &entries[i];
+                let lat = e.latency.snapshot(now, self.decay);
+                Inputs {
+                    price: e.info.price.map_or(f64::MAX / 4.0, |p| p.blended()),
+                    quality: tier_quality(&e.info, tier),
+                    latency_ms: if stream { lat.ttft_ms } else { lat.total_ms },
+                    local: e.provider.is_local(),
+                }
+            })
+            .collect();
+        let weights = score::normalised(
+            spec.weights
+                .unwrap_or_else(|| default_weights(spec.strategy, tier)),
+        );
+        let mut ranked = score::rank(&inputs, weights);
+        let local_first = score::prefer_local(&mut ranked, &inputs, spec.local_preference);
+        let ranking = ranked
+            .into_iter()
+            .map(|s| {
+                let i = pool[s.idx];
+                let inp = inputs[s.idx];
+                Ranked {
+                    model: entries[i].qualified_name(),
+                    entry: i,
+                    scored: s,
+                    price: inp.price,
+                    tier_quality: inp.quality,
+                    latency_ms: inp.latency_ms,
+                    local: inp.local,
+                }
+            })
+            .collect();
+        Ok(Decision {
+            virtual_model: spec.name.clone(),
+            strategy: spec.strategy,
+            tier,
+            classification,
+            weights,
+            prompt_tokens,
+            prompt_tokens_counted: counted,
+            ranking,
+            excluded,
+            local_first,
+            decision_us: started.elapsed().as_secs_f64() * 1e6,
+            classifier_us,
+        })
+    }
+}
+
+/// Explains why no model could serve: 400 if the request rules them all out, else 503.
+fn no_candidate_error(name: &str, excluded: &[Excluded]) -> ApiError {
+    let count = |f: &dyn Fn(&Exclusion) -> bool| excluded.iter().filter(|x| f(&x.why)).count();
+    let mut reasons = Vec::new();
+    let n = count(&|w| *w == Exclusion::NoTools);
+    if n > 0 {
+        reasons.push(format!("{n} lack tool support"));
+    }
+    let n = count(&|w| *w == Exclusion::NoVision);
+    if n > 0 {
+        reasons.push(format!("{n} lack image input"));
+    }
+    let n = count(&|w| *w == Exclusion::NoJson);
+    if n > 0 {
+        reasons.push(format!("{n} lack JSON output"));
+    }
+    if let Some(needed) = excluded.iter().find_map(|x| match x.why {
+        Exclusion::Context { needed, .. } => Some(needed),
+        _ => None,
+    }) {
+        let n = count(&|w| matches!(w, Exclusion::Context { .. }));
+        reasons.push(format!("{n} have context windows smaller than the {needed} tokens needed (prompt plus max_tokens)"));
+    }
+    for x in excluded {
+        if let Exclusion::Unavailable { detail } = &x.why {
+            reasons.push(format!("{} is unavailable ({detail})", x.model));
+        }
+    }
+    let msg = format!(
+        "No model behind virtual model `{name}` can serve this request: {}.",
+        reasons.join("; ")
+    );
+    if excluded.iter().all(|x| x.why.is_client_caused()) {
+        ApiError::invalid("model", msg).with_code("no_suitable_model")
+    } else {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "service_unavailable", msg)
+            .with_code("no_candidates")
+    }
+}
+
+/// An explicitly named model whose context window the prompt exceeds gets OpenAI's 400
+/// before any upstream call.
+fn check_explicit_context(
+    t: &Target,
+    req: &ChatRequest,
+    raw_tools: Option<&serde_json::Value>,
+) -> Result<(), ApiError> {
+    let Some(window) = t.info.as_ref().and_then(|i| i.context_window) else {
+        return Ok(());
+    };
+    let reserve = req.max_output().map_or(0, |m| m as usize);
+    if tokens::upper_bound(req, raw_tools) + reserve <= window as usize {
+        return Ok(());
+    }
+    let needed = tokens::count(req, raw_tools) + reserve;
+    if needed <= window as usize {
+        return Ok(());
+    }
+    Err(ApiError::invalid(
+        "messages",
+        format!(
+            "This model's maximum context length is {window} tokens. However, your messages and max_tokens need about {needed} tokens. Shorten the messages or choose a model with a larger context window."
+        ),
+    )
+    .with_code("context_length_exceeded"))
+}
