@@ -67,8 +67,10 @@ impl Gateway {
             &registry,
             settings.routing.latency_decay,
         );
+        // The classifier's automaton is small and used on every routed request: build it now.
+        // The tokenizer (~40 MB, ~0.2 s) loads on first need: the free byte bound settles
+        // the context check for all but prompts near a context window.
         crate::router::classifier::warm_up();
-        crate::router::tokens::warm_up();
         Ok(Self {
             router,
             registry,

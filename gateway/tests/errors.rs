@@ -90,7 +90,7 @@ async fn client_errors_are_400_404_413_naming_the_problem() {
         .unwrap()
         .contains("GET /v1/models"));
 
-    let big = "x".repeat(70_000);
+    let big = "x".repeat(1_100_000);
     let (status, _, body) = h
         .chat(&json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": big}]}))
         .await;
@@ -118,7 +118,7 @@ async fn client_errors_are_400_404_413_naming_the_problem() {
 async fn chunked_body_over_the_limit_is_413_too() {
     let h = start().await;
     let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
-        (0..100).map(|_| Ok(vec![b' '; 1000])).collect();
+        (0..1100).map(|_| Ok(vec![b' '; 1000])).collect();
     let r = h
         .http
         .post(format!("{}/v1/chat/completions", h.gw))
@@ -126,7 +126,9 @@ async fn chunked_body_over_the_limit_is_413_too() {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 413);
+    let status = r.status();
+    let body = r.text().await.unwrap();
+    assert_eq!(status, 413, "{body}");
 }
 
 #[tokio::test]

@@ -41,7 +41,8 @@ fn normalise(values: &[f64], higher_is_better: bool) -> impl Fn(f64) -> f64 {
     let lo = values.iter().copied().fold(f64::INFINITY, f64::min);
     let hi = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     move |v| {
-        if !(hi > lo) {
+        // All equal (or no finite spread): everyone is the best.
+        if hi.partial_cmp(&lo) != Some(std::cmp::Ordering::Greater) {
             return 1.0;
         }
         let x = (v - lo) / (hi - lo);
@@ -276,8 +277,17 @@ mod tests {
     fn local_first_threshold() {
         // Remote: quality 1, latency 0 → 0.6. Local: quality 0, latency 1 → 0.4 (ratio 2/3).
         let cands = [c(1.0, 0.9, 300.0, false), c(1.0, 0.5, 100.0, true)];
-        let w = Weights { cost: 0.0, quality: 0.6, latency: 0.4 };
-        for (pref, moved) in [(Some(0.6), true), (Some(0.7), false), (Some(1.0), false), (None, false)] {
+        let w = Weights {
+            cost: 0.0,
+            quality: 0.6,
+            latency: 0.4,
+        };
+        for (pref, moved) in [
+            (Some(0.6), true),
+            (Some(0.7), false),
+            (Some(1.0), false),
+            (None, false),
+        ] {
             let mut r = rank(&cands, w);
             assert_eq!(r[0].idx, 0);
             assert!((r[1].score / r[0].score - 2.0 / 3.0).abs() < 1e-9);

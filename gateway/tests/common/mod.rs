@@ -18,10 +18,17 @@ pub struct Harness {
 
 /// The YAML config for a gateway in front of the mock at `mock`.
 pub fn config_yaml(mock: &str, extra_provider_yaml: &str) -> String {
+    config_yaml_with(mock, extra_provider_yaml, "")
+}
+
+/// The same with a `routing:` section (YAML text, without the key).
+pub fn config_yaml_with(mock: &str, extra_provider_yaml: &str, routing: &str) -> String {
     format!(
         r#"
+routing:
+{routing}
 server:
-  max_body_bytes: 65536
+  max_body_bytes: 1048576
 providers:
   - name: openai
     base_url: {mock}/openai/v1
@@ -49,13 +56,18 @@ pub async fn start() -> Harness {
 
 /// Starts mock and gateway; `extra` is YAML appended to the openai provider entry.
 pub async fn start_with(extra: &str) -> Harness {
+    start_full(extra, "").await
+}
+
+/// Starts mock and gateway with extra provider YAML and a routing section.
+pub async fn start_full(extra: &str, routing: &str) -> Harness {
     llm_gateway::install_crypto();
     let ml = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let mock = format!("http://{}", ml.local_addr().unwrap());
     let models = DEFAULT_OLLAMA_MODELS.map(String::from).to_vec();
     tokio::spawn(mock_providers::serve(ml, Mock::new(models)));
 
-    let cfg = config::parse("test.yaml", &config_yaml(&mock, extra)).unwrap();
+    let cfg = config::parse("test.yaml", &config_yaml_with(&mock, extra, routing)).unwrap();
     let settings =
         config::validate(&cfg, "test.yaml", &|k: &str| Some(format!("key-for-{k}"))).unwrap();
     let gw = Arc::new(Gateway::build(&settings).await.unwrap());
@@ -99,6 +111,20 @@ impl Harness {
         let status = r.status();
         let headers = r.headers().clone();
         (status, headers, r.text().await.unwrap())
+    }
+
+    /// The dry-run routing decision for a chat body.
+    pub async fn route(&self, body: &Value) -> (reqwest::StatusCode, Value) {
+        let r = self.post("/v1/route", body).await;
+        (r.status(), r.json().await.unwrap())
+    }
+
+    pub async fn clear_faults(&self) {
+        self.http
+            .delete(format!("{}/_mock/faults", self.mock))
+            .send()
+            .await
+            .unwrap();
     }
 
     pub async fn fault(&self, fault: Value) {

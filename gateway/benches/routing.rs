@@ -1,0 +1,102 @@
+//! Routing decision time for 20 candidates (target: p99 under 50 µs), and classifier time.
+//! Run: `cargo bench -p llm-gateway --bench routing`
+//!
+//! Builds a registry of exactly 20 chat models from the built-in catalog (no network), then
+//! times `Router::route` for a mix of prompts (short, code, long, reasoning), classifier
+//! included, one decision at a time.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use llm_gateway::config;
+use llm_gateway::models::registry::Registry;
+use llm_gateway::openai::ChatRequest;
+use llm_gateway::providers::Provider;
+use llm_gateway::router::{classifier, Router};
+
+const ROUNDS: usize = 20_000;
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn main() {
+    llm_gateway::install_crypto();
+    let yaml = "providers:\n\
+        - {name: openai, api_key: {env: K}}\n\
+        - {name: anthropic, api_key: {env: K}}\n\
+        - {name: groq, api_key: {env: K}, models: [{name: extra-a, input_usd_per_mtok: 0.1, output_usd_per_mtok: 0.2, context_window: 8192, capabilities: [tools], quality: 0.5}]}\n";
+    let cfg = config::parse("bench", yaml).unwrap();
+    let settings = config::validate(&cfg, "bench", &|_| Some("k".into())).unwrap();
+    let mut providers = Vec::new();
+    let mut left = 20usize;
+    for p in &settings.providers {
+        let models: Vec<_> = p
+            .models
+            .iter()
+            .filter(|m| m.kind == llm_gateway_crds::ModelKind::Chat)
+            .take(left)
+            .cloned()
+            .collect();
+        left -= models.len();
+        providers.push((Arc::new(Provider::new(p).unwrap()), models));
+    }
+    let registry = Registry::new(providers);
+    let router = Router::new(
+        &settings.routing.virtuals,
+        &registry,
+        settings.routing.latency_decay,
+    );
+    let pool = router.virtuals().find(|(v, _)| v.name == "auto").unwrap().1;
+    assert_eq!(pool, 20, "the bench needs exactly 20 candidates");
+    classifier::warm_up();
+    llm_gateway::router::tokens::warm_up();
+
+    let code = "Refactor this module and add tests:\n```rust\nfn main() {\n    let x = 1;\n    println!(\"{x}\");\n}\n```";
+    let long = "Summarise the following text. ".to_owned()
+        + &"The committee met on Tuesday to discuss the budget. ".repeat(80);
+    let prompts = [
+        "Hi!",
+        "Explain how a hash map works.",
+        code,
+        &long,
+        "Prove that there are infinitely many primes.",
+    ];
+    let reqs: Vec<ChatRequest> = prompts
+        .iter()
+        .map(|p| {
+            serde_json::from_value(
+                serde_json::json!({"model": "auto", "messages": [{"role": "user", "content": p}]}),
+            )
+            .unwrap()
+        })
+        .collect();
+
+    // Warm caches and branch predictors.
+    for r in reqs.iter().cycle().take(2000) {
+        std::hint::black_box(router.route(&registry, r, None, &[]).unwrap());
+    }
+    let mut decide = Vec::with_capacity(ROUNDS);
+    let mut classify = Vec::with_capacity(ROUNDS);
+    for r in reqs.iter().cycle().take(ROUNDS) {
+        let t = Instant::now();
+        let routed = std::hint::black_box(router.route(&registry, r, None, &[]).unwrap());
+        decide.push(t.elapsed().as_secs_f64() * 1e6);
+        classify.push(routed.decision.unwrap().classifier_us);
+    }
+    decide.sort_by(f64::total_cmp);
+    classify.sort_by(f64::total_cmp);
+    println!("routing decision, 20 candidates, {ROUNDS} decisions over {} prompt shapes (classifier included):", prompts.len());
+    println!(
+        "  p50 {:.1} µs   p99 {:.1} µs   max {:.1} µs   (target p99 < 50 µs)",
+        percentile(&decide, 0.5),
+        percentile(&decide, 0.99),
+        decide[decide.len() - 1]
+    );
+    println!(
+        "classifier alone: p50 {:.1} µs   p99 {:.1} µs",
+        percentile(&classify, 0.5),
+        percentile(&classify, 0.99)
+    );
+    println!("command: cargo bench -p llm-gateway --bench routing");
+}
