@@ -30,6 +30,9 @@ pub struct RoutingConfig {
     /// healthy level, so a recovered provider wins again without being probed (default 30).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latency_decay_secs: Option<f64>,
+    /// Failover along the ranking when a provider fails.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failover: Option<FailoverConfig>,
 }
 
 /// What a virtual model optimises for.
@@ -112,6 +115,25 @@ pub struct ServerConfig {
     /// Largest accepted request body in bytes (default 10 MiB); larger bodies get 413.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_body_bytes: Option<u64>,
+    /// Requests served at once across all providers (default 1024); more wait up to
+    /// `queue_timeout_secs`, then get 503 with `Retry-After`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrency: Option<u32>,
+    /// Longest wait for a global concurrency slot, in seconds (default 5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_timeout_secs: Option<f64>,
+    /// On SIGTERM, how long in-flight requests and streams may take to finish, in seconds
+    /// (default 30).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain_timeout_secs: Option<f64>,
+    /// Longest a stream waits for a client that does not read, in seconds (default 60);
+    /// then the stream and its upstream connection are closed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_idle_timeout_secs: Option<f64>,
+    /// Bearer token of the admin endpoints (default: the `LLM_GATEWAY_ADMIN_TOKEN`
+    /// variable; without one, the admin endpoints are off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_token: Option<SecretSource>,
 }
 
 /// The wire protocol a provider speaks.
@@ -227,6 +249,20 @@ pub struct ProviderConfig {
     /// Longest silence allowed between two reads of a response, in seconds (default 120).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub read_idle_timeout_secs: Option<f64>,
+    /// Streams: longest wait for the first content or tool-call chunk, in seconds (default
+    /// 300: reasoning models think silently).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_token_timeout_secs: Option<f64>,
+    /// Requests to this provider at once (default 256); more wait up to
+    /// `queue_timeout_secs`, then fail over or get 503.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrency: Option<u32>,
+    /// Longest wait for a concurrency slot of this provider, in seconds (default 5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_timeout_secs: Option<f64>,
+    /// Circuit breaker settings (per provider, and per model of this provider).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub breaker: Option<BreakerConfig>,
     /// Anthropic only: the `anthropic-version` header (default `2023-06-01`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub anthropic_version: Option<String>,
@@ -234,6 +270,48 @@ pub struct ProviderConfig {
     /// the model's maximum output).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default_max_tokens: Option<u32>,
+}
+
+/// Circuit breaker settings; unset fields keep their defaults.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerConfig {
+    /// Consecutive failures that open the breaker (default 5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consecutive_failures: Option<u32>,
+    /// Failure ratio over the window that opens it (default 0.5)...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_ratio: Option<f64>,
+    /// ...once the window holds this many requests (default 20).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_requests: Option<u32>,
+    /// Sliding window length in seconds (default 30).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_secs: Option<f64>,
+    /// First open period in seconds (default 5); doubles with each reopening.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_backoff_secs: Option<f64>,
+    /// Longest open period in seconds (default 300).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_backoff_secs: Option<f64>,
+    /// Probe requests per second while half-open (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub half_open_probes: Option<u32>,
+    /// Probe successes that close it (default 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub close_after: Option<u32>,
+}
+
+/// Failover along a virtual model's ranking.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FailoverConfig {
+    /// Upstream attempts per request, first included (default 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<u32>,
+    /// Time budget for all attempts until a response starts, in seconds (default 120).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_secs: Option<f64>,
 }
 
 /// What kind of endpoint a model serves.

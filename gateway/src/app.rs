@@ -4,12 +4,17 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::StatusCode;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use llm_gateway_crds::Protocol;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
-use crate::config::{ProviderSettings, Settings};
+use crate::api::error::ApiError;
+use crate::config::{FailoverSettings, ProviderSettings, Secret, Settings};
 use crate::models::info::{ModelInfo, Price, UNKNOWN_LATENCY_MS, UNKNOWN_QUALITY};
 use crate::models::registry::Registry;
 use crate::providers::{ollama, Provider};
@@ -29,6 +34,14 @@ pub struct Gateway {
     pub max_body_bytes: usize,
     /// Cleared when shutdown begins, so `/readyz` fails at once.
     pub ready: AtomicBool,
+    /// Failover limits.
+    pub failover: FailoverSettings,
+    /// Admin endpoints' bearer token.
+    pub admin_token: Option<Secret>,
+    /// How long in-flight requests may take to finish on SIGTERM.
+    pub drain_timeout: Duration,
+    slots: Arc<Semaphore>,
+    queue_timeout: Duration,
 }
 
 impl Gateway {
@@ -51,7 +64,8 @@ impl Gateway {
             } else {
                 p.models.clone()
             };
-            let provider = Arc::new(Provider::new(p)?);
+            let provider =
+                Arc::new(Provider::new(p)?.with_client_idle_timeout(settings.client_idle_timeout));
             info!(
                 provider = %p.name,
                 protocol = ?p.protocol,
@@ -77,7 +91,51 @@ impl Gateway {
             metrics: Metrics::default(),
             max_body_bytes: settings.max_body_bytes,
             ready: AtomicBool::new(true),
+            failover: settings.routing.failover,
+            admin_token: settings.admin_token.clone(),
+            drain_timeout: settings.drain_timeout,
+            slots: Arc::new(Semaphore::new(settings.max_concurrency)),
+            queue_timeout: settings.queue_timeout,
         })
+    }
+
+    /// A global concurrency slot, waiting at most the queue timeout, else 503 with
+    /// `Retry-After`.
+    pub async fn acquire_slot(&self) -> Result<OwnedSemaphorePermit, ApiError> {
+        let start = Instant::now();
+        match tokio::time::timeout(self.queue_timeout, self.slots.clone().acquire_owned()).await {
+            Ok(Ok(p)) => {
+                self.metrics
+                    .queue_wait("global", start.elapsed().as_secs_f64());
+                Ok(p)
+            }
+            _ => {
+                let mut e = ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "service_unavailable",
+                    "This gateway is at its concurrency limit; retry shortly.",
+                )
+                .with_code("gateway_busy");
+                e.retry_after = Some("1".into());
+                Err(e)
+            }
+        }
+    }
+
+    /// Publishes every breaker's state to the metrics gauges.
+    pub fn publish_breaker_states(&self) {
+        let now = Instant::now();
+        for p in self.registry.providers() {
+            self.metrics
+                .breaker_state(&p.name, "*", p.breaker.status(now).state.gauge());
+        }
+        for e in self.registry.entries() {
+            self.metrics.breaker_state(
+                &e.provider.name,
+                &e.info.name,
+                e.breaker.status(now).state.gauge(),
+            );
+        }
     }
 }
 
@@ -121,7 +179,8 @@ fn discovered_models(p: &ProviderSettings, names: &[String]) -> Vec<ModelInfo> {
         .collect()
 }
 
-/// Serves on `listener` until SIGINT/SIGTERM, then drains in-flight requests.
+/// Serves on `listener` until SIGINT/SIGTERM, then drains in-flight requests for at most the
+/// drain timeout.
 pub async fn serve(listener: TcpListener, gw: Arc<Gateway>) -> anyhow::Result<()> {
     let addr: SocketAddr = listener.local_addr()?;
     if gw.registry.providers().is_empty() {
@@ -132,13 +191,26 @@ pub async fn serve(listener: TcpListener, gw: Arc<Gateway>) -> anyhow::Result<()
         "listening on http://{addr} — point OpenAI SDKs at OPENAI_BASE_URL=http://{addr}/v1"
     );
     let app = crate::api::router(gw.clone());
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown_signal().await;
-            gw.ready.store(false, Ordering::Relaxed);
-            info!("shutdown signal received; draining in-flight requests");
-        })
-        .await?;
+    let (stopping_tx, mut stopping) = tokio::sync::watch::channel(false);
+    let drain = gw.drain_timeout;
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        shutdown_signal().await;
+        gw.ready.store(false, Ordering::Relaxed);
+        info!(
+            drain_timeout_secs = drain.as_secs_f64(),
+            "shutdown signal received; draining in-flight requests"
+        );
+        let _ = stopping_tx.send(true);
+    });
+    let deadline = async move {
+        let _ = stopping.wait_for(|s| *s).await;
+        tokio::time::sleep(drain).await;
+    };
+    tokio::select! {
+        r = server => r?,
+        _ = deadline => warn!("drain timeout reached; closing the remaining connections"),
+    }
+    info!("stopped");
     Ok(())
 }
 

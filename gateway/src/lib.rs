@@ -3,8 +3,10 @@
 
 pub mod api;
 pub mod app;
+pub mod breaker;
 pub mod catalog;
 pub mod config;
+pub mod failover;
 pub mod models;
 pub mod openai;
 pub mod providers;

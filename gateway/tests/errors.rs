@@ -189,11 +189,23 @@ async fn upstream_errors_keep_their_status_and_message() {
         .unwrap()
         .contains("invalid JSON"));
 
+    // The 429 above said Retry-After: 7, so OpenAI's breaker is open for 7 s: an explicit
+    // request to it is refused at once, saying when it will be retried.
+    let (status, headers, body) = h.chat(&hello("gpt-4o-mini")).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "circuit_open");
+    let retry: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=7).contains(&retry), "{retry}");
+}
+
+#[tokio::test]
+async fn a_provider_that_hangs_is_a_504_after_its_timeout() {
+    let h = start().await;
     // The openai provider has timeout_secs: 3 in the test config.
-    h.fault(json!({"vendor": "openai", "hang": true, "times": 1}))
-        .await;
-    let (status, _, body) = h.chat(&hello("gpt-4o-mini")).await;
+    h.fault(json!({"vendor": "openai", "hang": true, "times": 1})).await;
+    let (status, headers, body) = h.chat(&json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}]})).await;
     assert_eq!(status, 504, "{body}");
+    assert_eq!(headers["x-llm-gateway-attempts"], "1");
 }
 
 #[tokio::test]
@@ -241,12 +253,14 @@ async fn a_stream_cut_mid_way_ends_with_an_error_event_and_no_done() {
     }
     h.fault(json!({"vendor": "openai", "malformed": true, "times": 1}))
         .await;
-    let (_, _, body) = h
+    // Broken before any content: nothing was sent yet, so it is a plain 502, not a stream.
+    let (status, headers, body) = h
         .chat_stream(&json!({"model": "gpt-4o-mini", "stream": true,
         "messages": [{"role": "user", "content": "x"}]}))
         .await;
-    let chunks = sse_data(&body);
-    assert!(chunks.last().unwrap()["error"].is_object(), "{body}");
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(headers["content-type"], "application/json");
+    assert!(body.contains("invalid stream chunk"), "{body}");
 }
 
 #[tokio::test]

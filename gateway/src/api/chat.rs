@@ -1,7 +1,9 @@
-//! `POST /v1/chat/completions`. The whole request path, in order: read and validate →
-//! resolve the model → check capabilities → call the provider → respond (JSON or SSE) →
-//! record usage, cost and metrics.
+//! `POST /v1/chat/completions`. The whole request path, in order: read and validate → take a
+//! concurrency slot → route (virtual models scored, open breakers skipped) → check
+//! capabilities → call the provider, failing over along the ranking → respond (JSON or SSE)
+//! → record usage, cost, latency, breaker outcome and metrics.
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
 
 use axum::body::Body;
@@ -9,14 +11,16 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use http::{header, HeaderMap, HeaderValue, StatusCode};
 use llm_gateway_crds::ModelKind;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
 
-use super::error::ApiError;
+use super::error::{ApiError, Failure, TimeoutKind};
 use super::record::Record;
 use super::{body, headers, sse, AppState};
+use crate::failover::{self, Committed};
 use crate::models::registry::Target;
 use crate::openai::{ChatRequest, Usage};
-use crate::providers::{ChatCall, ChatResponse, StreamItem};
+use crate::providers::StreamItem;
+use crate::router::BreakerFilter;
 
 /// The handler.
 pub async fn handle(State(gw): State<AppState>, req_headers: HeaderMap, body: Body) -> Response {
@@ -29,6 +33,9 @@ pub async fn handle(State(gw): State<AppState>, req_headers: HeaderMap, body: Bo
             let mut resp = e.into_response();
             if let Some(t) = record.target() {
                 headers::target_headers(resp.headers_mut(), t);
+            }
+            if record.attempts() > 0 {
+                headers::attempts_header(resp.headers_mut(), record.attempts());
             }
             resp
         }
@@ -49,25 +56,23 @@ async fn serve(
     let bytes = body::read(req_headers, body, gw.max_body_bytes).await?;
     let (raw, req): (_, ChatRequest) = body::parse(&bytes)?;
     validate(&req)?;
+    let global = gw.acquire_slot().await?;
 
-    // 2. Route: a virtual model is scored across its candidates; an explicit name resolved.
-    let routed = gw.router.route(&gw.registry, &req, raw.get("tools"), &[])?;
+    // 2. Route: a virtual model is scored across its candidates (open breakers skipped); an
+    //    explicit name is resolved.
+    let breakers = BreakerFilter::now();
+    let routed = gw
+        .router
+        .route(&gw.registry, &req, raw.get("tools"), &[&breakers])?;
     record.set_route(&routed);
-    let target = routed.target.clone();
-    check_capabilities(&req, &target)?;
+    check_capabilities(&req, &routed.target)?;
 
-    // 3. Call the provider.
-    let call = ChatCall {
-        req: &req,
-        raw,
-        model: &target.model,
-        info: target.info.as_deref(),
-    };
-    let answer = target.provider.chat(call).await?;
+    // 3. Call the provider, failing over along the ranking until a response starts.
+    let answer = failover::chat(gw, &req, &raw, &routed, record).await?;
 
-    // 4. Respond, recording usage and cost.
-    let mut resp = match answer {
-        ChatResponse::Json { body, usage } => {
+    // 4. Respond, recording usage, cost and the outcome.
+    let mut resp = match answer.committed {
+        Committed::Json { body, usage } => {
             let cost = record.finish(200, usage.as_ref());
             let mut resp = Response::new(Body::from(body));
             resp.headers_mut().insert(
@@ -77,9 +82,19 @@ async fn serve(
             headers::cost_header(resp.headers_mut(), cost);
             resp
         }
-        ChatResponse::Stream(rx) => stream_response(rx, req.wants_stream_usage(), record.detach()),
+        Committed::Stream { held, rx, deadline } => stream_response(SseState {
+            held,
+            rx,
+            deadline: tokio::time::Instant::from_std(deadline),
+            include_usage: req.wants_stream_usage(),
+            usage: None,
+            record: record.detach(),
+            finished: false,
+            _slots: (global, answer.permit),
+        }),
     };
-    headers::target_headers(resp.headers_mut(), &target);
+    headers::target_headers(resp.headers_mut(), &answer.target);
+    headers::attempts_header(resp.headers_mut(), answer.attempts);
     if let Some(d) = &routed.decision {
         headers::route_header(resp.headers_mut(), d);
     }
@@ -153,34 +168,43 @@ fn check_capabilities(req: &ChatRequest, t: &Target) -> Result<(), ApiError> {
     }
 }
 
+/// A committed stream being written to the client.
 struct SseState {
+    held: VecDeque<StreamItem>,
     rx: mpsc::Receiver<StreamItem>,
+    deadline: tokio::time::Instant,
     include_usage: bool,
     usage: Option<Usage>,
     record: Record,
     finished: bool,
+    /// The global and provider concurrency slots, released when the stream ends.
+    _slots: (OwnedSemaphorePermit, OwnedSemaphorePermit),
+}
+
+impl SseState {
+    async fn next_item(&mut self) -> Option<StreamItem> {
+        if let Some(item) = self.held.pop_front() {
+            return Some(item);
+        }
+        match tokio::time::timeout_at(self.deadline, self.rx.recv()).await {
+            Ok(item) => item,
+            Err(_) => Some(StreamItem::Error(
+                ApiError::gateway_timeout("the stream exceeded the provider's total timeout")
+                    .with_failure(Failure::Timeout(TimeoutKind::Total)),
+            )),
+        }
+    }
 }
 
 /// The SSE response: chunks as they arrive, the usage chunk only if the client asked, then
-/// `[DONE]`; or an error event and no `[DONE]` if the upstream failed.
-fn stream_response(
-    rx: mpsc::Receiver<StreamItem>,
-    include_usage: bool,
-    record: Record,
-) -> Response {
-    let state = SseState {
-        rx,
-        include_usage,
-        usage: None,
-        record,
-        finished: false,
-    };
+/// `[DONE]`; or an error event and no `[DONE]` if the upstream failed after content was sent.
+fn stream_response(state: SseState) -> Response {
     let stream = futures::stream::unfold(state, |mut st| async move {
         if st.finished {
             return None;
         }
         let frame = loop {
-            match st.rx.recv().await {
+            match st.next_item().await {
                 Some(StreamItem::Chunk {
                     data,
                     usage,
@@ -199,6 +223,7 @@ fn stream_response(
                 }
                 Some(StreamItem::End) => {
                     st.finished = true;
+                    st.record.report_upstream(None);
                     break sse::done(st.record.finish(200, st.usage.as_ref()));
                 }
                 item => {
@@ -208,8 +233,18 @@ fn stream_response(
                         _ => ApiError::bad_gateway(format!(
                             "provider {} ended the stream before it was complete",
                             st.record.target().map_or("?", |t| t.provider.name.as_str())
-                        )),
+                        ))
+                        .with_failure(Failure::StreamCut),
                     };
+                    if let Some(f) = e.failure {
+                        if let Some(t) = st.record.target() {
+                            st.record
+                                .gw()
+                                .metrics
+                                .upstream_failure(&t.provider.name, f.label());
+                        }
+                        st.record.report_upstream(Some(&e));
+                    }
                     st.record.finish(e.status.as_u16(), st.usage.as_ref());
                     break sse::error(&e);
                 }

@@ -24,6 +24,66 @@ pub struct ErrorDetail {
     pub param: Option<String>,
     /// `Retry-After` in seconds, passed on from upstream.
     pub retry_after: Option<String>,
+    /// Set when an upstream attempt failed in a way that counts against the provider and may
+    /// be retried on another candidate.
+    pub failure: Option<Failure>,
+}
+
+/// Why an upstream attempt failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// Could not connect.
+    Connect,
+    /// Took too long.
+    Timeout(TimeoutKind),
+    /// Answered 408, 429 or 5xx.
+    Status(u16),
+    /// Answered something that is not the protocol.
+    Malformed,
+    /// A stream ended before it was complete.
+    StreamCut,
+    /// This gateway's concurrency limit for the provider was full (not the provider's fault).
+    Busy,
+    /// Its circuit breaker is open.
+    BreakerOpen,
+}
+
+/// Which timeout fired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeoutKind {
+    /// Connecting.
+    Connect,
+    /// Waiting for the first content of a stream.
+    FirstToken,
+    /// Silence between two reads.
+    Idle,
+    /// The whole request.
+    Total,
+}
+
+impl Failure {
+    /// A bounded label for metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            Failure::Connect => "connect",
+            Failure::Timeout(TimeoutKind::Connect) => "timeout_connect",
+            Failure::Timeout(TimeoutKind::FirstToken) => "timeout_first_token",
+            Failure::Timeout(TimeoutKind::Idle) => "timeout_idle",
+            Failure::Timeout(TimeoutKind::Total) => "timeout_total",
+            Failure::Status(429) => "status_429",
+            Failure::Status(s) if s >= 500 => "status_5xx",
+            Failure::Status(_) => "status_other",
+            Failure::Malformed => "malformed",
+            Failure::StreamCut => "stream_cut",
+            Failure::Busy => "busy",
+            Failure::BreakerOpen => "breaker_open",
+        }
+    }
+
+    /// Whether it counts against the provider's circuit breaker.
+    pub fn counts_against_provider(self) -> bool {
+        !matches!(self, Failure::Busy | Failure::BreakerOpen)
+    }
 }
 
 impl ApiError {
@@ -36,6 +96,7 @@ impl ApiError {
             code: None,
             param: None,
             retry_after: None,
+            failure: None,
         }))
     }
 
@@ -51,6 +112,21 @@ impl ApiError {
     pub fn with_code(mut self, code: &str) -> Self {
         self.code = Some(code.to_owned());
         self
+    }
+
+    /// Marks the error as an upstream failure of this kind.
+    pub fn with_failure(mut self, f: Failure) -> Self {
+        self.failure = Some(f);
+        self
+    }
+
+    /// The `Retry-After` value as a duration.
+    pub fn retry_after_duration(&self) -> Option<std::time::Duration> {
+        let s = self.retry_after.as_deref()?.trim();
+        s.parse::<f64>()
+            .ok()
+            .filter(|v| v.is_finite() && *v >= 0.0)
+            .map(std::time::Duration::from_secs_f64)
     }
 
     /// 502 when the upstream could not be reached or answered nonsense.
@@ -114,13 +190,22 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// Maps a reqwest failure to 502/504 without leaking URLs with credentials.
-pub fn from_transport(provider: &str, err: reqwest::Error) -> ApiError {
-    if err.is_timeout() {
+/// Maps a reqwest failure to 502/504 without leaking URLs with credentials; `timeout` says
+/// which timeout a timeout error was (reqwest does not).
+pub fn from_transport(provider: &str, err: reqwest::Error, timeout: TimeoutKind) -> ApiError {
+    if err.is_connect() && err.is_timeout() {
+        ApiError::gateway_timeout(format!(
+            "provider {provider} did not accept a connection in time"
+        ))
+        .with_failure(Failure::Timeout(TimeoutKind::Connect))
+    } else if err.is_timeout() {
         ApiError::gateway_timeout(format!("provider {provider} did not answer in time"))
+            .with_failure(Failure::Timeout(timeout))
     } else if err.is_connect() {
         ApiError::bad_gateway(format!("provider {provider} is unreachable"))
+            .with_failure(Failure::Connect)
     } else {
         ApiError::bad_gateway(format!("provider {provider} failed: {}", err.without_url()))
+            .with_failure(Failure::StreamCut)
     }
 }

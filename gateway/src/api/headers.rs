@@ -16,6 +16,8 @@ pub const ROUTE: HeaderName = HeaderName::from_static("x-llm-gateway-route");
 pub const COST: HeaderName = HeaderName::from_static("x-llm-gateway-cost-usd");
 /// `unknown` when the model is not in the catalog and so cannot be priced.
 pub const PRICE: HeaderName = HeaderName::from_static("x-llm-gateway-price");
+/// Upstream attempts made (failover included).
+pub const ATTEMPTS: HeaderName = HeaderName::from_static("x-llm-gateway-attempts");
 /// The request id (the client's `x-request-id`, or a new one).
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -31,6 +33,11 @@ pub fn target_headers(h: &mut HeaderMap, t: &Target) {
 /// The routing explanation header.
 pub fn route_header(h: &mut HeaderMap, d: &Decision) {
     put(h, ROUTE, &d.header());
+}
+
+/// The attempts header.
+pub fn attempts_header(h: &mut HeaderMap, n: u32) {
+    h.insert(ATTEMPTS, HeaderValue::from(n));
 }
 
 /// The cost header.

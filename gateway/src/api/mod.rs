@@ -1,5 +1,6 @@
 //! The HTTP API: OpenAI-compatible endpoints, health, metrics.
 
+pub mod admin;
 pub mod body;
 pub mod chat;
 pub mod embeddings;
@@ -31,6 +32,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/route", post(route::handle))
         .route("/v1/models", get(models::list))
         .route("/v1/models/{*id}", get(models::get))
+        .route("/admin/breakers", get(admin::breakers))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))

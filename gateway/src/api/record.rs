@@ -3,9 +3,11 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use tracing::info;
+use tracing::{info, warn};
 
 use super::AppState;
+use crate::api::error::ApiError;
+use crate::breaker::{Outcome, State, Transition};
 use crate::models::info::Price;
 use crate::models::registry::Target;
 use crate::openai::Usage;
@@ -22,6 +24,7 @@ pub struct Record {
     target: Option<Target>,
     decision: Option<Arc<Decision>>,
     first_token: Option<Instant>,
+    attempts: u32,
     done: bool,
 }
 
@@ -36,7 +39,62 @@ impl Record {
             target: None,
             decision: None,
             first_token: None,
+            attempts: 0,
             done: false,
+        }
+    }
+
+    /// The gateway this request runs in.
+    pub fn gw(&self) -> &AppState {
+        &self.gw
+    }
+
+    /// The request id.
+    pub fn request_id(&self) -> &str {
+        &self.request_id
+    }
+
+    /// Notes how many upstream attempts were made.
+    pub fn set_attempts(&mut self, n: u32) {
+        self.attempts = n;
+    }
+
+    /// Upstream attempts made.
+    pub fn attempts(&self) -> u32 {
+        self.attempts
+    }
+
+    /// Counts a breaker transition in metrics and the log.
+    pub fn note_transition(&self, provider: &str, model: &str, tr: Option<Transition>) {
+        let Some(tr) = tr else { return };
+        let to = match tr.to {
+            State::Closed => "closed",
+            State::Open => "open",
+            State::HalfOpen => "half_open",
+        };
+        self.gw.metrics.breaker_transition(provider, model, to);
+        if tr.to == State::Open {
+            warn!(provider, model, "circuit breaker opened");
+        } else {
+            info!(provider, model, state = to, "circuit breaker state changed");
+        }
+    }
+
+    /// Reports the current target's upstream outcome to its breakers: `None` for success.
+    pub fn report_upstream(&self, failure: Option<&ApiError>) {
+        let Some(t) = &self.target else { return };
+        let outcome = match failure {
+            None => Outcome::Success,
+            Some(e) => Outcome::Failure {
+                retry_after: e.retry_after_duration(),
+            },
+        };
+        let now = Instant::now();
+        let tr = t.provider.breaker.record(now, outcome, fastrand::f64());
+        self.note_transition(&t.provider.name, "*", tr);
+        if let Some(b) = &t.breaker {
+            let tr = b.record(now, outcome, fastrand::f64());
+            self.note_transition(&t.provider.name, &t.model, tr);
         }
     }
 
@@ -84,6 +142,7 @@ impl Record {
             target: self.target.clone(),
             decision: self.decision.clone(),
             first_token: self.first_token,
+            attempts: self.attempts,
             done: false,
         }
     }
@@ -133,6 +192,7 @@ impl Record {
             completion_tokens = usage.map(|u| u.completion_tokens),
             cost_usd = cost,
             route = self.decision.as_ref().map(|d| d.header()),
+            attempts = self.attempts,
             "request finished"
         );
         cost

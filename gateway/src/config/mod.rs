@@ -34,6 +34,16 @@ pub struct Settings {
     pub listen: Option<SocketAddr>,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
+    /// Requests served at once.
+    pub max_concurrency: usize,
+    /// Longest wait for a global slot.
+    pub queue_timeout: Duration,
+    /// Drain time on SIGTERM.
+    pub drain_timeout: Duration,
+    /// Longest a stream waits for a client that does not read.
+    pub client_idle_timeout: Duration,
+    /// Admin endpoints' bearer token; `None` turns them off.
+    pub admin_token: Option<Secret>,
     /// Providers in order of preference.
     pub providers: Vec<ProviderSettings>,
     /// Virtual models and latency tracking.
@@ -47,7 +57,21 @@ pub struct RoutingSettings {
     pub virtuals: Vec<VirtualSpec>,
     /// Decay constant of measured latency slowdowns.
     pub latency_decay: Duration,
+    /// Failover along the ranking.
+    pub failover: FailoverSettings,
 }
+
+/// Validated failover settings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FailoverSettings {
+    /// Upstream attempts per request, first included.
+    pub max_attempts: u32,
+    /// Time budget of all attempts until a response starts.
+    pub deadline: Duration,
+}
+
+/// Variable holding the admin token when the config names none.
+pub const ADMIN_TOKEN_ENV: &str = "LLM_GATEWAY_ADMIN_TOKEN";
 
 /// Default `routing.latency_decay_secs`.
 pub const DEFAULT_LATENCY_DECAY_SECS: f64 = 30.0;
@@ -71,6 +95,14 @@ pub struct ProviderSettings {
     pub timeout: Duration,
     /// Longest silence between two reads.
     pub read_idle_timeout: Duration,
+    /// Streams: longest wait for the first content chunk.
+    pub first_token_timeout: Duration,
+    /// Requests to this provider at once.
+    pub max_concurrency: usize,
+    /// Longest wait for a slot of this provider.
+    pub queue_timeout: Duration,
+    /// Breaker thresholds.
+    pub breaker: crate::breaker::BreakerConfig,
     /// Anthropic's `anthropic-version` header.
     pub anthropic_version: String,
     /// Anthropic's `max_tokens` default.

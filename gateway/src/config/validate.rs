@@ -6,13 +6,14 @@ use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 use llm_gateway_crds::{
-    GatewayConfig, ModelConfig, Protocol, ProviderConfig, RoutingConfig, SecretSource,
+    BreakerConfig, GatewayConfig, ModelConfig, Protocol, ProviderConfig, RoutingConfig,
+    SecretSource,
 };
 use url::Url;
 
 use super::{
-    ConfigError, ProviderSettings, RoutingSettings, Secret, Settings, DEFAULT_ANTHROPIC_MAX_TOKENS,
-    DEFAULT_LATENCY_DECAY_SECS, DEFAULT_MAX_BODY_BYTES,
+    ConfigError, FailoverSettings, ProviderSettings, RoutingSettings, Secret, Settings,
+    DEFAULT_ANTHROPIC_MAX_TOKENS, DEFAULT_LATENCY_DECAY_SECS, DEFAULT_MAX_BODY_BYTES,
 };
 use crate::catalog;
 use crate::models::info::ModelInfo;
@@ -45,6 +46,36 @@ pub fn validate(
         Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
     };
 
+    let server_secs = |field: &str, v: Option<f64>, default: f64| {
+        positive_secs(v, default).map_err(|m| err(format!("server.{field}"), m))
+    };
+    let max_concurrency = match cfg.server.max_concurrency {
+        Some(0) => return Err(err("server.max_concurrency".into(), "must be > 0".into())),
+        Some(n) => n as usize,
+        None => 1024,
+    };
+    let queue_timeout = server_secs("queue_timeout_secs", cfg.server.queue_timeout_secs, 5.0)?;
+    let drain_timeout = server_secs("drain_timeout_secs", cfg.server.drain_timeout_secs, 30.0)?;
+    let client_idle_timeout = server_secs(
+        "client_idle_timeout_secs",
+        cfg.server.client_idle_timeout_secs,
+        60.0,
+    )?;
+    let admin_token = match &cfg.server.admin_token {
+        Some(src) => {
+            Some(secret(src, getenv).map_err(|(f, m)| err(format!("server.admin_token.{f}"), m))?)
+        }
+        None => getenv(super::ADMIN_TOKEN_ENV)
+            .filter(|v| !v.trim().is_empty())
+            .map(|v| Secret::new(v.trim())),
+    };
+    if admin_token.as_ref().is_some_and(|t| t.expose().len() < 16) {
+        return Err(err(
+            "server.admin_token".into(),
+            format!("the admin token (from server.admin_token or {}) must be at least 16 characters", super::ADMIN_TOKEN_ENV),
+        ));
+    }
+
     let mut seen = HashSet::new();
     let mut providers = Vec::with_capacity(cfg.providers.len());
     for (i, p) in cfg.providers.iter().enumerate() {
@@ -61,15 +92,102 @@ pub fn validate(
     Ok(Settings {
         listen,
         max_body_bytes,
+        max_concurrency,
+        queue_timeout,
+        drain_timeout,
+        client_idle_timeout,
+        admin_token,
         providers,
         routing,
     })
+}
+
+fn positive_secs(v: Option<f64>, default: f64) -> Result<Duration, String> {
+    let v = v.unwrap_or(default);
+    if v.is_finite() && v > 0.0 && v < 1e7 {
+        Ok(Duration::from_secs_f64(v))
+    } else {
+        Err(format!("{v} is not a positive number of seconds"))
+    }
+}
+
+/// Reads a secret from its source; errors name the sub-field (`env` or `file`).
+fn secret(
+    src: &SecretSource,
+    getenv: &dyn Fn(&str) -> Option<String>,
+) -> Result<Secret, FieldError> {
+    match src {
+        SecretSource::Env(var) => match getenv(var).filter(|v| !v.trim().is_empty()) {
+            Some(v) => Ok(Secret::new(v.trim())),
+            None => Err((
+                "env".into(),
+                format!("environment variable `{var}` is not set"),
+            )),
+        },
+        SecretSource::File(path) => match std::fs::read_to_string(path) {
+            Ok(v) if !v.trim().is_empty() => Ok(Secret::new(v.trim())),
+            Ok(_) => Err(("file".into(), format!("`{path}` is empty"))),
+            Err(e) => Err(("file".into(), format!("cannot read `{path}`: {e}"))),
+        },
+    }
+}
+
+fn breaker(
+    b: Option<&BreakerConfig>,
+    at: &dyn Fn(&str) -> String,
+) -> Result<crate::breaker::BreakerConfig, FieldError> {
+    let d = crate::breaker::BreakerConfig::default();
+    let Some(b) = b else { return Ok(d) };
+    let at = |f: &str| at(&format!("breaker.{f}"));
+    let count = |f: &str, v: Option<u32>, dv: u32| match v {
+        Some(0) => Err((at(f), "must be > 0".to_owned())),
+        Some(n) => Ok(n),
+        None => Ok(dv),
+    };
+    let secs = |f: &str, v: Option<f64>, dv: Duration| {
+        positive_secs(v, dv.as_secs_f64()).map_err(|m| (at(f), m))
+    };
+    let ratio = b.failure_ratio.unwrap_or(d.failure_ratio);
+    if !(ratio > 0.0 && ratio <= 1.0) {
+        return Err((at("failure_ratio"), format!("{ratio} must be in (0, 1]")));
+    }
+    let cfg = crate::breaker::BreakerConfig {
+        consecutive_failures: count(
+            "consecutive_failures",
+            b.consecutive_failures,
+            d.consecutive_failures,
+        )?,
+        failure_ratio: ratio,
+        min_requests: count("min_requests", b.min_requests, d.min_requests)?,
+        window: secs("window_secs", b.window_secs, d.window)?,
+        base_backoff: secs("base_backoff_secs", b.base_backoff_secs, d.base_backoff)?,
+        max_backoff: secs("max_backoff_secs", b.max_backoff_secs, d.max_backoff)?,
+        half_open_probes: count("half_open_probes", b.half_open_probes, d.half_open_probes)?,
+        close_after: count("close_after", b.close_after, d.close_after)?,
+    };
+    if cfg.max_backoff < cfg.base_backoff {
+        return Err((
+            at("max_backoff_secs"),
+            "must be at least base_backoff_secs".to_owned(),
+        ));
+    }
+    Ok(cfg)
 }
 
 fn routing(
     r: &RoutingConfig,
     providers: &[ProviderSettings],
 ) -> Result<RoutingSettings, FieldError> {
+    let f = r.failover.clone().unwrap_or_default();
+    let failover = FailoverSettings {
+        max_attempts: match f.max_attempts {
+            Some(0) => return Err(("routing.failover.max_attempts".into(), "must be > 0".into())),
+            Some(n) => n,
+            None => 3,
+        },
+        deadline: positive_secs(f.deadline_secs, 120.0)
+            .map_err(|m| ("routing.failover.deadline_secs".to_owned(), m))?,
+    };
     let decay = r.latency_decay_secs.unwrap_or(DEFAULT_LATENCY_DECAY_SECS);
     if !(decay.is_finite() && decay > 0.0) {
         return Err((
@@ -195,6 +313,7 @@ fn routing(
     Ok(RoutingSettings {
         virtuals,
         latency_decay: Duration::from_secs_f64(decay),
+        failover,
     })
 }
 
@@ -256,20 +375,7 @@ fn provider(
             )
         }
         None => None,
-        Some(SecretSource::Env(var)) => match getenv(var).filter(|v| !v.trim().is_empty()) {
-            Some(v) => Some(Secret::new(v.trim())),
-            None => {
-                return fail(
-                    "api_key.env",
-                    format!("environment variable `{var}` is not set"),
-                )
-            }
-        },
-        Some(SecretSource::File(path)) => match std::fs::read_to_string(path) {
-            Ok(v) if !v.trim().is_empty() => Some(Secret::new(v.trim())),
-            Ok(_) => return fail("api_key.file", format!("`{path}` is empty")),
-            Err(e) => return fail("api_key.file", format!("cannot read `{path}`: {e}")),
-        },
+        Some(src) => Some(secret(src, getenv).map_err(|(f, m)| (at(&format!("api_key.{f}")), m))?),
     };
 
     let mut headers = HeaderMap::new();
@@ -331,6 +437,18 @@ fn provider(
         connect_timeout: secs("connect_timeout_secs", p.connect_timeout_secs, 10.0)?,
         timeout: secs("timeout_secs", p.timeout_secs, 600.0)?,
         read_idle_timeout: secs("read_idle_timeout_secs", p.read_idle_timeout_secs, 120.0)?,
+        first_token_timeout: secs(
+            "first_token_timeout_secs",
+            p.first_token_timeout_secs,
+            300.0,
+        )?,
+        queue_timeout: secs("queue_timeout_secs", p.queue_timeout_secs, 5.0)?,
+        max_concurrency: match p.max_concurrency {
+            Some(0) => return fail("max_concurrency", "must be > 0".to_owned()),
+            Some(n) => n as usize,
+            None => 256,
+        },
+        breaker: breaker(p.breaker.as_ref(), at)?,
         anthropic_version: p
             .anthropic_version
             .clone()
@@ -430,6 +548,15 @@ mod tests {
             ("server: {listen: 'localhost'}", "server.listen", "IP:PORT"),
             ("server: {max_body_bytes: 0}", "server.max_body_bytes", "> 0"),
             ("routing: {latency_decay_secs: 0}", "routing.latency_decay_secs", "positive"),
+            ("routing: {failover: {max_attempts: 0}}", "routing.failover.max_attempts", "> 0"),
+            ("routing: {failover: {deadline_secs: 0}}", "routing.failover.deadline_secs", "positive"),
+            ("server: {drain_timeout_secs: -3}", "server.drain_timeout_secs", "positive"),
+            ("server: {admin_token: {env: OPENAI_API_KEY}}", "server.admin_token", "at least 16"),
+            ("server: {admin_token: {env: NOPE}}", "server.admin_token.env", "`NOPE` is not set"),
+            ("providers: [{name: ollama, breaker: {failure_ratio: 2}}]", "providers[0].breaker.failure_ratio", "(0, 1]"),
+            ("providers: [{name: ollama, breaker: {consecutive_failures: 0}}]", "providers[0].breaker.consecutive_failures", "> 0"),
+            ("providers: [{name: ollama, breaker: {base_backoff_secs: 10, max_backoff_secs: 5}}]", "providers[0].breaker.max_backoff_secs", "at least"),
+            ("providers: [{name: ollama, max_concurrency: 0}]", "providers[0].max_concurrency", "> 0"),
             ("routing: {virtual_models: [{name: 'a/b', strategy: cost}]}", "routing.virtual_models[0].name", "not a valid"),
             ("routing: {virtual_models: [{name: x, strategy: cost}, {name: x, strategy: cost}]}", "routing.virtual_models[1].name", "duplicate"),
             ("routing: {virtual_models: [{name: x, strategy: fastest}]}", "routing.virtual_models[0].strategy", "fastest"),

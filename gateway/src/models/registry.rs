@@ -7,6 +7,7 @@ use http::StatusCode;
 
 use super::info::ModelInfo;
 use crate::api::error::ApiError;
+use crate::breaker::Breaker;
 use crate::providers::Provider;
 use crate::router::latency::LatencyStats;
 
@@ -19,6 +20,8 @@ pub struct Entry {
     pub info: Arc<ModelInfo>,
     /// Live latency estimates.
     pub latency: Arc<LatencyStats>,
+    /// This model's circuit breaker.
+    pub breaker: Arc<Breaker>,
 }
 
 impl Entry {
@@ -41,6 +44,8 @@ pub struct Target {
     pub virtual_model: Option<String>,
     /// Where to record this model's latency (catalog models only).
     pub latency: Option<Arc<LatencyStats>>,
+    /// This model's circuit breaker (catalog models only; the provider's always applies).
+    pub breaker: Option<Arc<Breaker>>,
 }
 
 /// All enabled models and the names that reach them.
@@ -62,6 +67,10 @@ impl Registry {
                 let entry = Entry {
                     provider: provider.clone(),
                     latency: Arc::new(LatencyStats::new(info.latency_ms)),
+                    breaker: Arc::new(Breaker::new(
+                        provider.breaker_config,
+                        std::time::Instant::now(),
+                    )),
                     info: Arc::new(info),
                 };
                 for name in aliases(&entry.info.name) {
@@ -115,6 +124,7 @@ impl Registry {
                     info: None,
                     virtual_model: None,
                     latency: None,
+                    breaker: None,
                 });
             }
         }
@@ -143,6 +153,7 @@ impl Registry {
             info: Some(e.info.clone()),
             virtual_model,
             latency: Some(e.latency.clone()),
+            breaker: Some(e.breaker.clone()),
         }
     }
 }
@@ -164,7 +175,7 @@ mod tests {
             - {name: together, api_key: {env: K}}\n\
             - {name: ollama, discover_models: false, catalog: none, models: [{name: 'llama3.2:latest', input_usd_per_mtok: 0, output_usd_per_mtok: 0}]}\n";
         let cfg = config::parse("t", yaml).unwrap();
-        let s = config::validate(&cfg, "t", &|_| Some("k".into())).unwrap();
+        let s = config::validate(&cfg, "t", &|k: &str| (k != "LLM_GATEWAY_ADMIN_TOKEN").then(|| "k".into())).unwrap();
         Registry::new(
             s.providers
                 .iter()

@@ -6,13 +6,17 @@ pub mod anthropic;
 pub mod ollama;
 pub mod openai;
 
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 use llm_gateway_crds::Protocol;
 use serde_json::{Map, Value};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
-use crate::api::error::{from_transport, ApiError};
+use crate::api::error::{from_transport, ApiError, Failure, TimeoutKind};
+use crate::breaker::{Breaker, BreakerConfig};
 use crate::config::{ProviderSettings, Secret};
 use crate::models::info::ModelInfo;
 use crate::openai::{ChatRequest, Usage};
@@ -32,10 +36,22 @@ pub struct Provider {
     api_key: Option<Secret>,
     headers: HeaderMap,
     client: reqwest::Client,
-    timeout: std::time::Duration,
+    timeout: Duration,
+    /// Streams: longest wait for the first content chunk.
+    pub first_token_timeout: Duration,
     anthropic_version: String,
     default_max_tokens: u32,
+    /// The provider-wide circuit breaker.
+    pub breaker: Arc<Breaker>,
+    /// Thresholds for this provider's model breakers.
+    pub breaker_config: BreakerConfig,
+    slots: Arc<Semaphore>,
+    queue_timeout: Duration,
+    client_idle_timeout: Duration,
 }
+
+/// Default longest wait for a client that does not read a stream.
+pub const DEFAULT_CLIENT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// What a chat call returned.
 pub enum ChatResponse {
@@ -101,9 +117,48 @@ impl Provider {
             headers: s.headers.clone(),
             client,
             timeout: s.timeout,
+            first_token_timeout: s.first_token_timeout,
             anthropic_version: s.anthropic_version.clone(),
             default_max_tokens: s.default_max_tokens,
+            breaker: Arc::new(Breaker::new(s.breaker, Instant::now())),
+            breaker_config: s.breaker,
+            slots: Arc::new(Semaphore::new(s.max_concurrency)),
+            queue_timeout: s.queue_timeout,
+            client_idle_timeout: DEFAULT_CLIENT_IDLE_TIMEOUT,
         })
+    }
+
+    /// Sets how long a stream waits for a client that does not read.
+    pub fn with_client_idle_timeout(mut self, d: Duration) -> Self {
+        self.client_idle_timeout = d;
+        self
+    }
+
+    /// The whole-request timeout.
+    pub fn total_timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// A concurrency slot, waiting at most the queue timeout; returns how long it waited.
+    pub async fn acquire(&self) -> Result<(OwnedSemaphorePermit, Duration), ApiError> {
+        let start = Instant::now();
+        match tokio::time::timeout(self.queue_timeout, self.slots.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => Ok((permit, start.elapsed())),
+            _ => {
+                let mut e = ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "service_unavailable",
+                    format!(
+                        "provider {} is at this gateway's concurrency limit",
+                        self.name
+                    ),
+                )
+                .with_code("provider_busy")
+                .with_failure(Failure::Busy);
+                e.retry_after = Some("1".into());
+                Err(e)
+            }
+        }
     }
 
     /// Whether models of this provider run locally (and cost nothing).
@@ -150,7 +205,10 @@ impl Provider {
         stream: bool,
     ) -> Result<reqwest::Response, ApiError> {
         let rb = if stream { rb } else { rb.timeout(self.timeout) };
-        let resp = rb.send().await.map_err(|e| from_transport(&self.name, e))?;
+        let resp = rb
+            .send()
+            .await
+            .map_err(|e| from_transport(&self.name, e, TimeoutKind::Total))?;
         if resp.status().is_success() {
             return Ok(resp);
         }
@@ -160,11 +218,17 @@ impl Provider {
     /// Reads an upstream error response into an OpenAI error with the same status.
     async fn upstream_error(&self, resp: reqwest::Response) -> ApiError {
         let status = resp.status();
-        let retry_after = resp
-            .headers()
-            .get(http::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
+        let header = |k: &str| {
+            resp.headers()
+                .get(k)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        // `retry-after-ms` (OpenAI) is more precise than `Retry-After` when both are sent.
+        let retry_after = header("retry-after-ms")
+            .and_then(|ms| ms.trim().parse::<f64>().ok())
+            .map(|ms| format!("{}", (ms / 1000.0).ceil().max(0.0) as u64))
+            .or_else(|| header("retry-after"));
         let body = read_capped(resp, MAX_ERROR_BODY).await;
         let mut err = match self.protocol {
             Protocol::Anthropic => anthropic::error_from_body(status, &body),
@@ -172,6 +236,10 @@ impl Provider {
         };
         err.message = format!("provider {}: {}", self.name, err.message);
         err.retry_after = retry_after;
+        let code = status.as_u16();
+        if code == 408 || code == 429 || status.is_server_error() {
+            err.failure = Some(Failure::Status(code));
+        }
         err
     }
 }
@@ -220,4 +288,21 @@ const STREAM_BUFFER: usize = 16;
 /// A channel for a translated stream.
 fn stream_channel() -> (mpsc::Sender<StreamItem>, mpsc::Receiver<StreamItem>) {
     mpsc::channel(STREAM_BUFFER)
+}
+
+/// Hands an item to the client side; false when the client is gone or has not read for the
+/// idle timeout (then the upstream connection is dropped rather than held forever).
+async fn forward(tx: &mpsc::Sender<StreamItem>, item: StreamItem, idle: Duration) -> bool {
+    tx.send_timeout(item, idle).await.is_ok()
+}
+
+/// An error for a stream that failed while being read.
+fn stream_read_error(provider: &str, e: impl std::fmt::Display, timed_out: bool) -> ApiError {
+    if timed_out {
+        ApiError::gateway_timeout(format!("provider {provider} went silent mid-stream"))
+            .with_failure(Failure::Timeout(TimeoutKind::Idle))
+    } else {
+        ApiError::bad_gateway(format!("provider {provider} stream failed: {e}"))
+            .with_failure(Failure::StreamCut)
+    }
 }

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::{opaque_error, stream_channel, ChatCall, ChatResponse, Provider, StreamItem};
-use crate::api::error::ApiError;
+use crate::api::error::{from_transport, ApiError, Failure, TimeoutKind};
 use crate::openai::{ResponseProbe, Usage};
 
 impl Provider {
@@ -46,15 +46,17 @@ pub async fn chat(p: &Provider, call: ChatCall<'_>) -> Result<ChatResponse, ApiE
         let body = resp
             .bytes()
             .await
-            .map_err(|e| crate::api::error::from_transport(&p.name, e))?;
+            .map_err(|e| from_transport(&p.name, e, TimeoutKind::Total))?;
         let probe: ResponseProbe = serde_json::from_slice(&body).map_err(|e| {
             ApiError::bad_gateway(format!("provider {} returned invalid JSON: {e}", p.name))
+                .with_failure(Failure::Malformed)
         })?;
         if probe.choices.is_none() {
             return Err(ApiError::bad_gateway(format!(
                 "provider {} returned a response without `choices`",
                 p.name
-            )));
+            ))
+            .with_failure(Failure::Malformed));
         }
         let usage = probe.usage().cloned();
         return Ok(ChatResponse::Json { body, usage });
@@ -62,24 +64,29 @@ pub async fn chat(p: &Provider, call: ChatCall<'_>) -> Result<ChatResponse, ApiE
 
     let (tx, rx) = stream_channel();
     let provider = p.name.clone();
+    let idle = p.client_idle_timeout;
     let mut events = resp.bytes_stream().eventsource();
     tokio::spawn(async move {
         while let Some(ev) = events.next().await {
             let item = match ev {
-                Err(e) => StreamItem::Error(ApiError::bad_gateway(format!(
-                    "provider {provider} stream failed: {e}"
-                ))),
+                Err(e) => {
+                    let timed_out = matches!(&e, eventsource_stream::EventStreamError::Transport(t) if t.is_timeout());
+                    StreamItem::Error(super::stream_read_error(&provider, e, timed_out))
+                }
                 Ok(ev) if ev.data == "[DONE]" => StreamItem::End,
                 Ok(ev) => match serde_json::from_str::<ResponseProbe>(&ev.data) {
-                    Err(e) => StreamItem::Error(ApiError::bad_gateway(format!(
-                        "provider {provider} sent an invalid stream chunk: {e}"
-                    ))),
+                    Err(e) => StreamItem::Error(
+                        ApiError::bad_gateway(format!(
+                            "provider {provider} sent an invalid stream chunk: {e}"
+                        ))
+                        .with_failure(Failure::Malformed),
+                    ),
                     Ok(probe) if probe.error.is_some() => {
                         let body = json!({"error": probe.error});
-                        StreamItem::Error(error_from_body(
-                            StatusCode::BAD_GATEWAY,
-                            &body.to_string(),
-                        ))
+                        StreamItem::Error(
+                            error_from_body(StatusCode::BAD_GATEWAY, &body.to_string())
+                                .with_failure(Failure::Status(502)),
+                        )
                     }
                     Ok(probe) => StreamItem::Chunk {
                         content: probe.has_content(),
@@ -91,7 +98,7 @@ pub async fn chat(p: &Provider, call: ChatCall<'_>) -> Result<ChatResponse, ApiE
                 },
             };
             let last = !matches!(item, StreamItem::Chunk { .. });
-            if tx.send(item).await.is_err() || last {
+            if !super::forward(&tx, item, idle).await || last {
                 return;
             }
         }
@@ -113,7 +120,7 @@ pub async fn embeddings(
     let body = resp
         .bytes()
         .await
-        .map_err(|e| crate::api::error::from_transport(&p.name, e))?;
+        .map_err(|e| from_transport(&p.name, e, TimeoutKind::Total))?;
     #[derive(Deserialize)]
     struct Probe {
         data: Vec<serde::de::IgnoredAny>,
@@ -125,6 +132,7 @@ pub async fn embeddings(
             "provider {} returned an invalid embeddings response: {e}",
             p.name
         ))
+        .with_failure(Failure::Malformed)
     })?;
     let _ = probe.data;
     Ok((body, probe.usage))

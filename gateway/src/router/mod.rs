@@ -135,6 +135,8 @@ pub enum Exclusion {
     Unavailable {
         /// Why.
         detail: String,
+        /// When it may be available again, in seconds.
+        retry_after_secs: Option<u64>,
     },
 }
 
@@ -149,6 +151,40 @@ impl Exclusion {
 pub trait CandidateFilter: Send + Sync {
     /// `Some` excludes the model.
     fn check(&self, entry: &Entry) -> Option<Exclusion>;
+}
+
+/// Excludes models whose provider's or own circuit breaker is open.
+pub struct BreakerFilter {
+    now: Instant,
+}
+
+impl BreakerFilter {
+    /// A filter evaluated at the current time.
+    pub fn now() -> Self {
+        Self {
+            now: Instant::now(),
+        }
+    }
+}
+
+impl CandidateFilter for BreakerFilter {
+    fn check(&self, e: &Entry) -> Option<Exclusion> {
+        let until = e
+            .provider
+            .breaker
+            .would_admit(self.now)
+            .err()
+            .or_else(|| e.breaker.would_admit(self.now).err())?;
+        let secs = until
+            .saturating_duration_since(self.now)
+            .as_secs_f64()
+            .ceil()
+            .max(1.0) as u64;
+        Some(Exclusion::Unavailable {
+            detail: format!("circuit breaker open, retried in {secs}s"),
+            retry_after_secs: Some(secs),
+        })
+    }
 }
 
 /// One ranked candidate.
@@ -511,7 +547,7 @@ fn no_candidate_error(name: &str, excluded: &[Excluded]) -> ApiError {
         reasons.push(format!("{n} have context windows smaller than the {needed} tokens needed (prompt plus max_tokens)"));
     }
     for x in excluded {
-        if let Exclusion::Unavailable { detail } = &x.why {
+        if let Exclusion::Unavailable { detail, .. } = &x.why {
             reasons.push(format!("{} is unavailable ({detail})", x.model));
         }
     }

@@ -62,9 +62,61 @@ pub struct DecisionLabels {
     pub model: String,
 }
 
+/// `provider`, `model` (`*` for the provider-wide breaker).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BreakerLabels {
+    /// Provider name.
+    pub provider: String,
+    /// Model name, or `*`.
+    pub model: String,
+}
+
+/// A breaker transition.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TransitionLabels {
+    /// Provider name.
+    pub provider: String,
+    /// Model name, or `*`.
+    pub model: String,
+    /// New state.
+    pub to: String,
+}
+
+/// An upstream failure.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FailureLabels {
+    /// Provider name.
+    pub provider: String,
+    /// Bounded reason (`connect`, `timeout_first_token`, `status_5xx`, ...).
+    pub reason: String,
+}
+
+/// A failover from one provider to the next candidate.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FailoverLabels {
+    /// The provider that failed.
+    pub from: String,
+    /// The provider tried next.
+    pub to: String,
+    /// Why the first failed.
+    pub reason: String,
+}
+
+/// Where a request waited for a concurrency slot.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QueueLabels {
+    /// `global` or a provider name.
+    pub scope: String,
+}
+
 /// All gateway metrics.
 pub struct Metrics {
     registry: Registry,
+    breaker_state: Family<BreakerLabels, prometheus_client::metrics::gauge::Gauge>,
+    breaker_transitions: Family<TransitionLabels, Counter>,
+    upstream_failures: Family<FailureLabels, Counter>,
+    failovers: Family<FailoverLabels, Counter>,
+    queue_wait: Family<QueueLabels, Histogram>,
     decisions: Family<DecisionLabels, Counter>,
     classifier_seconds: Histogram,
     routing_seconds: Histogram,
@@ -90,6 +142,39 @@ impl Default for Metrics {
         let tokens = Family::<TokenLabels, Counter>::default();
         let cost = Family::<ModelLabels, Counter<f64, AtomicU64>>::default();
         let decisions = Family::<DecisionLabels, Counter>::default();
+        let breaker_state =
+            Family::<BreakerLabels, prometheus_client::metrics::gauge::Gauge>::default();
+        let breaker_transitions = Family::<TransitionLabels, Counter>::default();
+        let upstream_failures = Family::<FailureLabels, Counter>::default();
+        let failovers = Family::<FailoverLabels, Counter>::default();
+        let queue_wait = Family::<QueueLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.0001, 4.0, 10))
+        });
+        registry.register(
+            "breaker_state",
+            "Circuit breaker state: 0 closed, 1 half-open, 2 open (model * = provider-wide)",
+            breaker_state.clone(),
+        );
+        registry.register(
+            "breaker_transitions",
+            "Circuit breaker transitions by new state",
+            breaker_transitions.clone(),
+        );
+        registry.register(
+            "upstream_failures",
+            "Failed upstream attempts by reason (timeouts by kind: timeout_connect, timeout_first_token, timeout_idle, timeout_total)",
+            upstream_failures.clone(),
+        );
+        registry.register(
+            "failovers",
+            "Requests moved to the next candidate after a failed attempt",
+            failovers.clone(),
+        );
+        registry.register(
+            "queue_wait_seconds",
+            "Time spent waiting for a concurrency slot",
+            queue_wait.clone(),
+        );
         // 1 µs to ~16 ms: the classifier and the router work in microseconds.
         let classifier_seconds = Histogram::new(exponential_buckets(1e-6, 2.0, 15));
         let routing_seconds = Histogram::new(exponential_buckets(1e-6, 2.0, 15));
@@ -126,6 +211,11 @@ impl Default for Metrics {
         );
         Self {
             registry,
+            breaker_state,
+            breaker_transitions,
+            upstream_failures,
+            failovers,
+            queue_wait,
             decisions,
             classifier_seconds,
             routing_seconds,
@@ -189,6 +279,57 @@ impl Metrics {
             self.classifier_seconds.observe(d.classifier_us / 1e6);
         }
         self.routing_seconds.observe(d.decision_us / 1e6);
+    }
+
+    /// Sets a breaker's state gauge.
+    pub fn breaker_state(&self, provider: &str, model: &str, gauge: i64) {
+        self.breaker_state
+            .get_or_create(&BreakerLabels {
+                provider: provider.to_owned(),
+                model: model.to_owned(),
+            })
+            .set(gauge);
+    }
+
+    /// Counts a breaker transition.
+    pub fn breaker_transition(&self, provider: &str, model: &str, to: &str) {
+        self.breaker_transitions
+            .get_or_create(&TransitionLabels {
+                provider: provider.to_owned(),
+                model: model.to_owned(),
+                to: to.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts a failed upstream attempt.
+    pub fn upstream_failure(&self, provider: &str, reason: &str) {
+        self.upstream_failures
+            .get_or_create(&FailureLabels {
+                provider: provider.to_owned(),
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts a failover.
+    pub fn failover(&self, from: &str, to: &str, reason: &str) {
+        self.failovers
+            .get_or_create(&FailoverLabels {
+                from: from.to_owned(),
+                to: to.to_owned(),
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Records a wait for a concurrency slot.
+    pub fn queue_wait(&self, scope: &str, seconds: f64) {
+        self.queue_wait
+            .get_or_create(&QueueLabels {
+                scope: scope.to_owned(),
+            })
+            .observe(seconds);
     }
 
     /// The OpenMetrics text exposition.

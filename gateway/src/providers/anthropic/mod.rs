@@ -8,7 +8,7 @@ use eventsource_stream::Eventsource;
 use futures::StreamExt;
 
 use super::{stream_channel, ChatCall, ChatResponse, Provider, StreamItem};
-use crate::api::error::{from_transport, ApiError};
+use crate::api::error::{from_transport, ApiError, Failure, TimeoutKind};
 
 pub use response::error_from_body;
 
@@ -27,13 +27,17 @@ pub async fn chat(p: &Provider, call: ChatCall<'_>) -> Result<ChatResponse, ApiE
     let resp = p.send(rb, stream).await?;
 
     if !stream {
-        let body = resp.bytes().await.map_err(|e| from_transport(&p.name, e))?;
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| from_transport(&p.name, e, TimeoutKind::Total))?;
         let (v, usage) =
             response::to_chat_completion(&body, t.json_tool.as_deref()).map_err(|e| {
                 ApiError::bad_gateway(format!(
                     "provider {} returned an invalid message: {e}",
                     p.name
                 ))
+                .with_failure(Failure::Malformed)
             })?;
         return Ok(ChatResponse::Json {
             body: Bytes::from(v.to_string()),
@@ -43,19 +47,23 @@ pub async fn chat(p: &Provider, call: ChatCall<'_>) -> Result<ChatResponse, ApiE
 
     let (tx, rx) = stream_channel();
     let provider = p.name.clone();
+    let idle = p.client_idle_timeout;
     let mut events = resp.bytes_stream().eventsource();
     let mut translator = response::StreamTranslator::new(t.json_tool);
     tokio::spawn(async move {
         while let Some(ev) = events.next().await {
             let items = match ev {
                 Ok(ev) => translator.on_event(&ev.data),
-                Err(e) => vec![StreamItem::Error(ApiError::bad_gateway(format!(
-                    "provider {provider} stream failed: {e}"
-                )))],
+                Err(e) => {
+                    let timed_out = matches!(&e, eventsource_stream::EventStreamError::Transport(t) if t.is_timeout());
+                    vec![StreamItem::Error(super::stream_read_error(
+                        &provider, e, timed_out,
+                    ))]
+                }
             };
             for item in items {
                 let last = !matches!(item, StreamItem::Chunk { .. });
-                if tx.send(item).await.is_err() || last {
+                if !super::forward(&tx, item, idle).await || last {
                     return;
                 }
             }

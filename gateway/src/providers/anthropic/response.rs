@@ -282,9 +282,10 @@ impl StreamTranslator {
         let ev: Event = match serde_json::from_str(data) {
             Ok(ev) => ev,
             Err(e) => {
-                return vec![StreamItem::Error(ApiError::bad_gateway(format!(
-                    "invalid Anthropic stream event: {e}"
-                )))]
+                return vec![StreamItem::Error(
+                    ApiError::bad_gateway(format!("invalid Anthropic stream event: {e}"))
+                        .with_failure(crate::api::error::Failure::Malformed),
+                )]
             }
         };
         match ev {
@@ -373,14 +374,15 @@ impl StreamTranslator {
                     StreamItem::End,
                 ]
             }
-            Event::Error { error } => vec![StreamItem::Error(
-                ApiError::new(
-                    status_for_error_type(&error.kind),
-                    &error.kind,
-                    error.message,
-                )
-                .with_code(&error.kind),
-            )],
+            Event::Error { error } => {
+                let status = status_for_error_type(&error.kind);
+                let mut e =
+                    ApiError::new(status, &error.kind, error.message).with_code(&error.kind);
+                if status.is_server_error() || status.as_u16() == 429 {
+                    e.failure = Some(crate::api::error::Failure::Status(status.as_u16()));
+                }
+                vec![StreamItem::Error(e)]
+            }
             Event::ContentBlockStop {} | Event::Ping {} | Event::Unknown => vec![],
         }
     }
