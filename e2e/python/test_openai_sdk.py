@@ -2,6 +2,8 @@
 
 import json
 
+import httpx
+
 import openai
 import pydantic
 import pytest
@@ -176,10 +178,13 @@ def test_errors_raise_the_sdk_exceptions(client, fault):
     with pytest.raises(openai.BadRequestError):
         client.embeddings.create(model="gpt-4o-mini", input="x")
 
-    fault(vendor="anthropic", status=429, retry_after="2", times=1)
+    # (A 429 with Retry-After opens that provider's breaker for a while: use one that the
+    # tests below do not need.)
+    fault(vendor="together", status=429, retry_after="2", times=1)
     with pytest.raises(openai.RateLimitError) as e:
-        client.chat.completions.create(model="claude-3-5-haiku-latest", messages=CONVERSATION)
+        client.chat.completions.create(model="together/meta-llama/Llama-3.3-70B-Instruct-Turbo", messages=CONVERSATION)
     assert e.value.response.headers["retry-after"] == "2"
+    assert e.value.response.headers["x-llm-gateway-attempts"] == "1"
 
     fault(vendor="groq", status=503, times=1)
     with pytest.raises(openai.InternalServerError):
@@ -194,3 +199,18 @@ def test_stream_cut_mid_way_raises_instead_of_looking_complete(client, fault, ve
         for _ in stream:
             pass
     assert "before it was complete" in str(e.value)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_failover_is_invisible_to_the_client(client, fault, gateway, stream):
+    body = {"model": "quality", "messages": [{"role": "user", "content": "Explain quicksort."}]}
+    victim = httpx.post(f"{gateway}/v1/route", json=body).json()["chosen"].split("/")[0]
+    fault(vendor=victim, status=500, times=1)
+    raw = client.chat.completions.with_raw_response.create(**body, stream=stream)
+    assert raw.headers["x-llm-gateway-attempts"] == "2"
+    assert raw.headers["x-llm-gateway-provider"] != victim
+    if stream:
+        text = "".join(c.choices[0].delta.content or "" for c in raw.parse() if c.choices)
+    else:
+        text = raw.parse().choices[0].message.content
+    assert "Explain quicksort." in text

@@ -27,7 +27,10 @@ fn main() {
         - {name: anthropic, api_key: {env: K}}\n\
         - {name: groq, api_key: {env: K}, models: [{name: extra-a, input_usd_per_mtok: 0.1, output_usd_per_mtok: 0.2, context_window: 8192, capabilities: [tools], quality: 0.5}]}\n";
     let cfg = config::parse("bench", yaml).unwrap();
-    let settings = config::validate(&cfg, "bench", &|k: &str| (k != "LLM_GATEWAY_ADMIN_TOKEN").then(|| "k".into())).unwrap();
+    let settings = config::validate(&cfg, "bench", &|k: &str| {
+        (k != "LLM_GATEWAY_ADMIN_TOKEN").then(|| "k".into())
+    })
+    .unwrap();
     let mut providers = Vec::new();
     let mut left = 20usize;
     for p in &settings.providers {

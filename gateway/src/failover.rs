@@ -3,7 +3,9 @@
 //! A candidate is skipped while its provider's or model's circuit breaker is open. An attempt
 //! that fails in a way that is the provider's fault (connect error, timeout, 408/429/5xx,
 //! malformed answer, a stream that breaks before its first content) is reported to the
-//! breakers and the next candidate is tried, up to `routing.failover.max_attempts` attempts
+//! breakers and the next candidate of another provider is tried (a provider that just failed
+//! is not tried again for the same request: rate limits, outages and network trouble are
+//! rarely confined to one model), up to `routing.failover.max_attempts` attempts
 //! and while `routing.failover.deadline_secs` has not passed. Errors caused by the request
 //! (other 4xx) go straight back to the client.
 //!
@@ -108,9 +110,13 @@ pub async fn chat(
     let mut attempts = 0u32;
     let mut last: Option<(String, ApiError)> = None;
     let mut open: Vec<(String, Instant)> = Vec::new();
+    let mut failed: Vec<String> = Vec::new();
     for target in candidates(gw, routed) {
         if attempts >= cfg.max_attempts || (attempts > 0 && Instant::now() >= deadline) {
             break;
+        }
+        if failed.contains(&target.provider.name) {
+            continue;
         }
         if let Err(until) = admit(record, &target, Instant::now()) {
             open.push((format!("{}/{}", target.provider.name, target.model), until));
@@ -150,6 +156,7 @@ pub async fn chat(
                     error = %e.message,
                     "upstream attempt failed"
                 );
+                failed.push(target.provider.name.clone());
                 last = Some((target.provider.name.clone(), e));
             }
         }

@@ -181,6 +181,11 @@ fn quick_start_from_environment_serves_and_stops_cleanly_on_sigterm() {
         )
         .unwrap();
     assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        http.get(format!("{base}/admin/breakers")).unwrap(),
+        403,
+        "no admin token: admin API off"
+    );
 
     // SIGTERM: readiness is withdrawn, the process drains and exits 0.
     let pid = child.id().to_string();
@@ -263,4 +268,88 @@ mod reqwest {
             })
         }
     }
+}
+
+#[test]
+fn sigterm_during_streams_loses_none_of_them() {
+    let mock = start_mock();
+    let port = free_port();
+    let mut child = Command::new(BIN)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .env_clear()
+        .env("OPENAI_API_KEY", "sk-test")
+        .env("OPENAI_BASE_URL", format!("{mock}/openai/v1"))
+        .env("OLLAMA_HOST", "127.0.0.1:9")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        llm_gateway::install_crypto();
+        let http = ::reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while http
+            .get(format!("{base}/readyz"))
+            .send()
+            .await
+            .map(|r| r.status() != 200)
+            .unwrap_or(true)
+        {
+            assert!(Instant::now() < deadline, "not ready");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Each stream takes about 2 s: 20 words, 100 ms apart.
+        http.post(format!("{mock}/_mock/faults"))
+            .json(&serde_json::json!({"vendor": "openai", "chunk_delay_ms": 100}))
+            .send()
+            .await
+            .unwrap();
+        let streams: Vec<_> = (0..8)
+            .map(|_| {
+                let http = http.clone();
+                let url = format!("{base}/v1/chat/completions");
+                tokio::spawn(async move {
+                    let r = http
+                        .post(url)
+                        .json(&serde_json::json!({"model": "gpt-4o-mini", "stream": true,
+                            "messages": [{"role": "user", "content": "[[words=20]]"}]}))
+                        .send()
+                        .await
+                        .unwrap();
+                    r.text().await.unwrap()
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let pid = child.id().to_string();
+        assert!(Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(
+            http.get(format!("{base}/readyz"))
+                .send()
+                .await
+                .map(|r| r.status() != 200)
+                .unwrap_or(true),
+            "after SIGTERM the gateway must not report ready"
+        );
+        for s in streams {
+            let body = s.await.unwrap();
+            assert!(
+                body.trim_end().ends_with("data: [DONE]"),
+                "a stream was cut by shutdown: {body}"
+            );
+            let words = body.matches("\"content\":\"").count();
+            assert!(words >= 20, "{words} content chunks: {body}");
+        }
+    });
+    assert_eq!(
+        wait_with_timeout(&mut child, Duration::from_secs(15)),
+        Some(0)
+    );
 }

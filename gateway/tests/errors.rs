@@ -202,8 +202,11 @@ async fn upstream_errors_keep_their_status_and_message() {
 async fn a_provider_that_hangs_is_a_504_after_its_timeout() {
     let h = start().await;
     // The openai provider has timeout_secs: 3 in the test config.
-    h.fault(json!({"vendor": "openai", "hang": true, "times": 1})).await;
-    let (status, headers, body) = h.chat(&json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}]})).await;
+    h.fault(json!({"vendor": "openai", "hang": true, "times": 1}))
+        .await;
+    let (status, headers, body) = h
+        .chat(&json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}]}))
+        .await;
     assert_eq!(status, 504, "{body}");
     assert_eq!(headers["x-llm-gateway-attempts"], "1");
 }

@@ -72,7 +72,10 @@ pub fn validate(
     if admin_token.as_ref().is_some_and(|t| t.expose().len() < 16) {
         return Err(err(
             "server.admin_token".into(),
-            format!("the admin token (from server.admin_token or {}) must be at least 16 characters", super::ADMIN_TOKEN_ENV),
+            format!(
+                "the admin token (from server.admin_token or {}) must be at least 16 characters",
+                super::ADMIN_TOKEN_ENV
+            ),
         ));
     }
 

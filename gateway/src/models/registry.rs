@@ -175,7 +175,10 @@ mod tests {
             - {name: together, api_key: {env: K}}\n\
             - {name: ollama, discover_models: false, catalog: none, models: [{name: 'llama3.2:latest', input_usd_per_mtok: 0, output_usd_per_mtok: 0}]}\n";
         let cfg = config::parse("t", yaml).unwrap();
-        let s = config::validate(&cfg, "t", &|k: &str| (k != "LLM_GATEWAY_ADMIN_TOKEN").then(|| "k".into())).unwrap();
+        let s = config::validate(&cfg, "t", &|k: &str| {
+            (k != "LLM_GATEWAY_ADMIN_TOKEN").then(|| "k".into())
+        })
+        .unwrap();
         Registry::new(
             s.providers
                 .iter()

@@ -556,11 +556,21 @@ fn no_candidate_error(name: &str, excluded: &[Excluded]) -> ApiError {
         reasons.join("; ")
     );
     if excluded.iter().all(|x| x.why.is_client_caused()) {
-        ApiError::invalid("model", msg).with_code("no_suitable_model")
-    } else {
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "service_unavailable", msg)
-            .with_code("no_candidates")
+        return ApiError::invalid("model", msg).with_code("no_suitable_model");
     }
+    let mut e = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "service_unavailable", msg)
+        .with_code("no_candidates");
+    e.retry_after = excluded
+        .iter()
+        .filter_map(|x| match x.why {
+            Exclusion::Unavailable {
+                retry_after_secs, ..
+            } => retry_after_secs,
+            _ => None,
+        })
+        .min()
+        .map(|s| s.to_string());
+    e
 }
 
 /// An explicitly named model whose context window the prompt exceeds gets OpenAI's 400

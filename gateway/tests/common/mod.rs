@@ -61,13 +61,18 @@ pub async fn start_with(extra: &str) -> Harness {
 
 /// Starts mock and gateway with extra provider YAML and a routing section.
 pub async fn start_full(extra: &str, routing: &str) -> Harness {
+    start_yaml(|mock| config_yaml_with(mock, extra, routing)).await
+}
+
+/// Starts mock and gateway with a config built from the mock's base URL.
+pub async fn start_yaml(yaml: impl FnOnce(&str) -> String) -> Harness {
     llm_gateway::install_crypto();
     let ml = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let mock = format!("http://{}", ml.local_addr().unwrap());
     let models = DEFAULT_OLLAMA_MODELS.map(String::from).to_vec();
     tokio::spawn(mock_providers::serve(ml, Mock::new(models)));
 
-    let cfg = config::parse("test.yaml", &config_yaml_with(&mock, extra, routing)).unwrap();
+    let cfg = config::parse("test.yaml", &yaml(&mock)).unwrap();
     let settings =
         config::validate(&cfg, "test.yaml", &|k: &str| Some(format!("key-for-{k}"))).unwrap();
     let gw = Arc::new(Gateway::build(&settings).await.unwrap());
