@@ -335,3 +335,54 @@ async fn no_connection_or_task_leaks_under_faults() {
     assert!(fd3 <= fd1 + 8, "open file descriptors grew: {samples:?}");
     assert!(t3 <= t1 + 8, "tasks grew: {samples:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrency_limits_queue_briefly_then_answer_503_with_retry_after() {
+    let yaml = |mock: &str| {
+        format!("providers:\n  - name: groq\n    base_url: {mock}/groq/openai/v1\n    api_key: {{env: GROQ_API_KEY}}\n    max_concurrency: 1\n    queue_timeout_secs: 0.2\n")
+    };
+    let h = start_yaml(yaml).await;
+    h.fault(json!({"vendor": "groq", "latency_ms": 1000})).await;
+    let ask =
+        json!({"model": "llama-3.1-8b-instant", "messages": [{"role": "user", "content": "x"}]});
+    // Provider limit 1: of two at once, one waits 0.2 s for the slot, then gets 503.
+    let (a, b) = tokio::join!(h.chat(&ask), async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        h.chat(&ask).await
+    });
+    assert_eq!(a.0, 200);
+    assert_eq!(b.0, 503, "{}", b.2);
+    assert_eq!(b.2["error"]["code"], "provider_busy");
+    assert_eq!(b.1["retry-after"], "1");
+    let metrics = h
+        .http
+        .get(format!("{}/metrics", h.gw))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"llm_gateway_queue_wait_seconds_count{scope="groq"}"#),
+        "{metrics}"
+    );
+
+    // Global limit 2 (provider limit at its default): the third request at once waits 0.3 s,
+    // then gets 503.
+    let yaml = |mock: &str| {
+        format!("server:\n  max_concurrency: 2\n  queue_timeout_secs: 0.3\nproviders:\n  - name: groq\n    base_url: {mock}/groq/openai/v1\n    api_key: {{env: GROQ_API_KEY}}\n")
+    };
+    let h = start_yaml(yaml).await;
+    h.fault(json!({"vendor": "groq", "latency_ms": 1000})).await;
+    let (x, y, z) = tokio::join!(h.chat(&ask), h.chat(&ask), async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        h.chat(&ask).await
+    });
+    let codes: Vec<String> = [&x, &y, &z]
+        .iter()
+        .map(|r| r.2["error"]["code"].as_str().unwrap_or("ok").to_owned())
+        .collect();
+    assert_eq!(codes, ["ok", "ok", "gateway_busy"], "{codes:?}");
+    assert_eq!(z.1["retry-after"], "1");
+}

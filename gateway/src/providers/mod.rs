@@ -306,3 +306,34 @@ fn stream_read_error(provider: &str, e: impl std::fmt::Display, timed_out: bool)
             .with_failure(Failure::StreamCut)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_client_that_stops_reading_releases_the_upstream() {
+        let (tx, mut rx) = mpsc::channel(1);
+        let chunk = || StreamItem::End;
+        assert!(
+            forward(&tx, chunk(), Duration::from_millis(50)).await,
+            "room in the buffer"
+        );
+        let t = Instant::now();
+        assert!(
+            !forward(&tx, chunk(), Duration::from_millis(50)).await,
+            "full and unread: give up"
+        );
+        assert!(t.elapsed() >= Duration::from_millis(50));
+        rx.recv().await;
+        assert!(
+            forward(&tx, chunk(), Duration::from_millis(50)).await,
+            "read again: go on"
+        );
+        drop(rx);
+        assert!(
+            !forward(&tx, chunk(), Duration::from_secs(5)).await,
+            "client gone: stop at once"
+        );
+    }
+}
