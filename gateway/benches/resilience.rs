@@ -4,15 +4,13 @@
 //! concurrency slot.
 //! Run: `cargo bench -p llm-gateway --bench resilience`
 
-use std::sync::Arc;
 use std::time::Instant;
 
+mod common;
+
 use llm_gateway::breaker::Outcome;
-use llm_gateway::config;
-use llm_gateway::models::registry::Registry;
 use llm_gateway::openai::ChatRequest;
-use llm_gateway::providers::Provider;
-use llm_gateway::router::{BreakerFilter, Router};
+use llm_gateway::router::BreakerFilter;
 
 const ROUNDS: usize = 50_000;
 
@@ -22,35 +20,7 @@ fn median_ns(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() {
-    llm_gateway::install_crypto();
-    let yaml = "providers:\n- {name: openai, api_key: {env: K}}\n- {name: anthropic, api_key: {env: K}}\n- {name: groq, api_key: {env: K}}\n";
-    let cfg = config::parse("bench", yaml).unwrap();
-    let settings = config::validate(&cfg, "bench", &|k: &str| {
-        (k != "LLM_GATEWAY_ADMIN_TOKEN").then(|| "k".into())
-    })
-    .unwrap();
-    let mut left = 20usize;
-    let providers = settings
-        .providers
-        .iter()
-        .map(|p| {
-            let models: Vec<_> = p
-                .models
-                .iter()
-                .filter(|m| m.kind == llm_gateway_crds::ModelKind::Chat)
-                .take(left)
-                .cloned()
-                .collect();
-            left -= models.len();
-            (Arc::new(Provider::new(p).unwrap()), models)
-        })
-        .collect();
-    let registry = Registry::new(providers);
-    let router = Router::new(
-        &settings.routing.virtuals,
-        &registry,
-        settings.routing.latency_decay,
-    );
+    let (_settings, registry, router) = common::twenty_candidates();
     let req: ChatRequest = serde_json::from_value(serde_json::json!({"model": "auto", "messages": [{"role": "user", "content": "Explain how a hash map works."}]})).unwrap();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()

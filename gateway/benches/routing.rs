@@ -5,14 +5,12 @@
 //! times `Router::route` for a mix of prompts (short, code, long, reasoning), classifier
 //! included, one decision at a time.
 
-use std::sync::Arc;
 use std::time::Instant;
 
-use llm_gateway::config;
-use llm_gateway::models::registry::Registry;
+mod common;
+
 use llm_gateway::openai::ChatRequest;
-use llm_gateway::providers::Provider;
-use llm_gateway::router::{classifier, Router};
+use llm_gateway::router::classifier;
 
 const ROUNDS: usize = 20_000;
 
@@ -21,37 +19,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 fn main() {
-    llm_gateway::install_crypto();
-    let yaml = "providers:\n\
-        - {name: openai, api_key: {env: K}}\n\
-        - {name: anthropic, api_key: {env: K}}\n\
-        - {name: groq, api_key: {env: K}, models: [{name: extra-a, input_usd_per_mtok: 0.1, output_usd_per_mtok: 0.2, context_window: 8192, capabilities: [tools], quality: 0.5}]}\n";
-    let cfg = config::parse("bench", yaml).unwrap();
-    let settings = config::validate(&cfg, "bench", &|k: &str| {
-        (k != "LLM_GATEWAY_ADMIN_TOKEN").then(|| "k".into())
-    })
-    .unwrap();
-    let mut providers = Vec::new();
-    let mut left = 20usize;
-    for p in &settings.providers {
-        let models: Vec<_> = p
-            .models
-            .iter()
-            .filter(|m| m.kind == llm_gateway_crds::ModelKind::Chat)
-            .take(left)
-            .cloned()
-            .collect();
-        left -= models.len();
-        providers.push((Arc::new(Provider::new(p).unwrap()), models));
-    }
-    let registry = Registry::new(providers);
-    let router = Router::new(
-        &settings.routing.virtuals,
-        &registry,
-        settings.routing.latency_decay,
-    );
-    let pool = router.virtuals().find(|(v, _)| v.name == "auto").unwrap().1;
-    assert_eq!(pool, 20, "the bench needs exactly 20 candidates");
+    let (_settings, registry, router) = common::twenty_candidates();
     classifier::warm_up();
     llm_gateway::router::tokens::warm_up();
 

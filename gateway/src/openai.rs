@@ -187,6 +187,14 @@ impl<'de> Deserialize<'de> for Content {
 }
 
 impl Content {
+    /// All text of the content, borrowed when it is a plain string.
+    pub fn text_cow(&self) -> std::borrow::Cow<'_, str> {
+        match self {
+            Content::Text(s) => std::borrow::Cow::Borrowed(s),
+            Content::Parts(_) => std::borrow::Cow::Owned(self.text()),
+        }
+    }
+
     /// All text of the content, parts joined by a blank line.
     pub fn text(&self) -> String {
         match self {

@@ -207,15 +207,7 @@ async fn no_client_errors_while_a_healthy_candidate_exists() {
     assert!(total >= 240);
     // The mirage provider was down the whole time and its breaker knows it.
     assert_ne!(provider_state(&h, "mirage").await, "closed");
-    let metrics = h
-        .http
-        .get(format!("{}/metrics", h.gw))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = h.get_text("/metrics").await;
     for needle in [
         "llm_gateway_failovers_total{",
         r#"llm_gateway_upstream_failures_total{provider="mirage",reason="connect"}"#,
@@ -354,15 +346,7 @@ async fn concurrency_limits_queue_briefly_then_answer_503_with_retry_after() {
     assert_eq!(b.0, 503, "{}", b.2);
     assert_eq!(b.2["error"]["code"], "provider_busy");
     assert_eq!(b.1["retry-after"], "1");
-    let metrics = h
-        .http
-        .get(format!("{}/metrics", h.gw))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = h.get_text("/metrics").await;
     assert!(
         metrics.contains(r#"llm_gateway_queue_wait_seconds_count{scope="groq"}"#),
         "{metrics}"

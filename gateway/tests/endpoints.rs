@@ -67,15 +67,7 @@ async fn embeddings_work_for_openai_together_and_ollama() {
 #[tokio::test]
 async fn models_lists_enabled_and_virtual_models() {
     let h = start().await;
-    let body: Value = h
-        .http
-        .get(format!("{}/v1/models", h.gw))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body: Value = h.get_json("/v1/models").await;
     assert_eq!(body["object"], "list");
     let ids: Vec<&str> = body["data"]
         .as_array()
@@ -108,15 +100,7 @@ async fn models_lists_enabled_and_virtual_models() {
     assert_eq!(mini["llm_gateway"]["input_usd_per_mtok"], 0.15);
     assert_eq!(mini["llm_gateway"]["context_window"], 128000);
 
-    let one: Value = h
-        .http
-        .get(format!("{}/v1/models/groq/llama-3.1-8b-instant", h.gw))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let one: Value = h.get_json("/v1/models/groq/llama-3.1-8b-instant").await;
     assert_eq!(one["owned_by"], "groq");
     let r = h
         .http

@@ -157,15 +157,7 @@ async fn requests_with_tools_never_go_to_models_without_tool_support() {
                 excluded.iter().all(|x| x["model"] != m),
                 "{m} is both ranked and excluded"
             );
-            let info: Value = h
-                .http
-                .get(format!("{}/v1/models/{m}", h.gw))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let info: Value = h.get_json(&format!("/v1/models/{m}")).await;
             assert!(
                 info["llm_gateway"]["capabilities"]
                     .as_array()
@@ -199,15 +191,7 @@ async fn a_prompt_longer_than_a_context_window_never_goes_to_that_model() {
     );
     for c in ranking(&d) {
         let m = c["model"].as_str().unwrap();
-        let info: Value = h
-            .http
-            .get(format!("{}/v1/models/{m}", h.gw))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let info: Value = h.get_json(&format!("/v1/models/{m}")).await;
         assert!(
             info["llm_gateway"]["context_window"].as_u64().unwrap() as u64 > needed,
             "{m}"
@@ -291,15 +275,7 @@ async fn explicit_names_bypass_scoring_and_dry_run_calls_no_provider() {
 async fn routing_metrics_are_exported() {
     let h = start().await;
     h.chat(&ask("auto", "hi")).await;
-    let text = h
-        .http
-        .get(format!("{}/metrics", h.gw))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = h.get_text("/metrics").await;
     assert!(text.contains(r#"llm_gateway_routing_decisions_total{virtual_model="auto",tier="simple",provider="ollama""#), "{text}");
     assert!(
         text.contains("llm_gateway_classifier_duration_seconds_count 1"),

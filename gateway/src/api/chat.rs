@@ -8,7 +8,7 @@ use std::convert::Infallible;
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use http::{header, HeaderMap, HeaderValue, StatusCode};
 use llm_gateway_crds::ModelKind;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
@@ -24,26 +24,9 @@ use crate::router::BreakerFilter;
 
 /// The handler.
 pub async fn handle(State(gw): State<AppState>, req_headers: HeaderMap, body: Body) -> Response {
-    let request_id = super::request_id(&req_headers);
-    let mut record = Record::new(gw.clone(), "chat", request_id.clone());
-    let mut resp = match serve(&gw, &req_headers, body, &mut record).await {
-        Ok(resp) => resp,
-        Err(e) => {
-            record.finish(e.status.as_u16(), None);
-            let mut resp = e.into_response();
-            if let Some(t) = record.target() {
-                headers::target_headers(resp.headers_mut(), t);
-            }
-            if record.attempts() > 0 {
-                headers::attempts_header(resp.headers_mut(), record.attempts());
-            }
-            resp
-        }
-    };
-    if let Ok(v) = HeaderValue::from_str(&request_id) {
-        resp.headers_mut().insert(headers::REQUEST_ID, v);
-    }
-    resp
+    let mut record = Record::new(gw.clone(), "chat", super::request_id(&req_headers));
+    let result = serve(&gw, &req_headers, body, &mut record).await;
+    record.respond(result)
 }
 
 async fn serve(

@@ -2,7 +2,7 @@
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use http::{header, HeaderMap, HeaderValue};
 use llm_gateway_crds::ModelKind;
 use serde::Deserialize;
@@ -20,23 +20,9 @@ struct EmbeddingsRequest {
 
 /// The handler.
 pub async fn handle(State(gw): State<AppState>, req_headers: HeaderMap, body: Body) -> Response {
-    let request_id = super::request_id(&req_headers);
-    let mut record = Record::new(gw.clone(), "embeddings", request_id.clone());
-    let mut resp = match serve(&gw, &req_headers, body, &mut record).await {
-        Ok(r) => r,
-        Err(e) => {
-            record.finish(e.status.as_u16(), None);
-            let mut resp = e.into_response();
-            if let Some(t) = record.target() {
-                headers::target_headers(resp.headers_mut(), t);
-            }
-            resp
-        }
-    };
-    if let Ok(v) = HeaderValue::from_str(&request_id) {
-        resp.headers_mut().insert(headers::REQUEST_ID, v);
-    }
-    resp
+    let mut record = Record::new(gw.clone(), "embeddings", super::request_id(&req_headers));
+    let result = serve(&gw, &req_headers, body, &mut record).await;
+    record.respond(result)
 }
 
 async fn serve(
@@ -47,6 +33,7 @@ async fn serve(
 ) -> Result<Response, ApiError> {
     let bytes = body::read(req_headers, body, gw.max_body_bytes).await?;
     let (raw, req): (_, EmbeddingsRequest) = body::parse(&bytes)?;
+    let _slot = gw.acquire_slot().await?;
     let empty = match &req.input {
         Value::String(s) => s.is_empty(),
         Value::Array(a) => a.is_empty(),

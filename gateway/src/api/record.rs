@@ -5,7 +5,10 @@ use std::time::Instant;
 
 use tracing::{info, warn};
 
-use super::AppState;
+use axum::response::{IntoResponse, Response};
+use http::HeaderValue;
+
+use super::{headers, AppState};
 use crate::api::error::ApiError;
 use crate::breaker::{Outcome, State, Transition};
 use crate::models::info::Price;
@@ -21,6 +24,8 @@ pub struct Record {
     endpoint: &'static str,
     request_id: String,
     started: Instant,
+    /// When the current upstream attempt began (latency samples exclude failed attempts).
+    attempt_started: Instant,
     target: Option<Target>,
     decision: Option<Arc<Decision>>,
     first_token: Option<Instant>,
@@ -36,6 +41,7 @@ impl Record {
             endpoint,
             request_id,
             started: Instant::now(),
+            attempt_started: Instant::now(),
             target: None,
             decision: None,
             first_token: None,
@@ -101,6 +107,7 @@ impl Record {
     /// Notes where the request was routed.
     pub fn set_target(&mut self, t: &Target) {
         self.target = Some(t.clone());
+        self.attempt_started = Instant::now();
     }
 
     /// Notes the routing decision (and counts it in metrics).
@@ -139,12 +146,36 @@ impl Record {
             endpoint: self.endpoint,
             request_id: self.request_id.clone(),
             started: self.started,
+            attempt_started: self.attempt_started,
             target: self.target.clone(),
             decision: self.decision.clone(),
             first_token: self.first_token,
             attempts: self.attempts,
             done: false,
         }
+    }
+
+    /// Turns a handler's result into the response: an error is recorded and answered with
+    /// the headers of the target it reached; every response carries the request id.
+    pub fn respond(&mut self, result: Result<Response, ApiError>) -> Response {
+        let mut resp = match result {
+            Ok(resp) => resp,
+            Err(e) => {
+                self.finish(e.status.as_u16(), None);
+                let mut resp = e.into_response();
+                if let Some(t) = &self.target {
+                    headers::target_headers(resp.headers_mut(), t);
+                }
+                if self.attempts > 0 {
+                    headers::attempts_header(resp.headers_mut(), self.attempts);
+                }
+                resp
+            }
+        };
+        if let Ok(v) = HeaderValue::from_str(&self.request_id) {
+            resp.headers_mut().insert(headers::REQUEST_ID, v);
+        }
+        resp
     }
 
     /// Records the outcome; returns the cost when it is known.
@@ -158,8 +189,11 @@ impl Record {
         // Latency feeds routing: successes, and timeouts (a slow provider must look slow).
         if let Some(stats) = self.target.as_ref().and_then(|t| t.latency.as_ref()) {
             if status == 200 || status == 504 {
-                let ttft = self.first_token.map(|t| t.duration_since(self.started));
-                stats.observe(ttft, elapsed, Instant::now(), self.gw.router.decay());
+                let ttft = self
+                    .first_token
+                    .map(|t| t.duration_since(self.attempt_started));
+                let total = self.attempt_started.elapsed();
+                stats.observe(ttft, total, Instant::now(), self.gw.router.decay());
             }
         }
         let (provider, model, label) = match &self.target {

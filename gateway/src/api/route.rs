@@ -22,7 +22,10 @@ pub async fn handle(
     let bytes = body::read(&headers, body, gw.max_body_bytes).await?;
     let (raw, req): (_, ChatRequest) = body::parse(&bytes)?;
     chat::validate(&req)?;
-    let routed = gw.router.route(&gw.registry, &req, raw.get("tools"), &[])?;
+    let breakers = crate::router::BreakerFilter::now();
+    let routed = gw
+        .router
+        .route(&gw.registry, &req, raw.get("tools"), &[&breakers])?;
     Ok(Json(match &routed.decision {
         Some(d) => json!({
             "model": req.model,

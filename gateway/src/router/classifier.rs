@@ -412,8 +412,9 @@ static MATCHER: LazyLock<Matcher> = LazyLock::new(|| {
             meta.push((*cat, whole));
         }
     }
+    // Patterns are lowercase and the text is lowercased once before the search: a
+    // case-sensitive automaton is half the size, which keeps it in cache on long prompts.
     let ac = AhoCorasickBuilder::new()
-        .ascii_case_insensitive(true)
         .match_kind(MatchKind::LeftmostLongest)
         // A DFA: a few hundred KB once, and the fastest search on long prompts.
         .kind(Some(AhoCorasickKind::DFA))
@@ -431,23 +432,48 @@ pub fn warm_up() {
     LazyLock::force(&MATCHER);
 }
 
-fn last_user_text(req: &ChatRequest) -> String {
+fn last_user_text(req: &ChatRequest) -> std::borrow::Cow<'_, str> {
     req.messages
         .iter()
         .rev()
         .find_map(|m| match m {
-            Message::User { content } => Some(content.text()),
+            Message::User { content } => Some(content.text_cow()),
             _ => None,
         })
         .unwrap_or_default()
 }
 
+/// Messages longer than this are searched for keywords only at their start and end.
+const KEYWORD_SCAN_LIMIT: usize = 3072;
+/// How much of a long message's start is searched.
+const KEYWORD_HEAD: usize = 2048;
+/// How much of a long message's end is searched.
+const KEYWORD_TAIL: usize = 1024;
+
+/// The parts of a message searched for keywords: all of a short one; the first 2 KB and
+/// last 1 KB of a long one, where instructions sit ("Summarise the following: …", "…
+/// translate the above"). Keeps classification time flat however long the pasted text.
+fn keyword_windows(text: &str) -> (&str, Option<(usize, &str)>) {
+    if text.len() <= KEYWORD_SCAN_LIMIT {
+        return (text, None);
+    }
+    let mut head_end = KEYWORD_HEAD;
+    while !text.is_char_boundary(head_end) {
+        head_end -= 1;
+    }
+    let mut tail_start = text.len() - KEYWORD_TAIL;
+    while !text.is_char_boundary(tail_start) {
+        tail_start += 1;
+    }
+    (&text[..head_end], Some((tail_start, &text[tail_start..])))
+}
+
 /// Measures the features of a request.
 pub fn features(req: &ChatRequest) -> Features {
-    let text = last_user_text(req);
+    let text_cow = last_user_text(req);
+    let text: &str = &text_cow;
     let bytes = text.as_bytes();
     let mut f = Features {
-        words: text.split_whitespace().count(),
         depth: req.messages.len(),
         tools: req.has_tools(),
         max_tokens: req.max_output(),
@@ -464,9 +490,15 @@ pub fn features(req: &ChatRequest) -> Features {
         ..Features::default()
     };
     let m = &*MATCHER;
-    for hit in m.ac.find_iter(&text) {
+    let lower = text.to_ascii_lowercase();
+    let (head, tail) = keyword_windows(&lower);
+    let hits = m.ac.find_iter(head).map(|h| (h, 0)).chain(
+        tail.into_iter()
+            .flat_map(|(off, t)| m.ac.find_iter(t).map(move |h| (h, off))),
+    );
+    for (hit, off) in hits {
         let (cat, whole) = m.meta[hit.pattern().as_usize()];
-        let (s, e) = (hit.start(), hit.end());
+        let (s, e) = (hit.start() + off, hit.end() + off);
         let starts_word = s == 0 || !is_word_byte(bytes[s - 1]) || !bytes[s].is_ascii();
         let ends_word =
             !whole || e == bytes.len() || !is_word_byte(bytes[e]) || !bytes[e - 1].is_ascii();
@@ -529,28 +561,27 @@ pub fn features(req: &ChatRequest) -> Features {
             f.code_lines += 1;
         }
     }
-    f.questions = text.chars().filter(|c| *c == '?' || *c == '？').count();
-    f.math_symbols = text
-        .chars()
-        .filter(|c| {
-            matches!(
-                c,
-                '^' | '√'
-                    | '∫'
-                    | '∑'
-                    | 'π'
-                    | '≤'
-                    | '≥'
-                    | '→'
-                    | '∞'
-                    | '×'
-                    | '÷'
-                    | '∩'
-                    | '∪'
-                    | 'Ω'
-            )
-        })
-        .count();
+    // Words, questions and math symbols in one pass; ASCII bytes need no UTF-8 decoding.
+    let mut in_word = false;
+    for (i, &b) in bytes.iter().enumerate() {
+        let space = b.is_ascii_whitespace();
+        if !space && !in_word {
+            f.words += 1;
+        }
+        in_word = !space;
+        match b {
+            b'?' => f.questions += 1,
+            b'^' => f.math_symbols += 1,
+            0xC0.. => match text[i..].chars().next() {
+                Some('？') => f.questions += 1,
+                Some(
+                    '√' | '∫' | '∑' | 'π' | '≤' | '≥' | '→' | '∞' | '×' | '÷' | '∩' | '∪' | 'Ω',
+                ) => f.math_symbols += 1,
+                _ => {}
+            },
+            _ => {}
+        }
+    }
     f
 }
 
@@ -646,6 +677,27 @@ mod tests {
                 c.score
             );
         }
+    }
+
+    #[test]
+    fn long_messages_are_searched_at_both_ends() {
+        let filler = "The committee met on Tuesday to discuss the budget. ".repeat(200);
+        let f = features(&req(&format!(
+            "Please prove this. {filler} Then translate it."
+        )));
+        assert_eq!((f.reasoning_markers, f.simple_markers), (1, 1), "{f:?}");
+        let f = features(&req(&format!("{filler} prove {filler}")));
+        assert_eq!(
+            f.reasoning_markers, 0,
+            "the middle of a long paste is not searched"
+        );
+        assert_eq!(
+            f.words,
+            2 * filler.split_whitespace().count() + 1,
+            "words count the whole message"
+        );
+        let cjk = "証明".repeat(2000);
+        let _ = features(&req(&cjk));
     }
 
     #[test]

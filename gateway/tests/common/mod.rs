@@ -118,6 +118,30 @@ impl Harness {
         (status, headers, r.text().await.unwrap())
     }
 
+    /// GET a gateway path and parse its JSON.
+    pub async fn get_json(&self, path: &str) -> Value {
+        self.http
+            .get(format!("{}{path}", self.gw))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// GET a gateway path as text.
+    pub async fn get_text(&self, path: &str) -> String {
+        self.http
+            .get(format!("{}{path}", self.gw))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// The dry-run routing decision for a chat body.
     pub async fn route(&self, body: &Value) -> (reqwest::StatusCode, Value) {
         let r = self.post("/v1/route", body).await;
