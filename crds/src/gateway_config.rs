@@ -302,6 +302,16 @@ pub struct BreakerConfig {
     pub close_after: Option<u32>,
 }
 
+/// What to do when every candidate's circuit breaker is open.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AllOpen {
+    /// Answer 503 naming the providers and when each will be retried.
+    Reject,
+    /// Send the request to the candidate whose backoff ends first.
+    TrySoonest,
+}
+
 /// Failover along a virtual model's ranking.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -312,6 +322,9 @@ pub struct FailoverConfig {
     /// Time budget for all attempts until a response starts, in seconds (default 120).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deadline_secs: Option<f64>,
+    /// When every candidate's breaker is open (default `reject`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub when_all_open: Option<AllOpen>,
 }
 
 /// What kind of endpoint a model serves.

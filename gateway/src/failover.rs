@@ -30,6 +30,7 @@ use crate::models::registry::Target;
 use crate::openai::{ChatRequest, Usage};
 use crate::providers::{ChatCall, ChatResponse, StreamItem};
 use crate::router::Routed;
+use llm_gateway_crds::AllOpen;
 
 /// A response that has started: nothing after this point fails over.
 pub enum Committed {
@@ -110,6 +111,7 @@ pub async fn chat(
     let mut attempts = 0u32;
     let mut last: Option<(String, ApiError)> = None;
     let mut open: Vec<(String, Instant)> = Vec::new();
+    let mut soonest: Option<(Instant, Target)> = None;
     let mut failed: Vec<String> = Vec::new();
     for target in candidates(gw, routed) {
         if attempts >= cfg.max_attempts || (attempts > 0 && Instant::now() >= deadline) {
@@ -120,6 +122,9 @@ pub async fn chat(
         }
         if let Err(until) = admit(record, &target, Instant::now()) {
             open.push((format!("{}/{}", target.provider.name, target.model), until));
+            if soonest.as_ref().is_none_or(|(u, _)| until < *u) {
+                soonest = Some((until, target));
+            }
             continue;
         }
         if let Some((from, e)) = &last {
@@ -160,6 +165,25 @@ pub async fn chat(
                 last = Some((target.provider.name.clone(), e));
             }
         }
+    }
+    if let (None, AllOpen::TrySoonest, Some((_, target))) = (&last, cfg.when_all_open, soonest) {
+        // Every breaker is open and config says to try anyway: the one that reopens first.
+        record.set_target(&target);
+        record.set_attempts(1);
+        let (committed, permit) =
+            attempt(gw, &target, req, raw.clone())
+                .await
+                .inspect_err(|e| {
+                    if e.failure.is_some_and(Failure::counts_against_provider) {
+                        record.report_upstream(Some(e));
+                    }
+                })?;
+        return Ok(Answer {
+            target,
+            committed,
+            attempts: 1,
+            permit,
+        });
     }
     match last {
         Some((_, mut e)) => {

@@ -259,7 +259,7 @@ async fn all_breakers_open_is_a_503_naming_providers_and_retry_times() {
     assert_eq!(status, 503, "{body}");
     let msg = body["error"]["message"].as_str().unwrap();
     assert!(
-        msg.contains("groq/") && msg.contains("circuit breaker open, retried in"),
+        msg.contains("groq: 6 models unavailable (circuit breaker open, retried in"),
         "{msg}"
     );
     let retry: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
@@ -369,4 +369,38 @@ async fn concurrency_limits_queue_briefly_then_answer_503_with_retry_after() {
         .collect();
     assert_eq!(codes, ["ok", "ok", "gateway_busy"], "{codes:?}");
     assert_eq!(z.1["retry-after"], "1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_all_open_try_soonest_sends_to_the_first_to_reopen() {
+    let yaml = |mock: &str| {
+        format!("routing:\n  failover: {{when_all_open: try_soonest}}\n  virtual_models:\n    - {{name: pair, strategy: cost, candidates: {{providers: [groq, together]}}}}\nproviders:\n  - name: groq\n    base_url: {mock}/groq/openai/v1\n    api_key: {{env: GROQ_API_KEY}}\n    breaker: {{consecutive_failures: 1, base_backoff_secs: 20, max_backoff_secs: 20}}\n  - name: together\n    base_url: {mock}/together/v1\n    api_key: {{env: TOGETHER_API_KEY}}\n    breaker: {{consecutive_failures: 1, base_backoff_secs: 60, max_backoff_secs: 60}}\n")
+    };
+    let h = start_yaml(yaml).await;
+    let ask = |m: &str| json!({"model": m, "messages": [{"role": "user", "content": "x"}]});
+    h.fault(json!({"vendor": "groq", "status": 500, "times": 1}))
+        .await;
+    h.fault(json!({"vendor": "together", "status": 500, "times": 1}))
+        .await;
+    assert_eq!(h.chat(&ask("groq/llama-3.1-8b-instant")).await.0, 500);
+    assert_eq!(
+        h.chat(&ask("together/meta-llama/Llama-3.3-70B-Instruct-Turbo"))
+            .await
+            .0,
+        500
+    );
+    assert_eq!(provider_state(&h, "groq").await, "open");
+    assert_eq!(provider_state(&h, "together").await, "open");
+    // Both open; groq reopens first (20 s < 60 s), so it gets the request, and it is healthy.
+    let (status, headers, body) = h.chat(&ask("pair")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(headers["x-llm-gateway-provider"], "groq");
+    assert_eq!(headers["x-llm-gateway-attempts"], "1");
+    // An explicit name is its own only candidate: with try_soonest it is tried, breaker open
+    // or not.
+    let (status, headers, body) = h
+        .chat(&ask("together/meta-llama/Llama-3.3-70B-Instruct-Turbo"))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(headers["x-llm-gateway-attempts"], "1");
 }

@@ -21,6 +21,7 @@ use crate::models::registry::Target;
 use crate::openai::{ChatRequest, Usage};
 use crate::providers::StreamItem;
 use crate::router::BreakerFilter;
+use llm_gateway_crds::AllOpen;
 
 /// The handler.
 pub async fn handle(State(gw): State<AppState>, req_headers: HeaderMap, body: Body) -> Response {
@@ -44,9 +45,19 @@ async fn serve(
     // 2. Route: a virtual model is scored across its candidates (open breakers skipped); an
     //    explicit name is resolved.
     let breakers = BreakerFilter::now();
-    let routed = gw
+    let routed = match gw
         .router
-        .route(&gw.registry, &req, raw.get("tools"), &[&breakers])?;
+        .route(&gw.registry, &req, raw.get("tools"), &[&breakers])
+    {
+        // Every candidate's breaker is open, and config says to try the soonest anyway.
+        Err(e)
+            if e.code.as_deref() == Some("no_candidates")
+                && gw.failover.when_all_open == AllOpen::TrySoonest =>
+        {
+            gw.router.route(&gw.registry, &req, raw.get("tools"), &[])?
+        }
+        r => r?,
+    };
     record.set_route(&routed);
     check_capabilities(&req, &routed.target)?;
 

@@ -68,6 +68,8 @@ pub struct FailoverSettings {
     pub max_attempts: u32,
     /// Time budget of all attempts until a response starts.
     pub deadline: Duration,
+    /// What to do when every candidate's breaker is open.
+    pub when_all_open: llm_gateway_crds::AllOpen,
 }
 
 /// Variable holding the admin token when the config names none.

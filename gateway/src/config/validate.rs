@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 use llm_gateway_crds::{
-    BreakerConfig, GatewayConfig, ModelConfig, Protocol, ProviderConfig, RoutingConfig,
+    AllOpen, BreakerConfig, GatewayConfig, ModelConfig, Protocol, ProviderConfig, RoutingConfig,
     SecretSource,
 };
 use url::Url;
@@ -188,6 +188,7 @@ fn routing(
             Some(n) => n,
             None => 3,
         },
+        when_all_open: f.when_all_open.unwrap_or(AllOpen::Reject),
         deadline: positive_secs(f.deadline_secs, 120.0)
             .map_err(|m| ("routing.failover.deadline_secs".to_owned(), m))?,
     };
@@ -553,6 +554,7 @@ mod tests {
             ("routing: {latency_decay_secs: 0}", "routing.latency_decay_secs", "positive"),
             ("routing: {failover: {max_attempts: 0}}", "routing.failover.max_attempts", "> 0"),
             ("routing: {failover: {deadline_secs: 0}}", "routing.failover.deadline_secs", "positive"),
+            ("routing: {failover: {when_all_open: panic}}", "routing.failover.when_all_open", "panic"),
             ("server: {drain_timeout_secs: -3}", "server.drain_timeout_secs", "positive"),
             ("server: {admin_token: {env: OPENAI_API_KEY}}", "server.admin_token", "at least 16"),
             ("server: {admin_token: {env: NOPE}}", "server.admin_token.env", "`NOPE` is not set"),

@@ -546,10 +546,28 @@ fn no_candidate_error(name: &str, excluded: &[Excluded]) -> ApiError {
         let n = count(&|w| matches!(w, Exclusion::Context { .. }));
         reasons.push(format!("{n} have context windows smaller than the {needed} tokens needed (prompt plus max_tokens)"));
     }
+    // Unavailable models, grouped by provider and reason: "groq: 6 models (circuit breaker
+    // open, retried in 17s)".
+    let mut groups: Vec<(&str, &str, usize)> = Vec::new();
     for x in excluded {
         if let Exclusion::Unavailable { detail, .. } = &x.why {
-            reasons.push(format!("{} is unavailable ({detail})", x.model));
+            let provider = x.model.split('/').next().unwrap_or_default();
+            match groups
+                .iter_mut()
+                .find(|(p, d, _)| *p == provider && *d == detail.as_str())
+            {
+                Some(g) => g.2 += 1,
+                None => groups.push((provider, detail.as_str(), 1)),
+            }
         }
+    }
+    for (provider, detail, n) in groups {
+        let models = if n == 1 {
+            "1 model".to_owned()
+        } else {
+            format!("{n} models")
+        };
+        reasons.push(format!("{provider}: {models} unavailable ({detail})"));
     }
     let msg = format!(
         "No model behind virtual model `{name}` can serve this request: {}.",
