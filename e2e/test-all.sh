@@ -8,6 +8,14 @@ export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
 step() { printf '\n== %s\n' "$*"; }
 
+step "services: PostgreSQL at 127.0.0.1:5432 (the store tests use it)"
+if ! (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null; then
+  if command -v pg_ctlcluster >/dev/null 2>&1; then
+    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -1)" main start
+  fi
+  (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null || { echo "PostgreSQL is not running on 127.0.0.1:5432"; exit 1; }
+fi
+
 step "formatting (cargo fmt --check)"
 cargo fmt --all -- --check
 

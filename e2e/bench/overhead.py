@@ -16,6 +16,7 @@ import pathlib
 import signal
 import socket
 import statistics
+import tempfile
 import subprocess
 import time
 import urllib.request
@@ -25,6 +26,7 @@ BIN = ROOT / "target" / "release"
 RATES = [int(r) for r in os.environ.get("BENCH_RATES", "200,1000").split(",")]
 SECONDS = int(os.environ.get("BENCH_SECONDS", "10"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "2"))
+DATA_DIR = tempfile.mkdtemp(prefix="llm-gateway-bench-")
 BODY = json.dumps({
     "model": "gpt-4o-mini",
     "messages": [{"role": "system", "content": "You are terse."},
@@ -55,7 +57,7 @@ def rss_kib(pid, field="VmRSS"):
 
 
 def start_gateway(mock, port):
-    env = {"PATH": os.environ["PATH"], "OPENAI_API_KEY": "sk-bench",
+    env = {"PATH": os.environ["PATH"], "OPENAI_API_KEY": "sk-bench", "LLM_GATEWAY_DATA_DIR": DATA_DIR,
            "OPENAI_BASE_URL": f"{mock}/openai/v1", "OLLAMA_HOST": f"{mock}/ollama",
            "RUST_LOG": "warn"}
     t0 = time.perf_counter()

@@ -58,6 +58,7 @@ def gateway(mock, tmp_path_factory):
     port = free_port()
     env = {
         "PATH": os.environ.get("PATH", ""),
+        "LLM_GATEWAY_DATA_DIR": str(tmp_path_factory.mktemp("data")),
         "OPENAI_API_KEY": "sk-test-openai",
         "OPENAI_BASE_URL": f"{mock}/openai/v1",
         "ANTHROPIC_API_KEY": "sk-ant-test",

@@ -28,6 +28,8 @@ pub struct Gateway {
     pub registry: Registry,
     /// Virtual models and their routing.
     pub router: Router,
+    /// Caller authentication.
+    pub auth: crate::auth::Auth,
     /// Prometheus metrics.
     pub metrics: Metrics,
     /// Largest accepted request body.
@@ -86,6 +88,7 @@ impl Gateway {
         // the context check for all but prompts near a context window.
         crate::router::classifier::warm_up();
         Ok(Self {
+            auth: crate::auth::Auth::open(),
             router,
             registry,
             metrics: Metrics::default(),
@@ -97,6 +100,12 @@ impl Gateway {
             slots: Arc::new(Semaphore::new(settings.max_concurrency)),
             queue_timeout: settings.queue_timeout,
         })
+    }
+
+    /// Uses `auth` for callers (keys from a store; anonymous calls allowed or not).
+    pub fn with_auth(mut self, auth: crate::auth::Auth) -> Self {
+        self.auth = auth;
+        self
     }
 
     /// A global concurrency slot, waiting at most the queue timeout, else 503 with

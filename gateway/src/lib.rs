@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod app;
+pub mod auth;
 pub mod breaker;
 pub mod catalog;
 pub mod config;
@@ -11,6 +12,7 @@ pub mod models;
 pub mod openai;
 pub mod providers;
 pub mod router;
+pub mod store;
 pub mod telemetry;
 
 /// Installs the process-wide TLS crypto provider (ring); call once before building clients.

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use llm_gateway::app::Gateway;
 use llm_gateway::config::{self, Settings, DEFAULT_LISTEN};
+use llm_gateway::store::Store;
 use tracing_subscriber::EnvFilter;
 
 /// One OpenAI-compatible endpoint in front of OpenAI, Anthropic, Groq, Together AI and Ollama.
@@ -23,6 +24,8 @@ struct Cli {
     command: Option<Command>,
     #[command(flatten)]
     serve: ServeArgs,
+    #[command(flatten)]
+    db: DbArgs,
 }
 
 #[derive(Subcommand, Debug)]
@@ -38,6 +41,40 @@ enum Command {
     },
     /// Print the built-in model catalog (prices, context windows, capabilities) as YAML.
     Catalog,
+    /// Manage virtual API keys (stored as hashes; a new key is shown once).
+    Keys {
+        #[command(subcommand)]
+        action: KeysAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum KeysAction {
+    /// Create a key for a tenant and print it (it cannot be shown again).
+    Create {
+        /// The tenant the key belongs to.
+        #[arg(long)]
+        tenant: String,
+        /// A name to recognise the key by.
+        #[arg(long, default_value = "")]
+        name: String,
+    },
+    /// List keys (ids, tenants, names, prefixes, revocation).
+    List,
+    /// Revoke a key by id; every replica refuses it within 5 seconds.
+    Revoke {
+        /// The key's id (from `keys list`).
+        id: String,
+    },
+}
+
+#[derive(Args, Debug, Clone)]
+struct DbArgs {
+    /// Database URL: postgres://user:pass@host/db or sqlite://path. Default: the embedded
+    /// SQLite file ($LLM_GATEWAY_DATA_DIR/gateway.db, else ~/.local/share/llm-gateway/gateway.db).
+    /// Setting it makes virtual keys required on every request.
+    #[arg(long, env = "DATABASE_URL", global = true)]
+    database_url: Option<String>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -64,6 +101,7 @@ enum LogFormat {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let db = cli.db;
     let (command, args) = match cli.command {
         None => (None, cli.serve),
         Some(Command::Serve(a)) => (None, a),
@@ -87,7 +125,8 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Some(Command::CheckConfig { config }) => rt.block_on(check_config(config)),
-        Some(Command::Serve(_)) | None => rt.block_on(serve(args)),
+        Some(Command::Keys { action }) => rt.block_on(keys(action, db)),
+        Some(Command::Serve(_)) | None => rt.block_on(serve(args, db)),
     }
 }
 
@@ -125,7 +164,7 @@ fn load(config: Option<&PathBuf>) -> Result<Settings, config::ConfigError> {
     }
 }
 
-async fn serve(args: ServeArgs) -> ExitCode {
+async fn serve(args: ServeArgs, db: DbArgs) -> ExitCode {
     let settings = match load(args.config.as_ref()) {
         Ok(s) => s,
         Err(e) => {
@@ -137,8 +176,22 @@ async fn serve(args: ServeArgs) -> ExitCode {
         .listen
         .or(settings.listen)
         .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("default address parses"));
+    let store = match open_store(&db).await {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    // Keys are required with an explicit database or beyond loopback; the embedded quick
+    // start on loopback stays open.
+    let required = db.database_url.is_some() || !addr.ip().is_loopback();
+    tracing::info!(
+        database = store.kind(),
+        auth_required = required,
+        "key store ready"
+    );
+    let auth =
+        llm_gateway::auth::Auth::new(Some(store), required, llm_gateway::auth::KEY_CACHE_TTL);
     let gw = match Gateway::build(&settings).await {
-        Ok(gw) => Arc::new(gw),
+        Ok(gw) => Arc::new(gw.with_auth(auth)),
         Err(e) => {
             eprintln!("error: {e:#}");
             return ExitCode::FAILURE;
@@ -155,6 +208,80 @@ async fn serve(args: ServeArgs) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Opens the configured or embedded database; a clear message and exit code 2 on failure.
+async fn open_store(db: &DbArgs) -> Result<Store, ExitCode> {
+    let url = db.database_url.clone().unwrap_or_else(|| {
+        format!(
+            "sqlite://{}",
+            llm_gateway::store::default_sqlite_path().display()
+        )
+    });
+    Store::open(&url).await.map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(2)
+    })
+}
+
+async fn keys(action: KeysAction, db: DbArgs) -> ExitCode {
+    let store = match open_store(&db).await {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let result = match action {
+        KeysAction::Create { tenant, name } => {
+            if tenant.trim().is_empty() {
+                eprintln!("error: --tenant must not be empty");
+                return ExitCode::from(2);
+            }
+            store
+                .create_key(tenant.trim(), name.trim())
+                .await
+                .map(|(rec, key)| {
+                    println!("{key}");
+                    eprintln!(
+                        "created key {} for tenant {} ({}); the key above is shown only once",
+                        rec.id, rec.tenant, rec.key_prefix
+                    );
+                })
+        }
+        KeysAction::List => store.list_keys().await.map(|keys| {
+            println!(
+                "{:<36}  {:<16}  {:<16}  {:<14}  status",
+                "id", "tenant", "name", "prefix"
+            );
+            for k in keys {
+                let status = if k.revoked_at.is_some() {
+                    "revoked"
+                } else {
+                    "active"
+                };
+                println!(
+                    "{:<36}  {:<16}  {:<16}  {:<14}  {status}",
+                    k.id, k.tenant, k.name, k.key_prefix
+                );
+            }
+        }),
+        KeysAction::Revoke { id } => match store.revoke_key(&id).await {
+            Ok(true) => {
+                eprintln!("revoked {id}");
+                Ok(())
+            }
+            Ok(false) => {
+                eprintln!("error: no active key with id {id}");
+                return ExitCode::from(1);
+            }
+            Err(e) => Err(e),
+        },
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
             ExitCode::FAILURE
         }
     }

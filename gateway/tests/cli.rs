@@ -136,9 +136,11 @@ fn quick_start_from_environment_serves_and_stops_cleanly_on_sigterm() {
     let mock = start_mock();
     let port = free_port();
     let secret = "sk-super-secret-value-123";
+    let data = tempfile::tempdir().unwrap();
     let mut child = Command::new(BIN)
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .env_clear()
+        .env("LLM_GATEWAY_DATA_DIR", data.path())
         .env("OPENAI_API_KEY", secret)
         .env("OPENAI_BASE_URL", format!("{mock}/openai/v1"))
         .env("ANTHROPIC_API_KEY", secret)
@@ -255,6 +257,26 @@ mod reqwest {
                 .block_on(async { Ok(self.1.get(url).send().await?.status().as_u16()) })
         }
 
+        pub fn post_json_auth(
+            &self,
+            url: &str,
+            body: &str,
+            key: Option<&str>,
+        ) -> Result<(u16, String), ::reqwest::Error> {
+            self.0.block_on(async {
+                let mut rb = self
+                    .1
+                    .post(url)
+                    .header("content-type", "application/json")
+                    .body(body.to_owned());
+                if let Some(k) = key {
+                    rb = rb.bearer_auth(k);
+                }
+                let r = rb.send().await?;
+                Ok((r.status().as_u16(), r.text().await?))
+            })
+        }
+
         pub fn post_json(&self, url: &str, body: &str) -> Result<(u16, String), ::reqwest::Error> {
             self.0.block_on(async {
                 let r = self
@@ -274,9 +296,11 @@ mod reqwest {
 fn sigterm_during_streams_loses_none_of_them() {
     let mock = start_mock();
     let port = free_port();
+    let data = tempfile::tempdir().unwrap();
     let mut child = Command::new(BIN)
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .env_clear()
+        .env("LLM_GATEWAY_DATA_DIR", data.path())
         .env("OPENAI_API_KEY", "sk-test")
         .env("OPENAI_BASE_URL", format!("{mock}/openai/v1"))
         .env("OLLAMA_HOST", "127.0.0.1:9")
@@ -352,4 +376,119 @@ fn sigterm_during_streams_loses_none_of_them() {
         wait_with_timeout(&mut child, Duration::from_secs(15)),
         Some(0)
     );
+}
+
+#[test]
+fn keys_cli_creates_lists_and_revokes_and_an_explicit_database_requires_keys() {
+    let data = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}/keys.db", data.path().display());
+    let run = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .args(args)
+            .args(["--database-url", &db])
+            .env_remove("DATABASE_URL")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8(out.stdout).unwrap(),
+            String::from_utf8(out.stderr).unwrap(),
+        )
+    };
+    let (code, key, err) = run(&["keys", "create", "--tenant", "team-a", "--name", "ci"]);
+    assert_eq!(code, Some(0), "{err}");
+    let key = key.trim().to_owned();
+    assert!(key.starts_with("sk-lgw-"), "{key}");
+    assert!(err.contains("shown only once"), "{err}");
+    let (_, list, _) = run(&["keys", "list"]);
+    assert!(
+        list.contains("team-a") && list.contains("active") && !list.contains(&key),
+        "{list}"
+    );
+    let id = list
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned();
+    let (code, _, _) = run(&["keys", "create", "--tenant", " "]);
+    assert_eq!(code, Some(2));
+
+    // A gateway with that database requires keys.
+    let mock = start_mock();
+    let port = free_port();
+    let mut child = Command::new(BIN)
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--database-url",
+            &db,
+        ])
+        .env_clear()
+        .env("OPENAI_API_KEY", "sk-test")
+        .env("OPENAI_BASE_URL", format!("{mock}/openai/v1"))
+        .env("OLLAMA_HOST", "127.0.0.1:9")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::blocking_client();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while http
+        .get(format!("{base}/healthz"))
+        .map(|s| s != 200)
+        .unwrap_or(true)
+    {
+        assert!(Instant::now() < deadline, "not up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let body = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#;
+    let (status, _) = http
+        .post_json_auth(&format!("{base}/v1/chat/completions"), body, None)
+        .unwrap();
+    assert_eq!(status, 401);
+    let (status, _) = http
+        .post_json_auth(&format!("{base}/v1/chat/completions"), body, Some(&key))
+        .unwrap();
+    assert_eq!(status, 200);
+    let (code, _, err) = run(&["keys", "revoke", &id]);
+    assert_eq!(code, Some(0), "{err}");
+    std::thread::sleep(Duration::from_millis(5200));
+    let (status, body) = http
+        .post_json_auth(&format!("{base}/v1/chat/completions"), body, Some(&key))
+        .unwrap();
+    assert_eq!(
+        status, 401,
+        "revoked in another process: refused within the 5 s cache: {body}"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[test]
+fn a_bad_database_url_is_a_clear_startup_error() {
+    let out = Command::new(BIN)
+        .args([
+            "--database-url",
+            "postgres://postgres:pw@127.0.0.1:9/test",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .env_clear()
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains("cannot use the database at postgres://postgres:***@127.0.0.1:9/test"),
+        "{err}"
+    );
+    let out = Command::new(BIN)
+        .args(["--database-url", "redis://x", "keys", "list"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
 }

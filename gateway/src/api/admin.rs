@@ -56,3 +56,87 @@ pub async fn breakers(
     }
     Ok(Json(json!({"breakers": out})))
 }
+
+fn store(gw: &AppState) -> Result<&crate::store::Store, ApiError> {
+    gw.auth.store().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "service_unavailable",
+            "This gateway runs without a database.",
+        )
+        .with_code("no_database")
+    })
+}
+
+fn db_error(e: crate::store::StoreError) -> ApiError {
+    tracing::error!(error = %e, "admin database call failed");
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "service_unavailable",
+        "The database is unavailable; retry shortly.",
+    )
+}
+
+/// `POST /admin/keys` with `{"tenant", "name"}`: creates a key and returns it, once.
+pub async fn create_key(
+    State(gw): State<AppState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    authorize(&gw, &headers)?;
+    #[derive(serde::Deserialize)]
+    struct NewKey {
+        tenant: String,
+        #[serde(default)]
+        name: String,
+    }
+    let (_, req): (_, NewKey) = super::body::parse(&body)?;
+    if req.tenant.trim().is_empty() || req.tenant.len() > 128 {
+        return Err(ApiError::invalid(
+            "tenant",
+            "`tenant` must be 1 to 128 characters.",
+        ));
+    }
+    if req.name.len() > 128 {
+        return Err(ApiError::invalid(
+            "name",
+            "`name` must be at most 128 characters.",
+        ));
+    }
+    let (rec, key) = store(&gw)?
+        .create_key(req.tenant.trim(), req.name.trim())
+        .await
+        .map_err(db_error)?;
+    let mut v = serde_json::to_value(&rec).unwrap_or_default();
+    v["key"] = json!(key);
+    Ok((StatusCode::CREATED, Json(v)))
+}
+
+/// `GET /admin/keys`: every key (never the keys themselves).
+pub async fn list_keys(
+    State(gw): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    authorize(&gw, &headers)?;
+    let keys = store(&gw)?.list_keys().await.map_err(db_error)?;
+    Ok(Json(json!({"keys": keys})))
+}
+
+/// `DELETE /admin/keys/{id}`: revokes a key.
+pub async fn revoke_key(
+    State(gw): State<AppState>,
+    headers: HeaderMap,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    authorize(&gw, &headers)?;
+    if store(&gw)?.revoke_key(&id).await.map_err(db_error)? {
+        Ok(Json(json!({"id": id, "revoked": true})))
+    } else {
+        Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            format!("No active key with id `{id}`."),
+        )
+        .with_code("key_not_found"))
+    }
+}

@@ -26,13 +26,22 @@ pub type AppState = Arc<Gateway>;
 
 /// All routes.
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    // Authentication is the first step of every model endpoint.
+    let v1 = Router::new()
         .route("/v1/chat/completions", post(chat::handle))
         .route("/v1/embeddings", post(embeddings::handle))
         .route("/v1/route", post(route::handle))
         .route("/v1/models", get(models::list))
         .route("/v1/models/{*id}", get(models::get))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::auth::middleware,
+        ));
+    Router::new()
+        .merge(v1)
         .route("/admin/breakers", get(admin::breakers))
+        .route("/admin/keys", post(admin::create_key).get(admin::list_keys))
+        .route("/admin/keys/{id}", axum::routing::delete(admin::revoke_key))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))

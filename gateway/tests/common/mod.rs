@@ -14,6 +14,9 @@ pub struct Harness {
     pub mock: String,
     pub gw: String,
     pub http: reqwest::Client,
+    /// The key store, when started with one.
+    pub store: Option<llm_gateway::store::Store>,
+    _dir: Option<tempfile::TempDir>,
 }
 
 /// The YAML config for a gateway in front of the mock at `mock`.
@@ -66,6 +69,18 @@ pub async fn start_full(extra: &str, routing: &str) -> Harness {
 
 /// Starts mock and gateway with a config built from the mock's base URL.
 pub async fn start_yaml(yaml: impl FnOnce(&str) -> String) -> Harness {
+    start_inner(yaml, None).await
+}
+
+/// Starts with a SQLite key store; `required` makes keys mandatory; lookups cached for `ttl`.
+pub async fn start_with_keys(required: bool, ttl: std::time::Duration) -> Harness {
+    start_inner(|m| config_yaml(m, ""), Some((required, ttl))).await
+}
+
+async fn start_inner(
+    yaml: impl FnOnce(&str) -> String,
+    auth: Option<(bool, std::time::Duration)>,
+) -> Harness {
     llm_gateway::install_crypto();
     let ml = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let mock = format!("http://{}", ml.local_addr().unwrap());
@@ -75,7 +90,18 @@ pub async fn start_yaml(yaml: impl FnOnce(&str) -> String) -> Harness {
     let cfg = config::parse("test.yaml", &yaml(&mock)).unwrap();
     let settings =
         config::validate(&cfg, "test.yaml", &|k: &str| Some(format!("key-for-{k}"))).unwrap();
-    let gw = Arc::new(Gateway::build(&settings).await.unwrap());
+    let mut gw = Gateway::build(&settings).await.unwrap();
+    let (mut store, mut dir) = (None, None);
+    if let Some((required, ttl)) = auth {
+        let d = tempfile::tempdir().unwrap();
+        let s = llm_gateway::store::Store::open(&format!("sqlite://{}/gw.db", d.path().display()))
+            .await
+            .unwrap();
+        gw = gw.with_auth(llm_gateway::auth::Auth::new(Some(s.clone()), required, ttl));
+        store = Some(s);
+        dir = Some(d);
+    }
+    let gw = Arc::new(gw);
     let gl = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let gw_url = format!("http://{}", gl.local_addr().unwrap());
     tokio::spawn(llm_gateway::app::serve(gl, gw));
@@ -83,6 +109,8 @@ pub async fn start_yaml(yaml: impl FnOnce(&str) -> String) -> Harness {
         mock,
         gw: gw_url,
         http: reqwest::Client::new(),
+        store,
+        _dir: dir,
     }
 }
 

@@ -1,0 +1,125 @@
+//! Persistent storage: PostgreSQL in production, an embedded SQLite file by default. sqlx
+//! migrations (`migrations/postgres`, `migrations/sqlite`, embedded in the binary) run at
+//! start; on PostgreSQL sqlx holds an advisory lock while migrating, so replicas starting
+//! together do not race.
+
+pub mod keys;
+
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
+use sqlx::{PgPool, SqlitePool};
+
+/// A connected, migrated database.
+#[derive(Debug, Clone)]
+pub enum Store {
+    /// PostgreSQL.
+    Postgres(PgPool),
+    /// SQLite.
+    Sqlite(SqlitePool),
+}
+
+/// Why the database could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The URL is not a database URL this gateway speaks.
+    #[error("unsupported database URL `{0}`: use postgres://… or sqlite://…")]
+    Unsupported(String),
+    /// Connecting or migrating failed.
+    #[error("cannot use the database at {url}: {source}")]
+    Connect {
+        /// The URL without its password.
+        url: String,
+        /// The cause.
+        source: sqlx::Error,
+    },
+    /// A query failed.
+    #[error("database error: {0}")]
+    Query(#[from] sqlx::Error),
+}
+
+/// The default embedded database: `$LLM_GATEWAY_DATA_DIR/gateway.db`, else
+/// `$XDG_DATA_HOME/llm-gateway/gateway.db`, else `~/.local/share/llm-gateway/gateway.db`.
+pub fn default_sqlite_path() -> PathBuf {
+    let dir = std::env::var_os("LLM_GATEWAY_DATA_DIR")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("XDG_DATA_HOME").map(|d| PathBuf::from(d).join("llm-gateway")))
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share/llm-gateway"))
+        })
+        .unwrap_or_else(|| PathBuf::from("."));
+    dir.join("gateway.db")
+}
+
+/// A URL safe to print: the password replaced by `***`.
+pub fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}
+
+static PG_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
+
+impl Store {
+    /// Connects (creating a SQLite file and its folder if needed) and runs the migrations.
+    pub async fn open(url: &str) -> Result<Store, StoreError> {
+        let err = |source| StoreError::Connect {
+            url: redact(url),
+            source,
+        };
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let opts = PgConnectOptions::from_str(url).map_err(err)?;
+            let pool = PgPoolOptions::new()
+                .max_connections(16)
+                .acquire_timeout(std::time::Duration::from_secs(5))
+                .connect_with(opts)
+                .await
+                .map_err(err)?;
+            PG_MIGRATIONS.run(&pool).await.map_err(|e| err(e.into()))?;
+            return Ok(Store::Postgres(pool));
+        }
+        if let Some(path) = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+        {
+            let file = path.split('?').next().unwrap_or(path);
+            if let Some(dir) = std::path::Path::new(file)
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+            {
+                std::fs::create_dir_all(dir).map_err(|e| err(sqlx::Error::Io(e)))?;
+            }
+            let opts = SqliteConnectOptions::from_str(url)
+                .map_err(err)?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .busy_timeout(std::time::Duration::from_secs(5));
+            let pool = SqlitePoolOptions::new()
+                .max_connections(4)
+                .connect_with(opts)
+                .await
+                .map_err(err)?;
+            SQLITE_MIGRATIONS
+                .run(&pool)
+                .await
+                .map_err(|e| err(e.into()))?;
+            return Ok(Store::Sqlite(pool));
+        }
+        Err(StoreError::Unsupported(redact(url)))
+    }
+
+    /// `postgres` or `sqlite`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Store::Postgres(_) => "postgres",
+            Store::Sqlite(_) => "sqlite",
+        }
+    }
+}
