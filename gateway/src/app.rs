@@ -30,6 +30,8 @@ pub struct Gateway {
     pub router: Router,
     /// Caller authentication.
     pub auth: crate::auth::Auth,
+    /// The usage ledger, when there is a database.
+    pub ledger: Option<crate::ledger::Ledger>,
     /// Prometheus metrics.
     pub metrics: Metrics,
     /// Largest accepted request body.
@@ -89,6 +91,7 @@ impl Gateway {
         crate::router::classifier::warm_up();
         Ok(Self {
             auth: crate::auth::Auth::open(),
+            ledger: None,
             router,
             registry,
             metrics: Metrics::default(),
@@ -105,6 +108,12 @@ impl Gateway {
     /// Uses `auth` for callers (keys from a store; anonymous calls allowed or not).
     pub fn with_auth(mut self, auth: crate::auth::Auth) -> Self {
         self.auth = auth;
+        self
+    }
+
+    /// Records every request's usage through `ledger`.
+    pub fn with_ledger(mut self, ledger: crate::ledger::Ledger) -> Self {
+        self.ledger = Some(ledger);
         self
     }
 
@@ -200,6 +209,7 @@ pub async fn serve(listener: TcpListener, gw: Arc<Gateway>) -> anyhow::Result<()
         "listening on http://{addr} — point OpenAI SDKs at OPENAI_BASE_URL=http://{addr}/v1"
     );
     let app = crate::api::router(gw.clone());
+    let ledger = gw.ledger.clone();
     let (stopping_tx, mut stopping) = tokio::sync::watch::channel(false);
     let drain = gw.drain_timeout;
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
@@ -218,6 +228,10 @@ pub async fn serve(listener: TcpListener, gw: Arc<Gateway>) -> anyhow::Result<()
     tokio::select! {
         r = server => r?,
         _ = deadline => warn!("drain timeout reached; closing the remaining connections"),
+    }
+    if let Some(l) = &ledger {
+        // Every finished request's record reaches the database or the spool before exit.
+        l.flush().await;
     }
     info!("stopped");
     Ok(())

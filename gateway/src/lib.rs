@@ -8,6 +8,7 @@ pub mod breaker;
 pub mod catalog;
 pub mod config;
 pub mod failover;
+pub mod ledger;
 pub mod models;
 pub mod openai;
 pub mod providers;

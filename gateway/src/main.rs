@@ -188,10 +188,14 @@ async fn serve(args: ServeArgs, db: DbArgs) -> ExitCode {
         auth_required = required,
         "key store ready"
     );
+    // Usage records go to the database, or to a spool beside the embedded database when it
+    // is unreachable.
+    let spool = llm_gateway::store::data_dir().join("usage-spool.jsonl");
+    let ledger = llm_gateway::ledger::Ledger::start(store.clone(), spool);
     let auth =
         llm_gateway::auth::Auth::new(Some(store), required, llm_gateway::auth::KEY_CACHE_TTL);
     let gw = match Gateway::build(&settings).await {
-        Ok(gw) => Arc::new(gw.with_auth(auth)),
+        Ok(gw) => Arc::new(gw.with_auth(auth).with_ledger(ledger)),
         Err(e) => {
             eprintln!("error: {e:#}");
             return ExitCode::FAILURE;

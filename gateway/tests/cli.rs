@@ -492,3 +492,72 @@ fn a_bad_database_url_is_a_clear_startup_error() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn the_binary_records_usage_and_flushes_it_on_sigterm() {
+    let data = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}/usage.db", data.path().display());
+    let mock = start_mock();
+    let port = free_port();
+    let mut child = Command::new(BIN)
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--database-url",
+            &db,
+        ])
+        .env_clear()
+        .env("OPENAI_API_KEY", "sk-test")
+        .env("OPENAI_BASE_URL", format!("{mock}/openai/v1"))
+        .env("OLLAMA_HOST", "127.0.0.1:9")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = Command::new(BIN)
+        .args(["keys", "create", "--tenant", "t", "--database-url", &db])
+        .output()
+        .unwrap();
+    let key = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::blocking_client();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while http
+        .get(format!("{base}/healthz"))
+        .map(|s| s != 200)
+        .unwrap_or(true)
+    {
+        assert!(Instant::now() < deadline, "not up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let body = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#;
+    for _ in 0..5 {
+        let (status, _) = http
+            .post_json_auth(&format!("{base}/v1/chat/completions"), body, Some(&key))
+            .unwrap();
+        assert_eq!(status, 200);
+    }
+    // SIGTERM right away: the ledger flushes before the process exits.
+    assert!(Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    assert_eq!(
+        wait_with_timeout(&mut child, Duration::from_secs(15)),
+        Some(0)
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let rows = rt.block_on(async {
+        llm_gateway::store::Store::open(&db)
+            .await
+            .unwrap()
+            .usage_records()
+            .await
+            .unwrap()
+    });
+    assert_eq!(rows.len(), 5);
+    assert!(rows
+        .iter()
+        .all(|r| r.tenant.as_deref() == Some("t") && r.cost_usd.is_some()));
+}

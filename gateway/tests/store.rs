@@ -103,3 +103,13 @@ async fn bad_database_urls_are_clear_errors_without_passwords() {
     );
     assert!(!e.contains("hunter2"));
 }
+
+#[tokio::test]
+async fn processes_opening_a_new_sqlite_file_together_all_succeed() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/race.db", dir.path().display());
+    let opens = (0..4).map(|_| Store::open(&url));
+    for s in futures::future::join_all(opens).await {
+        assert!(s.is_ok(), "{:?}", s.err());
+    }
+}

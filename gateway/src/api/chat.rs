@@ -9,6 +9,7 @@ use std::convert::Infallible;
 use axum::body::Body;
 use axum::extract::State;
 use axum::response::Response;
+use axum::Extension;
 use http::{header, HeaderMap, HeaderValue, StatusCode};
 use llm_gateway_crds::ModelKind;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
@@ -24,8 +25,14 @@ use crate::router::BreakerFilter;
 use llm_gateway_crds::AllOpen;
 
 /// The handler.
-pub async fn handle(State(gw): State<AppState>, req_headers: HeaderMap, body: Body) -> Response {
+pub async fn handle(
+    State(gw): State<AppState>,
+    Extension(caller): Extension<crate::auth::Caller>,
+    req_headers: HeaderMap,
+    body: Body,
+) -> Response {
     let mut record = Record::new(gw.clone(), "chat", super::request_id(&req_headers));
+    record.set_caller(caller);
     let result = serve(&gw, &req_headers, body, &mut record).await;
     record.respond(result)
 }

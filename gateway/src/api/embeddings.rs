@@ -3,6 +3,7 @@
 use axum::body::Body;
 use axum::extract::State;
 use axum::response::Response;
+use axum::Extension;
 use http::{header, HeaderMap, HeaderValue};
 use llm_gateway_crds::ModelKind;
 use serde::Deserialize;
@@ -19,8 +20,14 @@ struct EmbeddingsRequest {
 }
 
 /// The handler.
-pub async fn handle(State(gw): State<AppState>, req_headers: HeaderMap, body: Body) -> Response {
+pub async fn handle(
+    State(gw): State<AppState>,
+    Extension(caller): Extension<crate::auth::Caller>,
+    req_headers: HeaderMap,
+    body: Body,
+) -> Response {
     let mut record = Record::new(gw.clone(), "embeddings", super::request_id(&req_headers));
+    record.set_caller(caller);
     let result = serve(&gw, &req_headers, body, &mut record).await;
     record.respond(result)
 }

@@ -30,6 +30,7 @@ pub struct Record {
     decision: Option<Arc<Decision>>,
     first_token: Option<Instant>,
     attempts: u32,
+    caller: Option<crate::auth::Caller>,
     done: bool,
 }
 
@@ -46,8 +47,14 @@ impl Record {
             decision: None,
             first_token: None,
             attempts: 0,
+            caller: None,
             done: false,
         }
+    }
+
+    /// Notes who is calling (for the usage ledger and the log).
+    pub fn set_caller(&mut self, c: crate::auth::Caller) {
+        self.caller = Some(c);
     }
 
     /// The gateway this request runs in.
@@ -151,6 +158,7 @@ impl Record {
             decision: self.decision.clone(),
             first_token: self.first_token,
             attempts: self.attempts,
+            caller: self.caller.clone(),
             done: false,
         }
     }
@@ -227,8 +235,38 @@ impl Record {
             cost_usd = cost,
             route = self.decision.as_ref().map(|d| d.header()),
             attempts = self.attempts,
+            tenant = self.caller.as_ref().and_then(|c| c.tenant()),
             "request finished"
         );
+        if let Some(ledger) = &self.gw.ledger {
+            let key = match &self.caller {
+                Some(crate::auth::Caller::Key(k)) => Some(k),
+                _ => None,
+            };
+            let t = self.target.as_ref();
+            let ms = |d: std::time::Duration| d.as_millis().min(i64::MAX as u128) as i64;
+            ledger.record(crate::store::usage::UsageRecord {
+                id: uuid::Uuid::new_v4().to_string(),
+                at_ms: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, ms),
+                request_id: self.request_id.clone(),
+                key_id: key.map(|k| k.id.clone()),
+                tenant: key.map(|k| k.tenant.clone()),
+                endpoint: self.endpoint.to_owned(),
+                virtual_model: t.and_then(|t| t.virtual_model.clone()),
+                provider: t.map(|t| t.provider.name.clone()),
+                model: t.map(|t| t.model.clone()),
+                prompt_tokens: usage.map_or(0, |u| u.prompt_tokens as i64),
+                completion_tokens: usage.map_or(0, |u| u.completion_tokens as i64),
+                cost_usd: cost,
+                latency_ms: ms(elapsed),
+                ttft_ms: self.first_token.map(|f| ms(f.duration_since(self.started))),
+                cache: None,
+                status: status as i32,
+                attempts: self.attempts as i32,
+            });
+        }
         cost
     }
 }

@@ -4,6 +4,7 @@
 //! together do not race.
 
 pub mod keys;
+pub mod usage;
 
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -40,17 +41,21 @@ pub enum StoreError {
     Query(#[from] sqlx::Error),
 }
 
-/// The default embedded database: `$LLM_GATEWAY_DATA_DIR/gateway.db`, else
-/// `$XDG_DATA_HOME/llm-gateway/gateway.db`, else `~/.local/share/llm-gateway/gateway.db`.
+/// The embedded database: `gateway.db` in [`data_dir`].
 pub fn default_sqlite_path() -> PathBuf {
-    let dir = std::env::var_os("LLM_GATEWAY_DATA_DIR")
+    data_dir().join("gateway.db")
+}
+
+/// The gateway's data folder: `$LLM_GATEWAY_DATA_DIR`, else `$XDG_DATA_HOME/llm-gateway`,
+/// else `~/.local/share/llm-gateway` (the embedded database and the usage spool).
+pub fn data_dir() -> PathBuf {
+    std::env::var_os("LLM_GATEWAY_DATA_DIR")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("XDG_DATA_HOME").map(|d| PathBuf::from(d).join("llm-gateway")))
         .or_else(|| {
             std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share/llm-gateway"))
         })
-        .unwrap_or_else(|| PathBuf::from("."));
-    dir.join("gateway.db")
+        .unwrap_or_else(|| PathBuf::from("."))
 }
 
 /// A URL safe to print: the password replaced by `***`.
@@ -106,10 +111,20 @@ impl Store {
                 .connect_with(opts)
                 .await
                 .map_err(err)?;
-            SQLITE_MIGRATIONS
-                .run(&pool)
-                .await
-                .map_err(|e| err(e.into()))?;
+            // sqlx locks migrations on PostgreSQL but not on SQLite: two processes opening a
+            // new file together (the server and `keys create`) can race; the loser retries
+            // and finds the migrations applied.
+            let mut tries = 0;
+            loop {
+                match SQLITE_MIGRATIONS.run(&pool).await {
+                    Ok(()) => break,
+                    Err(_) if tries < 10 => {
+                        tries += 1;
+                        tokio::time::sleep(std::time::Duration::from_millis(50 * tries)).await;
+                    }
+                    Err(e) => return Err(err(e.into())),
+                }
+            }
             return Ok(Store::Sqlite(pool));
         }
         Err(StoreError::Unsupported(redact(url)))

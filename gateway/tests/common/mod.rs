@@ -97,7 +97,12 @@ async fn start_inner(
         let s = llm_gateway::store::Store::open(&format!("sqlite://{}/gw.db", d.path().display()))
             .await
             .unwrap();
-        gw = gw.with_auth(llm_gateway::auth::Auth::new(Some(s.clone()), required, ttl));
+        gw = gw
+            .with_auth(llm_gateway::auth::Auth::new(Some(s.clone()), required, ttl))
+            .with_ledger(llm_gateway::ledger::Ledger::start(
+                s.clone(),
+                d.path().join("spool.jsonl"),
+            ));
         store = Some(s);
         dir = Some(d);
     }

@@ -1,0 +1,176 @@
+//! The usage ledger: every request's [`UsageRecord`] is handed to a background writer that
+//! inserts them in batches (up to 256, at least every 250 ms), off the request path.
+//!
+//! When the database is down, batches are appended to a local spool file (JSON lines) and
+//! replayed once it answers again (tried every 2 s): no record is lost, and none is counted
+//! twice, because each record's id is generated here and inserts skip ids already stored.
+//! Requests are served normally meanwhile.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot};
+use tracing::{info, warn};
+
+use crate::store::usage::UsageRecord;
+use crate::store::Store;
+
+const BATCH: usize = 256;
+const TICK: Duration = Duration::from_millis(250);
+const REPLAY_EVERY: Duration = Duration::from_secs(2);
+
+enum Msg {
+    Record(Box<UsageRecord>),
+    Flush(oneshot::Sender<()>),
+}
+
+/// Handle to the ledger writer.
+#[derive(Debug, Clone)]
+pub struct Ledger {
+    tx: mpsc::UnboundedSender<Msg>,
+}
+
+impl std::fmt::Debug for Msg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Msg")
+    }
+}
+
+impl Ledger {
+    /// Starts the writer for `store`, spooling to `spool` when the store is down.
+    pub fn start(store: Store, spool: PathBuf) -> Ledger {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(
+            Writer {
+                store,
+                spool,
+                batch: Vec::new(),
+                last_replay: Instant::now() - REPLAY_EVERY,
+                failing: false,
+            }
+            .run(rx),
+        );
+        Ledger { tx }
+    }
+
+    /// Queues a record (never blocks).
+    pub fn record(&self, r: UsageRecord) {
+        let _ = self.tx.send(Msg::Record(Box::new(r)));
+    }
+
+    /// Writes everything queued so far (to the database, or the spool) and tries a replay.
+    pub async fn flush(&self) {
+        let (ack, done) = oneshot::channel();
+        if self.tx.send(Msg::Flush(ack)).is_ok() {
+            let _ = done.await;
+        }
+    }
+}
+
+struct Writer {
+    store: Store,
+    spool: PathBuf,
+    batch: Vec<UsageRecord>,
+    last_replay: Instant,
+    failing: bool,
+}
+
+impl Writer {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Msg>) {
+        let mut tick = tokio::time::interval(TICK);
+        loop {
+            tokio::select! {
+                msg = rx.recv() => match msg {
+                    None => {
+                        self.write().await;
+                        return;
+                    }
+                    Some(Msg::Record(r)) => {
+                        self.batch.push(*r);
+                        if self.batch.len() >= BATCH {
+                            self.write().await;
+                        }
+                    }
+                    Some(Msg::Flush(ack)) => {
+                        self.write().await;
+                        self.replay().await;
+                        let _ = ack.send(());
+                    }
+                },
+                _ = tick.tick() => {
+                    self.write().await;
+                    if self.last_replay.elapsed() >= REPLAY_EVERY {
+                        self.replay().await;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn write(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.batch);
+        match self.store.insert_usage(&batch).await {
+            Ok(()) => {
+                if self.failing {
+                    self.failing = false;
+                    info!("usage ledger: database reachable again");
+                }
+            }
+            Err(e) => {
+                if !self.failing {
+                    self.failing = true;
+                    warn!(error = %e, spool = %self.spool.display(), "usage ledger: database unavailable; spooling records");
+                }
+                if let Err(e) = self.append(&batch) {
+                    // Nowhere to put them: keep them in memory and retry on the next tick.
+                    warn!(error = %e, "usage ledger: cannot write the spool");
+                    self.batch = batch;
+                }
+            }
+        }
+    }
+
+    fn append(&self, batch: &[UsageRecord]) -> std::io::Result<()> {
+        if let Some(dir) = self.spool.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.spool)?;
+        let mut buf = Vec::with_capacity(batch.len() * 300);
+        for r in batch {
+            serde_json::to_writer(&mut buf, r).map_err(std::io::Error::other)?;
+            buf.push(b'\n');
+        }
+        f.write_all(&buf)?;
+        f.sync_data()
+    }
+
+    /// Re-inserts spooled records; the spool is removed only once all of them are stored.
+    async fn replay(&mut self) {
+        self.last_replay = Instant::now();
+        let Ok(text) = std::fs::read_to_string(&self.spool) else {
+            return;
+        };
+        let mut records = Vec::new();
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            match serde_json::from_str::<UsageRecord>(line) {
+                Ok(r) => records.push(r),
+                // A line cut by a crash mid-write: the rest of the spool is still good.
+                Err(e) => warn!(error = %e, "usage ledger: skipping an unreadable spool line"),
+            }
+        }
+        match self.store.insert_usage(&records).await {
+            Ok(()) => {
+                let _ = std::fs::remove_file(&self.spool);
+                info!(records = records.len(), "usage ledger: spool replayed");
+            }
+            Err(_) => self.failing = true,
+        }
+    }
+}

@@ -1,0 +1,133 @@
+//! Usage records: one per request, inserted in batches; `ON CONFLICT (id) DO NOTHING` makes
+//! replaying a spool idempotent.
+
+use serde::{Deserialize, Serialize};
+use sqlx::{QueryBuilder, Row};
+
+use super::{Store, StoreError};
+
+/// What one request used and how it went.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UsageRecord {
+    /// Gateway-generated, unique.
+    pub id: String,
+    /// Unix milliseconds.
+    pub at_ms: i64,
+    /// The request id (the client's, or generated).
+    pub request_id: String,
+    /// The virtual key, if any.
+    pub key_id: Option<String>,
+    /// Its tenant.
+    pub tenant: Option<String>,
+    /// `chat` or `embeddings`.
+    pub endpoint: String,
+    /// The virtual model asked for, if any.
+    pub virtual_model: Option<String>,
+    /// The provider that answered (or was last tried).
+    pub provider: Option<String>,
+    /// The upstream model.
+    pub model: Option<String>,
+    /// Prompt tokens.
+    pub prompt_tokens: i64,
+    /// Completion tokens.
+    pub completion_tokens: i64,
+    /// Cost in USD, when the price is known.
+    pub cost_usd: Option<f64>,
+    /// Total time, ms.
+    pub latency_ms: i64,
+    /// Time to first token, ms (streams).
+    pub ttft_ms: Option<i64>,
+    /// Cache outcome, once there is a cache.
+    pub cache: Option<String>,
+    /// HTTP status (499: the client went away).
+    pub status: i32,
+    /// Upstream attempts.
+    pub attempts: i32,
+}
+
+macro_rules! push_record {
+    ($b:expr, $r:expr) => {{
+        let r = $r;
+        $b.push_bind(r.id.clone())
+            .push_bind(r.at_ms)
+            .push_bind(r.request_id.clone())
+            .push_bind(r.key_id.clone())
+            .push_bind(r.tenant.clone())
+            .push_bind(r.endpoint.clone())
+            .push_bind(r.virtual_model.clone())
+            .push_bind(r.provider.clone())
+            .push_bind(r.model.clone())
+            .push_bind(r.prompt_tokens)
+            .push_bind(r.completion_tokens)
+            .push_bind(r.cost_usd)
+            .push_bind(r.latency_ms)
+            .push_bind(r.ttft_ms)
+            .push_bind(r.cache.clone())
+            .push_bind(r.status)
+            .push_bind(r.attempts);
+    }};
+}
+
+const INSERT: &str = "INSERT INTO usage_records (id, at_ms, request_id, key_id, tenant, endpoint, virtual_model, provider, model, prompt_tokens, completion_tokens, cost_usd, latency_ms, ttft_ms, cache, status, attempts) ";
+const CONFLICT: &str = " ON CONFLICT (id) DO NOTHING";
+
+impl Store {
+    /// Inserts records; ones already stored (same id) are skipped.
+    pub async fn insert_usage(&self, records: &[UsageRecord]) -> Result<(), StoreError> {
+        // Bind-parameter limits (SQLite 32766, PostgreSQL 65535) allow 17 × 500 per statement.
+        for chunk in records.chunks(500) {
+            match self {
+                Store::Postgres(p) => {
+                    let mut q: QueryBuilder<sqlx::Postgres> = QueryBuilder::new(INSERT);
+                    q.push_values(chunk, |mut b, r| push_record!(b, r));
+                    q.push(CONFLICT);
+                    q.build().execute(p).await?;
+                }
+                Store::Sqlite(p) => {
+                    let mut q: QueryBuilder<sqlx::Sqlite> = QueryBuilder::new(INSERT);
+                    q.push_values(chunk, |mut b, r| push_record!(b, r));
+                    q.push(CONFLICT);
+                    q.build().execute(p).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Every record, oldest first (for tests and exports).
+    pub async fn usage_records(&self) -> Result<Vec<UsageRecord>, StoreError> {
+        const SQL: &str = "SELECT id, at_ms, request_id, key_id, tenant, endpoint, virtual_model, provider, model, prompt_tokens, completion_tokens, cost_usd, latency_ms, ttft_ms, cache, status, attempts FROM usage_records ORDER BY at_ms, id";
+        macro_rules! read {
+            ($rows:expr) => {
+                $rows
+                    .iter()
+                    .map(|r| {
+                        Ok(UsageRecord {
+                            id: r.try_get("id")?,
+                            at_ms: r.try_get("at_ms")?,
+                            request_id: r.try_get("request_id")?,
+                            key_id: r.try_get("key_id")?,
+                            tenant: r.try_get("tenant")?,
+                            endpoint: r.try_get("endpoint")?,
+                            virtual_model: r.try_get("virtual_model")?,
+                            provider: r.try_get("provider")?,
+                            model: r.try_get("model")?,
+                            prompt_tokens: r.try_get("prompt_tokens")?,
+                            completion_tokens: r.try_get("completion_tokens")?,
+                            cost_usd: r.try_get("cost_usd")?,
+                            latency_ms: r.try_get("latency_ms")?,
+                            ttft_ms: r.try_get("ttft_ms")?,
+                            cache: r.try_get("cache")?,
+                            status: r.try_get("status")?,
+                            attempts: r.try_get("attempts")?,
+                        })
+                    })
+                    .collect::<Result<Vec<_>, sqlx::Error>>()?
+            };
+        }
+        Ok(match self {
+            Store::Postgres(p) => read!(sqlx::query(SQL).fetch_all(p).await?),
+            Store::Sqlite(p) => read!(sqlx::query(SQL).fetch_all(p).await?),
+        })
+    }
+}
