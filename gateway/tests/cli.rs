@@ -223,6 +223,35 @@ fn quick_start_from_environment_serves_and_stops_cleanly_on_sigterm() {
     assert!(!log.contains(secret), "a secret reached the log: {log}");
 }
 
+/// Starts the gateway binary (OpenAI at the mock, Ollama absent) with `args`; returns it and
+/// its base URL once `/healthz` answers.
+fn spawn_gateway(mock: &str, args: &[&str]) -> (std::process::Child, String) {
+    let port = free_port();
+    let child = Command::new(BIN)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(args)
+        .env_clear()
+        .env("OPENAI_API_KEY", "sk-test")
+        .env("OPENAI_BASE_URL", format!("{mock}/openai/v1"))
+        .env("OLLAMA_HOST", "127.0.0.1:9")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::blocking_client();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while http
+        .get(format!("{base}/healthz"))
+        .map(|s| s != 200)
+        .unwrap_or(true)
+    {
+        assert!(Instant::now() < deadline, "the gateway did not come up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (child, base)
+}
+
 fn wait_with_timeout(child: &mut std::process::Child, t: Duration) -> Option<i32> {
     let end = Instant::now() + t;
     while Instant::now() < end {
@@ -418,33 +447,8 @@ fn keys_cli_creates_lists_and_revokes_and_an_explicit_database_requires_keys() {
 
     // A gateway with that database requires keys.
     let mock = start_mock();
-    let port = free_port();
-    let mut child = Command::new(BIN)
-        .args([
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--database-url",
-            &db,
-        ])
-        .env_clear()
-        .env("OPENAI_API_KEY", "sk-test")
-        .env("OPENAI_BASE_URL", format!("{mock}/openai/v1"))
-        .env("OLLAMA_HOST", "127.0.0.1:9")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
+    let (mut child, base) = spawn_gateway(&mock, &["--database-url", &db]);
     let http = reqwest::blocking_client();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while http
-        .get(format!("{base}/healthz"))
-        .map(|s| s != 200)
-        .unwrap_or(true)
-    {
-        assert!(Instant::now() < deadline, "not up");
-        std::thread::sleep(Duration::from_millis(50));
-    }
     let body = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#;
     let (status, _) = http
         .post_json_auth(&format!("{base}/v1/chat/completions"), body, None)
@@ -498,38 +502,13 @@ fn the_binary_records_usage_and_flushes_it_on_sigterm() {
     let data = tempfile::tempdir().unwrap();
     let db = format!("sqlite://{}/usage.db", data.path().display());
     let mock = start_mock();
-    let port = free_port();
-    let mut child = Command::new(BIN)
-        .args([
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--database-url",
-            &db,
-        ])
-        .env_clear()
-        .env("OPENAI_API_KEY", "sk-test")
-        .env("OPENAI_BASE_URL", format!("{mock}/openai/v1"))
-        .env("OLLAMA_HOST", "127.0.0.1:9")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let (mut child, base) = spawn_gateway(&mock, &["--database-url", &db]);
     let out = Command::new(BIN)
         .args(["keys", "create", "--tenant", "t", "--database-url", &db])
         .output()
         .unwrap();
     let key = String::from_utf8(out.stdout).unwrap().trim().to_owned();
-    let base = format!("http://127.0.0.1:{port}");
     let http = reqwest::blocking_client();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while http
-        .get(format!("{base}/healthz"))
-        .map(|s| s != 200)
-        .unwrap_or(true)
-    {
-        assert!(Instant::now() < deadline, "not up");
-        std::thread::sleep(Duration::from_millis(50));
-    }
     let body = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#;
     for _ in 0..5 {
         let (status, _) = http

@@ -101,31 +101,20 @@ impl Store {
             {
                 std::fs::create_dir_all(dir).map_err(|e| err(sqlx::Error::Io(e)))?;
             }
-            let opts = SqliteConnectOptions::from_str(url)
-                .map_err(err)?
-                .create_if_missing(true)
-                .journal_mode(SqliteJournalMode::Wal)
-                .busy_timeout(std::time::Duration::from_secs(5));
-            let pool = SqlitePoolOptions::new()
-                .max_connections(4)
-                .connect_with(opts)
-                .await
-                .map_err(err)?;
-            // sqlx locks migrations on PostgreSQL but not on SQLite: two processes opening a
-            // new file together (the server and `keys create`) can race; the loser retries
-            // and finds the migrations applied.
-            let mut tries = 0;
+            // Processes creating the same new file together (the server and `keys create`)
+            // can hit SQLITE_BUSY while switching to WAL or migrating (sqlx locks migrations
+            // only on PostgreSQL): retry briefly; the loser then finds the work done.
+            let mut tries = 0u64;
             loop {
-                match SQLITE_MIGRATIONS.run(&pool).await {
-                    Ok(()) => break,
-                    Err(_) if tries < 10 => {
+                match open_sqlite(url).await {
+                    Ok(pool) => return Ok(Store::Sqlite(pool)),
+                    Err(e) if tries < 10 && sqlite_busy(&e) => {
                         tries += 1;
                         tokio::time::sleep(std::time::Duration::from_millis(50 * tries)).await;
                     }
-                    Err(e) => return Err(err(e.into())),
+                    Err(e) => return Err(err(e)),
                 }
             }
-            return Ok(Store::Sqlite(pool));
         }
         Err(StoreError::Unsupported(redact(url)))
     }
@@ -136,5 +125,28 @@ impl Store {
             Store::Postgres(_) => "postgres",
             Store::Sqlite(_) => "sqlite",
         }
+    }
+}
+
+async fn open_sqlite(url: &str) -> Result<SqlitePool, sqlx::Error> {
+    let opts = SqliteConnectOptions::from_str(url)?
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .busy_timeout(std::time::Duration::from_secs(5));
+    let pool = SqlitePoolOptions::new()
+        .max_connections(4)
+        .connect_with(opts)
+        .await?;
+    SQLITE_MIGRATIONS.run(&pool).await?;
+    Ok(pool)
+}
+
+/// SQLITE_BUSY / SQLITE_LOCKED (and their extended codes), directly or inside a migration
+/// error.
+fn sqlite_busy(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(d) => matches!(d.code().as_deref(), Some("5" | "6" | "261" | "517")),
+        sqlx::Error::Migrate(_) => true,
+        other => other.to_string().contains("database is locked"),
     }
 }
