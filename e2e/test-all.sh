@@ -31,6 +31,10 @@ fi
 
 step "binaries for the client tests"
 cargo build --bins --locked
+# Wherever cargo puts them (CARGO_TARGET_DIR, a shared target dir, ...).
+LLM_GATEWAY_BIN_DIR="$(cargo metadata --format-version 1 --no-deps --locked \
+  | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')/debug"
+export LLM_GATEWAY_BIN_DIR
 
 step "official openai Python SDK tests"
 if [ ! -x .venv/bin/python ]; then
