@@ -223,4 +223,8 @@ async fn a_postgres_outage_loses_no_record_and_counts_none_twice() {
     assert_eq!(ids.len(), 450);
     direct.insert_usage(&rows[..10]).await.unwrap();
     assert_eq!(direct.usage_records().await.unwrap().len(), 450);
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
+        .execute(&admin)
+        .await
+        .unwrap();
 }

@@ -6,8 +6,8 @@ use llm_gateway::store::{Store, StoreError};
 
 const PG: &str = "postgres://postgres@127.0.0.1:5432/test";
 
-/// A fresh schema; returns a URL whose connections use it.
-async fn pg_schema() -> String {
+/// A fresh schema; returns a URL whose connections use it, and its name.
+async fn pg_schema() -> (String, String) {
     let name = format!("t_{}", uuid::Uuid::new_v4().simple());
     let admin = sqlx::PgPool::connect(PG)
         .await
@@ -16,7 +16,16 @@ async fn pg_schema() -> String {
         .execute(&admin)
         .await
         .unwrap();
-    format!("{PG}?options=-c%20search_path%3D{name}")
+    (format!("{PG}?options=-c%20search_path%3D{name}"), name)
+}
+
+/// Drops a test schema (the server is shared with other runs).
+async fn drop_schema(name: &str) {
+    let admin = sqlx::PgPool::connect(PG).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {name} CASCADE")))
+        .execute(&admin)
+        .await
+        .unwrap();
 }
 
 async fn exercise(store: &Store) {
@@ -69,15 +78,17 @@ async fn sqlite_keys_roundtrip_and_only_hashes_are_stored() {
 
 #[tokio::test]
 async fn postgres_keys_roundtrip() {
-    let url = pg_schema().await;
+    let (url, schema) = pg_schema().await;
     let store = Store::open(&url).await.unwrap();
     assert_eq!(store.kind(), "postgres");
     exercise(&store).await;
+    drop(store);
+    drop_schema(&schema).await;
 }
 
 #[tokio::test]
 async fn replicas_starting_together_migrate_once() {
-    let url = pg_schema().await;
+    let (url, schema) = pg_schema().await;
     let opens = (0..4).map(|_| Store::open(&url));
     let stores = futures::future::join_all(opens).await;
     for s in &stores {
@@ -86,6 +97,8 @@ async fn replicas_starting_together_migrate_once() {
     let s = stores.into_iter().next().unwrap().unwrap();
     s.create_key("t", "n").await.unwrap();
     assert_eq!(s.list_keys().await.unwrap().len(), 1);
+    drop(s);
+    drop_schema(&schema).await;
 }
 
 #[tokio::test]
