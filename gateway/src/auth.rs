@@ -75,11 +75,6 @@ impl Auth {
         }
     }
 
-    /// Whether every call needs a key.
-    pub fn required(&self) -> bool {
-        self.required
-    }
-
     /// The store, if any.
     pub fn store(&self) -> Option<&Store> {
         self.store.as_ref()

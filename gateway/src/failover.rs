@@ -64,20 +64,19 @@ pub struct Answer {
     pub permit: OwnedSemaphorePermit,
 }
 
-/// The candidates of a routed request, best first.
-fn candidates(gw: &Gateway, routed: &Routed) -> Vec<Target> {
+/// The candidates of a routed request, best first; built as needed (usually only the first).
+fn candidates<'a>(
+    gw: &'a Gateway,
+    routed: &'a Routed,
+) -> Box<dyn Iterator<Item = Target> + Send + 'a> {
     match &routed.decision {
-        None => vec![routed.target.clone()],
-        Some(d) => d
-            .ranking
-            .iter()
-            .map(|r| {
-                gw.registry.target_of(
-                    &gw.registry.entries()[r.entry],
-                    Some(d.virtual_model.clone()),
-                )
-            })
-            .collect(),
+        None => Box::new(std::iter::once(routed.target.clone())),
+        Some(d) => Box::new(d.ranking.iter().map(|r| {
+            gw.registry.target_of(
+                &gw.registry.entries()[r.entry],
+                Some(d.virtual_model.clone()),
+            )
+        })),
     }
 }
 

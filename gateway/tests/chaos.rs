@@ -11,8 +11,6 @@ use common::*;
 use futures::future::join_all;
 use serde_json::{json, Value};
 
-const ADMIN: &str = "key-for-LLM_GATEWAY_ADMIN_TOKEN";
-
 /// All five providers plus `mirage`, a provider that is down for the whole run (nothing
 /// listens at its address) and is priced to rank first. Short backoffs and timeouts keep
 /// the run quick. Five attempts: the leak test breaks four providers at once, and a request
@@ -98,9 +96,7 @@ async fn traffic(
 
 async fn breakers(h: &Harness) -> Vec<Value> {
     let v: Value = h
-        .http
-        .get(format!("{}/admin/breakers", h.gw))
-        .bearer_auth(ADMIN)
+        .admin(reqwest::Method::GET, "/admin/breakers")
         .send()
         .await
         .unwrap()

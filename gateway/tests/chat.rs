@@ -303,7 +303,7 @@ async fn unknown_provider_qualified_models_pass_through_unpriced() {
 }
 
 #[tokio::test]
-async fn virtual_models_map_to_their_documented_defaults() {
+async fn virtual_models_are_routed_and_say_how() {
     let h = start().await;
     for v in ["auto", "fast", "cheap", "quality"] {
         let (status, headers, body) = h.chat(&hello(v)).await;

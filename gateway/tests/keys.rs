@@ -7,8 +7,6 @@ use std::time::Duration;
 use common::*;
 use serde_json::{json, Value};
 
-const ADMIN: &str = "key-for-LLM_GATEWAY_ADMIN_TOKEN";
-
 fn hi() -> Value {
     json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
 }
@@ -47,9 +45,7 @@ async fn required_keys_reject_missing_unknown_and_revoked_keys() {
 
     // Create through the admin API: the key comes back once.
     let r = h
-        .http
-        .post(format!("{}/admin/keys", h.gw))
-        .bearer_auth(ADMIN)
+        .admin(reqwest::Method::POST, "/admin/keys")
         .json(&json!({"tenant": "team-a", "name": "ci"}))
         .send()
         .await
@@ -62,9 +58,7 @@ async fn required_keys_reject_missing_unknown_and_revoked_keys() {
     assert_eq!(call(&h, Some(&key)).await.0, 200);
 
     let list: Value = h
-        .http
-        .get(format!("{}/admin/keys", h.gw))
-        .bearer_auth(ADMIN)
+        .admin(reqwest::Method::GET, "/admin/keys")
         .send()
         .await
         .unwrap()
@@ -80,9 +74,7 @@ async fn required_keys_reject_missing_unknown_and_revoked_keys() {
 
     // Revocation takes effect within the cache TTL (200 ms here, 5 s by default).
     let r = h
-        .http
-        .delete(format!("{}/admin/keys/{id}", h.gw))
-        .bearer_auth(ADMIN)
+        .admin(reqwest::Method::DELETE, &format!("/admin/keys/{id}"))
         .send()
         .await
         .unwrap();
@@ -98,9 +90,7 @@ async fn required_keys_reject_missing_unknown_and_revoked_keys() {
         "{body}"
     );
     let r = h
-        .http
-        .delete(format!("{}/admin/keys/{id}", h.gw))
-        .bearer_auth(ADMIN)
+        .admin(reqwest::Method::DELETE, &format!("/admin/keys/{id}"))
         .send()
         .await
         .unwrap();
@@ -134,9 +124,7 @@ async fn the_admin_key_api_needs_the_admin_token_and_valid_input() {
         .unwrap();
     assert_eq!(r.status(), 401, "a virtual key is not an admin token");
     let r = h
-        .http
-        .post(format!("{}/admin/keys", h.gw))
-        .bearer_auth(ADMIN)
+        .admin(reqwest::Method::POST, "/admin/keys")
         .json(&json!({"tenant": " "}))
         .send()
         .await
@@ -145,9 +133,7 @@ async fn the_admin_key_api_needs_the_admin_token_and_valid_input() {
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["error"]["param"], "tenant");
     let r = h
-        .http
-        .post(format!("{}/admin/keys", h.gw))
-        .bearer_auth(ADMIN)
+        .admin(reqwest::Method::POST, "/admin/keys")
         .json(&json!({"name": "x"}))
         .send()
         .await

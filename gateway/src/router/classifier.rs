@@ -482,7 +482,7 @@ pub fn features(req: &ChatRequest) -> Features {
             .iter()
             .filter_map(|m| match m {
                 Message::System { content } | Message::Developer { content } => {
-                    Some(content.text().split_whitespace().count())
+                    Some(content.text_cow().split_whitespace().count())
                 }
                 _ => None,
             })

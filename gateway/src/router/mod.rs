@@ -357,11 +357,6 @@ impl Router {
         self.routes.iter().map(|r| (&r.spec, r.pool.len()))
     }
 
-    /// Whether `name` is a virtual model.
-    pub fn is_virtual(&self, name: &str) -> bool {
-        self.routes.iter().any(|r| r.spec.name == name)
-    }
-
     /// Routes a request: virtual names are scored, explicit names resolved and checked.
     pub fn route(
         &self,

@@ -20,10 +20,12 @@ pub fn warm_up() {
     LazyLock::force(&BPE);
 }
 
-fn texts(req: &ChatRequest) -> impl Iterator<Item = String> + '_ {
+/// Message texts, borrowed where they are plain strings (the bound below runs on every
+/// routed request and must not copy the conversation).
+fn texts(req: &ChatRequest) -> impl Iterator<Item = std::borrow::Cow<'_, str>> + '_ {
     req.messages
         .iter()
-        .filter_map(|m| m.content().map(|c| c.text()))
+        .filter_map(|m| m.content().map(|c| c.text_cow()))
 }
 
 fn tools_json(req: &ChatRequest, raw_tools: Option<&serde_json::Value>) -> String {
@@ -33,9 +35,26 @@ fn tools_json(req: &ChatRequest, raw_tools: Option<&serde_json::Value>) -> Strin
     }
 }
 
+/// Counts bytes written, to size the tools' JSON without building it.
+struct ByteCount(usize);
+
+impl std::io::Write for ByteCount {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// An upper bound of the prompt's tokens, without tokenizing.
 pub fn upper_bound(req: &ChatRequest, raw_tools: Option<&serde_json::Value>) -> usize {
-    texts(req).map(|t| t.len() + PER_MESSAGE).sum::<usize>() + tools_json(req, raw_tools).len()
+    let mut tools = ByteCount(0);
+    if let (true, Some(t)) = (req.has_tools(), raw_tools) {
+        let _ = serde_json::to_writer(&mut tools, t);
+    }
+    texts(req).map(|t| t.len() + PER_MESSAGE).sum::<usize>() + tools.0
 }
 
 /// The prompt's tokens, counted.

@@ -10,6 +10,9 @@ use llm_gateway::config;
 use mock_providers::{Mock, DEFAULT_OLLAMA_MODELS};
 use serde_json::Value;
 
+/// The admin token every harness gateway gets (its environment stub answers any variable).
+pub const ADMIN: &str = "key-for-LLM_GATEWAY_ADMIN_TOKEN";
+
 pub struct Harness {
     pub mock: String,
     pub gw: String,
@@ -149,6 +152,13 @@ impl Harness {
         let status = r.status();
         let headers = r.headers().clone();
         (status, headers, r.text().await.unwrap())
+    }
+
+    /// A request to an admin endpoint, with the admin token.
+    pub fn admin(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}{path}", self.gw))
+            .bearer_auth(ADMIN)
     }
 
     /// GET a gateway path and parse its JSON.
