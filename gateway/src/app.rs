@@ -32,6 +32,8 @@ pub struct Gateway {
     pub auth: crate::auth::Auth,
     /// The usage ledger, when there is a database.
     pub ledger: Option<crate::ledger::Ledger>,
+    /// Budgets and rate limits, when there is a database.
+    pub budgets: Option<Arc<crate::budget::Budgets>>,
     /// Prometheus metrics.
     pub metrics: Metrics,
     /// Largest accepted request body.
@@ -92,6 +94,7 @@ impl Gateway {
         Ok(Self {
             auth: crate::auth::Auth::open(),
             ledger: None,
+            budgets: None,
             router,
             registry,
             metrics: Metrics::default(),
@@ -114,6 +117,13 @@ impl Gateway {
     /// Records every request's usage through `ledger`.
     pub fn with_ledger(mut self, ledger: crate::ledger::Ledger) -> Self {
         self.ledger = Some(ledger);
+        self
+    }
+
+    /// Enforces `budgets` (their Redis failures counted in this gateway's metrics).
+    pub fn with_budgets(mut self, mut budgets: crate::budget::Budgets) -> Self {
+        budgets.count_redis_errors_in(self.metrics.budget_redis_errors());
+        self.budgets = Some(Arc::new(budgets));
         self
     }
 

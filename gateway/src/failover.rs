@@ -290,7 +290,7 @@ async fn attempt(
             Ok(Some(item)) => {
                 let started_content = matches!(
                     item,
-                    StreamItem::End | StreamItem::Chunk { content: true, .. }
+                    StreamItem::End | StreamItem::Chunk { content: 1.., .. }
                 );
                 held.push_back(item);
                 if started_content {

@@ -7,6 +7,9 @@ use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use llm_gateway::app::Gateway;
+use llm_gateway::budget::counters::Shared;
+use llm_gateway::budget::policy::{Budget, OnLimit, Period, Scope};
+use llm_gateway::budget::{Budgets, Clock, SystemClock};
 use llm_gateway::config::{self, Settings, DEFAULT_LISTEN};
 use llm_gateway::store::Store;
 use tracing_subscriber::EnvFilter;
@@ -46,6 +49,72 @@ enum Command {
         #[command(subcommand)]
         action: KeysAction,
     },
+    /// Manage budgets and rate limits (global, per tenant, per key); running gateways pick
+    /// changes up within 5 seconds.
+    Budgets {
+        #[command(subcommand)]
+        action: BudgetsAction,
+    },
+}
+
+/// Whom a budget command is about: exactly one of these.
+#[derive(Args, Debug, Clone)]
+#[group(required = true, multiple = false)]
+struct ScopeArgs {
+    /// The global budget (every request).
+    #[arg(long)]
+    global: bool,
+    /// A tenant's budget (all its keys together).
+    #[arg(long)]
+    tenant: Option<String>,
+    /// One key's budget, by key id (from `keys list`).
+    #[arg(long)]
+    key: Option<String>,
+}
+
+impl ScopeArgs {
+    fn scope(&self) -> Scope {
+        match (&self.tenant, &self.key) {
+            (Some(t), _) => Scope::Tenant(t.trim().to_owned()),
+            (_, Some(k)) => Scope::Key(k.trim().to_owned()),
+            _ => Scope::Global,
+        }
+    }
+}
+
+#[derive(Subcommand, Debug)]
+enum BudgetsAction {
+    /// Create or replace a budget.
+    Set {
+        #[command(flatten)]
+        scope: ScopeArgs,
+        /// Spend limit per period, USD.
+        #[arg(long)]
+        usd: Option<f64>,
+        /// Token limit per period (prompt + completion).
+        #[arg(long)]
+        tokens: Option<u64>,
+        /// The period the limits cover (UTC).
+        #[arg(long, default_value = "month", value_parser = ["month", "week", "day"])]
+        period: String,
+        /// Requests per minute.
+        #[arg(long)]
+        rpm: Option<u64>,
+        /// Tokens per minute.
+        #[arg(long)]
+        tpm: Option<u64>,
+        /// At the USD limit: reject (429), or downgrade virtual models to models that still
+        /// fit (cheaper or free local ones).
+        #[arg(long, default_value = "reject", value_parser = ["reject", "downgrade"])]
+        on_limit: String,
+    },
+    /// List budgets with their recorded spend in the current period.
+    List,
+    /// Delete a budget.
+    Delete {
+        #[command(flatten)]
+        scope: ScopeArgs,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -75,6 +144,18 @@ struct DbArgs {
     /// Setting it makes virtual keys required on every request.
     #[arg(long, env = "DATABASE_URL", global = true)]
     database_url: Option<String>,
+    /// Redis URL (redis://host:port/db) for budget counters shared by every replica. Without
+    /// it each process keeps its own counters (right for a single gateway).
+    #[arg(long, env = "REDIS_URL", global = true)]
+    redis_url: Option<String>,
+    /// Prefix of every Redis key this gateway writes (to share one Redis between deployments).
+    #[arg(
+        long,
+        env = "LLM_GATEWAY_REDIS_PREFIX",
+        default_value = "llm-gateway:",
+        global = true
+    )]
+    redis_prefix: String,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -126,6 +207,7 @@ fn main() -> ExitCode {
         }
         Some(Command::CheckConfig { config }) => rt.block_on(check_config(config)),
         Some(Command::Keys { action }) => rt.block_on(keys(action, db)),
+        Some(Command::Budgets { action }) => rt.block_on(budgets(action, db)),
         Some(Command::Serve(_)) | None => rt.block_on(serve(args, db)),
     }
 }
@@ -192,15 +274,22 @@ async fn serve(args: ServeArgs, db: DbArgs) -> ExitCode {
     // is unreachable.
     let spool = llm_gateway::store::data_dir().join("usage-spool.jsonl");
     let ledger = llm_gateway::ledger::Ledger::start(store.clone(), spool);
+    let budgets = match open_budgets(&db, &store).await {
+        Ok(b) => b,
+        Err(code) => return code,
+    };
     let auth =
         llm_gateway::auth::Auth::new(Some(store), required, llm_gateway::auth::KEY_CACHE_TTL);
     let gw = match Gateway::build(&settings).await {
-        Ok(gw) => Arc::new(gw.with_auth(auth).with_ledger(ledger)),
+        Ok(gw) => Arc::new(gw.with_auth(auth).with_ledger(ledger).with_budgets(budgets)),
         Err(e) => {
             eprintln!("error: {e:#}");
             return ExitCode::FAILURE;
         }
     };
+    if let Some(b) = &gw.budgets {
+        b.spawn_refresh();
+    }
     let listener = match tokio::net::TcpListener::bind(addr).await {
         Ok(l) => l,
         Err(e) => {
@@ -229,6 +318,155 @@ async fn open_store(db: &DbArgs) -> Result<Store, ExitCode> {
         eprintln!("error: {e}");
         ExitCode::from(2)
     })
+}
+
+/// The budget engine: definitions from the database, counters in Redis if configured.
+async fn open_budgets(db: &DbArgs, store: &Store) -> Result<Budgets, ExitCode> {
+    let shared = match &db.redis_url {
+        Some(url) => match Shared::connect(url).await {
+            Ok(s) => Some(s),
+            Err(e) => {
+                eprintln!(
+                    "error: cannot use Redis at {}: {e}",
+                    llm_gateway::store::redact(url)
+                );
+                return Err(ExitCode::from(2));
+            }
+        },
+        None => None,
+    };
+    let budgets = Budgets::new(
+        Some(store.clone()),
+        shared,
+        Arc::new(SystemClock),
+        &db.redis_prefix,
+    );
+    if let Err(e) = budgets.reload().await {
+        eprintln!("error: cannot read budgets: {e}");
+        return Err(ExitCode::from(2));
+    }
+    tracing::info!(
+        counters = if budgets.is_shared() {
+            "redis"
+        } else {
+            "in-process"
+        },
+        budgets = budgets.count(),
+        "budgets ready"
+    );
+    if budgets.count() > 0 {
+        // Budgeted requests count prompt tokens: load the tokenizer now, off the runtime.
+        tokio::task::spawn_blocking(llm_gateway::router::tokens::warm_up);
+    }
+    Ok(budgets)
+}
+
+async fn budgets(action: BudgetsAction, db: DbArgs) -> ExitCode {
+    let store = match open_store(&db).await {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let result = match action {
+        BudgetsAction::Set {
+            scope,
+            usd,
+            tokens,
+            period,
+            rpm,
+            tpm,
+            on_limit,
+        } => {
+            let b = Budget {
+                scope: scope.scope(),
+                period: Period::parse(&period).unwrap_or_default(),
+                limit_usd: usd,
+                limit_tokens: tokens,
+                requests_per_minute: rpm,
+                tokens_per_minute: tpm,
+                on_limit: if on_limit == "downgrade" {
+                    OnLimit::Downgrade
+                } else {
+                    OnLimit::Reject
+                },
+            };
+            if let Err(m) = b.validate() {
+                eprintln!("error: {m}");
+                return ExitCode::from(2);
+            }
+            if b.scope.subject().is_empty() && b.scope != Scope::Global {
+                eprintln!("error: --tenant/--key must not be empty");
+                return ExitCode::from(2);
+            }
+            store.put_budget(&b).await.map(|()| {
+                eprintln!(
+                    "set the {} budget; running gateways apply it within 5 seconds",
+                    b.scope.describe()
+                );
+            })
+        }
+        BudgetsAction::List => match store.list_budgets().await {
+            Ok(list) => {
+                println!(
+                    "{:<8} {:<38} {:<6} {:>12} {:>12} {:>12} {:>14} {:>8} {:>10}  on limit",
+                    "scope",
+                    "subject",
+                    "period",
+                    "limit usd",
+                    "spent usd",
+                    "limit tok",
+                    "spent tok",
+                    "rpm",
+                    "tpm"
+                );
+                let now = SystemClock.now_ms();
+                let mut out = Ok(());
+                for b in list {
+                    let w = b.period.window(now);
+                    let (nano, tok) = match store.spend(&b.scope, w.start_ms, w.end_ms).await {
+                        Ok(s) => s,
+                        Err(e) => {
+                            out = Err(e);
+                            break;
+                        }
+                    };
+                    let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+                    println!(
+                        "{:<8} {:<38} {:<6} {:>12} {:>12.6} {:>12} {:>14} {:>8} {:>10}  {}",
+                        b.scope.kind(),
+                        b.scope.subject(),
+                        b.period.name(),
+                        opt(b.limit_usd.map(|v| format!("{v:.2}"))),
+                        llm_gateway::budget::policy::from_nano(nano),
+                        opt(b.limit_tokens.map(|v| v.to_string())),
+                        tok,
+                        opt(b.requests_per_minute.map(|v| v.to_string())),
+                        opt(b.tokens_per_minute.map(|v| v.to_string())),
+                        b.on_limit.name()
+                    );
+                }
+                out
+            }
+            Err(e) => Err(e),
+        },
+        BudgetsAction::Delete { scope } => match store.delete_budget(&scope.scope()).await {
+            Ok(true) => {
+                eprintln!("deleted the {} budget", scope.scope().describe());
+                Ok(())
+            }
+            Ok(false) => {
+                eprintln!("error: no {} budget", scope.scope().describe());
+                return ExitCode::from(1);
+            }
+            Err(e) => Err(e),
+        },
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 async fn keys(action: KeysAction, db: DbArgs) -> ExitCode {

@@ -431,17 +431,21 @@ pub struct DeltaProbe {
     pub content: Option<String>,
     /// Tool call fragments, if any.
     #[serde(default)]
-    pub tool_calls: Option<serde::de::IgnoredAny>,
+    pub tool_calls: Option<Box<serde_json::value::RawValue>>,
 }
 
 impl ResponseProbe {
-    /// Whether a stream chunk carries content or a tool call.
-    pub fn has_content(&self) -> bool {
-        self.choices.iter().flatten().any(|c| {
-            c.delta.as_ref().is_some_and(|d| {
-                d.tool_calls.is_some() || d.content.as_deref().is_some_and(|t| !t.is_empty())
+    /// Bytes of content and tool-call arguments in a stream chunk (0: none).
+    pub fn content_len(&self) -> usize {
+        self.choices
+            .iter()
+            .flatten()
+            .filter_map(|c| c.delta.as_ref())
+            .map(|d| {
+                d.content.as_deref().map_or(0, str::len)
+                    + d.tool_calls.as_ref().map_or(0, |t| t.get().len())
             })
-        })
+            .sum()
     }
 
     /// Usage from wherever this provider put it.

@@ -29,6 +29,7 @@ fn record(i: usize) -> UsageRecord {
         prompt_tokens: 10,
         completion_tokens: 5,
         cost_usd: Some(0.000004),
+        usage_estimated: false,
         latency_ms: 12,
         ttft_ms: None,
         cache: None,

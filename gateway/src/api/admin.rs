@@ -57,7 +57,7 @@ pub async fn breakers(
     Ok(Json(json!({"breakers": out})))
 }
 
-fn store(gw: &AppState) -> Result<&crate::store::Store, ApiError> {
+pub(crate) fn store(gw: &AppState) -> Result<&crate::store::Store, ApiError> {
     gw.auth.store().ok_or_else(|| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -68,7 +68,7 @@ fn store(gw: &AppState) -> Result<&crate::store::Store, ApiError> {
     })
 }
 
-fn db_error(e: crate::store::StoreError) -> ApiError {
+pub(crate) fn db_error(e: crate::store::StoreError) -> ApiError {
     tracing::error!(error = %e, "admin database call failed");
     ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,

@@ -32,13 +32,14 @@ pub async fn handle(
     body: Body,
 ) -> Response {
     let mut record = Record::new(gw.clone(), "chat", super::request_id(&req_headers));
-    record.set_caller(caller);
-    let result = serve(&gw, &req_headers, body, &mut record).await;
+    record.set_caller(caller.clone());
+    let result = serve(&gw, &caller, &req_headers, body, &mut record).await;
     record.respond(result)
 }
 
 async fn serve(
     gw: &AppState,
+    caller: &crate::auth::Caller,
     req_headers: &HeaderMap,
     body: Body,
     record: &mut Record,
@@ -47,6 +48,7 @@ async fn serve(
     let bytes = body::read(req_headers, body, gw.max_body_bytes).await?;
     let (raw, req): (_, ChatRequest) = body::parse(&bytes)?;
     validate(&req)?;
+    record.set_prompt_bytes(crate::router::tokens::upper_bound(&req, raw.get("tools")));
     let global = gw.acquire_slot().await?;
 
     // 2. Route: a virtual model is scored across its candidates (open breakers skipped); an
@@ -68,19 +70,39 @@ async fn serve(
     record.set_route(&routed);
     check_capabilities(&req, &routed.target)?;
 
-    // 3. Call the provider, failing over along the ranking until a response starts.
+    // 3. Budgets: reserve the estimate on every covering budget; at a limit, downgrade to a
+    //    model that fits or refuse with 429.
+    let (routed, hold) =
+        super::budget::reserve(gw, caller, &req, raw.get("tools"), routed, &breakers).await?;
+    if hold.as_ref().is_some_and(|h| h.downgraded) {
+        record.set_route(&routed);
+        check_capabilities(&req, &routed.target)?;
+    }
+    let budget_left_before = hold.as_ref().map(super::budget::Held::remaining);
+    let downgraded = hold.as_ref().is_some_and(|h| h.downgraded);
+    record.set_held(hold);
+
+    // 4. Call the provider, failing over along the ranking until a response starts.
     let answer = failover::chat(gw, &req, &raw, &routed, record).await?;
 
-    // 4. Respond, recording usage, cost and the outcome.
+    // 5. Respond, recording usage, cost and the outcome.
     let mut resp = match answer.committed {
         Committed::Json { body, usage } => {
+            if usage.is_none() {
+                record.add_output_bytes(output_bytes(&body));
+            }
             let cost = record.finish(200, usage.as_ref());
             let mut resp = Response::new(Body::from(body));
-            resp.headers_mut().insert(
+            let h = resp.headers_mut();
+            h.insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/json"),
             );
-            headers::cost_header(resp.headers_mut(), cost);
+            headers::cost_header(h, cost);
+            if record.usage_estimated() {
+                h.insert(headers::USAGE_ESTIMATED, HeaderValue::from_static("true"));
+            }
+            headers::budget_headers(h, record.remaining());
             resp
         }
         Committed::Stream { held, rx, deadline } => stream_response(SseState {
@@ -96,10 +118,41 @@ async fn serve(
     };
     headers::target_headers(resp.headers_mut(), &answer.target);
     headers::attempts_header(resp.headers_mut(), answer.attempts);
+    if resp.headers().get(headers::BUDGET_REMAINING_USD).is_none() {
+        // A stream's headers leave before its cost is known: what is left once the
+        // reserved estimate is spent.
+        headers::budget_headers(resp.headers_mut(), budget_left_before);
+    }
+    if downgraded {
+        resp.headers_mut()
+            .insert(headers::BUDGET, HeaderValue::from_static("downgraded"));
+    }
     if let Some(d) = &routed.decision {
         headers::route_header(resp.headers_mut(), d);
     }
     Ok(resp)
+}
+
+/// Bytes of message content and tool calls in a JSON completion (to estimate its tokens
+/// when the provider reported no usage).
+fn output_bytes(body: &[u8]) -> usize {
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return body.len();
+    };
+    v["choices"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| {
+            let m = &c["message"];
+            m["content"].as_str().map_or(0, str::len)
+                + if m["tool_calls"].is_null() {
+                    0
+                } else {
+                    m["tool_calls"].to_string().len()
+                }
+        })
+        .sum()
 }
 
 /// Checks that do not depend on the model.
@@ -212,8 +265,9 @@ fn stream_response(state: SseState) -> Response {
                     usage_only,
                     content,
                 }) => {
-                    if content {
+                    if content > 0 {
                         st.record.mark_first_token();
+                        st.record.add_output_bytes(content);
                     }
                     if usage.is_some() {
                         st.usage = usage;

@@ -27,6 +27,8 @@ pub struct ErrorDetail {
     /// Set when an upstream attempt failed in a way that counts against the provider and may
     /// be retried on another candidate.
     pub failure: Option<Failure>,
+    /// Extra machine-readable fields inside the error object (a budget's figures).
+    pub details: Option<(&'static str, serde_json::Value)>,
 }
 
 /// Why an upstream attempt failed.
@@ -97,6 +99,7 @@ impl ApiError {
             param: None,
             retry_after: None,
             failure: None,
+            details: None,
         }))
     }
 
@@ -142,12 +145,16 @@ impl ApiError {
 
     /// The JSON body.
     pub fn body(&self) -> serde_json::Value {
-        json!({"error": {
+        let mut err = json!({
             "message": self.message,
             "type": self.kind,
             "param": self.param,
             "code": self.code,
-        }})
+        });
+        if let (Some((name, v)), Some(obj)) = (&self.details, err.as_object_mut()) {
+            obj.insert((*name).to_owned(), v.clone());
+        }
+        json!({ "error": err })
     }
 }
 

@@ -18,6 +18,16 @@ pub const COST: HeaderName = HeaderName::from_static("x-llm-gateway-cost-usd");
 pub const PRICE: HeaderName = HeaderName::from_static("x-llm-gateway-price");
 /// Upstream attempts made (failover included).
 pub const ATTEMPTS: HeaderName = HeaderName::from_static("x-llm-gateway-attempts");
+/// `true` when the usage (and so the cost) is a tokenizer estimate.
+pub const USAGE_ESTIMATED: HeaderName = HeaderName::from_static("x-llm-gateway-usage-estimated");
+/// USD left in the tightest covering budget.
+pub const BUDGET_REMAINING_USD: HeaderName =
+    HeaderName::from_static("x-llm-gateway-budget-remaining-usd");
+/// Tokens left in the tightest covering budget.
+pub const BUDGET_REMAINING_TOKENS: HeaderName =
+    HeaderName::from_static("x-llm-gateway-budget-remaining-tokens");
+/// `downgraded` when a budget moved the request to a cheaper model.
+pub const BUDGET: HeaderName = HeaderName::from_static("x-llm-gateway-budget");
 /// The request id (the client's `x-request-id`, or a new one).
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -44,6 +54,17 @@ pub fn attempts_header(h: &mut HeaderMap, n: u32) {
 pub fn cost_header(h: &mut HeaderMap, cost: Option<f64>) {
     if let Some(c) = cost {
         put(h, COST, &format_usd(c));
+    }
+}
+
+/// The budget-remaining headers, for the budgets that limit USD or tokens.
+pub fn budget_headers(h: &mut HeaderMap, r: Option<crate::budget::Remaining>) {
+    let Some(r) = r else { return };
+    if let Some(usd) = r.usd {
+        put(h, BUDGET_REMAINING_USD, &format_usd(usd));
+    }
+    if let Some(t) = r.tokens {
+        h.insert(BUDGET_REMAINING_TOKENS, HeaderValue::from(t));
     }
 }
 

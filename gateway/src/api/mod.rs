@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod body;
+pub mod budget;
 pub mod chat;
 pub mod embeddings;
 pub mod error;
@@ -11,6 +12,7 @@ pub mod models;
 pub mod record;
 pub mod route;
 pub mod sse;
+pub mod usage;
 
 use std::sync::Arc;
 
@@ -31,6 +33,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/chat/completions", post(chat::handle))
         .route("/v1/embeddings", post(embeddings::handle))
         .route("/v1/route", post(route::handle))
+        .route("/v1/budget", get(usage::mine))
         .route("/v1/models", get(models::list))
         .route("/v1/models/{*id}", get(models::get))
         .route_layer(axum::middleware::from_fn_with_state(
@@ -42,6 +45,12 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/breakers", get(admin::breakers))
         .route("/admin/keys", post(admin::create_key).get(admin::list_keys))
         .route("/admin/keys/{id}", axum::routing::delete(admin::revoke_key))
+        .route("/admin/budgets", get(usage::list).put(usage::put))
+        .route(
+            "/admin/budgets/{*scope}",
+            axum::routing::delete(usage::delete),
+        )
+        .route("/admin/usage", get(usage::report))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))

@@ -31,6 +31,13 @@ pub struct Record {
     first_token: Option<Instant>,
     attempts: u32,
     caller: Option<crate::auth::Caller>,
+    held: Option<super::budget::Held>,
+    /// Content bytes sent (to estimate completion tokens if no usage is reported).
+    output_bytes: usize,
+    /// The prompt's size in bytes (its token estimate when nothing better is known).
+    prompt_bytes: usize,
+    remaining: Option<crate::budget::Remaining>,
+    estimated: bool,
     done: bool,
 }
 
@@ -48,8 +55,43 @@ impl Record {
             first_token: None,
             attempts: 0,
             caller: None,
+            held: None,
+            output_bytes: 0,
+            prompt_bytes: 0,
+            remaining: None,
+            estimated: false,
             done: false,
         }
+    }
+
+    /// Holds the request's budget reservation until it is recorded.
+    pub fn set_held(&mut self, h: Option<super::budget::Held>) {
+        self.held = h;
+    }
+
+    /// The budget hold, if any.
+    pub fn held(&self) -> Option<&super::budget::Held> {
+        self.held.as_ref()
+    }
+
+    /// Notes the prompt's size in bytes.
+    pub fn set_prompt_bytes(&mut self, n: usize) {
+        self.prompt_bytes = n;
+    }
+
+    /// Counts content bytes sent to the client.
+    pub fn add_output_bytes(&mut self, n: usize) {
+        self.output_bytes += n;
+    }
+
+    /// What the covering budgets have left after this request (once finished).
+    pub fn remaining(&self) -> Option<crate::budget::Remaining> {
+        self.remaining
+    }
+
+    /// Whether the usage was estimated (the provider reported none).
+    pub fn usage_estimated(&self) -> bool {
+        self.estimated
     }
 
     /// Notes who is calling (for the usage ledger and the log).
@@ -159,6 +201,11 @@ impl Record {
             first_token: self.first_token,
             attempts: self.attempts,
             caller: self.caller.clone(),
+            held: self.held.take(),
+            output_bytes: self.output_bytes,
+            prompt_bytes: self.prompt_bytes,
+            remaining: self.remaining,
+            estimated: self.estimated,
             done: false,
         }
     }
@@ -188,9 +235,41 @@ impl Record {
 
     /// Records the outcome; returns the cost when it is known.
     pub fn finish(&mut self, status: u16, usage: Option<&Usage>) -> Option<f64> {
+        if self.done {
+            return self.cost(usage);
+        }
+        self.done = true;
+        // Content was produced (and billed upstream) but no usage came back (a cut stream, a
+        // provider that omits it): estimate it, about 4 bytes per token, and say so.
+        let estimate;
+        let usage = match usage {
+            Some(u) => Some(u),
+            None if status == 200 || self.output_bytes > 0 => {
+                let prompt = self
+                    .held
+                    .as_ref()
+                    .map_or(self.prompt_bytes.div_ceil(4) as u64, |h| h.prompt_tokens);
+                let completion = self.output_bytes.div_ceil(4) as u64;
+                estimate = Usage {
+                    prompt_tokens: prompt,
+                    completion_tokens: completion,
+                    total_tokens: prompt + completion,
+                    ..Usage::default()
+                };
+                self.estimated = true;
+                self.gw.metrics.usage_estimated();
+                Some(&estimate)
+            }
+            None => None,
+        };
         let cost = self.cost(usage);
-        if std::mem::replace(&mut self.done, true) {
-            return cost;
+        if let Some(h) = self.held.take() {
+            let actual = crate::budget::Amount {
+                nano: crate::budget::policy::to_nano(cost.unwrap_or(0.0)),
+                tokens: usage.map_or(0, |u| (u.prompt_tokens + u.completion_tokens) as i64),
+            };
+            self.remaining = Some(h.reservation.remaining(Some(actual)));
+            h.reservation.settle(actual);
         }
         let elapsed = self.started.elapsed();
         let secs = elapsed.as_secs_f64();
@@ -247,9 +326,16 @@ impl Record {
             let ms = |d: std::time::Duration| d.as_millis().min(i64::MAX as u128) as i64;
             ledger.record(crate::store::usage::UsageRecord {
                 id: uuid::Uuid::new_v4().to_string(),
-                at_ms: std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, ms),
+                // The budgets' clock, so the spend that seeds a period's counter is the spend
+                // the counters saw in it.
+                at_ms: self.gw.budgets.as_ref().map_or_else(
+                    || {
+                        std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map_or(0, ms)
+                    },
+                    |b| b.now_ms(),
+                ),
                 request_id: self.request_id.clone(),
                 key_id: key.map(|k| k.id.clone()),
                 tenant: key.map(|k| k.tenant.clone()),
@@ -260,6 +346,7 @@ impl Record {
                 prompt_tokens: usage.map_or(0, |u| u.prompt_tokens as i64),
                 completion_tokens: usage.map_or(0, |u| u.completion_tokens as i64),
                 cost_usd: cost,
+                usage_estimated: self.estimated,
                 latency_ms: ms(elapsed),
                 ttft_ms: self.first_token.map(|f| ms(f.duration_since(self.started))),
                 cache: None,

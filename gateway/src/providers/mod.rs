@@ -77,9 +77,10 @@ pub enum StreamItem {
         usage: Option<Usage>,
         /// The chunk only carries usage (`choices: []`): forwarded only if the client asked.
         usage_only: bool,
-        /// The chunk carries content or a tool call (not just the role preamble or an empty
-        /// delta): the first such chunk marks the time to first token.
-        content: bool,
+        /// Bytes of content or tool-call arguments it carries (0 for the role preamble or an
+        /// empty delta): the first non-empty chunk marks the time to first token, and the sum
+        /// estimates completion tokens when the provider reports no usage.
+        content: usize,
     },
     /// The upstream failed mid-stream.
     Error(ApiError),

@@ -89,7 +89,7 @@ pub async fn chat(p: &Provider, call: ChatCall<'_>) -> Result<ChatResponse, ApiE
                         )
                     }
                     Ok(probe) => StreamItem::Chunk {
-                        content: probe.has_content(),
+                        content: probe.content_len(),
                         usage_only: probe.choices.as_ref().is_some_and(Vec::is_empty)
                             && probe.usage().is_some(),
                         usage: probe.usage().cloned(),

@@ -33,6 +33,9 @@ pub struct UsageRecord {
     pub completion_tokens: i64,
     /// Cost in USD, when the price is known.
     pub cost_usd: Option<f64>,
+    /// The tokens (and so the cost) are a tokenizer estimate: the provider reported none.
+    #[serde(default)]
+    pub usage_estimated: bool,
     /// Total time, ms.
     pub latency_ms: i64,
     /// Time to first token, ms (streams).
@@ -60,6 +63,7 @@ macro_rules! push_record {
             .push_bind(r.prompt_tokens)
             .push_bind(r.completion_tokens)
             .push_bind(r.cost_usd)
+            .push_bind(r.usage_estimated)
             .push_bind(r.latency_ms)
             .push_bind(r.ttft_ms)
             .push_bind(r.cache.clone())
@@ -68,13 +72,13 @@ macro_rules! push_record {
     }};
 }
 
-const INSERT: &str = "INSERT INTO usage_records (id, at_ms, request_id, key_id, tenant, endpoint, virtual_model, provider, model, prompt_tokens, completion_tokens, cost_usd, latency_ms, ttft_ms, cache, status, attempts) ";
+const INSERT: &str = "INSERT INTO usage_records (id, at_ms, request_id, key_id, tenant, endpoint, virtual_model, provider, model, prompt_tokens, completion_tokens, cost_usd, usage_estimated, latency_ms, ttft_ms, cache, status, attempts) ";
 const CONFLICT: &str = " ON CONFLICT (id) DO NOTHING";
 
 impl Store {
     /// Inserts records; ones already stored (same id) are skipped.
     pub async fn insert_usage(&self, records: &[UsageRecord]) -> Result<(), StoreError> {
-        // Bind-parameter limits (SQLite 32766, PostgreSQL 65535) allow 17 × 500 per statement.
+        // Bind-parameter limits (SQLite 32766, PostgreSQL 65535) allow 18 × 500 per statement.
         for chunk in records.chunks(500) {
             match self {
                 Store::Postgres(p) => {
@@ -96,7 +100,7 @@ impl Store {
 
     /// Every record, oldest first (for tests and exports).
     pub async fn usage_records(&self) -> Result<Vec<UsageRecord>, StoreError> {
-        const SQL: &str = "SELECT id, at_ms, request_id, key_id, tenant, endpoint, virtual_model, provider, model, prompt_tokens, completion_tokens, cost_usd, latency_ms, ttft_ms, cache, status, attempts FROM usage_records ORDER BY at_ms, id";
+        const SQL: &str = "SELECT id, at_ms, request_id, key_id, tenant, endpoint, virtual_model, provider, model, prompt_tokens, completion_tokens, cost_usd, usage_estimated, latency_ms, ttft_ms, cache, status, attempts FROM usage_records ORDER BY at_ms, id";
         macro_rules! read {
             ($rows:expr) => {
                 $rows
@@ -115,6 +119,7 @@ impl Store {
                             prompt_tokens: r.try_get("prompt_tokens")?,
                             completion_tokens: r.try_get("completion_tokens")?,
                             cost_usd: r.try_get("cost_usd")?,
+                            usage_estimated: r.try_get("usage_estimated")?,
                             latency_ms: r.try_get("latency_ms")?,
                             ttft_ms: r.try_get("ttft_ms")?,
                             cache: r.try_get("cache")?,

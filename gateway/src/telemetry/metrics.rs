@@ -103,6 +103,18 @@ pub struct FailoverLabels {
 }
 
 /// Where a request waited for a concurrency slot.
+/// Labels of budget outcomes: scope kind (`global`, `tenant`, `key`) and which limit, never
+/// the tenant or key itself (unbounded).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BudgetLabels {
+    /// `global`, `tenant` or `key`.
+    pub scope: String,
+    /// `usd`, `tokens`, `requests_per_minute`, `tokens_per_minute`.
+    pub limit: String,
+    /// `rejected` or `downgraded`.
+    pub outcome: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct QueueLabels {
     /// `global` or a provider name.
@@ -124,6 +136,9 @@ pub struct Metrics {
     duration: Family<RequestLabels, Histogram>,
     tokens: Family<TokenLabels, Counter>,
     cost: Family<ModelLabels, Counter<f64, AtomicU64>>,
+    budget_outcomes: Family<BudgetLabels, Counter>,
+    budget_backend_errors: Counter,
+    estimated_usage: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -209,7 +224,28 @@ impl Default for Metrics {
             "Cost in USD of the usage providers reported, at catalog prices",
             cost.clone(),
         );
+        let budget_outcomes = Family::<BudgetLabels, Counter>::default();
+        let budget_backend_errors = Counter::default();
+        let estimated_usage = Counter::default();
+        registry.register(
+            "budget_limited",
+            "Requests refused or downgraded by a budget or rate limit, by scope kind and limit",
+            budget_outcomes.clone(),
+        );
+        registry.register(
+            "budget_redis_errors",
+            "Failed budget counter operations on Redis (each falls back to in-process counters)",
+            budget_backend_errors.clone(),
+        );
+        registry.register(
+            "usage_estimated",
+            "Requests whose usage the provider did not report, so was estimated with a tokenizer",
+            estimated_usage.clone(),
+        );
         Self {
+            budget_outcomes,
+            budget_backend_errors,
+            estimated_usage,
             registry,
             breaker_state,
             breaker_transitions,
@@ -228,6 +264,27 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Counts a request refused (`rejected`) or downgraded by a budget.
+    pub fn budget_limited(&self, scope: &str, limit: &str, outcome: &str) {
+        self.budget_outcomes
+            .get_or_create(&BudgetLabels {
+                scope: scope.to_owned(),
+                limit: limit.to_owned(),
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+
+    /// The counter of failed Redis budget operations (the budget engine increments it).
+    pub fn budget_redis_errors(&self) -> Counter {
+        self.budget_backend_errors.clone()
+    }
+
+    /// Counts a request whose usage was estimated.
+    pub fn usage_estimated(&self) {
+        self.estimated_usage.inc();
+    }
+
     /// Records one finished request.
     pub fn record(
         &self,

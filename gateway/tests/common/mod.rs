@@ -19,6 +19,8 @@ pub struct Harness {
     pub http: reqwest::Client,
     /// The key store, when started with one.
     pub store: Option<llm_gateway::store::Store>,
+    /// The gateway's shared state.
+    pub state: Arc<Gateway>,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -80,9 +82,56 @@ pub async fn start_with_keys(required: bool, ttl: std::time::Duration) -> Harnes
     start_inner(|m| config_yaml(m, ""), Some((required, ttl))).await
 }
 
+/// How a budgeted harness keeps its counters.
+pub struct BudgetSetup {
+    /// Redis key prefix (unique per test), or in-process counters.
+    pub redis_prefix: Option<String>,
+    /// The budgets' clock.
+    pub clock: Arc<dyn llm_gateway::budget::Clock>,
+}
+
+/// Starts with a SQLite store, required keys and budgets; routing YAML as in `start_full`.
+pub async fn start_with_budgets(setup: BudgetSetup, routing: &str) -> Harness {
+    start_inner2(
+        |m| config_yaml_with(m, "", routing),
+        Some((true, std::time::Duration::from_secs(5))),
+        Some(setup),
+    )
+    .await
+}
+
+/// Deletes every Redis key starting with `prefix`.
+pub async fn delete_redis_keys(prefix: &str) {
+    let client = redis::Client::open(REDIS).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    if !keys.is_empty() {
+        let _: () = redis::cmd("DEL")
+            .arg(keys)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+    }
+}
+
+/// Redis on the machine.
+pub const REDIS: &str = "redis://127.0.0.1:6379";
+
 async fn start_inner(
     yaml: impl FnOnce(&str) -> String,
     auth: Option<(bool, std::time::Duration)>,
+) -> Harness {
+    start_inner2(yaml, auth, None).await
+}
+
+async fn start_inner2(
+    yaml: impl FnOnce(&str) -> String,
+    auth: Option<(bool, std::time::Duration)>,
+    budgets: Option<BudgetSetup>,
 ) -> Harness {
     llm_gateway::install_crypto();
     let ml = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -106,10 +155,28 @@ async fn start_inner(
                 s.clone(),
                 d.path().join("spool.jsonl"),
             ));
+        if let Some(b) = budgets {
+            let shared = match &b.redis_prefix {
+                Some(_) => Some(
+                    llm_gateway::budget::counters::Shared::connect(REDIS)
+                        .await
+                        .expect("redis at 127.0.0.1:6379"),
+                ),
+                None => None,
+            };
+            let engine = llm_gateway::budget::Budgets::new(
+                Some(s.clone()),
+                shared,
+                b.clock,
+                b.redis_prefix.as_deref().unwrap_or(""),
+            );
+            gw = gw.with_budgets(engine);
+        }
         store = Some(s);
         dir = Some(d);
     }
     let gw = Arc::new(gw);
+    let state = gw.clone();
     let gl = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let gw_url = format!("http://{}", gl.local_addr().unwrap());
     tokio::spawn(llm_gateway::app::serve(gl, gw));
@@ -118,6 +185,7 @@ async fn start_inner(
         gw: gw_url,
         http: reqwest::Client::new(),
         store,
+        state,
         _dir: dir,
     }
 }

@@ -260,11 +260,14 @@ impl StreamTranslator {
     }
 
     fn chunk(&self, delta: Value, finish: Option<&str>) -> StreamItem {
-        let content = delta.get("tool_calls").is_some()
-            || delta
-                .get("content")
+        let content = delta
+            .get("content")
+            .and_then(Value::as_str)
+            .map_or(0, str::len)
+            + delta
+                .pointer("/tool_calls/0/function/arguments")
                 .and_then(Value::as_str)
-                .is_some_and(|t| !t.is_empty());
+                .map_or(0, |a| a.len().max(1));
         let v = json!({
             "id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
             "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}],
@@ -369,7 +372,7 @@ impl StreamTranslator {
                         data: Bytes::from(v.to_string()),
                         usage: Some(usage),
                         usage_only: true,
-                        content: false,
+                        content: 0,
                     },
                     StreamItem::End,
                 ]

@@ -1,0 +1,178 @@
+//! The budget step of the request path: estimate the request's cost on the routed model,
+//! reserve it on every covering budget, and at a limit either downgrade (virtual models under
+//! a `downgrade` budget: re-route among the models that still fit) or refuse with 429.
+
+use std::sync::Arc;
+
+use http::StatusCode;
+
+use super::error::ApiError;
+use super::AppState;
+use crate::auth::Caller;
+use crate::budget::policy::{to_nano, Budget};
+use crate::budget::{Amount, Refusal, Remaining, Reservation, DEFAULT_COMPLETION_RESERVE};
+use crate::models::info::Price;
+use crate::models::registry::{Entry, Target};
+use crate::openai::{ChatRequest, Usage};
+use crate::router::{tokens, CandidateFilter, Exclusion, Routed};
+
+/// A request's hold on its budgets.
+#[derive(Debug)]
+pub struct Held {
+    /// The reservation, settled when the request is recorded.
+    pub reservation: Reservation,
+    /// The prompt's counted tokens (the estimate used if the provider reports no usage).
+    pub prompt_tokens: u64,
+    /// Routed to a cheaper model than first chosen because of a budget.
+    pub downgraded: bool,
+}
+
+impl Held {
+    /// What is left once the estimate is spent (for headers sent before the cost is known).
+    pub fn remaining(&self) -> Remaining {
+        self.reservation.remaining(None)
+    }
+}
+
+fn is_free(p: &Price) -> bool {
+    p.input_per_mtok == 0.0 && p.output_per_mtok == 0.0
+}
+
+/// The cost and tokens of `prompt` + `completion` tokens at `price`.
+pub fn amount(price: Option<&Price>, prompt: u64, completion: u64) -> Option<Amount> {
+    let usage = Usage {
+        prompt_tokens: prompt,
+        completion_tokens: completion,
+        total_tokens: prompt + completion,
+        ..Usage::default()
+    };
+    Some(Amount {
+        nano: to_nano(price?.cost(&usage)),
+        tokens: (prompt + completion) as i64,
+    })
+}
+
+/// Keeps only the models whose estimated cost fits in what a budget has left (free local
+/// models always fit).
+struct Affordable {
+    left_nano: i64,
+    prompt: u64,
+    completion: u64,
+}
+
+impl CandidateFilter for Affordable {
+    fn check(&self, e: &Entry) -> Option<Exclusion> {
+        let fits = e.info.price.as_ref().is_some_and(|p| {
+            is_free(p)
+                || amount(Some(p), self.prompt, self.completion)
+                    .is_some_and(|a| a.nano <= self.left_nano)
+        });
+        (!fits).then(|| Exclusion::Unavailable {
+            detail: "over budget: its estimated cost exceeds what the budget has left".into(),
+            retry_after_secs: None,
+        })
+    }
+}
+
+/// Reserves the request's estimate on the budgets covering `caller`; may re-route to a
+/// cheaper model. `None` when no budget covers the caller.
+pub async fn reserve(
+    gw: &AppState,
+    caller: &Caller,
+    req: &ChatRequest,
+    tools: Option<&serde_json::Value>,
+    routed: Routed,
+    breakers: &dyn CandidateFilter,
+) -> Result<(Routed, Option<Held>), ApiError> {
+    let Some(engine) = &gw.budgets else {
+        return Ok((routed, None));
+    };
+    let budgets = engine.covering(caller);
+    if budgets.is_empty() {
+        return Ok((routed, None));
+    }
+    let prompt = tokens::count(req, tools) as u64;
+    // Every one of `n` choices may use the whole completion limit.
+    let completion = req
+        .max_output()
+        .map_or(DEFAULT_COMPLETION_RESERVE, u64::from)
+        * u64::from(req.n.unwrap_or(1).max(1));
+    let est = estimate(&budgets, &routed.target, prompt, completion)?;
+    let refusal = match engine.reserve(budgets.clone(), est).await {
+        Ok(reservation) => {
+            return Ok((
+                routed,
+                Some(Held {
+                    reservation,
+                    prompt_tokens: prompt,
+                    downgraded: false,
+                }),
+            ))
+        }
+        Err(r) => r,
+    };
+    // Downgrade: only virtual models choose among candidates.
+    let left = refusal.remaining_usd().filter(|_| refusal.downgrades());
+    if let (Some(left), Some(_)) = (left, &routed.decision) {
+        let filter = Affordable {
+            left_nano: to_nano(left),
+            prompt,
+            completion,
+        };
+        if let Ok(cheaper) = gw
+            .router
+            .route(&gw.registry, req, tools, &[breakers, &filter])
+        {
+            let est = estimate(&budgets, &cheaper.target, prompt, completion)?;
+            if let Ok(reservation) = engine.reserve(budgets, est).await {
+                gw.metrics
+                    .budget_limited(refusal.budget.scope.kind(), "usd", "downgraded");
+                return Ok((
+                    cheaper,
+                    Some(Held {
+                        reservation,
+                        prompt_tokens: prompt,
+                        downgraded: true,
+                    }),
+                ));
+            }
+        }
+    }
+    Err(refuse(gw, &refusal))
+}
+
+fn refuse(gw: &AppState, r: &Refusal) -> ApiError {
+    let limit = serde_json::to_value(r.limit)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    gw.metrics
+        .budget_limited(r.budget.scope.kind(), &limit, "rejected");
+    r.to_error()
+}
+
+/// The estimate on `t`; a model with no known price cannot be held to a USD limit, so it
+/// is refused when one applies.
+fn estimate(
+    budgets: &[Arc<Budget>],
+    t: &Target,
+    prompt: u64,
+    completion: u64,
+) -> Result<Amount, ApiError> {
+    match amount(t.info.as_ref().and_then(|i| i.price.as_ref()), prompt, completion) {
+        Some(a) => Ok(a),
+        None if budgets.iter().any(|b| b.limit_usd.is_some()) => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "permission_error",
+            format!(
+                "Model `{}/{}` has no known price, so a USD budget covering this key cannot be enforced on it; add its price to the provider's models in the config.",
+                t.provider.name, t.model
+            ),
+        )
+        .with_code("unpriced_model")),
+        None => Ok(Amount {
+            nano: 0,
+            tokens: (prompt + completion) as i64,
+        }),
+    }
+}

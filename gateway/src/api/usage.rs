@@ -1,0 +1,200 @@
+//! Budgets and usage over HTTP: the admin API edits budgets and reports spend; a key reads
+//! its own remaining budget at `GET /v1/budget`.
+
+use axum::extract::{Path, Query, State};
+use axum::{Extension, Json};
+use http::{HeaderMap, StatusCode};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::admin::{authorize, db_error, store};
+use super::error::ApiError;
+use super::AppState;
+use crate::auth::Caller;
+use crate::budget::policy::{Budget, Period, Scope};
+
+fn engine(gw: &AppState) -> Result<&std::sync::Arc<crate::budget::Budgets>, ApiError> {
+    gw.budgets.as_ref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "service_unavailable",
+            "This gateway runs without a database, so without budgets.",
+        )
+        .with_code("no_database")
+    })
+}
+
+/// `GET /admin/budgets`: every budget with its figures in the current period.
+pub async fn list(State(gw): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+    authorize(&gw, &headers)?;
+    let all = store(&gw)?.list_budgets().await.map_err(db_error)?;
+    let all: Vec<_> = all.into_iter().map(std::sync::Arc::new).collect();
+    let status = engine(&gw)?.status(&all).await;
+    Ok(Json(json!({ "budgets": status })))
+}
+
+/// `PUT /admin/budgets` with a budget: creates or replaces the budget of its scope. Applies on
+/// this replica at once and on the others within the refresh interval.
+pub async fn put(
+    State(gw): State<AppState>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    authorize(&gw, &headers)?;
+    let (_, b): (_, Budget) = super::body::parse(&body)?;
+    b.validate().map_err(|m| {
+        let field = m
+            .split('`')
+            .nth(1)
+            .filter(|_| m.starts_with('`'))
+            .unwrap_or("")
+            .to_owned();
+        ApiError::invalid(field, m)
+    })?;
+    let store = store(&gw)?;
+    if let Scope::Key(id) = &b.scope {
+        let keys = store.list_keys().await.map_err(db_error)?;
+        if !keys.iter().any(|k| &k.id == id) {
+            return Err(ApiError::invalid(
+                "subject",
+                format!("No key with id `{id}` (see GET /admin/keys)."),
+            )
+            .with_code("key_not_found"));
+        }
+    }
+    store.put_budget(&b).await.map_err(db_error)?;
+    engine(&gw)?.reload().await.map_err(db_error)?;
+    Ok(Json(serde_json::to_value(&b).unwrap_or_default()))
+}
+
+/// `DELETE /admin/budgets/global`, `/admin/budgets/tenant/{name}`, `/admin/budgets/key/{id}`.
+pub async fn delete(
+    State(gw): State<AppState>,
+    headers: HeaderMap,
+    Path(path): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    authorize(&gw, &headers)?;
+    let (kind, subject) = path.split_once('/').unwrap_or((path.as_str(), ""));
+    let scope = Scope::from_parts(kind, subject).ok_or_else(|| {
+        ApiError::invalid(
+            "scope",
+            "Use /admin/budgets/global, /admin/budgets/tenant/{name} or /admin/budgets/key/{id}.",
+        )
+    })?;
+    if !store(&gw)?.delete_budget(&scope).await.map_err(db_error)? {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            format!("No {} budget.", scope.describe()),
+        )
+        .with_code("budget_not_found"));
+    }
+    engine(&gw)?.reload().await.map_err(db_error)?;
+    Ok(Json(
+        json!({"deleted": true, "scope": scope.kind(), "subject": scope.subject()}),
+    ))
+}
+
+/// Query of `GET /admin/usage`.
+#[derive(Debug, Deserialize)]
+pub struct UsageQuery {
+    /// First day, `YYYY-MM-DD` (default: the first of this month, UTC).
+    from: Option<String>,
+    /// Last day, inclusive (default: today).
+    to: Option<String>,
+    /// Only this tenant.
+    tenant: Option<String>,
+    /// Only this key.
+    key_id: Option<String>,
+}
+
+fn day_ms(param: &str, v: &str) -> Result<i64, ApiError> {
+    let fmt = time::macros::format_description!("[year]-[month]-[day]");
+    time::Date::parse(v, &fmt)
+        .map(|d| (d.midnight().assume_utc().unix_timestamp_nanos() / 1_000_000) as i64)
+        .map_err(|_| {
+            ApiError::invalid(
+                param,
+                format!("`{param}` must be a date YYYY-MM-DD, got `{v}`."),
+            )
+        })
+}
+
+/// `GET /admin/usage?from=&to=&tenant=&key_id=`: spend per UTC day, tenant, key and model,
+/// with totals.
+pub async fn report(
+    State(gw): State<AppState>,
+    headers: HeaderMap,
+    query: Result<Query<UsageQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    authorize(&gw, &headers)?;
+    let Query(q) = query.map_err(|e| ApiError::invalid("", e.body_text()))?;
+    let now = gw.budgets.as_ref().map_or_else(
+        || crate::budget::Clock::now_ms(&crate::budget::SystemClock),
+        |e| e.now_ms(),
+    );
+    let from = match &q.from {
+        Some(v) => day_ms("from", v)?,
+        None => Period::Month.window(now).start_ms,
+    };
+    let to = match &q.to {
+        Some(v) => day_ms("to", v)? + 86_400_000,
+        None => Period::Day.window(now).end_ms,
+    };
+    if to <= from {
+        return Err(ApiError::invalid("to", "`to` must not be before `from`."));
+    }
+    let rows = store(&gw)?
+        .usage_report(from, to, q.tenant.as_deref(), q.key_id.as_deref())
+        .await
+        .map_err(db_error)?;
+    let total_cost: f64 = rows.iter().map(|r| r.cost_usd).sum();
+    let total_requests: i64 = rows.iter().map(|r| r.requests).sum();
+    let tokens: i64 = rows
+        .iter()
+        .map(|r| r.prompt_tokens + r.completion_tokens)
+        .sum();
+    Ok(Json(json!({
+        "from": crate::budget::policy::rfc3339(from),
+        "to": crate::budget::policy::rfc3339(to),
+        "rows": rows,
+        "total": {"requests": total_requests, "tokens": tokens, "cost_usd": total_cost},
+    })))
+}
+
+/// `GET /v1/budget`: the calling key's budgets (its own, its tenant's, the global one) with
+/// what is left of each in the current period.
+pub async fn mine(
+    State(gw): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Json<Value>, ApiError> {
+    let Caller::Key(key) = &caller else {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_request_error",
+            "Send a virtual key (Authorization: Bearer sk-lgw-…) to see its budget.",
+        )
+        .with_code("invalid_api_key"));
+    };
+    let engine = engine(&gw)?;
+    let budgets = engine.covering(&caller);
+    let status = engine.status(&budgets).await;
+    let month = Period::Month.window(engine.now_ms());
+    let (nano, tokens) = match gw.auth.store() {
+        Some(s) => s
+            .spend(&Scope::Key(key.id.clone()), month.start_ms, month.end_ms)
+            .await
+            .map_err(db_error)?,
+        None => (0, 0),
+    };
+    Ok(Json(json!({
+        "key_id": key.id,
+        "tenant": key.tenant,
+        "budgets": status,
+        "this_month": {
+            "cost_usd": crate::budget::policy::from_nano(nano),
+            "tokens": tokens,
+            "note": "recorded usage; requests of the last second may still be on their way to the database",
+        },
+    })))
+}

@@ -1,0 +1,570 @@
+//! Live budget counters: reserve before the call, settle after. Two backends with one
+//! semantics: Redis (shared by every replica; each operation is one atomic Lua script) and
+//! in-process (the embedded mode, and the fallback while Redis is unreachable).
+//!
+//! A budget counter holds settled use (`used`) and in-flight reservations (`reserved`), in
+//! nano-dollars (`a`) and tokens (`b`). A request is admitted only if `used + reserved +
+//! estimate` stays within every limit, so concurrent requests cannot all pass on the same
+//! remaining amount. Reservations expire (a crashed replica's in-flight requests are
+//! returned to the budget), and settling twice is harmless.
+//!
+//! A rate counter is a per-minute bucket: requests (`a`) and tokens (`b`), charged at
+//! admission and corrected at settlement.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use redis::aio::ConnectionManager;
+use redis::Script;
+
+/// What a counter measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A budget over a period: nano-dollars and tokens, with reservations.
+    Budget,
+    /// A per-minute rate: requests and tokens.
+    Rate,
+}
+
+/// One counter a request is checked against.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Line {
+    /// Counter name (includes the window, so a new period starts a new counter).
+    pub key: String,
+    /// Budget or rate.
+    pub kind: Kind,
+    /// Limit on `a` (nano-USD or requests).
+    pub limit_a: Option<i64>,
+    /// Limit on `b` (tokens).
+    pub limit_b: Option<i64>,
+    /// When the counter may be forgotten, Unix ms.
+    pub expires_at_ms: i64,
+}
+
+/// A counter's figures.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Level {
+    /// Settled nano-USD (budgets) or requests (rates).
+    pub used_a: i64,
+    /// Reserved nano-USD (budgets).
+    pub reserved_a: i64,
+    /// Settled tokens.
+    pub used_b: i64,
+    /// Reserved tokens (budgets).
+    pub reserved_b: i64,
+}
+
+/// A request's reservation: how much, until when.
+#[derive(Debug, Clone)]
+pub struct Ask {
+    /// Unique per request.
+    pub id: String,
+    /// Estimated nano-USD.
+    pub a: i64,
+    /// Estimated tokens.
+    pub b: i64,
+    /// The clock, Unix ms.
+    pub now_ms: i64,
+    /// When an unsettled reservation is returned to the budget, Unix ms.
+    pub expires_at_ms: i64,
+    /// For budget counters not yet known to the backend: their use so far (from the
+    /// database), by line index.
+    pub seeds: HashMap<usize, (i64, i64)>,
+}
+
+/// The outcome of a reservation attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reserved {
+    /// Admitted; each line's figures including this reservation.
+    Admitted(Vec<Level>),
+    /// Line `line` would exceed its limit on `a` (`on_a`) or `b`; its figures before.
+    Refused {
+        /// Index into the lines.
+        line: usize,
+        /// Which limit: `a` (USD or requests) if true, else `b` (tokens).
+        on_a: bool,
+        /// The line's figures.
+        level: Level,
+    },
+    /// These budget lines are new to the backend: retry with their seeds.
+    NeedSeed(Vec<usize>),
+}
+
+/// Why a counter operation failed.
+#[derive(Debug, thiserror::Error)]
+#[error("redis: {0}")]
+pub struct CounterError(#[from] redis::RedisError);
+
+/// In-process counters.
+#[derive(Debug, Default)]
+pub struct Local {
+    counters: Mutex<HashMap<String, LocalCounter>>,
+}
+
+#[derive(Debug, Default)]
+struct LocalCounter {
+    level: Level,
+    seeded: bool,
+    expires_at_ms: i64,
+    /// Open reservations: id → (a, b).
+    open: HashMap<String, (i64, i64)>,
+}
+
+fn refusal(l: &Line, lv: &Level, a: i64, b: i64) -> Option<bool> {
+    match l.kind {
+        Kind::Budget => {
+            if l.limit_a
+                .is_some_and(|lim| a > 0 && lv.used_a + lv.reserved_a + a > lim)
+            {
+                return Some(true);
+            }
+            if l.limit_b
+                .is_some_and(|lim| b > 0 && lv.used_b + lv.reserved_b + b > lim)
+            {
+                return Some(false);
+            }
+        }
+        Kind::Rate => {
+            if l.limit_a.is_some_and(|lim| lv.used_a + 1 > lim) {
+                return Some(true);
+            }
+            if l.limit_b.is_some_and(|lim| b > 0 && lv.used_b + b > lim) {
+                return Some(false);
+            }
+        }
+    }
+    None
+}
+
+impl Local {
+    /// Reserves `ask` on every line, or on none.
+    pub fn reserve(&self, lines: &[Line], ask: &Ask) -> Reserved {
+        let mut map = self.counters.lock().unwrap_or_else(|e| e.into_inner());
+        map.retain(|_, c| c.expires_at_ms > ask.now_ms);
+        let mut need = Vec::new();
+        for (i, l) in lines.iter().enumerate() {
+            let c = map.entry(l.key.clone()).or_default();
+            c.expires_at_ms = l.expires_at_ms;
+            if l.kind == Kind::Budget && !c.seeded {
+                match ask.seeds.get(&i) {
+                    Some(&(a, b)) => {
+                        c.level.used_a += a;
+                        c.level.used_b += b;
+                        c.seeded = true;
+                    }
+                    None => need.push(i),
+                }
+            }
+        }
+        if !need.is_empty() {
+            return Reserved::NeedSeed(need);
+        }
+        for (i, l) in lines.iter().enumerate() {
+            let lv = map[&l.key].level;
+            if let Some(on_a) = refusal(l, &lv, ask.a, ask.b) {
+                return Reserved::Refused {
+                    line: i,
+                    on_a,
+                    level: lv,
+                };
+            }
+        }
+        let mut out = Vec::with_capacity(lines.len());
+        for l in lines {
+            let c = map.get_mut(&l.key).expect("created above");
+            match l.kind {
+                Kind::Budget => {
+                    c.level.reserved_a += ask.a;
+                    c.level.reserved_b += ask.b;
+                    c.open.insert(ask.id.clone(), (ask.a, ask.b));
+                }
+                Kind::Rate => {
+                    c.level.used_a += 1;
+                    c.level.used_b += ask.b;
+                }
+            }
+            out.push(c.level);
+        }
+        Reserved::Admitted(out)
+    }
+
+    /// Settles reservation `id`: its estimate leaves `reserved`, `actual` joins `used`.
+    pub fn settle(&self, lines: &[Line], id: &str, estimate_b: i64, actual: (i64, i64)) {
+        let mut map = self.counters.lock().unwrap_or_else(|e| e.into_inner());
+        for l in lines {
+            let Some(c) = map.get_mut(&l.key) else {
+                continue;
+            };
+            match l.kind {
+                Kind::Budget => {
+                    if let Some((a, b)) = c.open.remove(id) {
+                        c.level.reserved_a -= a;
+                        c.level.reserved_b -= b;
+                    }
+                    if c.seeded {
+                        c.level.used_a += actual.0;
+                        c.level.used_b += actual.1;
+                    }
+                }
+                Kind::Rate => c.level.used_b += actual.1 - estimate_b,
+            }
+        }
+    }
+
+    /// Forgets every counter.
+    pub fn clear(&self) {
+        self.counters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+
+    /// Current figures; `None` for budget counters not seeded yet.
+    pub fn levels(&self, lines: &[Line]) -> Vec<Option<Level>> {
+        let map = self.counters.lock().unwrap_or_else(|e| e.into_inner());
+        lines
+            .iter()
+            .map(|l| match map.get(&l.key) {
+                Some(c) if c.seeded || l.kind == Kind::Rate => Some(c.level),
+                None if l.kind == Kind::Rate => Some(Level::default()),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// Counters in Redis, shared by every replica.
+#[derive(Clone)]
+pub struct Shared {
+    conn: ConnectionManager,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Shared(redis)")
+    }
+}
+
+// Amounts are passed and stored as decimal strings and applied with HINCRBY, so Lua's
+// doubles never format them (Lua 5.1 prints 1e15 as "1e+15", which HINCRBY rejects);
+// comparisons in doubles are exact below 2^53 nano-dollars (9 million USD).
+const RESERVE: &str = r"
+local now, id, rexp, ea, eb = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local nea, neb = tonumber(ea), tonumber(eb)
+local n = #KEYS
+local need = {}
+local function arg(i, j) return ARGV[5 + (i - 1) * 6 + j] end
+for i = 1, n do
+  local k = KEYS[i]
+  if arg(i, 1) == 'b' then
+    if redis.call('HEXISTS', k, 's') == 0 then
+      if arg(i, 5) ~= '' then
+        redis.call('HSET', k, 's', '1', 'ua', arg(i, 5), 'ub', arg(i, 6), 'ra', '0', 'rb', '0')
+        redis.call('PEXPIREAT', k, arg(i, 4))
+      else
+        need[#need + 1] = i - 1
+      end
+    end
+    local old = redis.call('ZRANGEBYSCORE', k .. ':z', '-inf', now)
+    for _, rid in ipairs(old) do
+      local amt = redis.call('HGET', k .. ':m', rid)
+      if amt then
+        local a, b = string.match(amt, '^(%-?%d+):(%-?%d+)$')
+        redis.call('HINCRBY', k, 'ra', '-' .. a)
+        redis.call('HINCRBY', k, 'rb', '-' .. b)
+        redis.call('HDEL', k .. ':m', rid)
+      end
+    end
+    if #old > 0 then redis.call('ZREMRANGEBYSCORE', k .. ':z', '-inf', now) end
+  end
+end
+if #need > 0 then
+  local out = {2}
+  for _, i in ipairs(need) do out[#out + 1] = i end
+  return out
+end
+local levels = {}
+for i = 1, n do
+  local h = redis.call('HMGET', KEYS[i], 'ua', 'ra', 'ub', 'rb')
+  local ua, ra, ub, rb = tonumber(h[1] or '0'), tonumber(h[2] or '0'), tonumber(h[3] or '0'), tonumber(h[4] or '0')
+  local la, lb = arg(i, 2), arg(i, 3)
+  local on = 0
+  if arg(i, 1) == 'b' then
+    if la ~= '' and nea > 0 and ua + ra + nea > tonumber(la) then on = 1
+    elseif lb ~= '' and neb > 0 and ub + rb + neb > tonumber(lb) then on = 2 end
+  else
+    if la ~= '' and ua + 1 > tonumber(la) then on = 1
+    elseif lb ~= '' and neb > 0 and ub + neb > tonumber(lb) then on = 2 end
+  end
+  if on > 0 then return {0, i - 1, on, ua, ra, ub, rb} end
+  levels[i] = {ua, ra, ub, rb}
+end
+local out = {1}
+for i = 1, n do
+  local k, lv = KEYS[i], levels[i]
+  if arg(i, 1) == 'b' then
+    redis.call('HINCRBY', k, 'ra', ea)
+    redis.call('HINCRBY', k, 'rb', eb)
+    redis.call('HSET', k .. ':m', id, ea .. ':' .. eb)
+    redis.call('ZADD', k .. ':z', rexp, id)
+    redis.call('PEXPIREAT', k .. ':m', arg(i, 4))
+    redis.call('PEXPIREAT', k .. ':z', arg(i, 4))
+    lv[2], lv[4] = lv[2] + nea, lv[4] + neb
+  else
+    redis.call('HINCRBY', k, 'ua', '1')
+    redis.call('HINCRBY', k, 'ub', eb)
+    redis.call('PEXPIREAT', k, arg(i, 4))
+    lv[1], lv[3] = lv[1] + 1, lv[3] + neb
+  end
+  for _, v in ipairs(lv) do out[#out + 1] = v end
+end
+return out
+";
+
+const SETTLE: &str = r"
+local id, aa, ab, db = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+for i = 1, #KEYS do
+  local k = KEYS[i]
+  if ARGV[4 + i] == 'b' then
+    local amt = redis.call('HGET', k .. ':m', id)
+    if amt then
+      local a, b = string.match(amt, '^(%-?%d+):(%-?%d+)$')
+      redis.call('HINCRBY', k, 'ra', '-' .. a)
+      redis.call('HINCRBY', k, 'rb', '-' .. b)
+      redis.call('HDEL', k .. ':m', id)
+      redis.call('ZREM', k .. ':z', id)
+    end
+    if redis.call('HEXISTS', k, 's') == 1 then
+      redis.call('HINCRBY', k, 'ua', aa)
+      redis.call('HINCRBY', k, 'ub', ab)
+    end
+  elseif redis.call('EXISTS', k) == 1 then
+    redis.call('HINCRBY', k, 'ub', db)
+  end
+end
+return 1
+";
+
+static RESERVE_SCRIPT: std::sync::LazyLock<Script> =
+    std::sync::LazyLock::new(|| Script::new(RESERVE));
+static SETTLE_SCRIPT: std::sync::LazyLock<Script> =
+    std::sync::LazyLock::new(|| Script::new(SETTLE));
+
+fn opt(v: Option<i64>) -> String {
+    v.map(|v| v.to_string()).unwrap_or_default()
+}
+
+impl Shared {
+    /// Connects; fails if Redis does not answer within a few seconds.
+    pub async fn connect(url: &str) -> Result<Self, CounterError> {
+        let client = redis::Client::open(url)?;
+        let cfg = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(std::time::Duration::from_secs(2)))
+            .set_response_timeout(Some(std::time::Duration::from_millis(500)))
+            .set_number_of_retries(1)
+            .set_max_delay(std::time::Duration::from_secs(1));
+        let conn = ConnectionManager::new_with_config(client, cfg).await?;
+        Ok(Self { conn })
+    }
+
+    /// Reserves `ask` on every line, or on none, atomically across replicas.
+    pub async fn reserve(&self, lines: &[Line], ask: &Ask) -> Result<Reserved, CounterError> {
+        let mut inv = RESERVE_SCRIPT.prepare_invoke();
+        inv.arg(ask.now_ms)
+            .arg(&ask.id)
+            .arg(ask.expires_at_ms)
+            .arg(ask.a)
+            .arg(ask.b);
+        for (i, l) in lines.iter().enumerate() {
+            let seed = ask.seeds.get(&i);
+            inv.key(&l.key)
+                .arg(if l.kind == Kind::Budget { "b" } else { "r" })
+                .arg(opt(l.limit_a))
+                .arg(opt(l.limit_b))
+                .arg(l.expires_at_ms)
+                .arg(opt(seed.map(|s| s.0)))
+                .arg(opt(seed.map(|s| s.1)));
+        }
+        let v: Vec<i64> = inv.invoke_async(&mut self.conn.clone()).await?;
+        let bad = || {
+            CounterError(redis::RedisError::from((
+                redis::ErrorKind::Parse,
+                "unexpected reply from the reserve script",
+            )))
+        };
+        match v.first() {
+            Some(1) if v.len() == 1 + 4 * lines.len() => Ok(Reserved::Admitted(
+                v[1..]
+                    .chunks(4)
+                    .map(|c| Level {
+                        used_a: c[0],
+                        reserved_a: c[1],
+                        used_b: c[2],
+                        reserved_b: c[3],
+                    })
+                    .collect(),
+            )),
+            Some(0) if v.len() == 7 => Ok(Reserved::Refused {
+                line: v[1] as usize,
+                on_a: v[2] == 1,
+                level: Level {
+                    used_a: v[3],
+                    reserved_a: v[4],
+                    used_b: v[5],
+                    reserved_b: v[6],
+                },
+            }),
+            Some(2) => Ok(Reserved::NeedSeed(
+                v[1..].iter().map(|&i| i as usize).collect(),
+            )),
+            _ => Err(bad()),
+        }
+    }
+
+    /// Settles reservation `id` (see [`Local::settle`]).
+    pub async fn settle(
+        &self,
+        lines: &[Line],
+        id: &str,
+        estimate_b: i64,
+        actual: (i64, i64),
+    ) -> Result<(), CounterError> {
+        let mut inv = SETTLE_SCRIPT.prepare_invoke();
+        inv.arg(id)
+            .arg(actual.0)
+            .arg(actual.1)
+            .arg(actual.1 - estimate_b);
+        for l in lines {
+            inv.key(&l.key)
+                .arg(if l.kind == Kind::Budget { "b" } else { "r" });
+        }
+        let _: i64 = inv.invoke_async(&mut self.conn.clone()).await?;
+        Ok(())
+    }
+
+    /// Current figures; `None` for budget counters Redis does not hold yet.
+    pub async fn levels(&self, lines: &[Line]) -> Result<Vec<Option<Level>>, CounterError> {
+        let mut pipe = redis::pipe();
+        for l in lines {
+            pipe.cmd("HMGET")
+                .arg(&l.key)
+                .arg("s")
+                .arg("ua")
+                .arg("ra")
+                .arg("ub")
+                .arg("rb");
+        }
+        let rows: Vec<Vec<Option<i64>>> = pipe.query_async(&mut self.conn.clone()).await?;
+        Ok(lines
+            .iter()
+            .zip(rows)
+            .map(|(l, r)| {
+                let get = |i: usize| r.get(i).copied().flatten().unwrap_or(0);
+                let level = Level {
+                    used_a: get(1),
+                    reserved_a: get(2),
+                    used_b: get(3),
+                    reserved_b: get(4),
+                };
+                match l.kind {
+                    Kind::Budget if r.first().copied().flatten().is_none() => None,
+                    _ => Some(level),
+                }
+            })
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn budget(key: &str, usd: Option<i64>, tokens: Option<i64>) -> Line {
+        Line {
+            key: key.into(),
+            kind: Kind::Budget,
+            limit_a: usd,
+            limit_b: tokens,
+            expires_at_ms: i64::MAX,
+        }
+    }
+
+    fn ask(id: &str, a: i64, b: i64) -> Ask {
+        Ask {
+            id: id.into(),
+            a,
+            b,
+            now_ms: 0,
+            expires_at_ms: 1000,
+            seeds: HashMap::new(),
+        }
+    }
+
+    #[test]
+    fn reservations_hold_the_budget_until_settled() {
+        let c = Local::default();
+        let lines = [budget("k", Some(100), None)];
+        assert_eq!(
+            c.reserve(&lines, &ask("1", 60, 0)),
+            Reserved::NeedSeed(vec![0])
+        );
+        let mut first = ask("1", 60, 0);
+        first.seeds.insert(0, (10, 0));
+        assert!(matches!(c.reserve(&lines, &first), Reserved::Admitted(_)));
+        // 10 used + 60 reserved + 60 asked > 100.
+        assert!(matches!(
+            c.reserve(&lines, &ask("2", 60, 0)),
+            Reserved::Refused {
+                line: 0,
+                on_a: true,
+                ..
+            }
+        ));
+        // The first request cost only 20: 30 used, room for 60 more.
+        c.settle(&lines, "1", 0, (20, 0));
+        c.settle(&lines, "1", 0, (20, 0)); // a second settle changes nothing but use
+        assert_eq!(c.levels(&lines)[0].unwrap().reserved_a, 0);
+        assert!(matches!(
+            c.reserve(&lines, &ask("3", 30, 0)),
+            Reserved::Admitted(_)
+        ));
+    }
+
+    #[test]
+    fn a_free_request_passes_a_spent_usd_budget_but_not_a_token_cap() {
+        let c = Local::default();
+        let lines = [budget("k", Some(0), Some(100))];
+        let mut a = ask("1", 0, 50);
+        a.seeds.insert(0, (5, 0));
+        assert!(matches!(c.reserve(&lines, &a), Reserved::Admitted(_)));
+        assert!(matches!(
+            c.reserve(&lines, &ask("2", 0, 60)),
+            Reserved::Refused { on_a: false, .. }
+        ));
+    }
+
+    #[test]
+    fn rates_count_requests_and_correct_tokens() {
+        let c = Local::default();
+        let lines = [Line {
+            key: "r".into(),
+            kind: Kind::Rate,
+            limit_a: Some(2),
+            limit_b: Some(100),
+            expires_at_ms: i64::MAX,
+        }];
+        assert!(matches!(
+            c.reserve(&lines, &ask("1", 0, 80)),
+            Reserved::Admitted(_)
+        ));
+        c.settle(&lines, "1", 80, (0, 10));
+        assert!(matches!(
+            c.reserve(&lines, &ask("2", 0, 80)),
+            Reserved::Admitted(_)
+        ));
+        assert!(matches!(
+            c.reserve(&lines, &ask("3", 0, 1)),
+            Reserved::Refused { on_a: true, .. }
+        ));
+    }
+}

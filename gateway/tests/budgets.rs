@@ -1,0 +1,480 @@
+//! Budgets through the API, on both counter backends (in-process and Redis): 429s that name
+//! the budget, month rollover on an injected clock, rate limits, free local models under a
+//! USD cap, downgrades, streamed and estimated usage, the usage API.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use llm_gateway::budget::ManualClock;
+use serde_json::{json, Value};
+
+/// 2026-11-30T23:59:00Z: a minute before a month ends.
+const NOV_30_2359: i64 = 1_796_083_140_000;
+const DEC_1: i64 = 1_796_083_200_000;
+
+struct Setup {
+    prefix: Option<String>,
+    h: Harness,
+    clock: Arc<ManualClock>,
+    key: String,
+    key_id: String,
+}
+
+async fn setup(redis: bool, routing: &str) -> Setup {
+    let clock = Arc::new(ManualClock::at(NOV_30_2359));
+    let prefix = redis.then(|| format!("lgw-test-{}:", uuid::Uuid::new_v4()));
+    let h = start_with_budgets(
+        BudgetSetup {
+            redis_prefix: prefix.clone(),
+            clock: clock.clone(),
+        },
+        routing,
+    )
+    .await;
+    let (rec, key) = h
+        .store
+        .as_ref()
+        .unwrap()
+        .create_key("team-a", "ci")
+        .await
+        .unwrap();
+    Setup {
+        prefix,
+        h,
+        clock,
+        key,
+        key_id: rec.id,
+    }
+}
+
+impl Setup {
+    /// Deletes this test's Redis keys (the server is shared with other runs).
+    async fn cleanup(&self) {
+        if let Some(p) = &self.prefix {
+            delete_redis_keys(p).await;
+        }
+    }
+
+    async fn put_budget(&self, b: Value) {
+        let r = self
+            .h
+            .admin(reqwest::Method::PUT, "/admin/budgets")
+            .json(&b)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    }
+
+    async fn chat(&self, body: Value) -> (u16, reqwest::header::HeaderMap, Value) {
+        let r = self
+            .h
+            .http
+            .post(format!("{}/v1/chat/completions", self.h.gw))
+            .bearer_auth(&self.key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let headers = r.headers().clone();
+        let text = r.text().await.unwrap();
+        (
+            status,
+            headers,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    async fn usage_records(&self) -> Vec<llm_gateway::store::usage::UsageRecord> {
+        // The ledger writes in batches off the request path.
+        let store = self.h.store.as_ref().unwrap();
+        for _ in 0..50 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let rows = store.usage_records().await.unwrap();
+            if !rows.is_empty() {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                return store.usage_records().await.unwrap();
+            }
+        }
+        panic!("no usage records");
+    }
+}
+
+fn ask(model: &str) -> Value {
+    json!({"model": model, "max_tokens": 20, "messages": [{"role": "user", "content": "Say hello [[words=10]]"}]})
+}
+
+fn header<'a>(h: &'a reqwest::header::HeaderMap, name: &str) -> &'a str {
+    h.get(name).map_or("", |v| v.to_str().unwrap())
+}
+
+async fn usd_budget_rejects_with_figures_and_resets_next_month(redis: bool) {
+    let s = setup(redis, "").await;
+    // One request's cost, to size a budget that admits exactly three.
+    let (status, h, _) = s.chat(ask("gpt-4o-mini")).await;
+    assert_eq!(status, 200);
+    assert!(
+        h.get("x-llm-gateway-budget-remaining-usd").is_none(),
+        "no budget yet"
+    );
+    let one: f64 = header(&h, "x-llm-gateway-cost-usd").parse().unwrap();
+    assert!(one > 0.0);
+    // The first request is already recorded: the counter starts from the database.
+    s.usage_records().await;
+    s.put_budget(json!({"scope": "tenant", "subject": "team-a", "limit_usd": one * 3.5}))
+        .await;
+    let mut admitted = 1;
+    let mut last_left = f64::MAX;
+    let refusal = loop {
+        let (status, h, body) = s.chat(ask("gpt-4o-mini")).await;
+        if status != 200 {
+            assert_eq!(status, 429, "{body}");
+            break (h, body);
+        }
+        admitted += 1;
+        let left: f64 = header(&h, "x-llm-gateway-budget-remaining-usd")
+            .parse()
+            .unwrap();
+        assert!(left < last_left, "remaining falls with each request");
+        last_left = left;
+        assert!(admitted < 10, "the budget never refused");
+    };
+    assert_eq!(
+        admitted, 3,
+        "3.5 requests' worth admits 3 (the 4th's estimate does not fit)"
+    );
+    let (h, body) = refusal;
+    let e = &body["error"];
+    assert_eq!(e["type"], "insufficient_quota", "{body}");
+    assert_eq!(e["code"], "budget_exceeded");
+    assert_eq!(e["budget"]["scope"], "tenant");
+    assert_eq!(e["budget"]["subject"], "team-a");
+    assert_eq!(e["budget"]["period"], "month");
+    assert_eq!(e["budget"]["limit_kind"], "usd");
+    assert_eq!(e["budget"]["resets_at"], "2026-12-01T00:00:00Z");
+    let used = e["budget"]["used"].as_f64().unwrap();
+    assert!(
+        (used - 3.0 * one).abs() < 1e-9,
+        "used {used} vs {}",
+        3.0 * one
+    );
+    let msg = e["message"].as_str().unwrap();
+    assert!(
+        msg.contains("tenant `team-a`") && msg.contains("2026-12-01T00:00:00Z"),
+        "{msg}"
+    );
+    assert_eq!(header(&h, "retry-after"), "60", "a minute to the reset");
+
+    // December: a new period, a fresh budget.
+    s.clock.set(DEC_1 + 1000);
+    let (status, h, body) = s.chat(ask("gpt-4o-mini")).await;
+    assert_eq!(status, 200, "{body}");
+    let left: f64 = header(&h, "x-llm-gateway-budget-remaining-usd")
+        .parse()
+        .unwrap();
+    assert!((left - 2.5 * one).abs() < 1e-8, "left {left}");
+
+    // The key's own view.
+    let me: Value =
+        s.h.http
+            .get(format!("{}/v1/budget", s.h.gw))
+            .bearer_auth(&s.key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    let b = &me["budgets"][0];
+    assert_eq!(b["scope"], "tenant", "{me}");
+    assert_eq!(b["resets_at"], "2027-01-01T00:00:00Z");
+    assert!(
+        (b["remaining_usd"].as_f64().unwrap() - 2.5 * one).abs() < 1e-8,
+        "{me}"
+    );
+    s.cleanup().await;
+}
+
+#[tokio::test]
+async fn usd_budget_in_process() {
+    usd_budget_rejects_with_figures_and_resets_next_month(false).await;
+}
+
+#[tokio::test]
+async fn usd_budget_on_redis() {
+    usd_budget_rejects_with_figures_and_resets_next_month(true).await;
+}
+
+async fn free_local_models_pass_a_usd_cap_but_not_a_token_cap(redis: bool) {
+    let s = setup(redis, "").await;
+    s.put_budget(json!({"scope": "key", "subject": s.key_id, "limit_usd": 0.0}))
+        .await;
+    let (status, _, body) = s.chat(ask("gpt-4o-mini")).await;
+    assert_eq!(status, 429, "a paid model is over a $0 cap: {body}");
+    let (status, h, body) = s.chat(ask("ollama/llama3.2:latest")).await;
+    assert_eq!(status, 200, "a free local model is not: {body}");
+    assert_eq!(header(&h, "x-llm-gateway-cost-usd"), "0");
+    s.put_budget(
+        json!({"scope": "key", "subject": s.key_id, "limit_usd": 0.0, "limit_tokens": 30}),
+    )
+    .await;
+    let (status, _, body) = s.chat(ask("ollama/llama3.2:latest")).await;
+    assert_eq!(status, 429, "the token cap binds free models too: {body}");
+    assert_eq!(body["error"]["budget"]["limit_kind"], "tokens");
+    s.cleanup().await;
+}
+
+#[tokio::test]
+async fn free_models_and_usd_caps_in_process() {
+    free_local_models_pass_a_usd_cap_but_not_a_token_cap(false).await;
+}
+
+#[tokio::test]
+async fn free_models_and_usd_caps_on_redis() {
+    free_local_models_pass_a_usd_cap_but_not_a_token_cap(true).await;
+}
+
+async fn rate_limits_per_minute(redis: bool) {
+    let s = setup(redis, "").await;
+    s.put_budget(json!({"scope": "key", "subject": s.key_id, "requests_per_minute": 2}))
+        .await;
+    assert_eq!(s.chat(ask("gpt-4o-mini")).await.0, 200);
+    assert_eq!(s.chat(ask("gpt-4o-mini")).await.0, 200);
+    let (status, h, body) = s.chat(ask("gpt-4o-mini")).await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["error"]["type"], "rate_limit_exceeded");
+    assert_eq!(body["error"]["budget"]["limit_kind"], "requests_per_minute");
+    assert_eq!(header(&h, "retry-after"), "60");
+    s.clock.set(NOV_30_2359 + 60_000);
+    assert_eq!(s.chat(ask("gpt-4o-mini")).await.0, 200, "the next minute");
+
+    s.put_budget(json!({"scope": "key", "subject": s.key_id, "tokens_per_minute": 100}))
+        .await;
+    let big = json!({"model": "gpt-4o-mini", "max_tokens": 200, "messages": [{"role": "user", "content": "hi"}]});
+    let (status, _, body) = s.chat(big).await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["error"]["budget"]["limit_kind"], "tokens_per_minute");
+    s.cleanup().await;
+}
+
+#[tokio::test]
+async fn rate_limits_in_process() {
+    rate_limits_per_minute(false).await;
+}
+
+#[tokio::test]
+async fn rate_limits_on_redis() {
+    rate_limits_per_minute(true).await;
+}
+
+#[tokio::test]
+async fn a_downgrade_budget_moves_virtual_models_to_what_still_fits() {
+    let s = setup(false, "").await;
+    s.put_budget(json!({"scope": "tenant", "subject": "team-a", "limit_usd": 0.000001, "on_limit": "downgrade"}))
+        .await;
+    let (status, h, body) = s.chat(ask("quality")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(header(&h, "x-llm-gateway-budget"), "downgraded");
+    assert_eq!(
+        header(&h, "x-llm-gateway-provider"),
+        "ollama",
+        "only free models fit"
+    );
+    // An explicit model is never swapped behind the client's back.
+    let (status, _, body) = s.chat(ask("gpt-4o")).await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["error"]["budget"]["on_limit"], "downgrade");
+}
+
+#[tokio::test]
+async fn streams_are_priced_from_upstream_usage_the_client_did_not_ask_for() {
+    let s = setup(false, "").await;
+    s.put_budget(json!({"scope": "tenant", "subject": "team-a", "limit_usd": 1.0}))
+        .await;
+    let mut body = ask("gpt-4o-mini");
+    body["stream"] = json!(true);
+    let (status, h, text) = s.chat(body).await;
+    assert_eq!(status, 200);
+    let text = text.as_str().unwrap().to_owned();
+    let chunks = sse_data(&text);
+    assert!(
+        chunks
+            .iter()
+            .all(|c| c.get("usage").is_none_or(Value::is_null)),
+        "no usage chunk the client did not ask for"
+    );
+    let before: f64 = header(&h, "x-llm-gateway-budget-remaining-usd")
+        .parse()
+        .unwrap();
+    let rec = s.usage_records().await;
+    let r = &rec[0];
+    assert!(!r.usage_estimated);
+    assert!(r.prompt_tokens > 0 && r.completion_tokens > 0);
+    assert!(r.cost_usd.unwrap() > 0.0);
+    // Settled: the budget holds the real cost, not the (larger) estimate.
+    let me: Value =
+        s.h.http
+            .get(format!("{}/v1/budget", s.h.gw))
+            .bearer_auth(&s.key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    let b = &me["budgets"][0];
+    assert!(
+        (b["used_usd"].as_f64().unwrap() - r.cost_usd.unwrap()).abs() < 1e-12,
+        "{me}"
+    );
+    assert_eq!(b["reserved_usd"], 0.0);
+    assert!(b["remaining_usd"].as_f64().unwrap() >= before);
+}
+
+#[tokio::test]
+async fn a_stream_the_client_abandons_is_charged_an_estimate_marked_estimated() {
+    let s = setup(false, "").await;
+    s.h.fault(json!({"vendor": "openai", "chunk_delay_ms": 100}))
+        .await;
+    let mut body = ask("gpt-4o-mini");
+    body["stream"] = json!(true);
+    body["messages"][0]["content"] = json!("Tell me a story [[words=60]]");
+    let mut r =
+        s.h.http
+            .post(format!("{}/v1/chat/completions", s.h.gw))
+            .bearer_auth(&s.key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+    // Read a few chunks, then hang up.
+    for _ in 0..4 {
+        r.chunk().await.unwrap();
+    }
+    drop(r);
+    let rec = s.usage_records().await;
+    let r = &rec[0];
+    assert_eq!(r.status, 499);
+    assert!(r.usage_estimated, "{r:?}");
+    assert!(r.completion_tokens > 0 && r.prompt_tokens > 0, "{r:?}");
+    assert!(r.cost_usd.unwrap() > 0.0);
+}
+
+#[tokio::test]
+async fn the_usage_api_reports_spend_per_day_tenant_key_and_model() {
+    let s = setup(false, "").await;
+    for m in ["gpt-4o-mini", "gpt-4o-mini", "claude-3-5-haiku-latest"] {
+        assert_eq!(s.chat(ask(m)).await.0, 200);
+    }
+    s.usage_records().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r =
+        s.h.http
+            .get(format!("{}/admin/usage", s.h.gw))
+            .send()
+            .await
+            .unwrap();
+    assert_eq!(r.status(), 401, "admin only");
+    let rep: Value =
+        s.h.admin(
+            reqwest::Method::GET,
+            "/admin/usage?from=2026-11-01&to=2026-11-30",
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let rows = rep["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{rep}");
+    for r in rows {
+        assert_eq!(r["day"], "2026-11-30");
+        assert_eq!(r["tenant"], "team-a");
+        assert_eq!(r["key_id"], s.key_id.as_str());
+    }
+    let mini = rows.iter().find(|r| r["model"] == "gpt-4o-mini").unwrap();
+    assert_eq!(mini["requests"], 2);
+    assert_eq!(rep["total"]["requests"], 3);
+    assert!(rep["total"]["cost_usd"].as_f64().unwrap() > 0.0);
+    let none: Value =
+        s.h.admin(
+            reqwest::Method::GET,
+            "/admin/usage?from=2026-11-01&tenant=team-b",
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(none["rows"], json!([]));
+    let bad =
+        s.h.admin(reqwest::Method::GET, "/admin/usage?from=yesterday")
+            .send()
+            .await
+            .unwrap();
+    assert_eq!(bad.status(), 400);
+    let e: Value = bad.json().await.unwrap();
+    assert_eq!(e["error"]["param"], "from");
+}
+
+#[tokio::test]
+async fn bad_budgets_are_refused_naming_the_field() {
+    let s = setup(false, "").await;
+    for (body, field) in [
+        (
+            json!({"scope": "tenant", "subject": "t", "limit_usd": -1}),
+            "limit_usd",
+        ),
+        (json!({"scope": "tenant", "subject": "t"}), ""),
+        (
+            json!({"scope": "key", "subject": "no-such-key", "limit_usd": 1}),
+            "subject",
+        ),
+        (json!({"scope": "planet", "limit_usd": 1}), ""),
+    ] {
+        let r =
+            s.h.admin(reqwest::Method::PUT, "/admin/budgets")
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+        assert_eq!(r.status(), 400, "{body}");
+        let e: Value = r.json().await.unwrap();
+        if !field.is_empty() {
+            assert_eq!(e["error"]["param"], field, "{e}");
+        }
+        assert!(!e["error"]["message"].as_str().unwrap().is_empty());
+    }
+    let r =
+        s.h.http
+            .put(format!("{}/admin/budgets", s.h.gw))
+            .json(&json!({"scope": "global", "limit_usd": 1}))
+            .send()
+            .await
+            .unwrap();
+    assert_eq!(r.status(), 401, "admin token required");
+    s.put_budget(json!({"scope": "global", "limit_usd": 5}))
+        .await;
+    let list: Value =
+        s.h.admin(reqwest::Method::GET, "/admin/budgets")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    assert_eq!(list["budgets"][0]["scope"], "global", "{list}");
+    assert_eq!(list["budgets"][0]["remaining_usd"], 5.0);
+    let del =
+        s.h.admin(reqwest::Method::DELETE, "/admin/budgets/global")
+            .send()
+            .await
+            .unwrap();
+    assert_eq!(del.status(), 200);
+}
