@@ -21,6 +21,10 @@ fn help_documents_every_flag_and_subcommand() {
         "serve",
         "check-config",
         "catalog",
+        "keys",
+        "budgets",
+        "--database-url",
+        "--redis-url",
         "OPENAI_API_KEY",
         "ANTHROPIC_API_KEY",
         "GROQ_API_KEY",
@@ -495,6 +499,80 @@ fn a_bad_database_url_is_a_clear_startup_error() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
+    // Redis that does not answer, and a URL that is not Redis's: exit 2 naming it, password
+    // hidden.
+    let data = tempfile::tempdir().unwrap();
+    for url in ["redis://:secret@127.0.0.1:9/0", "http://127.0.0.1:6379"] {
+        let out = Command::new(BIN)
+            .args(["--redis-url", url, "--listen", "127.0.0.1:0"])
+            .env_clear()
+            .env("LLM_GATEWAY_DATA_DIR", data.path())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{url}");
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert!(err.contains("cannot use Redis at"), "{err}");
+        assert!(!err.contains("secret"), "{err}");
+    }
+}
+
+#[test]
+fn budgets_cli_sets_lists_and_deletes_naming_bad_fields() {
+    let data = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}/b.db", data.path().display());
+    let run = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .args(args)
+            .args(["--database-url", &db])
+            .env_remove("DATABASE_URL")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8(out.stdout).unwrap(),
+            String::from_utf8(out.stderr).unwrap(),
+        )
+    };
+    let (code, _, err) = run(&[
+        "budgets",
+        "set",
+        "--tenant",
+        "team-a",
+        "--usd",
+        "25",
+        "--tokens",
+        "1000000",
+        "--rpm",
+        "60",
+        "--on-limit",
+        "downgrade",
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    let (code, _, err) = run(&[
+        "budgets", "set", "--global", "--usd", "100", "--period", "week",
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    let (_, list, _) = run(&["budgets", "list"]);
+    let tenant = list.lines().find(|l| l.contains("team-a")).unwrap();
+    for want in ["tenant", "month", "25.00", "1000000", "60", "downgrade"] {
+        assert!(tenant.contains(want), "{want} missing: {list}");
+    }
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("global") && l.contains("week")),
+        "{list}"
+    );
+    let (code, _, err) = run(&["budgets", "set", "--tenant", "t", "--usd=-3"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("limit_usd"), "{err}");
+    let (code, _, err) = run(&["budgets", "set", "--tenant", "t"]);
+    assert_eq!(code, Some(2), "no limit at all: {err}");
+    let (code, _, _) = run(&["budgets", "set", "--usd", "1"]);
+    assert_eq!(code, Some(2), "a scope is required");
+    let (code, _, _) = run(&["budgets", "delete", "--tenant", "team-a"]);
+    assert_eq!(code, Some(0));
+    let (code, _, _) = run(&["budgets", "delete", "--tenant", "team-a"]);
+    assert_eq!(code, Some(1), "already gone");
 }
 
 #[test]

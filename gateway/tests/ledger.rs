@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
@@ -12,8 +10,6 @@ use llm_gateway::ledger::Ledger;
 use llm_gateway::store::usage::UsageRecord;
 use llm_gateway::store::Store;
 use serde_json::json;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinSet;
 
 fn record(i: usize) -> UsageRecord {
     UsageRecord {
@@ -109,47 +105,6 @@ async fn every_request_leaves_a_record_priced_from_its_usage() {
 
 /// A TCP proxy in front of PostgreSQL that can be cut (existing connections killed, new ones
 /// refused) and restored.
-struct Proxy {
-    addr: std::net::SocketAddr,
-    up: Arc<AtomicBool>,
-    conns: Arc<tokio::sync::Mutex<JoinSet<()>>>,
-}
-
-impl Proxy {
-    async fn start(target: &'static str) -> Proxy {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
-        let up = Arc::new(AtomicBool::new(true));
-        let conns: Arc<tokio::sync::Mutex<JoinSet<()>>> = Arc::default();
-        let (u, c) = (up.clone(), conns.clone());
-        tokio::spawn(async move {
-            loop {
-                let Ok((mut client, _)) = l.accept().await else {
-                    return;
-                };
-                if !u.load(Ordering::SeqCst) {
-                    drop(client);
-                    continue;
-                }
-                c.lock().await.spawn(async move {
-                    if let Ok(mut server) = TcpStream::connect(target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
-                    }
-                });
-            }
-        });
-        Proxy { addr, up, conns }
-    }
-
-    async fn cut(&self) {
-        self.up.store(false, Ordering::SeqCst);
-        self.conns.lock().await.abort_all();
-    }
-
-    fn restore(&self) {
-        self.up.store(true, Ordering::SeqCst);
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_postgres_outage_loses_no_record_and_counts_none_twice() {

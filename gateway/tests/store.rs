@@ -1,32 +1,11 @@
 //! The key store against real SQLite and real PostgreSQL (127.0.0.1:5432, user postgres,
 //! database `test`); each PostgreSQL test works in a schema of its own.
 
+mod common;
+
+use common::{drop_schema, pg_schema};
 use llm_gateway::store::keys::hash_key;
 use llm_gateway::store::{Store, StoreError};
-
-const PG: &str = "postgres://postgres@127.0.0.1:5432/test";
-
-/// A fresh schema; returns a URL whose connections use it, and its name.
-async fn pg_schema() -> (String, String) {
-    let name = format!("t_{}", uuid::Uuid::new_v4().simple());
-    let admin = sqlx::PgPool::connect(PG)
-        .await
-        .expect("PostgreSQL must run on 127.0.0.1:5432");
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {name}")))
-        .execute(&admin)
-        .await
-        .unwrap();
-    (format!("{PG}?options=-c%20search_path%3D{name}"), name)
-}
-
-/// Drops a test schema (the server is shared with other runs).
-async fn drop_schema(name: &str) {
-    let admin = sqlx::PgPool::connect(PG).await.unwrap();
-    sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {name} CASCADE")))
-        .execute(&admin)
-        .await
-        .unwrap();
-}
 
 async fn exercise(store: &Store) {
     let (a, key_a) = store.create_key("team-a", "ci").await.unwrap();

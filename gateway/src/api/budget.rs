@@ -74,6 +74,33 @@ impl CandidateFilter for Affordable {
     }
 }
 
+/// Reserves `prompt` + `completion` tokens on `t` on the budgets covering `caller` (no
+/// downgrade: for endpoints without virtual models). `None` when no budget covers the caller.
+pub async fn hold(
+    gw: &AppState,
+    caller: &Caller,
+    t: &Target,
+    prompt: u64,
+    completion: u64,
+) -> Result<Option<Held>, ApiError> {
+    let Some(engine) = &gw.budgets else {
+        return Ok(None);
+    };
+    let budgets = engine.covering(caller);
+    if budgets.is_empty() {
+        return Ok(None);
+    }
+    let est = estimate(&budgets, t, prompt, completion)?;
+    match engine.reserve(budgets, est).await {
+        Ok(reservation) => Ok(Some(Held {
+            reservation,
+            prompt_tokens: prompt,
+            downgraded: false,
+        })),
+        Err(r) => Err(refuse(gw, &r)),
+    }
+}
+
 /// Reserves the request's estimate on the budgets covering `caller`; may re-route to a
 /// cheaper model. `None` when no budget covers the caller.
 pub async fn reserve(

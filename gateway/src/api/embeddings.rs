@@ -27,13 +27,14 @@ pub async fn handle(
     body: Body,
 ) -> Response {
     let mut record = Record::new(gw.clone(), "embeddings", super::request_id(&req_headers));
-    record.set_caller(caller);
-    let result = serve(&gw, &req_headers, body, &mut record).await;
+    record.set_caller(caller.clone());
+    let result = serve(&gw, &caller, &req_headers, body, &mut record).await;
     record.respond(result)
 }
 
 async fn serve(
     gw: &AppState,
+    caller: &crate::auth::Caller,
     req_headers: &HeaderMap,
     body: Body,
     record: &mut Record,
@@ -65,6 +66,10 @@ async fn serve(
             ),
         ));
     }
+    let (tokens, bytes) = crate::router::tokens::count_input(&req.input);
+    record.set_prompt_bytes(bytes);
+    let hold = super::budget::hold(gw, caller, &target, tokens as u64, 0).await?;
+    record.set_held(hold);
     let Some(result) = target.provider.embeddings(raw, &target.model).await else {
         return Err(ApiError::invalid(
             "model",
@@ -83,5 +88,10 @@ async fn serve(
     );
     headers::target_headers(resp.headers_mut(), &target);
     headers::cost_header(resp.headers_mut(), cost);
+    if record.usage_estimated() {
+        resp.headers_mut()
+            .insert(headers::USAGE_ESTIMATED, HeaderValue::from_static("true"));
+    }
+    headers::budget_headers(resp.headers_mut(), record.remaining());
     Ok(resp)
 }

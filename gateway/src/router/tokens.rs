@@ -66,6 +66,26 @@ pub fn count(req: &ChatRequest, raw_tools: Option<&serde_json::Value>) -> usize 
         + bpe.encode_ordinary(&tools_json(req, raw_tools)).len()
 }
 
+/// Tokens of an embeddings `input` (a string, strings, or token arrays), and its size in
+/// bytes.
+pub fn count_input(input: &serde_json::Value) -> (usize, usize) {
+    use serde_json::Value;
+    let bpe = &*BPE;
+    let one = |v: &Value| match v {
+        Value::String(s) => (bpe.encode_ordinary(s).len(), s.len()),
+        Value::Array(ids) => (ids.len(), ids.len() * 4),
+        Value::Number(_) => (1, 4),
+        _ => (0, 0),
+    };
+    match input {
+        Value::Array(items) if items.iter().any(|i| !i.is_number()) => items
+            .iter()
+            .map(one)
+            .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1)),
+        other => one(other),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

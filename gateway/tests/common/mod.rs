@@ -86,6 +86,8 @@ pub async fn start_with_keys(required: bool, ttl: std::time::Duration) -> Harnes
 pub struct BudgetSetup {
     /// Redis key prefix (unique per test), or in-process counters.
     pub redis_prefix: Option<String>,
+    /// Redis URL (default [`REDIS`]).
+    pub redis_url: Option<String>,
     /// The budgets' clock.
     pub clock: Arc<dyn llm_gateway::budget::Clock>,
 }
@@ -158,9 +160,11 @@ async fn start_inner2(
         if let Some(b) = budgets {
             let shared = match &b.redis_prefix {
                 Some(_) => Some(
-                    llm_gateway::budget::counters::Shared::connect(REDIS)
-                        .await
-                        .expect("redis at 127.0.0.1:6379"),
+                    llm_gateway::budget::counters::Shared::connect(
+                        b.redis_url.as_deref().unwrap_or(REDIS),
+                    )
+                    .await
+                    .expect("redis at 127.0.0.1:6379"),
                 ),
                 None => None,
             };
@@ -311,4 +315,72 @@ pub fn streamed_text(chunks: &[Value]) -> String {
         .iter()
         .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
         .collect()
+}
+
+/// PostgreSQL on the machine.
+pub const PG: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+/// A fresh schema; returns a URL whose connections use it, and its name.
+pub async fn pg_schema() -> (String, String) {
+    let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+    let admin = sqlx::PgPool::connect(PG)
+        .await
+        .expect("PostgreSQL must run on 127.0.0.1:5432");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {name}")))
+        .execute(&admin)
+        .await
+        .unwrap();
+    (format!("{PG}?options=-c%20search_path%3D{name}"), name)
+}
+
+/// Drops a test schema (the server is shared with other runs).
+pub async fn drop_schema(name: &str) {
+    let admin = sqlx::PgPool::connect(PG).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {name} CASCADE")))
+        .execute(&admin)
+        .await
+        .unwrap();
+}
+
+/// A TCP proxy that can be cut and restored (a database or Redis outage).
+pub struct Proxy {
+    pub addr: std::net::SocketAddr,
+    up: Arc<std::sync::atomic::AtomicBool>,
+    conns: Arc<tokio::sync::Mutex<tokio::task::JoinSet<()>>>,
+}
+
+impl Proxy {
+    pub async fn start(target: &'static str) -> Proxy {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let conns: Arc<tokio::sync::Mutex<tokio::task::JoinSet<()>>> = Arc::default();
+        let (u, c) = (up.clone(), conns.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = l.accept().await else {
+                    return;
+                };
+                if !u.load(std::sync::atomic::Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
+                c.lock().await.spawn(async move {
+                    if let Ok(mut server) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+            }
+        });
+        Proxy { addr, up, conns }
+    }
+
+    pub async fn cut(&self) {
+        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.conns.lock().await.abort_all();
+    }
+
+    pub fn restore(&self) {
+        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
 }
