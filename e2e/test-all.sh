@@ -16,6 +16,15 @@ if ! (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null; then
   (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null || { echo "PostgreSQL is not running on 127.0.0.1:5432"; exit 1; }
 fi
 
+step "services: Redis at 127.0.0.1:6379 (the shared budget counter tests use it)"
+if ! (exec 3<>/dev/tcp/127.0.0.1/6379) 2>/dev/null; then
+  if command -v redis-server >/dev/null 2>&1; then
+    redis-server --port 6379 --bind 127.0.0.1 --save '' --appendonly no --daemonize yes
+    for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/6379) 2>/dev/null && break; sleep 0.1; done
+  fi
+  (exec 3<>/dev/tcp/127.0.0.1/6379) 2>/dev/null || { echo "Redis is not running on 127.0.0.1:6379"; exit 1; }
+fi
+
 step "formatting (cargo fmt --check)"
 cargo fmt --all -- --check
 

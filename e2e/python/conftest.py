@@ -54,9 +54,9 @@ def mock():
 
 
 @pytest.fixture(scope="session")
-def gateway(mock, tmp_path_factory):
-    port = free_port()
-    env = {
+def gateway_env(mock, tmp_path_factory):
+    """The gateway's environment (its data dir holds the embedded database)."""
+    return {
         "PATH": os.environ.get("PATH", ""),
         "LLM_GATEWAY_DATA_DIR": str(tmp_path_factory.mktemp("data")),
         "OPENAI_API_KEY": "sk-test-openai",
@@ -69,6 +69,12 @@ def gateway(mock, tmp_path_factory):
         "TOGETHER_BASE_URL": f"{mock}/together/v1",
         "OLLAMA_HOST": f"{mock}/ollama",
     }
+
+
+@pytest.fixture(scope="session")
+def gateway(gateway_env, tmp_path_factory):
+    port = free_port()
+    env = gateway_env
     log = tmp_path_factory.mktemp("gateway") / "gateway.log"
     with open(log, "w") as out:
         proc = subprocess.Popen(

@@ -561,3 +561,48 @@ async fn with_redis_down_budgets_fall_back_to_local_counters_and_resume_after() 
     }
     s.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_crashed_replicas_reservations_return_to_the_budget_after_their_ttl() {
+    use llm_gateway::budget::counters::Shared;
+    use llm_gateway::budget::policy::{Budget, OnLimit, Period, Scope};
+    use llm_gateway::budget::{Amount, Budgets, RESERVATION_TTL_MS};
+    let prefix = format!("lgw-test-{}:", uuid::Uuid::new_v4());
+    let clock = Arc::new(ManualClock::at(NOV_30_2359 - 3_600_000));
+    let engine = Arc::new(Budgets::new(
+        None,
+        Some(Shared::connect(REDIS).await.unwrap()),
+        clock.clone(),
+        &prefix,
+    ));
+    let budget = Arc::new(Budget {
+        scope: Scope::Global,
+        period: Period::Month,
+        limit_usd: Some(1.0),
+        limit_tokens: None,
+        requests_per_minute: None,
+        tokens_per_minute: None,
+        on_limit: OnLimit::Reject,
+    });
+    let half = Amount {
+        nano: 600_000_000,
+        tokens: 10,
+    };
+    // A replica reserves and dies before settling (the reservation is never dropped).
+    let held = engine.reserve(vec![budget.clone()], half).await.unwrap();
+    std::mem::forget(held);
+    let refused = engine.reserve(vec![budget.clone()], half).await.unwrap_err();
+    assert!((refused.reserved - 0.6).abs() < 1e-9, "{refused:?}");
+    clock.set(NOV_30_2359 - 3_600_000 + RESERVATION_TTL_MS + 1);
+    let again = engine.reserve(vec![budget.clone()], half).await.unwrap();
+    // Settling the real cost: the reservation leaves, the cost stays.
+    again.settle(Amount {
+        nano: 100_000_000,
+        tokens: 5,
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let status = engine.status(&[budget]).await;
+    assert_eq!(status[0].reserved_usd, 0.0, "{status:?}");
+    assert!((status[0].used_usd - 0.1).abs() < 1e-9, "{status:?}");
+    delete_redis_keys(&prefix).await;
+}

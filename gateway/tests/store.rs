@@ -4,7 +4,9 @@
 mod common;
 
 use common::{drop_schema, pg_schema};
+use llm_gateway::budget::policy::{Budget, OnLimit, Period, Scope};
 use llm_gateway::store::keys::hash_key;
+use llm_gateway::store::usage::UsageRecord;
 use llm_gateway::store::{Store, StoreError};
 
 async fn exercise(store: &Store) {
@@ -104,4 +106,124 @@ async fn processes_opening_a_new_sqlite_file_together_all_succeed() {
     for s in futures::future::join_all(opens).await {
         assert!(s.is_ok(), "{:?}", s.err());
     }
+}
+
+fn usage(id: &str, at_ms: i64, tenant: &str, key: &str, model: &str, cost: f64) -> UsageRecord {
+    UsageRecord {
+        id: id.into(),
+        at_ms,
+        request_id: id.into(),
+        key_id: Some(key.into()),
+        tenant: Some(tenant.into()),
+        endpoint: "chat".into(),
+        virtual_model: None,
+        provider: Some("openai".into()),
+        model: Some(model.into()),
+        prompt_tokens: 10,
+        completion_tokens: 5,
+        cost_usd: Some(cost),
+        usage_estimated: id.ends_with("-est"),
+        latency_ms: 3,
+        ttft_ms: None,
+        cache: None,
+        status: 200,
+        attempts: 1,
+    }
+}
+
+/// Budgets and spend, identical on both backends.
+async fn exercise_budgets(store: &Store) {
+    let b = Budget {
+        scope: Scope::Tenant("team-a".into()),
+        period: Period::Month,
+        limit_usd: Some(10.0),
+        limit_tokens: None,
+        requests_per_minute: Some(5),
+        tokens_per_minute: None,
+        on_limit: OnLimit::Downgrade,
+    };
+    store.put_budget(&b).await.unwrap();
+    let mut b2 = b.clone();
+    b2.limit_usd = Some(20.0);
+    store.put_budget(&b2).await.unwrap();
+    let g = Budget {
+        scope: Scope::Global,
+        limit_usd: None,
+        limit_tokens: Some(1000),
+        requests_per_minute: None,
+        on_limit: OnLimit::Reject,
+        ..b.clone()
+    };
+    store.put_budget(&g).await.unwrap();
+    assert_eq!(store.list_budgets().await.unwrap(), vec![g.clone(), b2.clone()]);
+
+    // 2026-11-30 and 2026-12-01, UTC.
+    let (nov, dec) = (1_796_000_000_000, 1_796_090_000_000);
+    store
+        .insert_usage(&[
+            usage("1", nov, "team-a", "k1", "gpt-4o-mini", 0.25),
+            usage("2", nov + 1, "team-a", "k2", "gpt-4o-mini", 0.5),
+            usage("3-est", nov + 2, "team-b", "k3", "gpt-4o", 1.0),
+            usage("4", dec, "team-a", "k1", "gpt-4o-mini", 2.0),
+        ])
+        .await
+        .unwrap();
+    let month = Period::Month.window(nov);
+    let t = |s: &str| Scope::Tenant(s.into());
+    assert_eq!(
+        store.spend(&t("team-a"), month.start_ms, month.end_ms).await.unwrap(),
+        (750_000_000, 30)
+    );
+    assert_eq!(
+        store.spend(&Scope::Key("k3".into()), month.start_ms, month.end_ms).await.unwrap(),
+        (1_000_000_000, 15)
+    );
+    assert_eq!(
+        store.spend(&Scope::Global, month.start_ms, month.end_ms).await.unwrap(),
+        (1_750_000_000, 45)
+    );
+    assert_eq!(store.spend(&t("nobody"), 0, i64::MAX).await.unwrap(), (0, 0));
+
+    let rows = store.usage_report(month.start_ms, dec + 1, None, None).await.unwrap();
+    let days: Vec<_> = rows.iter().map(|r| (r.day.as_str(), r.tenant.as_str(), r.key_id.as_str(), r.requests)).collect();
+    assert_eq!(
+        days,
+        [
+            ("2026-11-30", "team-a", "k1", 1),
+            ("2026-11-30", "team-a", "k2", 1),
+            ("2026-11-30", "team-b", "k3", 1),
+            ("2026-12-01", "team-a", "k1", 1),
+        ]
+    );
+    assert_eq!(rows[2].estimated, 1);
+    assert_eq!(rows[2].cost_usd, 1.0);
+    let only_b = store
+        .usage_report(0, i64::MAX, Some("team-b"), None)
+        .await
+        .unwrap();
+    assert_eq!(only_b.len(), 1);
+    let only_k1 = store.usage_report(0, i64::MAX, None, Some("k1")).await.unwrap();
+    assert_eq!(only_k1.len(), 2);
+
+    assert!(store.delete_budget(&Scope::Global).await.unwrap());
+    assert!(!store.delete_budget(&Scope::Global).await.unwrap());
+    assert_eq!(store.list_budgets().await.unwrap(), vec![b2]);
+}
+
+#[tokio::test]
+async fn sqlite_budgets_spend_and_usage_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&format!("sqlite://{}/b.db", dir.path().display()))
+        .await
+        .unwrap();
+    exercise_budgets(&store).await;
+}
+
+#[tokio::test]
+async fn postgres_budgets_spend_and_usage_report() {
+    let (url, schema) = pg_schema().await;
+    let store = Store::open(&url).await.unwrap();
+    exercise_budgets(&store).await;
+    drop(store);
+    drop_schema(&schema).await;
 }
