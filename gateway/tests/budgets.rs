@@ -591,7 +591,10 @@ async fn a_crashed_replicas_reservations_return_to_the_budget_after_their_ttl() 
     // A replica reserves and dies before settling (the reservation is never dropped).
     let held = engine.reserve(vec![budget.clone()], half).await.unwrap();
     std::mem::forget(held);
-    let refused = engine.reserve(vec![budget.clone()], half).await.unwrap_err();
+    let refused = engine
+        .reserve(vec![budget.clone()], half)
+        .await
+        .unwrap_err();
     assert!((refused.reserved - 0.6).abs() < 1e-9, "{refused:?}");
     clock.set(NOV_30_2359 - 3_600_000 + RESERVATION_TTL_MS + 1);
     let again = engine.reserve(vec![budget.clone()], half).await.unwrap();

@@ -155,7 +155,10 @@ async fn exercise_budgets(store: &Store) {
         ..b.clone()
     };
     store.put_budget(&g).await.unwrap();
-    assert_eq!(store.list_budgets().await.unwrap(), vec![g.clone(), b2.clone()]);
+    assert_eq!(
+        store.list_budgets().await.unwrap(),
+        vec![g.clone(), b2.clone()]
+    );
 
     // 2026-11-30 and 2026-12-01, UTC.
     let (nov, dec) = (1_796_000_000_000, 1_796_090_000_000);
@@ -171,21 +174,46 @@ async fn exercise_budgets(store: &Store) {
     let month = Period::Month.window(nov);
     let t = |s: &str| Scope::Tenant(s.into());
     assert_eq!(
-        store.spend(&t("team-a"), month.start_ms, month.end_ms).await.unwrap(),
+        store
+            .spend(&t("team-a"), month.start_ms, month.end_ms)
+            .await
+            .unwrap(),
         (750_000_000, 30)
     );
     assert_eq!(
-        store.spend(&Scope::Key("k3".into()), month.start_ms, month.end_ms).await.unwrap(),
+        store
+            .spend(&Scope::Key("k3".into()), month.start_ms, month.end_ms)
+            .await
+            .unwrap(),
         (1_000_000_000, 15)
     );
     assert_eq!(
-        store.spend(&Scope::Global, month.start_ms, month.end_ms).await.unwrap(),
+        store
+            .spend(&Scope::Global, month.start_ms, month.end_ms)
+            .await
+            .unwrap(),
         (1_750_000_000, 45)
     );
-    assert_eq!(store.spend(&t("nobody"), 0, i64::MAX).await.unwrap(), (0, 0));
+    assert_eq!(
+        store.spend(&t("nobody"), 0, i64::MAX).await.unwrap(),
+        (0, 0)
+    );
 
-    let rows = store.usage_report(month.start_ms, dec + 1, None, None).await.unwrap();
-    let days: Vec<_> = rows.iter().map(|r| (r.day.as_str(), r.tenant.as_str(), r.key_id.as_str(), r.requests)).collect();
+    let rows = store
+        .usage_report(month.start_ms, dec + 1, None, None)
+        .await
+        .unwrap();
+    let days: Vec<_> = rows
+        .iter()
+        .map(|r| {
+            (
+                r.day.as_str(),
+                r.tenant.as_str(),
+                r.key_id.as_str(),
+                r.requests,
+            )
+        })
+        .collect();
     assert_eq!(
         days,
         [
@@ -202,7 +230,10 @@ async fn exercise_budgets(store: &Store) {
         .await
         .unwrap();
     assert_eq!(only_b.len(), 1);
-    let only_k1 = store.usage_report(0, i64::MAX, None, Some("k1")).await.unwrap();
+    let only_k1 = store
+        .usage_report(0, i64::MAX, None, Some("k1"))
+        .await
+        .unwrap();
     assert_eq!(only_k1.len(), 2);
 
     assert!(store.delete_budget(&Scope::Global).await.unwrap());
