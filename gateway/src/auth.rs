@@ -98,12 +98,13 @@ impl Auth {
             }
         };
         let hash = hash_key(token);
-        let cached = {
+        let (cached, stale) = {
             let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-            cache
-                .get(&hash)
-                .filter(|(_, at)| at.elapsed() < self.ttl)
-                .map(|(r, _)| r.clone())
+            match cache.get(&hash) {
+                Some((r, at)) if at.elapsed() < self.ttl => (Some(r.clone()), None),
+                Some((r, _)) => (None, Some(r.clone())),
+                None => (None, None),
+            }
         };
         let found = match cached {
             Some(r) => r,
@@ -113,14 +114,30 @@ impl Auth {
                         "Invalid API key: this gateway has no key store.",
                     ));
                 };
-                let r = store.find_key(&hash).await.map_err(|e| {
-                    tracing::error!(error = %e, "key lookup failed");
-                    ApiError::new(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "service_unavailable",
-                        "The key store is unavailable; retry shortly.",
-                    )
-                })?;
+                let r = match store.find_key(&hash).await {
+                    Ok(r) => r,
+                    // The database is down: keys seen before keep working on their last
+                    // known state (a revocation then waits for the database), so an outage
+                    // does not stop the traffic; unknown keys cannot be checked.
+                    Err(e) => match stale {
+                        Some(r) => {
+                            tracing::warn!(error = %e, "key lookup failed; using the last known state of this key");
+                            return match r {
+                                Some(k) if k.revoked_at.is_none() => Ok(Caller::Key(k)),
+                                Some(_) => Err(unauthorized("This API key has been revoked.")),
+                                None => Err(unauthorized("Invalid API key.")),
+                            };
+                        }
+                        None => {
+                            tracing::error!(error = %e, "key lookup failed");
+                            return Err(ApiError::new(
+                                StatusCode::SERVICE_UNAVAILABLE,
+                                "service_unavailable",
+                                "The key store is unavailable; retry shortly.",
+                            ));
+                        }
+                    },
+                };
                 let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
                 if cache.len() > 100_000 {
                     cache.clear();

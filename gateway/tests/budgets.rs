@@ -35,6 +35,7 @@ async fn setup_via(redis_url: Option<String>, routing: &str) -> Setup {
     let h = start_with_budgets(
         BudgetSetup {
             redis_url,
+            database_url: None,
             redis_prefix: prefix.clone(),
             clock: clock.clone(),
         },

@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
@@ -183,4 +184,89 @@ async fn a_postgres_outage_loses_no_record_and_counts_none_twice() {
         .execute(&admin)
         .await
         .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_outage_under_load_keeps_keys_and_budgets_working_and_loses_no_record() {
+    let (direct_url, schema) = pg_schema().await;
+    let proxy = Proxy::start("127.0.0.1:5432").await;
+    let via_proxy = direct_url.replace("127.0.0.1:5432", &proxy.addr.to_string());
+    let h = start_with_budgets(
+        BudgetSetup {
+            redis_prefix: None,
+            redis_url: None,
+            clock: Arc::new(llm_gateway::budget::SystemClock),
+            database_url: Some(via_proxy),
+        },
+        "",
+    )
+    .await;
+    let direct = Store::open(&direct_url).await.unwrap();
+    let (_, key) = direct.create_key("team-a", "load").await.unwrap();
+    let r = h
+        .admin(reqwest::Method::PUT, "/admin/budgets")
+        .json(&json!({"scope": "tenant", "subject": "team-a", "limit_usd": 1.0}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let chat = || {
+        let (http, gw, key) = (h.http.clone(), h.gw.clone(), key.clone());
+        async move {
+            let r = http
+                .post(format!("{gw}/v1/chat/completions"))
+                .bearer_auth(&key)
+                .json(&json!({"model": "gpt-4o-mini", "max_tokens": 20, "messages": [{"role": "user", "content": "hi"}]}))
+                .send()
+                .await
+                .unwrap();
+            let left = r
+                .headers()
+                .get("x-llm-gateway-budget-remaining-usd")
+                .map(|v| v.to_str().unwrap().parse::<f64>().unwrap());
+            (r.status().as_u16(), left)
+        }
+    };
+    let mut sent = 0;
+    for _ in 0..10 {
+        assert_eq!(chat().await.0, 200);
+        sent += 1;
+    }
+
+    // PostgreSQL goes away for longer than the key cache lasts, under concurrent load.
+    proxy.cut().await;
+    tokio::time::sleep(Duration::from_millis(5500)).await;
+    let mut last_left = f64::MAX;
+    for _ in 0..10 {
+        let batch: Vec<_> = (0..10).map(|_| tokio::spawn(chat())).collect();
+        for b in batch {
+            let (status, left) = b.await.unwrap();
+            assert_eq!(status, 200, "served while the database is down");
+            let left = left.expect("the budget is still enforced");
+            last_left = last_left.min(left);
+        }
+        sent += 10;
+    }
+    assert!(last_left < 1.0);
+
+    // Back: every record arrives exactly once.
+    proxy.restore();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let n = direct.usage_records().await.unwrap().len();
+        if n == sent {
+            break;
+        }
+        assert!(
+            n < sent,
+            "{n} records for {sent} requests: some counted twice"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{n} of {sent} records after recovery"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    drop(direct);
+    drop_schema(&schema).await;
 }

@@ -90,6 +90,8 @@ pub struct BudgetSetup {
     pub redis_url: Option<String>,
     /// The budgets' clock.
     pub clock: Arc<dyn llm_gateway::budget::Clock>,
+    /// The database (default: a SQLite file in a temporary folder).
+    pub database_url: Option<String>,
 }
 
 /// Starts with a SQLite store, required keys and budgets; routing YAML as in `start_full`.
@@ -148,9 +150,11 @@ async fn start_inner2(
     let (mut store, mut dir) = (None, None);
     if let Some((required, ttl)) = auth {
         let d = tempfile::tempdir().unwrap();
-        let s = llm_gateway::store::Store::open(&format!("sqlite://{}/gw.db", d.path().display()))
-            .await
-            .unwrap();
+        let url = budgets
+            .as_ref()
+            .and_then(|b| b.database_url.clone())
+            .unwrap_or_else(|| format!("sqlite://{}/gw.db", d.path().display()));
+        let s = llm_gateway::store::Store::open(&url).await.unwrap();
         gw = gw
             .with_auth(llm_gateway::auth::Auth::new(Some(s.clone()), required, ttl))
             .with_ledger(llm_gateway::ledger::Ledger::start(
