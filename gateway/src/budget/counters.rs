@@ -98,7 +98,13 @@ pub struct CounterError(#[from] redis::RedisError);
 /// In-process counters.
 #[derive(Debug, Default)]
 pub struct Local {
-    counters: Mutex<HashMap<String, LocalCounter>>,
+    counters: Mutex<LocalMap>,
+}
+
+#[derive(Debug, Default)]
+struct LocalMap {
+    map: HashMap<String, LocalCounter>,
+    swept_at_ms: i64,
 }
 
 #[derive(Debug, Default)]
@@ -139,8 +145,13 @@ fn refusal(l: &Line, lv: &Level, a: i64, b: i64) -> Option<bool> {
 impl Local {
     /// Reserves `ask` on every line, or on none.
     pub fn reserve(&self, lines: &[Line], ask: &Ask) -> Reserved {
-        let mut map = self.counters.lock().unwrap_or_else(|e| e.into_inner());
-        map.retain(|_, c| c.expires_at_ms > ask.now_ms);
+        let mut guard = self.counters.lock().unwrap_or_else(|e| e.into_inner());
+        // Expired counters (past minutes, past periods) go once a minute, not per request.
+        if ask.now_ms - guard.swept_at_ms > 60_000 {
+            guard.swept_at_ms = ask.now_ms;
+            guard.map.retain(|_, c| c.expires_at_ms > ask.now_ms);
+        }
+        let map = &mut guard.map;
         let mut need = Vec::new();
         for (i, l) in lines.iter().enumerate() {
             let c = map.entry(l.key.clone()).or_default();
@@ -190,7 +201,8 @@ impl Local {
 
     /// Settles reservation `id`: its estimate leaves `reserved`, `actual` joins `used`.
     pub fn settle(&self, lines: &[Line], id: &str, estimate_b: i64, actual: (i64, i64)) {
-        let mut map = self.counters.lock().unwrap_or_else(|e| e.into_inner());
+        let mut guard = self.counters.lock().unwrap_or_else(|e| e.into_inner());
+        let map = &mut guard.map;
         for l in lines {
             let Some(c) = map.get_mut(&l.key) else {
                 continue;
@@ -216,12 +228,14 @@ impl Local {
         self.counters
             .lock()
             .unwrap_or_else(|e| e.into_inner())
+            .map
             .clear();
     }
 
     /// Current figures; `None` for budget counters not seeded yet.
     pub fn levels(&self, lines: &[Line]) -> Vec<Option<Level>> {
-        let map = self.counters.lock().unwrap_or_else(|e| e.into_inner());
+        let guard = self.counters.lock().unwrap_or_else(|e| e.into_inner());
+        let map = &guard.map;
         lines
             .iter()
             .map(|l| match map.get(&l.key) {
