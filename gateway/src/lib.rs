@@ -6,6 +6,7 @@ pub mod app;
 pub mod auth;
 pub mod breaker;
 pub mod budget;
+pub mod cache;
 pub mod catalog;
 pub mod config;
 pub mod failover;

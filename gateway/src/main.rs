@@ -280,8 +280,21 @@ async fn serve(args: ServeArgs, db: DbArgs) -> ExitCode {
     };
     let auth =
         llm_gateway::auth::Auth::new(Some(store), required, llm_gateway::auth::KEY_CACHE_TTL);
+    let cache = match llm_gateway::cache::Cache::from_settings(&settings.cache) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let gw = match Gateway::build(&settings).await {
-        Ok(gw) => Arc::new(gw.with_auth(auth).with_ledger(ledger).with_budgets(budgets)),
+        Ok(gw) => {
+            let gw = gw.with_auth(auth).with_ledger(ledger).with_budgets(budgets);
+            Arc::new(match cache {
+                Some(c) => gw.with_cache(c),
+                None => gw,
+            })
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             return ExitCode::FAILURE;

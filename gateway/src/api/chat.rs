@@ -16,7 +16,8 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit};
 
 use super::error::{ApiError, Failure, TimeoutKind};
 use super::record::Record;
-use super::{body, headers, sse, AppState};
+use super::{body, cached, headers, sse, AppState};
+use crate::cache::Found;
 use crate::failover::{self, Committed};
 use crate::models::registry::Target;
 use crate::openai::{ChatRequest, Usage};
@@ -70,7 +71,55 @@ async fn serve(
     record.set_route(&routed);
     check_capabilities(&req, &routed.target)?;
 
-    // 3. Budgets: reserve the estimate on every covering budget; at a limit, downgrade to a
+    // 3. Cache: the same or a rephrased earlier request is answered at once, for free.
+    let mut lookup = None;
+    if let Some(cache) = &gw.cache {
+        let route = match &routed.target.virtual_model {
+            Some(v) => v.clone(),
+            None => format!("{}/{}", routed.target.provider.name, routed.target.model),
+        };
+        let started = std::time::Instant::now();
+        match cache.prepare(
+            caller.tenant(),
+            &route,
+            routed.target.virtual_model.as_deref(),
+            &raw,
+            &req,
+            req_headers,
+        ) {
+            Ok(mut l) => {
+                let (found, embed) = cache.find(&mut l).await;
+                let (outcome, label) = match &found {
+                    Found::Exact(_) => ("hit-exact", "hit_exact"),
+                    Found::Semantic(..) => ("hit-semantic", "hit_semantic"),
+                    Found::Miss => ("miss", "miss"),
+                };
+                gw.metrics.cache_lookup(
+                    label,
+                    Some(started.elapsed().as_secs_f64()),
+                    embed.map(|d| d.as_secs_f64()),
+                );
+                record.set_cache(outcome);
+                match found {
+                    Found::Exact(a) => {
+                        record.finish(200, None);
+                        return Ok(cached::respond(&req, &a, outcome, None));
+                    }
+                    Found::Semantic(a, sim) => {
+                        record.finish(200, None);
+                        return Ok(cached::respond(&req, &a, outcome, Some(sim)));
+                    }
+                    Found::Miss => lookup = Some(l),
+                }
+            }
+            Err(_) => {
+                gw.metrics.cache_lookup("bypass", None, None);
+                record.set_cache("bypass");
+            }
+        }
+    }
+
+    // 4. Budgets: reserve the estimate on every covering budget; at a limit, downgrade to a
     //    model that fits or refuse with 429.
     let (routed, hold) =
         super::budget::reserve(gw, caller, &req, raw.get("tools"), routed, &breakers).await?;
@@ -82,14 +131,23 @@ async fn serve(
     let downgraded = hold.as_ref().is_some_and(|h| h.downgraded);
     record.set_held(hold);
 
-    // 4. Call the provider, failing over along the ranking until a response starts.
+    let record_cache = record.cache();
+    // 5. Call the provider, failing over along the ranking until a response starts.
     let answer = failover::chat(gw, &req, &raw, &routed, record).await?;
 
-    // 5. Respond, recording usage, cost and the outcome.
+    // 6. Respond, recording usage, cost and the outcome; store a complete answer.
     let mut resp = match answer.committed {
         Committed::Json { body, usage } => {
             if usage.is_none() {
                 record.add_output_bytes(output_bytes(&body));
+            }
+            if let (Some(cache), Some(l)) = (&gw.cache, lookup.take()) {
+                if let Some(a) =
+                    cached::from_json(&body, &answer.target.provider.name, usage.as_ref())
+                {
+                    cache.store(l, a);
+                    gw.metrics.cache_entries(cache.len());
+                }
             }
             let cost = record.finish(200, usage.as_ref());
             let mut resp = Response::new(Body::from(body));
@@ -112,6 +170,7 @@ async fn serve(
             include_usage: req.wants_stream_usage(),
             usage: None,
             record: record.detach(),
+            capture: lookup.map(|l| (l, cached::Capture::default())),
             finished: false,
             _slots: (global, answer.permit),
         }),
@@ -122,6 +181,10 @@ async fn serve(
         // A stream's headers leave before its cost is known: what is left once the
         // reserved estimate is spent.
         headers::budget_headers(resp.headers_mut(), budget_left_before);
+    }
+    if let Some(c) = record_cache {
+        resp.headers_mut()
+            .insert(cached::CACHE, HeaderValue::from_static(c));
     }
     if downgraded {
         resp.headers_mut()
@@ -230,6 +293,8 @@ struct SseState {
     include_usage: bool,
     usage: Option<Usage>,
     record: Record,
+    /// The cache lookup of a miss, and the answer being reassembled to store.
+    capture: Option<(crate::cache::Lookup, cached::Capture)>,
     finished: bool,
     /// The global and provider concurrency slots, released when the stream ends.
     _slots: (OwnedSemaphorePermit, OwnedSemaphorePermit),
@@ -272,6 +337,9 @@ fn stream_response(state: SseState) -> Response {
                     if usage.is_some() {
                         st.usage = usage;
                     }
+                    if let Some((_, c)) = &mut st.capture {
+                        c.add(&data);
+                    }
                     if !usage_only || st.include_usage {
                         break sse::data(&data);
                     }
@@ -279,6 +347,15 @@ fn stream_response(state: SseState) -> Response {
                 Some(StreamItem::End) => {
                     st.finished = true;
                     st.record.report_upstream(None);
+                    // Only a complete stream is stored.
+                    if let (Some((l, c)), Some(cache), Some(t)) =
+                        (st.capture.take(), &st.record.gw().cache, st.record.target())
+                    {
+                        if let Some(a) = c.finish(&t.provider.name, st.usage.as_ref()) {
+                            cache.store(l, a);
+                            st.record.gw().metrics.cache_entries(cache.len());
+                        }
+                    }
                     break sse::done(st.record.finish(200, st.usage.as_ref()));
                 }
                 item => {

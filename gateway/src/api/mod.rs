@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod body;
 pub mod budget;
+pub mod cached;
 pub mod chat;
 pub mod embeddings;
 pub mod error;

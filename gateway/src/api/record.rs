@@ -38,6 +38,7 @@ pub struct Record {
     prompt_bytes: usize,
     remaining: Option<crate::budget::Remaining>,
     estimated: bool,
+    cache: Option<&'static str>,
     done: bool,
 }
 
@@ -60,8 +61,19 @@ impl Record {
             prompt_bytes: 0,
             remaining: None,
             estimated: false,
+            cache: None,
             done: false,
         }
+    }
+
+    /// The cache outcome, if the cache is on.
+    pub fn cache(&self) -> Option<&'static str> {
+        self.cache
+    }
+
+    /// Notes the cache outcome (`hit-exact`, `hit-semantic`, `miss`, `bypass`).
+    pub fn set_cache(&mut self, outcome: &'static str) {
+        self.cache = Some(outcome);
     }
 
     /// Holds the request's budget reservation until it is recorded.
@@ -206,6 +218,7 @@ impl Record {
             prompt_bytes: self.prompt_bytes,
             remaining: self.remaining,
             estimated: self.estimated,
+            cache: self.cache,
             done: false,
         }
     }
@@ -244,6 +257,8 @@ impl Record {
         let estimate;
         let usage = match usage {
             Some(u) => Some(u),
+            // A cache hit used no upstream tokens.
+            None if self.cache.is_some_and(|c| c.starts_with("hit")) => None,
             None if status == 200 || self.output_bytes > 0 => {
                 let prompt = self
                     .held
@@ -262,7 +277,10 @@ impl Record {
             }
             None => None,
         };
-        let cost = self.cost(usage);
+        let cost = match self.cache {
+            Some(c) if c.starts_with("hit") => Some(0.0),
+            _ => self.cost(usage),
+        };
         if let Some(h) = self.held.take() {
             let actual = crate::budget::Amount {
                 nano: crate::budget::policy::to_nano(cost.unwrap_or(0.0)),
@@ -349,7 +367,7 @@ impl Record {
                 usage_estimated: self.estimated,
                 latency_ms: ms(elapsed),
                 ttft_ms: self.first_token.map(|f| ms(f.duration_since(self.started))),
-                cache: None,
+                cache: self.cache.map(str::to_owned),
                 status: status as i32,
                 attempts: self.attempts as i32,
             });

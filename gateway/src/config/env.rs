@@ -31,8 +31,19 @@ pub fn from_env(get: impl Fn(&str) -> Option<String>) -> GatewayConfig {
             }),
         }
     }
+    // The quick start turns the cache on with LLM_GATEWAY_CACHE=on.
+    let cache = llm_gateway_crds::CacheConfig {
+        enabled: get("LLM_GATEWAY_CACHE").is_some_and(|v| {
+            matches!(
+                v.trim().to_ascii_lowercase().as_str(),
+                "1" | "on" | "true" | "yes"
+            )
+        }),
+        ..Default::default()
+    };
     GatewayConfig {
         providers,
+        cache,
         ..Default::default()
     }
 }

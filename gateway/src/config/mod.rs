@@ -48,6 +48,42 @@ pub struct Settings {
     pub providers: Vec<ProviderSettings>,
     /// Virtual models and latency tracking.
     pub routing: RoutingSettings,
+    /// The response cache.
+    pub cache: CacheSettings,
+}
+
+/// Validated cache settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CacheSettings {
+    /// On at all.
+    pub enabled: bool,
+    /// Semantic matching wanted.
+    pub semantic: bool,
+    /// Default similarity threshold.
+    pub threshold: f32,
+    /// Default TTL.
+    pub ttl: Duration,
+    /// Most entries in process.
+    pub max_entries: usize,
+    /// Requests above this temperature bypass the cache.
+    pub max_temperature: f64,
+    /// Tool-call answers are cached.
+    pub cache_tool_calls: bool,
+    /// Embedding model folder, if configured.
+    pub embedding_model: Option<std::path::PathBuf>,
+    /// Per-virtual-model overrides.
+    pub routes: std::collections::HashMap<String, RouteCache>,
+}
+
+/// One virtual model's cache settings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RouteCache {
+    /// On for this virtual model.
+    pub enabled: bool,
+    /// Its similarity threshold.
+    pub threshold: f32,
+    /// Its TTL.
+    pub ttl: Duration,
 }
 
 /// Validated routing settings.

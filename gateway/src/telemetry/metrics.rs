@@ -103,6 +103,13 @@ pub struct FailoverLabels {
 }
 
 /// Where a request waited for a concurrency slot.
+/// Labels of cache outcomes.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CacheLabels {
+    /// `hit_exact`, `hit_semantic`, `miss`, `bypass`.
+    pub outcome: String,
+}
+
 /// Labels of budget outcomes: scope kind (`global`, `tenant`, `key`) and which limit, never
 /// the tenant or key itself (unbounded).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -137,6 +144,11 @@ pub struct Metrics {
     tokens: Family<TokenLabels, Counter>,
     cost: Family<ModelLabels, Counter<f64, AtomicU64>>,
     budget_outcomes: Family<BudgetLabels, Counter>,
+    cache_outcomes: Family<CacheLabels, Counter>,
+    cache_lookup_seconds: Histogram,
+    cache_embedding_seconds: Histogram,
+    cache_entries: prometheus_client::metrics::gauge::Gauge,
+    cache_evictions: Counter,
     budget_backend_errors: Counter,
     estimated_usage: Counter,
 }
@@ -242,7 +254,42 @@ impl Default for Metrics {
             "Requests whose usage the provider did not report, so was estimated with a tokenizer",
             estimated_usage.clone(),
         );
+        let cache_outcomes = Family::<CacheLabels, Counter>::default();
+        let cache_lookup_seconds = Histogram::new(exponential_buckets(1e-6, 3.0, 14));
+        let cache_embedding_seconds = Histogram::new(exponential_buckets(1e-4, 2.0, 14));
+        let cache_entries = prometheus_client::metrics::gauge::Gauge::default();
+        let cache_evictions = Counter::default();
+        registry.register(
+            "cache_requests",
+            "Cache outcomes: hit_exact, hit_semantic, miss, bypass",
+            cache_outcomes.clone(),
+        );
+        registry.register(
+            "cache_lookup_duration_seconds",
+            "Time to look a request up in the cache (embedding included)",
+            cache_lookup_seconds.clone(),
+        );
+        registry.register(
+            "cache_embedding_duration_seconds",
+            "Time to embed a prompt for the semantic cache",
+            cache_embedding_seconds.clone(),
+        );
+        registry.register(
+            "cache_entries",
+            "Entries in the cache",
+            cache_entries.clone(),
+        );
+        registry.register(
+            "cache_evictions",
+            "Entries evicted to make room",
+            cache_evictions.clone(),
+        );
         Self {
+            cache_outcomes,
+            cache_lookup_seconds,
+            cache_embedding_seconds,
+            cache_entries,
+            cache_evictions,
             budget_outcomes,
             budget_backend_errors,
             estimated_usage,
@@ -264,6 +311,31 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Records a cache lookup: its outcome, time, and embedding time if it ran.
+    pub fn cache_lookup(&self, outcome: &str, secs: Option<f64>, embed_secs: Option<f64>) {
+        self.cache_outcomes
+            .get_or_create(&CacheLabels {
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+        if let Some(s) = secs {
+            self.cache_lookup_seconds.observe(s);
+        }
+        if let Some(s) = embed_secs {
+            self.cache_embedding_seconds.observe(s);
+        }
+    }
+
+    /// The number of cache entries.
+    pub fn cache_entries(&self, n: usize) {
+        self.cache_entries.set(n as i64);
+    }
+
+    /// The counter of cache evictions (the cache increments it).
+    pub fn cache_evictions(&self) -> Counter {
+        self.cache_evictions.clone()
+    }
+
     /// Counts a request refused (`rejected`) or downgraded by a budget.
     pub fn budget_limited(&self, scope: &str, limit: &str, outcome: &str) {
         self.budget_outcomes

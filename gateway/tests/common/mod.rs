@@ -147,6 +147,9 @@ async fn start_inner2(
     let settings =
         config::validate(&cfg, "test.yaml", &|k: &str| Some(format!("key-for-{k}"))).unwrap();
     let mut gw = Gateway::build(&settings).await.unwrap();
+    if let Some(c) = llm_gateway::cache::Cache::from_settings(&settings.cache).unwrap() {
+        gw = gw.with_cache(c);
+    }
     let (mut store, mut dir) = (None, None);
     if let Some((required, ttl)) = auth {
         let d = tempfile::tempdir().unwrap();

