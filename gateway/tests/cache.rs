@@ -1,0 +1,277 @@
+//! The response cache through the API: exact and semantic hits served without an upstream
+//! call, as JSON or SSE whichever way they were stored; what is never cached; tenants kept
+//! apart; hits recorded at zero cost. Needs `LLM_GATEWAY_EMBEDDING_MODEL`.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use reqwest::header::HeaderMap;
+use serde_json::{json, Value};
+
+fn with_cache(mock: &str, extra: &str) -> String {
+    format!(
+        "{}\ncache:\n  enabled: true\n{extra}",
+        config_yaml(mock, "")
+    )
+}
+
+async fn start() -> Harness {
+    assert!(
+        llm_gateway::cache::embed::default_model_dir().is_some(),
+        "set LLM_GATEWAY_EMBEDDING_MODEL (./e2e/test-all.sh does)"
+    );
+    start_yaml(|m| with_cache(m, "")).await
+}
+
+fn ask(text: &str) -> Value {
+    json!({"model": "gpt-4o-mini", "temperature": 0, "messages": [
+        {"role": "system", "content": "You are terse."},
+        {"role": "user", "content": text}]})
+}
+
+async fn send(
+    h: &Harness,
+    body: &Value,
+    key: Option<&str>,
+    extra: &[(&str, &str)],
+) -> (u16, HeaderMap, String) {
+    let mut rb = h
+        .http
+        .post(format!("{}/v1/chat/completions", h.gw))
+        .json(body);
+    if let Some(k) = key {
+        rb = rb.bearer_auth(k);
+    }
+    for (k, v) in extra {
+        rb = rb.header(*k, *v);
+    }
+    let r = rb.send().await.unwrap();
+    let s = r.status().as_u16();
+    let hd = r.headers().clone();
+    (s, hd, r.text().await.unwrap())
+}
+
+fn cache_of(h: &HeaderMap) -> &str {
+    h.get("x-llm-gateway-cache")
+        .map_or("", |v| v.to_str().unwrap())
+}
+
+fn content(body: &str) -> String {
+    let v: Value = serde_json::from_str(body).unwrap();
+    v["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+async fn upstream_calls(h: &Harness) -> usize {
+    h.received("openai").await.len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exact_and_rephrased_requests_are_answered_from_the_cache() {
+    let h = start().await;
+    let (s, hd, first) = send(&h, &ask("What is the capital of France?"), None, &[]).await;
+    assert_eq!(s, 200, "{first}");
+    assert_eq!(cache_of(&hd), "miss");
+    assert_eq!(upstream_calls(&h).await, 1);
+
+    let (_, hd, again) = send(&h, &ask("What is the capital of France?"), None, &[]).await;
+    assert_eq!(cache_of(&hd), "hit-exact");
+    assert_eq!(hd["x-llm-gateway-cost-usd"], "0");
+    assert_eq!(content(&again), content(&first));
+
+    let (_, hd, para) = send(&h, &ask("What's the capital city of France?"), None, &[]).await;
+    assert_eq!(cache_of(&hd), "hit-semantic");
+    let sim: f32 = hd["x-llm-gateway-cache-similarity"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(sim >= 0.95, "{sim}");
+    assert_eq!(content(&para), content(&first));
+    assert_eq!(
+        upstream_calls(&h).await,
+        1,
+        "neither hit reached the provider"
+    );
+
+    // Near in wording, not in meaning: the guard keeps them apart.
+    for other in [
+        "What is the capital of Australia?",
+        "What is not the capital of France?",
+    ] {
+        let (_, hd, body) = send(&h, &ask(other), None, &[]).await;
+        assert_eq!(cache_of(&hd), "miss", "{other}: {body}");
+    }
+    // Another system prompt is another task.
+    let mut b = ask("What is the capital of France?");
+    b["messages"][0]["content"] = json!("Answer in French.");
+    assert_eq!(cache_of(&send(&h, &b, None, &[]).await.1), "miss");
+
+    // A cached JSON answer streams as SSE, with usage when asked.
+    let mut s = ask("What's the capital city of France?");
+    s["stream"] = json!(true);
+    s["stream_options"] = json!({"include_usage": true});
+    let (status, hd, text) = send(&h, &s, None, &[]).await;
+    assert_eq!(status, 200);
+    assert_eq!(hd["content-type"], "text/event-stream");
+    assert_eq!(cache_of(&hd), "hit-semantic");
+    let chunks = sse_data(&text);
+    assert_eq!(streamed_text(&chunks), content(&first));
+    assert!(
+        chunks
+            .iter()
+            .any(|c| c["usage"]["completion_tokens"].as_u64().unwrap_or(0) > 0),
+        "{text}"
+    );
+    assert!(text.trim_end().ends_with("data: [DONE]"));
+
+    let metrics = h.get_text("/metrics").await;
+    for line in [
+        "llm_gateway_cache_requests_total{outcome=\"hit_exact\"} 1",
+        "llm_gateway_cache_requests_total{outcome=\"hit_semantic\"} 2",
+        "llm_gateway_cache_entries 4",
+    ] {
+        assert!(metrics.contains(line), "{line} missing");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_answer_is_stored_and_served_as_json() {
+    let h = start().await;
+    let mut s = ask("Explain what a hash map is.");
+    s["stream"] = json!(true);
+    let (_, hd, text) = send(&h, &s, None, &[]).await;
+    assert_eq!(cache_of(&hd), "miss");
+    let streamed = streamed_text(&sse_data(&text));
+    let (_, hd, body) = send(&h, &ask("Can you explain what a hash map is?"), None, &[]).await;
+    assert_eq!(cache_of(&hd), "hit-semantic");
+    assert_eq!(content(&body), streamed);
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["object"], "chat.completion");
+    assert_eq!(v["choices"][0]["finish_reason"], "stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_cut_streams_tool_calls_hot_temperatures_and_no_store_are_never_cached() {
+    let h = start().await;
+    // An upstream error: not stored.
+    h.fault(json!({"vendor": "openai", "status": 500, "times": 1}))
+        .await;
+    let (s, _, _) = send(&h, &ask("Tell me about Rust."), None, &[]).await;
+    assert_ne!(s, 200);
+    let (s, hd, _) = send(&h, &ask("Tell me about Rust."), None, &[]).await;
+    assert_eq!((s, cache_of(&hd)), (200, "miss"));
+
+    // A stream cut mid-way: not stored.
+    h.fault(json!({"vendor": "openai", "cut_after": 3, "times": 1}))
+        .await;
+    let mut st = ask("Tell me about Go [[words=40]]");
+    st["stream"] = json!(true);
+    send(&h, &st, None, &[]).await;
+    assert_eq!(
+        cache_of(
+            &send(&h, &ask("Tell me about Go [[words=40]]"), None, &[])
+                .await
+                .1
+        ),
+        "miss"
+    );
+
+    // Tool calls: not stored.
+    let tools = json!([{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]);
+    let mut t = ask("Weather in Paris?");
+    t["tools"] = tools;
+    for _ in 0..2 {
+        let (_, hd, body) = send(&h, &t, None, &[]).await;
+        assert!(body.contains("tool_calls"), "{body}");
+        assert_eq!(cache_of(&hd), "miss");
+    }
+
+    // Above the temperature bound, and no-store: bypass, and nothing stored.
+    let mut hot = ask("Write a limerick.");
+    hot["temperature"] = json!(1.5);
+    assert_eq!(cache_of(&send(&h, &hot, None, &[]).await.1), "bypass");
+    let q = ask("What is a monad?");
+    assert_eq!(
+        cache_of(&send(&h, &q, None, &[("cache-control", "no-store")]).await.1),
+        "bypass"
+    );
+    assert_eq!(cache_of(&send(&h, &q, None, &[]).await.1), "miss");
+    // no-cache: asks upstream afresh, and refreshes the entry.
+    let before = upstream_calls(&h).await;
+    assert_eq!(
+        cache_of(&send(&h, &q, None, &[("cache-control", "no-cache")]).await.1),
+        "miss"
+    );
+    assert_eq!(upstream_calls(&h).await, before + 1);
+    assert_eq!(cache_of(&send(&h, &q, None, &[]).await.1), "hit-exact");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_never_share_entries_and_hits_are_recorded_free() {
+    let h = start_keys_yaml(|m| with_cache(m, "")).await;
+    let store = h.store.clone().unwrap();
+    let (_, a) = store.create_key("team-a", "").await.unwrap();
+    let (_, b) = store.create_key("team-b", "").await.unwrap();
+    let q = ask("What is the capital of France?");
+    assert_eq!(cache_of(&send(&h, &q, Some(&a), &[]).await.1), "miss");
+    assert_eq!(cache_of(&send(&h, &q, Some(&a), &[]).await.1), "hit-exact");
+    assert_eq!(
+        cache_of(&send(&h, &q, Some(&b), &[]).await.1),
+        "miss",
+        "another tenant's entry"
+    );
+    let para = ask("What's the capital city of France?");
+    assert_eq!(
+        cache_of(&send(&h, &para, Some(&b), &[]).await.1),
+        "hit-semantic",
+        "its own"
+    );
+
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let rows = store.usage_records().await.unwrap();
+    assert_eq!(rows.len(), 4);
+    let hits: Vec<_> = rows
+        .iter()
+        .filter(|r| r.cache.as_deref().is_some_and(|c| c.starts_with("hit")))
+        .collect();
+    assert_eq!(hits.len(), 2);
+    for r in hits {
+        assert_eq!(r.cost_usd, Some(0.0));
+        assert_eq!((r.prompt_tokens, r.completion_tokens), (0, 0));
+        assert!(!r.usage_estimated);
+    }
+    assert!(rows
+        .iter()
+        .any(|r| r.cache.as_deref() == Some("miss") && r.cost_usd.unwrap() > 0.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_virtual_model_can_turn_its_cache_off_or_set_its_own_threshold() {
+    let routing = "  virtual_models:\n  - {name: fresh, strategy: cost, candidates: {providers: [openai]}, cache: {enabled: false}}\n  - {name: loose, strategy: cost, candidates: {providers: [openai]}, cache: {similarity_threshold: 0.8}}\n";
+    let h = start_yaml(|m| {
+        format!(
+            "{}\ncache:\n  enabled: true\n",
+            config_yaml_with(m, "", routing)
+        )
+    })
+    .await;
+    let mut q = ask("How do I cook rice?");
+    q["model"] = json!("fresh");
+    assert_eq!(cache_of(&send(&h, &q, None, &[]).await.1), "bypass");
+    assert_eq!(cache_of(&send(&h, &q, None, &[]).await.1), "bypass");
+    q["model"] = json!("loose");
+    assert_eq!(cache_of(&send(&h, &q, None, &[]).await.1), "miss");
+    let mut p = ask("What's the best way to cook rice?");
+    p["model"] = json!("loose");
+    let (_, hd, _) = send(&h, &p, None, &[]).await;
+    assert_eq!(
+        cache_of(&hd),
+        "hit-semantic",
+        "0.88 similar: a hit at 0.8, not at 0.95"
+    );
+}
