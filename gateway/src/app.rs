@@ -35,7 +35,7 @@ pub struct Gateway {
     /// Budgets and rate limits, when there is a database.
     pub budgets: Option<Arc<crate::budget::Budgets>>,
     /// The response cache, when enabled.
-    pub cache: Option<crate::cache::Cache>,
+    pub cache: Option<Arc<crate::cache::Cache>>,
     /// Prometheus metrics.
     pub metrics: Metrics,
     /// Largest accepted request body.
@@ -133,6 +133,13 @@ impl Gateway {
     /// Serves repeated and rephrased requests from `cache`.
     pub fn with_cache(mut self, mut cache: crate::cache::Cache) -> Self {
         cache.count_evictions_in(self.metrics.cache_evictions());
+        if let Some(s) = cache.shared_mut() {
+            s.count_errors_in(self.metrics.cache_redis_errors());
+        }
+        let cache = Arc::new(cache);
+        if let Some(s) = cache.shared() {
+            s.spawn_listener(cache.clone());
+        }
         self.cache = Some(cache);
         self
     }

@@ -280,7 +280,11 @@ async fn serve(args: ServeArgs, db: DbArgs) -> ExitCode {
     };
     let auth =
         llm_gateway::auth::Auth::new(Some(store), required, llm_gateway::auth::KEY_CACHE_TTL);
-    let cache = match llm_gateway::cache::Cache::from_settings(&settings.cache) {
+    let redis = db
+        .redis_url
+        .as_deref()
+        .map(|u| (u, db.redis_prefix.as_str()));
+    let cache = match llm_gateway::cache::Cache::from_settings(&settings.cache, redis).await {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");

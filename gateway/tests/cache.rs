@@ -275,3 +275,109 @@ async fn a_virtual_model_can_turn_its_cache_off_or_set_its_own_threshold() {
         "0.88 similar: a hit at 0.8, not at 0.95"
     );
 }
+
+async fn wait_entries(h: &Harness, n: usize) -> Duration {
+    let start = std::time::Instant::now();
+    while h.state.cache.as_ref().unwrap().len() < n {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "entries never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    start.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_share_entries_through_redis_and_new_replicas_load_them() {
+    assert!(llm_gateway::cache::embed::default_model_dir().is_some());
+    let prefix = format!("lgw-test-{}:", uuid::Uuid::new_v4());
+    let a = start_yaml_shared_cache(|m| with_cache(m, ""), REDIS, &prefix).await;
+    let b = start_yaml_shared_cache(|m| with_cache(m, ""), REDIS, &prefix).await;
+    let q = ask("How do I undo the last commit in git?");
+    assert_eq!(cache_of(&send(&a, &q, None, &[]).await.1), "miss");
+    let took = wait_entries(&b, 1).await;
+    eprintln!("an entry reached the other replica in {took:?}");
+    assert_eq!(cache_of(&send(&b, &q, None, &[]).await.1), "hit-exact");
+    let para = ask("How can I undo my last git commit?");
+    assert_eq!(
+        cache_of(&send(&b, &para, None, &[]).await.1),
+        "hit-semantic"
+    );
+    assert_eq!(
+        upstream_calls(&b).await,
+        0,
+        "replica B never asked its provider"
+    );
+
+    // A replica started later loads what Redis holds.
+    let c = start_yaml_shared_cache(|m| with_cache(m, ""), REDIS, &prefix).await;
+    wait_entries(&c, 1).await;
+    assert_eq!(
+        cache_of(&send(&c, &para, None, &[]).await.1),
+        "hit-semantic"
+    );
+    delete_redis_keys(&prefix).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_down_the_cache_serves_locally_and_shares_again_when_it_is_back() {
+    assert!(llm_gateway::cache::embed::default_model_dir().is_some());
+    let prefix = format!("lgw-test-{}:", uuid::Uuid::new_v4());
+    let proxy = Proxy::start("127.0.0.1:6379").await;
+    let a = start_yaml_shared_cache(
+        |m| with_cache(m, ""),
+        &format!("redis://{}", proxy.addr),
+        &prefix,
+    )
+    .await;
+    let b = start_yaml_shared_cache(|m| with_cache(m, ""), REDIS, &prefix).await;
+    proxy.cut().await;
+    let q = ask("What is the speed of light?");
+    let (s, hd, _) = send(&a, &q, None, &[]).await;
+    assert_eq!((s, cache_of(&hd)), (200, "miss"), "served normally");
+    assert_eq!(
+        cache_of(&send(&a, &q, None, &[]).await.1),
+        "hit-exact",
+        "its own entries still serve"
+    );
+    let metrics = {
+        let start = std::time::Instant::now();
+        loop {
+            let m = a.get_text("/metrics").await;
+            if m.contains("llm_gateway_cache_redis_errors_total 0")
+                && start.elapsed() < Duration::from_secs(5)
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+            break m;
+        }
+    };
+    assert!(
+        !metrics.contains("llm_gateway_cache_redis_errors_total 0"),
+        "the metric says redis failed"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        b.state.cache.as_ref().unwrap().is_empty(),
+        "nothing shared meanwhile"
+    );
+
+    proxy.restore();
+    // Back: new entries reach the other replica again.
+    let q2 = ask("Who painted the Mona Lisa?");
+    let start = std::time::Instant::now();
+    loop {
+        send(&a, &q2, None, &[("cache-control", "no-cache")]).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if !b.state.cache.as_ref().unwrap().is_empty() {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "sharing never resumed"
+        );
+    }
+    delete_redis_keys(&prefix).await;
+}

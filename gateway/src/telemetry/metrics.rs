@@ -149,6 +149,7 @@ pub struct Metrics {
     cache_embedding_seconds: Histogram,
     cache_entries: prometheus_client::metrics::gauge::Gauge,
     cache_evictions: Counter,
+    cache_redis_errors: Counter,
     budget_backend_errors: Counter,
     estimated_usage: Counter,
 }
@@ -259,6 +260,12 @@ impl Default for Metrics {
         let cache_embedding_seconds = Histogram::new(exponential_buckets(1e-4, 2.0, 14));
         let cache_entries = prometheus_client::metrics::gauge::Gauge::default();
         let cache_evictions = Counter::default();
+        let cache_redis_errors = Counter::default();
+        registry.register(
+            "cache_redis_errors",
+            "Failed cache operations on Redis (entries then stay in this replica)",
+            cache_redis_errors.clone(),
+        );
         registry.register(
             "cache_requests",
             "Cache outcomes: hit_exact, hit_semantic, miss, bypass",
@@ -290,6 +297,7 @@ impl Default for Metrics {
             cache_embedding_seconds,
             cache_entries,
             cache_evictions,
+            cache_redis_errors,
             budget_outcomes,
             budget_backend_errors,
             estimated_usage,
@@ -334,6 +342,11 @@ impl Metrics {
     /// The counter of cache evictions (the cache increments it).
     pub fn cache_evictions(&self) -> Counter {
         self.cache_evictions.clone()
+    }
+
+    /// The counter of failed Redis cache operations.
+    pub fn cache_redis_errors(&self) -> Counter {
+        self.cache_redis_errors.clone()
     }
 
     /// Counts a request refused (`rejected`) or downgraded by a budget.

@@ -142,6 +142,25 @@ async fn start_inner2(
     auth: Option<(bool, std::time::Duration)>,
     budgets: Option<BudgetSetup>,
 ) -> Harness {
+    start_inner3(yaml, auth, budgets, None).await
+}
+
+/// Starts with the config from `yaml` and the cache's entries shared through Redis at
+/// `url` under `prefix`.
+pub async fn start_yaml_shared_cache(
+    yaml: impl FnOnce(&str) -> String,
+    url: &str,
+    prefix: &str,
+) -> Harness {
+    start_inner3(yaml, None, None, Some((url.to_owned(), prefix.to_owned()))).await
+}
+
+async fn start_inner3(
+    yaml: impl FnOnce(&str) -> String,
+    auth: Option<(bool, std::time::Duration)>,
+    budgets: Option<BudgetSetup>,
+    cache_redis: Option<(String, String)>,
+) -> Harness {
     llm_gateway::install_crypto();
     let ml = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let mock = format!("http://{}", ml.local_addr().unwrap());
@@ -152,7 +171,11 @@ async fn start_inner2(
     let settings =
         config::validate(&cfg, "test.yaml", &|k: &str| Some(format!("key-for-{k}"))).unwrap();
     let mut gw = Gateway::build(&settings).await.unwrap();
-    if let Some(c) = llm_gateway::cache::Cache::from_settings(&settings.cache).unwrap() {
+    let redis = cache_redis.as_ref().map(|(u, p)| (u.as_str(), p.as_str()));
+    if let Some(c) = llm_gateway::cache::Cache::from_settings(&settings.cache, redis)
+        .await
+        .unwrap()
+    {
         gw = gw.with_cache(c);
     }
     let (mut store, mut dir) = (None, None);
