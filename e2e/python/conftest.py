@@ -94,6 +94,32 @@ def gateway(gateway_env, tmp_path_factory):
             assert secret not in text, "an API key reached the gateway's log"
 
 
+@pytest.fixture(scope="session")
+def cached_gateway(gateway_env, tmp_path_factory):
+    """A second gateway with the response cache on (LLM_GATEWAY_CACHE=on), semantic matching
+    with the embedding model test-all.sh installs."""
+    model = os.environ.get("LLM_GATEWAY_EMBEDDING_MODEL")
+    assert model, "set LLM_GATEWAY_EMBEDDING_MODEL (./e2e/test-all.sh does)"
+    env = dict(gateway_env)
+    env["LLM_GATEWAY_DATA_DIR"] = str(tmp_path_factory.mktemp("cached-data"))
+    env["LLM_GATEWAY_CACHE"] = "on"
+    env["LLM_GATEWAY_EMBEDDING_MODEL"] = model
+    port = free_port()
+    log = tmp_path_factory.mktemp("cached") / "gateway.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [str(BIN_DIR / "llm-gateway"), "--listen", f"127.0.0.1:{port}"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    wait_until(f"{url}/readyz", proc)
+    yield url
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(15) == 0, log.read_text()
+
+
 @pytest.fixture
 def client(gateway) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{gateway}/v1", api_key="unused-by-the-quick-start", max_retries=0)

@@ -17,6 +17,7 @@
 
 pub mod embed;
 pub mod guard;
+pub mod index;
 pub mod shared;
 
 use std::collections::HashMap;
@@ -53,7 +54,6 @@ pub struct Answer {
 #[derive(Debug)]
 struct Entry {
     scope: Key,
-    vector: Option<Vec<f32>>,
     signature: Option<Signature>,
     answer: Arc<Answer>,
     expires: Instant,
@@ -62,15 +62,15 @@ struct Entry {
 #[derive(Debug)]
 struct Inner {
     entries: lru::LruCache<Key, Entry>,
-    /// Exact keys of the entries with a vector, by scope.
-    scopes: HashMap<Key, Vec<Key>>,
+    /// The vectors of the entries that have one, by scope.
+    scopes: HashMap<Key, index::ScopeIndex>,
 }
 
 impl Inner {
     fn forget(&mut self, key: &Key, scope: &Key) {
-        if let Some(keys) = self.scopes.get_mut(scope) {
-            keys.retain(|k| k != key);
-            if keys.is_empty() {
+        if let Some(ix) = self.scopes.get_mut(scope) {
+            ix.remove(key);
+            if ix.is_empty() {
                 self.scopes.remove(scope);
             }
         }
@@ -225,25 +225,24 @@ impl Cache {
             Entry {
                 scope,
                 signature: s.text.as_deref().map(Signature::of),
-                vector: s.vector,
                 answer: Arc::new(s.answer),
                 expires: Instant::now() + Duration::from_millis(left as u64),
             },
+            s.vector.as_deref(),
         );
     }
 
-    fn insert(&self, key: Key, entry: Entry) {
+    fn insert(&self, key: Key, entry: Entry, vector: Option<&[f32]>) {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let scope = entry.scope;
-        let has_vector = entry.vector.is_some();
         if let Some((old_key, old)) = inner.entries.push(key, entry) {
             inner.forget(&old_key, &old.scope);
             if old_key != key {
                 self.evictions.inc();
             }
         }
-        if has_vector {
-            inner.scopes.entry(scope).or_default().push(key);
+        if let Some(v) = vector {
+            inner.scopes.entry(scope).or_default().add(key, v);
         }
     }
 
@@ -406,36 +405,36 @@ impl Cache {
             return (Found::Miss, Some(started.elapsed()));
         };
         let took = started.elapsed();
-        let sig = Signature::of(text);
-        let best = {
-            let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-            let keys = inner.scopes.get(&l.scope).cloned().unwrap_or_default();
-            let mut best: Option<(f32, Arc<Answer>)> = None;
-            for k in keys {
-                let Some(e) = inner.entries.peek(&k) else {
-                    continue;
-                };
-                if e.expires <= now {
-                    continue;
-                }
-                let (Some(ev), Some(es)) = (&e.vector, &e.signature) else {
-                    continue;
-                };
-                let sim = embed::cosine(&v, ev);
-                if sim >= l.threshold
-                    && best.as_ref().is_none_or(|(b, _)| sim > *b)
-                    && sig.agrees(es)
-                {
-                    best = Some((sim, e.answer.clone()));
-                }
-            }
-            best
-        };
+        let best = self.nearest(&l.scope, &v, &Signature::of(text), l.threshold);
         l.vector = Some(v);
         match best {
             Some((sim, a)) => (Found::Semantic(a, sim), Some(took)),
             None => (Found::Miss, Some(took)),
         }
+    }
+
+    /// The most similar entry of `scope` at or above `threshold` whose prompt agrees with
+    /// `sig` (an exact scan of the scope).
+    pub fn nearest(
+        &self,
+        scope: &Key,
+        v: &[f32],
+        sig: &Signature,
+        threshold: f32,
+    ) -> Option<(f32, Arc<Answer>)> {
+        let now = Instant::now();
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        // Most similar first; the guard runs only on candidates above the threshold.
+        inner
+            .scopes
+            .get(scope)?
+            .above(v, threshold)
+            .into_iter()
+            .find_map(|(sim, k)| {
+                let e = inner.entries.peek(&k)?;
+                (e.expires > now && e.signature.as_ref().is_some_and(|es| sig.agrees(es)))
+                    .then(|| (sim, e.answer.clone()))
+            })
     }
 
     /// Whether an answer may be stored.
@@ -467,11 +466,11 @@ impl Cache {
             l.exact,
             Entry {
                 scope: l.scope,
-                vector: l.vector,
                 signature,
                 answer: Arc::new(answer),
                 expires: Instant::now() + l.ttl,
             },
+            l.vector.as_deref(),
         );
     }
 }
