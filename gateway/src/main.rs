@@ -295,7 +295,13 @@ async fn serve(args: ServeArgs, db: DbArgs) -> ExitCode {
         Ok(gw) => {
             let gw = gw.with_auth(auth).with_ledger(ledger).with_budgets(budgets);
             Arc::new(match cache {
-                Some(c) => gw.with_cache(c),
+                Some(mut c) => {
+                    if let Err(e) = c.attach_provider(&gw.registry) {
+                        eprintln!("error: {e}");
+                        return ExitCode::from(2);
+                    }
+                    gw.with_cache(c)
+                }
                 None => gw,
             })
         }

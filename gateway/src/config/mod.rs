@@ -71,6 +71,8 @@ pub struct CacheSettings {
     pub cache_tool_calls: bool,
     /// Embedding model folder, if configured.
     pub embedding_model: Option<std::path::PathBuf>,
+    /// A provider's embeddings model (`provider/model`) to use instead of the local model.
+    pub embedding_provider: Option<String>,
     /// Per-virtual-model overrides.
     pub routes: std::collections::HashMap<String, RouteCache>,
 }

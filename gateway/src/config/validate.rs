@@ -385,6 +385,7 @@ fn cache(cfg: &GatewayConfig) -> Result<super::CacheSettings, FieldError> {
         max_temperature,
         cache_tool_calls: c.cache_tool_calls,
         embedding_model: c.embedding_model.as_ref().map(std::path::PathBuf::from),
+        embedding_provider: c.embedding_provider.clone(),
         routes,
     })
 }

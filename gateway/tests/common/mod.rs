@@ -172,10 +172,11 @@ async fn start_inner3(
         config::validate(&cfg, "test.yaml", &|k: &str| Some(format!("key-for-{k}"))).unwrap();
     let mut gw = Gateway::build(&settings).await.unwrap();
     let redis = cache_redis.as_ref().map(|(u, p)| (u.as_str(), p.as_str()));
-    if let Some(c) = llm_gateway::cache::Cache::from_settings(&settings.cache, redis)
+    if let Some(mut c) = llm_gateway::cache::Cache::from_settings(&settings.cache, redis)
         .await
         .unwrap()
     {
+        c.attach_provider(&gw.registry).unwrap();
         gw = gw.with_cache(c);
     }
     let (mut store, mut dir) = (None, None);
