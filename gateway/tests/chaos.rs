@@ -317,11 +317,14 @@ async fn no_connection_or_task_leaks_under_faults() {
         samples.push((open_fds(), tasks));
     }
     println!("(open fds, alive tasks) after each round: {samples:?}");
-    // Pools fill in the first round; after that a leak would grow every round.
+    // Pools fill in the first round; after that a leak would grow every round. Each round's
+    // 60 requests mostly meet a fault first, so leaking one connection per failure would add
+    // far more than 20 by the third round; idle pools alone move by about ±10 between rounds
+    // on a busy machine (seen: 54..68 fds across runs with no code change).
     let (fd1, t1) = samples[0];
     let (fd3, t3) = samples[2];
-    assert!(fd3 <= fd1 + 8, "open file descriptors grew: {samples:?}");
-    assert!(t3 <= t1 + 8, "tasks grew: {samples:?}");
+    assert!(fd3 <= fd1 + 20, "open file descriptors grew: {samples:?}");
+    assert!(t3 <= t1 + 20, "tasks grew: {samples:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
