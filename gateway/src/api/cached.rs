@@ -8,14 +8,78 @@ use bytes::Bytes;
 use http::{header, HeaderMap, HeaderName, HeaderValue};
 use serde_json::{json, Value};
 
-use super::{headers, sse};
-use crate::cache::Answer;
+use super::record::Record;
+use super::{headers, sse, AppState};
+use crate::cache::{Answer, Found, Lookup};
 use crate::openai::{ChatRequest, Usage};
+use crate::router::Routed;
 
 /// `hit-exact`, `hit-semantic`, `miss` or `bypass`.
 pub const CACHE: HeaderName = HeaderName::from_static("x-llm-gateway-cache");
 /// The cosine similarity of a semantic hit.
 pub const SIMILARITY: HeaderName = HeaderName::from_static("x-llm-gateway-cache-similarity");
+
+/// The outcome of the cache step.
+pub enum Step {
+    /// Answered from the cache.
+    Hit(Response),
+    /// To be answered upstream; store the answer under this lookup (none: no cache, or a
+    /// bypass).
+    Miss(Option<Lookup>),
+}
+
+/// The cache step of the chat request path: looks the request up (exact, then semantic),
+/// counts the outcome in metrics and the record, and answers hits.
+pub async fn lookup(
+    gw: &AppState,
+    caller: &crate::auth::Caller,
+    routed: &Routed,
+    raw: &serde_json::Map<String, Value>,
+    req: &ChatRequest,
+    req_headers: &HeaderMap,
+    record: &mut Record,
+) -> Step {
+    let Some(cache) = &gw.cache else {
+        return Step::Miss(None);
+    };
+    let t = &routed.target;
+    let route = match &t.virtual_model {
+        Some(v) => v.clone(),
+        None => format!("{}/{}", t.provider.name, t.model),
+    };
+    let started = std::time::Instant::now();
+    let Ok(mut l) = cache.prepare(
+        caller.tenant(),
+        &route,
+        t.virtual_model.as_deref(),
+        raw,
+        req,
+        req_headers,
+    ) else {
+        gw.metrics.cache_lookup("bypass", None, None);
+        record.set_cache("bypass");
+        return Step::Miss(None);
+    };
+    let (found, embed) = cache.find(&mut l).await;
+    let (outcome, label) = match &found {
+        Found::Exact(_) => ("hit-exact", "hit_exact"),
+        Found::Semantic(..) => ("hit-semantic", "hit_semantic"),
+        Found::Miss => ("miss", "miss"),
+    };
+    gw.metrics.cache_lookup(
+        label,
+        Some(started.elapsed().as_secs_f64()),
+        embed.map(|d| d.as_secs_f64()),
+    );
+    record.set_cache(outcome);
+    let (answer, similarity) = match found {
+        Found::Exact(a) => (a, None),
+        Found::Semantic(a, sim) => (a, Some(sim)),
+        Found::Miss => return Step::Miss(Some(l)),
+    };
+    record.finish(200, None);
+    Step::Hit(respond(req, &answer, outcome, similarity))
+}
 
 /// The response for a cache hit.
 pub fn respond(

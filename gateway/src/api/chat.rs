@@ -1,7 +1,9 @@
 //! `POST /v1/chat/completions`. The whole request path, in order: read and validate → take a
 //! concurrency slot → route (virtual models scored, open breakers skipped) → check
-//! capabilities → call the provider, failing over along the ranking → respond (JSON or SSE)
-//! → record usage, cost, latency, breaker outcome and metrics.
+//! capabilities → answer from the cache if it can → reserve on the caller's budgets
+//! (downgrade or 429 at a limit) → call the provider, failing over along the ranking →
+//! respond (JSON or SSE), storing a complete answer in the cache → record usage, cost,
+//! latency, breaker outcome and metrics, settling the budgets.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -17,7 +19,6 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use super::error::{ApiError, Failure, TimeoutKind};
 use super::record::Record;
 use super::{body, cached, headers, sse, AppState};
-use crate::cache::Found;
 use crate::failover::{self, Committed};
 use crate::models::registry::Target;
 use crate::openai::{ChatRequest, Usage};
@@ -72,52 +73,11 @@ async fn serve(
     check_capabilities(&req, &routed.target)?;
 
     // 3. Cache: the same or a rephrased earlier request is answered at once, for free.
-    let mut lookup = None;
-    if let Some(cache) = &gw.cache {
-        let route = match &routed.target.virtual_model {
-            Some(v) => v.clone(),
-            None => format!("{}/{}", routed.target.provider.name, routed.target.model),
+    let mut lookup =
+        match cached::lookup(gw, caller, &routed, &raw, &req, req_headers, record).await {
+            cached::Step::Hit(resp) => return Ok(resp),
+            cached::Step::Miss(lookup) => lookup,
         };
-        let started = std::time::Instant::now();
-        match cache.prepare(
-            caller.tenant(),
-            &route,
-            routed.target.virtual_model.as_deref(),
-            &raw,
-            &req,
-            req_headers,
-        ) {
-            Ok(mut l) => {
-                let (found, embed) = cache.find(&mut l).await;
-                let (outcome, label) = match &found {
-                    Found::Exact(_) => ("hit-exact", "hit_exact"),
-                    Found::Semantic(..) => ("hit-semantic", "hit_semantic"),
-                    Found::Miss => ("miss", "miss"),
-                };
-                gw.metrics.cache_lookup(
-                    label,
-                    Some(started.elapsed().as_secs_f64()),
-                    embed.map(|d| d.as_secs_f64()),
-                );
-                record.set_cache(outcome);
-                match found {
-                    Found::Exact(a) => {
-                        record.finish(200, None);
-                        return Ok(cached::respond(&req, &a, outcome, None));
-                    }
-                    Found::Semantic(a, sim) => {
-                        record.finish(200, None);
-                        return Ok(cached::respond(&req, &a, outcome, Some(sim)));
-                    }
-                    Found::Miss => lookup = Some(l),
-                }
-            }
-            Err(_) => {
-                gw.metrics.cache_lookup("bypass", None, None);
-                record.set_cache("bypass");
-            }
-        }
-    }
 
     // 4. Budgets: reserve the estimate on every covering budget; at a limit, downgrade to a
     //    model that fits or refuse with 429.
