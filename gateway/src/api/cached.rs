@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use super::record::Record;
 use super::{headers, sse, AppState};
-use crate::cache::{Answer, Found, Lookup};
+use crate::cache::{Answer, Found, Lookup, Outcome};
 use crate::openai::{ChatRequest, Usage};
 use crate::router::Routed;
 
@@ -56,18 +56,18 @@ pub async fn lookup(
         req,
         req_headers,
     ) else {
-        gw.metrics.cache_lookup("bypass", None, None);
-        record.set_cache("bypass");
+        gw.metrics.cache_lookup(Outcome::Bypass, None, None);
+        record.set_cache(Outcome::Bypass);
         return Step::Miss(None);
     };
     let (found, embed) = cache.find(&mut l).await;
-    let (outcome, label) = match &found {
-        Found::Exact(_) => ("hit-exact", "hit_exact"),
-        Found::Semantic(..) => ("hit-semantic", "hit_semantic"),
-        Found::Miss => ("miss", "miss"),
+    let outcome = match &found {
+        Found::Exact(_) => Outcome::HitExact,
+        Found::Semantic(..) => Outcome::HitSemantic,
+        Found::Miss => Outcome::Miss,
     };
     gw.metrics.cache_lookup(
-        label,
+        outcome,
         Some(started.elapsed().as_secs_f64()),
         embed.map(|d| d.as_secs_f64()),
     );
@@ -82,12 +82,7 @@ pub async fn lookup(
 }
 
 /// The response for a cache hit.
-pub fn respond(
-    req: &ChatRequest,
-    a: &Answer,
-    kind: &'static str,
-    similarity: Option<f32>,
-) -> Response {
+pub fn respond(req: &ChatRequest, a: &Answer, kind: Outcome, similarity: Option<f32>) -> Response {
     let id = format!("chatcmpl-cache-{}", uuid::Uuid::new_v4().simple());
     let created = crate::openai::unix_now();
     let mut resp = if req.stream == Some(true) {
@@ -147,7 +142,7 @@ pub fn respond(
     put(h, headers::PROVIDER, &a.provider);
     put(h, headers::MODEL, &a.model);
     h.insert(headers::COST, HeaderValue::from_static("0"));
-    h.insert(CACHE, HeaderValue::from_static(kind));
+    h.insert(CACHE, HeaderValue::from_static(kind.header()));
     if let Some(s) = similarity {
         put(h, SIMILARITY, &format!("{s:.4}"));
     }

@@ -144,7 +144,7 @@ async fn serve(
     }
     if let Some(c) = record_cache {
         resp.headers_mut()
-            .insert(cached::CACHE, HeaderValue::from_static(c));
+            .insert(cached::CACHE, HeaderValue::from_static(c.header()));
     }
     if downgraded {
         resp.headers_mut()

@@ -38,7 +38,7 @@ pub struct Record {
     prompt_bytes: usize,
     remaining: Option<crate::budget::Remaining>,
     estimated: bool,
-    cache: Option<&'static str>,
+    cache: Option<crate::cache::Outcome>,
     done: bool,
 }
 
@@ -67,12 +67,12 @@ impl Record {
     }
 
     /// The cache outcome, if the cache is on.
-    pub fn cache(&self) -> Option<&'static str> {
+    pub fn cache(&self) -> Option<crate::cache::Outcome> {
         self.cache
     }
 
-    /// Notes the cache outcome (`hit-exact`, `hit-semantic`, `miss`, `bypass`).
-    pub fn set_cache(&mut self, outcome: &'static str) {
+    /// Notes the cache outcome.
+    pub fn set_cache(&mut self, outcome: crate::cache::Outcome) {
         self.cache = Some(outcome);
     }
 
@@ -258,7 +258,7 @@ impl Record {
         let usage = match usage {
             Some(u) => Some(u),
             // A cache hit used no upstream tokens.
-            None if self.cache.is_some_and(|c| c.starts_with("hit")) => None,
+            None if self.cache.is_some_and(|c| c.is_hit()) => None,
             None if status == 200 || self.output_bytes > 0 => {
                 let prompt = self
                     .held
@@ -278,7 +278,7 @@ impl Record {
             None => None,
         };
         let cost = match self.cache {
-            Some(c) if c.starts_with("hit") => Some(0.0),
+            Some(c) if c.is_hit() => Some(0.0),
             _ => self.cost(usage),
         };
         if let Some(h) = self.held.take() {
@@ -367,7 +367,7 @@ impl Record {
                 usage_estimated: self.estimated,
                 latency_ms: ms(elapsed),
                 ttft_ms: self.first_token.map(|f| ms(f.duration_since(self.started))),
-                cache: self.cache.map(str::to_owned),
+                cache: self.cache.map(|c| c.header().to_owned()),
                 status: status as i32,
                 attempts: self.attempts as i32,
             });

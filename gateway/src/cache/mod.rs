@@ -77,6 +77,47 @@ impl Inner {
     }
 }
 
+/// What the cache did for a request (the `x-llm-gateway-cache` header, the ledger's `cache`
+/// column, the metric's `outcome` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Answered from an entry for the same request.
+    HitExact,
+    /// Answered from an entry for a rephrased request.
+    HitSemantic,
+    /// Answered upstream; stored if it qualifies.
+    Miss,
+    /// The cache was not used.
+    Bypass,
+}
+
+impl Outcome {
+    /// `hit-exact`, `hit-semantic`, `miss`, `bypass`.
+    pub fn header(self) -> &'static str {
+        match self {
+            Outcome::HitExact => "hit-exact",
+            Outcome::HitSemantic => "hit-semantic",
+            Outcome::Miss => "miss",
+            Outcome::Bypass => "bypass",
+        }
+    }
+
+    /// The metric label: `hit_exact`, `hit_semantic`, `miss`, `bypass`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::HitExact => "hit_exact",
+            Outcome::HitSemantic => "hit_semantic",
+            Outcome::Miss => "miss",
+            Outcome::Bypass => "bypass",
+        }
+    }
+
+    /// Whether the answer came from the cache (no upstream call, no cost).
+    pub fn is_hit(self) -> bool {
+        matches!(self, Outcome::HitExact | Outcome::HitSemantic)
+    }
+}
+
 /// Why a request does not use the cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Bypass {

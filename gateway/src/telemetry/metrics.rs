@@ -320,10 +320,15 @@ impl Default for Metrics {
 
 impl Metrics {
     /// Records a cache lookup: its outcome, time, and embedding time if it ran.
-    pub fn cache_lookup(&self, outcome: &str, secs: Option<f64>, embed_secs: Option<f64>) {
+    pub fn cache_lookup(
+        &self,
+        outcome: crate::cache::Outcome,
+        secs: Option<f64>,
+        embed_secs: Option<f64>,
+    ) {
         self.cache_outcomes
             .get_or_create(&CacheLabels {
-                outcome: outcome.to_owned(),
+                outcome: outcome.label().to_owned(),
             })
             .inc();
         if let Some(s) = secs {
