@@ -610,3 +610,27 @@ async fn a_crashed_replicas_reservations_return_to_the_budget_after_their_ttl() 
     assert!((status[0].used_usd - 0.1).abs() < 1e-9, "{status:?}");
     delete_redis_keys(&prefix).await;
 }
+
+#[tokio::test]
+async fn remaining_headers_count_the_real_use_of_a_json_answer_and_the_estimate_of_a_stream() {
+    let s = setup(false, "").await;
+    s.put_budget(json!({"scope": "key", "subject": s.key_id, "limit_tokens": 100000}))
+        .await;
+    let (status, h, body) = s.chat(ask("gpt-4o-mini")).await;
+    assert_eq!(status, 200, "{body}");
+    let used = body["usage"]["total_tokens"].as_i64().unwrap();
+    assert_eq!(
+        header(&h, "x-llm-gateway-budget-remaining-tokens"),
+        (100000 - used).to_string(),
+        "a JSON answer's header counts its real tokens"
+    );
+    // A stream's header is sent before its usage: it counts the reservation (prompt +
+    // max_tokens), more than the answer will use.
+    let mut b = ask("gpt-4o-mini");
+    b["stream"] = json!(true);
+    let (_, h, _) = s.chat(b).await;
+    let left: i64 = header(&h, "x-llm-gateway-budget-remaining-tokens")
+        .parse()
+        .unwrap();
+    assert!(left < 100000 - used - used, "{left}");
+}

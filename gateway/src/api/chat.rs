@@ -123,25 +123,26 @@ async fn serve(
             headers::budget_headers(h, record.remaining());
             resp
         }
-        Committed::Stream { held, rx, deadline } => stream_response(SseState {
-            held,
-            rx,
-            deadline: tokio::time::Instant::from_std(deadline),
-            include_usage: req.wants_stream_usage(),
-            usage: None,
-            record: record.detach(),
-            capture: lookup.map(|l| (l, cached::Capture::default())),
-            finished: false,
-            _slots: (global, answer.permit),
-        }),
+        Committed::Stream { held, rx, deadline } => {
+            let mut resp = stream_response(SseState {
+                held,
+                rx,
+                deadline: tokio::time::Instant::from_std(deadline),
+                include_usage: req.wants_stream_usage(),
+                usage: None,
+                record: record.detach(),
+                capture: lookup.map(|l| (l, cached::Capture::default())),
+                finished: false,
+                _slots: (global, answer.permit),
+            });
+            // A stream's headers leave before its cost is known: what is left once the
+            // reserved estimate is spent.
+            headers::budget_headers(resp.headers_mut(), budget_left_before);
+            resp
+        }
     };
     headers::target_headers(resp.headers_mut(), &answer.target);
     headers::attempts_header(resp.headers_mut(), answer.attempts);
-    if resp.headers().get(headers::BUDGET_REMAINING_USD).is_none() {
-        // A stream's headers leave before its cost is known: what is left once the
-        // reserved estimate is spent.
-        headers::budget_headers(resp.headers_mut(), budget_left_before);
-    }
     if let Some(c) = record_cache {
         resp.headers_mut()
             .insert(cached::CACHE, HeaderValue::from_static(c.header()));
