@@ -10,6 +10,7 @@ pub mod cache;
 pub mod catalog;
 pub mod config;
 pub mod failover;
+pub mod kv;
 pub mod ledger;
 pub mod models;
 pub mod openai;

@@ -346,14 +346,11 @@ impl Record {
                 id: uuid::Uuid::new_v4().to_string(),
                 // The budgets' clock, so the spend that seeds a period's counter is the spend
                 // the counters saw in it.
-                at_ms: self.gw.budgets.as_ref().map_or_else(
-                    || {
-                        std::time::SystemTime::now()
-                            .duration_since(std::time::UNIX_EPOCH)
-                            .map_or(0, ms)
-                    },
-                    |b| b.now_ms(),
-                ),
+                at_ms: self
+                    .gw
+                    .budgets
+                    .as_ref()
+                    .map_or_else(crate::openai::unix_ms, |b| b.now_ms()),
                 request_id: self.request_id.clone(),
                 key_id: key.map(|k| k.id.clone()),
                 tenant: key.map(|k| k.tenant.clone()),

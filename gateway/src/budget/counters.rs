@@ -371,13 +371,7 @@ fn opt(v: Option<i64>) -> String {
 impl Shared {
     /// Connects; fails if Redis does not answer within a few seconds.
     pub async fn connect(url: &str) -> Result<Self, CounterError> {
-        let client = redis::Client::open(url)?;
-        let cfg = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(std::time::Duration::from_secs(2)))
-            .set_response_timeout(Some(std::time::Duration::from_millis(500)))
-            .set_number_of_retries(1)
-            .set_max_delay(std::time::Duration::from_secs(1));
-        let conn = ConnectionManager::new_with_config(client, cfg).await?;
+        let (_, conn) = crate::kv::connect(url).await?;
         Ok(Self { conn })
     }
 

@@ -29,7 +29,7 @@ use ring::digest::{Context, SHA256};
 use serde_json::{Map, Value};
 
 use crate::config::CacheSettings;
-use crate::openai::{ChatRequest, Usage};
+use crate::openai::{unix_ms, ChatRequest, Usage};
 use embed::{Embedder, Embedding};
 use guard::Signature;
 
@@ -192,12 +192,6 @@ fn last_user_text(req: &ChatRequest) -> Option<String> {
         crate::openai::Message::User { content } => Some(content.text_cow().into_owned()),
         _ => None,
     }
-}
-
-fn unix_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// Temperature buckets: answers at 0 and at 1 differ in kind; 0.3 and 0.35 do not.

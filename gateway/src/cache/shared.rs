@@ -69,22 +69,10 @@ pub fn unhex(s: &str) -> Option<Key> {
     Some(k)
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
 impl Shared {
     /// Connects to Redis at `url`.
     pub async fn connect(url: &str, prefix: &str) -> redis::RedisResult<Self> {
-        let client = redis::Client::open(url)?;
-        let cfg = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(Duration::from_millis(500)))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_secs(1));
-        let conn = ConnectionManager::new_with_config(client.clone(), cfg).await?;
+        let (client, conn) = crate::kv::connect(url).await?;
         Ok(Self {
             client,
             conn,
@@ -128,7 +116,7 @@ impl Shared {
         let me = self.clone();
         let key = hex(key);
         tokio::spawn(async move {
-            let ttl = (stored.expires_at_ms - now_ms()).max(1);
+            let ttl = (stored.expires_at_ms - crate::openai::unix_ms()).max(1);
             let Ok(json) = serde_json::to_string(&stored) else {
                 return;
             };
