@@ -166,58 +166,35 @@ impl Store {
                 )
             };
         }
+        // The time window binds as ?1/?2 ($1/$2), the tenant or key as ?3 ($3).
+        let subject = match scope {
+            Scope::Global => None,
+            Scope::Tenant(s) | Scope::Key(s) => Some(s.as_str()),
+        };
+        macro_rules! run {
+            ($pool:expr, $sql:expr) => {{
+                let mut q = sqlx::query($sql).bind(from_ms).bind(to_ms);
+                if let Some(s) = subject {
+                    q = q.bind(s);
+                }
+                let r = q.fetch_one($pool).await?;
+                (r.try_get("usd")?, r.try_get("tokens")?)
+            }};
+        }
         let (usd, tokens): (f64, i64) = match (self, scope) {
-            (Store::Postgres(p), Scope::Global) => {
-                let r = sqlx::query(sum!("at_ms >= $1 AND at_ms < $2"))
-                    .bind(from_ms)
-                    .bind(to_ms)
-                    .fetch_one(p)
-                    .await?;
-                (r.try_get("usd")?, r.try_get("tokens")?)
+            (Store::Postgres(p), Scope::Global) => run!(p, sum!("at_ms >= $1 AND at_ms < $2")),
+            (Store::Postgres(p), Scope::Tenant(_)) => {
+                run!(p, sum!("tenant = $3 AND at_ms >= $1 AND at_ms < $2"))
             }
-            (Store::Postgres(p), Scope::Tenant(s)) => {
-                let r = sqlx::query(sum!("tenant = $3 AND at_ms >= $1 AND at_ms < $2"))
-                    .bind(from_ms)
-                    .bind(to_ms)
-                    .bind(s)
-                    .fetch_one(p)
-                    .await?;
-                (r.try_get("usd")?, r.try_get("tokens")?)
+            (Store::Postgres(p), Scope::Key(_)) => {
+                run!(p, sum!("key_id = $3 AND at_ms >= $1 AND at_ms < $2"))
             }
-            (Store::Postgres(p), Scope::Key(s)) => {
-                let r = sqlx::query(sum!("key_id = $3 AND at_ms >= $1 AND at_ms < $2"))
-                    .bind(from_ms)
-                    .bind(to_ms)
-                    .bind(s)
-                    .fetch_one(p)
-                    .await?;
-                (r.try_get("usd")?, r.try_get("tokens")?)
+            (Store::Sqlite(p), Scope::Global) => run!(p, sum!("at_ms >= ?1 AND at_ms < ?2")),
+            (Store::Sqlite(p), Scope::Tenant(_)) => {
+                run!(p, sum!("tenant = ?3 AND at_ms >= ?1 AND at_ms < ?2"))
             }
-            (Store::Sqlite(p), Scope::Global) => {
-                let r = sqlx::query(sum!("at_ms >= ?1 AND at_ms < ?2"))
-                    .bind(from_ms)
-                    .bind(to_ms)
-                    .fetch_one(p)
-                    .await?;
-                (r.try_get("usd")?, r.try_get("tokens")?)
-            }
-            (Store::Sqlite(p), Scope::Tenant(s)) => {
-                let r = sqlx::query(sum!("tenant = ?3 AND at_ms >= ?1 AND at_ms < ?2"))
-                    .bind(from_ms)
-                    .bind(to_ms)
-                    .bind(s)
-                    .fetch_one(p)
-                    .await?;
-                (r.try_get("usd")?, r.try_get("tokens")?)
-            }
-            (Store::Sqlite(p), Scope::Key(s)) => {
-                let r = sqlx::query(sum!("key_id = ?3 AND at_ms >= ?1 AND at_ms < ?2"))
-                    .bind(from_ms)
-                    .bind(to_ms)
-                    .bind(s)
-                    .fetch_one(p)
-                    .await?;
-                (r.try_get("usd")?, r.try_get("tokens")?)
+            (Store::Sqlite(p), Scope::Key(_)) => {
+                run!(p, sum!("key_id = ?3 AND at_ms >= ?1 AND at_ms < ?2"))
             }
         };
         Ok((crate::budget::policy::to_nano(usd), tokens))
