@@ -174,15 +174,44 @@ const IGNORED: &[&str] = &[
     "model",
 ];
 
-fn hash(parts: &[&[u8]]) -> Key {
-    let mut c = Context::new(&SHA256);
-    for p in parts {
-        c.update(&(p.len() as u64).to_le_bytes());
-        c.update(p);
+/// A SHA-256 fed length-prefixed parts and serialised JSON fields.
+struct HashWriter(Context);
+
+impl HashWriter {
+    fn new(parts: &[&[u8]]) -> Self {
+        let mut h = HashWriter(Context::new(&SHA256));
+        for p in parts {
+            h.part(p);
+        }
+        h
     }
-    let mut k = [0u8; 32];
-    k.copy_from_slice(c.finish().as_ref());
-    k
+
+    fn part(&mut self, p: &[u8]) {
+        self.0.update(&(p.len() as u64).to_le_bytes());
+        self.0.update(p);
+    }
+
+    /// A field's name, then its value as JSON (self-delimiting).
+    fn field<T: serde::Serialize + ?Sized>(&mut self, name: &str, v: &T) {
+        self.part(name.as_bytes());
+        let _ = serde_json::to_writer(&mut *self, v);
+    }
+
+    fn finish(self) -> Key {
+        let mut k = [0u8; 32];
+        k.copy_from_slice(self.0.finish().as_ref());
+        k
+    }
+}
+
+impl std::io::Write for HashWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// The last user message's text, if it is the last message.
@@ -417,28 +446,28 @@ impl Cache {
             return Err(Bypass::Choices);
         }
         let tenant = tenant.unwrap_or("");
-        let mut body = raw.clone();
-        for k in IGNORED {
-            body.remove(*k);
-        }
-        let full = serde_json::to_vec(&body).unwrap_or_default();
-        let exact = hash(&[b"exact", tenant.as_bytes(), route.as_bytes(), &full]);
         // The scope: everything but the last user message and the exact temperature.
         let text = last_user_text(req);
-        if text.is_some() {
-            if let Some(Value::Array(msgs)) = body.get_mut("messages") {
-                msgs.pop();
-            }
-        }
-        body.remove("temperature");
-        let rest = serde_json::to_vec(&body).unwrap_or_default();
-        let scope = hash(&[
+        let mut exact = HashWriter::new(&[b"exact", tenant.as_bytes(), route.as_bytes()]);
+        let mut scope = HashWriter::new(&[
             b"scope",
             tenant.as_bytes(),
             route.as_bytes(),
-            &rest,
             &[temperature_bucket(temperature)],
         ]);
+        // Fields stream straight into both hashes (the map iterates in key order), so the
+        // body is neither copied nor serialised into a buffer.
+        for (k, v) in raw.iter().filter(|(k, _)| !IGNORED.contains(&k.as_str())) {
+            exact.field(k, v);
+            match (k.as_str(), v) {
+                ("temperature", _) => {}
+                ("messages", Value::Array(msgs)) if text.is_some() => {
+                    scope.field(k, &msgs[..msgs.len().saturating_sub(1)]);
+                }
+                _ => scope.field(k, v),
+            }
+        }
+        let (exact, scope) = (exact.finish(), scope.finish());
         Ok(Lookup {
             exact,
             scope,
