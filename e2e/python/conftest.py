@@ -71,11 +71,11 @@ def gateway_env(mock, tmp_path_factory):
     }
 
 
-@pytest.fixture(scope="session")
-def gateway(gateway_env, tmp_path_factory):
+def run_gateway(env, tmp_path_factory, name):
+    """Runs the gateway binary with `env` until the session ends; yields its URL. It must stop
+    cleanly on SIGTERM and never log an API key."""
     port = free_port()
-    env = gateway_env
-    log = tmp_path_factory.mktemp("gateway") / "gateway.log"
+    log = tmp_path_factory.mktemp(name) / "gateway.log"
     with open(log, "w") as out:
         proc = subprocess.Popen(
             [str(BIN_DIR / "llm-gateway"), "--listen", f"127.0.0.1:{port}"],
@@ -95,6 +95,11 @@ def gateway(gateway_env, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def gateway(gateway_env, tmp_path_factory):
+    yield from run_gateway(gateway_env, tmp_path_factory, "gateway")
+
+
+@pytest.fixture(scope="session")
 def cached_gateway(gateway_env, tmp_path_factory):
     """A second gateway with the response cache on (LLM_GATEWAY_CACHE=on), semantic matching
     with the embedding model test-all.sh installs."""
@@ -104,20 +109,7 @@ def cached_gateway(gateway_env, tmp_path_factory):
     env["LLM_GATEWAY_DATA_DIR"] = str(tmp_path_factory.mktemp("cached-data"))
     env["LLM_GATEWAY_CACHE"] = "on"
     env["LLM_GATEWAY_EMBEDDING_MODEL"] = model
-    port = free_port()
-    log = tmp_path_factory.mktemp("cached") / "gateway.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            [str(BIN_DIR / "llm-gateway"), "--listen", f"127.0.0.1:{port}"],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    wait_until(f"{url}/readyz", proc)
-    yield url
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(15) == 0, log.read_text()
+    yield from run_gateway(env, tmp_path_factory, "cached")
 
 
 @pytest.fixture
