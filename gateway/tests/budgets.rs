@@ -59,6 +59,20 @@ async fn setup_via(redis_url: Option<String>, routing: &str) -> Setup {
 }
 
 impl Setup {
+    /// `GET /v1/budget` as the key.
+    async fn my_budget(&self) -> Value {
+        self.h
+            .http
+            .get(format!("{}/v1/budget", self.h.gw))
+            .bearer_auth(&self.key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     /// Deletes this test's Redis keys (the server is shared with other runs).
     async fn cleanup(&self) {
         if let Some(p) = &self.prefix {
@@ -187,16 +201,7 @@ async fn usd_budget_rejects_with_figures_and_resets_next_month(redis: bool) {
     assert!((left - 2.5 * one).abs() < 1e-8, "left {left}");
 
     // The key's own view.
-    let me: Value =
-        s.h.http
-            .get(format!("{}/v1/budget", s.h.gw))
-            .bearer_auth(&s.key)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+    let me = s.my_budget().await;
     let b = &me["budgets"][0];
     assert_eq!(b["scope"], "tenant", "{me}");
     assert_eq!(b["resets_at"], "2027-01-01T00:00:00Z");
@@ -333,16 +338,7 @@ async fn streams_are_priced_from_upstream_usage_the_client_did_not_ask_for() {
     assert!(r.prompt_tokens > 0 && r.completion_tokens > 0);
     assert!(r.cost_usd.unwrap() > 0.0);
     // Settled: the budget holds the real cost, not the (larger) estimate.
-    let me: Value =
-        s.h.http
-            .get(format!("{}/v1/budget", s.h.gw))
-            .bearer_auth(&s.key)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+    let me = s.my_budget().await;
     let b = &me["budgets"][0];
     assert!(
         (b["used_usd"].as_f64().unwrap() - r.cost_usd.unwrap()).abs() < 1e-12,
