@@ -18,3 +18,49 @@ pub async fn connect(url: &str) -> RedisResult<(Client, ConnectionManager)> {
     let conn = ConnectionManager::new_with_config(client.clone(), cfg).await?;
     Ok((client, conn))
 }
+
+/// Whether Redis answers, as seen by one user of it: failures counted in a metric, each
+/// transition logged once (not once per failed request).
+#[derive(Debug, Clone)]
+pub struct Health {
+    down: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    errors: prometheus_client::metrics::counter::Counter,
+    /// What happens while Redis is down, for the log line.
+    meanwhile: &'static str,
+    /// What resumes when it is back.
+    resumed: &'static str,
+}
+
+impl Health {
+    /// A tracker whose log lines say `meanwhile` (on failure) and `resumed` (on recovery).
+    pub fn new(meanwhile: &'static str, resumed: &'static str) -> Self {
+        Self {
+            down: Default::default(),
+            errors: Default::default(),
+            meanwhile,
+            resumed,
+        }
+    }
+
+    /// Counts failures in `c` (a metric).
+    pub fn count_errors_in(&mut self, c: prometheus_client::metrics::counter::Counter) {
+        self.errors = c;
+    }
+
+    /// Notes a success; true if Redis was down until now.
+    pub fn ok(&self) -> bool {
+        let was_down = self.down.swap(false, std::sync::atomic::Ordering::Relaxed);
+        if was_down {
+            tracing::info!("redis is back: {}", self.resumed);
+        }
+        was_down
+    }
+
+    /// Notes a failure.
+    pub fn failed(&self, e: &dyn std::fmt::Display) {
+        self.errors.inc();
+        if !self.down.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            tracing::warn!(error = %e, "redis unreachable: {}", self.meanwhile);
+        }
+    }
+}

@@ -16,13 +16,13 @@ pub mod counters;
 pub mod policy;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use http::StatusCode;
 use serde::Serialize;
-use tracing::{error, info, warn};
+use tracing::{error, warn};
 
 use crate::api::error::ApiError;
 use crate::auth::Caller;
@@ -248,8 +248,7 @@ pub struct Budgets {
     policies: RwLock<Arc<Policies>>,
     clock: Arc<dyn Clock>,
     prefix: String,
-    redis_down: AtomicBool,
-    redis_errors: prometheus_client::metrics::counter::Counter,
+    redis: crate::kv::Health,
 }
 
 /// The backend a reservation was made on (settled on the same one).
@@ -274,14 +273,16 @@ impl Budgets {
             policies: RwLock::new(Arc::new(Policies::default())),
             clock,
             prefix: prefix.to_owned(),
-            redis_down: AtomicBool::new(false),
-            redis_errors: Default::default(),
+            redis: crate::kv::Health::new(
+                "budgets fall back to this replica's own counters",
+                "budget counters are shared again",
+            ),
         }
     }
 
     /// Counts Redis failures in `c` (a metric).
     pub fn count_redis_errors_in(&mut self, c: prometheus_client::metrics::counter::Counter) {
-        self.redis_errors = c;
+        self.redis.count_errors_in(c);
     }
 
     /// The clock, Unix ms.
@@ -455,18 +456,10 @@ impl Budgets {
         }
     }
 
-    fn note_redis(&self, ok: bool, e: Option<&counters::CounterError>) {
-        if ok {
-            if self.redis_down.swap(false, Ordering::Relaxed) {
-                // The fallback counters are stale from now on; a later outage seeds anew.
-                self.local.clear();
-                info!("redis is back: budget counters are shared again");
-            }
-        } else {
-            self.redis_errors.inc();
-            if !self.redis_down.swap(true, Ordering::Relaxed) {
-                warn!(error = %e.map(|e| e.to_string()).unwrap_or_default(), "redis unreachable: budgets fall back to this replica's own counters");
-            }
+    fn redis_ok(&self) {
+        if self.redis.ok() {
+            // The fallback counters are stale from now on; a later outage seeds anew.
+            self.local.clear();
         }
     }
 
@@ -497,12 +490,12 @@ impl Budgets {
             let outcome = match self.try_reserve(backend, &lines, &ask).await {
                 Ok(o) => {
                     if backend == Backend::Shared {
-                        self.note_redis(true, None);
+                        self.redis_ok();
                     }
                     o
                 }
                 Err(e) => {
-                    self.note_redis(false, Some(&e));
+                    self.redis.failed(&e);
                     backend = Backend::Local;
                     self.local.reserve(&lines, &ask)
                 }
@@ -608,11 +601,11 @@ impl Budgets {
                 {
                     Ok(()) => return,
                     Err(e) if attempt == 0 => {
-                        me.note_redis(false, Some(&e));
+                        me.redis.failed(&e);
                         tokio::time::sleep(Duration::from_millis(200)).await;
                     }
                     Err(e) => {
-                        me.note_redis(false, Some(&e));
+                        me.redis.failed(&e);
                         error!(error = %e, "cannot settle a budget reservation in redis; it expires on its own");
                     }
                 }
@@ -628,7 +621,7 @@ impl Budgets {
             Some(s) => match s.levels(&lines).await {
                 Ok(l) => l,
                 Err(e) => {
-                    self.note_redis(false, Some(&e));
+                    self.redis.failed(&e);
                     self.local.levels(&lines)
                 }
             },

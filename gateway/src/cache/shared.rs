@@ -11,7 +11,6 @@
 //! until their TTL), nothing is shared until Redis answers again; a log line and
 //! `llm_gateway_cache_redis_errors_total` say so.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,8 +41,7 @@ pub struct Shared {
     client: redis::Client,
     conn: ConnectionManager,
     prefix: String,
-    down: Arc<AtomicBool>,
-    errors: prometheus_client::metrics::counter::Counter,
+    health: crate::kv::Health,
 }
 
 impl std::fmt::Debug for Shared {
@@ -77,14 +75,16 @@ impl Shared {
             client,
             conn,
             prefix: prefix.to_owned(),
-            down: Arc::default(),
-            errors: Default::default(),
+            health: crate::kv::Health::new(
+                "cache entries stay in this replica until it is back",
+                "cache entries are shared again",
+            ),
         })
     }
 
     /// Counts Redis failures in `c` (a metric).
     pub fn count_errors_in(&mut self, c: prometheus_client::metrics::counter::Counter) {
-        self.errors = c;
+        self.health.count_errors_in(c);
     }
 
     fn channel(&self) -> String {
@@ -95,19 +95,12 @@ impl Shared {
         format!("{}cache:e:{k}", self.prefix)
     }
 
-    fn note(&self, r: &redis::RedisResult<()>) {
+    fn note<T>(&self, r: &redis::RedisResult<T>) {
         match r {
-            Ok(()) => {
-                if self.down.swap(false, Ordering::Relaxed) {
-                    tracing::info!("redis is back: cache entries are shared again");
-                }
+            Ok(_) => {
+                self.health.ok();
             }
-            Err(e) => {
-                self.errors.inc();
-                if !self.down.swap(true, Ordering::Relaxed) {
-                    tracing::warn!(error = %e, "redis unreachable: cache entries stay in this replica until it is back");
-                }
-            }
+            Err(e) => self.health.failed(e),
         }
     }
 
@@ -189,7 +182,7 @@ impl Shared {
                         if ps.subscribe(me.channel()).await.is_ok() {
                             // Entries announced while unsubscribed are read from Redis.
                             let loaded = me.load_all(&cache).await;
-                            me.note(&loaded.as_ref().map(|_| ()).map_err(|e| e.clone()));
+                            me.note(&loaded);
                             if let Ok(n) = loaded {
                                 if first || n > 0 {
                                     tracing::info!(entries = n, "cache entries loaded from redis");
@@ -208,12 +201,12 @@ impl Shared {
                                 match me.get(&key).await {
                                     Ok(Some(s)) => cache.insert_stored(k, s),
                                     Ok(None) => {}
-                                    Err(e) => me.note(&Err(e)),
+                                    Err(e) => me.health.failed(&e),
                                 }
                             }
                         }
                     }
-                    Err(e) => me.note(&Err(e)),
+                    Err(e) => me.health.failed(&e),
                 }
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
