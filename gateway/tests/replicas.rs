@@ -34,7 +34,7 @@ async fn replica(mock: &str, db: &str, prefix: &str) -> Replica {
         .port();
     let child = Command::new(BIN)
         .args(["--listen", &format!("127.0.0.1:{port}")])
-        .args(["--database-url", db, "--redis-url", REDIS])
+        .args(["--database-url", db, "--redis-url", redis_url()])
         .env_clear()
         .env("LLM_GATEWAY_REDIS_PREFIX", prefix)
         .env("LLM_GATEWAY_ADMIN_TOKEN", ADMIN)

@@ -37,8 +37,10 @@ pub struct Line {
     pub limit_a: Option<i64>,
     /// Limit on `b` (tokens).
     pub limit_b: Option<i64>,
-    /// When the counter may be forgotten, Unix ms.
-    pub expires_at_ms: i64,
+    /// How long after the request's clock reading the counter may be forgotten, ms.
+    /// Relative on purpose: Redis judges expiries against its own clock, which need not
+    /// agree with this process's (skew, or an injected clock in tests).
+    pub ttl_ms: i64,
 }
 
 /// A counter's figures.
@@ -155,7 +157,7 @@ impl Local {
         let mut need = Vec::new();
         for (i, l) in lines.iter().enumerate() {
             let c = map.entry(l.key.clone()).or_default();
-            c.expires_at_ms = l.expires_at_ms;
+            c.expires_at_ms = ask.now_ms.saturating_add(l.ttl_ms);
             if l.kind == Kind::Budget && !c.seeded {
                 match ask.seeds.get(&i) {
                     Some(&(a, b)) => {
@@ -274,7 +276,7 @@ for i = 1, n do
     if redis.call('HEXISTS', k, 's') == 0 then
       if arg(i, 5) ~= '' then
         redis.call('HSET', k, 's', '1', 'ua', arg(i, 5), 'ub', arg(i, 6), 'ra', '0', 'rb', '0')
-        redis.call('PEXPIREAT', k, arg(i, 4))
+        redis.call('PEXPIRE', k, arg(i, 4))
       else
         need[#need + 1] = i - 1
       end
@@ -321,13 +323,13 @@ for i = 1, n do
     redis.call('HINCRBY', k, 'rb', eb)
     redis.call('HSET', k .. ':m', id, ea .. ':' .. eb)
     redis.call('ZADD', k .. ':z', rexp, id)
-    redis.call('PEXPIREAT', k .. ':m', arg(i, 4))
-    redis.call('PEXPIREAT', k .. ':z', arg(i, 4))
+    redis.call('PEXPIRE', k .. ':m', arg(i, 4))
+    redis.call('PEXPIRE', k .. ':z', arg(i, 4))
     lv[2], lv[4] = lv[2] + nea, lv[4] + neb
   else
     redis.call('HINCRBY', k, 'ua', '1')
     redis.call('HINCRBY', k, 'ub', eb)
-    redis.call('PEXPIREAT', k, arg(i, 4))
+    redis.call('PEXPIRE', k, arg(i, 4))
     lv[1], lv[3] = lv[1] + 1, lv[3] + neb
   end
   for _, v in ipairs(lv) do out[#out + 1] = v end
@@ -389,7 +391,7 @@ impl Shared {
                 .arg(if l.kind == Kind::Budget { "b" } else { "r" })
                 .arg(opt(l.limit_a))
                 .arg(opt(l.limit_b))
-                .arg(l.expires_at_ms)
+                .arg(l.ttl_ms.max(1))
                 .arg(opt(seed.map(|s| s.0)))
                 .arg(opt(seed.map(|s| s.1)));
         }
@@ -493,7 +495,7 @@ mod tests {
             kind: Kind::Budget,
             limit_a: usd,
             limit_b: tokens,
-            expires_at_ms: i64::MAX,
+            ttl_ms: i64::MAX,
         }
     }
 
@@ -559,7 +561,7 @@ mod tests {
             kind: Kind::Rate,
             limit_a: Some(2),
             limit_b: Some(100),
-            expires_at_ms: i64::MAX,
+            ttl_ms: i64::MAX,
         }];
         assert!(matches!(
             c.reserve(&lines, &ask("1", 0, 80)),

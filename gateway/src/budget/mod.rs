@@ -381,7 +381,7 @@ impl Budgets {
                     kind: Kind::Budget,
                     limit_a: b.limit_usd.map(policy::to_nano),
                     limit_b: b.limit_tokens.map(|t| t as i64),
-                    expires_at_ms: w.end_ms + COUNTER_GRACE_MS,
+                    ttl_ms: w.end_ms + COUNTER_GRACE_MS - now,
                 });
                 refs.push(LineRef {
                     budget: i,
@@ -406,7 +406,7 @@ impl Budgets {
                     kind: Kind::Rate,
                     limit_a: b.requests_per_minute.map(|v| v as i64),
                     limit_b: b.tokens_per_minute.map(|v| v as i64),
-                    expires_at_ms: w.end_ms + 60_000,
+                    ttl_ms: w.end_ms + 60_000 - now,
                 });
                 refs.push(LineRef {
                     budget: i,

@@ -86,7 +86,7 @@ pub async fn start_with_keys(required: bool, ttl: std::time::Duration) -> Harnes
 pub struct BudgetSetup {
     /// Redis key prefix (unique per test), or in-process counters.
     pub redis_prefix: Option<String>,
-    /// Redis URL (default [`REDIS`]).
+    /// Redis URL (default [`redis_url`]).
     pub redis_url: Option<String>,
     /// The budgets' clock.
     pub clock: Arc<dyn llm_gateway::budget::Clock>,
@@ -106,7 +106,7 @@ pub async fn start_with_budgets(setup: BudgetSetup, routing: &str) -> Harness {
 
 /// Deletes every Redis key starting with `prefix`.
 pub async fn delete_redis_keys(prefix: &str) {
-    let client = redis::Client::open(REDIS).unwrap();
+    let client = redis::Client::open(redis_url()).unwrap();
     let mut c = client.get_multiplexed_async_connection().await.unwrap();
     let keys: Vec<String> = redis::cmd("KEYS")
         .arg(format!("{prefix}*"))
@@ -127,8 +127,29 @@ pub async fn start_keys_yaml(yaml: impl FnOnce(&str) -> String) -> Harness {
     start_inner2(yaml, Some((true, std::time::Duration::from_secs(5))), None).await
 }
 
-/// Redis on the machine.
-pub const REDIS: &str = "redis://127.0.0.1:6379";
+/// The Redis the tests use: the machine's at 127.0.0.1:6379, or `LLM_GATEWAY_TEST_REDIS`
+/// (test-all.sh points it at a Redis whose clock runs 400 days ahead, to catch tests that
+/// would break on a later date).
+pub fn redis_url() -> &'static str {
+    static URL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    URL.get_or_init(|| {
+        std::env::var("LLM_GATEWAY_TEST_REDIS")
+            .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+    })
+}
+
+/// `host:port` of [`redis_url`] (for a proxy in front of it).
+pub fn redis_addr() -> &'static str {
+    static ADDR: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ADDR.get_or_init(|| {
+        let u = url::Url::parse(redis_url()).expect("a redis:// URL");
+        format!(
+            "{}:{}",
+            u.host_str().unwrap_or("127.0.0.1"),
+            u.port().unwrap_or(6379)
+        )
+    })
+}
 
 async fn start_inner(
     yaml: impl FnOnce(&str) -> String,
@@ -197,10 +218,10 @@ async fn start_inner3(
             let shared = match &b.redis_prefix {
                 Some(_) => Some(
                     llm_gateway::budget::counters::Shared::connect(
-                        b.redis_url.as_deref().unwrap_or(REDIS),
+                        b.redis_url.as_deref().unwrap_or(redis_url()),
                     )
                     .await
-                    .expect("redis at 127.0.0.1:6379"),
+                    .expect("redis for the tests"),
                 ),
                 None => None,
             };
