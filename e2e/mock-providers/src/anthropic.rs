@@ -124,8 +124,8 @@ pub async fn messages(State(m): State<Arc<Mock>>, headers: HeaderMap, body: Byte
             "anthropic-version: header is required",
         );
     }
-    let fault = m.take_fault("anthropic");
-    if let Some(status) = fault.before_response().await {
+    let (fault, load) = m.take_fault("anthropic");
+    if let Some(status) = fault.before_response(&load).await {
         return fault_error(status, &fault);
     }
     if let Err(msg) = validate(&req) {
@@ -268,5 +268,6 @@ pub async fn messages(State(m): State<Arc<Mock>>, headers: HeaderMap, body: Byte
         &fault,
         "text/event-stream; charset=utf-8",
         b"event: content_block_start\ndata: {\"type\": \"content_bl\n\n",
+        load,
     )
 }

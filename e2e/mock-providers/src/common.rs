@@ -1,6 +1,8 @@
 //! What every mock vendor shares: faults, deterministic replies, token counts, streaming.
 
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -49,16 +51,98 @@ pub struct Fault {
     /// Apply to the next N requests only (default: until cleared).
     #[serde(default)]
     pub times: Option<u32>,
+    /// Load-dependent latency: this many ms more before the response for each request of
+    /// the vendor already in progress (a provider that slows down as its load grows).
+    #[serde(default)]
+    pub latency_per_inflight_ms: f64,
+    /// Capacity: a request arriving while this many of the vendor's are in progress gets
+    /// `status` (default 429) with the retry headers; the others are served normally.
+    #[serde(default)]
+    pub max_inflight: Option<usize>,
+    /// A tail: every Nth request of the vendor waits `tail_ms` more before its response.
+    #[serde(default)]
+    pub tail_every: Option<u64>,
+    /// See `tail_every`.
+    #[serde(default)]
+    pub tail_ms: u64,
+}
+
+/// How many requests of one vendor are in progress (streams until they end), and the most
+/// seen at once.
+#[derive(Debug, Default)]
+pub struct Load {
+    now: AtomicUsize,
+    max: AtomicUsize,
+    seq: AtomicU64,
+}
+
+impl Load {
+    /// Requests in progress.
+    pub fn now(&self) -> usize {
+        self.now.load(Ordering::SeqCst)
+    }
+    /// The most in progress at once since the last reset.
+    pub fn max(&self) -> usize {
+        self.max.load(Ordering::SeqCst)
+    }
+    /// Forgets the maximum.
+    pub fn reset_max(&self) {
+        self.max.store(self.now(), Ordering::SeqCst);
+    }
+}
+
+/// One request in progress; counted until dropped (moved into a stream's body for streams).
+#[derive(Debug)]
+pub struct InFlight(Arc<Load>, u64);
+
+impl InFlight {
+    /// Counts a new request on `load`.
+    pub fn enter(load: Arc<Load>) -> Self {
+        let n = load.now.fetch_add(1, Ordering::SeqCst) + 1;
+        load.max.fetch_max(n, Ordering::SeqCst);
+        let seq = load.seq.fetch_add(1, Ordering::SeqCst) + 1;
+        Self(load, seq)
+    }
+
+    /// Requests in progress, this one included.
+    pub fn count(&self) -> usize {
+        self.0.now()
+    }
+
+    /// This request's number among the vendor's, from 1.
+    pub fn seq(&self) -> u64 {
+        self.1
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.now.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Fault {
-    /// Applies latency and hangs; returns the error status to answer with, if any.
-    pub async fn before_response(&self) -> Option<StatusCode> {
-        if self.latency_ms > 0 {
-            tokio::time::sleep(Duration::from_millis(self.latency_ms)).await;
+    /// Applies capacity, latency and hangs; returns the error status to answer with, if any.
+    pub async fn before_response(&self, load: &InFlight) -> Option<StatusCode> {
+        let others = load.count().saturating_sub(1);
+        if let Some(cap) = self.max_inflight {
+            if others >= cap {
+                return StatusCode::from_u16(self.status.unwrap_or(429)).ok();
+            }
+        }
+        let tail = match self.tail_every {
+            Some(n) if n > 0 && load.seq() % n == 0 => self.tail_ms,
+            _ => 0,
+        };
+        let ms = (self.latency_ms + tail) as f64 + self.latency_per_inflight_ms * others as f64;
+        if ms > 0.0 {
+            tokio::time::sleep(Duration::from_secs_f64(ms / 1000.0)).await;
         }
         if self.hang {
             std::future::pending::<()>().await;
+        }
+        if self.max_inflight.is_some() {
+            return None;
         }
         self.status.and_then(|s| StatusCode::from_u16(s).ok())
     }
@@ -107,6 +191,7 @@ pub fn stream_response(
     fault: &Fault,
     content_type: &'static str,
     bad_frame: &'static [u8],
+    load: InFlight,
 ) -> Response {
     if fault.malformed && frames.len() > 1 {
         frames[1] = Bytes::from_static(bad_frame);
@@ -115,8 +200,11 @@ pub fn stream_response(
         frames.truncate(n);
     }
     let (ttft, gap) = (fault.ttft_ms, fault.chunk_delay_ms);
-    let stream =
-        futures::stream::iter(frames.into_iter().enumerate()).then(move |(i, f)| async move {
+    let load = Arc::new(load);
+    let stream = futures::stream::iter(frames.into_iter().enumerate()).then(move |(i, f)| {
+        // The request counts as in progress until the stream is done or dropped.
+        let _load = load.clone();
+        async move {
             let delay = match i {
                 0 => 0,
                 1 => ttft,
@@ -126,7 +214,8 @@ pub fn stream_response(
                 tokio::time::sleep(Duration::from_millis(delay)).await;
             }
             Ok::<_, Infallible>(f)
-        });
+        }
+    });
     let mut r = Response::new(Body::from_stream(stream));
     r.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));

@@ -9,7 +9,8 @@
 //!
 //! Control endpoints: `POST /_mock/faults` sets a [`Fault`] for a vendor, `DELETE /_mock/faults`
 //! clears all; `GET /_mock/requests?vendor=…` returns the requests received (newest last),
-//! `DELETE /_mock/requests` forgets them.
+//! `DELETE /_mock/requests` forgets them; `GET /_mock/load?vendor=…` says how many of the
+//! vendor's requests are in progress and the most seen at once (`DELETE` resets that).
 //!
 //! Answers are deterministic: the reply echoes the last user message; a request with tools
 //! (and `tool_choice` not `none`) whose last message is not a tool result gets a tool call
@@ -36,6 +37,7 @@ pub use common::Fault;
 #[derive(Default)]
 pub struct Mock {
     faults: Mutex<HashMap<String, Fault>>,
+    load: Mutex<HashMap<String, Arc<common::Load>>>,
     requests: Mutex<VecDeque<Recorded>>,
     ollama_models: Vec<String>,
 }
@@ -99,8 +101,23 @@ impl Mock {
         });
     }
 
-    /// The fault to apply to the next request of `vendor`, consuming one of its `times`.
-    fn take_fault(&self, vendor: &str) -> Fault {
+    fn load_of(&self, vendor: &str) -> Arc<common::Load> {
+        self.load
+            .lock()
+            .unwrap()
+            .entry(vendor.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    /// The fault to apply to the next request of `vendor` (consuming one of its `times`),
+    /// and the request counted as in progress.
+    fn take_fault(&self, vendor: &str) -> (Fault, common::InFlight) {
+        let load = common::InFlight::enter(self.load_of(vendor));
+        (self.next_fault(vendor), load)
+    }
+
+    fn next_fault(&self, vendor: &str) -> Fault {
         let mut faults = self.faults.lock().unwrap();
         let Some(f) = faults.get_mut(vendor) else {
             return Fault::default();
@@ -146,6 +163,7 @@ pub fn router(mock: Arc<Mock>) -> Router {
         .route("/ollama/api/embed", post(ollama::embed))
         .route("/_mock/faults", post(set_fault).delete(clear_faults))
         .route("/_mock/requests", get(list_requests).delete(clear_requests))
+        .route("/_mock/load", get(get_load).delete(reset_load))
         .with_state(mock)
 }
 
@@ -175,6 +193,20 @@ async fn list_requests(
             .cloned()
             .collect(),
     )
+}
+
+/// `GET /_mock/load?vendor=…`: requests of the vendor in progress, and the most at once.
+async fn get_load(State(m): State<Arc<Mock>>, Query(q): Query<RequestsQuery>) -> Json<Value> {
+    let l = m.load_of(q.vendor.as_deref().unwrap_or_default());
+    Json(serde_json::json!({"in_flight": l.now(), "max_in_flight": l.max()}))
+}
+
+/// `DELETE /_mock/load`: forgets every vendor's maximum.
+async fn reset_load(State(m): State<Arc<Mock>>) -> Json<Value> {
+    for l in m.load.lock().unwrap().values() {
+        l.reset_max();
+    }
+    Json(serde_json::json!({"ok": true}))
 }
 
 async fn clear_requests(State(m): State<Arc<Mock>>) -> Json<Value> {

@@ -53,8 +53,8 @@ pub async fn chat(State(m): State<Arc<Mock>>, headers: HeaderMap, body: Bytes) -
         return error(StatusCode::BAD_REQUEST, "invalid character in JSON body");
     };
     m.record("ollama", "/api/chat", &headers, &req);
-    let fault = m.take_fault("ollama");
-    if let Some(status) = fault.before_response().await {
+    let (fault, load) = m.take_fault("ollama");
+    if let Some(status) = fault.before_response(&load).await {
         return error(
             status,
             &fault.message.clone().unwrap_or_else(|| "mock fault".into()),
@@ -127,6 +127,7 @@ pub async fn chat(State(m): State<Arc<Mock>>, headers: HeaderMap, body: Bytes) -
         &fault,
         "application/x-ndjson",
         b"{\"model\": \"broken\n",
+        load,
     )
 }
 

@@ -106,8 +106,8 @@ pub async fn chat(
         return error(StatusCode::UNAUTHORIZED, "invalid_request_error",
             "You didn't provide an API key. You need to provide your API key in an Authorization header using Bearer auth.", None);
     }
-    let fault = m.take_fault(vendor);
-    if let Some(status) = fault.before_response().await {
+    let (fault, load) = m.take_fault(vendor);
+    if let Some(status) = fault.before_response(&load).await {
         return fault_error(vendor, status, &fault);
     }
     let Some(model) = req["model"].as_str() else {
@@ -260,6 +260,7 @@ pub async fn chat(
         &fault,
         "text/event-stream; charset=utf-8",
         b"data: {\"id\": \"broken\n\n",
+        load,
     )
 }
 
@@ -341,8 +342,8 @@ pub async fn embeddings(
             None,
         );
     }
-    let fault = m.take_fault(vendor);
-    if let Some(status) = fault.before_response().await {
+    let (fault, load) = m.take_fault(vendor);
+    if let Some(status) = fault.before_response(&load).await {
         return fault_error(vendor, status, &fault);
     }
     let model = req["model"].as_str().unwrap_or_default();
