@@ -47,6 +47,13 @@ cargo fmt --all -- --check
 step "lints (cargo clippy -D warnings)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+step "binaries (the SDK tests and the at-scale stream test run them)"
+cargo build --bins --locked
+# Wherever cargo puts them (CARGO_TARGET_DIR, a shared target dir, ...).
+LLM_GATEWAY_BIN_DIR="$(cargo metadata --format-version 1 --no-deps --locked \
+  | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')/debug"
+export LLM_GATEWAY_BIN_DIR
+
 step "Rust unit and integration tests"
 if command -v cargo-nextest >/dev/null 2>&1; then
   cargo nextest run --workspace --locked --no-fail-fast
@@ -64,13 +71,6 @@ for shift in -400d +400d; do
     cargo nextest run -p llm-gateway --locked --no-fail-fast --lib \
       --test budgets --test budget_periods --test store --test ledger --test keys
 done
-
-step "binaries for the client tests"
-cargo build --bins --locked
-# Wherever cargo puts them (CARGO_TARGET_DIR, a shared target dir, ...).
-LLM_GATEWAY_BIN_DIR="$(cargo metadata --format-version 1 --no-deps --locked \
-  | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')/debug"
-export LLM_GATEWAY_BIN_DIR
 
 step "official openai Python SDK tests"
 .venv/bin/python -m pytest -q -p no:cacheprovider e2e/python

@@ -161,6 +161,25 @@ pub struct VirtualModelConfig {
     /// Cache settings for this virtual model.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache: Option<RouteCacheConfig>,
+    /// Hedged requests (off by default): when the first candidate has not started answering
+    /// after this delay, the next-ranked candidate of another provider is asked too; the
+    /// first to answer wins and the other is cancelled. Both calls are paid for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hedge: Option<HedgeConfig>,
+}
+
+/// When to send a hedge: exactly one of a fixed delay or a quantile of the first candidate's
+/// observed time to first token.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HedgeConfig {
+    /// Hedge after this many seconds without an answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after_secs: Option<f64>,
+    /// Hedge once the first candidate is slower than this quantile (in (0, 1), e.g. 0.95) of
+    /// its own recent times to first token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after_quantile: Option<f64>,
 }
 
 /// HTTP server settings.
@@ -173,7 +192,8 @@ pub struct ServerConfig {
     /// Largest accepted request body in bytes (default 10 MiB); larger bodies get 413.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_body_bytes: Option<u64>,
-    /// Requests served at once across all providers (default 1024); more wait up to
+    /// Requests served at once across all providers (default 10000: a memory guard, not
+    /// a traffic shaper; per-provider limits adapt on their own); more wait up to
     /// `queue_timeout_secs`, then get 503 with `Retry-After`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_concurrency: Option<u32>,
@@ -307,12 +327,16 @@ pub struct ProviderConfig {
     /// Longest silence allowed between two reads of a response, in seconds (default 120).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub read_idle_timeout_secs: Option<f64>,
-    /// Streams: longest wait for the first content or tool-call chunk, in seconds (default
-    /// 300: reasoning models think silently).
+    /// Longest wait for a response to start, in seconds: a stream's first content or
+    /// tool-call chunk, a non-streaming answer's first byte. Also the value used for a model
+    /// until enough of its answers have been seen to learn its own deadline (see the README's
+    /// Resilience section). Default 30, and 180 for models tagged `reasoning` and for Ollama;
+    /// a model's own `first_token_timeout_secs` overrides it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub first_token_timeout_secs: Option<f64>,
-    /// Requests to this provider at once (default 256); more wait up to
-    /// `queue_timeout_secs`, then fail over or get 503.
+    /// Ceiling of this provider's adaptive concurrency limit (default: none). The limit itself
+    /// follows the provider's time to first token and its 429/5xx answers; requests above it
+    /// wait up to `queue_timeout_secs`, then fail over or get 503.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_concurrency: Option<u32>,
     /// Longest wait for a concurrency slot of this provider, in seconds (default 5).
@@ -377,7 +401,11 @@ pub struct FailoverConfig {
     /// Upstream attempts per request, first included (default 3).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_attempts: Option<u32>,
-    /// Time budget for all attempts until a response starts, in seconds (default 120).
+    /// Time budget for all attempts until a response starts, in seconds (default 120). A
+    /// shorter timeout the client declares (the OpenAI SDKs' `x-stainless-read-timeout`, or
+    /// `x-llm-gateway-timeout`) shortens it. An attempt that could be followed by another
+    /// may use at most half of what is left, so a timed-out attempt always leaves time for
+    /// the next candidate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deadline_secs: Option<f64>,
     /// When every candidate's breaker is open (default `reject`).
@@ -442,6 +470,9 @@ pub struct ModelConfig {
     /// Free-form tags for candidate selection (`code`, `reasoning`, ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tags: Option<Vec<String>>,
+    /// This model's `first_token_timeout_secs` (overrides the provider's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_token_timeout_secs: Option<f64>,
 }
 
 #[cfg(test)]

@@ -40,7 +40,9 @@ fn main() {
         // on both breakers.
         let target = &b.target;
         let t = Instant::now();
-        let permit = rt.block_on(target.provider.acquire()).unwrap();
+        let permit = rt
+            .block_on(target.provider.acquire(std::time::Duration::from_secs(5)))
+            .unwrap();
         let now = Instant::now();
         std::hint::black_box(target.provider.breaker.admit(now));
         std::hint::black_box(target.breaker.as_ref().unwrap().admit(now));

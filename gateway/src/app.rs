@@ -167,12 +167,16 @@ impl Gateway {
         }
     }
 
-    /// Publishes every breaker's state to the metrics gauges.
-    pub fn publish_breaker_states(&self) {
+    /// Publishes the state gauges read at scrape time: breakers, concurrency limits,
+    /// learned deadlines.
+    pub fn publish_gauges(&self) {
         let now = Instant::now();
         for p in self.registry.providers() {
             self.metrics
                 .breaker_state(&p.name, "*", p.breaker.status(now).state.gauge());
+            let l = &p.limiter;
+            self.metrics
+                .provider_concurrency(&p.name, l.limit(), l.in_flight(), l.queued());
         }
         for e in self.registry.entries() {
             self.metrics.breaker_state(
@@ -180,6 +184,18 @@ impl Gateway {
                 &e.info.name,
                 e.breaker.status(now).state.gauge(),
             );
+            if e.info.kind == llm_gateway_crds::ModelKind::Chat {
+                let d = e.deadlines.deadline(
+                    crate::deadline::Mode::Stream,
+                    crate::deadline::Ask::default(),
+                    e.provider.first_token_bounds(Some(&e.info)),
+                );
+                self.metrics.first_content_deadline(
+                    &e.provider.name,
+                    &e.info.name,
+                    d.as_secs_f64(),
+                );
+            }
         }
     }
 }
@@ -218,6 +234,7 @@ fn discovered_models(p: &ProviderSettings, names: &[String]) -> Vec<ModelInfo> {
                     quality: UNKNOWN_QUALITY,
                     latency_ms: UNKNOWN_LATENCY_MS,
                     tags: vec![],
+                    first_token_timeout: None,
                 },
             }
         })

@@ -5,7 +5,7 @@
 //! letting at most `half_open_probes` requests per second through → closed after enough
 //! probe successes, or open again with a longer backoff. Probes are bounded by time rather
 //! than counted in flight, so a probe whose client went away cannot wedge the breaker. Backoff doubles with each consecutive opening, with ±20%
-//! jitter, up to a cap; a `Retry-After` from the provider is the minimum open time.
+//! jitter, up to a cap; a `Retry-After` from the provider is the open time instead.
 //!
 //! Every method takes `now`, so the state machine is tested with a controlled clock.
 
@@ -309,7 +309,8 @@ impl Breaker {
         let exp = self.cfg.base_backoff.as_secs_f64() * 2f64.powi(g.openings.min(30) as i32);
         let jittered = exp * (0.8 + 0.4 * jitter.clamp(0.0, 1.0));
         let backoff = Duration::from_secs_f64(jittered.min(self.cfg.max_backoff.as_secs_f64()));
-        let backoff = retry_after.map_or(backoff, |r| backoff.max(r.min(self.cfg.max_backoff)));
+        // The provider said when to come back: that, not a guess, is the open time.
+        let backoff = retry_after.map_or(backoff, |r| r.min(self.cfg.max_backoff));
         g.openings += 1;
         g.state = State::Open;
         g.open_until = now + backoff;
@@ -495,7 +496,7 @@ mod tests {
     }
 
     #[test]
-    fn retry_after_opens_at_once_for_at_least_that_long() {
+    fn retry_after_opens_at_once_for_that_long() {
         let t = Instant::now();
         let b = Breaker::new(cfg(), t);
         let tr = b.record(
@@ -517,6 +518,19 @@ mod tests {
             b.status(t).retry_in_secs.is_none(),
             "half-open has no retry time"
         );
+        // Shorter than the backoff: the provider's word still wins.
+        let b = Breaker::new(cfg(), t);
+        let short = Outcome::Failure {
+            retry_after: Some(Duration::from_millis(500)),
+        };
+        b.record(t, short, MID);
+        assert_eq!(
+            b.admit(t + Duration::from_millis(499)).0,
+            Admission::Rejected {
+                until: t + Duration::from_millis(500)
+            }
+        );
+        assert_eq!(b.admit(t + Duration::from_millis(500)).0, Admission::Probe);
     }
 
     #[test]

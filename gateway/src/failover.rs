@@ -5,32 +5,52 @@
 //! malformed answer, a stream that breaks before its first content) is reported to the
 //! breakers and the next candidate of another provider is tried (a provider that just failed
 //! is not tried again for the same request: rate limits, outages and network trouble are
-//! rarely confined to one model), up to `routing.failover.max_attempts` attempts
-//! and while `routing.failover.deadline_secs` has not passed. Errors caused by the request
-//! (other 4xx) go straight back to the client.
+//! rarely confined to one model), up to `routing.failover.max_attempts` attempts. Errors
+//! caused by the request (other 4xx) go straight back to the client.
+//!
+//! **Deadlines, designed together.** The request has one deadline for a response to start:
+//! `routing.failover.deadline_secs`, or sooner if the client declares its own timeout
+//! ([`Plan::new`]). Each attempt may wait for its model's learned first-content deadline
+//! ([`crate::deadline`]), but an attempt that could still be followed by another gets at most
+//! half of what is left, so a timed-out attempt always leaves time for the next candidate.
+//!
+//! **Hedging** (opt-in per virtual model): when the first candidate has not started
+//! answering after the hedge delay, the next-ranked candidate of another provider is asked
+//! too; the first to produce content wins and the other is cancelled. The loser is recorded
+//! (ledger row with the same request id, status 499, its prompt estimated) and its cost held
+//! to the caller's budgets.
 //!
 //! Streams are held back until their first content or tool-call chunk: the role preamble and
 //! empty deltas are buffered, so a failure before real content fails over without the client
 //! seeing anything. Once content has been sent, a failure ends the stream with an error event.
 
 use std::collections::VecDeque;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::StatusCode;
+use http::{HeaderMap, StatusCode};
 use serde_json::{Map, Value};
-use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::sync::mpsc;
 use tracing::warn;
 
 use crate::api::error::{ApiError, Failure, TimeoutKind};
 use crate::api::record::Record;
 use crate::app::Gateway;
 use crate::breaker::Admission;
+use crate::deadline::{self, Mode};
 use crate::models::registry::Target;
 use crate::openai::{ChatRequest, Usage};
+use crate::providers::limiter::Permit;
 use crate::providers::{ChatCall, ChatResponse, StreamItem};
-use crate::router::Routed;
+use crate::router::{Hedge, Routed};
 use llm_gateway_crds::AllOpen;
+
+/// Longest wait for a busy provider's slot when another candidate could take the request.
+pub const SPILL_WAIT: Duration = Duration::from_millis(250);
+/// Header in which a client may declare how long it waits, in seconds.
+pub const TIMEOUT_HEADER: &str = "x-llm-gateway-timeout";
+/// The read timeout the official OpenAI SDKs declare on every request, in seconds.
+pub const SDK_TIMEOUT_HEADER: &str = "x-stainless-read-timeout";
 
 /// A response that has started: nothing after this point fails over.
 pub enum Committed {
@@ -61,22 +81,119 @@ pub struct Answer {
     /// Upstream attempts made, this one included.
     pub attempts: u32,
     /// The provider concurrency slot, held until the response is done.
-    pub permit: OwnedSemaphorePermit,
+    pub permit: Permit,
 }
 
-/// The candidates of a routed request, best first; built as needed (usually only the first).
-fn candidates<'a>(
+/// The time limits of one request.
+#[derive(Debug, Clone, Copy)]
+pub struct Plan {
+    /// When a response must have started.
+    pub deadline: Instant,
+    /// What the request brings to each model's deadline.
+    pub ask: deadline::Ask,
+    /// Stream or not.
+    pub mode: Mode,
+}
+
+impl Plan {
+    /// The plan of a request that arrived at `started`: the configured deadline, shortened to
+    /// just under a timeout the client declares (`x-llm-gateway-timeout`, or the OpenAI SDKs'
+    /// `x-stainless-read-timeout`): answering after the client gave up helps nobody.
+    pub fn new(
+        gw: &Gateway,
+        headers: &HeaderMap,
+        started: Instant,
+        req: &ChatRequest,
+        prompt_bytes: usize,
+    ) -> Self {
+        let mut budget = gw.failover.deadline;
+        if let Some(client) = client_timeout(headers) {
+            // A margin for the network and the client's own bookkeeping.
+            let margin = client.mul_f64(0.05).max(Duration::from_millis(250));
+            budget = budget.min(client.saturating_sub(margin).max(client / 2));
+        }
+        Self {
+            deadline: started + budget,
+            ask: deadline::Ask {
+                // Bytes over-count tokens; a third is a generous estimate for any script.
+                prompt_tokens: prompt_bytes / 3,
+                max_output: req.max_output(),
+            },
+            mode: if req.is_stream() {
+                Mode::Stream
+            } else {
+                Mode::Json
+            },
+        }
+    }
+
+    /// Time left until the deadline.
+    fn left(&self, now: Instant) -> Duration {
+        self.deadline.saturating_duration_since(now)
+    }
+
+    /// How long one attempt on `t` may wait for content: its model's deadline, but at most
+    /// half of what is left if another attempt could follow.
+    fn attempt_limit(&self, t: &Target, more_possible: bool, now: Instant) -> Duration {
+        let model = t.deadlines.deadline(
+            self.mode,
+            self.ask,
+            t.provider.first_token_bounds(t.info.as_deref()),
+        );
+        let left = self.left(now);
+        model.min(if more_possible { left / 2 } else { left })
+    }
+}
+
+/// A timeout the client declared, if it is a sane number of seconds.
+fn client_timeout(headers: &HeaderMap) -> Option<Duration> {
+    [TIMEOUT_HEADER, SDK_TIMEOUT_HEADER].iter().find_map(|h| {
+        headers
+            .get(*h)?
+            .to_str()
+            .ok()?
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|s| s.is_finite() && *s > 0.0 && *s < 1e6)
+            .map(Duration::from_secs_f64)
+    })
+}
+
+/// The candidates of a routed request in rank order, built only when tried.
+struct Candidates<'a> {
     gw: &'a Gateway,
     routed: &'a Routed,
-) -> Box<dyn Iterator<Item = Target> + Send + 'a> {
-    match &routed.decision {
-        None => Box::new(std::iter::once(routed.target.clone())),
-        Some(d) => Box::new(d.ranking.iter().map(|r| {
-            gw.registry.target_of(
-                &gw.registry.entries()[r.entry],
+}
+
+impl Candidates<'_> {
+    fn len(&self) -> usize {
+        self.routed.decision.as_ref().map_or(1, |d| d.ranking.len())
+    }
+
+    fn provider(&self, i: usize) -> &str {
+        match &self.routed.decision {
+            None => &self.routed.target.provider.name,
+            Some(d) => &self.gw.registry.entries()[d.ranking[i].entry].provider.name,
+        }
+    }
+
+    fn target(&self, i: usize) -> Target {
+        match &self.routed.decision {
+            None => self.routed.target.clone(),
+            Some(d) => self.gw.registry.target_of(
+                &self.gw.registry.entries()[d.ranking[i].entry],
                 Some(d.virtual_model.clone()),
-            )
-        })),
+            ),
+        }
+    }
+
+    /// The first candidate after `i` whose provider is neither `provider` nor failed.
+    fn next_other(&self, i: usize, provider: &str, failed: &[String]) -> Option<usize> {
+        (i + 1..self.len()).find(|&j| {
+            let p = self.provider(j);
+            p != provider && !failed.iter().any(|f| f == p)
+        })
     }
 }
 
@@ -97,29 +214,36 @@ fn admit(record: &Record, t: &Target, now: Instant) -> Result<(), Instant> {
     Ok(())
 }
 
+type Attempted = Result<(Committed, Permit), ApiError>;
+
 /// Calls the candidates in order until one answers.
 pub async fn chat(
     gw: &Gateway,
     req: &ChatRequest,
     raw: &Map<String, Value>,
     routed: &Routed,
+    plan: &Plan,
     record: &mut Record,
 ) -> Result<Answer, ApiError> {
     let cfg = gw.failover;
-    let deadline = Instant::now() + cfg.deadline;
+    let cands = Candidates { gw, routed };
+    let hedge = routed.decision.as_ref().and_then(|d| d.hedge);
     let mut attempts = 0u32;
     let mut last: Option<(String, ApiError)> = None;
     let mut open: Vec<(String, Instant)> = Vec::new();
     let mut soonest: Option<(Instant, Target)> = None;
     let mut failed: Vec<String> = Vec::new();
-    for target in candidates(gw, routed) {
-        if attempts >= cfg.max_attempts || (attempts > 0 && Instant::now() >= deadline) {
+    let mut hedged = false;
+    for i in 0..cands.len() {
+        let now = Instant::now();
+        if attempts >= cfg.max_attempts || (attempts > 0 && now >= plan.deadline) {
             break;
         }
-        if failed.contains(&target.provider.name) {
+        if failed.iter().any(|f| f == cands.provider(i)) {
             continue;
         }
-        if let Err(until) = admit(record, &target, Instant::now()) {
+        let target = cands.target(i);
+        if let Err(until) = admit(record, &target, now) {
             open.push((format!("{}/{}", target.provider.name, target.model), until));
             if soonest.as_ref().is_none_or(|(u, _)| until < *u) {
                 soonest = Some((until, target));
@@ -131,37 +255,83 @@ pub async fn chat(
             gw.metrics.failover(from, &target.provider.name, reason);
         }
         attempts += 1;
+        let more = attempts < cfg.max_attempts
+            && cands
+                .next_other(i, &target.provider.name, &failed)
+                .is_some();
+        let limit = plan.attempt_limit(&target, more, now);
+        // With another candidate to go to, a provider at its concurrency limit is not
+        // waited for long: the request spills over instead.
+        let queue = if more { limit.min(SPILL_WAIT) } else { limit };
         record.set_target(&target);
         record.set_attempts(attempts);
-        match attempt(gw, &target, req, raw.clone()).await {
-            Ok((committed, permit)) => {
-                if matches!(committed, Committed::Json { .. }) {
-                    record.report_upstream(None);
-                }
-                return Ok(Answer {
-                    target,
-                    committed,
-                    attempts,
-                    permit,
-                });
+        let primary = attempt(gw, &target, req, raw.clone(), limit, queue, plan);
+        // A hedge, once per request, to the next candidate of another provider.
+        let hedge_to = match hedge {
+            Some(h) if !hedged && attempts < cfg.max_attempts => cands
+                .next_other(i, &target.provider.name, &failed)
+                .map(|j| (h, j)),
+            _ => None,
+        };
+        let outcome = match hedge_to {
+            None => Outcome::One(target.clone(), primary.await),
+            Some((h, j)) => {
+                hedged = true;
+                let delay = hedge_delay(h, &target, plan);
+                race(
+                    gw,
+                    record,
+                    &cands,
+                    j,
+                    target.clone(),
+                    primary,
+                    delay,
+                    plan,
+                    req,
+                    raw,
+                )
+                .await
             }
-            Err(e) => {
-                let Some(f) = e.failure else { return Err(e) };
-                gw.metrics
-                    .upstream_failure(&target.provider.name, f.label());
-                if f.counts_against_provider() {
-                    record.report_upstream(Some(&e));
+        };
+        let results = match outcome {
+            Outcome::One(t, r) => vec![(t, r)],
+            Outcome::Won {
+                target,
+                result,
+                extra_attempt,
+            } => {
+                if extra_attempt {
+                    attempts += 1;
+                    record.set_attempts(attempts);
                 }
-                warn!(
-                    request_id = %record.request_id(),
-                    provider = %target.provider.name,
-                    model = %target.model,
-                    reason = f.label(),
-                    error = %e.message,
-                    "upstream attempt failed"
-                );
-                failed.push(target.provider.name.clone());
-                last = Some((target.provider.name.clone(), e));
+                vec![(target, Ok(result))]
+            }
+            Outcome::Two(a, b) => {
+                attempts += 1;
+                record.set_attempts(attempts);
+                vec![a, b]
+            }
+        };
+        for (t, r) in results {
+            match r {
+                Ok((committed, permit)) => {
+                    record.switch_target(&t);
+                    if matches!(committed, Committed::Json { .. }) {
+                        record.report_upstream(None);
+                    }
+                    return Ok(Answer {
+                        target: t,
+                        committed,
+                        attempts,
+                        permit,
+                    });
+                }
+                Err(e) => {
+                    let Some(f) = e.failure else { return Err(e) };
+                    note_failure(gw, record, &t, &e, f);
+                    failed.push(t.provider.name.clone());
+                    last = Some((t.provider.name.clone(), e));
+                }
             }
         }
     }
@@ -169,14 +339,14 @@ pub async fn chat(
         // Every breaker is open and config says to try anyway: the one that reopens first.
         record.set_target(&target);
         record.set_attempts(1);
-        let (committed, permit) =
-            attempt(gw, &target, req, raw.clone())
-                .await
-                .inspect_err(|e| {
-                    if e.failure.is_some_and(Failure::counts_against_provider) {
-                        record.report_upstream(Some(e));
-                    }
-                })?;
+        let limit = plan.attempt_limit(&target, false, Instant::now());
+        let (committed, permit) = attempt(gw, &target, req, raw.clone(), limit, limit, plan)
+            .await
+            .inspect_err(|e| {
+                if e.failure.is_some_and(Failure::counts_against_provider) {
+                    record.report_upstream(Some(e));
+                }
+            })?;
         return Ok(Answer {
             target,
             committed,
@@ -192,6 +362,148 @@ pub async fn chat(
             Err(e)
         }
         None => Err(all_open_error(&open)),
+    }
+}
+
+/// Counts and logs a failed attempt, and tells the breakers if it was the provider's fault.
+fn note_failure(gw: &Gateway, record: &mut Record, t: &Target, e: &ApiError, f: Failure) {
+    gw.metrics.upstream_failure(&t.provider.name, f.label());
+    // A 429 without Retry-After is a capacity signal: it shrinks the provider's concurrency
+    // limit, and only once that is at its floor and the provider still refuses is it a
+    // quota the breaker should keep traffic from. With Retry-After, the provider said when
+    // to come back, and the breaker keeps traffic away until then.
+    let capacity =
+        f == Failure::Status(429) && e.retry_after.is_none() && !t.provider.limiter.at_floor();
+    if f.counts_against_provider() && !capacity {
+        record.switch_target(t);
+        record.report_upstream(Some(e));
+    }
+    warn!(
+        request_id = %record.request_id(),
+        provider = %t.provider.name,
+        model = %t.model,
+        reason = f.label(),
+        error = %e.message,
+        "upstream attempt failed"
+    );
+}
+
+/// What one (possibly hedged) step of failover produced.
+enum Outcome {
+    /// A single attempt's result.
+    One(Target, Attempted),
+    /// One of two racing attempts answered; `extra_attempt` if the hedge was sent.
+    Won {
+        target: Target,
+        result: (Committed, Permit),
+        extra_attempt: bool,
+    },
+    /// The first of two racing attempts failed; the second's result (tried in this order).
+    Two((Target, Attempted), (Target, Attempted)),
+}
+
+/// How long to wait for the first candidate before hedging.
+fn hedge_delay(h: Hedge, t: &Target, plan: &Plan) -> Duration {
+    match h {
+        Hedge::Delay { secs } => Duration::from_secs_f64(secs),
+        // Until the model's own times are known, four times its catalog prior stands in.
+        Hedge::Quantile { q } => {
+            let usual = t.deadlines.quantile(plan.mode, q).unwrap_or_else(|| {
+                Duration::from_secs_f64(
+                    t.info.as_ref().map_or(1000.0, |i| i.latency_ms) * 4.0 / 1e3,
+                )
+            });
+            usual + deadline::prefill(plan.ask.prompt_tokens)
+        }
+    }
+}
+
+/// Runs `primary`; if it has not answered after `delay`, also candidate `j`; the first to
+/// answer wins, the other is cancelled and recorded as a paid loser.
+#[allow(clippy::too_many_arguments)]
+async fn race(
+    gw: &Gateway,
+    record: &Record,
+    cands: &Candidates<'_>,
+    j: usize,
+    first: Target,
+    primary: impl std::future::Future<Output = Attempted>,
+    delay: Duration,
+    plan: &Plan,
+    req: &ChatRequest,
+    raw: &Map<String, Value>,
+) -> Outcome {
+    tokio::pin!(primary);
+    tokio::select! {
+        r = &mut primary => return Outcome::One(first, r),
+        _ = tokio::time::sleep(delay) => {}
+    }
+    let second = cands.target(j);
+    if admit(record, &second, Instant::now()).is_err() {
+        return Outcome::One(first, primary.await);
+    }
+    // The hedge is paid for: hold its estimate on the caller's budgets, or do not send it.
+    let hold = match record.hold_extra(&second).await {
+        Ok(h) => h,
+        Err(_) => return Outcome::One(first, primary.await),
+    };
+    let limit = plan.attempt_limit(&second, false, Instant::now());
+    let hedge = attempt(
+        gw,
+        &second,
+        req,
+        raw.clone(),
+        limit,
+        limit.min(SPILL_WAIT),
+        plan,
+    );
+    tokio::pin!(hedge);
+    let (winner_is_hedge, r) = tokio::select! {
+        r = &mut primary => (false, r),
+        r = &mut hedge => (true, r),
+    };
+    let (winner, loser) = if winner_is_hedge {
+        (second.clone(), first.clone())
+    } else {
+        (first.clone(), second.clone())
+    };
+    match r {
+        Ok(result) => {
+            gw.metrics.hedge(
+                &second.provider.name,
+                if winner_is_hedge { "won" } else { "lost" },
+            );
+            // The loser's future is dropped with this frame: its upstream call is cancelled.
+            record.record_hedge_loser(&loser, hold);
+            Outcome::Won {
+                target: winner,
+                result,
+                extra_attempt: true,
+            }
+        }
+        Err(e) => {
+            // One failed; the other may still answer.
+            let other = if winner_is_hedge {
+                primary.await
+            } else {
+                hedge.await
+            };
+            match other {
+                Ok(result) => {
+                    gw.metrics.hedge(
+                        &second.provider.name,
+                        if winner_is_hedge { "lost" } else { "won" },
+                    );
+                    drop(hold);
+                    Outcome::Two((winner, Err(e)), (loser, Ok(result)))
+                }
+                Err(e2) => {
+                    gw.metrics.hedge(&second.provider.name, "failed");
+                    drop(hold);
+                    Outcome::Two((winner, Err(e)), (loser, Err(e2)))
+                }
+            }
+        }
     }
 }
 
@@ -229,53 +541,103 @@ pub fn all_open_error(open: &[(String, Instant)]) -> ApiError {
     e
 }
 
-/// One upstream attempt, up to the moment the response starts.
+/// Whether a failure says the provider is overloaded or unresponsive (its limit shrinks).
+fn is_overload(f: Failure) -> bool {
+    matches!(
+        f,
+        Failure::Status(408 | 429 | 500..=599) | Failure::Timeout(_) | Failure::Connect
+    )
+}
+
+/// One upstream attempt, up to the moment the response starts, waiting at most `limit` for
+/// it, of which at most `queue` for a concurrency slot.
 async fn attempt(
     gw: &Gateway,
     t: &Target,
     req: &ChatRequest,
     raw: Map<String, Value>,
-) -> Result<(Committed, OwnedSemaphorePermit), ApiError> {
-    let (permit, waited) = t.provider.acquire().await?;
+    limit: Duration,
+    queue: Duration,
+    plan: &Plan,
+) -> Attempted {
+    let began = Instant::now();
+    let (permit, waited) = t.provider.acquire(queue.min(limit)).await?;
     gw.metrics
         .queue_wait(&t.provider.name, waited.as_secs_f64());
     let started = Instant::now();
+    let content_deadline = tokio::time::Instant::from_std(began + limit);
+    let timed_out = || {
+        let what = match plan.mode {
+            Mode::Stream => "sent no content",
+            Mode::Json => "did not answer",
+        };
+        ApiError::gateway_timeout(format!(
+            "provider {} {what} within {:.1}s",
+            t.provider.name,
+            limit.as_secs_f64()
+        ))
+        .with_failure(Failure::Timeout(TimeoutKind::FirstToken))
+    };
+    let result = until_content(t, req, raw, content_deadline, timed_out).await;
+    let now = Instant::now();
+    match &result {
+        Ok(committed) => {
+            let took = now.duration_since(started);
+            let mode = match committed {
+                Committed::Json { .. } => Mode::Json,
+                Committed::Stream { .. } => Mode::Stream,
+            };
+            t.deadlines.observe(mode, took, plan.ask.prompt_tokens);
+            let signal = (mode == Mode::Stream)
+                .then(|| took.saturating_sub(deadline::prefill(plan.ask.prompt_tokens)));
+            t.provider.limiter.on_success(signal, now);
+        }
+        Err(e) => {
+            if e.failure.is_some_and(is_overload) {
+                t.provider.limiter.on_overload(now);
+            }
+        }
+    }
+    let committed = result?;
+    Ok((
+        match committed {
+            Committed::Stream { held, rx, .. } => Committed::Stream {
+                held,
+                rx,
+                deadline: started + t.provider.total_timeout(),
+            },
+            json => json,
+        },
+        permit,
+    ))
+}
+
+/// Sends the request and waits, until `deadline`, for a complete JSON answer or a stream's
+/// first content (holding back its preamble).
+async fn until_content(
+    t: &Target,
+    req: &ChatRequest,
+    raw: Map<String, Value>,
+    deadline: tokio::time::Instant,
+    timed_out: impl Fn() -> ApiError,
+) -> Result<Committed, ApiError> {
     let call = ChatCall {
         req,
         raw,
         model: &t.model,
         info: t.info.as_deref(),
     };
-    if !req.is_stream() {
-        return match t.provider.chat(call).await? {
-            ChatResponse::Json { body, usage } => Ok((Committed::Json { body, usage }, permit)),
-            ChatResponse::Stream(_) => Err(ApiError::bad_gateway(
-                "provider streamed a non-streaming request",
-            )),
-        };
-    }
-    let first_token_deadline =
-        tokio::time::Instant::from_std(started + t.provider.first_token_timeout);
-    let first_token_timeout = || {
-        ApiError::gateway_timeout(format!(
-            "provider {} sent no content within {}s",
-            t.provider.name,
-            t.provider.first_token_timeout.as_secs_f64()
-        ))
-        .with_failure(Failure::Timeout(TimeoutKind::FirstToken))
-    };
-    let answer = tokio::time::timeout_at(first_token_deadline, t.provider.chat(call))
+    let answer = tokio::time::timeout_at(deadline, t.provider.chat(call))
         .await
-        .map_err(|_| first_token_timeout())??;
+        .map_err(|_| timed_out())??;
     let mut rx = match answer {
         ChatResponse::Stream(rx) => rx,
-        ChatResponse::Json { body, usage } => return Ok((Committed::Json { body, usage }, permit)),
+        ChatResponse::Json { body, usage } => return Ok(Committed::Json { body, usage }),
     };
-    // Hold back the preamble until real content: a failure before it can still fail over.
     let mut held = VecDeque::new();
     loop {
-        match tokio::time::timeout_at(first_token_deadline, rx.recv()).await {
-            Err(_) => return Err(first_token_timeout()),
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Err(_) => return Err(timed_out()),
             Ok(None) => {
                 return Err(ApiError::bad_gateway(format!(
                     "provider {} ended the stream before any content",
@@ -294,11 +656,34 @@ async fn attempt(
                 );
                 held.push_back(item);
                 if started_content {
-                    break;
+                    // The stream's total deadline is set by the caller.
+                    return Ok(Committed::Stream {
+                        held,
+                        rx,
+                        deadline: Instant::now(),
+                    });
                 }
             }
         }
     }
-    let deadline = started + t.provider.total_timeout();
-    Ok((Committed::Stream { held, rx, deadline }, permit))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_timeouts_are_read_from_either_header() {
+        let mut h = HeaderMap::new();
+        assert_eq!(client_timeout(&h), None);
+        h.insert(SDK_TIMEOUT_HEADER, "30.0".parse().unwrap());
+        assert_eq!(client_timeout(&h), Some(Duration::from_secs(30)));
+        h.insert(TIMEOUT_HEADER, "12".parse().unwrap());
+        assert_eq!(client_timeout(&h), Some(Duration::from_secs(12)));
+        for bad in ["-1", "nan", "soon", "0"] {
+            let mut h = HeaderMap::new();
+            h.insert(TIMEOUT_HEADER, bad.parse().unwrap());
+            assert_eq!(client_timeout(&h), None, "{bad}");
+        }
+    }
 }

@@ -9,6 +9,7 @@ pub mod budget;
 pub mod cache;
 pub mod catalog;
 pub mod config;
+pub mod deadline;
 pub mod failover;
 pub mod kv;
 pub mod ledger;

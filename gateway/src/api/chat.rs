@@ -50,7 +50,10 @@ async fn serve(
     let bytes = body::read(req_headers, body, gw.max_body_bytes).await?;
     let (raw, req): (_, ChatRequest) = body::parse(&bytes)?;
     validate(&req)?;
-    record.set_prompt_bytes(crate::router::tokens::upper_bound(&req, raw.get("tools")));
+    let prompt_bytes = crate::router::tokens::upper_bound(&req, raw.get("tools"));
+    record.set_prompt_bytes(prompt_bytes);
+    // The request's deadline counts from its arrival, and the client's own timeout.
+    let plan = failover::Plan::new(gw, req_headers, record.started(), &req, prompt_bytes);
     let global = gw.acquire_slot().await?;
 
     // 2. Route: a virtual model is scored across its candidates (open breakers skipped); an
@@ -93,7 +96,7 @@ async fn serve(
 
     let record_cache = record.cache();
     // 5. Call the provider, failing over along the ranking until a response starts.
-    let answer = failover::chat(gw, &req, &raw, &routed, record).await?;
+    let answer = failover::chat(gw, &req, &raw, &routed, &plan, record).await?;
 
     // 6. Respond, recording usage, cost and the outcome; store a complete answer.
     let mut resp = match answer.committed {
@@ -258,7 +261,7 @@ struct SseState {
     capture: Option<(crate::cache::Lookup, cached::Capture)>,
     finished: bool,
     /// The global and provider concurrency slots, released when the stream ends.
-    _slots: (OwnedSemaphorePermit, OwnedSemaphorePermit),
+    _slots: (OwnedSemaphorePermit, crate::providers::limiter::Permit),
 }
 
 impl SseState {

@@ -36,7 +36,7 @@ pub async fn readyz(State(gw): State<AppState>) -> Response {
 
 /// Prometheus / OpenMetrics exposition.
 pub async fn metrics(State(gw): State<AppState>) -> Response {
-    gw.publish_breaker_states();
+    gw.publish_gauges();
     (
         [(
             header::CONTENT_TYPE,

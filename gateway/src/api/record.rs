@@ -39,6 +39,9 @@ pub struct Record {
     remaining: Option<crate::budget::Remaining>,
     estimated: bool,
     cache: Option<crate::cache::Outcome>,
+    /// The upstream was sent the prompt and the call was then abandoned (a hedge's loser):
+    /// with no usage reported, its prompt is estimated and charged.
+    prompt_billed: bool,
     done: bool,
 }
 
@@ -62,8 +65,14 @@ impl Record {
             remaining: None,
             estimated: false,
             cache: None,
+            prompt_billed: false,
             done: false,
         }
+    }
+
+    /// When the request arrived.
+    pub fn started(&self) -> Instant {
+        self.started
     }
 
     /// The cache outcome, if the cache is on.
@@ -171,6 +180,11 @@ impl Record {
         self.attempt_started = Instant::now();
     }
 
+    /// Notes which target answered, keeping the attempt's start (a hedge that won).
+    pub fn switch_target(&mut self, t: &Target) {
+        self.target = Some(t.clone());
+    }
+
     /// Notes the routing decision (and counts it in metrics).
     pub fn set_route(&mut self, r: &Routed) {
         self.set_target(&r.target);
@@ -219,8 +233,42 @@ impl Record {
             remaining: self.remaining,
             estimated: self.estimated,
             cache: self.cache,
+            prompt_billed: self.prompt_billed,
             done: false,
         }
+    }
+
+    /// Holds the estimate of a second call to `t` (a hedge) on the caller's budgets; an
+    /// error when they cannot take it.
+    pub async fn hold_extra(&self, t: &Target) -> Result<Option<super::budget::Held>, ApiError> {
+        let Some(caller) = &self.caller else {
+            return Ok(None);
+        };
+        let (prompt, completion) = match &self.held {
+            Some(h) => {
+                let est = h.reservation.estimate().tokens.max(0) as u64;
+                (h.prompt_tokens, est.saturating_sub(h.prompt_tokens))
+            }
+            None => (
+                self.prompt_bytes.div_ceil(4) as u64,
+                crate::budget::DEFAULT_COMPLETION_RESERVE,
+            ),
+        };
+        super::budget::hold(&self.gw, caller, t, prompt, completion).await
+    }
+
+    /// Records the cancelled loser of a hedge on `t`: a ledger row with this request's id and
+    /// status 499, its prompt estimated and settled on `hold`.
+    pub fn record_hedge_loser(&self, t: &Target, hold: Option<super::budget::Held>) {
+        let mut r = Record::new(self.gw.clone(), self.endpoint, self.request_id.clone());
+        r.caller = self.caller.clone();
+        r.started = self.started;
+        r.prompt_bytes = self.prompt_bytes;
+        r.attempts = self.attempts;
+        r.target = Some(t.clone());
+        r.held = hold;
+        r.prompt_billed = true;
+        r.finish(499, None);
     }
 
     /// Turns a handler's result into the response: an error is recorded and answered with
@@ -259,7 +307,7 @@ impl Record {
             Some(u) => Some(u),
             // A cache hit used no upstream tokens.
             None if self.cache.is_some_and(|c| c.is_hit()) => None,
-            None if status == 200 || self.output_bytes > 0 => {
+            None if status == 200 || self.output_bytes > 0 || self.prompt_billed => {
                 let prompt = self
                     .held
                     .as_ref()

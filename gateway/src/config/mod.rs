@@ -135,10 +135,11 @@ pub struct ProviderSettings {
     pub timeout: Duration,
     /// Longest silence between two reads.
     pub read_idle_timeout: Duration,
-    /// Streams: longest wait for the first content chunk.
-    pub first_token_timeout: Duration,
-    /// Requests to this provider at once.
-    pub max_concurrency: usize,
+    /// `first_token_timeout_secs` when set (else a default by model kind, see
+    /// [`crate::deadline::configured`]).
+    pub first_token_timeout: Option<Duration>,
+    /// Ceiling of the adaptive concurrency limit, when set.
+    pub max_concurrency: Option<usize>,
     /// Longest wait for a slot of this provider.
     pub queue_timeout: Duration,
     /// Breaker thresholds.

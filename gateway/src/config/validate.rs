@@ -52,7 +52,7 @@ pub fn validate(
     let max_concurrency = match cfg.server.max_concurrency {
         Some(0) => return Err(err("server.max_concurrency".into(), "must be > 0".into())),
         Some(n) => n as usize,
-        None => 1024,
+        None => 10_000,
     };
     let queue_timeout = server_secs("queue_timeout_secs", cfg.server.queue_timeout_secs, 5.0)?;
     let drain_timeout = server_secs("drain_timeout_secs", cfg.server.drain_timeout_secs, 30.0)?;
@@ -301,6 +301,33 @@ fn routing(
                 ));
             }
         }
+        let hedge = match &v.hedge {
+            None => None,
+            Some(h) => Some(match (h.after_secs, h.after_quantile) {
+                (Some(s), None) if s.is_finite() && s > 0.0 && s < 1e6 => {
+                    crate::router::Hedge::Delay { secs: s }
+                }
+                (Some(s), None) => {
+                    return Err((
+                        at("hedge.after_secs"),
+                        format!("{s} is not a positive number of seconds"),
+                    ))
+                }
+                (None, Some(q)) if q > 0.0 && q < 1.0 => crate::router::Hedge::Quantile { q },
+                (None, Some(q)) => {
+                    return Err((
+                        at("hedge.after_quantile"),
+                        format!("{q} must be between 0 and 1 (exclusive), e.g. 0.95"),
+                    ))
+                }
+                _ => {
+                    return Err((
+                        at("hedge"),
+                        "set exactly one of after_secs or after_quantile".into(),
+                    ))
+                }
+            }),
+        };
         let spec = VirtualSpec {
             name: v.name.clone(),
             strategy: v.strategy,
@@ -310,6 +337,7 @@ fn routing(
                 .local_preference
                 .or_else(|| default_local_preference(v.strategy)),
             classify: v.classify.unwrap_or(true),
+            hedge,
         };
         match virtuals.iter_mut().find(|x| x.name == v.name) {
             Some(existing) => *existing = spec,
@@ -508,16 +536,15 @@ fn provider(
         connect_timeout: secs("connect_timeout_secs", p.connect_timeout_secs, 10.0)?,
         timeout: secs("timeout_secs", p.timeout_secs, 600.0)?,
         read_idle_timeout: secs("read_idle_timeout_secs", p.read_idle_timeout_secs, 120.0)?,
-        first_token_timeout: secs(
-            "first_token_timeout_secs",
-            p.first_token_timeout_secs,
-            300.0,
-        )?,
+        first_token_timeout: p
+            .first_token_timeout_secs
+            .map(|v| secs("first_token_timeout_secs", Some(v), 0.0))
+            .transpose()?,
         queue_timeout: secs("queue_timeout_secs", p.queue_timeout_secs, 5.0)?,
         max_concurrency: match p.max_concurrency {
             Some(0) => return fail("max_concurrency", "must be > 0".to_owned()),
-            Some(n) => n as usize,
-            None => 256,
+            Some(n) => Some(n as usize),
+            None => None,
         },
         breaker: breaker(p.breaker.as_ref(), at)?,
         anthropic_version: p
@@ -562,6 +589,15 @@ fn merge_models(
         if o.context_window == Some(0) {
             return Err((field("context_window"), "must be > 0".to_owned()));
         }
+        if let Some(v) = o
+            .first_token_timeout_secs
+            .filter(|v| !(v.is_finite() && *v > 0.0 && *v < 1e7))
+        {
+            return Err((
+                field("first_token_timeout_secs"),
+                format!("{v} is not a positive number of seconds"),
+            ));
+        }
         match models.iter_mut().find(|m| m.name == o.name) {
             Some(m) => overlay(m, o),
             None => models.push(o.clone()),
@@ -583,7 +619,8 @@ fn overlay(m: &mut ModelConfig, o: &ModelConfig) {
         capabilities,
         quality,
         latency_ms,
-        tags
+        tags,
+        first_token_timeout_secs
     );
 }
 
@@ -629,6 +666,8 @@ mod tests {
             ("providers: [{name: ollama, breaker: {consecutive_failures: 0}}]", "providers[0].breaker.consecutive_failures", "> 0"),
             ("providers: [{name: ollama, breaker: {base_backoff_secs: 10, max_backoff_secs: 5}}]", "providers[0].breaker.max_backoff_secs", "at least"),
             ("providers: [{name: ollama, max_concurrency: 0}]", "providers[0].max_concurrency", "> 0"),
+            ("providers: [{name: ollama, first_token_timeout_secs: 0}]", "providers[0].first_token_timeout_secs", "positive"),
+            ("providers: [{name: ollama, models: [{name: x, first_token_timeout_secs: -2}]}]", "providers[0].models[0].first_token_timeout_secs", "positive"),
             ("routing: {virtual_models: [{name: 'a/b', strategy: cost}]}", "routing.virtual_models[0].name", "not a valid"),
             ("routing: {virtual_models: [{name: x, strategy: cost}, {name: x, strategy: cost}]}", "routing.virtual_models[1].name", "duplicate"),
             ("routing: {virtual_models: [{name: x, strategy: fastest}]}", "routing.virtual_models[0].strategy", "fastest"),
@@ -639,6 +678,10 @@ mod tests {
             ("routing: {virtual_models: [{name: x, strategy: cost, candidates: {models: [gpt-99]}}]}", "routing.virtual_models[0].candidates.models[0]", "gpt-99"),
             ("routing: {virtual_models: [{name: x, strategy: cost, candidates: {tags: [fancy]}}]}", "routing.virtual_models[0].candidates.tags[0]", "unknown tag `fancy`"),
             ("routing: {virtual_models: [{name: x, strategy: cost, candidates: {}}]}", "routing.virtual_models[0].candidates", "lists no"),
+            ("routing: {virtual_models: [{name: x, strategy: cost, hedge: {}}]}", "routing.virtual_models[0].hedge", "exactly one"),
+            ("routing: {virtual_models: [{name: x, strategy: cost, hedge: {after_secs: 1, after_quantile: 0.9}}]}", "routing.virtual_models[0].hedge", "exactly one"),
+            ("routing: {virtual_models: [{name: x, strategy: cost, hedge: {after_secs: -1}}]}", "routing.virtual_models[0].hedge.after_secs", "positive"),
+            ("routing: {virtual_models: [{name: x, strategy: cost, hedge: {after_quantile: 1}}]}", "routing.virtual_models[0].hedge.after_quantile", "between 0 and 1"),
             ("providers: [{name: ollama, discover_models: false}]\nrouting: {virtual_models: [{name: llama3.2, strategy: cost}]}", "routing.virtual_models[0].name", "already a model"),
         ];
         for (yaml, path, words) in cases {

@@ -25,6 +25,8 @@ pub struct ModelInfo {
     pub latency_ms: f64,
     /// Tags for candidate selection and tier quality (`code`, `reasoning`, ...).
     pub tags: Vec<String>,
+    /// Its own `first_token_timeout_secs`, when configured.
+    pub first_token_timeout: Option<std::time::Duration>,
 }
 
 /// Default quality prior of a model nobody rated.
@@ -56,6 +58,9 @@ impl ModelInfo {
             quality: m.quality.unwrap_or(UNKNOWN_QUALITY),
             latency_ms: m.latency_ms.unwrap_or(UNKNOWN_LATENCY_MS),
             tags: m.tags.clone().unwrap_or_default(),
+            first_token_timeout: m
+                .first_token_timeout_secs
+                .map(std::time::Duration::from_secs_f64),
         }
     }
 }

@@ -22,6 +22,8 @@ pub struct Entry {
     pub latency: Arc<LatencyStats>,
     /// This model's circuit breaker.
     pub breaker: Arc<Breaker>,
+    /// How long it usually takes to start answering.
+    pub deadlines: Arc<crate::deadline::Deadlines>,
 }
 
 impl Entry {
@@ -46,6 +48,8 @@ pub struct Target {
     pub latency: Option<Arc<LatencyStats>>,
     /// This model's circuit breaker (catalog models only; the provider's always applies).
     pub breaker: Option<Arc<Breaker>>,
+    /// Its learned deadlines (the provider's shared ones for unlisted models).
+    pub deadlines: Arc<crate::deadline::Deadlines>,
 }
 
 /// All enabled models and the names that reach them.
@@ -72,6 +76,7 @@ impl Registry {
                         std::time::Instant::now(),
                     )),
                     info: Arc::new(info),
+                    deadlines: Arc::default(),
                 };
                 for name in aliases(&entry.info.name) {
                     r.qualified
@@ -125,6 +130,7 @@ impl Registry {
                     virtual_model: None,
                     latency: None,
                     breaker: None,
+                    deadlines: p.unlisted_deadlines.clone(),
                 });
             }
         }
@@ -154,6 +160,7 @@ impl Registry {
             virtual_model,
             latency: Some(e.latency.clone()),
             breaker: Some(e.breaker.clone()),
+            deadlines: e.deadlines.clone(),
         }
     }
 }

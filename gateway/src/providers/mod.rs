@@ -3,6 +3,7 @@
 //! JSON or chunks.
 
 pub mod anthropic;
+pub mod limiter;
 pub mod ollama;
 pub mod openai;
 
@@ -13,7 +14,7 @@ use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 use llm_gateway_crds::Protocol;
 use serde_json::{Map, Value};
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::mpsc;
 
 use crate::api::error::{from_transport, ApiError, Failure, TimeoutKind};
 use crate::breaker::{Breaker, BreakerConfig};
@@ -37,15 +38,18 @@ pub struct Provider {
     headers: HeaderMap,
     client: reqwest::Client,
     timeout: Duration,
-    /// Streams: longest wait for the first content chunk.
-    pub first_token_timeout: Duration,
+    /// `first_token_timeout_secs`, when configured for the whole provider.
+    pub first_token_timeout: Option<Duration>,
     anthropic_version: String,
     default_max_tokens: u32,
     /// The provider-wide circuit breaker.
     pub breaker: Arc<Breaker>,
     /// Thresholds for this provider's model breakers.
     pub breaker_config: BreakerConfig,
-    slots: Arc<Semaphore>,
+    /// The adaptive concurrency limit.
+    pub limiter: Arc<limiter::Limiter>,
+    /// Learned deadlines of models the catalog does not list (provider-qualified names).
+    pub unlisted_deadlines: Arc<crate::deadline::Deadlines>,
     queue_timeout: Duration,
     client_idle_timeout: Duration,
 }
@@ -123,7 +127,12 @@ impl Provider {
             default_max_tokens: s.default_max_tokens,
             breaker: Arc::new(Breaker::new(s.breaker, Instant::now())),
             breaker_config: s.breaker,
-            slots: Arc::new(Semaphore::new(s.max_concurrency)),
+            limiter: {
+                let l = limiter::Limiter::new(s.max_concurrency);
+                l.start_ticker();
+                l
+            },
+            unlisted_deadlines: Arc::default(),
             queue_timeout: s.queue_timeout,
             client_idle_timeout: DEFAULT_CLIENT_IDLE_TIMEOUT,
         })
@@ -140,18 +149,24 @@ impl Provider {
         self.timeout
     }
 
-    /// A concurrency slot, waiting at most the queue timeout; returns how long it waited.
-    pub async fn acquire(&self) -> Result<(OwnedSemaphorePermit, Duration), ApiError> {
+    /// A concurrency slot, waiting at most the queue timeout (or `limit`, if sooner);
+    /// returns how long it waited.
+    pub async fn acquire(&self, limit: Duration) -> Result<(limiter::Permit, Duration), ApiError> {
         let start = Instant::now();
-        match tokio::time::timeout(self.queue_timeout, self.slots.clone().acquire_owned()).await {
-            Ok(Ok(permit)) => Ok((permit, start.elapsed())),
-            _ => {
+        match self.limiter.acquire(self.queue_timeout.min(limit)).await {
+            Ok(permit) => Ok((permit, start.elapsed())),
+            Err(why) => {
                 let mut e = ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "service_unavailable",
                     format!(
-                        "provider {} is at this gateway's concurrency limit",
-                        self.name
+                        "provider {} is at this gateway's concurrency limit ({}, {})",
+                        self.name,
+                        self.limiter.limit(),
+                        match why {
+                            limiter::Busy::QueueFull => "its queue is full",
+                            limiter::Busy::Timeout => "no slot freed in time",
+                        }
                     ),
                 )
                 .with_code("provider_busy")
@@ -159,6 +174,20 @@ impl Provider {
                 e.retry_after = Some("1".into());
                 Err(e)
             }
+        }
+    }
+
+    /// The configured first-content wait of `model` (see [`crate::deadline::configured`]).
+    pub fn first_token_bounds(&self, model: Option<&ModelInfo>) -> crate::deadline::Bounds {
+        let slow =
+            self.is_local() || model.is_some_and(|m| m.tags.iter().any(|t| t == "reasoning"));
+        crate::deadline::Bounds {
+            configured: crate::deadline::configured(
+                model.and_then(|m| m.first_token_timeout),
+                self.first_token_timeout,
+                slow,
+            ),
+            total: self.timeout,
         }
     }
 

@@ -46,6 +46,24 @@ pub struct VirtualSpec {
     pub local_preference: Option<f64>,
     /// Classify prompts (else everything is `moderate`).
     pub classify: bool,
+    /// Hedged requests, if on.
+    pub hedge: Option<Hedge>,
+}
+
+/// When a virtual model's request is also sent to its next candidate.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(tag = "after", rename_all = "snake_case")]
+pub enum Hedge {
+    /// After a fixed delay.
+    Delay {
+        /// Seconds.
+        secs: f64,
+    },
+    /// Once slower than this quantile of the first candidate's recent times to first content.
+    Quantile {
+        /// In (0, 1).
+        q: f64,
+    },
 }
 
 impl VirtualSpec {
@@ -58,6 +76,7 @@ impl VirtualSpec {
             selector: None,
             local_preference: default_local_preference(strategy),
             classify: true,
+            hedge: None,
         }
     }
 }
@@ -245,6 +264,9 @@ pub struct Decision {
     pub decision_us: f64,
     /// Time the classifier took, microseconds.
     pub classifier_us: f64,
+    /// The virtual model's hedging, if on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hedge: Option<Hedge>,
 }
 
 impl Decision {
@@ -514,6 +536,7 @@ impl Router {
             local_first,
             decision_us: started.elapsed().as_secs_f64() * 1e6,
             classifier_us,
+            hedge: spec.hedge,
         })
     }
 }

@@ -102,7 +102,6 @@ pub struct FailoverLabels {
     pub reason: String,
 }
 
-/// Where a request waited for a concurrency slot.
 /// Labels of cache outcomes.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CacheLabels {
@@ -122,6 +121,23 @@ pub struct BudgetLabels {
     pub outcome: String,
 }
 
+/// A hedge: the provider it went to, and how it ended.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HedgeLabels {
+    /// The hedge's provider.
+    pub provider: String,
+    /// `won` (it answered first), `lost` (the first candidate did), `failed` (both failed).
+    pub outcome: String,
+}
+
+/// `provider`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProviderLabels {
+    /// Provider name.
+    pub provider: String,
+}
+
+/// Where a request waited for a concurrency slot.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct QueueLabels {
     /// `global` or a provider name.
@@ -152,6 +168,12 @@ pub struct Metrics {
     cache_redis_errors: Counter,
     budget_backend_errors: Counter,
     estimated_usage: Counter,
+    hedges: Family<HedgeLabels, Counter>,
+    provider_limit: Family<ProviderLabels, prometheus_client::metrics::gauge::Gauge>,
+    provider_in_flight: Family<ProviderLabels, prometheus_client::metrics::gauge::Gauge>,
+    provider_queued: Family<ProviderLabels, prometheus_client::metrics::gauge::Gauge>,
+    first_content_deadline:
+        Family<ModelLabels, prometheus_client::metrics::gauge::Gauge<f64, AtomicU64>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -291,7 +313,42 @@ impl Default for Metrics {
             "Entries evicted to make room",
             cache_evictions.clone(),
         );
+        let hedges = Family::<HedgeLabels, Counter>::default();
+        registry.register(
+            "hedges",
+            "Hedged requests by the hedge's provider and outcome (won, lost, failed)",
+            hedges.clone(),
+        );
+        let provider_limit = Family::default();
+        let provider_in_flight = Family::default();
+        let provider_queued = Family::default();
+        let first_content_deadline = Family::default();
+        registry.register(
+            "provider_concurrency_limit",
+            "The adaptive concurrency limit of each provider",
+            provider_limit.clone(),
+        );
+        registry.register(
+            "provider_in_flight",
+            "Requests holding one of a provider's slots",
+            provider_in_flight.clone(),
+        );
+        registry.register(
+            "provider_queued",
+            "Requests waiting for one of a provider's slots",
+            provider_queued.clone(),
+        );
+        registry.register(
+            "first_content_deadline_seconds",
+            "How long a stream of each model may wait for its first content (learned, or the configured value)",
+            first_content_deadline.clone(),
+        );
         Self {
+            hedges,
+            provider_limit,
+            provider_in_flight,
+            provider_queued,
+            first_content_deadline,
             cache_outcomes,
             cache_lookup_seconds,
             cache_embedding_seconds,
@@ -477,6 +534,43 @@ impl Metrics {
                 scope: scope.to_owned(),
             })
             .observe(seconds);
+    }
+
+    /// Counts a hedge.
+    pub fn hedge(&self, provider: &str, outcome: &str) {
+        self.hedges
+            .get_or_create(&HedgeLabels {
+                provider: provider.to_owned(),
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Publishes a provider's concurrency figures.
+    pub fn provider_concurrency(
+        &self,
+        provider: &str,
+        limit: usize,
+        in_flight: usize,
+        queued: usize,
+    ) {
+        let l = ProviderLabels {
+            provider: provider.to_owned(),
+        };
+        let g = |v: usize| i64::try_from(v).unwrap_or(i64::MAX);
+        self.provider_limit.get_or_create(&l).set(g(limit));
+        self.provider_in_flight.get_or_create(&l).set(g(in_flight));
+        self.provider_queued.get_or_create(&l).set(g(queued));
+    }
+
+    /// Publishes a model's current first-content deadline for streams.
+    pub fn first_content_deadline(&self, provider: &str, model: &str, secs: f64) {
+        self.first_content_deadline
+            .get_or_create(&ModelLabels {
+                provider: provider.to_owned(),
+                model: model.to_owned(),
+            })
+            .set(secs);
     }
 
     /// The OpenMetrics text exposition.

@@ -1,0 +1,377 @@
+//! Resilience at the default settings (no tuned timeouts or limits): a hung top provider
+//! fails over inside the client's own timeout from a cold start, and in seconds once the
+//! model's usual time to first token is learned; a provider that slows down as its load
+//! grows gets a concurrency limit that settles instead of piling up; one that answers 429
+//! under load sheds its traffic to the next candidate with no client error; hedging.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use futures::future::join_all;
+use llm_gateway::budget::Clock;
+use serde_json::{json, Value};
+
+/// Two providers on the mock with every timeout and limit at its default, and `pair`: a
+/// virtual model whose first candidate is OpenAI's gpt-4o-mini, its second Groq's Llama.
+fn yaml(mock: &str, pair_extra: &str) -> String {
+    format!(
+        r#"
+routing:
+  virtual_models:
+    - {{name: pair, strategy: quality, candidates: {{models: [gpt-4o-mini, llama-3.1-8b-instant]}}{pair_extra}}}
+providers:
+  - name: openai
+    base_url: {mock}/openai/v1
+    api_key: {{env: OPENAI_API_KEY}}
+  - name: groq
+    base_url: {mock}/groq/openai/v1
+    api_key: {{env: GROQ_API_KEY}}
+"#
+    )
+}
+
+fn body(model: &str, stream: bool, words: usize) -> Value {
+    json!({"model": model, "stream": stream,
+           "messages": [{"role": "user", "content": format!("Say something. [[words={words}]]")}]})
+}
+
+/// One request; `(status, provider, attempts, elapsed, complete)`, where `complete` means a
+/// JSON answer or a stream that ended with `[DONE]`.
+async fn call(
+    h: &Harness,
+    body: &Value,
+    client_timeout: Option<&str>,
+) -> (u16, String, String, Duration, bool) {
+    let t = Instant::now();
+    let mut rb = h
+        .http
+        .post(format!("{}/v1/chat/completions", h.gw))
+        .json(body);
+    if let Some(s) = client_timeout {
+        // What the official OpenAI SDKs send with every request.
+        rb = rb.header("x-stainless-read-timeout", s);
+    }
+    let r = rb.send().await.unwrap();
+    let status = r.status().as_u16();
+    let header = |k: &str| {
+        r.headers()
+            .get(k)
+            .map_or(String::new(), |v| v.to_str().unwrap().to_owned())
+    };
+    let (provider, attempts) = (
+        header("x-llm-gateway-provider"),
+        header("x-llm-gateway-attempts"),
+    );
+    let text = r.text().await.unwrap();
+    let complete = status == 200
+        && (body["stream"] != json!(true) || text.trim_end().ends_with("data: [DONE]"));
+    (status, provider, attempts, t.elapsed(), complete)
+}
+
+fn metric(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {prefix} in\n{text}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_top_provider_fails_over_inside_the_clients_timeout_from_a_cold_start() {
+    let h = start_yaml(|m| yaml(m, "")).await;
+    h.fault(json!({"vendor": "openai", "hang": true})).await;
+    // A client that waits 8 s (the SDK declares its timeout): the first attempt gets at most
+    // half of the time left, so the second candidate still has time to answer.
+    let results = join_all((0..6).map(|i| {
+        let h = &h;
+        async move { call(h, &body("pair", i % 2 == 0, 5), Some("8.0")).await }
+    }))
+    .await;
+    for (status, provider, attempts, took, complete) in results {
+        assert_eq!(status, 200, "{provider} {attempts}");
+        assert!(complete);
+        assert_eq!(provider, "groq");
+        assert_eq!(attempts, "2", "the hung provider was tried first");
+        assert!(
+            took < Duration::from_secs(8),
+            "inside the client's timeout: {took:?}"
+        );
+    }
+    let m = h.get_text("/metrics").await;
+    assert!(
+        m.contains(r#"llm_gateway_upstream_failures_total{provider="openai",reason="timeout_first_token"} 6"#),
+        "{m}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn once_learned_a_hung_model_fails_over_in_seconds_without_a_client_timeout() {
+    let h = start_yaml(|m| yaml(m, "")).await;
+    // Normal traffic teaches the gateway how fast gpt-4o-mini starts answering.
+    for i in 0..48 {
+        let (status, provider, ..) = call(&h, &body("pair", i % 2 == 0, 3), None).await;
+        assert_eq!((status, provider.as_str()), (200, "openai"));
+    }
+    let m = h.get_text("/metrics").await;
+    let learned = metric(
+        &m,
+        r#"llm_gateway_first_content_deadline_seconds{provider="openai",model="gpt-4o-mini"}"#,
+    );
+    assert_eq!(learned, 10.0, "the floor: the mock answers in milliseconds");
+    let cold = metric(
+        &m,
+        r#"llm_gateway_first_content_deadline_seconds{provider="groq",model="llama-3.1-8b-instant"}"#,
+    );
+    assert_eq!(cold, 30.0, "never used: still the configured value");
+
+    h.fault(json!({"vendor": "openai", "hang": true})).await;
+    for stream in [true, false] {
+        let (status, provider, attempts, took, complete) =
+            call(&h, &body("pair", stream, 3), None).await;
+        assert_eq!(
+            (status, provider.as_str(), attempts.as_str()),
+            (200, "groq", "2")
+        );
+        assert!(complete);
+        // The cold value (30 s) would have taken longer than this.
+        assert!(took < Duration::from_secs(20), "stream={stream}: {took:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_that_slows_down_under_load_gets_a_limit_that_settles() {
+    let h = start_yaml(|m| yaml(m, "")).await;
+    // Each request in progress adds 20 ms to the next one's time to first token.
+    h.fault(json!({"vendor": "openai", "latency_per_inflight_ms": 20.0}))
+        .await;
+    let clients = 100;
+    let run_for = Duration::from_secs(8);
+    let started = Instant::now();
+    let errors = std::sync::atomic::AtomicUsize::new(0);
+    let served = std::sync::atomic::AtomicUsize::new(0);
+    let warm_up = async {
+        // After the first burst the limit has come down: from then on, the most requests
+        // the provider sees at once shows where it settled.
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        h.http
+            .delete(format!("{}/_mock/load", h.mock))
+            .send()
+            .await
+            .unwrap();
+    };
+    let load = join_all((0..clients).map(|i| {
+        let (h, errors, served) = (&h, &errors, &served);
+        async move {
+            while started.elapsed() < run_for {
+                let (status, ..) = call(h, &body("gpt-4o-mini", i % 2 == 0, 3), None).await;
+                if status == 200 {
+                    served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                } else {
+                    errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        }
+    }));
+    // The limit, sampled twice a second after the first burst.
+    let samples = std::sync::Mutex::new(Vec::new());
+    let watch = async {
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        while started.elapsed() < run_for {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let m = h.get_text("/metrics").await;
+            samples.lock().unwrap().push(metric(
+                &m,
+                r#"llm_gateway_provider_concurrency_limit{provider="openai"}"#,
+            ));
+        }
+    };
+    tokio::join!(load, warm_up, watch);
+    let m = h.get_text("/metrics").await;
+    let limit = metric(
+        &m,
+        r#"llm_gateway_provider_concurrency_limit{provider="openai"}"#,
+    );
+    let load: Value = h
+        .http
+        .get(format!("{}/_mock/load?vendor=openai", h.mock))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let most = load["max_in_flight"].as_u64().unwrap();
+    let samples = samples.into_inner().unwrap();
+    println!(
+        "{clients} clients: limit {samples:?} (last {limit}), at most {most} requests at the provider after the first burst, {} served",
+        served.into_inner()
+    );
+    assert_eq!(errors.into_inner(), 0, "the excess waited in the queue");
+    let (lo, hi) = samples
+        .iter()
+        .fold((f64::MAX, 0.0f64), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+    assert!(
+        hi < INITIAL_LIMIT,
+        "the limit came down from its start: {samples:?}"
+    );
+    assert!(hi <= lo * 2.5, "and settled in a band: {samples:?}");
+    assert!(
+        most < clients as u64 / 2,
+        "the provider never had more than a fraction of the {clients} clients at once: {most}"
+    );
+}
+
+/// Every provider's concurrency limit at start.
+const INITIAL_LIMIT: f64 = 64.0;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_answering_429_under_load_sheds_traffic_without_client_errors() {
+    let h = start_yaml(|m| yaml(m, "")).await;
+    h.fault(json!({"vendor": "openai", "latency_ms": 50, "max_inflight": 8, "status": 429, "retry_after": "1"}))
+        .await;
+    let run_for = Duration::from_secs(5);
+    let started = Instant::now();
+    let results = join_all((0..60).map(|i| {
+        let h = &h;
+        async move {
+            let mut out = Vec::new();
+            while started.elapsed() < run_for {
+                let (status, provider, ..) = call(h, &body("pair", i % 2 == 0, 20), None).await;
+                out.push((status, provider));
+            }
+            out
+        }
+    }))
+    .await;
+    let all: Vec<(u16, String)> = results.into_iter().flatten().collect();
+    let errors: Vec<_> = all.iter().filter(|(s, _)| *s != 200).collect();
+    assert!(
+        errors.is_empty(),
+        "{} errors: {:?}",
+        errors.len(),
+        &errors[..errors.len().min(5)]
+    );
+    let by = |p: &str| all.iter().filter(|(_, x)| x == p).count();
+    println!(
+        "{} requests: openai {}, groq {}",
+        all.len(),
+        by("openai"),
+        by("groq")
+    );
+    assert!(
+        by("groq") > 0 && by("openai") > 0,
+        "traffic shifted, not moved wholesale"
+    );
+    let m = h.get_text("/metrics").await;
+    let limit = metric(
+        &m,
+        r#"llm_gateway_provider_concurrency_limit{provider="openai"}"#,
+    );
+    assert!(limit < INITIAL_LIMIT, "429s cut openai's limit: {limit}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hedging_asks_the_next_provider_after_the_delay_and_both_calls_are_paid() {
+    let clock = std::sync::Arc::new(llm_gateway::budget::ManualClock::at(
+        llm_gateway::budget::SystemClock.now_ms(),
+    ));
+    let routing = "  virtual_models:\n    - {name: pair, strategy: quality, candidates: {models: [gpt-4o-mini, llama-3.1-8b-instant]}, hedge: {after_secs: 0.2}}\n";
+    let h = start_with_budgets(
+        BudgetSetup {
+            redis_url: None,
+            database_url: None,
+            redis_prefix: None,
+            clock,
+        },
+        routing,
+    )
+    .await;
+    let store = h.store.clone().unwrap();
+    let (rec, key) = store.create_key("team-h", "ci").await.unwrap();
+    let r = h
+        .admin(reqwest::Method::PUT, "/admin/budgets")
+        .json(&json!({"scope": "tenant", "subject": "team-h", "limit_usd": 1.0}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // OpenAI is slow this time: the hedge to Groq answers first.
+    h.fault(json!({"vendor": "openai", "latency_ms": 3000, "times": 1}))
+        .await;
+    for stream in [false, true] {
+        let r = h
+            .http
+            .post(format!("{}/v1/chat/completions", h.gw))
+            .bearer_auth(&key)
+            .json(&body("pair", stream, 4))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let hv = |k: &str| r.headers()[k].to_str().unwrap().to_owned();
+        let (provider, attempts, id) = (
+            hv("x-llm-gateway-provider"),
+            hv("x-llm-gateway-attempts"),
+            hv("x-request-id"),
+        );
+        let _ = r.text().await.unwrap();
+        if !stream {
+            assert_eq!((provider.as_str(), attempts.as_str()), ("groq", "2"));
+        } else {
+            // OpenAI is fast again: it wins, the hedge (if sent at all) loses.
+            assert_eq!(provider, "openai");
+        }
+        let rows = loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let rows: Vec<_> = store
+                .usage_records()
+                .await
+                .unwrap()
+                .into_iter()
+                .filter(|u| u.request_id == id)
+                .collect();
+            if rows.len() == 2 || (stream && attempts == "1" && rows.len() == 1) {
+                break rows;
+            }
+        };
+        if !stream {
+            let loser = rows
+                .iter()
+                .find(|u| u.status == 499)
+                .expect("the loser's row");
+            assert_eq!(loser.provider.as_deref(), Some("openai"));
+            assert!(
+                loser.usage_estimated && loser.prompt_tokens > 0,
+                "{loser:?}"
+            );
+            assert!(
+                loser.cost_usd.unwrap() > 0.0,
+                "the cancelled call is paid for"
+            );
+            let winner = rows.iter().find(|u| u.status == 200).unwrap();
+            assert_eq!(winner.provider.as_deref(), Some("groq"));
+            // Both costs are in the tenant's budget.
+            let me: Value = h
+                .http
+                .get(format!("{}/v1/budget", h.gw))
+                .bearer_auth(&key)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let used = me["budgets"][0]["used_usd"].as_f64().unwrap();
+            let both = loser.cost_usd.unwrap() + winner.cost_usd.unwrap();
+            assert!((used - both).abs() < 1e-12, "{me} vs {both}");
+        }
+    }
+    let m = h.get_text("/metrics").await;
+    assert!(
+        m.contains(r#"llm_gateway_hedges_total{provider="groq",outcome="won"} 1"#),
+        "{m}"
+    );
+    let _ = rec;
+}

@@ -1,0 +1,160 @@
+//! 2,000 concurrent ten-second streams to one healthy provider through the gateway binary at
+//! its default settings: none is shed, every one completes, and the gateway's memory stays
+//! bounded (its RSS per open stream is printed; the README quotes it). Runs alone (see
+//! `.config/nextest.toml`): it takes both cores for ~15 s.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use serde_json::json;
+
+const BIN: &str = env!("CARGO_BIN_EXE_llm-gateway");
+const STREAMS: usize = 2000;
+
+struct Gateway(Child);
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The mock providers binary beside the gateway's (built by `cargo nextest run --workspace`,
+/// as test-all.sh runs it), in its own process like a real provider: the test's clients must
+/// not slow its answers.
+struct MockProcess(Child, String);
+
+impl Drop for MockProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_mock() -> MockProcess {
+    let bin = std::path::Path::new(BIN).with_file_name("mock-providers");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it with `cargo build -p mock-providers` (test-all.sh does)",
+        bin.display()
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new(bin)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    MockProcess(child, format!("http://127.0.0.1:{port}"))
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_thousand_ten_second_streams_are_all_served_in_bounded_memory() {
+    llm_gateway::install_crypto();
+    let mock_process = start_mock();
+    let mock = mock_process.1.clone();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let data = tempfile::tempdir().unwrap();
+    let child = Command::new(BIN)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .env_clear()
+        .env("LLM_GATEWAY_DATA_DIR", data.path())
+        .env("OPENAI_API_KEY", "sk-test")
+        .env("OPENAI_BASE_URL", format!("{mock}/openai/v1"))
+        .env("OLLAMA_HOST", "127.0.0.1:9")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let gw = Gateway(child);
+    let pid = gw.0.id();
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(STREAMS)
+        .build()
+        .unwrap();
+    let up = Instant::now();
+    while http.get(format!("{base}/readyz")).send().await.is_err()
+        || http
+            .get(format!("{mock}/_mock/requests"))
+            .send()
+            .await
+            .is_err()
+    {
+        assert!(up.elapsed() < Duration::from_secs(30), "no gateway");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Twenty words, one every 500 ms: a ten-second stream.
+    http.post(format!("{mock}/_mock/faults"))
+        .json(&json!({"vendor": "openai", "chunk_delay_ms": 500}))
+        .send()
+        .await
+        .unwrap();
+    let body = json!({"model": "gpt-4o-mini", "stream": true,
+        "messages": [{"role": "user", "content": "Tell a story. [[words=20]]"}]});
+    let idle = rss_kib(pid);
+    let started = Instant::now();
+    let peak = std::sync::atomic::AtomicU64::new(idle);
+    let sampler = async {
+        while started.elapsed() < Duration::from_secs(9) {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            peak.fetch_max(rss_kib(pid), std::sync::atomic::Ordering::Relaxed);
+        }
+    };
+    let streams = join_all((0..STREAMS).map(|_| {
+        let (http, base, body) = (&http, &base, &body);
+        async move {
+            let r = http
+                .post(format!("{base}/v1/chat/completions"))
+                .json(body)
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
+            let status = r.status();
+            let text = r.text().await.map_err(|e| e.to_string())?;
+            if status != 200 {
+                return Err(format!("{status}: {text}"));
+            }
+            if !text.trim_end().ends_with("data: [DONE]") {
+                return Err(format!("incomplete: {text}"));
+            }
+            Ok(())
+        }
+    }));
+    let (results, ()) = tokio::join!(streams, sampler);
+    let took = started.elapsed();
+    let errors: Vec<_> = results.into_iter().filter_map(Result::err).collect();
+    let peak = peak.into_inner();
+    let per_stream = (peak.saturating_sub(idle)) as f64 / STREAMS as f64;
+    println!(
+        "{STREAMS} streams in {took:.1?}: {} errors; gateway RSS idle {idle} KiB, peak {peak} KiB, {per_stream:.1} KiB per open stream",
+        errors.len()
+    );
+    assert!(errors.is_empty(), "{:?}", &errors[..errors.len().min(5)]);
+    assert!(
+        took >= Duration::from_secs(9),
+        "the streams really were ten seconds long"
+    );
+    // A generous bound that catches a per-stream buffer or leak, not a target.
+    assert!(per_stream < 512.0, "{per_stream} KiB per stream");
+}
