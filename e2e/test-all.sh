@@ -61,6 +61,9 @@ else
   cargo test --workspace --locked --no-fail-fast
 fi
 
+step "fuzzing by property: the request parser and the Anthropic stream translator, 5,000 cases each"
+PROPTEST_CASES=5000 cargo nextest run -p llm-gateway --locked --test fuzz
+
 step "time-sensitive tests again, with the process clock 400 days behind and ahead"
 # Redis and PostgreSQL keep the real clock. Behind: any absolute instant the gateway hands
 # a service (an expiry) lands in that service's past and the budget tests fail at once,

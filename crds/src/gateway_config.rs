@@ -41,6 +41,18 @@ pub struct CacheConfig {
     /// Most entries kept in process (default 10000); the least recently used go first.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_entries: Option<u64>,
+    /// Most bytes of entries kept in process (default 256 MiB); the least recently used go
+    /// first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<u64>,
+    /// Largest entry (prompt text and answer) cached, in bytes (default 1 MiB); bigger
+    /// answers are served but not cached.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_entry_bytes: Option<u64>,
+    /// Most bytes of entries the replicas keep in Redis together (default 256 MiB); beyond
+    /// it new entries stay in the replica that made them until older ones expire.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis_max_bytes: Option<u64>,
     /// Requests with a higher `temperature` bypass the cache (default 1.0, the API's default
     /// temperature; a request without one counts as 1.0).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -212,6 +224,31 @@ pub struct ServerConfig {
     /// variable; without one, the admin endpoints are off).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admin_token: Option<SecretSource>,
+    /// Longest a client may take to send a request's headers, and longest a kept-alive
+    /// connection may sit idle, in seconds (default 30).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header_read_timeout_secs: Option<f64>,
+    /// Open client connections at most (default 10000, lowered to what the open-file limit
+    /// allows); beyond it new connections are closed at once, logged and counted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
+    /// Requests one tenant may have in progress at once (default 1000); more get 429. Calls
+    /// without a key (the loopback quick start) are not limited by this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrency_per_tenant: Option<u32>,
+    /// Memory for request bodies being prepared, across all requests (default 256 MiB); a
+    /// body counts four times its size (bytes, JSON, typed view, upstream request). A
+    /// request that does not fit waits up to `queue_timeout_secs`, then gets 503.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_buffered_body_bytes: Option<u64>,
+    /// Serve `/metrics` on this separate address (`IP:PORT`) instead of the API port, for the
+    /// monitors to scrape (the `--metrics-listen` flag overrides it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<String>,
+    /// Browser origins allowed to call the API (CORS), e.g. `https://app.example.com`; `*`
+    /// allows any. Default none: browsers' cross-origin calls are refused.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cors_allowed_origins: Vec<String>,
 }
 
 /// The wire protocol a provider speaks.
@@ -339,6 +376,10 @@ pub struct ProviderConfig {
     /// wait up to `queue_timeout_secs`, then fail over or get 503.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_concurrency: Option<u32>,
+    /// Largest answer read from this provider, in bytes: a non-streaming body or a whole
+    /// stream (default 64 MiB); a larger one is cut and answered with 502.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_response_bytes: Option<u64>,
     /// Longest wait for a concurrency slot of this provider, in seconds (default 5).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue_timeout_secs: Option<f64>,

@@ -55,14 +55,14 @@ async fn run(gw: Arc<Gateway>, key: &str, rounds: usize) -> (Vec<f64>, Vec<f64>)
     for i in 0..rounds + rounds / 10 {
         let routed = gw.router.route(&gw.registry, &req, None, &[]).unwrap();
         let t = Instant::now();
-        let caller = gw.auth.authenticate(&headers).await.unwrap();
+        let caller = gw.auth.authenticate(&headers, None).await.unwrap();
         let a = t.elapsed().as_nanos() as f64;
         let t = Instant::now();
         let (_, held) = llm_gateway::api::budget::reserve(
             &gw,
             &caller,
             &req,
-            None,
+            &serde_json::Map::new(),
             routed,
             &BreakerFilter::now(),
         )

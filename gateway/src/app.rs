@@ -6,14 +6,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::StatusCode;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-
 use llm_gateway_crds::Protocol;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
-use crate::api::error::ApiError;
 use crate::config::{FailoverSettings, ProviderSettings, Secret, Settings};
 use crate::models::info::{ModelInfo, Price, UNKNOWN_LATENCY_MS, UNKNOWN_QUALITY};
 use crate::models::registry::Registry;
@@ -48,8 +44,14 @@ pub struct Gateway {
     pub admin_token: Option<Secret>,
     /// How long in-flight requests may take to finish on SIGTERM.
     pub drain_timeout: Duration,
-    slots: Arc<Semaphore>,
-    queue_timeout: Duration,
+    /// Longest wait for a request's headers (and on an idle kept-alive connection).
+    pub header_read_timeout: Duration,
+    /// Open client connections at most.
+    pub max_connections: usize,
+    /// Browser origins allowed by CORS.
+    pub cors_allowed_origins: Vec<String>,
+    /// Global, per-tenant and buffered-body limits, checked before a body is read.
+    pub admission: crate::admission::Admission,
 }
 
 impl Gateway {
@@ -106,8 +108,16 @@ impl Gateway {
             failover: settings.routing.failover,
             admin_token: settings.admin_token.clone(),
             drain_timeout: settings.drain_timeout,
-            slots: Arc::new(Semaphore::new(settings.max_concurrency)),
-            queue_timeout: settings.queue_timeout,
+            header_read_timeout: settings.header_read_timeout,
+            max_connections: settings.max_connections,
+            cors_allowed_origins: settings.cors_allowed_origins.clone(),
+            admission: crate::admission::Admission::new(
+                settings.max_concurrency,
+                settings.max_concurrency_per_tenant,
+                settings.max_buffered_body_bytes,
+                settings.max_body_bytes,
+                settings.queue_timeout,
+            ),
         })
     }
 
@@ -142,29 +152,6 @@ impl Gateway {
         }
         self.cache = Some(cache);
         self
-    }
-
-    /// A global concurrency slot, waiting at most the queue timeout, else 503 with
-    /// `Retry-After`.
-    pub async fn acquire_slot(&self) -> Result<OwnedSemaphorePermit, ApiError> {
-        let start = Instant::now();
-        match tokio::time::timeout(self.queue_timeout, self.slots.clone().acquire_owned()).await {
-            Ok(Ok(p)) => {
-                self.metrics
-                    .queue_wait("global", start.elapsed().as_secs_f64());
-                Ok(p)
-            }
-            _ => {
-                let mut e = ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "service_unavailable",
-                    "This gateway is at its concurrency limit; retry shortly.",
-                )
-                .with_code("gateway_busy");
-                e.retry_after = Some("1".into());
-                Err(e)
-            }
-        }
     }
 
     /// Publishes the state gauges read at scrape time: breakers, concurrency limits,
@@ -241,9 +228,18 @@ fn discovered_models(p: &ProviderSettings, names: &[String]) -> Vec<ModelInfo> {
         .collect()
 }
 
-/// Serves on `listener` until SIGINT/SIGTERM, then drains in-flight requests for at most the
-/// drain timeout.
+/// Serves on `listener` (and `/metrics` on `metrics`, when given) until SIGINT/SIGTERM, then
+/// drains in-flight requests for at most the drain timeout.
 pub async fn serve(listener: TcpListener, gw: Arc<Gateway>) -> anyhow::Result<()> {
+    serve_with_metrics(listener, None, gw).await
+}
+
+/// [`serve`], with `/metrics` on a listener of its own (the API port then does not serve it).
+pub async fn serve_with_metrics(
+    listener: TcpListener,
+    metrics: Option<TcpListener>,
+    gw: Arc<Gateway>,
+) -> anyhow::Result<()> {
     let addr: SocketAddr = listener.local_addr()?;
     if gw.registry.providers().is_empty() {
         warn!("no providers enabled: set OPENAI_API_KEY, ANTHROPIC_API_KEY, GROQ_API_KEY or TOGETHER_API_KEY, start Ollama, or pass --config");
@@ -252,27 +248,59 @@ pub async fn serve(listener: TcpListener, gw: Arc<Gateway>) -> anyhow::Result<()
         models = gw.registry.entries().len(),
         "listening on http://{addr} — point OpenAI SDKs at OPENAI_BASE_URL=http://{addr}/v1"
     );
-    let app = crate::api::router(gw.clone());
+    let limits = crate::api::serve::Limits {
+        header_read_timeout: gw.header_read_timeout,
+        max_connections: crate::api::serve::fit_connections(gw.max_connections),
+    };
+    let app = crate::api::router(gw.clone(), metrics.is_none());
     let ledger = gw.ledger.clone();
-    let (stopping_tx, mut stopping) = tokio::sync::watch::channel(false);
-    let drain = gw.drain_timeout;
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+    let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    if let Some(m) = metrics {
+        crate::api::serve::announce("metrics", m.local_addr()?);
+        let app = crate::api::metrics_router(gw.clone());
+        let rx = stopping.clone();
+        let g = gw.clone();
+        tokio::spawn(async move {
+            let rejected = move || g.metrics.connection_rejected();
+            let _ = crate::api::serve::serve(
+                m,
+                app,
+                crate::api::serve::Limits {
+                    header_read_timeout: limits.header_read_timeout,
+                    max_connections: 64,
+                },
+                stopped(rx),
+                Duration::from_secs(1),
+                rejected,
+                prometheus_client::metrics::gauge::Gauge::default(),
+            )
+            .await;
+        });
+    }
+    let g = gw.clone();
+    tokio::spawn(async move {
         shutdown_signal().await;
-        gw.ready.store(false, Ordering::Relaxed);
+        g.ready.store(false, Ordering::Relaxed);
         info!(
-            drain_timeout_secs = drain.as_secs_f64(),
+            drain_timeout_secs = g.drain_timeout.as_secs_f64(),
             "shutdown signal received; draining in-flight requests"
         );
         let _ = stopping_tx.send(true);
     });
-    let deadline = async move {
-        let _ = stopping.wait_for(|s| *s).await;
-        tokio::time::sleep(drain).await;
-    };
-    tokio::select! {
-        r = server => r?,
-        _ = deadline => warn!("drain timeout reached; closing the remaining connections"),
-    }
+    let g = gw.clone();
+    crate::api::serve::serve(
+        listener,
+        app,
+        limits,
+        stopped(stopping),
+        gw.drain_timeout,
+        move || g.metrics.connection_rejected(),
+        gw.metrics.connections_open(),
+    )
+    .await?;
     if let Some(l) = &ledger {
         // Every finished request's record reaches the database or the spool before exit.
         l.flush().await;

@@ -45,18 +45,76 @@ impl Caller {
     }
 }
 
-/// Key checking with a small cache.
+/// Excludes the models the caller's key may not use (its `allowed_models`).
+pub struct AllowedModels<'a>(Option<&'a KeyRecord>);
+
+impl<'a> AllowedModels<'a> {
+    /// The filter of `caller`.
+    pub fn of(caller: &'a Caller) -> Self {
+        Self(match caller {
+            Caller::Key(k) if k.allowed_models.is_some() => Some(k),
+            _ => None,
+        })
+    }
+
+    /// 403 unless the key may use `provider/model`.
+    pub fn check_target(&self, provider: &str, model: &str) -> Result<(), ApiError> {
+        match self.0 {
+            Some(k) if !k.allows(provider, model) => Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "permission_error",
+                format!("This key may not use `{provider}/{model}`; the models it may use are set by its allowed_models."),
+            )
+            .with_code("model_not_allowed")),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl crate::router::CandidateFilter for AllowedModels<'_> {
+    fn check(&self, e: &crate::models::registry::Entry) -> Option<crate::router::Exclusion> {
+        let k = self.0?;
+        (!k.allows(&e.provider.name, &e.info.name)).then(|| crate::router::Exclusion::Unavailable {
+            detail: "not among this key's allowed models".into(),
+            retry_after_secs: None,
+        })
+    }
+}
+
+/// Key checking with bounded caches: keys seen, unknown keys, and failures per client.
 #[derive(Debug)]
 pub struct Auth {
     store: Option<Store>,
     required: bool,
     ttl: Duration,
-    cache: Mutex<HashMap<String, (Option<KeyRecord>, Instant)>>,
+    /// Keys found in the store, by hash (also their last known state if the store fails).
+    known: Mutex<lru::LruCache<String, (KeyRecord, Instant)>>,
+    /// Hashes the store did not know: answered without asking it again for `ttl`, and kept
+    /// apart so that a flood of garbage cannot push real keys out of `known`.
+    unknown: Mutex<lru::LruCache<String, Instant>>,
+    /// Failed lookups per client address in the current window.
+    failures: Mutex<HashMap<std::net::IpAddr, (Instant, u32)>>,
 }
+
+/// Keys remembered at most.
+const KNOWN_KEYS: usize = 100_000;
+/// Unknown key hashes remembered at most.
+const UNKNOWN_KEYS: usize = 10_000;
+/// Failed key lookups one client address may cause per [`FAILURE_WINDOW`]; beyond that its
+/// invalid keys get 429 without a database query.
+pub const FAILURES_PER_WINDOW: u32 = 20;
+/// See [`FAILURES_PER_WINDOW`].
+pub const FAILURE_WINDOW: Duration = Duration::from_secs(10);
 
 fn unauthorized(msg: &str) -> ApiError {
     ApiError::new(StatusCode::UNAUTHORIZED, "invalid_request_error", msg)
         .with_code("invalid_api_key")
+}
+
+fn lru<K: std::hash::Hash + Eq, V>(n: usize) -> Mutex<lru::LruCache<K, V>> {
+    Mutex::new(lru::LruCache::new(
+        std::num::NonZeroUsize::new(n).unwrap_or(std::num::NonZeroUsize::MIN),
+    ))
 }
 
 impl Auth {
@@ -71,8 +129,15 @@ impl Auth {
             store,
             required,
             ttl,
-            cache: Mutex::new(HashMap::new()),
+            known: lru(KNOWN_KEYS),
+            unknown: lru(UNKNOWN_KEYS),
+            failures: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Whether every call needs a key (else the loopback quick start: keys optional).
+    pub fn is_required(&self) -> bool {
+        self.required
     }
 
     /// The store, if any.
@@ -80,8 +145,33 @@ impl Auth {
         self.store.as_ref()
     }
 
-    /// Checks the request's bearer token.
-    pub async fn authenticate(&self, headers: &http::HeaderMap) -> Result<Caller, ApiError> {
+    /// Counts a failed lookup of `peer`; true while it is within its allowance.
+    fn note_failure(&self, peer: Option<std::net::IpAddr>) {
+        let Some(ip) = peer else { return };
+        let mut f = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        if f.len() > 10_000 {
+            f.retain(|_, (at, _)| at.elapsed() < FAILURE_WINDOW);
+        }
+        let e = f.entry(ip).or_insert((Instant::now(), 0));
+        if e.0.elapsed() >= FAILURE_WINDOW {
+            *e = (Instant::now(), 0);
+        }
+        e.1 += 1;
+    }
+
+    fn over_failure_limit(&self, peer: Option<std::net::IpAddr>) -> bool {
+        let Some(ip) = peer else { return false };
+        let f = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        f.get(&ip)
+            .is_some_and(|(at, n)| at.elapsed() < FAILURE_WINDOW && *n >= FAILURES_PER_WINDOW)
+    }
+
+    /// Checks the request's bearer token; `peer` is the client's address, when known.
+    pub async fn authenticate(
+        &self,
+        headers: &http::HeaderMap,
+        peer: Option<std::net::IpAddr>,
+    ) -> Result<Caller, ApiError> {
         let token = headers
             .get(http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
@@ -98,35 +188,63 @@ impl Auth {
             }
         };
         let hash = hash_key(token);
-        let (cached, stale) = {
-            let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-            match cache.get(&hash) {
+        let (fresh, stale) = {
+            let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+            match known.get(&hash) {
                 Some((r, at)) if at.elapsed() < self.ttl => (Some(r.clone()), None),
                 Some((r, _)) => (None, Some(r.clone())),
                 None => (None, None),
             }
         };
-        let found = match cached {
+        let found = match fresh {
             Some(r) => r,
             None => {
+                let recently_unknown = {
+                    let mut u = self.unknown.lock().unwrap_or_else(|e| e.into_inner());
+                    u.get(&hash).is_some_and(|at| at.elapsed() < self.ttl)
+                };
+                if stale.is_none() && (recently_unknown || self.over_failure_limit(peer)) {
+                    self.note_failure(peer);
+                    if !recently_unknown {
+                        let mut e = ApiError::new(
+                            StatusCode::TOO_MANY_REQUESTS,
+                            "rate_limit_exceeded",
+                            "Too many requests with invalid API keys from this address; retry later with a valid key.",
+                        )
+                        .with_code("too_many_invalid_keys");
+                        e.retry_after = Some(FAILURE_WINDOW.as_secs().to_string());
+                        return Err(e);
+                    }
+                    return Err(unauthorized("Invalid API key."));
+                }
                 let Some(store) = &self.store else {
                     return Err(unauthorized(
                         "Invalid API key: this gateway has no key store.",
                     ));
                 };
-                let r = match store.find_key(&hash).await {
-                    Ok(r) => r,
+                match store.find_key(&hash).await {
+                    Ok(Some(r)) => {
+                        self.known
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .put(hash, (r.clone(), Instant::now()));
+                        r
+                    }
+                    Ok(None) => {
+                        self.unknown
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .put(hash, Instant::now());
+                        self.note_failure(peer);
+                        return Err(unauthorized("Invalid API key."));
+                    }
                     // The database is down: keys seen before keep working on their last
                     // known state (a revocation then waits for the database), so an outage
                     // does not stop the traffic; unknown keys cannot be checked.
                     Err(e) => match stale {
                         Some(r) => {
                             tracing::warn!(error = %e, "key lookup failed; using the last known state of this key");
-                            return match r {
-                                Some(k) if k.revoked_at.is_none() => Ok(Caller::Key(k)),
-                                Some(_) => Err(unauthorized("This API key has been revoked.")),
-                                None => Err(unauthorized("Invalid API key.")),
-                            };
+                            r
                         }
                         None => {
                             tracing::error!(error = %e, "key lookup failed");
@@ -137,26 +255,21 @@ impl Auth {
                             ));
                         }
                     },
-                };
-                let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-                if cache.len() > 100_000 {
-                    cache.clear();
                 }
-                cache.insert(hash, (r.clone(), Instant::now()));
-                r
             }
         };
-        match found {
-            Some(k) if k.revoked_at.is_none() => Ok(Caller::Key(k)),
-            Some(_) => Err(unauthorized("This API key has been revoked.")),
-            None => Err(unauthorized("Invalid API key.")),
+        if found.revoked_at.is_some() {
+            self.note_failure(peer);
+            return Err(unauthorized("This API key has been revoked."));
         }
+        Ok(Caller::Key(found))
     }
 }
 
 /// Middleware for the `/v1` routes: authenticates and puts the [`Caller`] in the request.
 pub async fn middleware(State(gw): State<AppState>, mut req: Request, next: Next) -> Response {
-    match gw.auth.authenticate(req.headers()).await {
+    let peer = crate::api::serve::peer(req.extensions()).map(|a| a.ip());
+    match gw.auth.authenticate(req.headers(), peer).await {
         Ok(caller) => {
             req.extensions_mut().insert(caller);
             next.run(req).await

@@ -30,7 +30,6 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 use serde_json::{Map, Value};
-use tokio::sync::mpsc;
 use tracing::warn;
 
 use crate::api::error::{ApiError, Failure, TimeoutKind};
@@ -66,7 +65,7 @@ pub enum Committed {
         /// Items received so far (preamble and first content), in order.
         held: VecDeque<StreamItem>,
         /// The rest.
-        rx: mpsc::Receiver<StreamItem>,
+        rx: crate::providers::StreamRx,
         /// When the whole request times out.
         deadline: Instant,
     },

@@ -1,6 +1,7 @@
 //! LLM Gateway: one OpenAI-compatible endpoint in front of OpenAI, Anthropic, Groq,
 //! Together AI and Ollama.
 
+pub mod admission;
 pub mod api;
 pub mod app;
 pub mod auth;

@@ -127,6 +127,10 @@ enum KeysAction {
         /// A name to recognise the key by.
         #[arg(long, default_value = "")]
         name: String,
+        /// Models the key may use (repeat, or comma-separate): `provider/model`, a model
+        /// name, or `provider/*`. Default: every model.
+        #[arg(long = "allow-model", value_delimiter = ',')]
+        allow_models: Vec<String>,
     },
     /// List keys (ids, tenants, names, prefixes, revocation).
     List,
@@ -163,6 +167,10 @@ struct ServeArgs {
     /// Address to listen on, IP:PORT. Default: the config file's server.listen, else 127.0.0.1:8080.
     #[arg(long, env = "LLM_GATEWAY_LISTEN")]
     listen: Option<SocketAddr>,
+    /// Serve /metrics on this separate address (IP:PORT) instead of the API port. Default:
+    /// the config file's server.metrics_listen, else /metrics is on the API port.
+    #[arg(long, env = "LLM_GATEWAY_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
     /// YAML config file (a GatewayConfig document; see examples/gateway.yaml). Without it,
     /// providers come from the environment.
     #[arg(long, short, env = "LLM_GATEWAY_CONFIG")]
@@ -320,7 +328,17 @@ async fn serve(args: ServeArgs, db: DbArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match llm_gateway::app::serve(listener, gw).await {
+    let metrics = match args.metrics_listen.or(settings.metrics_listen) {
+        None => None,
+        Some(a) => match tokio::net::TcpListener::bind(a).await {
+            Ok(l) => Some(l),
+            Err(e) => {
+                eprintln!("error: cannot listen on {a} for metrics: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    match llm_gateway::app::serve_with_metrics(listener, metrics, gw).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -498,13 +516,18 @@ async fn keys(action: KeysAction, db: DbArgs) -> ExitCode {
         Err(code) => return code,
     };
     let result = match action {
-        KeysAction::Create { tenant, name } => {
+        KeysAction::Create {
+            tenant,
+            name,
+            allow_models,
+        } => {
             if tenant.trim().is_empty() {
                 eprintln!("error: --tenant must not be empty");
                 return ExitCode::from(2);
             }
+            let allowed = (!allow_models.is_empty()).then_some(allow_models);
             store
-                .create_key(tenant.trim(), name.trim())
+                .create_key_with(tenant.trim(), name.trim(), allowed)
                 .await
                 .map(|(rec, key)| {
                     println!("{key}");

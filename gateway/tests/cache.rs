@@ -405,3 +405,142 @@ async fn a_provider_embeddings_endpoint_can_replace_the_local_model() {
         .count();
     assert_eq!(embeds, 2, "both prompts embedded by the provider");
 }
+
+fn with_image(text: &str, url: &str) -> Value {
+    json!({"model": "gpt-4o-mini", "temperature": 0, "messages": [
+        {"role": "system", "content": "You are terse."},
+        {"role": "user", "content": [
+            {"type": "text", "text": text},
+            {"type": "image_url", "image_url": {"url": url}}]}]})
+}
+
+/// Security review, high 2: the image (any non-text part) is part of what must match; a
+/// text-only question never gets the answer about someone's image, nor the reverse.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn images_and_other_parts_are_part_of_the_match() {
+    let h = start().await;
+    let q = "What does this document say about the payment terms?";
+    let a = with_image(q, "data:image/png;base64,AAAA");
+    assert_eq!(cache_of(&send(&h, &a, None, &[]).await.1), "miss");
+    wait_entries(&h, 1).await;
+    assert_eq!(cache_of(&send(&h, &a, None, &[]).await.1), "hit-exact");
+    let other = with_image(q, "data:image/png;base64,BBBB");
+    assert_eq!(
+        cache_of(&send(&h, &other, None, &[]).await.1),
+        "miss",
+        "the same text about another image"
+    );
+    assert_eq!(
+        cache_of(&send(&h, &ask(q), None, &[]).await.1),
+        "miss",
+        "the same text with no image"
+    );
+    // Rephrasings still hit when the image is the same.
+    let rephrased = with_image(
+        "What does this document say regarding the payment terms?",
+        "data:image/png;base64,AAAA",
+    );
+    assert_eq!(
+        cache_of(&send(&h, &rephrased, None, &[]).await.1),
+        "hit-semantic"
+    );
+}
+
+/// Security review, medium 5/7: a prompt longer than the embedding reads is matched exactly
+/// or not at all (never by its first few KB, never tokenized whole); answers above
+/// `max_entry_bytes` are not cached; Redis holds at most `redis_max_bytes` of entries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_prompts_large_answers_and_the_redis_byte_budget() {
+    assert!(llm_gateway::cache::embed::default_model_dir().is_some());
+    let prefix = format!("lgw-test-{}:", uuid::Uuid::new_v4());
+    let h = start_yaml_shared_cache(
+        |m| with_cache(m, "  max_entry_bytes: 20000\n  redis_max_bytes: 6000\n"),
+        redis_url(),
+        &prefix,
+    )
+    .await;
+    let long = "lorem ipsum ".repeat(30_000);
+    let started = std::time::Instant::now();
+    let (status, hd, _) = send(&h, &ask(&format!("{long} first")), None, &[]).await;
+    assert_eq!(status, 200);
+    assert_eq!(cache_of(&hd), "miss");
+    wait_entries(&h, 1).await;
+    let (_, hd, _) = send(&h, &ask(&format!("{long} second")), None, &[]).await;
+    assert_eq!(
+        cache_of(&hd),
+        "miss",
+        "same first 360 KB, different question: no semantic hit"
+    );
+    eprintln!(
+        "two 360 KB prompts through the cache in {:?}",
+        started.elapsed()
+    );
+
+    // An answer of ~30 KB is over the 20 KB entry limit.
+    let big = ask("Write it all out [[words=5000]]");
+    send(&h, &big, None, &[]).await;
+    assert_eq!(
+        cache_of(&send(&h, &big, None, &[]).await.1),
+        "miss",
+        "not cached"
+    );
+
+    // Small entries until Redis's 6 KB budget is spent: the rest stay local.
+    for i in 0..12 {
+        send(
+            &h,
+            &ask(&format!("Question number {i} about rust lifetimes?")),
+            None,
+            &[],
+        )
+        .await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let shared = h.state.cache.as_ref().unwrap().shared().unwrap().clone();
+    let bytes = shared.bytes().await.unwrap();
+    assert!(bytes > 0 && bytes <= 6000, "{bytes}");
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}cache:e:*"))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!(
+        keys.len() < 12,
+        "the budget stopped some writes: {}",
+        keys.len()
+    );
+    assert!(
+        h.state.cache.as_ref().unwrap().len() >= 12,
+        "all are cached locally"
+    );
+    delete_redis_keys(&prefix).await;
+}
+
+/// Security review, medium 5: one tenant flooding the embedding queue gets misses; another
+/// tenant's prompt is still embedded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedding_queue_is_shared_fairly_between_tenants() {
+    let dir = llm_gateway::cache::embed::default_model_dir().unwrap();
+    let e = llm_gateway::cache::embed::Embedder::start(&dir).unwrap();
+    let flood: Vec<_> = (0..llm_gateway::cache::embed::QUEUE_PER_TENANT * 2)
+        .map(|i| {
+            let e = e.clone();
+            tokio::spawn(async move { e.embed_as("a", &format!("prompt {i} ").repeat(40)).await })
+        })
+        .collect();
+    tokio::task::yield_now().await;
+    let other = e.embed_as("b", "a question from someone else").await;
+    assert!(other.is_ok(), "tenant b is not starved: {other:?}");
+    let mut busy = 0;
+    for f in flood {
+        if matches!(
+            f.await.unwrap(),
+            Err(llm_gateway::cache::embed::EmbedError::Busy)
+        ) {
+            busy += 1;
+        }
+    }
+    assert!(busy > 0, "tenant a's excess was turned away, not queued");
+}

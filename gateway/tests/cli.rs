@@ -618,3 +618,33 @@ fn the_binary_records_usage_and_flushes_it_on_sigterm() {
         .iter()
         .all(|r| r.tenant.as_deref() == Some("t") && r.cost_usd.is_some()));
 }
+
+/// Security review, low 12: with `--metrics-listen`, `/metrics` is served only there; the API
+/// port exposes only the API.
+#[test]
+fn metrics_can_have_a_listener_of_their_own() {
+    let mock = start_mock();
+    let metrics_port = free_port();
+    let addr = format!("127.0.0.1:{metrics_port}");
+    let (mut child, base) = spawn_gateway(&mock, &["--metrics-listen", &addr]);
+    let http = reqwest::blocking_client();
+    let metrics = format!("http://{addr}/metrics");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while http.get(metrics.clone()).map(|s| s != 200).unwrap_or(true) {
+        assert!(Instant::now() < deadline, "no metrics listener");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        http.get(format!("{base}/metrics")).unwrap(),
+        404,
+        "not on the API port"
+    );
+    assert_eq!(http.get(format!("http://{addr}/healthz")).unwrap(), 200);
+    assert_eq!(
+        http.get(format!("http://{addr}/v1/models")).unwrap(),
+        404,
+        "and no API on the metrics port"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -122,6 +122,7 @@ async fn chunked_body_over_the_limit_is_413_too() {
     let r = h
         .http
         .post(format!("{}/v1/chat/completions", h.gw))
+        .header("content-type", "application/json")
         .body(reqwest::Body::wrap_stream(futures::stream::iter(chunks)))
         .send()
         .await

@@ -158,3 +158,89 @@ async fn two_thousand_ten_second_streams_are_all_served_in_bounded_memory() {
     // A generous bound that catches a per-stream buffer or leak, not a target.
     assert!(per_stream < 512.0, "{per_stream} KiB per stream");
 }
+
+/// Security review, medium 6: sixteen concurrent 9.5 MB bodies to a slow provider. Bodies are
+/// admitted into a buffered-bytes budget before they are read (256 MiB by default), so the
+/// gateway's memory stays bounded however many arrive; each still gets its answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_large_bodies_are_buffered_within_a_bounded_budget() {
+    llm_gateway::install_crypto();
+    let mock_process = start_mock();
+    let mock = mock_process.1.clone();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let data = tempfile::tempdir().unwrap();
+    let child = Command::new(BIN)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .env_clear()
+        .env("LLM_GATEWAY_DATA_DIR", data.path())
+        .env("OPENAI_API_KEY", "sk-test")
+        .env("OPENAI_BASE_URL", format!("{mock}/openai/v1"))
+        .env("OLLAMA_HOST", "127.0.0.1:9")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let gw = Gateway(child);
+    let pid = gw.0.id();
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let up = Instant::now();
+    while http.get(format!("{base}/readyz")).send().await.is_err()
+        || http
+            .get(format!("{mock}/_mock/requests"))
+            .send()
+            .await
+            .is_err()
+    {
+        assert!(up.elapsed() < Duration::from_secs(30), "no gateway");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    http.post(format!("{mock}/_mock/faults"))
+        .json(&json!({"vendor": "openai", "latency_ms": 1000}))
+        .send()
+        .await
+        .unwrap();
+    // A model the catalog does not list: no context window to refuse the prompt early.
+    let body = json!({"model": "openai/some-new-model",
+        "messages": [{"role": "user", "content": "x".repeat(9_500_000)}]})
+    .to_string();
+    let idle = rss_kib(pid);
+    let peak = std::sync::atomic::AtomicU64::new(idle);
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let sampler = async {
+        while !done.load(std::sync::atomic::Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            peak.fetch_max(rss_kib(pid), std::sync::atomic::Ordering::Relaxed);
+        }
+    };
+    let requests = async {
+        let statuses = join_all((0..16).map(|_| {
+            let (http, base, body) = (&http, &base, &body);
+            async move {
+                http.post(format!("{base}/v1/chat/completions"))
+                    .header("content-type", "application/json")
+                    .body(body.clone())
+                    .timeout(Duration::from_secs(60))
+                    .send()
+                    .await
+                    .map(|r| r.status().as_u16())
+                    .unwrap_or(0)
+            }
+        }))
+        .await;
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        statuses
+    };
+    let (statuses, ()) = tokio::join!(requests, sampler);
+    let grew_mib = (peak.into_inner().saturating_sub(idle)) as f64 / 1024.0;
+    println!("16 concurrent 9.5 MB bodies: statuses {statuses:?}; gateway RSS grew {grew_mib:.0} MiB at the peak");
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    // Unbounded, 16 bodies in four forms each come to ~600 MiB and more; the budget is
+    // 256 MiB (plus the allocator's slack).
+    assert!(grew_mib < 400.0, "{grew_mib} MiB");
+}

@@ -125,6 +125,9 @@ pub async fn messages(State(m): State<Arc<Mock>>, headers: HeaderMap, body: Byte
         );
     }
     let (fault, load) = m.take_fault("anthropic");
+    if let Some(r) = fault.redirect() {
+        return r;
+    }
     if let Some(status) = fault.before_response(&load).await {
         return fault_error(status, &fault);
     }

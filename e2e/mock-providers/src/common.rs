@@ -65,6 +65,13 @@ pub struct Fault {
     /// See `tail_every`.
     #[serde(default)]
     pub tail_ms: u64,
+    /// Answer `307 Temporary Redirect` to this URL (a provider behind a misbehaving proxy).
+    #[serde(default)]
+    pub redirect_to: Option<String>,
+    /// With `status`: answer with this raw body (`text/html`) instead of the vendor's error
+    /// JSON (a proxy's error page).
+    #[serde(default)]
+    pub error_body: Option<String>,
 }
 
 /// How many requests of one vendor are in progress (streams until they end), and the most
@@ -145,6 +152,25 @@ impl Fault {
             return None;
         }
         self.status.and_then(|s| StatusCode::from_u16(s).ok())
+    }
+
+    /// The raw error page to answer with, if the fault sets one.
+    pub fn raw_error(&self, status: StatusCode) -> Option<Response> {
+        let body = self.error_body.clone()?;
+        let mut r = Response::new(Body::from(body));
+        *r.status_mut() = status;
+        r.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html"));
+        Some(r)
+    }
+
+    /// The redirect to answer with, if the fault asks for one.
+    pub fn redirect(&self) -> Option<Response> {
+        let to = HeaderValue::from_str(self.redirect_to.as_deref()?).ok()?;
+        let mut r = Response::new(Body::empty());
+        *r.status_mut() = StatusCode::TEMPORARY_REDIRECT;
+        r.headers_mut().insert(header::LOCATION, to);
+        Some(r)
     }
 
     /// Adds the configured retry headers to an error response.

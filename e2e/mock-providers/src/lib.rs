@@ -164,6 +164,8 @@ pub fn router(mock: Arc<Mock>) -> Router {
         .route("/_mock/faults", post(set_fault).delete(clear_faults))
         .route("/_mock/requests", get(list_requests).delete(clear_requests))
         .route("/_mock/load", get(get_load).delete(reset_load))
+        // Real providers take requests of many megabytes (images, long documents).
+        .layer(axum::extract::DefaultBodyLimit::max(64 << 20))
         .with_state(mock)
 }
 

@@ -22,6 +22,9 @@ pub fn error(status: StatusCode, kind: &str, message: &str, code: Option<&str>) 
 }
 
 fn fault_error(vendor: &str, status: StatusCode, fault: &Fault) -> Response {
+    if let Some(r) = fault.raw_error(status) {
+        return r;
+    }
     let (kind, msg, code) = match status.as_u16() {
         429 => (
             "requests",
@@ -107,6 +110,9 @@ pub async fn chat(
             "You didn't provide an API key. You need to provide your API key in an Authorization header using Bearer auth.", None);
     }
     let (fault, load) = m.take_fault(vendor);
+    if let Some(r) = fault.redirect() {
+        return r;
+    }
     if let Some(status) = fault.before_response(&load).await {
         return fault_error(vendor, status, &fault);
     }

@@ -89,6 +89,8 @@ pub async fn create_key(
         tenant: String,
         #[serde(default)]
         name: String,
+        #[serde(default)]
+        allowed_models: Option<Vec<String>>,
     }
     let (_, req): (_, NewKey) = super::body::parse(&body)?;
     if req.tenant.trim().is_empty() || req.tenant.len() > 128 {
@@ -103,8 +105,16 @@ pub async fn create_key(
             "`name` must be at most 128 characters.",
         ));
     }
+    if let Some(list) = &req.allowed_models {
+        if list.is_empty() || list.len() > 256 || list.iter().any(|m| m.trim().is_empty()) {
+            return Err(ApiError::invalid(
+                "allowed_models",
+                "`allowed_models` must list 1 to 256 non-empty model patterns (`provider/model`, a model name, `provider/*`), or be omitted for every model.",
+            ));
+        }
+    }
     let (rec, key) = store(&gw)?
-        .create_key(req.tenant.trim(), req.name.trim())
+        .create_key_with(req.tenant.trim(), req.name.trim(), req.allowed_models)
         .await
         .map_err(db_error)?;
     let mut v = serde_json::to_value(&rec).unwrap_or_default();

@@ -47,13 +47,14 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<(Map<String, Value>, T
     }
     let raw: Value = serde_json::from_slice(bytes)
         .map_err(|e| ApiError::invalid("", format!("The request body is not valid JSON: {e}")))?;
-    let Value::Object(map) = raw else {
+    if !raw.is_object() {
         return Err(ApiError::invalid(
             "",
             "The request body must be a JSON object.",
         ));
-    };
-    let typed = serde_path_to_error::deserialize(&Value::Object(map.clone())).map_err(|e| {
+    }
+    // Deserialized from the tree by reference: a 10 MB body is not copied a second time.
+    let typed = serde_path_to_error::deserialize(&raw).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner().to_string();
         if path == "." {
@@ -62,6 +63,9 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<(Map<String, Value>, T
             ApiError::invalid(path.clone(), format!("Invalid value for `{path}`: {inner}"))
         }
     })?;
+    let Value::Object(map) = raw else {
+        unreachable!("checked to be an object above")
+    };
     Ok((map, typed))
 }
 

@@ -38,18 +38,19 @@ fn is_free(p: &Price) -> bool {
     p.input_per_mtok == 0.0 && p.output_per_mtok == 0.0
 }
 
-/// The cost and tokens of `prompt` + `completion` tokens at `price`.
+/// The cost and tokens of `prompt` + `completion` tokens at `price`, each bounded to
+/// [`crate::budget::MAX_AMOUNT`] (no wrap-around, however large the request).
 pub fn amount(price: Option<&Price>, prompt: u64, completion: u64) -> Option<Amount> {
     let usage = Usage {
         prompt_tokens: prompt,
         completion_tokens: completion,
-        total_tokens: prompt + completion,
+        total_tokens: prompt.saturating_add(completion),
         ..Usage::default()
     };
-    Some(Amount {
-        nano: to_nano(price?.cost(&usage)),
-        tokens: (prompt + completion) as i64,
-    })
+    Some(Amount::bounded(
+        to_nano(price?.cost(&usage)),
+        usage.total_tokens,
+    ))
 }
 
 /// Keeps only the models whose estimated cost fits in what a budget has left (free local
@@ -107,7 +108,7 @@ pub async fn reserve(
     gw: &AppState,
     caller: &Caller,
     req: &ChatRequest,
-    tools: Option<&serde_json::Value>,
+    raw: &serde_json::Map<String, serde_json::Value>,
     routed: Routed,
     breakers: &dyn CandidateFilter,
 ) -> Result<(Routed, Option<Held>), ApiError> {
@@ -118,12 +119,12 @@ pub async fn reserve(
     if budgets.is_empty() {
         return Ok((routed, None));
     }
+    if budgets.iter().any(|b| b.limit_usd.is_some()) {
+        unpriced_features(raw)?;
+    }
+    let tools = raw.get("tools");
     let prompt = tokens::count(req, tools) as u64;
-    // Every one of `n` choices may use the whole completion limit.
-    let completion = req
-        .max_output()
-        .map_or(DEFAULT_COMPLETION_RESERVE, u64::from)
-        * u64::from(req.n.unwrap_or(1).max(1));
+    let completion = completion_estimate(req, &routed.target, prompt);
     let est = estimate(&budgets, &routed.target, prompt, completion)?;
     let refusal = match engine.reserve(budgets.clone(), est).await {
         Ok(reservation) => {
@@ -168,6 +169,68 @@ pub async fn reserve(
     Err(refuse(gw, &refusal))
 }
 
+/// The completion tokens to reserve: `max_tokens` (or [`DEFAULT_COMPLETION_RESERVE`]) for
+/// every one of `n` choices, but never more than the model can write — its maximum output and
+/// what its context window leaves after the prompt — so one request cannot hold a budget's
+/// whole remainder with an impossible `max_tokens`.
+pub fn completion_estimate(req: &ChatRequest, t: &Target, prompt: u64) -> u64 {
+    let mut per_choice = req
+        .max_output()
+        .map_or(DEFAULT_COMPLETION_RESERVE, u64::from);
+    if let Some(info) = &t.info {
+        if let Some(m) = info.max_output_tokens {
+            per_choice = per_choice.min(u64::from(m));
+        }
+        if let Some(w) = info.context_window {
+            per_choice = per_choice.min(u64::from(w).saturating_sub(prompt).max(1));
+        }
+    }
+    per_choice.saturating_mul(u64::from(req.n.unwrap_or(1).max(1)))
+}
+
+/// Refuses request fields that make a call cost more than the price table knows (a premium
+/// service tier, audio, built-in web search or other hosted tools): under a USD budget they
+/// would run unmetered.
+fn unpriced_features(raw: &serde_json::Map<String, serde_json::Value>) -> Result<(), ApiError> {
+    use serde_json::Value;
+    let refuse = |param: &str, what: &str| -> Result<(), ApiError> {
+        let mut e = ApiError::new(
+            StatusCode::FORBIDDEN,
+            "permission_error",
+            format!("{what} costs more than this gateway's price table knows, so a USD budget covering this key cannot hold it; send the request without `{param}`."),
+        )
+        .with_code("unpriced_feature");
+        e.param = Some(param.to_owned());
+        Err(e)
+    };
+    if let Some(t) = raw.get("service_tier").and_then(Value::as_str) {
+        if !matches!(t, "auto" | "default" | "flex" | "standard_only") {
+            return refuse("service_tier", &format!("The `{t}` service tier"));
+        }
+    }
+    if raw.get("audio").is_some_and(|v| !v.is_null())
+        || raw
+            .get("modalities")
+            .and_then(Value::as_array)
+            .is_some_and(|m| m.iter().any(|x| x == "audio"))
+    {
+        return refuse("audio", "Audio output");
+    }
+    if raw.get("web_search_options").is_some_and(|v| !v.is_null()) {
+        return refuse("web_search_options", "Built-in web search");
+    }
+    if let Some(tools) = raw.get("tools").and_then(Value::as_array) {
+        if let Some(t) = tools
+            .iter()
+            .filter_map(|t| t.get("type").and_then(Value::as_str))
+            .find(|t| *t != "function")
+        {
+            return refuse("tools", &format!("The hosted `{t}` tool"));
+        }
+    }
+    Ok(())
+}
+
 fn refuse(gw: &AppState, r: &Refusal) -> ApiError {
     let limit = serde_json::to_value(r.limit)
         .ok()
@@ -197,9 +260,6 @@ fn estimate(
             ),
         )
         .with_code("unpriced_model")),
-        None => Ok(Amount {
-            nano: 0,
-            tokens: (prompt + completion) as i64,
-        }),
+        None => Ok(Amount::bounded(0, prompt.saturating_add(completion))),
     }
 }

@@ -14,7 +14,6 @@ use axum::response::Response;
 use axum::Extension;
 use http::{header, HeaderMap, HeaderValue, StatusCode};
 use llm_gateway_crds::ModelKind;
-use tokio::sync::{mpsc, OwnedSemaphorePermit};
 
 use super::error::{ApiError, Failure, TimeoutKind};
 use super::record::Record;
@@ -46,32 +45,39 @@ async fn serve(
     body: Body,
     record: &mut Record,
 ) -> Result<Response, ApiError> {
-    // 1. Read and validate.
-    let bytes = body::read(req_headers, body, gw.max_body_bytes).await?;
-    let (raw, req): (_, ChatRequest) = body::parse(&bytes)?;
+    // 1. Admit (global, tenant and buffered-body limits), then read and validate.
+    let admitted = gw
+        .admission
+        .admit(caller.tenant(), req_headers, &gw.metrics)
+        .await?;
+    let (raw, req): (_, ChatRequest) =
+        body::parse(&body::read(req_headers, body, gw.max_body_bytes).await?)?;
     validate(&req)?;
     let prompt_bytes = crate::router::tokens::upper_bound(&req, raw.get("tools"));
     record.set_prompt_bytes(prompt_bytes);
     // The request's deadline counts from its arrival, and the client's own timeout.
     let plan = failover::Plan::new(gw, req_headers, record.started(), &req, prompt_bytes);
-    let global = gw.acquire_slot().await?;
 
     // 2. Route: a virtual model is scored across its candidates (open breakers skipped); an
     //    explicit name is resolved.
     let breakers = BreakerFilter::now();
+    let allowed = crate::auth::AllowedModels::of(caller);
+    let filters: [&dyn crate::router::CandidateFilter; 2] = [&breakers, &allowed];
     let routed = match gw
         .router
-        .route(&gw.registry, &req, raw.get("tools"), &[&breakers])
+        .route(&gw.registry, &req, raw.get("tools"), &filters)
     {
         // Every candidate's breaker is open, and config says to try the soonest anyway.
         Err(e)
             if e.code.as_deref() == Some("no_candidates")
                 && gw.failover.when_all_open == AllOpen::TrySoonest =>
         {
-            gw.router.route(&gw.registry, &req, raw.get("tools"), &[])?
+            gw.router
+                .route(&gw.registry, &req, raw.get("tools"), &[&allowed])?
         }
         r => r?,
     };
+    allowed.check_target(&routed.target.provider.name, &routed.target.model)?;
     record.set_route(&routed);
     check_capabilities(&req, &routed.target)?;
 
@@ -84,8 +90,15 @@ async fn serve(
 
     // 4. Budgets: reserve the estimate on every covering budget; at a limit, downgrade to a
     //    model that fits or refuse with 429.
-    let (routed, hold) =
-        super::budget::reserve(gw, caller, &req, raw.get("tools"), routed, &breakers).await?;
+    let (routed, hold) = super::budget::reserve(
+        gw,
+        caller,
+        &req,
+        &raw,
+        routed,
+        &crate::router::AllOf(&filters),
+    )
+    .await?;
     if hold.as_ref().is_some_and(|h| h.downgraded) {
         record.set_route(&routed);
         check_capabilities(&req, &routed.target)?;
@@ -136,7 +149,7 @@ async fn serve(
                 record: record.detach(),
                 capture: lookup.map(|l| (l, cached::Capture::default())),
                 finished: false,
-                _slots: (global, answer.permit),
+                _slots: (admitted.slots, answer.permit),
             });
             // A stream's headers leave before its cost is known: what is left once the
             // reserved estimate is spent.
@@ -182,6 +195,11 @@ fn output_bytes(body: &[u8]) -> usize {
         .sum()
 }
 
+/// Most choices one request may ask for (OpenAI's own limit).
+pub const MAX_CHOICES: u32 = 128;
+/// Largest `max_tokens` accepted: beyond any model's output, so only absurd values are refused.
+pub const MAX_OUTPUT_TOKENS: u32 = 16_777_216;
+
 /// Checks that do not depend on the model.
 pub fn validate(req: &ChatRequest) -> Result<(), ApiError> {
     if req.messages.is_empty() {
@@ -202,8 +220,22 @@ pub fn validate(req: &ChatRequest) -> Result<(), ApiError> {
             format!("`top_p` must be between 0 and 1, got {p}."),
         ));
     }
-    if req.n == Some(0) {
-        return Err(ApiError::invalid("n", "`n` must be at least 1."));
+    if let Some(n) = req.n.filter(|n| !(1..=MAX_CHOICES).contains(n)) {
+        return Err(ApiError::invalid(
+            "n",
+            format!("`n` must be between 1 and {MAX_CHOICES}, got {n}."),
+        ));
+    }
+    for (field, v) in [
+        ("max_tokens", req.max_tokens),
+        ("max_completion_tokens", req.max_completion_tokens),
+    ] {
+        if let Some(v) = v.filter(|v| *v == 0 || *v > MAX_OUTPUT_TOKENS) {
+            return Err(ApiError::invalid(
+                field,
+                format!("`{field}` must be between 1 and {MAX_OUTPUT_TOKENS}, got {v}."),
+            ));
+        }
     }
     Ok(())
 }
@@ -252,7 +284,7 @@ fn check_capabilities(req: &ChatRequest, t: &Target) -> Result<(), ApiError> {
 /// A committed stream being written to the client.
 struct SseState {
     held: VecDeque<StreamItem>,
-    rx: mpsc::Receiver<StreamItem>,
+    rx: crate::providers::StreamRx,
     deadline: tokio::time::Instant,
     include_usage: bool,
     usage: Option<Usage>,
@@ -261,7 +293,7 @@ struct SseState {
     capture: Option<(crate::cache::Lookup, cached::Capture)>,
     finished: bool,
     /// The global and provider concurrency slots, released when the stream ends.
-    _slots: (OwnedSemaphorePermit, crate::providers::limiter::Permit),
+    _slots: (crate::admission::Slots, crate::providers::limiter::Permit),
 }
 
 impl SseState {
@@ -321,6 +353,20 @@ fn stream_response(state: SseState) -> Response {
                         }
                     }
                     break sse::done(st.record.finish(200, st.usage.as_ref()));
+                }
+                // The client stopped reading for the idle timeout: its doing, not the
+                // provider's, so no breaker hears of it.
+                None if st.rx.client_stalled() => {
+                    st.finished = true;
+                    st.record.finish(499, st.usage.as_ref());
+                    break sse::error(
+                        &ApiError::new(
+                            StatusCode::REQUEST_TIMEOUT,
+                            "invalid_request_error",
+                            "The stream was closed because this client did not read it for server.client_idle_timeout_secs.",
+                        )
+                        .with_code("client_too_slow"),
+                    );
                 }
                 item => {
                     st.finished = true;

@@ -39,9 +39,12 @@ async fn serve(
     body: Body,
     record: &mut Record,
 ) -> Result<Response, ApiError> {
-    let bytes = body::read(req_headers, body, gw.max_body_bytes).await?;
-    let (raw, req): (_, EmbeddingsRequest) = body::parse(&bytes)?;
-    let _slot = gw.acquire_slot().await?;
+    let _admitted = gw
+        .admission
+        .admit(caller.tenant(), req_headers, &gw.metrics)
+        .await?;
+    let (raw, req): (_, EmbeddingsRequest) =
+        body::parse(&body::read(req_headers, body, gw.max_body_bytes).await?)?;
     let empty = match &req.input {
         Value::String(s) => s.is_empty(),
         Value::Array(a) => a.is_empty(),
@@ -52,6 +55,7 @@ async fn serve(
         return Err(ApiError::invalid("input", "`input` must not be empty."));
     }
     let target = gw.registry.resolve(&req.model)?;
+    crate::auth::AllowedModels::of(caller).check_target(&target.provider.name, &target.model)?;
     record.set_target(&target);
     if target
         .info

@@ -10,8 +10,10 @@ pub mod error;
 pub mod headers;
 pub mod health;
 pub mod models;
+pub mod origin;
 pub mod record;
 pub mod route;
+pub mod serve;
 pub mod sse;
 pub mod usage;
 
@@ -27,8 +29,18 @@ use error::ApiError;
 /// Shared state of every handler.
 pub type AppState = Arc<Gateway>;
 
-/// All routes.
-pub fn router(state: AppState) -> Router {
+/// `/metrics` (and the probes) alone, for a metrics listener of its own.
+pub fn metrics_router(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(health::metrics))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+/// All routes; `/metrics` too unless it has a listener of its own.
+pub fn router(state: AppState, with_metrics: bool) -> Router {
     // Authentication is the first step of every model endpoint.
     let v1 = Router::new()
         .route("/v1/chat/completions", post(chat::handle))
@@ -40,8 +52,18 @@ pub fn router(state: AppState) -> Router {
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             crate::auth::middleware,
+        ))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            origin::check,
         ));
-    Router::new()
+
+    let base = if with_metrics {
+        Router::new().route("/metrics", get(health::metrics))
+    } else {
+        Router::new()
+    };
+    let app = base
         .merge(v1)
         .route("/admin/breakers", get(admin::breakers))
         .route("/admin/keys", post(admin::create_key).get(admin::list_keys))
@@ -54,10 +76,16 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/usage", get(usage::report))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
-        .route("/metrics", get(health::metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .with_state(state)
+        .with_state(state.clone());
+    // CORS wraps the whole router, so preflights are answered before any routing.
+    match origin::cors(&state.cors_allowed_origins) {
+        Some(cors) => {
+            Router::new().fallback_service(tower::ServiceBuilder::new().layer(cors).service(app))
+        }
+        None => app,
+    }
 }
 
 async fn not_found(uri: http::Uri) -> ApiError {

@@ -316,7 +316,7 @@ impl Record {
                 estimate = Usage {
                     prompt_tokens: prompt,
                     completion_tokens: completion,
-                    total_tokens: prompt + completion,
+                    total_tokens: prompt.saturating_add(completion),
                     ..Usage::default()
                 };
                 self.estimated = true;
@@ -330,10 +330,10 @@ impl Record {
             _ => self.cost(usage),
         };
         if let Some(h) = self.held.take() {
-            let actual = crate::budget::Amount {
-                nano: crate::budget::policy::to_nano(cost.unwrap_or(0.0)),
-                tokens: usage.map_or(0, |u| (u.prompt_tokens + u.completion_tokens) as i64),
-            };
+            let actual = crate::budget::Amount::bounded(
+                crate::budget::policy::to_nano(cost.unwrap_or(0.0)),
+                usage.map_or(0, |u| u.prompt_tokens.saturating_add(u.completion_tokens)),
+            );
             self.remaining = Some(h.reservation.remaining(Some(actual)));
             h.reservation.settle(actual);
         }

@@ -178,7 +178,23 @@ pub async fn mine(
     };
     let engine = engine(&gw)?;
     let budgets = engine.covering(&caller);
-    let status = engine.status(&budgets).await;
+    let status: Vec<Value> = engine
+        .status(&budgets)
+        .await
+        .into_iter()
+        .map(|b| match b.budget.scope {
+            // Other tenants' traffic moves the global figures: a key sees only whether it
+            // is exhausted.
+            Scope::Global => json!({
+                "scope": "global",
+                "period": b.budget.period.name(),
+                "resets_at": b.resets_at,
+                "exhausted": b.remaining_usd.is_some_and(|r| r <= 0.0)
+                    || b.remaining_tokens.is_some_and(|r| r <= 0),
+            }),
+            _ => serde_json::to_value(&b).unwrap_or_default(),
+        })
+        .collect();
     let month = Period::Month.window(engine.now_ms());
     let (nano, tokens) = match gw.auth.store() {
         Some(s) => s

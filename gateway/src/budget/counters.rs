@@ -266,6 +266,7 @@ impl std::fmt::Debug for Shared {
 // comparisons in doubles are exact below 2^53 nano-dollars (9 million USD).
 const RESERVE: &str = r"
 local now, id, rexp, ea, eb = tonumber(ARGV[1]), ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local function neg(x) if x == '0' then return '0' elseif string.sub(x, 1, 1) == '-' then return string.sub(x, 2) else return '-' .. x end end
 local nea, neb = tonumber(ea), tonumber(eb)
 local n = #KEYS
 local need = {}
@@ -286,8 +287,8 @@ for i = 1, n do
       local amt = redis.call('HGET', k .. ':m', rid)
       if amt then
         local a, b = string.match(amt, '^(%-?%d+):(%-?%d+)$')
-        redis.call('HINCRBY', k, 'ra', '-' .. a)
-        redis.call('HINCRBY', k, 'rb', '-' .. b)
+        redis.call('HINCRBY', k, 'ra', neg(a))
+        redis.call('HINCRBY', k, 'rb', neg(b))
         redis.call('HDEL', k .. ':m', rid)
       end
     end
@@ -339,14 +340,15 @@ return out
 
 const SETTLE: &str = r"
 local id, aa, ab, db = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local function neg(x) if x == '0' then return '0' elseif string.sub(x, 1, 1) == '-' then return string.sub(x, 2) else return '-' .. x end end
 for i = 1, #KEYS do
   local k = KEYS[i]
   if ARGV[4 + i] == 'b' then
     local amt = redis.call('HGET', k .. ':m', id)
     if amt then
       local a, b = string.match(amt, '^(%-?%d+):(%-?%d+)$')
-      redis.call('HINCRBY', k, 'ra', '-' .. a)
-      redis.call('HINCRBY', k, 'rb', '-' .. b)
+      redis.call('HINCRBY', k, 'ra', neg(a))
+      redis.call('HINCRBY', k, 'rb', neg(b))
       redis.call('HDEL', k .. ':m', id)
       redis.call('ZREM', k .. ':z', id)
     end

@@ -87,6 +87,20 @@ pub struct Amount {
     pub tokens: i64,
 }
 
+/// The largest amount (of either unit) one request reserves or settles: 2^53 − 1, the
+/// largest integer the Redis scripts' doubles compare exactly (9 million USD in nano-dollars).
+pub const MAX_AMOUNT: i64 = (1 << 53) - 1;
+
+impl Amount {
+    /// An amount from unbounded figures, each clamped to [0, [`MAX_AMOUNT`]].
+    pub fn bounded(nano: i64, tokens: u64) -> Self {
+        Self {
+            nano: nano.clamp(0, MAX_AMOUNT),
+            tokens: i64::try_from(tokens).unwrap_or(i64::MAX).min(MAX_AMOUNT),
+        }
+    }
+}
+
 /// Which limit a request hit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -152,15 +166,25 @@ impl Refusal {
         let retry = ((self.resets_at_ms - self.now_ms).max(0) as f64 / 1000.0)
             .ceil()
             .max(1.0) as u64;
-        let message = format!(
-            "The {} {what} per {per} is exhausted: limit {}, used {}, reserved by requests in flight {}, this request needs {}. It resets at {}.",
-            b.scope.describe(),
-            fmt(self.limit_value),
-            fmt(self.used),
-            fmt(self.reserved),
-            fmt(self.asked),
-            rfc3339(self.resets_at_ms),
-        );
+        // The global budget's figures move with every tenant's traffic: they are not shown
+        // to one tenant.
+        let global = b.scope == Scope::Global;
+        let message = if global {
+            format!(
+                "The global {what} per {per} of this gateway is exhausted. It resets at {}.",
+                rfc3339(self.resets_at_ms),
+            )
+        } else {
+            format!(
+                "The {} {what} per {per} is exhausted: limit {}, used {}, reserved by requests in flight {}, this request needs {}. It resets at {}.",
+                b.scope.describe(),
+                fmt(self.limit_value),
+                fmt(self.used),
+                fmt(self.reserved),
+                fmt(self.asked),
+                rfc3339(self.resets_at_ms),
+            )
+        };
         let rate = matches!(
             self.limit,
             LimitKind::RequestsPerMinute | LimitKind::TokensPerMinute
@@ -174,7 +198,16 @@ impl Refusal {
         e.retry_after = Some(retry.to_string());
         e.details = Some((
             "budget",
-            serde_json::json!({
+            if global {
+                serde_json::json!({
+                    "scope": "global",
+                    "period": per,
+                    "limit_kind": self.limit,
+                    "resets_at": rfc3339(self.resets_at_ms),
+                    "on_limit": b.on_limit.name(),
+                })
+            } else {
+                serde_json::json!({
                 "scope": b.scope.kind(),
                 "subject": b.scope.subject(),
                 "period": per,
@@ -185,7 +218,8 @@ impl Refusal {
                 "requested": self.asked,
                 "resets_at": rfc3339(self.resets_at_ms),
                 "on_limit": b.on_limit.name(),
-            }),
+                })
+            },
         ));
         e
     }
@@ -471,6 +505,7 @@ impl Budgets {
     ) -> Result<Reservation, Refusal> {
         let now = self.clock.now_ms();
         let (lines, refs) = self.lines(&budgets, now);
+        let est = Amount::bounded(est.nano, est.tokens.max(0) as u64);
         let mut ask = Ask {
             id: uuid::Uuid::new_v4().to_string(),
             a: est.nano,
@@ -721,6 +756,7 @@ impl Reservation {
         if std::mem::replace(&mut self.done, true) {
             return;
         }
+        let actual = Amount::bounded(actual.nano, actual.tokens.max(0) as u64);
         self.owner.settle_now(
             self.backend,
             std::mem::take(&mut self.lines),

@@ -201,7 +201,7 @@ impl Budget {
             ("requests_per_minute", self.requests_per_minute),
             ("tokens_per_minute", self.tokens_per_minute),
         ] {
-            if v.is_some_and(|v| v > i64::MAX as u64 / 2) {
+            if v.is_some_and(|v| v > super::MAX_AMOUNT as u64) {
                 return Err(format!("`{name}` is too large"));
             }
         }

@@ -23,6 +23,25 @@ pub const MAX_TOKENS: usize = 256;
 pub const QUEUE: usize = 256;
 /// Embedding size.
 pub const DIM: usize = 384;
+/// Text bytes handed to the tokenizer at most: more than 256 tokens of any script, so
+/// truncation to [`MAX_TOKENS`] is unchanged, while a 10 MB prompt costs no more than a short
+/// one.
+pub const MAX_TEXT_BYTES: usize = 4096;
+/// Requests of one tenant waiting for the model at most: a tenant flooding the queue gets
+/// cache misses, the others keep their place.
+pub const QUEUE_PER_TENANT: usize = QUEUE / 16;
+
+/// The first [`MAX_TEXT_BYTES`] of `text`, cut at a character boundary.
+pub fn clip(text: &str) -> &str {
+    if text.len() <= MAX_TEXT_BYTES {
+        return text;
+    }
+    let mut end = MAX_TEXT_BYTES;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
 
 /// Why a text could not be embedded.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +71,25 @@ struct Job {
 #[derive(Debug, Clone)]
 pub struct Embedder {
     tx: mpsc::Sender<Job>,
+    queued: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+}
+
+/// One tenant's place in the queue, given back when its job is done.
+struct Queued<'a> {
+    tenant: &'a str,
+    queued: &'a std::sync::Mutex<std::collections::HashMap<String, usize>>,
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        let mut q = self.queued.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = q.get_mut(self.tenant) {
+            *n -= 1;
+            if *n == 0 {
+                q.remove(self.tenant);
+            }
+        }
+    }
 }
 
 struct Model {
@@ -136,15 +174,36 @@ impl Embedder {
             .name("embedder".into())
             .spawn(move || run(model, rx))
             .map_err(|e| load_err(dir, e))?;
-        Ok(Self { tx })
+        Ok(Self {
+            tx,
+            queued: std::sync::Arc::default(),
+        })
     }
 
     /// Embeds `text`; fails at once if the queue is full.
     pub async fn embed(&self, text: &str) -> Result<Vec<f32>, EmbedError> {
+        self.embed_as("", text).await
+    }
+
+    /// Embeds `text` for `tenant`; fails at once if the queue, or the tenant's share of it,
+    /// is full.
+    pub async fn embed_as(&self, tenant: &str, text: &str) -> Result<Vec<f32>, EmbedError> {
+        let _place = {
+            let mut q = self.queued.lock().unwrap_or_else(|e| e.into_inner());
+            let n = q.entry(tenant.to_owned()).or_default();
+            if *n >= QUEUE_PER_TENANT {
+                return Err(EmbedError::Busy);
+            }
+            *n += 1;
+            Queued {
+                tenant,
+                queued: &self.queued,
+            }
+        };
         let (reply, rx) = oneshot::channel();
         self.tx
             .try_send(Job {
-                text: text.to_owned(),
+                text: clip(text).to_owned(),
                 reply,
             })
             .map_err(|_| EmbedError::Busy)?;
@@ -238,11 +297,11 @@ pub enum Embedding {
 }
 
 impl Embedding {
-    /// Embeds `text`.
-    pub async fn embed(&self, text: &str) -> Result<Vec<f32>, EmbedError> {
+    /// Embeds `text` for `tenant` (the local model's queue is shared fairly between tenants).
+    pub async fn embed(&self, tenant: &str, text: &str) -> Result<Vec<f32>, EmbedError> {
         match self {
-            Embedding::Local(e) => e.embed(text).await,
-            Embedding::Remote(r) => r.embed(text).await,
+            Embedding::Local(e) => e.embed_as(tenant, text).await,
+            Embedding::Remote(r) => r.embed(clip(text)).await,
         }
     }
 }

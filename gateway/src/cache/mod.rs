@@ -57,6 +57,8 @@ struct Entry {
     signature: Option<Signature>,
     answer: Arc<Answer>,
     expires: Instant,
+    /// Its size: prompt text, answer and vector.
+    bytes: usize,
 }
 
 #[derive(Debug)]
@@ -64,6 +66,28 @@ struct Inner {
     entries: lru::LruCache<Key, Entry>,
     /// The vectors of the entries that have one, by scope.
     scopes: HashMap<Key, index::ScopeIndex>,
+    /// Bytes of all entries.
+    bytes: usize,
+}
+
+/// The size an entry counts for: its answer as JSON, its prompt text and its vector.
+fn entry_bytes(answer: &Answer, text: Option<&str>, vector: Option<&[f32]>) -> usize {
+    let mut count = ByteCount(0);
+    let _ = serde_json::to_writer(&mut count, answer);
+    count.0 + text.map_or(0, str::len) + vector.map_or(0, |v| v.len() * 4) + 128
+}
+
+/// Counts bytes written.
+struct ByteCount(usize);
+
+impl std::io::Write for ByteCount {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 impl Inner {
@@ -134,6 +158,7 @@ pub enum Bypass {
 /// A request as the cache sees it.
 #[derive(Debug)]
 pub struct Lookup {
+    tenant: String,
     exact: Key,
     scope: Key,
     text: Option<String>,
@@ -244,6 +269,7 @@ impl Cache {
             inner: Mutex::new(Inner {
                 entries: lru::LruCache::new(cap),
                 scopes: HashMap::new(),
+                bytes: 0,
             }),
             evictions: Default::default(),
             shared: None,
@@ -284,6 +310,10 @@ impl Cache {
         if left <= 0 {
             return;
         }
+        let bytes = entry_bytes(&s.answer, s.text.as_deref(), s.vector.as_deref());
+        if bytes > self.settings.max_entry_bytes {
+            return;
+        }
         self.insert(
             key,
             Entry {
@@ -291,6 +321,7 @@ impl Cache {
                 signature: s.text.as_deref().map(Signature::of),
                 answer: Arc::new(s.answer),
                 expires: Instant::now() + Duration::from_millis(left as u64),
+                bytes,
             },
             s.vector.as_deref(),
         );
@@ -299,7 +330,9 @@ impl Cache {
     fn insert(&self, key: Key, entry: Entry, vector: Option<&[f32]>) {
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let scope = entry.scope;
+        inner.bytes += entry.bytes;
         if let Some((old_key, old)) = inner.entries.push(key, entry) {
+            inner.bytes -= old.bytes;
             inner.forget(&old_key, &old.scope);
             if old_key != key {
                 self.evictions.inc();
@@ -308,6 +341,20 @@ impl Cache {
         if let Some(v) = vector {
             inner.scopes.entry(scope).or_default().add(key, v);
         }
+        // The byte bound, least recently used first (never the entry just stored).
+        while inner.bytes > self.settings.max_bytes && inner.entries.len() > 1 {
+            let Some((old_key, old)) = inner.entries.pop_lru() else {
+                break;
+            };
+            inner.bytes -= old.bytes;
+            inner.forget(&old_key, &old.scope);
+            self.evictions.inc();
+        }
+    }
+
+    /// Bytes of the entries held.
+    pub fn bytes(&self) -> usize {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).bytes
     }
 
     /// Counts evictions in `c` (a metric).
@@ -327,7 +374,7 @@ impl Cache {
         }
         let shared = match redis {
             Some((url, prefix)) => Some(
-                shared::Shared::connect(url, prefix)
+                shared::Shared::connect(url, prefix, s.redis_max_bytes)
                     .await
                     .map_err(|e| format!("cannot use Redis for the cache: {e}"))?,
             ),
@@ -446,8 +493,10 @@ impl Cache {
             return Err(Bypass::Choices);
         }
         let tenant = tenant.unwrap_or("");
-        // The scope: everything but the last user message and the exact temperature.
-        let text = last_user_text(req);
+        // The scope: everything but the last user message and the exact temperature. A
+        // message longer than the embedding sees is matched exactly or not at all: two long
+        // prompts that differ only after the first few KB must not look the same.
+        let text = last_user_text(req).filter(|t| t.len() <= embed::MAX_TEXT_BYTES);
         let mut exact = HashWriter::new(&[b"exact", tenant.as_bytes(), route.as_bytes()]);
         let mut scope = HashWriter::new(&[
             b"scope",
@@ -463,12 +512,29 @@ impl Cache {
                 ("temperature", _) => {}
                 ("messages", Value::Array(msgs)) if text.is_some() => {
                     scope.field(k, &msgs[..msgs.len().saturating_sub(1)]);
+                    // Only the last message's text is compared by meaning: everything else
+                    // in it (images, audio, files, a name) must match exactly, or a text-only
+                    // question would get the answer about someone's document.
+                    if let Some(Value::Object(last)) = msgs.last() {
+                        for (f, v) in last {
+                            match (f.as_str(), v) {
+                                ("content", Value::String(_)) => {}
+                                ("content", Value::Array(parts)) => {
+                                    for p in parts.iter().filter(|p| p["type"] != "text") {
+                                        scope.field("last.part", p);
+                                    }
+                                }
+                                _ => scope.field(&format!("last.{f}"), v),
+                            }
+                        }
+                    }
                 }
                 _ => scope.field(k, v),
             }
         }
         let (exact, scope) = (exact.finish(), scope.finish());
         Ok(Lookup {
+            tenant: tenant.to_owned(),
             exact,
             scope,
             text,
@@ -493,7 +559,9 @@ impl Cache {
                     return (Found::Exact(e.answer.clone()), None);
                 }
                 let scope = e.scope;
-                inner.entries.pop(&l.exact);
+                if let Some(old) = inner.entries.pop(&l.exact) {
+                    inner.bytes -= old.bytes;
+                }
                 inner.forget(&l.exact, &scope);
             }
         }
@@ -501,7 +569,7 @@ impl Cache {
             return (Found::Miss, None);
         };
         let started = Instant::now();
-        let Ok(v) = embedder.embed(text).await else {
+        let Ok(v) = embedder.embed(&l.tenant, text).await else {
             return (Found::Miss, Some(started.elapsed()));
         };
         let took = started.elapsed();
@@ -545,6 +613,10 @@ impl Cache {
         if !self.cacheable(&answer) {
             return;
         }
+        let bytes = entry_bytes(&answer, l.text.as_deref(), l.vector.as_deref());
+        if bytes > self.settings.max_entry_bytes {
+            return;
+        }
         if let Some(s) = &self.shared {
             s.put(
                 &l.exact,
@@ -565,6 +637,7 @@ impl Cache {
                 signature,
                 answer: Arc::new(answer),
                 expires: Instant::now() + l.ttl,
+                bytes,
             },
             l.vector.as_deref(),
         );

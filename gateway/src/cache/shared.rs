@@ -7,6 +7,12 @@
 //! after a lost subscription is re-established, a replica loads every entry Redis holds. The
 //! nearest-neighbour search itself always runs in process.
 //!
+//! Redis holds at most `cache.redis_max_bytes` of entries for all replicas together: one
+//! script writes an entry only if it fits, counting each entry's bytes until it expires
+//! (expiries are relative, judged by the gateways' clocks, never Redis's). An entry that
+//! does not fit stays in the replica that made it. Entries above `cache.max_entry_bytes` are
+//! never cached at all.
+//!
 //! Redis unreachable: entries are still stored and served in process (they stay correct
 //! until their TTL), nothing is shared until Redis answers again; a log line and
 //! `llm_gateway_cache_redis_errors_total` say so.
@@ -41,8 +47,38 @@ pub struct Shared {
     client: redis::Client,
     conn: ConnectionManager,
     prefix: String,
+    max_bytes: usize,
     health: crate::kv::Health,
 }
+
+// Writes an entry if the byte budget allows; expired entries' bytes are released first.
+// KEYS: entry, index (zset: entry → expiry), sizes (hash: entry → bytes), total (counter).
+// ARGV: json, ttl ms, now ms, budget, channel, announced key. Returns 1 if written.
+const PUT: &str = r"
+local ttl, now, budget = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local size = string.len(ARGV[1])
+local old = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)
+for _, k in ipairs(old) do
+  local s = redis.call('HGET', KEYS[3], k)
+  if s then
+    redis.call('DECRBY', KEYS[4], s)
+    redis.call('HDEL', KEYS[3], k)
+  end
+end
+if #old > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now) end
+local prev = tonumber(redis.call('HGET', KEYS[3], KEYS[1]) or '0')
+local total = tonumber(redis.call('GET', KEYS[4]) or '0') - prev
+if total + size > budget then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ttl)
+redis.call('ZADD', KEYS[2], now + ttl, KEYS[1])
+redis.call('HSET', KEYS[3], KEYS[1], size)
+redis.call('INCRBY', KEYS[4], size - prev)
+redis.call('PUBLISH', ARGV[5], ARGV[6])
+return 1
+";
+
+static PUT_SCRIPT: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(PUT));
 
 impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -68,13 +104,14 @@ pub fn unhex(s: &str) -> Option<Key> {
 }
 
 impl Shared {
-    /// Connects to Redis at `url`.
-    pub async fn connect(url: &str, prefix: &str) -> redis::RedisResult<Self> {
+    /// Connects to Redis at `url`; the replicas keep at most `max_bytes` of entries there.
+    pub async fn connect(url: &str, prefix: &str, max_bytes: usize) -> redis::RedisResult<Self> {
         let (client, conn) = crate::kv::connect(url).await?;
         Ok(Self {
             client,
             conn,
             prefix: prefix.to_owned(),
+            max_bytes,
             health: crate::kv::Health::new(
                 "cache entries stay in this replica until it is back",
                 "cache entries are shared again",
@@ -104,32 +141,45 @@ impl Shared {
         }
     }
 
-    /// Writes an entry and announces it (in the background).
+    /// Writes an entry and announces it (in the background), if Redis's byte budget allows.
     pub fn put(&self, key: &Key, stored: Stored) {
         let me = self.clone();
         let key = hex(key);
         tokio::spawn(async move {
-            let ttl = (stored.expires_at_ms - crate::openai::unix_ms()).max(1);
+            let now = crate::openai::unix_ms();
+            let ttl = (stored.expires_at_ms - now).max(1);
             let Ok(json) = serde_json::to_string(&stored) else {
                 return;
             };
             let mut conn = me.conn.clone();
-            let r: redis::RedisResult<()> = redis::pipe()
-                .atomic()
-                .cmd("SET")
-                .arg(me.entry_key(&key))
+            let r: redis::RedisResult<i64> = PUT_SCRIPT
+                .key(me.entry_key(&key))
+                .key(format!("{}cache:index", me.prefix))
+                .key(format!("{}cache:sizes", me.prefix))
+                .key(format!("{}cache:bytes", me.prefix))
                 .arg(json)
-                .arg("PX")
                 .arg(ttl)
-                .ignore()
-                .cmd("PUBLISH")
+                .arg(now)
+                .arg(me.max_bytes)
                 .arg(me.channel())
                 .arg(&key)
-                .ignore()
-                .query_async(&mut conn)
+                .invoke_async(&mut conn)
                 .await;
+            if matches!(r, Ok(0)) {
+                tracing::debug!("redis cache budget full: entry kept in this replica only");
+            }
             me.note(&r);
         });
+    }
+
+    /// Bytes of entries Redis holds for all replicas (as the budget counts them).
+    pub async fn bytes(&self) -> redis::RedisResult<i64> {
+        let mut conn = self.conn.clone();
+        let v: Option<i64> = redis::cmd("GET")
+            .arg(format!("{}cache:bytes", self.prefix))
+            .query_async(&mut conn)
+            .await?;
+        Ok(v.unwrap_or(0))
     }
 
     async fn get(&self, key: &str) -> redis::RedisResult<Option<Stored>> {

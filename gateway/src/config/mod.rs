@@ -44,6 +44,18 @@ pub struct Settings {
     pub client_idle_timeout: Duration,
     /// Admin endpoints' bearer token; `None` turns them off.
     pub admin_token: Option<Secret>,
+    /// Longest wait for a request's headers (and on an idle kept-alive connection).
+    pub header_read_timeout: Duration,
+    /// Open client connections at most.
+    pub max_connections: usize,
+    /// Requests in progress per tenant at most.
+    pub max_concurrency_per_tenant: usize,
+    /// Request body bytes buffered at once.
+    pub max_buffered_body_bytes: usize,
+    /// Separate address for `/metrics`, if set.
+    pub metrics_listen: Option<SocketAddr>,
+    /// CORS origins allowed (`*` for any).
+    pub cors_allowed_origins: Vec<String>,
     /// Providers in order of preference.
     pub providers: Vec<ProviderSettings>,
     /// Virtual models and latency tracking.
@@ -65,6 +77,12 @@ pub struct CacheSettings {
     pub ttl: Duration,
     /// Most entries in process.
     pub max_entries: usize,
+    /// Most bytes of entries in process.
+    pub max_bytes: usize,
+    /// Largest entry cached.
+    pub max_entry_bytes: usize,
+    /// Most bytes of entries in Redis, all replicas together.
+    pub redis_max_bytes: usize,
     /// Requests above this temperature bypass the cache.
     pub max_temperature: f64,
     /// Tool-call answers are cached.
@@ -140,6 +158,8 @@ pub struct ProviderSettings {
     pub first_token_timeout: Option<Duration>,
     /// Ceiling of the adaptive concurrency limit, when set.
     pub max_concurrency: Option<usize>,
+    /// Largest answer read from this provider.
+    pub max_response_bytes: usize,
     /// Longest wait for a slot of this provider.
     pub queue_timeout: Duration,
     /// Breaker thresholds.

@@ -61,6 +61,55 @@ pub fn validate(
         cfg.server.client_idle_timeout_secs,
         60.0,
     )?;
+    let header_read_timeout = server_secs(
+        "header_read_timeout_secs",
+        cfg.server.header_read_timeout_secs,
+        30.0,
+    )?;
+    let count = |field: &str, v: Option<u64>, default: u64| match v {
+        Some(0) => Err(err(format!("server.{field}"), "must be > 0".into())),
+        Some(n) => Ok(usize::try_from(n).unwrap_or(usize::MAX)),
+        None => Ok(default as usize),
+    };
+    let max_connections = count(
+        "max_connections",
+        cfg.server.max_connections.map(u64::from),
+        10_000,
+    )?;
+    let max_concurrency_per_tenant = count(
+        "max_concurrency_per_tenant",
+        cfg.server.max_concurrency_per_tenant.map(u64::from),
+        1000,
+    )?;
+    let max_buffered_body_bytes = count(
+        "max_buffered_body_bytes",
+        cfg.server.max_buffered_body_bytes,
+        256 * 1024 * 1024,
+    )?;
+    let metrics_listen = match &cfg.server.metrics_listen {
+        None => None,
+        Some(l) => Some(l.parse().map_err(|_| {
+            err(
+                "server.metrics_listen".into(),
+                format!("`{l}` is not an address of the form IP:PORT (e.g. 0.0.0.0:9090)"),
+            )
+        })?),
+    };
+    for (i, o) in cfg.server.cors_allowed_origins.iter().enumerate() {
+        let ok = o == "*"
+            || Url::parse(o).is_ok_and(|u| {
+                matches!(u.scheme(), "http" | "https")
+                    && u.host().is_some()
+                    && u.path() == "/"
+                    && !o.ends_with('/')
+            });
+        if !ok {
+            return Err(err(
+                format!("server.cors_allowed_origins[{i}]"),
+                format!("`{o}` is not an origin (scheme://host[:port], no path) or `*`"),
+            ));
+        }
+    }
     let admin_token = match &cfg.server.admin_token {
         Some(src) => {
             Some(secret(src, getenv).map_err(|(f, m)| err(format!("server.admin_token.{f}"), m))?)
@@ -102,6 +151,12 @@ pub fn validate(
         drain_timeout,
         client_idle_timeout,
         admin_token,
+        header_read_timeout,
+        max_connections,
+        max_concurrency_per_tenant,
+        max_buffered_body_bytes,
+        metrics_listen,
+        cors_allowed_origins: cfg.server.cors_allowed_origins.clone(),
         providers,
         routing,
     })
@@ -374,6 +429,14 @@ fn cache(cfg: &GatewayConfig) -> Result<super::CacheSettings, FieldError> {
         Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
         None => 10_000,
     };
+    let bytes = |field: &str, v: Option<u64>, default: usize| match v {
+        Some(0) => Err((format!("cache.{field}"), "must be > 0".to_owned())),
+        Some(n) => Ok(usize::try_from(n).unwrap_or(usize::MAX)),
+        None => Ok(default),
+    };
+    let max_bytes = bytes("max_bytes", c.max_bytes, 256 << 20)?;
+    let max_entry_bytes = bytes("max_entry_bytes", c.max_entry_bytes, 1 << 20)?;
+    let redis_max_bytes = bytes("redis_max_bytes", c.redis_max_bytes, 256 << 20)?;
     let max_temperature = match c.max_temperature {
         None => 1.0,
         Some(t) if (0.0..=2.0).contains(&t) => t,
@@ -410,6 +473,9 @@ fn cache(cfg: &GatewayConfig) -> Result<super::CacheSettings, FieldError> {
         threshold: threshold_default,
         ttl,
         max_entries,
+        max_bytes,
+        max_entry_bytes,
+        redis_max_bytes,
         max_temperature,
         cache_tool_calls: c.cache_tool_calls,
         embedding_model: c.embedding_model.as_ref().map(std::path::PathBuf::from),
@@ -541,6 +607,11 @@ fn provider(
             .map(|v| secs("first_token_timeout_secs", Some(v), 0.0))
             .transpose()?,
         queue_timeout: secs("queue_timeout_secs", p.queue_timeout_secs, 5.0)?,
+        max_response_bytes: match p.max_response_bytes {
+            Some(0) => return fail("max_response_bytes", "must be > 0".to_owned()),
+            Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
+            None => crate::providers::DEFAULT_MAX_RESPONSE_BYTES,
+        },
         max_concurrency: match p.max_concurrency {
             Some(0) => return fail("max_concurrency", "must be > 0".to_owned()),
             Some(n) => Some(n as usize),
@@ -660,6 +731,11 @@ mod tests {
             ("routing: {failover: {deadline_secs: 0}}", "routing.failover.deadline_secs", "positive"),
             ("routing: {failover: {when_all_open: panic}}", "routing.failover.when_all_open", "panic"),
             ("server: {drain_timeout_secs: -3}", "server.drain_timeout_secs", "positive"),
+            ("server: {header_read_timeout_secs: 0}", "server.header_read_timeout_secs", "positive"),
+            ("server: {max_connections: 0}", "server.max_connections", "> 0"),
+            ("server: {max_concurrency_per_tenant: 0}", "server.max_concurrency_per_tenant", "> 0"),
+            ("server: {metrics_listen: ':9090'}", "server.metrics_listen", "IP:PORT"),
+            ("server: {cors_allowed_origins: ['https://a.example/path']}", "server.cors_allowed_origins[0]", "not an origin"),
             ("server: {admin_token: {env: OPENAI_API_KEY}}", "server.admin_token", "at least 16"),
             ("server: {admin_token: {env: NOPE}}", "server.admin_token.env", "`NOPE` is not set"),
             ("providers: [{name: ollama, breaker: {failure_ratio: 2}}]", "providers[0].breaker.failure_ratio", "(0, 1]"),

@@ -52,6 +52,7 @@ pub struct Provider {
     pub unlisted_deadlines: Arc<crate::deadline::Deadlines>,
     queue_timeout: Duration,
     client_idle_timeout: Duration,
+    max_response_bytes: usize,
 }
 
 /// Default longest wait for a client that does not read a stream.
@@ -67,7 +68,7 @@ pub enum ChatResponse {
         usage: Option<Usage>,
     },
     /// OpenAI `chat.completion.chunk`s as they arrive.
-    Stream(mpsc::Receiver<StreamItem>),
+    Stream(StreamRx),
 }
 
 /// One item of a translated stream.
@@ -108,6 +109,8 @@ impl Provider {
     /// Builds the provider and its HTTP client from validated settings.
     pub fn new(s: &ProviderSettings) -> anyhow::Result<Self> {
         let client = reqwest::Client::builder()
+            // A redirect would re-send the API key and the prompt to wherever it points.
+            .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(s.connect_timeout)
             .read_timeout(s.read_idle_timeout)
             .pool_idle_timeout(std::time::Duration::from_secs(90))
@@ -134,6 +137,7 @@ impl Provider {
             },
             unlisted_deadlines: Arc::default(),
             queue_timeout: s.queue_timeout,
+            max_response_bytes: s.max_response_bytes,
             client_idle_timeout: DEFAULT_CLIENT_IDLE_TIMEOUT,
         })
     }
@@ -260,18 +264,107 @@ impl Provider {
             .map(|ms| format!("{}", (ms / 1000.0).ceil().max(0.0) as u64))
             .or_else(|| header("retry-after"));
         let body = read_capped(resp, MAX_ERROR_BODY).await;
+        let code = status.as_u16();
+        if status.is_redirection() {
+            // Not followed: a redirect would re-send the key and the prompt elsewhere.
+            return ApiError::bad_gateway(format!(
+                "provider {} answered with a redirect (HTTP {code}), which this gateway does not follow; check its base_url",
+                self.name
+            ))
+            .with_failure(Failure::Malformed);
+        }
         let mut err = match self.protocol {
             Protocol::Anthropic => anthropic::error_from_body(status, &body),
             _ => openai::error_from_body(status, &body),
         };
-        err.message = format!("provider {}: {}", self.name, err.message);
+        let message = redact(&err.message);
+        if code == 401 || code == 403 {
+            // The gateway's own credentials were refused: not the client's fault, and its
+            // key is not theirs to hear about.
+            let mut e = ApiError::bad_gateway(format!(
+                "provider {} refused this gateway's credentials (HTTP {code}): {message}",
+                self.name
+            ))
+            .with_code("upstream_auth_failed")
+            .with_failure(Failure::Status(code));
+            e.retry_after = retry_after;
+            return e;
+        }
+        err.message = format!("provider {}: {message}", self.name);
         err.retry_after = retry_after;
-        let code = status.as_u16();
         if code == 408 || code == 429 || status.is_server_error() {
             err.failure = Some(Failure::Status(code));
         }
         err
     }
+}
+
+/// Default largest upstream answer read: a non-streaming body, or all of a stream.
+pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 64 << 20;
+
+/// A failure reading an upstream body.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    /// The transport failed.
+    #[error("{0}")]
+    Transport(#[from] reqwest::Error),
+    /// The body passed the provider's `max_response_bytes`.
+    #[error("the answer is larger than this gateway reads from it (max_response_bytes)")]
+    TooLarge,
+}
+
+impl BodyError {
+    /// Whether a read timed out.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, BodyError::Transport(e) if e.is_timeout())
+    }
+}
+
+impl Provider {
+    /// A whole non-streaming body, at most `max_response_bytes`.
+    async fn read_body(&self, mut resp: reqwest::Response) -> Result<Bytes, ApiError> {
+        let mut buf = bytes::BytesMut::new();
+        loop {
+            match resp.chunk().await {
+                Ok(Some(c)) => {
+                    if buf.len() + c.len() > self.max_response_bytes {
+                        return Err(ApiError::bad_gateway(format!(
+                            "provider {}: {}",
+                            self.name,
+                            BodyError::TooLarge
+                        ))
+                        .with_failure(Failure::Malformed));
+                    }
+                    buf.extend_from_slice(&c);
+                }
+                Ok(None) => return Ok(buf.freeze()),
+                Err(e) => return Err(from_transport(&self.name, e, TimeoutKind::Total)),
+            }
+        }
+    }
+}
+
+/// A stream's bytes, ending in an error once they pass `cap` (an event that never ends
+/// would otherwise grow the parser's buffer without bound).
+fn capped(
+    resp: reqwest::Response,
+    cap: usize,
+) -> impl futures::Stream<Item = Result<Bytes, BodyError>> + Send + 'static {
+    use futures::StreamExt;
+    resp.bytes_stream().scan(0usize, move |seen, chunk| {
+        let item = match chunk {
+            Ok(c) => {
+                *seen += c.len();
+                if *seen > cap {
+                    Some(Err(BodyError::TooLarge))
+                } else {
+                    Some(Ok(c))
+                }
+            }
+            Err(e) => Some(Err(BodyError::Transport(e))),
+        };
+        futures::future::ready(item)
+    })
 }
 
 /// Reads at most `cap` bytes of a response body, as text.
@@ -287,9 +380,12 @@ async fn read_capped(mut resp: reqwest::Response, cap: usize) -> String {
     String::from_utf8_lossy(&buf).into_owned()
 }
 
-/// An error for an upstream status whose body could not be understood.
+/// An error for an upstream status whose body could not be understood: the status only.
+/// The body (an HTML error page, a proxy's message naming internal hosts) goes to the log,
+/// not to the client.
 fn opaque_error(status: StatusCode, body: &str) -> ApiError {
     let snippet: String = body.chars().take(300).collect();
+    tracing::warn!(status = status.as_u16(), body = %redact(snippet.trim()), "upstream error body is not the protocol's error JSON");
     let status = if status.is_client_error() || status.is_server_error() {
         status
     } else {
@@ -304,26 +400,123 @@ fn opaque_error(status: StatusCode, body: &str) -> ApiError {
         status,
         kind,
         format!(
-            "upstream returned HTTP {}: {}",
-            status.as_u16(),
-            snippet.trim()
+            "upstream returned HTTP {} without an error message the gateway understands",
+            status.as_u16()
         ),
     )
+}
+
+/// Longest upstream error message passed on.
+const MAX_ERROR_MESSAGE: usize = 1000;
+
+/// A provider's error message as the client may see it: key-like tokens and IP addresses
+/// removed (a provider may quote a masked key, a proxy an internal address), and bounded.
+pub fn redact(message: &str) -> String {
+    let looks_secret = |w: &str| {
+        let w = w.trim_matches(|c: char| !c.is_ascii_alphanumeric() && c != '*');
+        let lower = w.to_ascii_lowercase();
+        ["sk-", "sk_", "gsk_", "xai-", "tgp_", "key-", "bearer"]
+            .iter()
+            .any(|p| lower.starts_with(p) && w.len() > p.len() + 3)
+            || w.contains("***")
+            || (w.len() >= 24
+                && w.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+                && w.chars().any(|c| c.is_ascii_digit())
+                && w.chars().any(|c| c.is_ascii_alphabetic()))
+    };
+    let looks_ip = |w: &str| {
+        let w = w.trim_matches(|c: char| !c.is_ascii_alphanumeric() && c != '.' && c != ':');
+        let host = w.split(':').next().unwrap_or(w);
+        host.parse::<std::net::Ipv4Addr>().is_ok()
+            || (w.contains("::") && w.parse::<std::net::Ipv6Addr>().is_ok())
+    };
+    let mut out = String::with_capacity(message.len().min(MAX_ERROR_MESSAGE));
+    for (i, w) in message.split(' ').enumerate() {
+        if i > 0 {
+            out.push(' ');
+        }
+        if looks_secret(w) || looks_ip(w) {
+            out.push_str("[redacted]");
+        } else {
+            out.push_str(w);
+        }
+        if out.len() > MAX_ERROR_MESSAGE {
+            let mut end = MAX_ERROR_MESSAGE;
+            while !out.is_char_boundary(end) {
+                end -= 1;
+            }
+            out.truncate(end);
+            out.push('…');
+            break;
+        }
+    }
+    out
 }
 
 /// Channel depth between an upstream reader task and the client writer: small, so a slow
 /// client slows the upstream read instead of buffering without bound.
 const STREAM_BUFFER: usize = 16;
 
-/// A channel for a translated stream.
-fn stream_channel() -> (mpsc::Sender<StreamItem>, mpsc::Receiver<StreamItem>) {
-    mpsc::channel(STREAM_BUFFER)
+/// The reading end of a translated stream.
+#[derive(Debug)]
+pub struct StreamRx {
+    rx: mpsc::Receiver<StreamItem>,
+    client_stalled: Arc<std::sync::atomic::AtomicBool>,
 }
 
-/// Hands an item to the client side; false when the client is gone or has not read for the
-/// idle timeout (then the upstream connection is dropped rather than held forever).
-async fn forward(tx: &mpsc::Sender<StreamItem>, item: StreamItem, idle: Duration) -> bool {
-    tx.send_timeout(item, idle).await.is_ok()
+impl StreamRx {
+    /// The next item; `None` once the upstream side is gone.
+    pub async fn recv(&mut self) -> Option<StreamItem> {
+        self.rx.recv().await
+    }
+
+    /// Whether the stream ended because the client stopped reading (not the provider's
+    /// fault: it must not count against its breaker).
+    pub fn client_stalled(&self) -> bool {
+        self.client_stalled
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// The writing end, held by the task reading the upstream.
+#[derive(Debug)]
+pub struct StreamTx {
+    tx: mpsc::Sender<StreamItem>,
+    client_stalled: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl StreamTx {
+    /// Hands an item to the client side; false when the client is gone or has not read for
+    /// the idle timeout (then the upstream connection is dropped rather than held forever,
+    /// and the stream is marked as ended by the client).
+    pub async fn forward(&self, item: StreamItem, idle: Duration) -> bool {
+        match self.tx.send_timeout(item, idle).await {
+            Ok(()) => true,
+            Err(mpsc::error::SendTimeoutError::Timeout(_)) => {
+                self.client_stalled
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                false
+            }
+            Err(mpsc::error::SendTimeoutError::Closed(_)) => false,
+        }
+    }
+}
+
+/// A channel for a translated stream.
+fn stream_channel() -> (StreamTx, StreamRx) {
+    let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+    let flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    (
+        StreamTx {
+            tx,
+            client_stalled: flag.clone(),
+        },
+        StreamRx {
+            rx,
+            client_stalled: flag,
+        },
+    )
 }
 
 /// An error for a stream that failed while being read.
@@ -341,28 +534,43 @@ fn stream_read_error(provider: &str, e: impl std::fmt::Display, timed_out: bool)
 mod tests {
     use super::*;
 
+    #[test]
+    fn error_messages_lose_keys_and_addresses() {
+        let cases = [
+            (
+                "Incorrect API key provided: sk-proj-abc***************wxyz. You can find your API key at https://platform.openai.com.",
+                "Incorrect API key provided: [redacted] You can find your API key at https://platform.openai.com.",
+            ),
+            ("upstream connect error to 10.12.0.7:8443", "upstream connect error to [redacted]"),
+            ("token gsk_8f3b2a1c9d8e7f6a5b4c3d2e1f0 rejected", "token [redacted] rejected"),
+            ("The model `gpt-9` does not exist", "The model `gpt-9` does not exist"),
+        ];
+        for (msg, want) in cases {
+            assert_eq!(redact(msg), want);
+        }
+        assert!(redact(&"x ".repeat(5000)).len() <= MAX_ERROR_MESSAGE + 4);
+    }
+
     #[tokio::test]
     async fn a_client_that_stops_reading_releases_the_upstream() {
-        let (tx, mut rx) = mpsc::channel(1);
+        let (tx, mut rx) = stream_channel();
         let chunk = || StreamItem::End;
-        assert!(
-            forward(&tx, chunk(), Duration::from_millis(50)).await,
-            "room in the buffer"
-        );
+        let idle = Duration::from_millis(50);
+        for _ in 0..STREAM_BUFFER {
+            assert!(tx.forward(chunk(), idle).await, "room in the buffer");
+        }
         let t = Instant::now();
+        assert!(!tx.forward(chunk(), idle).await, "full and unread: give up");
+        assert!(t.elapsed() >= idle);
         assert!(
-            !forward(&tx, chunk(), Duration::from_millis(50)).await,
-            "full and unread: give up"
+            rx.client_stalled(),
+            "the client's doing, not the provider's"
         );
-        assert!(t.elapsed() >= Duration::from_millis(50));
         rx.recv().await;
-        assert!(
-            forward(&tx, chunk(), Duration::from_millis(50)).await,
-            "read again: go on"
-        );
+        assert!(tx.forward(chunk(), idle).await, "read again: go on");
         drop(rx);
         assert!(
-            !forward(&tx, chunk(), Duration::from_secs(5)).await,
+            !tx.forward(chunk(), Duration::from_secs(5)).await,
             "client gone: stop at once"
         );
     }

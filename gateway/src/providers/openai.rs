@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::{opaque_error, stream_channel, ChatCall, ChatResponse, Provider, StreamItem};
-use crate::api::error::{from_transport, ApiError, Failure, TimeoutKind};
+use crate::api::error::{ApiError, Failure};
 use crate::openai::{ResponseProbe, Usage};
 
 impl Provider {
@@ -43,10 +43,7 @@ pub async fn chat(p: &Provider, call: ChatCall<'_>) -> Result<ChatResponse, ApiE
     let url = format!("{}/chat/completions", p.openai_root());
     let resp = p.send(p.post(&url).json(&body), stream).await?;
     if !stream {
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|e| from_transport(&p.name, e, TimeoutKind::Total))?;
+        let body = p.read_body(resp).await?;
         let probe: ResponseProbe = serde_json::from_slice(&body).map_err(|e| {
             ApiError::bad_gateway(format!("provider {} returned invalid JSON: {e}", p.name))
                 .with_failure(Failure::Malformed)
@@ -65,7 +62,7 @@ pub async fn chat(p: &Provider, call: ChatCall<'_>) -> Result<ChatResponse, ApiE
     let (tx, rx) = stream_channel();
     let provider = p.name.clone();
     let idle = p.client_idle_timeout;
-    let mut events = resp.bytes_stream().eventsource();
+    let mut events = super::capped(resp, p.max_response_bytes).eventsource();
     tokio::spawn(async move {
         while let Some(ev) = events.next().await {
             let item = match ev {
@@ -98,7 +95,7 @@ pub async fn chat(p: &Provider, call: ChatCall<'_>) -> Result<ChatResponse, ApiE
                 },
             };
             let last = !matches!(item, StreamItem::Chunk { .. });
-            if !super::forward(&tx, item, idle).await || last {
+            if !tx.forward(item, idle).await || last {
                 return;
             }
         }
@@ -117,10 +114,7 @@ pub async fn embeddings(
     body.insert("model".into(), Value::String(model.to_owned()));
     let url = format!("{}/embeddings", p.openai_root());
     let resp = p.send(p.post(&url).json(&body), false).await?;
-    let body = resp
-        .bytes()
-        .await
-        .map_err(|e| from_transport(&p.name, e, TimeoutKind::Total))?;
+    let body = p.read_body(resp).await?;
     #[derive(Deserialize)]
     struct Probe {
         data: Vec<serde::de::IgnoredAny>,
@@ -198,7 +192,7 @@ mod tests {
                 500,
                 "<html>oops</html>",
                 "upstream_error",
-                "upstream returned HTTP 500: <html>oops</html>",
+                "upstream returned HTTP 500 without an error message the gateway understands",
                 None,
             ),
         ];

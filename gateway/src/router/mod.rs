@@ -172,6 +172,15 @@ pub trait CandidateFilter: Send + Sync {
     fn check(&self, entry: &Entry) -> Option<Exclusion>;
 }
 
+/// Several filters: the first exclusion wins.
+pub struct AllOf<'a>(pub &'a [&'a dyn CandidateFilter]);
+
+impl CandidateFilter for AllOf<'_> {
+    fn check(&self, e: &Entry) -> Option<Exclusion> {
+        self.0.iter().find_map(|f| f.check(e))
+    }
+}
+
 /// Excludes models whose provider's or own circuit breaker is open.
 pub struct BreakerFilter {
     now: Instant,

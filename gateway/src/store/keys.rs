@@ -26,6 +26,22 @@ pub struct KeyRecord {
     pub created_at: i64,
     /// Unix seconds, when revoked.
     pub revoked_at: Option<i64>,
+    /// Model patterns this key may use (`provider/model`, a bare name, `provider/*`);
+    /// `None` for every model.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allowed_models: Option<Vec<String>>,
+}
+
+impl KeyRecord {
+    /// Whether this key may use `provider/model`.
+    pub fn allows(&self, provider: &str, model: &str) -> bool {
+        self.allowed_models.as_ref().is_none_or(|list| {
+            list.iter().any(|p| match p.split_once('/') {
+                Some((prov, "*")) => prov == provider,
+                _ => p == model || *p == format!("{provider}/{model}"),
+            })
+        })
+    }
 }
 
 /// SHA-256 of a key, hex.
@@ -58,6 +74,9 @@ fn record(row: &impl RowLike) -> Result<KeyRecord, sqlx::Error> {
         key_prefix: row.text("key_prefix")?,
         created_at: row.int("created_at")?,
         revoked_at: row.opt_int("revoked_at")?,
+        allowed_models: row
+            .opt_text("allowed_models")?
+            .and_then(|j| serde_json::from_str(&j).ok()),
     })
 }
 
@@ -66,6 +85,7 @@ trait RowLike {
     fn text(&self, c: &str) -> Result<String, sqlx::Error>;
     fn int(&self, c: &str) -> Result<i64, sqlx::Error>;
     fn opt_int(&self, c: &str) -> Result<Option<i64>, sqlx::Error>;
+    fn opt_text(&self, c: &str) -> Result<Option<String>, sqlx::Error>;
 }
 
 macro_rules! row_like {
@@ -80,6 +100,9 @@ macro_rules! row_like {
             fn opt_int(&self, c: &str) -> Result<Option<i64>, sqlx::Error> {
                 self.try_get(c)
             }
+            fn opt_text(&self, c: &str) -> Result<Option<String>, sqlx::Error> {
+                self.try_get(c)
+            }
         }
     };
 }
@@ -89,7 +112,7 @@ row_like!(sqlx::sqlite::SqliteRow);
 /// The selected columns, as a literal for `concat!` (sqlx takes only literal SQL).
 macro_rules! columns {
     () => {
-        "id, tenant, name, key_prefix, created_at, revoked_at"
+        "id, tenant, name, key_prefix, created_at, revoked_at, allowed_models"
     };
 }
 
@@ -101,6 +124,16 @@ impl Store {
         tenant: &str,
         name: &str,
     ) -> Result<(KeyRecord, String), StoreError> {
+        self.create_key_with(tenant, name, None).await
+    }
+
+    /// [`Store::create_key`], limited to `allowed_models` when given.
+    pub async fn create_key_with(
+        &self,
+        tenant: &str,
+        name: &str,
+        allowed_models: Option<Vec<String>>,
+    ) -> Result<(KeyRecord, String), StoreError> {
         let key = new_key();
         let rec = KeyRecord {
             id: uuid::Uuid::new_v4().to_string(),
@@ -109,17 +142,22 @@ impl Store {
             key_prefix: key[..14].to_owned(),
             created_at: now(),
             revoked_at: None,
+            allowed_models,
         };
         let hash = hash_key(&key);
+        let allowed = rec
+            .allowed_models
+            .as_ref()
+            .map(|l| serde_json::to_string(l).unwrap_or_default());
         match self {
             Store::Postgres(p) => {
-                sqlx::query("INSERT INTO virtual_keys (id, tenant, name, key_hash, key_prefix, created_at) VALUES ($1, $2, $3, $4, $5, $6)")
-                    .bind(&rec.id).bind(&rec.tenant).bind(&rec.name).bind(&hash).bind(&rec.key_prefix).bind(rec.created_at)
+                sqlx::query("INSERT INTO virtual_keys (id, tenant, name, key_hash, key_prefix, created_at, allowed_models) VALUES ($1, $2, $3, $4, $5, $6, $7)")
+                    .bind(&rec.id).bind(&rec.tenant).bind(&rec.name).bind(&hash).bind(&rec.key_prefix).bind(rec.created_at).bind(&allowed)
                     .execute(p).await?;
             }
             Store::Sqlite(p) => {
-                sqlx::query("INSERT INTO virtual_keys (id, tenant, name, key_hash, key_prefix, created_at) VALUES (?, ?, ?, ?, ?, ?)")
-                    .bind(&rec.id).bind(&rec.tenant).bind(&rec.name).bind(&hash).bind(&rec.key_prefix).bind(rec.created_at)
+                sqlx::query("INSERT INTO virtual_keys (id, tenant, name, key_hash, key_prefix, created_at, allowed_models) VALUES (?, ?, ?, ?, ?, ?, ?)")
+                    .bind(&rec.id).bind(&rec.tenant).bind(&rec.name).bind(&hash).bind(&rec.key_prefix).bind(rec.created_at).bind(&allowed)
                     .execute(p).await?;
             }
         }

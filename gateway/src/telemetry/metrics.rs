@@ -174,6 +174,8 @@ pub struct Metrics {
     provider_queued: Family<ProviderLabels, prometheus_client::metrics::gauge::Gauge>,
     first_content_deadline:
         Family<ModelLabels, prometheus_client::metrics::gauge::Gauge<f64, AtomicU64>>,
+    connections_open: prometheus_client::metrics::gauge::Gauge,
+    connections_rejected: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -343,7 +345,21 @@ impl Default for Metrics {
             "How long a stream of each model may wait for its first content (learned, or the configured value)",
             first_content_deadline.clone(),
         );
+        let connections_open = prometheus_client::metrics::gauge::Gauge::default();
+        let connections_rejected = Counter::default();
+        registry.register(
+            "connections_open",
+            "Client connections open on the API port",
+            connections_open.clone(),
+        );
+        registry.register(
+            "connections_rejected",
+            "Client connections closed at once because server.max_connections were open",
+            connections_rejected.clone(),
+        );
         Self {
+            connections_open,
+            connections_rejected,
             hedges,
             provider_limit,
             provider_in_flight,
@@ -534,6 +550,16 @@ impl Metrics {
                 scope: scope.to_owned(),
             })
             .observe(seconds);
+    }
+
+    /// The open-connections gauge (kept up to date by the listener).
+    pub fn connections_open(&self) -> prometheus_client::metrics::gauge::Gauge {
+        self.connections_open.clone()
+    }
+
+    /// Counts a connection closed at the cap.
+    pub fn connection_rejected(&self) {
+        self.connections_rejected.inc();
     }
 
     /// Counts a hedge.

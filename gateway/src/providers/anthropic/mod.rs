@@ -8,7 +8,7 @@ use eventsource_stream::Eventsource;
 use futures::StreamExt;
 
 use super::{stream_channel, ChatCall, ChatResponse, Provider, StreamItem};
-use crate::api::error::{from_transport, ApiError, Failure, TimeoutKind};
+use crate::api::error::{ApiError, Failure};
 
 pub use response::error_from_body;
 
@@ -27,10 +27,7 @@ pub async fn chat(p: &Provider, call: ChatCall<'_>) -> Result<ChatResponse, ApiE
     let resp = p.send(rb, stream).await?;
 
     if !stream {
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|e| from_transport(&p.name, e, TimeoutKind::Total))?;
+        let body = p.read_body(resp).await?;
         let (v, usage) =
             response::to_chat_completion(&body, t.json_tool.as_deref()).map_err(|e| {
                 ApiError::bad_gateway(format!(
@@ -48,7 +45,7 @@ pub async fn chat(p: &Provider, call: ChatCall<'_>) -> Result<ChatResponse, ApiE
     let (tx, rx) = stream_channel();
     let provider = p.name.clone();
     let idle = p.client_idle_timeout;
-    let mut events = resp.bytes_stream().eventsource();
+    let mut events = super::capped(resp, p.max_response_bytes).eventsource();
     let mut translator = response::StreamTranslator::new(t.json_tool);
     tokio::spawn(async move {
         while let Some(ev) = events.next().await {
@@ -63,7 +60,7 @@ pub async fn chat(p: &Provider, call: ChatCall<'_>) -> Result<ChatResponse, ApiE
             };
             for item in items {
                 let last = !matches!(item, StreamItem::Chunk { .. });
-                if !super::forward(&tx, item, idle).await || last {
+                if !tx.forward(item, idle).await || last {
                     return;
                 }
             }
