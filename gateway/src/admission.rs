@@ -6,10 +6,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use http::{header, HeaderMap, StatusCode};
+use http::{header, HeaderMap};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::api::error::ApiError;
+use crate::error::{Error, Kind};
 use crate::telemetry::metrics::Metrics;
 
 /// Buffered body bytes are counted in units of this many bytes (a semaphore counts `u32`s).
@@ -96,7 +96,7 @@ impl Admission {
         tenant: Option<&str>,
         headers: &HeaderMap,
         metrics: &Metrics,
-    ) -> Result<Admitted, ApiError> {
+    ) -> Result<Admitted, Error> {
         let started = Instant::now();
         let tenant_slot = match tenant {
             Some(t) => Some(self.tenant_slot(t)?),
@@ -136,21 +136,19 @@ impl Admission {
         Ok(Admitted { slots, body })
     }
 
-    fn tenant_slot(&self, t: &str) -> Result<(String, Arc<Mutex<Tenants>>), ApiError> {
+    fn tenant_slot(&self, t: &str) -> Result<(String, Arc<Mutex<Tenants>>), Error> {
         let mut g = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
         let n = g.in_progress.entry(t.to_owned()).or_default();
         if *n >= self.per_tenant {
-            let mut e = ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limit_exceeded",
+            return Err(Error::new(
+                Kind::RateLimited,
                 format!(
                     "Tenant `{t}` has {} requests in progress, its limit on this gateway; retry when one finishes.",
                     self.per_tenant
                 ),
             )
-            .with_code("concurrency_limit_exceeded");
-            e.retry_after = Some("1".into());
-            return Err(e);
+            .with_code("concurrency_limit_exceeded")
+            .with_retry_after(Duration::from_secs(1)));
         }
         *n += 1;
         Ok((t.to_owned(), self.tenants.clone()))
@@ -163,11 +161,8 @@ fn units(bytes: usize) -> usize {
         .clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize))
 }
 
-fn busy(msg: &str) -> ApiError {
-    let mut e = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "service_unavailable", msg)
-        .with_code("gateway_busy");
-    e.retry_after = Some("1".into());
-    e
+fn busy(msg: &str) -> Error {
+    Error::busy("gateway_busy", msg)
 }
 
 #[cfg(test)]
@@ -187,7 +182,7 @@ mod tests {
         let x1 = a.admit(Some("t"), &headers(10), &m).await.unwrap();
         let _x2 = a.admit(Some("t"), &headers(10), &m).await.unwrap();
         let e = a.admit(Some("t"), &headers(10), &m).await.unwrap_err();
-        assert_eq!(e.status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(e.kind, Kind::RateLimited);
         assert!(
             a.admit(Some("u"), &headers(10), &m).await.is_ok(),
             "another tenant"
@@ -219,7 +214,7 @@ mod tests {
             held.push(a.admit(None, &h, &m).await.unwrap());
         }
         let e = a.admit(None, &headers(1 << 20), &m).await.unwrap_err();
-        assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(e.kind, Kind::Busy);
         // Without a length, the largest allowed body is assumed.
         drop(held);
         assert!(a.admit(None, &HeaderMap::new(), &m).await.is_ok());

@@ -16,10 +16,9 @@ use std::time::{Duration, Instant};
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use http::StatusCode;
 
-use crate::api::error::ApiError;
 use crate::api::AppState;
+use crate::error::{Error, Kind};
 use crate::store::keys::{hash_key, KeyRecord, KEY_PREFIX};
 use crate::store::Store;
 
@@ -58,11 +57,10 @@ impl<'a> AllowedModels<'a> {
     }
 
     /// 403 unless the key may use `provider/model`.
-    pub fn check_target(&self, provider: &str, model: &str) -> Result<(), ApiError> {
+    pub fn check_target(&self, provider: &str, model: &str) -> Result<(), Error> {
         match self.0 {
-            Some(k) if !k.allows(provider, model) => Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "permission_error",
+            Some(k) if !k.allows(provider, model) => Err(Error::new(
+                Kind::Forbidden,
                 format!("This key may not use `{provider}/{model}`; the models it may use are set by its allowed_models."),
             )
             .with_code("model_not_allowed")),
@@ -106,9 +104,8 @@ pub const FAILURES_PER_WINDOW: u32 = 20;
 /// See [`FAILURES_PER_WINDOW`].
 pub const FAILURE_WINDOW: Duration = Duration::from_secs(10);
 
-fn unauthorized(msg: &str) -> ApiError {
-    ApiError::new(StatusCode::UNAUTHORIZED, "invalid_request_error", msg)
-        .with_code("invalid_api_key")
+fn unauthorized(msg: &str) -> Error {
+    Error::new(Kind::Unauthenticated, msg).with_code("invalid_api_key")
 }
 
 fn lru<K: std::hash::Hash + Eq, V>(n: usize) -> Mutex<lru::LruCache<K, V>> {
@@ -171,7 +168,7 @@ impl Auth {
         &self,
         headers: &http::HeaderMap,
         peer: Option<std::net::IpAddr>,
-    ) -> Result<Caller, ApiError> {
+    ) -> Result<Caller, Error> {
         let token = headers
             .get(http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
@@ -206,14 +203,12 @@ impl Auth {
                 if stale.is_none() && (recently_unknown || self.over_failure_limit(peer)) {
                     self.note_failure(peer);
                     if !recently_unknown {
-                        let mut e = ApiError::new(
-                            StatusCode::TOO_MANY_REQUESTS,
-                            "rate_limit_exceeded",
+                        return Err(Error::new(
+                            Kind::RateLimited,
                             "Too many requests with invalid API keys from this address; retry later with a valid key.",
                         )
-                        .with_code("too_many_invalid_keys");
-                        e.retry_after = Some(FAILURE_WINDOW.as_secs().to_string());
-                        return Err(e);
+                        .with_code("too_many_invalid_keys")
+                        .with_retry_after(FAILURE_WINDOW));
                     }
                     return Err(unauthorized("Invalid API key."));
                 }
@@ -248,9 +243,8 @@ impl Auth {
                         }
                         None => {
                             tracing::error!(error = %e, "key lookup failed");
-                            return Err(ApiError::new(
-                                StatusCode::SERVICE_UNAVAILABLE,
-                                "service_unavailable",
+                            return Err(Error::new(
+                                Kind::Unavailable,
                                 "The key store is unavailable; retry shortly.",
                             ));
                         }

@@ -28,15 +28,15 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{HeaderMap, StatusCode};
+use http::HeaderMap;
 use serde_json::{Map, Value};
 use tracing::warn;
 
-use crate::api::error::{ApiError, Failure, TimeoutKind};
 use crate::api::record::Record;
 use crate::app::Gateway;
 use crate::breaker::Admission;
 use crate::deadline::{self, Mode};
+use crate::error::{Error, Failure, Kind, TimeoutKind};
 use crate::models::registry::Target;
 use crate::openai::{ChatRequest, Usage};
 use crate::providers::limiter::Permit;
@@ -213,7 +213,7 @@ fn admit(record: &Record, t: &Target, now: Instant) -> Result<(), Instant> {
     Ok(())
 }
 
-type Attempted = Result<(Committed, Permit), ApiError>;
+type Attempted = Result<(Committed, Permit), Error>;
 
 /// Calls the candidates in order until one answers.
 pub async fn chat(
@@ -223,12 +223,12 @@ pub async fn chat(
     routed: &Routed,
     plan: &Plan,
     record: &mut Record,
-) -> Result<Answer, ApiError> {
+) -> Result<Answer, Error> {
     let cfg = gw.failover;
     let cands = Candidates { gw, routed };
     let hedge = routed.decision.as_ref().and_then(|d| d.hedge);
     let mut attempts = 0u32;
-    let mut last: Option<(String, ApiError)> = None;
+    let mut last: Option<(String, Error)> = None;
     let mut open: Vec<(String, Instant)> = Vec::new();
     let mut soonest: Option<(Instant, Target)> = None;
     let mut failed: Vec<String> = Vec::new();
@@ -356,7 +356,7 @@ pub async fn chat(
     match last {
         Some((_, mut e)) => {
             if attempts > 1 {
-                e.message = format!("{} (after {attempts} attempts)", e.message);
+                e = e.map_message(|m| format!("{m} (after {attempts} attempts)"));
             }
             Err(e)
         }
@@ -365,7 +365,7 @@ pub async fn chat(
 }
 
 /// Counts and logs a failed attempt, and tells the breakers if it was the provider's fault.
-fn note_failure(gw: &Gateway, record: &mut Record, t: &Target, e: &ApiError, f: Failure) {
+fn note_failure(gw: &Gateway, record: &mut Record, t: &Target, e: &Error, f: Failure) {
     gw.metrics.upstream_failure(&t.provider.name, f.label());
     // A 429 without Retry-After is a capacity signal: it shrinks the provider's concurrency
     // limit, and only once that is at its floor and the provider still refuses is it a
@@ -507,7 +507,7 @@ async fn race(
 }
 
 /// 503 naming the candidates whose breakers are open and when each is retried.
-pub fn all_open_error(open: &[(String, Instant)]) -> ApiError {
+pub fn all_open_error(open: &[(String, Instant)]) -> Error {
     let now = Instant::now();
     let soonest = open.iter().map(|(_, u)| *u).min().unwrap_or(now);
     let list: Vec<String> = open
@@ -519,9 +519,8 @@ pub fn all_open_error(open: &[(String, Instant)]) -> ApiError {
             )
         })
         .collect();
-    let mut e = ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "service_unavailable",
+    let mut e = Error::new(
+        Kind::Unavailable,
         format!(
             "Every candidate's circuit breaker is open: {}.",
             list.join(", ")
@@ -529,14 +528,11 @@ pub fn all_open_error(open: &[(String, Instant)]) -> ApiError {
     )
     .with_code("circuit_open")
     .with_failure(Failure::BreakerOpen);
-    e.retry_after = Some(format!(
-        "{}",
+    e = e.with_retry_after(
         soonest
             .saturating_duration_since(now)
-            .as_secs_f64()
-            .ceil()
-            .max(1.0) as u64
-    ));
+            .max(std::time::Duration::from_secs(1)),
+    );
     e
 }
 
@@ -570,7 +566,7 @@ async fn attempt(
             Mode::Stream => "sent no content",
             Mode::Json => "did not answer",
         };
-        ApiError::gateway_timeout(format!(
+        Error::gateway_timeout(format!(
             "provider {} {what} within {:.1}s",
             t.provider.name,
             limit.as_secs_f64()
@@ -618,8 +614,8 @@ async fn until_content(
     req: &ChatRequest,
     raw: Map<String, Value>,
     deadline: tokio::time::Instant,
-    timed_out: impl Fn() -> ApiError,
-) -> Result<Committed, ApiError> {
+    timed_out: impl Fn() -> Error,
+) -> Result<Committed, Error> {
     let call = ChatCall {
         req,
         raw,
@@ -638,15 +634,14 @@ async fn until_content(
         match tokio::time::timeout_at(deadline, rx.recv()).await {
             Err(_) => return Err(timed_out()),
             Ok(None) => {
-                return Err(ApiError::bad_gateway(format!(
+                return Err(Error::bad_gateway(format!(
                     "provider {} ended the stream before any content",
                     t.provider.name
                 ))
                 .with_failure(Failure::StreamCut))
             }
-            Ok(Some(StreamItem::Error(mut e))) => {
-                e.failure.get_or_insert(Failure::StreamCut);
-                return Err(e);
+            Ok(Some(StreamItem::Error(e))) => {
+                return Err(e.or_failure(Failure::StreamCut));
             }
             Ok(Some(item)) => {
                 let started_content = matches!(

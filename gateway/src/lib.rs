@@ -11,6 +11,7 @@ pub mod cache;
 pub mod catalog;
 pub mod config;
 pub mod deadline;
+pub mod error;
 pub mod failover;
 pub mod kv;
 pub mod ledger;

@@ -430,8 +430,8 @@ async fn budgets(action: BudgetsAction, db: DbArgs) -> ExitCode {
                     OnLimit::Reject
                 },
             };
-            if let Err(m) = b.validate() {
-                eprintln!("error: {m}");
+            if let Err(e) = b.validate() {
+                eprintln!("error: {}", e.message);
                 return ExitCode::from(2);
             }
             if b.scope.subject().is_empty() && b.scope != Scope::Global {

@@ -10,15 +10,13 @@ use http::{HeaderMap, StatusCode};
 use serde_json::{json, Value};
 use subtle::ConstantTimeEq;
 
-use super::error::ApiError;
 use super::AppState;
+use crate::error::{Error, Kind};
 
 /// Checks the admin bearer token in constant time.
-pub fn authorize(gw: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+pub fn authorize(gw: &AppState, headers: &HeaderMap) -> Result<(), Error> {
     let Some(token) = &gw.admin_token else {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "permission_error",
+        return Err(Error::new(Kind::Forbidden,
             "The admin API is off: set LLM_GATEWAY_ADMIN_TOKEN (or server.admin_token) to turn it on.",
         )
         .with_code("admin_disabled"));
@@ -31,9 +29,8 @@ pub fn authorize(gw: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     if bool::from(given.as_bytes().ct_eq(token.expose().as_bytes())) {
         Ok(())
     } else {
-        Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "authentication_error",
+        Err(Error::new(
+            Kind::Unauthenticated,
             "Missing or wrong admin token (Authorization: Bearer <token>).",
         )
         .with_code("invalid_admin_token"))
@@ -44,7 +41,7 @@ pub fn authorize(gw: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
 pub async fn breakers(
     State(gw): State<AppState>,
     headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Value>, Error> {
     authorize(&gw, &headers)?;
     let now = Instant::now();
     let mut out = Vec::new();
@@ -57,22 +54,17 @@ pub async fn breakers(
     Ok(Json(json!({"breakers": out})))
 }
 
-pub(crate) fn store(gw: &AppState) -> Result<&crate::store::Store, ApiError> {
+pub(crate) fn store(gw: &AppState) -> Result<&crate::store::Store, Error> {
     gw.auth.store().ok_or_else(|| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "service_unavailable",
-            "This gateway runs without a database.",
-        )
-        .with_code("no_database")
+        Error::new(Kind::Unavailable, "This gateway runs without a database.")
+            .with_code("no_database")
     })
 }
 
-pub(crate) fn db_error(e: crate::store::StoreError) -> ApiError {
+pub(crate) fn db_error(e: crate::store::StoreError) -> Error {
     tracing::error!(error = %e, "admin database call failed");
-    ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "service_unavailable",
+    Error::new(
+        Kind::Unavailable,
         "The database is unavailable; retry shortly.",
     )
 }
@@ -82,7 +74,7 @@ pub async fn create_key(
     State(gw): State<AppState>,
     headers: HeaderMap,
     body: axum::body::Bytes,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<Value>), Error> {
     authorize(&gw, &headers)?;
     #[derive(serde::Deserialize)]
     struct NewKey {
@@ -94,20 +86,20 @@ pub async fn create_key(
     }
     let (_, req): (_, NewKey) = super::body::parse(&body)?;
     if req.tenant.trim().is_empty() || req.tenant.len() > 128 {
-        return Err(ApiError::invalid(
+        return Err(Error::invalid(
             "tenant",
             "`tenant` must be 1 to 128 characters.",
         ));
     }
     if req.name.len() > 128 {
-        return Err(ApiError::invalid(
+        return Err(Error::invalid(
             "name",
             "`name` must be at most 128 characters.",
         ));
     }
     if let Some(list) = &req.allowed_models {
         if list.is_empty() || list.len() > 256 || list.iter().any(|m| m.trim().is_empty()) {
-            return Err(ApiError::invalid(
+            return Err(Error::invalid(
                 "allowed_models",
                 "`allowed_models` must list 1 to 256 non-empty model patterns (`provider/model`, a model name, `provider/*`), or be omitted for every model.",
             ));
@@ -126,7 +118,7 @@ pub async fn create_key(
 pub async fn list_keys(
     State(gw): State<AppState>,
     headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Value>, Error> {
     authorize(&gw, &headers)?;
     let keys = store(&gw)?.list_keys().await.map_err(db_error)?;
     Ok(Json(json!({"keys": keys})))
@@ -137,16 +129,14 @@ pub async fn revoke_key(
     State(gw): State<AppState>,
     headers: HeaderMap,
     axum::extract::Path(id): axum::extract::Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Value>, Error> {
     authorize(&gw, &headers)?;
     if store(&gw)?.revoke_key(&id).await.map_err(db_error)? {
         Ok(Json(json!({"id": id, "revoked": true})))
     } else {
-        Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "invalid_request_error",
-            format!("No active key with id `{id}`."),
+        Err(
+            Error::new(Kind::NotFound, format!("No active key with id `{id}`."))
+                .with_code("key_not_found"),
         )
-        .with_code("key_not_found"))
     }
 }

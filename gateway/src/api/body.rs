@@ -2,19 +2,18 @@
 //! field at fault.
 
 use axum::body::Body;
-use http::{header, HeaderMap, StatusCode};
+use http::{header, HeaderMap};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
-use super::error::ApiError;
+use crate::error::{Error, Kind};
 
 /// Reads the whole body; more than `limit` bytes is a 413.
-pub async fn read(headers: &HeaderMap, body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
+pub async fn read(headers: &HeaderMap, body: Body, limit: usize) -> Result<bytes::Bytes, Error> {
     let too_large = || {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "invalid_request_error",
+        Error::new(
+            Kind::TooLarge,
             format!("Request body is larger than this gateway's limit of {limit} bytes."),
         )
         .with_code("request_too_large")
@@ -29,7 +28,7 @@ pub async fn read(headers: &HeaderMap, body: Body, limit: usize) -> Result<bytes
     match Limited::new(body, limit).collect().await {
         Ok(c) => Ok(c.to_bytes()),
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
-        Err(e) => Err(ApiError::invalid(
+        Err(e) => Err(Error::invalid(
             "",
             format!("Could not read the request body: {e}"),
         )),
@@ -38,17 +37,17 @@ pub async fn read(headers: &HeaderMap, body: Body, limit: usize) -> Result<bytes
 
 /// Parses a JSON object body into its raw map and a typed view; a type error names the
 /// field path (`messages[2].content`).
-pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<(Map<String, Value>, T), ApiError> {
+pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<(Map<String, Value>, T), Error> {
     if bytes.is_empty() {
-        return Err(ApiError::invalid(
+        return Err(Error::invalid(
             "",
             "The request body is empty; send a JSON object.",
         ));
     }
     let raw: Value = serde_json::from_slice(bytes)
-        .map_err(|e| ApiError::invalid("", format!("The request body is not valid JSON: {e}")))?;
+        .map_err(|e| Error::invalid("", format!("The request body is not valid JSON: {e}")))?;
     if !raw.is_object() {
-        return Err(ApiError::invalid(
+        return Err(Error::invalid(
             "",
             "The request body must be a JSON object.",
         ));
@@ -58,9 +57,9 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<(Map<String, Value>, T
         let path = e.path().to_string();
         let inner = e.into_inner().to_string();
         if path == "." {
-            ApiError::invalid("", format!("Invalid request: {inner}"))
+            Error::invalid("", format!("Invalid request: {inner}"))
         } else {
-            ApiError::invalid(path.clone(), format!("Invalid value for `{path}`: {inner}"))
+            Error::invalid(path.clone(), format!("Invalid value for `{path}`: {inner}"))
         }
     })?;
     let Value::Object(map) = raw else {
@@ -109,7 +108,7 @@ mod tests {
         ];
         for (body, param, words) in cases {
             let e = parse::<ChatRequest>(body.as_bytes()).unwrap_err();
-            assert_eq!(e.status, StatusCode::BAD_REQUEST, "{body}");
+            assert_eq!(e.status(), 400, "{body}");
             assert_eq!(e.param.as_deref(), param, "{body}: {e}");
             assert!(e.message.contains(words), "{body}: {e}");
         }

@@ -4,13 +4,11 @@
 
 use std::sync::Arc;
 
-use http::StatusCode;
-
-use super::error::ApiError;
 use super::AppState;
 use crate::auth::Caller;
 use crate::budget::policy::{to_nano, Budget};
 use crate::budget::{Amount, Refusal, Remaining, Reservation, DEFAULT_COMPLETION_RESERVE};
+use crate::error::{Error, Kind};
 use crate::models::info::Price;
 use crate::models::registry::{Entry, Target};
 use crate::openai::{ChatRequest, Usage};
@@ -83,7 +81,7 @@ pub async fn hold(
     t: &Target,
     prompt: u64,
     completion: u64,
-) -> Result<Option<Held>, ApiError> {
+) -> Result<Option<Held>, Error> {
     let Some(engine) = &gw.budgets else {
         return Ok(None);
     };
@@ -111,7 +109,7 @@ pub async fn reserve(
     raw: &serde_json::Map<String, serde_json::Value>,
     routed: Routed,
     breakers: &dyn CandidateFilter,
-) -> Result<(Routed, Option<Held>), ApiError> {
+) -> Result<(Routed, Option<Held>), Error> {
     let Some(engine) = &gw.budgets else {
         return Ok((routed, None));
     };
@@ -191,17 +189,14 @@ pub fn completion_estimate(req: &ChatRequest, t: &Target, prompt: u64) -> u64 {
 /// Refuses request fields that make a call cost more than the price table knows (a premium
 /// service tier, audio, built-in web search or other hosted tools): under a USD budget they
 /// would run unmetered.
-fn unpriced_features(raw: &serde_json::Map<String, serde_json::Value>) -> Result<(), ApiError> {
+fn unpriced_features(raw: &serde_json::Map<String, serde_json::Value>) -> Result<(), Error> {
     use serde_json::Value;
-    let refuse = |param: &str, what: &str| -> Result<(), ApiError> {
-        let mut e = ApiError::new(
-            StatusCode::FORBIDDEN,
-            "permission_error",
+    let refuse = |param: &str, what: &str| -> Result<(), Error> {
+        Err(Error::new(Kind::Forbidden,
             format!("{what} costs more than this gateway's price table knows, so a USD budget covering this key cannot hold it; send the request without `{param}`."),
         )
-        .with_code("unpriced_feature");
-        e.param = Some(param.to_owned());
-        Err(e)
+        .with_code("unpriced_feature")
+        .with_param(param))
     };
     if let Some(t) = raw.get("service_tier").and_then(Value::as_str) {
         if !matches!(t, "auto" | "default" | "flex" | "standard_only") {
@@ -231,7 +226,7 @@ fn unpriced_features(raw: &serde_json::Map<String, serde_json::Value>) -> Result
     Ok(())
 }
 
-fn refuse(gw: &AppState, r: &Refusal) -> ApiError {
+fn refuse(gw: &AppState, r: &Refusal) -> Error {
     let limit = serde_json::to_value(r.limit)
         .ok()
         .and_then(|v| v.as_str().map(str::to_owned))
@@ -248,12 +243,10 @@ fn estimate(
     t: &Target,
     prompt: u64,
     completion: u64,
-) -> Result<Amount, ApiError> {
+) -> Result<Amount, Error> {
     match amount(t.info.as_ref().and_then(|i| i.price.as_ref()), prompt, completion) {
         Some(a) => Ok(a),
-        None if budgets.iter().any(|b| b.limit_usd.is_some()) => Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "permission_error",
+        None if budgets.iter().any(|b| b.limit_usd.is_some()) => Err(Error::new(Kind::Forbidden,
             format!(
                 "Model `{}/{}` has no known price, so a USD budget covering this key cannot be enforced on it; add its price to the provider's models in the config.",
                 t.provider.name, t.model

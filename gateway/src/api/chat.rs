@@ -15,9 +15,9 @@ use axum::Extension;
 use http::{header, HeaderMap, HeaderValue, StatusCode};
 use llm_gateway_crds::ModelKind;
 
-use super::error::{ApiError, Failure, TimeoutKind};
 use super::record::Record;
 use super::{body, cached, headers, sse, AppState};
+use crate::error::{Error, Failure, Kind, TimeoutKind};
 use crate::failover::{self, Committed};
 use crate::models::registry::Target;
 use crate::openai::{ChatRequest, Usage};
@@ -44,7 +44,7 @@ async fn serve(
     req_headers: &HeaderMap,
     body: Body,
     record: &mut Record,
-) -> Result<Response, ApiError> {
+) -> Result<Response, Error> {
     // 1. Admit (global, tenant and buffered-body limits), then read and validate.
     let admitted = gw
         .admission
@@ -69,7 +69,7 @@ async fn serve(
     {
         // Every candidate's breaker is open, and config says to try the soonest anyway.
         Err(e)
-            if e.code.as_deref() == Some("no_candidates")
+            if e.kind == crate::error::Kind::NoCandidate
                 && gw.failover.when_all_open == AllOpen::TrySoonest =>
         {
             gw.router
@@ -201,27 +201,27 @@ pub const MAX_CHOICES: u32 = 128;
 pub const MAX_OUTPUT_TOKENS: u32 = 16_777_216;
 
 /// Checks that do not depend on the model.
-pub fn validate(req: &ChatRequest) -> Result<(), ApiError> {
+pub fn validate(req: &ChatRequest) -> Result<(), Error> {
     if req.messages.is_empty() {
-        return Err(ApiError::invalid(
+        return Err(Error::invalid(
             "messages",
             "`messages` must contain at least one message.",
         ));
     }
     if let Some(t) = req.temperature.filter(|t| !(0.0..=2.0).contains(t)) {
-        return Err(ApiError::invalid(
+        return Err(Error::invalid(
             "temperature",
             format!("`temperature` must be between 0 and 2, got {t}."),
         ));
     }
     if let Some(p) = req.top_p.filter(|p| !(0.0..=1.0).contains(p)) {
-        return Err(ApiError::invalid(
+        return Err(Error::invalid(
             "top_p",
             format!("`top_p` must be between 0 and 1, got {p}."),
         ));
     }
     if let Some(n) = req.n.filter(|n| !(1..=MAX_CHOICES).contains(n)) {
-        return Err(ApiError::invalid(
+        return Err(Error::invalid(
             "n",
             format!("`n` must be between 1 and {MAX_CHOICES}, got {n}."),
         ));
@@ -231,7 +231,7 @@ pub fn validate(req: &ChatRequest) -> Result<(), ApiError> {
         ("max_completion_tokens", req.max_completion_tokens),
     ] {
         if let Some(v) = v.filter(|v| *v == 0 || *v > MAX_OUTPUT_TOKENS) {
-            return Err(ApiError::invalid(
+            return Err(Error::invalid(
                 field,
                 format!("`{field}` must be between 1 and {MAX_OUTPUT_TOKENS}, got {v}."),
             ));
@@ -241,10 +241,10 @@ pub fn validate(req: &ChatRequest) -> Result<(), ApiError> {
 }
 
 /// Rejects requests the chosen model cannot serve, before spending an upstream call.
-fn check_capabilities(req: &ChatRequest, t: &Target) -> Result<(), ApiError> {
+fn check_capabilities(req: &ChatRequest, t: &Target) -> Result<(), Error> {
     let Some(info) = &t.info else { return Ok(()) };
     if info.kind == ModelKind::Embedding {
-        return Err(ApiError::invalid(
+        return Err(Error::invalid(
             "model",
             format!(
                 "`{}` is an embedding model; send it to /v1/embeddings.",
@@ -269,7 +269,7 @@ fn check_capabilities(req: &ChatRequest, t: &Target) -> Result<(), ApiError> {
         ),
     ];
     match missing.into_iter().find(|(miss, ..)| *miss) {
-        Some((_, param, what)) => Err(ApiError::invalid(
+        Some((_, param, what)) => Err(Error::invalid(
             param,
             format!(
                 "Model `{}/{}` does not support {what}.",
@@ -304,7 +304,7 @@ impl SseState {
         match tokio::time::timeout_at(self.deadline, self.rx.recv()).await {
             Ok(item) => item,
             Err(_) => Some(StreamItem::Error(
-                ApiError::gateway_timeout("the stream exceeded the provider's total timeout")
+                Error::gateway_timeout("the stream exceeded the provider's total timeout")
                     .with_failure(Failure::Timeout(TimeoutKind::Total)),
             )),
         }
@@ -360,9 +360,7 @@ fn stream_response(state: SseState) -> Response {
                     st.finished = true;
                     st.record.finish(499, st.usage.as_ref());
                     break sse::error(
-                        &ApiError::new(
-                            StatusCode::REQUEST_TIMEOUT,
-                            "invalid_request_error",
+                        &Error::new(Kind::ClientTooSlow,
                             "The stream was closed because this client did not read it for server.client_idle_timeout_secs.",
                         )
                         .with_code("client_too_slow"),
@@ -372,7 +370,7 @@ fn stream_response(state: SseState) -> Response {
                     st.finished = true;
                     let e = match item {
                         Some(StreamItem::Error(e)) => e,
-                        _ => ApiError::bad_gateway(format!(
+                        _ => Error::bad_gateway(format!(
                             "provider {} ended the stream before it was complete",
                             st.record.target().map_or("?", |t| t.provider.name.as_str())
                         ))
@@ -387,7 +385,7 @@ fn stream_response(state: SseState) -> Response {
                         }
                         st.record.report_upstream(Some(&e));
                     }
-                    st.record.finish(e.status.as_u16(), st.usage.as_ref());
+                    st.record.finish(e.status(), st.usage.as_ref());
                     break sse::error(&e);
                 }
             }

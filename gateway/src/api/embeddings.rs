@@ -9,9 +9,9 @@ use llm_gateway_crds::ModelKind;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::error::ApiError;
 use super::record::Record;
 use super::{body, headers, AppState};
+use crate::error::Error;
 
 #[derive(Deserialize)]
 struct EmbeddingsRequest {
@@ -38,7 +38,7 @@ async fn serve(
     req_headers: &HeaderMap,
     body: Body,
     record: &mut Record,
-) -> Result<Response, ApiError> {
+) -> Result<Response, Error> {
     let _admitted = gw
         .admission
         .admit(caller.tenant(), req_headers, &gw.metrics)
@@ -52,7 +52,7 @@ async fn serve(
         _ => false,
     };
     if empty {
-        return Err(ApiError::invalid("input", "`input` must not be empty."));
+        return Err(Error::invalid("input", "`input` must not be empty."));
     }
     let target = gw.registry.resolve(&req.model)?;
     crate::auth::AllowedModels::of(caller).check_target(&target.provider.name, &target.model)?;
@@ -62,7 +62,7 @@ async fn serve(
         .as_ref()
         .is_some_and(|i| i.kind == ModelKind::Chat)
     {
-        return Err(ApiError::invalid(
+        return Err(Error::invalid(
             "model",
             format!(
                 "`{}` is a chat model; embeddings need an embedding model (GET /v1/models lists them).",
@@ -75,7 +75,7 @@ async fn serve(
     let hold = super::budget::hold(gw, caller, &target, tokens as u64, 0).await?;
     record.set_held(hold);
     let Some(result) = target.provider.embeddings(raw, &target.model).await else {
-        return Err(ApiError::invalid(
+        return Err(Error::invalid(
             "model",
             format!(
                 "Provider `{}` has no embeddings endpoint.",

@@ -21,10 +21,9 @@ use std::sync::Arc;
 
 use axum::routing::{get, post};
 use axum::Router;
-use http::StatusCode;
 
 use crate::app::Gateway;
-use error::ApiError;
+use crate::error::{Error, Kind};
 
 /// Shared state of every handler.
 pub type AppState = Arc<Gateway>;
@@ -88,10 +87,8 @@ pub fn router(state: AppState, with_metrics: bool) -> Router {
     }
 }
 
-async fn not_found(uri: http::Uri) -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_FOUND,
-        "invalid_request_error",
+async fn not_found(uri: http::Uri) -> Error {
+    Error::new(Kind::NotFound,
         format!(
             "Unknown endpoint {}. This gateway serves /v1/chat/completions, /v1/embeddings and /v1/models.",
             uri.path()
@@ -100,10 +97,9 @@ async fn not_found(uri: http::Uri) -> ApiError {
     .with_code("unknown_url")
 }
 
-async fn method_not_allowed(method: http::Method, uri: http::Uri) -> ApiError {
-    ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "invalid_request_error",
+async fn method_not_allowed(method: http::Method, uri: http::Uri) -> Error {
+    Error::new(
+        Kind::MethodNotAllowed,
         format!("{method} is not allowed on {}", uri.path()),
     )
     .with_code("method_not_allowed")

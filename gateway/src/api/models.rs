@@ -5,8 +5,8 @@ use axum::Json;
 use llm_gateway_crds::ModelKind;
 use serde_json::{json, Value};
 
-use super::error::ApiError;
 use super::AppState;
+use crate::error::{Error, Kind};
 use crate::models::registry::Entry;
 
 fn model_object(id: String, e: &Entry) -> Value {
@@ -69,10 +69,7 @@ pub async fn list(State(gw): State<AppState>) -> Json<Value> {
 }
 
 /// One model by any name that resolves to it.
-pub async fn get(
-    State(gw): State<AppState>,
-    Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+pub async fn get(State(gw): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, Error> {
     if let Some(v) = virtual_objects(&gw)
         .into_iter()
         .find(|v| v["id"] == id.as_str())
@@ -85,9 +82,8 @@ pub async fn get(
     });
     match found {
         Some(e) => Ok(Json(model_object(id, e))),
-        None => Err(ApiError::new(
-            http::StatusCode::NOT_FOUND,
-            "invalid_request_error",
+        None => Err(Error::new(
+            Kind::NotFound,
             format!("The model `{id}` is not in the catalog of provider `{}`; it can still be requested by that name.", t.provider.name),
         )
         .with_code("model_not_found")),

@@ -10,10 +10,10 @@
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use http::{header, Method, StatusCode};
+use http::{header, Method};
 
-use super::error::ApiError;
 use super::AppState;
+use crate::error::{Error, Kind};
 
 /// Whether `host` (a `Host` header or an origin's host, port allowed) names this machine.
 fn is_loopback_name(host: &str) -> bool {
@@ -49,7 +49,7 @@ pub async fn check(State(gw): State<AppState>, req: Request, next: Next) -> Resp
     }
 }
 
-fn verdict(gw: &AppState, req: &Request) -> Result<(), ApiError> {
+fn verdict(gw: &AppState, req: &Request) -> Result<(), Error> {
     let headers = req.headers();
     let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
     if !gw.auth.is_required() {
@@ -83,9 +83,8 @@ fn verdict(gw: &AppState, req: &Request) -> Result<(), ApiError> {
                     || (t.len() > 5 && t[..t.len() - 5].contains('/') && t.ends_with("+json"))
             });
         if !json {
-            return Err(ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "invalid_request_error",
+            return Err(Error::new(
+                Kind::UnsupportedMediaType,
                 "Send the request body as JSON with `Content-Type: application/json`.",
             )
             .with_code("unsupported_media_type"));
@@ -94,8 +93,8 @@ fn verdict(gw: &AppState, req: &Request) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn forbidden(msg: String) -> ApiError {
-    ApiError::new(StatusCode::FORBIDDEN, "permission_error", msg).with_code("foreign_origin")
+fn forbidden(msg: String) -> Error {
+    Error::new(Kind::Forbidden, msg).with_code("foreign_origin")
 }
 
 /// The CORS layer for the configured origins, if any.

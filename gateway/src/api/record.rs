@@ -9,8 +9,8 @@ use axum::response::{IntoResponse, Response};
 use http::HeaderValue;
 
 use super::{headers, AppState};
-use crate::api::error::ApiError;
 use crate::breaker::{Outcome, State, Transition};
+use crate::error::Error;
 use crate::models::info::Price;
 use crate::models::registry::Target;
 use crate::openai::Usage;
@@ -157,12 +157,12 @@ impl Record {
     }
 
     /// Reports the current target's upstream outcome to its breakers: `None` for success.
-    pub fn report_upstream(&self, failure: Option<&ApiError>) {
+    pub fn report_upstream(&self, failure: Option<&Error>) {
         let Some(t) = &self.target else { return };
         let outcome = match failure {
             None => Outcome::Success,
             Some(e) => Outcome::Failure {
-                retry_after: e.retry_after_duration(),
+                retry_after: e.retry_after,
             },
         };
         let now = Instant::now();
@@ -240,7 +240,7 @@ impl Record {
 
     /// Holds the estimate of a second call to `t` (a hedge) on the caller's budgets; an
     /// error when they cannot take it.
-    pub async fn hold_extra(&self, t: &Target) -> Result<Option<super::budget::Held>, ApiError> {
+    pub async fn hold_extra(&self, t: &Target) -> Result<Option<super::budget::Held>, Error> {
         let Some(caller) = &self.caller else {
             return Ok(None);
         };
@@ -273,11 +273,11 @@ impl Record {
 
     /// Turns a handler's result into the response: an error is recorded and answered with
     /// the headers of the target it reached; every response carries the request id.
-    pub fn respond(&mut self, result: Result<Response, ApiError>) -> Response {
+    pub fn respond(&mut self, result: Result<Response, Error>) -> Response {
         let mut resp = match result {
             Ok(resp) => resp,
             Err(e) => {
-                self.finish(e.status.as_u16(), None);
+                self.finish(e.status(), None);
                 let mut resp = e.into_response();
                 if let Some(t) = &self.target {
                     headers::target_headers(resp.headers_mut(), t);

@@ -9,8 +9,8 @@ use axum::Json;
 use http::HeaderMap;
 use serde_json::{json, Value};
 
-use super::error::ApiError;
 use super::{body, chat, AppState};
+use crate::error::Error;
 use crate::openai::ChatRequest;
 
 /// The handler.
@@ -18,7 +18,7 @@ pub async fn handle(
     State(gw): State<AppState>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Value>, Error> {
     let bytes = body::read(&headers, body, gw.max_body_bytes).await?;
     let (raw, req): (_, ChatRequest) = body::parse(&bytes)?;
     chat::validate(&req)?;

@@ -2,7 +2,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::error::ApiError;
+use crate::error::Error;
 use crate::models::info::format_usd;
 
 /// `data: <json>\n\n`.
@@ -28,6 +28,6 @@ pub fn done(cost: Option<f64>) -> Bytes {
 
 /// An error event; the stream ends after it, without `[DONE]`, so clients see a failure and
 /// never a silently truncated answer.
-pub fn error(e: &ApiError) -> Bytes {
-    data(e.body().to_string().as_bytes())
+pub fn error(e: &Error) -> Bytes {
+    data(super::error::body(e).to_string().as_bytes())
 }

@@ -3,21 +3,20 @@
 
 use axum::extract::{Path, Query, State};
 use axum::{Extension, Json};
-use http::{HeaderMap, StatusCode};
+use http::HeaderMap;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::admin::{authorize, db_error, store};
-use super::error::ApiError;
 use super::AppState;
 use crate::auth::Caller;
 use crate::budget::policy::{Budget, Period, Scope};
+use crate::error::{Error, Kind};
 
-fn engine(gw: &AppState) -> Result<&std::sync::Arc<crate::budget::Budgets>, ApiError> {
+fn engine(gw: &AppState) -> Result<&std::sync::Arc<crate::budget::Budgets>, Error> {
     gw.budgets.as_ref().ok_or_else(|| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "service_unavailable",
+        Error::new(
+            Kind::Unavailable,
             "This gateway runs without a database, so without budgets.",
         )
         .with_code("no_database")
@@ -25,7 +24,7 @@ fn engine(gw: &AppState) -> Result<&std::sync::Arc<crate::budget::Budgets>, ApiE
 }
 
 /// `GET /admin/budgets`: every budget with its figures in the current period.
-pub async fn list(State(gw): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+pub async fn list(State(gw): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, Error> {
     authorize(&gw, &headers)?;
     let all = store(&gw)?.list_budgets().await.map_err(db_error)?;
     let all: Vec<_> = all.into_iter().map(std::sync::Arc::new).collect();
@@ -39,23 +38,15 @@ pub async fn put(
     State(gw): State<AppState>,
     headers: HeaderMap,
     body: axum::body::Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Value>, Error> {
     authorize(&gw, &headers)?;
     let (_, b): (_, Budget) = super::body::parse(&body)?;
-    b.validate().map_err(|m| {
-        let field = m
-            .split('`')
-            .nth(1)
-            .filter(|_| m.starts_with('`'))
-            .unwrap_or("")
-            .to_owned();
-        ApiError::invalid(field, m)
-    })?;
+    b.validate()?;
     let store = store(&gw)?;
     if let Scope::Key(id) = &b.scope {
         let keys = store.list_keys().await.map_err(db_error)?;
         if !keys.iter().any(|k| &k.id == id) {
-            return Err(ApiError::invalid(
+            return Err(Error::invalid(
                 "subject",
                 format!("No key with id `{id}` (see GET /admin/keys)."),
             )
@@ -72,22 +63,20 @@ pub async fn delete(
     State(gw): State<AppState>,
     headers: HeaderMap,
     Path(path): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Value>, Error> {
     authorize(&gw, &headers)?;
     let (kind, subject) = path.split_once('/').unwrap_or((path.as_str(), ""));
     let scope = Scope::from_parts(kind, subject).ok_or_else(|| {
-        ApiError::invalid(
+        Error::invalid(
             "scope",
             "Use /admin/budgets/global, /admin/budgets/tenant/{name} or /admin/budgets/key/{id}.",
         )
     })?;
     if !store(&gw)?.delete_budget(&scope).await.map_err(db_error)? {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "invalid_request_error",
-            format!("No {} budget.", scope.describe()),
-        )
-        .with_code("budget_not_found"));
+        return Err(
+            Error::new(Kind::NotFound, format!("No {} budget.", scope.describe()))
+                .with_code("budget_not_found"),
+        );
     }
     engine(&gw)?.reload().await.map_err(db_error)?;
     Ok(Json(
@@ -108,12 +97,12 @@ pub struct UsageQuery {
     key_id: Option<String>,
 }
 
-fn day_ms(param: &str, v: &str) -> Result<i64, ApiError> {
+fn day_ms(param: &str, v: &str) -> Result<i64, Error> {
     let fmt = time::macros::format_description!("[year]-[month]-[day]");
     time::Date::parse(v, &fmt)
         .map(|d| (d.midnight().assume_utc().unix_timestamp_nanos() / 1_000_000) as i64)
         .map_err(|_| {
-            ApiError::invalid(
+            Error::invalid(
                 param,
                 format!("`{param}` must be a date YYYY-MM-DD, got `{v}`."),
             )
@@ -126,9 +115,9 @@ pub async fn report(
     State(gw): State<AppState>,
     headers: HeaderMap,
     query: Result<Query<UsageQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Value>, Error> {
     authorize(&gw, &headers)?;
-    let Query(q) = query.map_err(|e| ApiError::invalid("", e.body_text()))?;
+    let Query(q) = query.map_err(|e| Error::invalid("", e.body_text()))?;
     let now = gw.budgets.as_ref().map_or_else(
         || crate::budget::Clock::now_ms(&crate::budget::SystemClock),
         |e| e.now_ms(),
@@ -142,7 +131,7 @@ pub async fn report(
         None => Period::Day.window(now).end_ms,
     };
     if to <= from {
-        return Err(ApiError::invalid("to", "`to` must not be before `from`."));
+        return Err(Error::invalid("to", "`to` must not be before `from`."));
     }
     let rows = store(&gw)?
         .usage_report(from, to, q.tenant.as_deref(), q.key_id.as_deref())
@@ -167,11 +156,10 @@ pub async fn report(
 pub async fn mine(
     State(gw): State<AppState>,
     Extension(caller): Extension<Caller>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Value>, Error> {
     let Caller::Key(key) = &caller else {
-        return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "invalid_request_error",
+        return Err(Error::new(
+            Kind::Unauthenticated,
             "Send a virtual key (Authorization: Bearer sk-lgw-…) to see its budget.",
         )
         .with_code("invalid_api_key"));

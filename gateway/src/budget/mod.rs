@@ -20,12 +20,11 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use http::StatusCode;
 use serde::Serialize;
 use tracing::{error, warn};
 
-use crate::api::error::ApiError;
 use crate::auth::Caller;
+use crate::error::Error;
 use crate::store::Store;
 use counters::{Ask, Kind, Level, Line, Local, Reserved, Shared};
 use policy::{from_nano, rfc3339, Budget, OnLimit, Scope, Window};
@@ -151,7 +150,7 @@ impl Refusal {
 
     /// The 429 answer: OpenAI error JSON naming the budget, its limit, its use and its reset,
     /// with `Retry-After`.
-    pub fn to_error(&self) -> ApiError {
+    pub fn to_error(&self) -> Error {
         let b = &self.budget;
         let (what, fmt): (&str, fn(f64) -> String) = match self.limit {
             LimitKind::Usd => ("USD budget", |v| format!("${v:.6}")),
@@ -190,38 +189,38 @@ impl Refusal {
             LimitKind::RequestsPerMinute | LimitKind::TokensPerMinute
         );
         let (kind, code) = if rate {
-            ("rate_limit_exceeded", "rate_limit_exceeded")
+            (crate::error::Kind::RateLimited, "rate_limit_exceeded")
         } else {
-            ("insufficient_quota", "budget_exceeded")
+            (crate::error::Kind::BudgetExceeded, "budget_exceeded")
         };
-        let mut e = ApiError::new(StatusCode::TOO_MANY_REQUESTS, kind, message).with_code(code);
-        e.retry_after = Some(retry.to_string());
-        e.details = Some((
-            "budget",
-            if global {
-                serde_json::json!({
-                    "scope": "global",
+        Error::new(kind, message)
+            .with_code(code)
+            .with_retry_after(Duration::from_secs(retry))
+            .with_details(
+                "budget",
+                if global {
+                    serde_json::json!({
+                        "scope": "global",
+                        "period": per,
+                        "limit_kind": self.limit,
+                        "resets_at": rfc3339(self.resets_at_ms),
+                        "on_limit": b.on_limit.name(),
+                    })
+                } else {
+                    serde_json::json!({
+                    "scope": b.scope.kind(),
+                    "subject": b.scope.subject(),
                     "period": per,
                     "limit_kind": self.limit,
+                    "limit": self.limit_value,
+                    "used": self.used,
+                    "reserved": self.reserved,
+                    "requested": self.asked,
                     "resets_at": rfc3339(self.resets_at_ms),
                     "on_limit": b.on_limit.name(),
-                })
-            } else {
-                serde_json::json!({
-                "scope": b.scope.kind(),
-                "subject": b.scope.subject(),
-                "period": per,
-                "limit_kind": self.limit,
-                "limit": self.limit_value,
-                "used": self.used,
-                "reserved": self.reserved,
-                "requested": self.asked,
-                "resets_at": rfc3339(self.resets_at_ms),
-                "on_limit": b.on_limit.name(),
-                })
-            },
-        ));
-        e
+                    })
+                },
+            )
     }
 }
 

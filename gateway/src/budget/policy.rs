@@ -184,16 +184,21 @@ pub struct Budget {
 }
 
 impl Budget {
-    /// Checks the figures; the message names the field.
-    pub fn validate(&self) -> Result<(), String> {
+    /// Checks the figures; the error names the field at fault.
+    pub fn validate(&self) -> Result<(), crate::error::Error> {
+        use crate::error::Error;
         if let Some(u) = self.limit_usd {
             if !u.is_finite() || u < 0.0 {
-                return Err(format!(
-                    "`limit_usd` must be a non-negative number, got {u}"
+                return Err(Error::invalid(
+                    "limit_usd",
+                    format!("`limit_usd` must be a non-negative number, got {u}"),
                 ));
             }
             if u > MAX_USD {
-                return Err(format!("`limit_usd` must be at most {MAX_USD}, got {u}"));
+                return Err(Error::invalid(
+                    "limit_usd",
+                    format!("`limit_usd` must be at most {MAX_USD}, got {u}"),
+                ));
             }
         }
         for (name, v) in [
@@ -202,7 +207,7 @@ impl Budget {
             ("tokens_per_minute", self.tokens_per_minute),
         ] {
             if v.is_some_and(|v| v > super::MAX_AMOUNT as u64) {
-                return Err(format!("`{name}` is too large"));
+                return Err(Error::invalid(name, format!("`{name}` is too large")));
             }
         }
         if self.limit_usd.is_none()
@@ -210,10 +215,10 @@ impl Budget {
             && self.requests_per_minute.is_none()
             && self.tokens_per_minute.is_none()
         {
-            return Err(
-                "a budget needs at least one of `limit_usd`, `limit_tokens`, `requests_per_minute`, `tokens_per_minute`"
-                    .to_owned(),
-            );
+            return Err(Error::invalid(
+                "",
+                "a budget needs at least one of `limit_usd`, `limit_tokens`, `requests_per_minute`, `tokens_per_minute`",
+            ));
         }
         Ok(())
     }
@@ -288,9 +293,12 @@ mod tests {
             tokens_per_minute: None,
             on_limit: OnLimit::Reject,
         };
-        assert!(b.validate().unwrap_err().contains("limit_usd"));
+        assert_eq!(
+            b.validate().unwrap_err().param.as_deref(),
+            Some("limit_usd")
+        );
         b.limit_usd = None;
-        assert!(b.validate().unwrap_err().contains("at least one"));
+        assert!(b.validate().unwrap_err().message.contains("at least one"));
         b.limit_tokens = Some(10);
         assert!(b.validate().is_ok());
     }

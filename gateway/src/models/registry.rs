@@ -3,11 +3,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use http::StatusCode;
-
 use super::info::ModelInfo;
-use crate::api::error::ApiError;
 use crate::breaker::Breaker;
+use crate::error::{Error, Kind};
 use crate::providers::Provider;
 use crate::router::latency::LatencyStats;
 
@@ -112,7 +110,7 @@ impl Registry {
     }
 
     /// Resolves an explicit (non-virtual) model name.
-    pub fn resolve(&self, name: &str) -> Result<Target, ApiError> {
+    pub fn resolve(&self, name: &str) -> Result<Target, Error> {
         let split = name.split_once('/');
         if let Some(&i) = split.and_then(|_| self.qualified.get(name)) {
             return Ok(self.target_of(&self.entries[i], None));
@@ -134,9 +132,8 @@ impl Registry {
                 });
             }
         }
-        Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "invalid_request_error",
+        Err(Error::new(
+            Kind::NotFound,
             format!(
                 "The model `{name}` does not exist or is not enabled on this gateway. \
                  List the available models with GET /v1/models, or name a provider explicitly \
@@ -239,7 +236,7 @@ mod tests {
         }
         for name in ["gpt-9", "anthropic/claude-x", "", "openai/", "llama3.2:3b"] {
             let e = r.resolve(name).unwrap_err();
-            assert_eq!(e.status, StatusCode::NOT_FOUND, "{name}");
+            assert_eq!(e.kind, Kind::NotFound, "{name}");
             assert_eq!(e.code.as_deref(), Some("model_not_found"));
         }
     }

@@ -16,9 +16,9 @@ use llm_gateway_crds::Protocol;
 use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 
-use crate::api::error::{from_transport, ApiError, Failure, TimeoutKind};
 use crate::breaker::{Breaker, BreakerConfig};
 use crate::config::{ProviderSettings, Secret};
+use crate::error::{Error, Failure, TimeoutKind};
 use crate::models::info::ModelInfo;
 use crate::openai::{ChatRequest, Usage};
 
@@ -88,7 +88,7 @@ pub enum StreamItem {
         content: usize,
     },
     /// The upstream failed mid-stream.
-    Error(ApiError),
+    Error(Error),
     /// The upstream finished the stream properly.
     End,
 }
@@ -155,29 +155,23 @@ impl Provider {
 
     /// A concurrency slot, waiting at most the queue timeout (or `limit`, if sooner);
     /// returns how long it waited.
-    pub async fn acquire(&self, limit: Duration) -> Result<(limiter::Permit, Duration), ApiError> {
+    pub async fn acquire(&self, limit: Duration) -> Result<(limiter::Permit, Duration), Error> {
         let start = Instant::now();
         match self.limiter.acquire(self.queue_timeout.min(limit)).await {
             Ok(permit) => Ok((permit, start.elapsed())),
-            Err(why) => {
-                let mut e = ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "service_unavailable",
-                    format!(
-                        "provider {} is at this gateway's concurrency limit ({}, {})",
-                        self.name,
-                        self.limiter.limit(),
-                        match why {
-                            limiter::Busy::QueueFull => "its queue is full",
-                            limiter::Busy::Timeout => "no slot freed in time",
-                        }
-                    ),
-                )
-                .with_code("provider_busy")
-                .with_failure(Failure::Busy);
-                e.retry_after = Some("1".into());
-                Err(e)
-            }
+            Err(why) => Err(Error::busy(
+                "provider_busy",
+                format!(
+                    "provider {} is at this gateway's concurrency limit ({}, {})",
+                    self.name,
+                    self.limiter.limit(),
+                    match why {
+                        limiter::Busy::QueueFull => "its queue is full",
+                        limiter::Busy::Timeout => "no slot freed in time",
+                    }
+                ),
+            )
+            .with_failure(Failure::Busy)),
         }
     }
 
@@ -201,7 +195,7 @@ impl Provider {
     }
 
     /// Chat completion, streamed or not.
-    pub async fn chat(&self, call: ChatCall<'_>) -> Result<ChatResponse, ApiError> {
+    pub async fn chat(&self, call: ChatCall<'_>) -> Result<ChatResponse, Error> {
         match self.protocol {
             Protocol::Openai | Protocol::Ollama => openai::chat(self, call).await,
             Protocol::Anthropic => anthropic::chat(self, call).await,
@@ -213,7 +207,7 @@ impl Provider {
         &self,
         raw: Map<String, Value>,
         model: &str,
-    ) -> Option<Result<(Bytes, Option<Usage>), ApiError>> {
+    ) -> Option<Result<(Bytes, Option<Usage>), Error>> {
         match self.protocol {
             Protocol::Openai | Protocol::Ollama => Some(openai::embeddings(self, raw, model).await),
             Protocol::Anthropic => None,
@@ -232,12 +226,12 @@ impl Provider {
         rb
     }
 
-    /// Sends a request, mapping transport failures and upstream error statuses to [`ApiError`].
+    /// Sends a request, mapping transport failures and upstream error statuses to [`Error`].
     async fn send(
         &self,
         rb: reqwest::RequestBuilder,
         stream: bool,
-    ) -> Result<reqwest::Response, ApiError> {
+    ) -> Result<reqwest::Response, Error> {
         let rb = if stream { rb } else { rb.timeout(self.timeout) };
         let resp = rb
             .send()
@@ -250,7 +244,7 @@ impl Provider {
     }
 
     /// Reads an upstream error response into an OpenAI error with the same status.
-    async fn upstream_error(&self, resp: reqwest::Response) -> ApiError {
+    async fn upstream_error(&self, resp: reqwest::Response) -> Error {
         let status = resp.status();
         let header = |k: &str| {
             resp.headers()
@@ -261,13 +255,15 @@ impl Provider {
         // `retry-after-ms` (OpenAI) is more precise than `Retry-After` when both are sent.
         let retry_after = header("retry-after-ms")
             .and_then(|ms| ms.trim().parse::<f64>().ok())
-            .map(|ms| format!("{}", (ms / 1000.0).ceil().max(0.0) as u64))
-            .or_else(|| header("retry-after"));
+            .map(|ms| ms / 1000.0)
+            .or_else(|| header("retry-after").and_then(|s| s.trim().parse::<f64>().ok()))
+            .filter(|s| s.is_finite() && *s >= 0.0 && *s < 1e7)
+            .map(Duration::from_secs_f64);
         let body = read_capped(resp, MAX_ERROR_BODY).await;
         let code = status.as_u16();
         if status.is_redirection() {
             // Not followed: a redirect would re-send the key and the prompt elsewhere.
-            return ApiError::bad_gateway(format!(
+            return Error::bad_gateway(format!(
                 "provider {} answered with a redirect (HTTP {code}), which this gateway does not follow; check its base_url",
                 self.name
             ))
@@ -281,19 +277,20 @@ impl Provider {
         if code == 401 || code == 403 {
             // The gateway's own credentials were refused: not the client's fault, and its
             // key is not theirs to hear about.
-            let mut e = ApiError::bad_gateway(format!(
+            return Error::bad_gateway(format!(
                 "provider {} refused this gateway's credentials (HTTP {code}): {message}",
                 self.name
             ))
             .with_code("upstream_auth_failed")
-            .with_failure(Failure::Status(code));
-            e.retry_after = retry_after;
-            return e;
+            .with_failure(Failure::Status(code))
+            .with_retry_after_opt(retry_after);
         }
-        err.message = format!("provider {}: {message}", self.name);
-        err.retry_after = retry_after;
+        let name = &self.name;
+        err = err
+            .map_message(|_| format!("provider {name}: {message}"))
+            .with_retry_after_opt(retry_after);
         if code == 408 || code == 429 || status.is_server_error() {
-            err.failure = Some(Failure::Status(code));
+            err = err.with_failure(Failure::Status(code));
         }
         err
     }
@@ -322,13 +319,13 @@ impl BodyError {
 
 impl Provider {
     /// A whole non-streaming body, at most `max_response_bytes`.
-    async fn read_body(&self, mut resp: reqwest::Response) -> Result<Bytes, ApiError> {
+    async fn read_body(&self, mut resp: reqwest::Response) -> Result<Bytes, Error> {
         let mut buf = bytes::BytesMut::new();
         loop {
             match resp.chunk().await {
                 Ok(Some(c)) => {
                     if buf.len() + c.len() > self.max_response_bytes {
-                        return Err(ApiError::bad_gateway(format!(
+                        return Err(Error::bad_gateway(format!(
                             "provider {}: {}",
                             self.name,
                             BodyError::TooLarge
@@ -383,7 +380,7 @@ async fn read_capped(mut resp: reqwest::Response, cap: usize) -> String {
 /// An error for an upstream status whose body could not be understood: the status only.
 /// The body (an HTML error page, a proxy's message naming internal hosts) goes to the log,
 /// not to the client.
-fn opaque_error(status: StatusCode, body: &str) -> ApiError {
+fn opaque_error(status: StatusCode, body: &str) -> Error {
     let snippet: String = body.chars().take(300).collect();
     tracing::warn!(status = status.as_u16(), body = %redact(snippet.trim()), "upstream error body is not the protocol's error JSON");
     let status = if status.is_client_error() || status.is_server_error() {
@@ -396,14 +393,34 @@ fn opaque_error(status: StatusCode, body: &str) -> ApiError {
     } else {
         "invalid_request_error"
     };
-    ApiError::new(
-        status,
+    Error::upstream(
+        status.as_u16(),
         kind,
         format!(
             "upstream returned HTTP {} without an error message the gateway understands",
             status.as_u16()
         ),
     )
+}
+
+/// Maps a reqwest failure to 502/504 without leaking URLs with credentials; `timeout` says
+/// which timeout a timeout error was (reqwest does not).
+pub fn from_transport(provider: &str, err: reqwest::Error, timeout: TimeoutKind) -> Error {
+    if err.is_connect() && err.is_timeout() {
+        Error::gateway_timeout(format!(
+            "provider {provider} did not accept a connection in time"
+        ))
+        .with_failure(Failure::Timeout(TimeoutKind::Connect))
+    } else if err.is_timeout() {
+        Error::gateway_timeout(format!("provider {provider} did not answer in time"))
+            .with_failure(Failure::Timeout(timeout))
+    } else if err.is_connect() {
+        Error::bad_gateway(format!("provider {provider} is unreachable"))
+            .with_failure(Failure::Connect)
+    } else {
+        Error::bad_gateway(format!("provider {provider} failed: {}", err.without_url()))
+            .with_failure(Failure::StreamCut)
+    }
 }
 
 /// Longest upstream error message passed on.
@@ -520,12 +537,12 @@ fn stream_channel() -> (StreamTx, StreamRx) {
 }
 
 /// An error for a stream that failed while being read.
-fn stream_read_error(provider: &str, e: impl std::fmt::Display, timed_out: bool) -> ApiError {
+fn stream_read_error(provider: &str, e: impl std::fmt::Display, timed_out: bool) -> Error {
     if timed_out {
-        ApiError::gateway_timeout(format!("provider {provider} went silent mid-stream"))
+        Error::gateway_timeout(format!("provider {provider} went silent mid-stream"))
             .with_failure(Failure::Timeout(TimeoutKind::Idle))
     } else {
-        ApiError::bad_gateway(format!("provider {provider} stream failed: {e}"))
+        Error::bad_gateway(format!("provider {provider} stream failed: {e}"))
             .with_failure(Failure::StreamCut)
     }
 }

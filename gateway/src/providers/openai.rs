@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::{opaque_error, stream_channel, ChatCall, ChatResponse, Provider, StreamItem};
-use crate::api::error::{ApiError, Failure};
+use crate::error::{Error, Failure};
 use crate::openai::{ResponseProbe, Usage};
 
 impl Provider {
@@ -25,7 +25,7 @@ impl Provider {
 }
 
 /// `POST {root}/chat/completions`.
-pub async fn chat(p: &Provider, call: ChatCall<'_>) -> Result<ChatResponse, ApiError> {
+pub async fn chat(p: &Provider, call: ChatCall<'_>) -> Result<ChatResponse, Error> {
     let stream = call.req.is_stream();
     let mut body = call.raw;
     body.insert("model".into(), Value::String(call.model.to_owned()));
@@ -45,11 +45,11 @@ pub async fn chat(p: &Provider, call: ChatCall<'_>) -> Result<ChatResponse, ApiE
     if !stream {
         let body = p.read_body(resp).await?;
         let probe: ResponseProbe = serde_json::from_slice(&body).map_err(|e| {
-            ApiError::bad_gateway(format!("provider {} returned invalid JSON: {e}", p.name))
+            Error::bad_gateway(format!("provider {} returned invalid JSON: {e}", p.name))
                 .with_failure(Failure::Malformed)
         })?;
         if probe.choices.is_none() {
-            return Err(ApiError::bad_gateway(format!(
+            return Err(Error::bad_gateway(format!(
                 "provider {} returned a response without `choices`",
                 p.name
             ))
@@ -73,7 +73,7 @@ pub async fn chat(p: &Provider, call: ChatCall<'_>) -> Result<ChatResponse, ApiE
                 Ok(ev) if ev.data == "[DONE]" => StreamItem::End,
                 Ok(ev) => match serde_json::from_str::<ResponseProbe>(&ev.data) {
                     Err(e) => StreamItem::Error(
-                        ApiError::bad_gateway(format!(
+                        Error::bad_gateway(format!(
                             "provider {provider} sent an invalid stream chunk: {e}"
                         ))
                         .with_failure(Failure::Malformed),
@@ -110,7 +110,7 @@ pub async fn embeddings(
     p: &Provider,
     mut body: Map<String, Value>,
     model: &str,
-) -> Result<(Bytes, Option<Usage>), ApiError> {
+) -> Result<(Bytes, Option<Usage>), Error> {
     body.insert("model".into(), Value::String(model.to_owned()));
     let url = format!("{}/embeddings", p.openai_root());
     let resp = p.send(p.post(&url).json(&body), false).await?;
@@ -122,7 +122,7 @@ pub async fn embeddings(
         usage: Option<Usage>,
     }
     let probe: Probe = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::bad_gateway(format!(
+        Error::bad_gateway(format!(
             "provider {} returned an invalid embeddings response: {e}",
             p.name
         ))
@@ -133,26 +133,30 @@ pub async fn embeddings(
 }
 
 /// An OpenAI-format error body (`{"error": {...}}`, or Ollama's `{"error": "text"}`) to
-/// [`ApiError`] with the upstream's status.
-pub fn error_from_body(status: StatusCode, body: &str) -> ApiError {
+/// [`Error`] with the upstream's status.
+pub fn error_from_body(status: StatusCode, body: &str) -> Error {
     let Ok(v) = serde_json::from_str::<Value>(body) else {
         return opaque_error(status, body);
     };
     let str_of = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
     match v.get("error") {
-        Some(Value::String(msg)) => ApiError::new(status, default_kind(status), msg.clone()),
+        Some(Value::String(msg)) => {
+            Error::upstream(status.as_u16(), default_kind(status), msg.clone())
+        }
         Some(e @ Value::Object(_)) => {
-            let mut err = ApiError::new(
-                status,
+            let mut err = Error::upstream(
+                status.as_u16(),
                 &str_of(e, "type").unwrap_or_else(|| default_kind(status).to_owned()),
                 str_of(e, "message").unwrap_or_else(|| "upstream error".to_owned()),
             );
-            err.code = match e.get("code") {
-                Some(Value::String(c)) => Some(c.clone()),
-                Some(Value::Number(n)) => Some(n.to_string()),
-                _ => None,
-            };
-            err.param = str_of(e, "param");
+            match e.get("code") {
+                Some(Value::String(c)) => err = err.with_code(c),
+                Some(Value::Number(n)) => err = err.with_code(&n.to_string()),
+                _ => {}
+            }
+            if let Some(p) = str_of(e, "param") {
+                err = err.with_param(&p);
+            }
             err
         }
         _ => opaque_error(status, body),
@@ -198,8 +202,8 @@ mod tests {
         ];
         for (status, body, kind, msg, code) in cases {
             let e = error_from_body(StatusCode::from_u16(status).unwrap(), body);
-            assert_eq!(e.status.as_u16(), status);
-            assert_eq!(e.kind, kind);
+            assert_eq!(e.status(), status);
+            assert_eq!(e.kind.openai_type(), kind);
             assert_eq!(e.message, msg);
             assert_eq!(e.code.as_deref(), code);
         }

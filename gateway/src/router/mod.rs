@@ -15,11 +15,10 @@ pub mod tokens;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::StatusCode;
 use llm_gateway_crds::{CandidateSelector, ModelKind, Strategy, Weights};
 use serde::Serialize;
 
-use crate::api::error::ApiError;
+use crate::error::{Error, Kind};
 use crate::models::info::ModelInfo;
 use crate::models::registry::{Entry, Registry, Target};
 use crate::openai::ChatRequest;
@@ -395,7 +394,7 @@ impl Router {
         req: &ChatRequest,
         raw_tools: Option<&serde_json::Value>,
         filters: &[&dyn CandidateFilter],
-    ) -> Result<Routed, ApiError> {
+    ) -> Result<Routed, Error> {
         let Some(route) = self.routes.iter().find(|r| r.spec.name == req.model) else {
             let target = registry.resolve(&req.model)?;
             check_explicit_context(&target, req, raw_tools)?;
@@ -420,7 +419,7 @@ impl Router {
         req: &ChatRequest,
         raw_tools: Option<&serde_json::Value>,
         filters: &[&dyn CandidateFilter],
-    ) -> Result<Decision, ApiError> {
+    ) -> Result<Decision, Error> {
         let started = Instant::now();
         let spec = &route.spec;
         let (classification, classifier_us) = if spec.classify {
@@ -433,9 +432,8 @@ impl Router {
         let tier = classification.as_ref().map_or(Tier::Moderate, |c| c.tier);
         let entries = registry.entries();
         if route.pool.is_empty() {
-            return Err(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "service_unavailable",
+            return Err(Error::new(
+                Kind::NoCandidate,
                 format!(
                     "Virtual model `{}` has no enabled chat model to route to.",
                     spec.name
@@ -551,7 +549,7 @@ impl Router {
 }
 
 /// Explains why no model could serve: 400 if the request rules them all out, else 503.
-fn no_candidate_error(name: &str, excluded: &[Excluded]) -> ApiError {
+fn no_candidate_error(name: &str, excluded: &[Excluded]) -> Error {
     let count = |f: &dyn Fn(&Exclusion) -> bool| excluded.iter().filter(|x| f(&x.why)).count();
     let mut reasons = Vec::new();
     let n = count(&|w| *w == Exclusion::NoTools);
@@ -601,11 +599,9 @@ fn no_candidate_error(name: &str, excluded: &[Excluded]) -> ApiError {
         reasons.join("; ")
     );
     if excluded.iter().all(|x| x.why.is_client_caused()) {
-        return ApiError::invalid("model", msg).with_code("no_suitable_model");
+        return Error::invalid("model", msg).with_code("no_suitable_model");
     }
-    let mut e = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "service_unavailable", msg)
-        .with_code("no_candidates");
-    e.retry_after = excluded
+    let retry = excluded
         .iter()
         .filter_map(|x| match x.why {
             Exclusion::Unavailable {
@@ -614,8 +610,10 @@ fn no_candidate_error(name: &str, excluded: &[Excluded]) -> ApiError {
             _ => None,
         })
         .min()
-        .map(|s| s.to_string());
-    e
+        .map(std::time::Duration::from_secs);
+    Error::new(Kind::NoCandidate, msg)
+        .with_code("no_candidates")
+        .with_retry_after_opt(retry)
 }
 
 /// An explicitly named model whose context window the prompt exceeds gets OpenAI's 400
@@ -624,7 +622,7 @@ fn check_explicit_context(
     t: &Target,
     req: &ChatRequest,
     raw_tools: Option<&serde_json::Value>,
-) -> Result<(), ApiError> {
+) -> Result<(), Error> {
     let Some(window) = t.info.as_ref().and_then(|i| i.context_window) else {
         return Ok(());
     };
@@ -636,7 +634,7 @@ fn check_explicit_context(
     if needed <= window as usize {
         return Ok(());
     }
-    Err(ApiError::invalid(
+    Err(Error::invalid(
         "messages",
         format!(
             "This model's maximum context length is {window} tokens. However, your messages and max_tokens need about {needed} tokens. Shorten the messages or choose a model with a larger context window."

@@ -8,12 +8,12 @@ use eventsource_stream::Eventsource;
 use futures::StreamExt;
 
 use super::{stream_channel, ChatCall, ChatResponse, Provider, StreamItem};
-use crate::api::error::{ApiError, Failure};
+use crate::error::{Error, Failure};
 
 pub use response::error_from_body;
 
 /// `POST {base}/v1/messages`, translated from and back to OpenAI's format.
-pub async fn chat(p: &Provider, call: ChatCall<'_>) -> Result<ChatResponse, ApiError> {
+pub async fn chat(p: &Provider, call: ChatCall<'_>) -> Result<ChatResponse, Error> {
     let stream = call.req.is_stream();
     let default_max = call
         .info
@@ -30,7 +30,7 @@ pub async fn chat(p: &Provider, call: ChatCall<'_>) -> Result<ChatResponse, ApiE
         let body = p.read_body(resp).await?;
         let (v, usage) =
             response::to_chat_completion(&body, t.json_tool.as_deref()).map_err(|e| {
-                ApiError::bad_gateway(format!(
+                Error::bad_gateway(format!(
                     "provider {} returned an invalid message: {e}",
                     p.name
                 ))

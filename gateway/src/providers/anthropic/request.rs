@@ -2,7 +2,7 @@
 
 use serde_json::{json, Map, Value};
 
-use crate::api::error::ApiError;
+use crate::error::Error;
 use crate::openai::{ChatRequest, Content, ContentPart, Message, ResponseFormat, ToolChoice};
 
 /// Instruction added to the system prompt for `response_format: json_object`, which the
@@ -26,9 +26,9 @@ pub fn translate(
     raw: &Map<String, Value>,
     model: &str,
     default_max_tokens: u32,
-) -> Result<Translated, ApiError> {
+) -> Result<Translated, Error> {
     if let Some(n) = req.n.filter(|n| *n != 1) {
-        return Err(ApiError::invalid(
+        return Err(Error::invalid(
             "n",
             format!("n = {n} is not supported by Anthropic models; only n = 1"),
         ));
@@ -70,7 +70,7 @@ pub fn translate(
                         json!({})
                     } else {
                         serde_json::from_str(args).map_err(|e| {
-                            ApiError::invalid(
+                            Error::invalid(
                                 format!("messages[{i}].tool_calls[{j}].function.arguments"),
                                 format!("tool call arguments are not valid JSON: {e}"),
                             )
@@ -91,7 +91,7 @@ pub fn translate(
                     "type": "tool_result", "tool_use_id": tool_call_id, "content": content.text(),
                 })],
             ),
-            Message::Function { .. } => return Err(ApiError::invalid(
+            Message::Function { .. } => return Err(Error::invalid(
                 format!("messages[{i}].role"),
                 "the deprecated `function` role is not supported for Anthropic models; use `tool`",
             )),
@@ -138,7 +138,7 @@ pub fn translate(
     let mut tools: Vec<Value> = Vec::new();
     for (k, t) in req.tools.iter().flatten().enumerate() {
         let Some(f) = t.function.as_ref().filter(|_| t.kind == "function") else {
-            return Err(ApiError::invalid(
+            return Err(Error::invalid(
                 format!("tools[{k}].type"),
                 format!(
                     "tool type `{}` is not supported for Anthropic models; use `function`",
@@ -192,7 +192,7 @@ pub fn translate(
     })
 }
 
-fn tool_choice(req: &ChatRequest) -> Result<Option<Value>, ApiError> {
+fn tool_choice(req: &ChatRequest) -> Result<Option<Value>, Error> {
     let parallel_off = req.parallel_tool_calls == Some(false);
     let mut choice = match &req.tool_choice {
         None if parallel_off && req.has_tools() => json!({"type": "auto"}),
@@ -202,7 +202,7 @@ fn tool_choice(req: &ChatRequest) -> Result<Option<Value>, ApiError> {
             "required" => json!({"type": "any"}),
             "none" => return Ok(Some(json!({"type": "none"}))),
             other => {
-                return Err(ApiError::invalid(
+                return Err(Error::invalid(
                     "tool_choice",
                     format!("`{other}` is not one of none, auto, required"),
                 ))
@@ -218,7 +218,7 @@ fn tool_choice(req: &ChatRequest) -> Result<Option<Value>, ApiError> {
     Ok(Some(choice))
 }
 
-fn user_blocks(content: &Content, i: usize) -> Result<Vec<Value>, ApiError> {
+fn user_blocks(content: &Content, i: usize) -> Result<Vec<Value>, Error> {
     match content {
         Content::Text(s) => Ok(vec![json!({"type": "text", "text": s})]),
         Content::Parts(parts) => parts
@@ -228,14 +228,12 @@ fn user_blocks(content: &Content, i: usize) -> Result<Vec<Value>, ApiError> {
                 ContentPart::Text { text } => Ok(json!({"type": "text", "text": text})),
                 ContentPart::Refusal { refusal } => Ok(json!({"type": "text", "text": refusal})),
                 ContentPart::ImageUrl { image_url } => image_block(&image_url.url).map_err(|m| {
-                    ApiError::invalid(format!("messages[{i}].content[{j}].image_url.url"), m)
+                    Error::invalid(format!("messages[{i}].content[{j}].image_url.url"), m)
                 }),
-                ContentPart::InputAudio { .. } | ContentPart::File { .. } => {
-                    Err(ApiError::invalid(
-                        format!("messages[{i}].content[{j}].type"),
-                        "audio and file parts are not supported for Anthropic models",
-                    ))
-                }
+                ContentPart::InputAudio { .. } | ContentPart::File { .. } => Err(Error::invalid(
+                    format!("messages[{i}].content[{j}].type"),
+                    "audio and file parts are not supported for Anthropic models",
+                )),
             })
             .collect(),
     }
@@ -264,7 +262,7 @@ fn image_block(url: &str) -> Result<Value, String> {
 mod tests {
     use super::*;
 
-    fn tr(req: Value) -> Result<Translated, ApiError> {
+    fn tr(req: Value) -> Result<Translated, Error> {
         let raw = req.as_object().unwrap().clone();
         let typed: ChatRequest = serde_json::from_value(req).unwrap();
         translate(&typed, &raw, "claude-x", 4096)
@@ -379,7 +377,7 @@ mod tests {
         ];
         for (req, param) in cases {
             let e = tr(req).unwrap_err();
-            assert_eq!(e.status.as_u16(), 400);
+            assert_eq!(e.status(), 400);
             assert_eq!(e.param.as_deref(), Some(param), "{e}");
         }
     }

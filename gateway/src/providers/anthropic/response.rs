@@ -7,7 +7,7 @@ use http::StatusCode;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::api::error::ApiError;
+use crate::error::Error;
 use crate::openai::{unix_now, PromptTokensDetails, Usage};
 use crate::providers::StreamItem;
 
@@ -170,14 +170,15 @@ struct ErrorDetail {
 
 /// An Anthropic error body → OpenAI error. The status is the upstream's, except the
 /// non-standard 529 (overloaded), which becomes 503.
-pub fn error_from_body(status: StatusCode, body: &str) -> ApiError {
+pub fn error_from_body(status: StatusCode, body: &str) -> Error {
     let status = if status.as_u16() == 529 {
         StatusCode::SERVICE_UNAVAILABLE
     } else {
         status
     };
     match serde_json::from_str::<ErrorBody>(body) {
-        Ok(e) => ApiError::new(status, &e.error.kind, e.error.message).with_code(&e.error.kind),
+        Ok(e) => Error::upstream(status.as_u16(), &e.error.kind, e.error.message)
+            .with_code(&e.error.kind),
         Err(_) => super::super::opaque_error(status, body),
     }
 }
@@ -286,7 +287,7 @@ impl StreamTranslator {
             Ok(ev) => ev,
             Err(e) => {
                 return vec![StreamItem::Error(
-                    ApiError::bad_gateway(format!("invalid Anthropic stream event: {e}"))
+                    Error::bad_gateway(format!("invalid Anthropic stream event: {e}"))
                         .with_failure(crate::api::error::Failure::Malformed),
                 )]
             }
@@ -379,10 +380,10 @@ impl StreamTranslator {
             }
             Event::Error { error } => {
                 let status = status_for_error_type(&error.kind);
-                let mut e =
-                    ApiError::new(status, &error.kind, error.message).with_code(&error.kind);
+                let mut e = Error::upstream(status.as_u16(), &error.kind, error.message)
+                    .with_code(&error.kind);
                 if status.is_server_error() || status.as_u16() == 429 {
-                    e.failure = Some(crate::api::error::Failure::Status(status.as_u16()));
+                    e = e.with_failure(crate::error::Failure::Status(status.as_u16()));
                 }
                 vec![StreamItem::Error(e)]
             }
@@ -463,7 +464,7 @@ mod tests {
         let body = r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#;
         let e = error_from_body(StatusCode::from_u16(529).unwrap(), body);
         assert_eq!(
-            (e.status.as_u16(), e.kind.as_str(), e.message.as_str()),
+            (e.status(), e.kind.openai_type(), e.message.as_str()),
             (503, "overloaded_error", "Overloaded")
         );
         let e = error_from_body(
@@ -471,7 +472,7 @@ mod tests {
             r#"{"type":"error","error":{"type":"invalid_request_error","message":"max_tokens: Field required"}}"#,
         );
         assert_eq!(
-            (e.status.as_u16(), e.message.as_str()),
+            (e.status(), e.message.as_str()),
             (400, "max_tokens: Field required")
         );
     }
@@ -532,7 +533,7 @@ mod tests {
         );
         match &items[..] {
             [StreamItem::Error(e)] => {
-                assert_eq!((e.status.as_u16(), e.message.as_str()), (503, "Overloaded"))
+                assert_eq!((e.status(), e.message.as_str()), (503, "Overloaded"))
             }
             other => panic!("{other:?}"),
         }
