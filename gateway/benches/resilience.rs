@@ -41,7 +41,11 @@ fn main() {
         let target = &b.target;
         let t = Instant::now();
         let permit = rt
-            .block_on(target.provider.acquire(std::time::Duration::from_secs(5)))
+            .block_on(
+                target
+                    .provider
+                    .acquire(std::time::Duration::from_secs(5), false),
+            )
             .unwrap();
         let now = Instant::now();
         std::hint::black_box(target.provider.breaker.admit(now));

@@ -261,7 +261,11 @@ pub async fn chat(
         let limit = plan.attempt_limit(&target, more, now);
         // With another candidate to go to, a provider at its concurrency limit is not
         // waited for long: the request spills over instead.
-        let queue = if more { limit.min(SPILL_WAIT) } else { limit };
+        let queue = if more {
+            SlotWait::Spill
+        } else {
+            SlotWait::LastResort
+        };
         record.set_target(&target);
         record.set_attempts(attempts);
         let primary = attempt(gw, &target, req, raw.clone(), limit, queue, plan);
@@ -339,13 +343,21 @@ pub async fn chat(
         record.set_target(&target);
         record.set_attempts(1);
         let limit = plan.attempt_limit(&target, false, Instant::now());
-        let (committed, permit) = attempt(gw, &target, req, raw.clone(), limit, limit, plan)
-            .await
-            .inspect_err(|e| {
-                if e.failure.is_some_and(Failure::counts_against_provider) {
-                    record.report_upstream(Some(e));
-                }
-            })?;
+        let (committed, permit) = attempt(
+            gw,
+            &target,
+            req,
+            raw.clone(),
+            limit,
+            SlotWait::LastResort,
+            plan,
+        )
+        .await
+        .inspect_err(|e| {
+            if e.failure.is_some_and(Failure::counts_against_provider) {
+                record.report_upstream(Some(e));
+            }
+        })?;
         return Ok(Answer {
             target,
             committed,
@@ -447,15 +459,7 @@ async fn race(
         Err(_) => return Outcome::One(first, primary.await),
     };
     let limit = plan.attempt_limit(&second, false, Instant::now());
-    let hedge = attempt(
-        gw,
-        &second,
-        req,
-        raw.clone(),
-        limit,
-        limit.min(SPILL_WAIT),
-        plan,
-    );
+    let hedge = attempt(gw, &second, req, raw.clone(), limit, SlotWait::Spill, plan);
     tokio::pin!(hedge);
     let (winner_is_hedge, r) = tokio::select! {
         r = &mut primary => (false, r),
@@ -544,21 +548,36 @@ fn is_overload(f: Failure) -> bool {
     )
 }
 
+/// How an attempt waits for a provider's concurrency slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SlotWait {
+    /// Another candidate can take the request: wait at most [`SPILL_WAIT`].
+    Spill,
+    /// Nowhere else to go: wait the queue timeout, then overflow a limit only latency set.
+    LastResort,
+}
+
 /// One upstream attempt, up to the moment the response starts, waiting at most `limit` for
-/// it, of which at most `queue` for a concurrency slot.
+/// it, part of which for a concurrency slot.
 async fn attempt(
     gw: &Gateway,
     t: &Target,
     req: &ChatRequest,
     raw: Map<String, Value>,
     limit: Duration,
-    queue: Duration,
+    queue: SlotWait,
     plan: &Plan,
 ) -> Attempted {
     let began = Instant::now();
-    let (permit, waited) = t.provider.acquire(queue.min(limit)).await?;
+    let (permit, waited) = match queue {
+        SlotWait::Spill => t.provider.acquire(limit.min(SPILL_WAIT), false).await?,
+        SlotWait::LastResort => t.provider.acquire(limit, true).await?,
+    };
     gw.metrics
         .queue_wait(&t.provider.name, waited.as_secs_f64());
+    if permit.is_overflow() {
+        gw.metrics.provider_overflow(&t.provider.name);
+    }
     let started = Instant::now();
     let content_deadline = tokio::time::Instant::from_std(began + limit);
     let timed_out = || {

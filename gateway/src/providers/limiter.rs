@@ -20,10 +20,17 @@
 //! or [`MIN_QUEUE`], and the provider's queue timeout); the limit, in-flight count and queue
 //! are metrics.
 //!
+//! Latency is an inference, overload signals are the provider's own word, so they weigh
+//! differently: a limit only latency has lowered paces requests (they queue) but never refuses
+//! one that has nowhere else to go. Such a request that waited the whole queue timeout is sent
+//! anyway (an *overflow*, counted) unless the provider gave an overload signal in the last
+//! [`HARD_MEMORY`] or the configured ceiling is reached. Otherwise a gateway short of CPU —
+//! which makes every answer look slow — would shed the healthy load it exists to carry.
+//!
 //! No maintained crate does this for async Rust with a queue timeout and an external latency
 //! signal (tower's limit is fixed), so it is here: a semaphore whose permits track the limit.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -50,6 +57,8 @@ pub const QUEUE_PER_SLOT: usize = 4;
 /// ...and at least this many (a provider slowed to a few slots still queues a burst; the
 /// memory of waiting bodies is bounded separately).
 pub const MIN_QUEUE: usize = 10_000;
+/// For this long after an overload signal, a full limit refuses instead of overflowing.
+pub const HARD_MEMORY: Duration = Duration::from_secs(30);
 /// Latency up to this multiple of the no-load time is healthy...
 const TOLERANCE: f64 = 2.0;
 /// ...and so is any latency within this of it: LLM times to first token vary by hundreds of
@@ -90,6 +99,7 @@ pub struct Limiter {
     max: usize,
     in_flight: AtomicUsize,
     queued: AtomicUsize,
+    overflowed: AtomicU64,
 }
 
 /// Why no slot was given.
@@ -106,6 +116,13 @@ pub enum Busy {
 pub struct Permit {
     permit: Option<OwnedSemaphorePermit>,
     owner: Arc<Limiter>,
+}
+
+impl Permit {
+    /// Whether this request was sent over the limit (it holds no slot).
+    pub fn is_overflow(&self) -> bool {
+        self.permit.is_none()
+    }
 }
 
 impl Drop for Permit {
@@ -145,6 +162,7 @@ impl Limiter {
             max,
             in_flight: AtomicUsize::new(0),
             queued: AtomicUsize::new(0),
+            overflowed: AtomicU64::new(0),
         })
     }
 
@@ -167,10 +185,21 @@ impl Limiter {
         self.queued.load(Ordering::Relaxed)
     }
 
-    /// A slot, waiting at most `timeout`.
-    pub async fn acquire(self: &Arc<Self>, timeout: Duration) -> Result<Permit, Busy> {
+    /// Requests sent over the limit since start (see the module docs).
+    pub fn overflowed(&self) -> u64 {
+        self.overflowed.load(Ordering::Relaxed)
+    }
+
+    /// A slot, waiting at most `timeout`. With `last_resort` (the request has no other
+    /// candidate) a limit that only latency has lowered lets the request through after the
+    /// wait instead of refusing it.
+    pub async fn acquire(
+        self: &Arc<Self>,
+        timeout: Duration,
+        last_resort: bool,
+    ) -> Result<Permit, Busy> {
         let permit = match self.sem.clone().try_acquire_owned() {
-            Ok(p) => p,
+            Ok(p) => Some(p),
             Err(_) => {
                 let cap = (self.limit() * QUEUE_PER_SLOT).max(MIN_QUEUE);
                 if self.queued.fetch_add(1, Ordering::Relaxed) >= cap {
@@ -180,16 +209,30 @@ impl Limiter {
                 let got = tokio::time::timeout(timeout, self.sem.clone().acquire_owned()).await;
                 self.queued.fetch_sub(1, Ordering::Relaxed);
                 match got {
-                    Ok(Ok(p)) => p,
+                    Ok(Ok(p)) => Some(p),
+                    _ if last_resort && self.may_overflow(Instant::now()) => {
+                        self.overflowed.fetch_add(1, Ordering::Relaxed);
+                        None
+                    }
                     _ => return Err(Busy::Timeout),
                 }
             }
         };
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         Ok(Permit {
-            permit: Some(permit),
+            permit,
             owner: self.clone(),
         })
+    }
+
+    /// Whether a request may be sent over the limit: no overload signal lately, and the
+    /// configured ceiling not reached.
+    fn may_overflow(&self, now: Instant) -> bool {
+        let quiet = self
+            .lock()
+            .last_backoff
+            .is_none_or(|t| now.saturating_duration_since(t) >= HARD_MEMORY);
+        quiet && self.in_flight() < self.max
     }
 
     /// An answer started after `took` (its time to first content, prompt allowance
@@ -345,7 +388,7 @@ mod tests {
         let mut windows = 0;
         while held.len() < 2000 {
             // Admit what the limit allows; each new stream reports its first token...
-            while let Ok(p) = l.acquire(ms(1)).await {
+            while let Ok(p) = l.acquire(ms(1), false).await {
                 held.push(p);
                 l.on_success(Some(ms(20)), now);
             }
@@ -367,7 +410,7 @@ mod tests {
         let l = Limiter::new(None);
         let mut now = Instant::now();
         for _ in 0..1000 {
-            let _p = l.acquire(ms(1)).await.unwrap();
+            let _p = l.acquire(ms(1), false).await.unwrap();
             now += WINDOW;
             l.on_success(Some(ms(20)), now);
         }
@@ -380,7 +423,7 @@ mod tests {
         let mut now = Instant::now();
         let mut held = Vec::new();
         for _ in 0..INITIAL {
-            held.push(l.acquire(ms(1)).await.unwrap());
+            held.push(l.acquire(ms(1), false).await.unwrap());
         }
         now += WINDOW;
         l.on_success(Some(ms(10)), now); // a window at no load: the baseline
@@ -390,12 +433,15 @@ mod tests {
         }
         let shrunk = l.limit();
         assert!(shrunk < INITIAL / 2, "{shrunk}");
-        assert!(l.acquire(ms(1)).await.is_err(), "over the limit: wait");
+        assert!(
+            l.acquire(ms(1), false).await.is_err(),
+            "over the limit: wait"
+        );
         // Returning slots retires the debt before any new one is given.
         held.truncate(shrunk);
-        assert!(l.acquire(ms(1)).await.is_err());
+        assert!(l.acquire(ms(1), false).await.is_err());
         held.truncate(shrunk - 1);
-        assert!(l.acquire(ms(1)).await.is_ok());
+        assert!(l.acquire(ms(1), false).await.is_ok());
 
         let l = Limiter::new(None);
         let before = l.limit();
@@ -442,19 +488,47 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_last_resort_overflows_a_latency_limit_but_not_after_an_overload_signal() {
+        let l = Limiter::new(None);
+        let held: Vec<_> = (0..INITIAL)
+            .map(|_| l.sem.clone().try_acquire_owned().unwrap())
+            .collect();
+        assert_eq!(l.acquire(ms(5), false).await.unwrap_err(), Busy::Timeout);
+        let over = l.acquire(ms(5), true).await.expect("nowhere else to go");
+        assert_eq!((l.overflowed(), l.in_flight()), (1, 1));
+        drop(over);
+        assert_eq!(l.in_flight(), 0);
+        assert_eq!(l.sem.available_permits(), 0, "an overflow holds no slot");
+        l.on_overload(Instant::now());
+        assert_eq!(l.acquire(ms(5), true).await.unwrap_err(), Busy::Timeout);
+        drop(held);
+
+        // A configured ceiling is never exceeded.
+        let l = Limiter::new(Some(2));
+        let _a = l.acquire(ms(5), true).await.unwrap();
+        let _b = l.acquire(ms(5), true).await.unwrap();
+        assert_eq!(l.acquire(ms(5), true).await.unwrap_err(), Busy::Timeout);
+    }
+
+    #[tokio::test]
     async fn the_queue_is_bounded() {
         let l = Limiter::new(Some(1));
-        let _held = l.acquire(ms(1)).await.unwrap();
+        let _held = l.acquire(ms(1), false).await.unwrap();
         let waiting: Vec<_> = (0..MIN_QUEUE)
             .map(|_| {
                 let l = l.clone();
-                tokio::spawn(async move { l.acquire(Duration::from_secs(5)).await.map(|_| ()) })
+                tokio::spawn(
+                    async move { l.acquire(Duration::from_secs(5), false).await.map(|_| ()) },
+                )
             })
             .collect();
         while l.queued() < MIN_QUEUE {
             tokio::task::yield_now().await;
         }
-        assert_eq!(l.acquire(ms(100)).await.unwrap_err(), Busy::QueueFull);
+        assert_eq!(
+            l.acquire(ms(100), false).await.unwrap_err(),
+            Busy::QueueFull
+        );
         for w in waiting {
             w.abort();
         }

@@ -154,10 +154,18 @@ impl Provider {
     }
 
     /// A concurrency slot, waiting at most the queue timeout (or `limit`, if sooner);
-    /// returns how long it waited.
-    pub async fn acquire(&self, limit: Duration) -> Result<(limiter::Permit, Duration), Error> {
+    /// returns how long it waited. `last_resort`: see [`limiter::Limiter::acquire`].
+    pub async fn acquire(
+        &self,
+        limit: Duration,
+        last_resort: bool,
+    ) -> Result<(limiter::Permit, Duration), Error> {
         let start = Instant::now();
-        match self.limiter.acquire(self.queue_timeout.min(limit)).await {
+        match self
+            .limiter
+            .acquire(self.queue_timeout.min(limit), last_resort)
+            .await
+        {
             Ok(permit) => Ok((permit, start.elapsed())),
             Err(why) => Err(Error::busy(
                 "provider_busy",
