@@ -9,14 +9,15 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use llm_gateway::app::Gateway;
 use llm_gateway::auth::Auth;
 use llm_gateway::budget::counters::Shared;
-use llm_gateway::budget::policy::{Budget, OnLimit, Period, Scope};
-use llm_gateway::budget::{Amount, Budgets, SystemClock};
-use llm_gateway::openai::ChatRequest;
+use llm_gateway::budget::{Amount, Budgets};
+use llm_gateway::clock::SystemClock;
+use llm_gateway::config::budget::{Budget, OnLimit, Period, Scope};
 use llm_gateway::router::BreakerFilter;
+use llm_gateway::state::Gateway;
 use llm_gateway::store::Store;
+use llm_gateway::wire::ChatRequest;
 
 fn pct(v: &mut [f64], p: f64) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -58,7 +59,7 @@ async fn run(gw: Arc<Gateway>, key: &str, rounds: usize) -> (Vec<f64>, Vec<f64>)
         let caller = gw.auth.authenticate(&headers, None).await.unwrap();
         let a = t.elapsed().as_nanos() as f64;
         let t = Instant::now();
-        let (_, held) = llm_gateway::api::budget::reserve(
+        let (_, held) = llm_gateway::pipeline::budget::reserve(
             &gw,
             &caller,
             &req,

@@ -11,7 +11,7 @@ use llm_gateway::cache::embed::{Embedder, DIM};
 use llm_gateway::cache::index::{ScopeIndex, ANN_MIN};
 use llm_gateway::cache::{Answer, Cache, Found};
 use llm_gateway::config::{self};
-use llm_gateway::openai::ChatRequest;
+use llm_gateway::wire::ChatRequest;
 use serde_json::{json, Map, Value};
 
 fn pct(v: &mut [f64], p: f64) -> f64 {

@@ -8,8 +8,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use llm_gateway::app::Gateway;
 use llm_gateway::config;
+use llm_gateway::state::Gateway;
 use mock_providers::{Mock, DEFAULT_OLLAMA_MODELS};
 use serde_json::json;
 

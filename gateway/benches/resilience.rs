@@ -9,8 +9,8 @@ use std::time::Instant;
 mod common;
 
 use llm_gateway::breaker::Outcome;
-use llm_gateway::openai::ChatRequest;
 use llm_gateway::router::BreakerFilter;
+use llm_gateway::wire::ChatRequest;
 
 const ROUNDS: usize = 50_000;
 

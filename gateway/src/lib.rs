@@ -9,18 +9,21 @@ pub mod breaker;
 pub mod budget;
 pub mod cache;
 pub mod catalog;
+pub mod clock;
 pub mod config;
 pub mod deadline;
 pub mod error;
-pub mod failover;
 pub mod kv;
+pub mod latency;
 pub mod ledger;
 pub mod models;
-pub mod openai;
+pub mod pipeline;
 pub mod providers;
 pub mod router;
+pub mod state;
 pub mod store;
 pub mod telemetry;
+pub mod wire;
 
 /// Installs the process-wide TLS crypto provider (ring); call once before building clients.
 pub fn install_crypto() {

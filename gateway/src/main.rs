@@ -6,11 +6,12 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use llm_gateway::app::Gateway;
 use llm_gateway::budget::counters::Shared;
-use llm_gateway::budget::policy::{Budget, OnLimit, Period, Scope};
-use llm_gateway::budget::{Budgets, Clock, SystemClock};
+use llm_gateway::budget::Budgets;
+use llm_gateway::clock::{Clock, SystemClock};
+use llm_gateway::config::budget::{Budget, OnLimit, Period, Scope};
 use llm_gateway::config::{self, Settings, DEFAULT_LISTEN};
+use llm_gateway::state::Gateway;
 use llm_gateway::store::Store;
 use tracing_subscriber::EnvFilter;
 
@@ -477,7 +478,7 @@ async fn budgets(action: BudgetsAction, db: DbArgs) -> ExitCode {
                         b.scope.subject(),
                         b.period.name(),
                         opt(b.limit_usd.map(|v| format!("{v:.2}"))),
-                        llm_gateway::budget::policy::from_nano(nano),
+                        llm_gateway::config::budget::from_nano(nano),
                         opt(b.limit_tokens.map(|v| v.to_string())),
                         tok,
                         opt(b.requests_per_minute.map(|v| v.to_string())),

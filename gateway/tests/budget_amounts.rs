@@ -11,9 +11,10 @@ use std::time::Duration;
 
 use common::*;
 use llm_gateway::budget::counters::Shared;
-use llm_gateway::budget::policy::{Budget, OnLimit, Period, Scope};
-use llm_gateway::budget::Clock;
-use llm_gateway::budget::{Amount, Budgets, ManualClock, SystemClock, MAX_AMOUNT};
+use llm_gateway::budget::{Amount, Budgets, MAX_AMOUNT};
+use llm_gateway::clock::Clock;
+use llm_gateway::clock::{ManualClock, SystemClock};
+use llm_gateway::config::budget::{Budget, OnLimit, Period, Scope};
 
 /// An amount spread over the whole domain: zero, the maximum, and log-uniform between.
 fn draw(rng: &mut fastrand::Rng) -> i64 {
@@ -45,7 +46,7 @@ async fn property(shared: Option<Shared>, prefix: &str) {
             tokens_per_minute: None,
             on_limit: OnLimit::Reject,
         });
-        let limit_nano = llm_gateway::budget::policy::to_nano(limit_nano as f64 / 1e9);
+        let limit_nano = llm_gateway::config::budget::to_nano(limit_nano as f64 / 1e9);
         let (mut used_a, mut used_b) = (0i64, 0i64);
         for i in 0..60 {
             let est = Amount {
@@ -90,8 +91,8 @@ async fn property(shared: Option<Shared>, prefix: &str) {
         assert_eq!(s.reserved_tokens, 0, "seed {seed}: {s:?}");
         assert_eq!(s.used_tokens, used_b, "seed {seed}");
         assert_eq!(
-            llm_gateway::budget::policy::to_nano(s.used_usd),
-            llm_gateway::budget::policy::to_nano(used_a as f64 / 1e9),
+            llm_gateway::config::budget::to_nano(s.used_usd),
+            llm_gateway::config::budget::to_nano(used_a as f64 / 1e9),
             "seed {seed}"
         );
     }

@@ -10,8 +10,9 @@ use std::sync::Arc;
 
 use common::*;
 use llm_gateway::budget::counters::Shared;
-use llm_gateway::budget::policy::{Budget, OnLimit, Period, Scope};
-use llm_gateway::budget::{Amount, Budgets, ManualClock};
+use llm_gateway::budget::{Amount, Budgets};
+use llm_gateway::clock::ManualClock;
+use llm_gateway::config::budget::{Budget, OnLimit, Period, Scope};
 use time::macros::datetime;
 use time::OffsetDateTime;
 

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use llm_gateway::budget::policy::{rfc3339, Period};
-use llm_gateway::budget::{Clock, ManualClock, SystemClock};
+use llm_gateway::clock::{Clock, ManualClock, SystemClock};
+use llm_gateway::config::budget::{rfc3339, Period};
 use serde_json::{json, Value};
 
 /// The start of the next UTC month by the real clock, and a minute before it: the budget
@@ -578,8 +578,8 @@ async fn with_redis_down_budgets_fall_back_to_local_counters_and_resume_after() 
 #[tokio::test]
 async fn a_crashed_replicas_reservations_return_to_the_budget_after_their_ttl() {
     use llm_gateway::budget::counters::Shared;
-    use llm_gateway::budget::policy::{Budget, OnLimit, Scope};
     use llm_gateway::budget::{Amount, Budgets, RESERVATION_TTL_MS};
+    use llm_gateway::config::budget::{Budget, OnLimit, Scope};
     let prefix = format!("lgw-test-{}:", uuid::Uuid::new_v4());
     let start = month_end().0 - 3_600_000;
     let clock = Arc::new(ManualClock::at(start));

@@ -2,8 +2,8 @@
 //! `e2e/classifier/prompts.jsonl`: prints accuracy and the confusion matrix, fails below the
 //! documented floor.
 
-use llm_gateway::openai::ChatRequest;
 use llm_gateway::router::classifier::{classify, Tier};
+use llm_gateway::wire::ChatRequest;
 use serde_json::Value;
 
 /// The documented accuracy floor on the labelled set the thresholds were tuned on.

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use futures::future::join_all;
-use llm_gateway::budget::Clock;
+use llm_gateway::clock::Clock;
 use serde_json::{json, Value};
 
 /// Two providers on the mock with every timeout and limit at its default, and `pair`: a
@@ -274,8 +274,8 @@ async fn a_provider_answering_429_under_load_sheds_traffic_without_client_errors
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hedging_asks_the_next_provider_after_the_delay_and_both_calls_are_paid() {
-    let clock = std::sync::Arc::new(llm_gateway::budget::ManualClock::at(
-        llm_gateway::budget::SystemClock.now_ms(),
+    let clock = std::sync::Arc::new(llm_gateway::clock::ManualClock::at(
+        llm_gateway::clock::SystemClock.now_ms(),
     ));
     let routing = "  virtual_models:\n    - {name: pair, strategy: quality, candidates: {models: [gpt-4o-mini, llama-3.1-8b-instant]}, hedge: {after_secs: 0.2}}\n";
     let h = start_with_budgets(

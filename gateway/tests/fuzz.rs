@@ -4,9 +4,9 @@
 //! is bounded (`PROPTEST_CASES`, 256 by default; test-all.sh runs more), so the run is too.
 
 use llm_gateway::api::body;
-use llm_gateway::openai::ChatRequest;
 use llm_gateway::providers::anthropic::{request, response::StreamTranslator};
 use llm_gateway::providers::StreamItem;
+use llm_gateway::wire::ChatRequest;
 use proptest::prelude::*;
 use serde_json::{json, Value};
 

@@ -195,7 +195,7 @@ async fn a_postgres_outage_under_load_keeps_keys_and_budgets_working_and_loses_n
         BudgetSetup {
             redis_prefix: None,
             redis_url: None,
-            clock: Arc::new(llm_gateway::budget::SystemClock),
+            clock: Arc::new(llm_gateway::clock::SystemClock),
             database_url: Some(via_proxy),
         },
         "",

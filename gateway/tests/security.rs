@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use llm_gateway::budget::{Clock, ManualClock, SystemClock};
+use llm_gateway::clock::{Clock, ManualClock, SystemClock};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

@@ -4,7 +4,7 @@
 mod common;
 
 use common::{drop_schema, pg_schema};
-use llm_gateway::budget::policy::{Budget, OnLimit, Period, Scope};
+use llm_gateway::config::budget::{Budget, OnLimit, Period, Scope};
 use llm_gateway::store::keys::hash_key;
 use llm_gateway::store::usage::UsageRecord;
 use llm_gateway::store::{Store, StoreError};

@@ -71,7 +71,7 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<(Map<String, Value>, T
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::openai::ChatRequest;
+    use crate::wire::ChatRequest;
 
     #[test]
     fn errors_name_the_field() {

@@ -15,14 +15,15 @@ use axum::Extension;
 use http::{header, HeaderMap, HeaderValue, StatusCode};
 use llm_gateway_crds::ModelKind;
 
-use super::record::Record;
-use super::{body, cached, headers, sse, AppState};
+use super::{body, cache_hit, headers, sse, AppState};
 use crate::error::{Error, Failure, Kind, TimeoutKind};
-use crate::failover::{self, Committed};
 use crate::models::registry::Target;
-use crate::openai::{ChatRequest, Usage};
+use crate::pipeline::cache as cached;
+use crate::pipeline::context::Record;
+use crate::pipeline::failover::{self, Committed};
 use crate::providers::StreamItem;
 use crate::router::BreakerFilter;
+use crate::wire::{ChatRequest, Usage};
 use llm_gateway_crds::AllOpen;
 
 /// The handler.
@@ -35,7 +36,7 @@ pub async fn handle(
     let mut record = Record::new(gw.clone(), "chat", super::request_id(&req_headers));
     record.set_caller(caller.clone());
     let result = serve(&gw, &caller, &req_headers, body, &mut record).await;
-    record.respond(result)
+    super::respond::respond(&mut record, result)
 }
 
 async fn serve(
@@ -84,13 +85,20 @@ async fn serve(
     // 3. Cache: the same or a rephrased earlier request is answered at once, for free.
     let mut lookup =
         match cached::lookup(gw, caller, &routed, &raw, &req, req_headers, record).await {
-            cached::Step::Hit(resp) => return Ok(resp),
+            cached::Step::Hit(hit) => {
+                return Ok(cache_hit::response(
+                    &req,
+                    &hit.answer,
+                    hit.outcome,
+                    hit.similarity,
+                ))
+            }
             cached::Step::Miss(lookup) => lookup,
         };
 
     // 4. Budgets: reserve the estimate on every covering budget; at a limit, downgrade to a
     //    model that fits or refuse with 429.
-    let (routed, hold) = super::budget::reserve(
+    let (routed, hold) = crate::pipeline::budget::reserve(
         gw,
         caller,
         &req,
@@ -103,7 +111,7 @@ async fn serve(
         record.set_route(&routed);
         check_capabilities(&req, &routed.target)?;
     }
-    let budget_left_before = hold.as_ref().map(super::budget::Held::remaining);
+    let budget_left_before = hold.as_ref().map(crate::pipeline::budget::Held::remaining);
     let downgraded = hold.as_ref().is_some_and(|h| h.downgraded);
     record.set_held(hold);
 
@@ -161,7 +169,7 @@ async fn serve(
     headers::attempts_header(resp.headers_mut(), answer.attempts);
     if let Some(c) = record_cache {
         resp.headers_mut()
-            .insert(cached::CACHE, HeaderValue::from_static(c.header()));
+            .insert(cache_hit::CACHE, HeaderValue::from_static(c.header()));
     }
     if downgraded {
         resp.headers_mut()

@@ -9,9 +9,9 @@ use llm_gateway_crds::ModelKind;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::record::Record;
 use super::{body, headers, AppState};
 use crate::error::Error;
+use crate::pipeline::context::Record;
 
 #[derive(Deserialize)]
 struct EmbeddingsRequest {
@@ -29,7 +29,7 @@ pub async fn handle(
     let mut record = Record::new(gw.clone(), "embeddings", super::request_id(&req_headers));
     record.set_caller(caller.clone());
     let result = serve(&gw, &caller, &req_headers, body, &mut record).await;
-    record.respond(result)
+    super::respond::respond(&mut record, result)
 }
 
 async fn serve(
@@ -72,7 +72,7 @@ async fn serve(
     }
     let (tokens, bytes) = crate::router::tokens::count_input(&req.input);
     record.set_prompt_bytes(bytes);
-    let hold = super::budget::hold(gw, caller, &target, tokens as u64, 0).await?;
+    let hold = crate::pipeline::budget::hold(gw, caller, &target, tokens as u64, 0).await?;
     record.set_held(hold);
     let Some(result) = target.provider.embeddings(raw, &target.model).await else {
         return Err(Error::invalid(

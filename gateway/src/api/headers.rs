@@ -2,7 +2,7 @@
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
-use crate::models::info::format_usd;
+use crate::config::model::format_usd;
 use crate::models::registry::Target;
 use crate::router::Decision;
 

@@ -2,8 +2,7 @@
 
 pub mod admin;
 pub mod body;
-pub mod budget;
-pub mod cached;
+pub mod cache_hit;
 pub mod chat;
 pub mod embeddings;
 pub mod error;
@@ -11,22 +10,17 @@ pub mod headers;
 pub mod health;
 pub mod models;
 pub mod origin;
-pub mod record;
+pub mod respond;
 pub mod route;
 pub mod serve;
 pub mod sse;
 pub mod usage;
 
-use std::sync::Arc;
-
 use axum::routing::{get, post};
 use axum::Router;
 
-use crate::app::Gateway;
 use crate::error::{Error, Kind};
-
-/// Shared state of every handler.
-pub type AppState = Arc<Gateway>;
+pub use crate::state::AppState;
 
 /// `/metrics` (and the probes) alone, for a metrics listener of its own.
 pub fn metrics_router(state: AppState) -> Router {

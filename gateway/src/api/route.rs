@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 use super::{body, chat, AppState};
 use crate::error::Error;
-use crate::openai::ChatRequest;
+use crate::wire::ChatRequest;
 
 /// The handler.
 pub async fn handle(

@@ -2,8 +2,8 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use crate::config::model::format_usd;
 use crate::error::Error;
-use crate::models::info::format_usd;
 
 /// `data: <json>\n\n`.
 pub fn data(json: &[u8]) -> Bytes {

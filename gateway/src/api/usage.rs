@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use super::admin::{authorize, db_error, store};
 use super::AppState;
 use crate::auth::Caller;
-use crate::budget::policy::{Budget, Period, Scope};
+use crate::config::budget::{Budget, Period, Scope};
 use crate::error::{Error, Kind};
 
 fn engine(gw: &AppState) -> Result<&std::sync::Arc<crate::budget::Budgets>, Error> {
@@ -119,7 +119,7 @@ pub async fn report(
     authorize(&gw, &headers)?;
     let Query(q) = query.map_err(|e| Error::invalid("", e.body_text()))?;
     let now = gw.budgets.as_ref().map_or_else(
-        || crate::budget::Clock::now_ms(&crate::budget::SystemClock),
+        || crate::clock::Clock::now_ms(&crate::clock::SystemClock),
         |e| e.now_ms(),
     );
     let from = match &q.from {
@@ -144,8 +144,8 @@ pub async fn report(
         .map(|r| r.prompt_tokens + r.completion_tokens)
         .sum();
     Ok(Json(json!({
-        "from": crate::budget::policy::rfc3339(from),
-        "to": crate::budget::policy::rfc3339(to),
+        "from": crate::config::budget::rfc3339(from),
+        "to": crate::config::budget::rfc3339(to),
         "rows": rows,
         "total": {"requests": total_requests, "tokens": tokens, "cost_usd": total_cost},
     })))
@@ -196,7 +196,7 @@ pub async fn mine(
         "tenant": key.tenant,
         "budgets": status,
         "this_month": {
-            "cost_usd": crate::budget::policy::from_nano(nano),
+            "cost_usd": crate::config::budget::from_nano(nano),
             "tokens": tokens,
             "note": "recorded usage; requests of the last second may still be on their way to the database",
         },

@@ -13,10 +13,8 @@
 //! counters. Budget definitions are reloaded from the database every [`REFRESH`].
 
 pub mod counters;
-pub mod policy;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -24,10 +22,12 @@ use serde::Serialize;
 use tracing::{error, warn};
 
 use crate::auth::Caller;
+use crate::clock::Clock;
+pub use crate::config::budget::MAX_AMOUNT;
+use crate::config::budget::{from_nano, rfc3339, Budget, OnLimit, Scope, Window};
 use crate::error::Error;
 use crate::store::Store;
 use counters::{Ask, Kind, Level, Line, Local, Reserved, Shared};
-use policy::{from_nano, rfc3339, Budget, OnLimit, Scope, Window};
 
 /// How often budget definitions are reloaded: the longest a change takes on every replica.
 pub const REFRESH: Duration = Duration::from_secs(5);
@@ -39,44 +39,6 @@ pub const RESERVATION_TTL_MS: i64 = 15 * 60 * 1000;
 /// Budget counters outlive their period by a day, so late settlements still land.
 const COUNTER_GRACE_MS: i64 = 24 * 3600 * 1000;
 
-/// The current time, injectable so tests can cross a month boundary.
-pub trait Clock: Send + Sync + std::fmt::Debug {
-    /// Unix milliseconds.
-    fn now_ms(&self) -> i64;
-}
-
-/// The system clock.
-#[derive(Debug, Default)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now_ms(&self) -> i64 {
-        crate::openai::unix_ms()
-    }
-}
-
-/// A clock that moves only when told (tests).
-#[derive(Debug, Default)]
-pub struct ManualClock(AtomicI64);
-
-impl ManualClock {
-    /// A clock at `ms`.
-    pub fn at(ms: i64) -> Self {
-        Self(AtomicI64::new(ms))
-    }
-
-    /// Moves it to `ms`.
-    pub fn set(&self, ms: i64) {
-        self.0.store(ms, Ordering::SeqCst);
-    }
-}
-
-impl Clock for ManualClock {
-    fn now_ms(&self) -> i64 {
-        self.0.load(Ordering::SeqCst)
-    }
-}
-
 /// Nano-dollars and tokens.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Amount {
@@ -85,10 +47,6 @@ pub struct Amount {
     /// Prompt + completion tokens.
     pub tokens: i64,
 }
-
-/// The largest amount (of either unit) one request reserves or settles: 2^53 − 1, the
-/// largest integer the Redis scripts' doubles compare exactly (9 million USD in nano-dollars).
-pub const MAX_AMOUNT: i64 = (1 << 53) - 1;
 
 impl Amount {
     /// An amount from unbounded figures, each clamped to [0, [`MAX_AMOUNT`]].
@@ -412,7 +370,7 @@ impl Budgets {
                 lines.push(Line {
                     key: self.counter_key(b, &w),
                     kind: Kind::Budget,
-                    limit_a: b.limit_usd.map(policy::to_nano),
+                    limit_a: b.limit_usd.map(crate::config::budget::to_nano),
                     limit_b: b.limit_tokens.map(|t| t as i64),
                     ttl_ms: w.end_ms + COUNTER_GRACE_MS - now,
                 });

@@ -28,8 +28,9 @@ use std::time::{Duration, Instant};
 use ring::digest::{Context, SHA256};
 use serde_json::{Map, Value};
 
+use crate::clock::unix_ms;
 use crate::config::CacheSettings;
-use crate::openai::{unix_ms, ChatRequest, Usage};
+use crate::wire::{ChatRequest, Usage};
 use embed::{Embedder, Embedding};
 use guard::Signature;
 
@@ -243,7 +244,7 @@ impl std::io::Write for HashWriter {
 fn last_user_text(req: &ChatRequest) -> Option<String> {
     let last = req.messages.last()?;
     match last {
-        crate::openai::Message::User { content } => Some(content.text_cow().into_owned()),
+        crate::wire::Message::User { content } => Some(content.text_cow().into_owned()),
         _ => None,
     }
 }

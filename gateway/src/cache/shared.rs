@@ -146,7 +146,7 @@ impl Shared {
         let me = self.clone();
         let key = hex(key);
         tokio::spawn(async move {
-            let now = crate::openai::unix_ms();
+            let now = crate::clock::unix_ms();
             let ttl = (stored.expires_at_ms - now).max(1);
             let Ok(json) = serde_json::to_string(&stored) else {
                 return;

@@ -1,8 +1,10 @@
 //! Configuration: read a `GatewayConfig` (from a YAML file or from the environment), validate
 //! it once into typed [`Settings`], which is all the rest of the gateway ever sees.
 
+pub mod budget;
 mod env;
 mod file;
+pub mod model;
 mod validate;
 
 use std::fmt;
@@ -13,7 +15,7 @@ use http::HeaderMap;
 use llm_gateway_crds::Protocol;
 use url::Url;
 
-use crate::models::info::ModelInfo;
+use crate::config::model::ModelInfo;
 use crate::router::VirtualSpec;
 
 pub use env::from_env;

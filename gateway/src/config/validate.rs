@@ -16,7 +16,7 @@ use super::{
     DEFAULT_ANTHROPIC_MAX_TOKENS, DEFAULT_LATENCY_DECAY_SECS, DEFAULT_MAX_BODY_BYTES,
 };
 use crate::catalog;
-use crate::models::info::ModelInfo;
+use crate::config::model::ModelInfo;
 use crate::router::{builtin_virtuals, default_local_preference, VirtualSpec};
 
 /// Vendors whose hosted API always needs a key.

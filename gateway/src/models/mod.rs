@@ -1,5 +1,3 @@
-//! Models: what is known of each ([`info`]) and how a requested name finds its provider
-//! ([`registry`]).
+//! How a requested model name finds its provider ([`registry`]).
 
-pub mod info;
 pub mod registry;

@@ -3,11 +3,11 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::info::ModelInfo;
 use crate::breaker::Breaker;
+use crate::config::model::ModelInfo;
 use crate::error::{Error, Kind};
+use crate::latency::LatencyStats;
 use crate::providers::Provider;
-use crate::router::latency::LatencyStats;
 
 /// One enabled model.
 #[derive(Debug, Clone)]

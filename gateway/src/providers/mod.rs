@@ -17,10 +17,10 @@ use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 
 use crate::breaker::{Breaker, BreakerConfig};
+use crate::config::model::ModelInfo;
 use crate::config::{ProviderSettings, Secret};
 use crate::error::{Error, Failure, TimeoutKind};
-use crate::models::info::ModelInfo;
-use crate::openai::{ChatRequest, Usage};
+use crate::wire::{ChatRequest, Usage};
 
 /// Longest upstream error body read before it is cut (errors are small; a huge one is a fault).
 const MAX_ERROR_BODY: usize = 64 * 1024;

@@ -12,7 +12,7 @@ use serde_json::{json, Map, Value};
 
 use super::{opaque_error, stream_channel, ChatCall, ChatResponse, Provider, StreamItem};
 use crate::error::{Error, Failure};
-use crate::openai::{ResponseProbe, Usage};
+use crate::wire::{ResponseProbe, Usage};
 
 impl Provider {
     /// The OpenAI-compatible root (`…/v1`).

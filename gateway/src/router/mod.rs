@@ -8,7 +8,6 @@
 //! request, the rest are the fallback order. Explicit model names bypass scoring.
 
 pub mod classifier;
-pub mod latency;
 pub mod score;
 pub mod tokens;
 
@@ -18,10 +17,10 @@ use std::time::{Duration, Instant};
 use llm_gateway_crds::{CandidateSelector, ModelKind, Strategy, Weights};
 use serde::Serialize;
 
+use crate::config::model::ModelInfo;
 use crate::error::{Error, Kind};
-use crate::models::info::ModelInfo;
 use crate::models::registry::{Entry, Registry, Target};
-use crate::openai::ChatRequest;
+use crate::wire::ChatRequest;
 use classifier::{Classification, Tier};
 use score::{Inputs, Scored};
 

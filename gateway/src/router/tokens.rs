@@ -7,7 +7,7 @@ use std::sync::LazyLock;
 
 use tiktoken_rs::CoreBPE;
 
-use crate::openai::ChatRequest;
+use crate::wire::ChatRequest;
 
 /// Tokens OpenAI adds per message for role and separators.
 const PER_MESSAGE: usize = 4;

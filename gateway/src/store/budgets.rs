@@ -4,7 +4,7 @@ use serde::Serialize;
 use sqlx::Row;
 
 use super::{Store, StoreError};
-use crate::budget::policy::{Budget, OnLimit, Period, Scope};
+use crate::config::budget::{Budget, OnLimit, Period, Scope};
 
 /// The selected columns, as a literal for `concat!` (sqlx takes only literal SQL).
 macro_rules! columns {
@@ -99,7 +99,7 @@ impl Store {
 
     /// Creates or replaces the budget of `b.scope`.
     pub async fn put_budget(&self, b: &Budget) -> Result<(), StoreError> {
-        let now = crate::openai::unix_now() as i64;
+        let now = crate::clock::unix_now() as i64;
         macro_rules! bind {
             ($q:expr) => {
                 $q.bind(b.scope.kind())
@@ -197,7 +197,7 @@ impl Store {
                 run!(p, sum!("key_id = ?3 AND at_ms >= ?1 AND at_ms < ?2"))
             }
         };
-        Ok((crate::budget::policy::to_nano(usd), tokens))
+        Ok((crate::config::budget::to_nano(usd), tokens))
     }
 
     /// Spend per UTC day, tenant, key and model in `[from_ms, to_ms)`, optionally of one

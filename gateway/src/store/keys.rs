@@ -63,7 +63,7 @@ fn new_key() -> String {
 }
 
 fn now() -> i64 {
-    crate::openai::unix_now() as i64
+    crate::clock::unix_now() as i64
 }
 
 fn record(row: &impl RowLike) -> Result<KeyRecord, sqlx::Error> {

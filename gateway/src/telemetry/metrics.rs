@@ -11,7 +11,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-use crate::openai::Usage;
+use crate::wire::Usage;
 
 /// Label for a model the catalog does not list.
 pub const UNLISTED: &str = "unlisted";

@@ -5,8 +5,8 @@
 
 use std::sync::Arc;
 
-use llm_gateway::app::Gateway;
 use llm_gateway::config;
+use llm_gateway::state::Gateway;
 use mock_providers::{Mock, DEFAULT_OLLAMA_MODELS};
 use serde_json::Value;
 
@@ -89,7 +89,7 @@ pub struct BudgetSetup {
     /// Redis URL (default [`redis_url`]).
     pub redis_url: Option<String>,
     /// The budgets' clock.
-    pub clock: Arc<dyn llm_gateway::budget::Clock>,
+    pub clock: Arc<dyn llm_gateway::clock::Clock>,
     /// The database (default: a SQLite file in a temporary folder).
     pub database_url: Option<String>,
 }

@@ -3,7 +3,7 @@
 use serde_json::{json, Map, Value};
 
 use crate::error::Error;
-use crate::openai::{ChatRequest, Content, ContentPart, Message, ResponseFormat, ToolChoice};
+use crate::wire::{ChatRequest, Content, ContentPart, Message, ResponseFormat, ToolChoice};
 
 /// Instruction added to the system prompt for `response_format: json_object`, which the
 /// Messages API has no switch for.

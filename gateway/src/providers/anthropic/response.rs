@@ -7,9 +7,10 @@ use http::StatusCode;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::clock::unix_now;
 use crate::error::Error;
-use crate::openai::{unix_now, PromptTokensDetails, Usage};
 use crate::providers::StreamItem;
+use crate::wire::{PromptTokensDetails, Usage};
 
 /// Anthropic's usage block (cumulative in `message_delta`).
 #[derive(Debug, Default, Clone, Deserialize)]

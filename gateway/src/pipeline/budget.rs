@@ -4,15 +4,15 @@
 
 use std::sync::Arc;
 
-use super::AppState;
 use crate::auth::Caller;
-use crate::budget::policy::{to_nano, Budget};
 use crate::budget::{Amount, Refusal, Remaining, Reservation, DEFAULT_COMPLETION_RESERVE};
+use crate::config::budget::{to_nano, Budget};
+use crate::config::model::Price;
 use crate::error::{Error, Kind};
-use crate::models::info::Price;
 use crate::models::registry::{Entry, Target};
-use crate::openai::{ChatRequest, Usage};
 use crate::router::{tokens, CandidateFilter, Exclusion, Routed};
+use crate::state::AppState;
+use crate::wire::{ChatRequest, Usage};
 
 /// A request's hold on its budgets.
 #[derive(Debug)]

@@ -4,6 +4,10 @@
 use serde::{Deserialize, Serialize};
 use time::{Date, Duration, Month, OffsetDateTime, Time};
 
+/// The largest amount (of either unit) one request reserves or settles: 2^53 − 1, the
+/// largest integer the Redis scripts' doubles compare exactly (9 million USD in nano-dollars).
+pub const MAX_AMOUNT: i64 = (1 << 53) - 1;
+
 /// Whom a budget covers.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(tag = "scope", content = "subject", rename_all = "snake_case")]
@@ -206,7 +210,7 @@ impl Budget {
             ("requests_per_minute", self.requests_per_minute),
             ("tokens_per_minute", self.tokens_per_minute),
         ] {
-            if v.is_some_and(|v| v > super::MAX_AMOUNT as u64) {
+            if v.is_some_and(|v| v > MAX_AMOUNT as u64) {
                 return Err(Error::invalid(name, format!("`{name}` is too large")));
             }
         }

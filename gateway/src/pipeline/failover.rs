@@ -32,16 +32,16 @@ use http::HeaderMap;
 use serde_json::{Map, Value};
 use tracing::warn;
 
-use crate::api::record::Record;
-use crate::app::Gateway;
 use crate::breaker::Admission;
 use crate::deadline::{self, Mode};
 use crate::error::{Error, Failure, Kind, TimeoutKind};
 use crate::models::registry::Target;
-use crate::openai::{ChatRequest, Usage};
+use crate::pipeline::context::Record;
 use crate::providers::limiter::Permit;
 use crate::providers::{ChatCall, ChatResponse, StreamItem};
 use crate::router::{Hedge, Routed};
+use crate::state::Gateway;
+use crate::wire::{ChatRequest, Usage};
 use llm_gateway_crds::AllOpen;
 
 /// Longest wait for a busy provider's slot when another candidate could take the request.

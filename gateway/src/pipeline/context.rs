@@ -5,17 +5,14 @@ use std::time::Instant;
 
 use tracing::{info, warn};
 
-use axum::response::{IntoResponse, Response};
-use http::HeaderValue;
-
-use super::{headers, AppState};
 use crate::breaker::{Outcome, State, Transition};
+use crate::config::model::Price;
 use crate::error::Error;
-use crate::models::info::Price;
 use crate::models::registry::Target;
-use crate::openai::Usage;
 use crate::router::{Decision, Routed};
+use crate::state::AppState;
 use crate::telemetry::metrics::{RequestLabels, UNLISTED};
+use crate::wire::Usage;
 
 /// The outcome recorder of one request; if dropped unfinished (the client went away
 /// mid-stream), it records status 499.
@@ -271,29 +268,6 @@ impl Record {
         r.finish(499, None);
     }
 
-    /// Turns a handler's result into the response: an error is recorded and answered with
-    /// the headers of the target it reached; every response carries the request id.
-    pub fn respond(&mut self, result: Result<Response, Error>) -> Response {
-        let mut resp = match result {
-            Ok(resp) => resp,
-            Err(e) => {
-                self.finish(e.status(), None);
-                let mut resp = e.into_response();
-                if let Some(t) = &self.target {
-                    headers::target_headers(resp.headers_mut(), t);
-                }
-                if self.attempts > 0 {
-                    headers::attempts_header(resp.headers_mut(), self.attempts);
-                }
-                resp
-            }
-        };
-        if let Ok(v) = HeaderValue::from_str(&self.request_id) {
-            resp.headers_mut().insert(headers::REQUEST_ID, v);
-        }
-        resp
-    }
-
     /// Records the outcome; returns the cost when it is known.
     pub fn finish(&mut self, status: u16, usage: Option<&Usage>) -> Option<f64> {
         if self.done {
@@ -331,7 +305,7 @@ impl Record {
         };
         if let Some(h) = self.held.take() {
             let actual = crate::budget::Amount::bounded(
-                crate::budget::policy::to_nano(cost.unwrap_or(0.0)),
+                crate::config::budget::to_nano(cost.unwrap_or(0.0)),
                 usage.map_or(0, |u| u.prompt_tokens.saturating_add(u.completion_tokens)),
             );
             self.remaining = Some(h.reservation.remaining(Some(actual)));
@@ -398,7 +372,7 @@ impl Record {
                     .gw
                     .budgets
                     .as_ref()
-                    .map_or_else(crate::openai::unix_ms, |b| b.now_ms()),
+                    .map_or_else(crate::clock::unix_ms, |b| b.now_ms()),
                 request_id: self.request_id.clone(),
                 key_id: key.map(|k| k.id.clone()),
                 tenant: key.map(|k| k.tenant.clone()),

@@ -2,7 +2,7 @@
 
 use llm_gateway_crds::{Capability, ModelConfig, ModelKind};
 
-use crate::openai::Usage;
+use crate::wire::Usage;
 
 /// One model of one provider, validated.
 #[derive(Debug, Clone, PartialEq)]
