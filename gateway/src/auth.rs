@@ -13,11 +13,6 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use axum::extract::{Request, State};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
-
-use crate::api::AppState;
 use crate::error::{Error, Kind};
 use crate::store::keys::{hash_key, KeyRecord, KEY_PREFIX};
 use crate::store::Store;
@@ -257,17 +252,5 @@ impl Auth {
             return Err(unauthorized("This API key has been revoked."));
         }
         Ok(Caller::Key(found))
-    }
-}
-
-/// Middleware for the `/v1` routes: authenticates and puts the [`Caller`] in the request.
-pub async fn middleware(State(gw): State<AppState>, mut req: Request, next: Next) -> Response {
-    let peer = crate::api::serve::peer(req.extensions()).map(|a| a.ip());
-    match gw.auth.authenticate(req.headers(), peer).await {
-        Ok(caller) => {
-            req.extensions_mut().insert(caller);
-            next.run(req).await
-        }
-        Err(e) => e.into_response(),
     }
 }

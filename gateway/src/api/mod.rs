@@ -1,6 +1,7 @@
 //! The HTTP API: OpenAI-compatible endpoints, health, metrics.
 
 pub mod admin;
+pub mod authn;
 pub mod body;
 pub mod cache_hit;
 pub mod chat;
@@ -44,7 +45,7 @@ pub fn router(state: AppState, with_metrics: bool) -> Router {
         .route("/v1/models/{*id}", get(models::get))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
-            crate::auth::middleware,
+            authn::middleware,
         ))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),

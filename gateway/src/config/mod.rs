@@ -5,6 +5,8 @@ pub mod budget;
 mod env;
 mod file;
 pub mod model;
+pub mod resilience;
+pub mod routing;
 mod validate;
 
 use std::fmt;
@@ -16,7 +18,7 @@ use llm_gateway_crds::Protocol;
 use url::Url;
 
 use crate::config::model::ModelInfo;
-use crate::router::VirtualSpec;
+use routing::VirtualSpec;
 
 pub use env::from_env;
 pub use file::{load_file, parse};
@@ -24,6 +26,8 @@ pub use validate::validate;
 
 /// Default largest request body: 10 MiB (room for a few inline images).
 pub const DEFAULT_MAX_BODY_BYTES: usize = 10 * 1024 * 1024;
+/// Default largest upstream answer read: a non-streaming body, or all of a stream.
+pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 64 << 20;
 /// Default listen address: loopback only, since the quick start has no authentication.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 /// `max_tokens` sent to Anthropic when the client gives none.
@@ -165,7 +169,7 @@ pub struct ProviderSettings {
     /// Longest wait for a slot of this provider.
     pub queue_timeout: Duration,
     /// Breaker thresholds.
-    pub breaker: crate::breaker::BreakerConfig,
+    pub breaker: resilience::BreakerConfig,
     /// Anthropic's `anthropic-version` header.
     pub anthropic_version: String,
     /// Anthropic's `max_tokens` default.

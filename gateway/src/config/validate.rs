@@ -11,13 +11,14 @@ use llm_gateway_crds::{
 };
 use url::Url;
 
+use super::resilience::BreakerConfig as Breaker;
+use super::routing::{builtin_virtuals, default_local_preference, Hedge, VirtualSpec};
 use super::{
     ConfigError, FailoverSettings, ProviderSettings, RoutingSettings, Secret, Settings,
     DEFAULT_ANTHROPIC_MAX_TOKENS, DEFAULT_LATENCY_DECAY_SECS, DEFAULT_MAX_BODY_BYTES,
 };
 use crate::catalog;
 use crate::config::model::ModelInfo;
-use crate::router::{builtin_virtuals, default_local_preference, VirtualSpec};
 
 /// Vendors whose hosted API always needs a key.
 const KEYED_VENDORS: [&str; 4] = ["openai", "anthropic", "groq", "together"];
@@ -192,11 +193,8 @@ fn secret(
     }
 }
 
-fn breaker(
-    b: Option<&BreakerConfig>,
-    at: &dyn Fn(&str) -> String,
-) -> Result<crate::breaker::BreakerConfig, FieldError> {
-    let d = crate::breaker::BreakerConfig::default();
+fn breaker(b: Option<&BreakerConfig>, at: &dyn Fn(&str) -> String) -> Result<Breaker, FieldError> {
+    let d = Breaker::default();
     let Some(b) = b else { return Ok(d) };
     let at = |f: &str| at(&format!("breaker.{f}"));
     let count = |f: &str, v: Option<u32>, dv: u32| match v {
@@ -211,7 +209,7 @@ fn breaker(
     if !(ratio > 0.0 && ratio <= 1.0) {
         return Err((at("failure_ratio"), format!("{ratio} must be in (0, 1]")));
     }
-    let cfg = crate::breaker::BreakerConfig {
+    let cfg = Breaker {
         consecutive_failures: count(
             "consecutive_failures",
             b.consecutive_failures,
@@ -359,16 +357,14 @@ fn routing(
         let hedge = match &v.hedge {
             None => None,
             Some(h) => Some(match (h.after_secs, h.after_quantile) {
-                (Some(s), None) if s.is_finite() && s > 0.0 && s < 1e6 => {
-                    crate::router::Hedge::Delay { secs: s }
-                }
+                (Some(s), None) if s.is_finite() && s > 0.0 && s < 1e6 => Hedge::Delay { secs: s },
                 (Some(s), None) => {
                     return Err((
                         at("hedge.after_secs"),
                         format!("{s} is not a positive number of seconds"),
                     ))
                 }
-                (None, Some(q)) if q > 0.0 && q < 1.0 => crate::router::Hedge::Quantile { q },
+                (None, Some(q)) if q > 0.0 && q < 1.0 => Hedge::Quantile { q },
                 (None, Some(q)) => {
                     return Err((
                         at("hedge.after_quantile"),
@@ -610,7 +606,7 @@ fn provider(
         max_response_bytes: match p.max_response_bytes {
             Some(0) => return fail("max_response_bytes", "must be > 0".to_owned()),
             Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
-            None => crate::providers::DEFAULT_MAX_RESPONSE_BYTES,
+            None => super::DEFAULT_MAX_RESPONSE_BYTES,
         },
         max_concurrency: match p.max_concurrency {
             Some(0) => return fail("max_concurrency", "must be > 0".to_owned()),

@@ -304,8 +304,7 @@ impl Provider {
     }
 }
 
-/// Default largest upstream answer read: a non-streaming body, or all of a stream.
-pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 64 << 20;
+pub use crate::config::DEFAULT_MAX_RESPONSE_BYTES;
 
 /// A failure reading an upstream body.
 #[derive(Debug, thiserror::Error)]

@@ -289,7 +289,7 @@ impl StreamTranslator {
             Err(e) => {
                 return vec![StreamItem::Error(
                     Error::bad_gateway(format!("invalid Anthropic stream event: {e}"))
-                        .with_failure(crate::api::error::Failure::Malformed),
+                        .with_failure(crate::error::Failure::Malformed),
                 )]
             }
         };
