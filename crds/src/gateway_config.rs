@@ -7,6 +7,10 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GatewayConfig {
+    /// Set by whoever writes the document (the operator writes the generation it compiled);
+    /// reported by `GET /admin/config` and the `llm_gateway_config_info` metric.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
     /// HTTP server settings.
     #[serde(default)]
     pub server: ServerConfig,
@@ -263,19 +267,33 @@ pub enum Protocol {
     Ollama,
 }
 
-/// Where a secret comes from. The value itself never appears in configuration.
-/// Written as `{env: VAR}` or `{file: PATH}`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// Where a secret comes from. In files the value itself never appears: `{env: VAR}` or
+/// `{file: PATH}`. A document pushed to the gateway's authenticated admin endpoint (what the
+/// operator does with the keys it reads from Secrets) may carry `{value: ...}`; the gateway
+/// holds it in memory only and never shows it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "SecretSourceRepr", into = "SecretSourceRepr")]
 pub enum SecretSource {
-    /// Read from this environment variable at start.
+    /// Read from this environment variable.
     Env(String),
-    /// Read from this file at start (for example a mounted Kubernetes Secret); surrounding
-    /// whitespace is trimmed.
+    /// Read from this file (for example a mounted Kubernetes Secret); surrounding whitespace
+    /// is trimmed.
     File(String),
+    /// The secret itself (pushed documents only).
+    Value(String),
 }
 
-/// The written form of [`SecretSource`]: exactly one of `env`, `file`.
+impl std::fmt::Debug for SecretSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SecretSource::Env(v) => f.debug_tuple("Env").field(v).finish(),
+            SecretSource::File(p) => f.debug_tuple("File").field(p).finish(),
+            SecretSource::Value(_) => f.write_str("Value(***)"),
+        }
+    }
+}
+
+/// The written form of [`SecretSource`]: exactly one of `env`, `file`, `value`.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SecretSourceRepr {
@@ -285,16 +303,20 @@ pub struct SecretSourceRepr {
     /// Path of the file holding the secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<String>,
+    /// The secret itself: accepted only in a document pushed to `PUT /admin/config`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
 }
 
 impl TryFrom<SecretSourceRepr> for SecretSource {
     type Error = String;
     fn try_from(r: SecretSourceRepr) -> Result<Self, String> {
-        match (r.env, r.file) {
-            (Some(e), None) if !e.is_empty() => Ok(Self::Env(e)),
-            (None, Some(f)) if !f.is_empty() => Ok(Self::File(f)),
+        match (r.env, r.file, r.value) {
+            (Some(e), None, None) if !e.is_empty() => Ok(Self::Env(e)),
+            (None, Some(f), None) if !f.is_empty() => Ok(Self::File(f)),
+            (None, None, Some(v)) if !v.is_empty() => Ok(Self::Value(v)),
             _ => Err(
-                "set exactly one of `env` (a variable name) or `file` (a path), non-empty".into(),
+                "set exactly one of `env` (a variable name), `file` (a path) or, in a document pushed to PUT /admin/config, `value`; non-empty".into(),
             ),
         }
     }
@@ -302,16 +324,13 @@ impl TryFrom<SecretSourceRepr> for SecretSource {
 
 impl From<SecretSource> for SecretSourceRepr {
     fn from(s: SecretSource) -> Self {
+        let mut r = Self::default();
         match s {
-            SecretSource::Env(e) => Self {
-                env: Some(e),
-                file: None,
-            },
-            SecretSource::File(f) => Self {
-                env: None,
-                file: Some(f),
-            },
+            SecretSource::Env(e) => r.env = Some(e),
+            SecretSource::File(f) => r.file = Some(f),
+            SecretSource::Value(v) => r.value = Some(v),
         }
+        r
     }
 }
 

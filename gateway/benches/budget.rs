@@ -15,7 +15,7 @@ use llm_gateway::budget::{Amount, Budgets};
 use llm_gateway::clock::SystemClock;
 use llm_gateway::config::budget::{Budget, OnLimit, Period, Scope};
 use llm_gateway::router::BreakerFilter;
-use llm_gateway::state::Gateway;
+use llm_gateway::state::{Gateway, Services};
 use llm_gateway::store::Store;
 use llm_gateway::wire::ChatRequest;
 
@@ -54,13 +54,18 @@ async fn run(gw: Arc<Gateway>, key: &str, rounds: usize) -> (Vec<f64>, Vec<f64>)
     );
     let (mut auth, mut budget) = (Vec::new(), Vec::new());
     for i in 0..rounds + rounds / 10 {
-        let routed = gw.router.route(&gw.registry, &req, None, &[]).unwrap();
+        let snapshot = gw.config();
+        let routed = snapshot
+            .router
+            .route(&snapshot.registry, &req, None, &[])
+            .unwrap();
         let t = Instant::now();
         let caller = gw.auth.authenticate(&headers, None).await.unwrap();
         let a = t.elapsed().as_nanos() as f64;
         let t = Instant::now();
         let (_, held) = llm_gateway::pipeline::budget::reserve(
             &gw,
+            &snapshot,
             &caller,
             &req,
             &serde_json::Map::new(),
@@ -83,7 +88,7 @@ async fn run(gw: Arc<Gateway>, key: &str, rounds: usize) -> (Vec<f64>, Vec<f64>)
 }
 
 fn main() {
-    let (settings, _, _) = common::twenty_candidates();
+    let (cfg, settings, _, _) = common::twenty_candidates();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -115,13 +120,17 @@ fn main() {
         ] {
             let engine = Budgets::new(Some(store.clone()), shared, Arc::new(SystemClock), &prefix);
             engine.reload().await.unwrap();
-            let gw = Arc::new(
-                Gateway::build(&settings)
-                    .await
-                    .unwrap()
-                    .with_auth(Auth::new(Some(store.clone()), true, Duration::from_secs(3600)))
-                    .with_budgets(engine),
-            );
+            let gw = llm_gateway::app::assemble(
+                &cfg,
+                settings.clone(),
+                Services {
+                    auth: Auth::new(Some(store.clone()), true, Duration::from_secs(3600)),
+                    budgets: Some(engine),
+                    ..Services::default()
+                },
+            )
+            .await
+            .unwrap();
             let (mut auth, mut budget) = run(gw, &key, rounds).await;
             results.push((
                 name,

@@ -5,11 +5,9 @@
 //! out (each one is a second paid call).
 //! Run: `cargo bench -p llm-gateway --bench hedging`
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use llm_gateway::config;
-use llm_gateway::state::Gateway;
 use mock_providers::{Mock, DEFAULT_OLLAMA_MODELS};
 use serde_json::json;
 
@@ -38,7 +36,9 @@ async fn gateway(yaml: &str) -> String {
         (k != "LLM_GATEWAY_ADMIN_TOKEN").then(|| format!("key-for-{k}"))
     })
     .unwrap();
-    let gw = Arc::new(Gateway::build(&settings).await.unwrap());
+    let gw = llm_gateway::app::assemble(&cfg, settings, Default::default())
+        .await
+        .unwrap();
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", l.local_addr().unwrap());
     tokio::spawn(llm_gateway::app::serve(l, gw));

@@ -20,7 +20,7 @@ fn median_ns(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() {
-    let (_settings, registry, router) = common::twenty_candidates();
+    let (_doc, _settings, registry, router) = common::twenty_candidates();
     let req: ChatRequest = serde_json::from_value(serde_json::json!({"model": "auto", "messages": [{"role": "user", "content": "Explain how a hash map works."}]})).unwrap();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()

@@ -19,7 +19,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 fn main() {
-    let (_settings, registry, router) = common::twenty_candidates();
+    let (_doc, _settings, registry, router) = common::twenty_candidates();
     classifier::warm_up();
     llm_gateway::router::tokens::warm_up();
 

@@ -1,130 +1,109 @@
-//! Building a running gateway from validated settings: discover models, create providers,
-//! build the registry; then serve until a shutdown signal.
+//! Assembling a gateway from its configuration and services, keeping its configuration live
+//! (file changes, SIGHUP), and serving until a shutdown signal.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use llm_gateway_crds::Protocol;
+use llm_gateway_crds::GatewayConfig;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
-use crate::config::model::{ModelInfo, Price, UNKNOWN_LATENCY_MS, UNKNOWN_QUALITY};
-use crate::config::{ProviderSettings, Settings};
-use crate::models::registry::Registry;
-use crate::providers::{ollama, Provider};
-use crate::router::Router;
-use crate::state::Gateway;
-use crate::telemetry::metrics::Metrics;
+use crate::config::{DocSource, Settings};
+use crate::live::{self, Source};
+use crate::state::{Fixed, Gateway, Services};
 
-impl Gateway {
-    /// Builds the gateway: discovers models where asked, then builds providers and registry.
-    pub async fn build(settings: &Settings) -> anyhow::Result<Self> {
-        let mut providers = Vec::new();
-        for p in &settings.providers {
-            let models = if p.discover_models {
-                match ollama::list_models(p.base_url.as_str()).await {
-                    Ok(names) => discovered_models(p, &names),
-                    Err(e) if p.optional => {
-                        info!(provider = %p.name, base_url = %p.base_url, error = %e, "provider not reachable; skipping it");
-                        continue;
-                    }
-                    Err(e) => {
-                        warn!(provider = %p.name, base_url = %p.base_url, error = %e, "model discovery failed; serving the configured models");
-                        p.models.clone()
-                    }
-                }
-            } else {
-                p.models.clone()
-            };
-            let provider =
-                Arc::new(Provider::new(p)?.with_client_idle_timeout(settings.client_idle_timeout));
-            info!(
-                provider = %p.name,
-                protocol = ?p.protocol,
-                base_url = %p.base_url,
-                models = models.len(),
-                "provider enabled"
-            );
-            providers.push((provider, models));
-        }
-        let registry = Registry::new(providers);
-        let router = Router::new(
-            &settings.routing.virtuals,
-            &registry,
-            settings.routing.latency_decay,
-        );
-        // The classifier's automaton is small and used on every routed request: build it now.
-        // The tokenizer (~40 MB, ~0.2 s) loads on first need: the free byte bound settles
-        // the context check for all but prompts near a context window.
-        crate::router::classifier::warm_up();
-        Ok(Self {
-            auth: crate::auth::Auth::open(),
-            ledger: None,
-            budgets: None,
-            cache: None,
-            router,
-            registry,
-            metrics: Metrics::default(),
-            max_body_bytes: settings.max_body_bytes,
-            ready: AtomicBool::new(true),
-            failover: settings.routing.failover,
-            admin_token: settings.admin_token.clone(),
-            drain_timeout: settings.drain_timeout,
-            header_read_timeout: settings.header_read_timeout,
-            max_connections: settings.max_connections,
-            cors_allowed_origins: settings.cors_allowed_origins.clone(),
-            admission: crate::admission::Admission::new(
-                settings.max_concurrency,
-                settings.max_concurrency_per_tenant,
-                settings.max_buffered_body_bytes,
-                settings.max_body_bytes,
-                settings.queue_timeout,
-            ),
-        })
+/// Assembles a gateway from a validated configuration and its services: the one way `main`,
+/// the tests and the benchmarks build one.
+pub async fn assemble(
+    doc: &GatewayConfig,
+    settings: Settings,
+    mut services: Services,
+) -> anyhow::Result<Arc<Gateway>> {
+    let hash = live::hash(doc, &settings);
+    let fixed = Fixed::of(&settings);
+    let snapshot = live::build(doc, settings, hash, Source::Start, &services.learned, None).await?;
+    if let Some(c) = services.cache.as_mut() {
+        c.attach_provider(&snapshot.registry)
+            .map_err(|e| anyhow::anyhow!(e))?;
     }
+    // The classifier's automaton is small and used on every routed request: build it now.
+    // The tokenizer (~40 MB, ~0.2 s) loads on first need: the free byte bound settles the
+    // context check for all but prompts near a context window.
+    crate::router::classifier::warm_up();
+    Ok(Arc::new(Gateway::new(services, fixed, snapshot)))
 }
 
-/// Models a provider listed, with what the catalog knows of each (`llama3.2:3b` takes the
-/// entry of `llama3.2`); local models the catalog lacks are free with unknown capabilities.
-fn discovered_models(p: &ProviderSettings, names: &[String]) -> Vec<ModelInfo> {
-    names
-        .iter()
-        .map(|name| {
-            let family = name.split_once(':').map_or(name.as_str(), |(f, _)| f);
-            let known = p
-                .models
-                .iter()
-                .find(|m| m.name == *name)
-                .or_else(|| p.models.iter().find(|m| m.name == family));
-            match known {
-                Some(m) => ModelInfo {
-                    name: name.clone(),
-                    ..m.clone()
-                },
-                None => ModelInfo {
-                    name: name.clone(),
-                    kind: if name.contains("embed") || name.contains("minilm") {
-                        llm_gateway_crds::ModelKind::Embedding
-                    } else {
-                        llm_gateway_crds::ModelKind::Chat
-                    },
-                    price: (p.protocol == Protocol::Ollama).then_some(Price {
-                        input_per_mtok: 0.0,
-                        output_per_mtok: 0.0,
-                    }),
-                    context_window: None,
-                    max_output_tokens: None,
-                    capabilities: None,
-                    quality: UNKNOWN_QUALITY,
-                    latency_ms: UNKNOWN_LATENCY_MS,
-                    tags: vec![],
-                    first_token_timeout: None,
-                },
+/// Re-reads the configuration file every `every` and applies it when its content changed
+/// (a Kubernetes ConfigMap volume swaps a `..data` symlink rather than writing the file, so
+/// the path is read afresh each time, never watched by inode).
+pub fn watch_file(gw: Arc<Gateway>, path: PathBuf, every: Duration) {
+    tokio::spawn(async move {
+        let mut last = std::fs::read(&path).ok();
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let now = match tokio::fs::read(&path).await {
+                Ok(b) => b,
+                Err(e) => {
+                    // A ConfigMap update replaces the file in one rename; a read that fails
+                    // in between is retried at the next tick.
+                    tracing::debug!(path = %path.display(), error = %e, "config file not readable");
+                    continue;
+                }
+            };
+            if last.as_deref() == Some(now.as_slice()) {
+                continue;
             }
-        })
-        .collect()
+            last = Some(now);
+            reload_file(&gw, &path, Source::File).await;
+        }
+    });
+}
+
+/// Applies the file at `path` (SIGHUP and the file watcher come here).
+pub async fn reload_file(gw: &Gateway, path: &std::path::Path, source: Source) {
+    let name = path.display().to_string();
+    let doc = match crate::config::load_file(path) {
+        Ok(d) => d,
+        Err(e) => {
+            gw.metrics.config_reload(source.label(), "refused");
+            warn!(error = %e, "configuration refused; the running one stays");
+            return;
+        }
+    };
+    let getenv = |k: &str| std::env::var(k).ok();
+    let _ = live::apply(gw, doc, DocSource::File(&name), source, &getenv).await;
+}
+
+/// Applies the configuration again on every SIGHUP: the file's, or the environment's in the
+/// quick start.
+pub fn reload_on_sighup(gw: Arc<Gateway>, path: Option<PathBuf>) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            info!("SIGHUP: reloading the configuration");
+            match &path {
+                Some(p) => reload_file(&gw, p, Source::Signal).await,
+                None => {
+                    let getenv = |k: &str| std::env::var(k).ok();
+                    let doc = crate::config::from_env(getenv);
+                    let _ = live::apply(&gw, doc, DocSource::Environment, Source::Signal, &getenv)
+                        .await;
+                }
+            }
+        }
+    });
+    #[cfg(not(unix))]
+    let _ = (gw, path);
 }
 
 /// Serves on `listener` (and `/metrics` on `metrics`, when given) until SIGINT/SIGTERM, then
@@ -140,16 +119,17 @@ pub async fn serve_with_metrics(
     gw: Arc<Gateway>,
 ) -> anyhow::Result<()> {
     let addr: SocketAddr = listener.local_addr()?;
-    if gw.registry.providers().is_empty() {
+    let cfg = gw.config();
+    if cfg.registry.providers().is_empty() {
         warn!("no providers enabled: set OPENAI_API_KEY, ANTHROPIC_API_KEY, GROQ_API_KEY or TOGETHER_API_KEY, start Ollama, or pass --config");
     }
     info!(
-        models = gw.registry.entries().len(),
+        models = cfg.registry.entries().len(),
         "listening on http://{addr} — point OpenAI SDKs at OPENAI_BASE_URL=http://{addr}/v1"
     );
     let limits = crate::api::serve::Limits {
-        header_read_timeout: gw.header_read_timeout,
-        max_connections: crate::api::serve::fit_connections(gw.max_connections),
+        header_read_timeout: gw.fixed.header_read_timeout,
+        max_connections: crate::api::serve::fit_connections(gw.fixed.max_connections),
     };
     let app = crate::api::router(gw.clone(), metrics.is_none());
     let ledger = gw.ledger.clone();
@@ -172,7 +152,7 @@ pub async fn serve_with_metrics(
                     max_connections: 64,
                 },
                 stopped(rx),
-                Duration::from_secs(1),
+                || Duration::from_secs(1),
                 rejected,
                 prometheus_client::metrics::gauge::Gauge::default(),
             )
@@ -184,18 +164,19 @@ pub async fn serve_with_metrics(
         shutdown_signal().await;
         g.ready.store(false, Ordering::Relaxed);
         info!(
-            drain_timeout_secs = g.drain_timeout.as_secs_f64(),
+            drain_timeout_secs = g.config().drain_timeout.as_secs_f64(),
             "shutdown signal received; draining in-flight requests"
         );
         let _ = stopping_tx.send(true);
     });
     let g = gw.clone();
+    let d = gw.clone();
     crate::api::serve::serve(
         listener,
         app,
         limits,
         stopped(stopping),
-        gw.drain_timeout,
+        move || d.config().drain_timeout,
         move || g.metrics.connection_rejected(),
         gw.metrics.connections_open(),
     )

@@ -89,6 +89,12 @@ pub struct Auth {
     failures: Mutex<HashMap<std::net::IpAddr, (Instant, u32)>>,
 }
 
+impl Default for Auth {
+    fn default() -> Self {
+        Self::open()
+    }
+}
+
 /// Keys remembered at most.
 const KNOWN_KEYS: usize = 100_000;
 /// Unknown key hashes remembered at most.

@@ -116,6 +116,12 @@ pub struct Status {
 
 impl Breaker {
     /// A closed breaker.
+    /// Its thresholds.
+    pub fn config(&self) -> BreakerConfig {
+        self.cfg
+    }
+
+    /// A closed breaker with thresholds `cfg`.
     pub fn new(cfg: BreakerConfig, now: Instant) -> Self {
         Self {
             cfg,

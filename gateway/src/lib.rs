@@ -1,6 +1,7 @@
 //! LLM Gateway: one OpenAI-compatible endpoint in front of OpenAI, Anthropic, Groq,
 //! Together AI and Ollama.
 
+pub mod admin;
 pub mod admission;
 pub mod api;
 pub mod app;
@@ -16,6 +17,7 @@ pub mod error;
 pub mod kv;
 pub mod latency;
 pub mod ledger;
+pub mod live;
 pub mod models;
 pub mod pipeline;
 pub mod providers;

@@ -1,100 +1,178 @@
-//! What every request shares: the gateway's services and settings.
+//! What every request shares, in two parts: the gateway's long-lived services (built once,
+//! kept for the life of the process) and the configuration snapshot it serves with (replaced
+//! whole while serving, see [`crate::live`]). A request loads the snapshot once, at its start,
+//! and finishes on it — across failover and a long stream — while the next request sees the
+//! newest.
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::config::{FailoverSettings, Secret};
+use arc_swap::ArcSwap;
+use llm_gateway_crds::GatewayConfig;
+
+use crate::admission::Admission;
+use crate::auth::Auth;
+use crate::budget::Budgets;
+use crate::cache::Cache;
+use crate::config::{FailoverSettings, Secret, Settings};
+use crate::ledger::Ledger;
 use crate::models::registry::Registry;
+use crate::providers::learned::Learned;
 use crate::router::Router;
 use crate::telemetry::metrics::Metrics;
 
 /// Shared state of every handler.
 pub type AppState = Arc<Gateway>;
 
-/// Everything the handlers share.
+/// The long-lived services and the current configuration snapshot.
 #[derive(Debug)]
 pub struct Gateway {
-    /// Enabled models and providers.
-    pub registry: Registry,
-    /// Virtual models and their routing.
-    pub router: Router,
     /// Caller authentication.
-    pub auth: crate::auth::Auth,
+    pub auth: Auth,
     /// The usage ledger, when there is a database.
-    pub ledger: Option<crate::ledger::Ledger>,
+    pub ledger: Option<Ledger>,
     /// Budgets and rate limits, when there is a database.
-    pub budgets: Option<Arc<crate::budget::Budgets>>,
-    /// The response cache, when enabled.
-    pub cache: Option<Arc<crate::cache::Cache>>,
+    pub budgets: Option<Arc<Budgets>>,
+    /// The response cache, when enabled at start.
+    pub cache: Option<Arc<Cache>>,
     /// Prometheus metrics.
     pub metrics: Metrics,
-    /// Largest accepted request body.
-    pub max_body_bytes: usize,
     /// Cleared when shutdown begins, so `/readyz` fails at once.
     pub ready: AtomicBool,
-    /// Failover limits.
-    pub failover: FailoverSettings,
-    /// Admin endpoints' bearer token.
-    pub admin_token: Option<Secret>,
-    /// How long in-flight requests may take to finish on SIGTERM.
-    pub drain_timeout: Duration,
+    /// Breakers, limits, latency figures and HTTP clients of providers and models, by name.
+    pub learned: Learned,
+    /// Settings of the listener, fixed at start.
+    pub fixed: Fixed,
+    current: ArcSwap<Snapshot>,
+    /// Held while a new configuration is validated, built and swapped in: one at a time.
+    pub(crate) applying: tokio::sync::Mutex<()>,
+}
+
+/// Settings read once at start; a new configuration that changes them is refused (they need
+/// a restart).
+#[derive(Debug, Clone)]
+pub struct Fixed {
     /// Longest wait for a request's headers (and on an idle kept-alive connection).
     pub header_read_timeout: Duration,
     /// Open client connections at most.
     pub max_connections: usize,
     /// Browser origins allowed by CORS.
     pub cors_allowed_origins: Vec<String>,
-    /// Global, per-tenant and buffered-body limits, checked before a body is read.
-    pub admission: crate::admission::Admission,
+}
+
+impl Fixed {
+    /// The fixed part of `s`.
+    pub fn of(s: &Settings) -> Self {
+        Self {
+            header_read_timeout: s.header_read_timeout,
+            max_connections: s.max_connections,
+            cors_allowed_origins: s.cors_allowed_origins.clone(),
+        }
+    }
+}
+
+/// One configuration, as requests use it.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// Enabled models and providers.
+    pub registry: Registry,
+    /// Virtual models and their routing.
+    pub router: Router,
+    /// Failover limits.
+    pub failover: FailoverSettings,
+    /// Admin endpoints' bearer token.
+    pub admin_token: Option<Secret>,
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+    /// How long in-flight requests may take to finish on SIGTERM.
+    pub drain_timeout: Duration,
+    /// Global, per-tenant and buffered-body limits, checked before a body is read (shared
+    /// with the previous snapshot when they did not change).
+    pub admission: Arc<Admission>,
+    /// The validated settings it was built from (the next configuration is compared to them).
+    pub settings: Settings,
+    /// Where it came from.
+    pub meta: Meta,
+}
+
+/// What identifies a configuration.
+#[derive(Debug, Clone)]
+pub struct Meta {
+    /// The `version` its writer set (the operator writes the generation it compiled).
+    pub version: Option<String>,
+    /// SHA-256 of the document and the secrets it resolved to, hex: equal hashes, equal
+    /// configurations.
+    pub hash: String,
+    /// When it was applied, Unix milliseconds.
+    pub applied_at_ms: i64,
+    /// How it arrived: `start`, `push`, `file` or `signal`.
+    pub source: &'static str,
+    /// The document with every secret value replaced by `<redacted>`.
+    pub redacted: GatewayConfig,
 }
 
 impl Gateway {
-    /// Uses `auth` for callers (keys from a store; anonymous calls allowed or not).
-    pub fn with_auth(mut self, auth: crate::auth::Auth) -> Self {
-        self.auth = auth;
-        self
-    }
-
-    /// Records every request's usage through `ledger`.
-    pub fn with_ledger(mut self, ledger: crate::ledger::Ledger) -> Self {
-        self.ledger = Some(ledger);
-        self
-    }
-
-    /// Enforces `budgets` (their Redis failures counted in this gateway's metrics).
-    pub fn with_budgets(mut self, mut budgets: crate::budget::Budgets) -> Self {
-        budgets.count_redis_errors_in(self.metrics.budget_redis_errors());
-        self.budgets = Some(Arc::new(budgets));
-        self
-    }
-
-    /// Serves repeated and rephrased requests from `cache`.
-    pub fn with_cache(mut self, mut cache: crate::cache::Cache) -> Self {
-        cache.count_evictions_in(self.metrics.cache_evictions());
-        if let Some(s) = cache.shared_mut() {
-            s.count_errors_in(self.metrics.cache_redis_errors());
+    /// A gateway serving `snapshot` with these services.
+    pub fn new(services: Services, fixed: Fixed, snapshot: Snapshot) -> Self {
+        let metrics = services.metrics;
+        let budgets = services.budgets.map(|mut b| {
+            b.count_redis_errors_in(metrics.budget_redis_errors());
+            Arc::new(b)
+        });
+        let cache = services.cache.map(|mut c| {
+            c.count_evictions_in(metrics.cache_evictions());
+            if let Some(s) = c.shared_mut() {
+                s.count_errors_in(metrics.cache_redis_errors());
+            }
+            let c = Arc::new(c);
+            if let Some(s) = c.shared() {
+                s.spawn_listener(c.clone());
+            }
+            c
+        });
+        metrics.config_applied(
+            snapshot.meta.version.as_deref(),
+            &snapshot.meta.hash,
+            "start",
+        );
+        Self {
+            auth: services.auth,
+            ledger: services.ledger,
+            budgets,
+            cache,
+            metrics,
+            ready: AtomicBool::new(true),
+            learned: services.learned,
+            fixed,
+            current: ArcSwap::from_pointee(snapshot),
+            applying: tokio::sync::Mutex::new(()),
         }
-        let cache = Arc::new(cache);
-        if let Some(s) = cache.shared() {
-            s.spawn_listener(cache.clone());
-        }
-        self.cache = Some(cache);
-        self
+    }
+
+    /// The configuration to serve a new request with.
+    pub fn config(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// Makes `next` the configuration of every request from now on.
+    pub(crate) fn swap(&self, next: Snapshot) {
+        self.current.store(Arc::new(next));
     }
 
     /// Publishes the state gauges read at scrape time: breakers, concurrency limits,
     /// learned deadlines.
     pub fn publish_gauges(&self) {
         let now = Instant::now();
-        for p in self.registry.providers() {
+        let cfg = self.config();
+        for p in cfg.registry.providers() {
             self.metrics
                 .breaker_state(&p.name, "*", p.breaker.status(now).state.gauge());
             let l = &p.limiter;
             self.metrics
                 .provider_concurrency(&p.name, l.limit(), l.in_flight(), l.queued());
         }
-        for e in self.registry.entries() {
+        for e in cfg.registry.entries() {
             self.metrics.breaker_state(
                 &e.provider.name,
                 &e.info.name,
@@ -114,4 +192,21 @@ impl Gateway {
             }
         }
     }
+}
+
+/// The long-lived services a gateway is built with.
+#[derive(Debug, Default)]
+pub struct Services {
+    /// Caller authentication (default: anonymous calls allowed, no key store).
+    pub auth: Auth,
+    /// The usage ledger.
+    pub ledger: Option<Ledger>,
+    /// The budget engine.
+    pub budgets: Option<Budgets>,
+    /// The response cache.
+    pub cache: Option<Cache>,
+    /// Metrics (a fresh registry by default).
+    pub metrics: Metrics,
+    /// What is known of providers and models (the snapshot was built with it).
+    pub learned: Learned,
 }

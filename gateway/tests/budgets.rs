@@ -42,16 +42,16 @@ async fn setup_via(redis_url: Option<String>, routing: &str) -> Setup {
     let prefix = redis_url
         .is_some()
         .then(|| format!("lgw-test-{}:", uuid::Uuid::new_v4()));
-    let h = start_with_budgets(
-        BudgetSetup {
+    let h = gateway()
+        .routing(routing)
+        .budgets(BudgetSetup {
             redis_url,
             database_url: None,
             redis_prefix: prefix.clone(),
             clock: clock.clone(),
-        },
-        routing,
-    )
-    .await;
+        })
+        .start()
+        .await;
     let (rec, key) = h
         .store
         .as_ref()

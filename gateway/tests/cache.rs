@@ -22,7 +22,7 @@ async fn start() -> Harness {
         llm_gateway::cache::embed::default_model_dir().is_some(),
         "set LLM_GATEWAY_EMBEDDING_MODEL (./e2e/test-all.sh does)"
     );
-    start_yaml(|m| with_cache(m, "")).await
+    gateway().yaml(|m| with_cache(m, "")).start().await
 }
 
 fn ask(text: &str) -> Value {
@@ -213,7 +213,11 @@ async fn errors_cut_streams_tool_calls_hot_temperatures_and_no_store_are_never_c
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tenants_never_share_entries_and_hits_are_recorded_free() {
-    let h = start_keys_yaml(|m| with_cache(m, "")).await;
+    let h = gateway()
+        .yaml(|m| with_cache(m, ""))
+        .keys(true, std::time::Duration::from_secs(5))
+        .start()
+        .await;
     let store = h.store.clone().unwrap();
     let (_, a) = store.create_key("team-a", "").await.unwrap();
     let (_, b) = store.create_key("team-b", "").await.unwrap();
@@ -253,13 +257,15 @@ async fn tenants_never_share_entries_and_hits_are_recorded_free() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_virtual_model_can_turn_its_cache_off_or_set_its_own_threshold() {
     let routing = "  virtual_models:\n  - {name: fresh, strategy: cost, candidates: {providers: [openai]}, cache: {enabled: false}}\n  - {name: loose, strategy: cost, candidates: {providers: [openai]}, cache: {similarity_threshold: 0.8}}\n";
-    let h = start_yaml(|m| {
-        format!(
-            "{}\ncache:\n  enabled: true\n",
-            config_yaml_with(m, "", routing)
-        )
-    })
-    .await;
+    let h = gateway()
+        .yaml(|m| {
+            format!(
+                "{}\ncache:\n  enabled: true\n",
+                config_yaml_with(m, "", routing)
+            )
+        })
+        .start()
+        .await;
     let mut q = ask("How do I cook rice?");
     q["model"] = json!("fresh");
     assert_eq!(cache_of(&send(&h, &q, None, &[]).await.1), "bypass");
@@ -292,8 +298,16 @@ async fn wait_entries(h: &Harness, n: usize) -> Duration {
 async fn replicas_share_entries_through_redis_and_new_replicas_load_them() {
     assert!(llm_gateway::cache::embed::default_model_dir().is_some());
     let prefix = format!("lgw-test-{}:", uuid::Uuid::new_v4());
-    let a = start_yaml_shared_cache(|m| with_cache(m, ""), redis_url(), &prefix).await;
-    let b = start_yaml_shared_cache(|m| with_cache(m, ""), redis_url(), &prefix).await;
+    let a = gateway()
+        .yaml(|m| with_cache(m, ""))
+        .shared_cache(redis_url(), &prefix)
+        .start()
+        .await;
+    let b = gateway()
+        .yaml(|m| with_cache(m, ""))
+        .shared_cache(redis_url(), &prefix)
+        .start()
+        .await;
     let q = ask("How do I undo the last commit in git?");
     assert_eq!(cache_of(&send(&a, &q, None, &[]).await.1), "miss");
     let took = wait_entries(&b, 1).await;
@@ -311,7 +325,11 @@ async fn replicas_share_entries_through_redis_and_new_replicas_load_them() {
     );
 
     // A replica started later loads what Redis holds.
-    let c = start_yaml_shared_cache(|m| with_cache(m, ""), redis_url(), &prefix).await;
+    let c = gateway()
+        .yaml(|m| with_cache(m, ""))
+        .shared_cache(redis_url(), &prefix)
+        .start()
+        .await;
     wait_entries(&c, 1).await;
     assert_eq!(
         cache_of(&send(&c, &para, None, &[]).await.1),
@@ -325,13 +343,16 @@ async fn with_redis_down_the_cache_serves_locally_and_shares_again_when_it_is_ba
     assert!(llm_gateway::cache::embed::default_model_dir().is_some());
     let prefix = format!("lgw-test-{}:", uuid::Uuid::new_v4());
     let proxy = Proxy::start(redis_addr()).await;
-    let a = start_yaml_shared_cache(
-        |m| with_cache(m, ""),
-        &format!("redis://{}", proxy.addr),
-        &prefix,
-    )
-    .await;
-    let b = start_yaml_shared_cache(|m| with_cache(m, ""), redis_url(), &prefix).await;
+    let a = gateway()
+        .yaml(|m| with_cache(m, ""))
+        .shared_cache(&format!("redis://{}", proxy.addr), &prefix)
+        .start()
+        .await;
+    let b = gateway()
+        .yaml(|m| with_cache(m, ""))
+        .shared_cache(redis_url(), &prefix)
+        .start()
+        .await;
     proxy.cut().await;
     let q = ask("What is the speed of light?");
     let (s, hd, _) = send(&a, &q, None, &[]).await;
@@ -384,7 +405,9 @@ async fn with_redis_down_the_cache_serves_locally_and_shares_again_when_it_is_ba
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_provider_embeddings_endpoint_can_replace_the_local_model() {
-    let h = start_yaml(|m| with_cache(m, "  embedding_provider: openai/text-embedding-3-small\n"))
+    let h = gateway()
+        .yaml(|m| with_cache(m, "  embedding_provider: openai/text-embedding-3-small\n"))
+        .start()
         .await;
     let mut q = ask("What is the capital of France?");
     q["temperature"] = json!(0.1);
@@ -453,12 +476,11 @@ async fn images_and_other_parts_are_part_of_the_match() {
 async fn long_prompts_large_answers_and_the_redis_byte_budget() {
     assert!(llm_gateway::cache::embed::default_model_dir().is_some());
     let prefix = format!("lgw-test-{}:", uuid::Uuid::new_v4());
-    let h = start_yaml_shared_cache(
-        |m| with_cache(m, "  max_entry_bytes: 20000\n  redis_max_bytes: 6000\n"),
-        redis_url(),
-        &prefix,
-    )
-    .await;
+    let h = gateway()
+        .yaml(|m| with_cache(m, "  max_entry_bytes: 20000\n  redis_max_bytes: 6000\n"))
+        .shared_cache(redis_url(), &prefix)
+        .start()
+        .await;
     let long = "lorem ipsum ".repeat(30_000);
     let started = std::time::Instant::now();
     let (status, hd, _) = send(&h, &ask(&format!("{long} first")), None, &[]).await;

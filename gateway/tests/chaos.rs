@@ -137,7 +137,7 @@ async fn top_provider(h: &Harness) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_client_errors_while_a_healthy_candidate_exists() {
-    let h = start_yaml(chaos_yaml).await;
+    let h = gateway().yaml(chaos_yaml).start().await;
     let scenarios: Vec<(&str, Value)> = vec![
         ("500s", json!({"status": 500})),
         (
@@ -220,7 +220,7 @@ async fn no_client_errors_while_a_healthy_candidate_exists() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_cut_after_content_ends_with_an_error_never_a_silent_truncation() {
-    let h = start_yaml(chaos_yaml).await;
+    let h = gateway().yaml(chaos_yaml).start().await;
     let victim = top_provider(&h).await;
     h.fault(json!({"vendor": victim, "cut_after": 5})).await;
     let body = json!({"model": "chaos", "stream": true, "messages": [{"role": "user", "content": "Explain how a hash map works. [[words=12]]"}]});
@@ -243,7 +243,7 @@ async fn all_breakers_open_is_a_503_naming_providers_and_retry_times() {
     let yaml = |mock: &str| {
         format!("routing:\n  virtual_models:\n    - {{name: solo, strategy: cost, candidates: {{providers: [groq]}}}}\nproviders:\n  - name: groq\n    base_url: {mock}/groq/openai/v1\n    api_key: {{env: GROQ_API_KEY}}\n    breaker: {{consecutive_failures: 2, base_backoff_secs: 30}}\n")
     };
-    let h = start_yaml(yaml).await;
+    let h = gateway().yaml(yaml).start().await;
     h.fault(json!({"vendor": "groq", "status": 503})).await;
     for _ in 0..2 {
         let (status, _, _) = h.chat(&json!({"model": "groq/llama-3.1-8b-instant", "messages": [{"role": "user", "content": "x"}]})).await;
@@ -296,7 +296,7 @@ fn open_fds() -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_connection_or_task_leaks_under_faults() {
-    let h = start_yaml(chaos_yaml).await;
+    let h = gateway().yaml(chaos_yaml).start().await;
     let faults = [
         json!({"vendor": "anthropic", "status": 500}),
         json!({"vendor": "openai", "cut_after": 1}),
@@ -332,7 +332,7 @@ async fn concurrency_limits_queue_briefly_then_answer_503_with_retry_after() {
     let yaml = |mock: &str| {
         format!("providers:\n  - name: groq\n    base_url: {mock}/groq/openai/v1\n    api_key: {{env: GROQ_API_KEY}}\n    max_concurrency: 1\n    queue_timeout_secs: 0.2\n")
     };
-    let h = start_yaml(yaml).await;
+    let h = gateway().yaml(yaml).start().await;
     h.fault(json!({"vendor": "groq", "latency_ms": 1000})).await;
     let ask =
         json!({"model": "llama-3.1-8b-instant", "messages": [{"role": "user", "content": "x"}]});
@@ -356,7 +356,7 @@ async fn concurrency_limits_queue_briefly_then_answer_503_with_retry_after() {
     let yaml = |mock: &str| {
         format!("server:\n  max_concurrency: 2\n  queue_timeout_secs: 0.3\nproviders:\n  - name: groq\n    base_url: {mock}/groq/openai/v1\n    api_key: {{env: GROQ_API_KEY}}\n")
     };
-    let h = start_yaml(yaml).await;
+    let h = gateway().yaml(yaml).start().await;
     h.fault(json!({"vendor": "groq", "latency_ms": 1000})).await;
     let (x, y, z) = tokio::join!(h.chat(&ask), h.chat(&ask), async {
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -375,7 +375,7 @@ async fn when_all_open_try_soonest_sends_to_the_first_to_reopen() {
     let yaml = |mock: &str| {
         format!("routing:\n  failover: {{when_all_open: try_soonest}}\n  virtual_models:\n    - {{name: pair, strategy: cost, candidates: {{providers: [groq, together]}}}}\nproviders:\n  - name: groq\n    base_url: {mock}/groq/openai/v1\n    api_key: {{env: GROQ_API_KEY}}\n    breaker: {{consecutive_failures: 1, base_backoff_secs: 20, max_backoff_secs: 20}}\n  - name: together\n    base_url: {mock}/together/v1\n    api_key: {{env: TOGETHER_API_KEY}}\n    breaker: {{consecutive_failures: 1, base_backoff_secs: 60, max_backoff_secs: 60}}\n")
     };
-    let h = start_yaml(yaml).await;
+    let h = gateway().yaml(yaml).start().await;
     let ask = |m: &str| json!({"model": m, "messages": [{"role": "user", "content": "x"}]});
     h.fault(json!({"vendor": "groq", "status": 500, "times": 1}))
         .await;

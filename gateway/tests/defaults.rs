@@ -80,7 +80,7 @@ fn metric(text: &str, prefix: &str) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_top_provider_fails_over_inside_the_clients_timeout_from_a_cold_start() {
-    let h = start_yaml(|m| yaml(m, "")).await;
+    let h = gateway().yaml(|m| yaml(m, "")).start().await;
     h.fault(json!({"vendor": "openai", "hang": true})).await;
     // A client that waits 8 s (the SDK declares its timeout): the first attempt gets at most
     // half of the time left, so the second candidate still has time to answer.
@@ -108,7 +108,7 @@ async fn a_hung_top_provider_fails_over_inside_the_clients_timeout_from_a_cold_s
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn once_learned_a_hung_model_fails_over_in_seconds_without_a_client_timeout() {
-    let h = start_yaml(|m| yaml(m, "")).await;
+    let h = gateway().yaml(|m| yaml(m, "")).start().await;
     // Normal traffic teaches the gateway how fast gpt-4o-mini starts answering.
     for i in 0..48 {
         let (status, provider, ..) = call(&h, &body("pair", i % 2 == 0, 3), None).await;
@@ -142,7 +142,7 @@ async fn once_learned_a_hung_model_fails_over_in_seconds_without_a_client_timeou
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_provider_that_slows_down_under_load_gets_a_limit_that_settles() {
-    let h = start_yaml(|m| yaml(m, "")).await;
+    let h = gateway().yaml(|m| yaml(m, "")).start().await;
     // Each request in progress adds 20 ms to the next one's time to first token.
     h.fault(json!({"vendor": "openai", "latency_per_inflight_ms": 20.0}))
         .await;
@@ -228,7 +228,7 @@ const INITIAL_LIMIT: f64 = 64.0;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_provider_answering_429_under_load_sheds_traffic_without_client_errors() {
-    let h = start_yaml(|m| yaml(m, "")).await;
+    let h = gateway().yaml(|m| yaml(m, "")).start().await;
     h.fault(json!({"vendor": "openai", "latency_ms": 50, "max_inflight": 8, "status": 429, "retry_after": "1"}))
         .await;
     let run_for = Duration::from_secs(5);
@@ -278,16 +278,16 @@ async fn hedging_asks_the_next_provider_after_the_delay_and_both_calls_are_paid(
         llm_gateway::clock::SystemClock.now_ms(),
     ));
     let routing = "  virtual_models:\n    - {name: pair, strategy: quality, candidates: {models: [gpt-4o-mini, llama-3.1-8b-instant]}, hedge: {after_secs: 0.2}}\n";
-    let h = start_with_budgets(
-        BudgetSetup {
+    let h = gateway()
+        .routing(routing)
+        .budgets(BudgetSetup {
             redis_url: None,
             database_url: None,
             redis_prefix: None,
             clock,
-        },
-        routing,
-    )
-    .await;
+        })
+        .start()
+        .await;
     let store = h.store.clone().unwrap();
     let (rec, key) = store.create_key("team-h", "ci").await.unwrap();
     let r = h

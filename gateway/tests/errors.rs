@@ -214,9 +214,12 @@ async fn a_provider_that_hangs_is_a_504_after_its_timeout() {
 
 #[tokio::test]
 async fn unreachable_provider_is_502() {
-    let h =
-        start_with("  - name: dead\n    protocol: openai\n    base_url: http://127.0.0.1:9/v1\n")
-            .await;
+    let h = gateway()
+        .provider_yaml(
+            "  - name: dead\n    protocol: openai\n    base_url: http://127.0.0.1:9/v1\n",
+        )
+        .start()
+        .await;
     let (status, headers, body) = h
         .chat(&json!({"model": "dead/x", "messages": [{"role": "user", "content": "x"}]}))
         .await;

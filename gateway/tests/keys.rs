@@ -25,7 +25,10 @@ async fn call(h: &Harness, key: Option<&str>) -> (u16, Value) {
 
 #[tokio::test]
 async fn required_keys_reject_missing_unknown_and_revoked_keys() {
-    let h = start_with_keys(true, Duration::from_millis(200)).await;
+    let h = gateway()
+        .keys(true, Duration::from_millis(200))
+        .start()
+        .await;
     let (status, body) = call(&h, None).await;
     assert_eq!(status, 401, "{body}");
     assert_eq!(body["error"]["code"], "invalid_api_key");
@@ -99,7 +102,7 @@ async fn required_keys_reject_missing_unknown_and_revoked_keys() {
 
 #[tokio::test]
 async fn the_admin_key_api_needs_the_admin_token_and_valid_input() {
-    let h = start_with_keys(true, Duration::from_secs(5)).await;
+    let h = gateway().keys(true, Duration::from_secs(5)).start().await;
     let r = h
         .http
         .post(format!("{}/admin/keys", h.gw))
@@ -143,7 +146,7 @@ async fn the_admin_key_api_needs_the_admin_token_and_valid_input() {
 
 #[tokio::test]
 async fn the_loopback_quick_start_stays_open_but_checks_real_keys() {
-    let h = start_with_keys(false, Duration::from_secs(5)).await;
+    let h = gateway().keys(false, Duration::from_secs(5)).start().await;
     assert_eq!(call(&h, None).await.0, 200, "anonymous");
     assert_eq!(
         call(&h, Some("x")).await.0,

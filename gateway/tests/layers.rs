@@ -30,10 +30,10 @@ const LAYERS: &[(&str, &[&str])] = &[
             "admin",
         ],
     ),
-    ("state", &["state"]),
+    ("state", &["state", "live"]),
     ("pipeline", &["pipeline"]),
     ("api", &["api"]),
-    ("assembly", &["app", "reload"]),
+    ("assembly", &["app"]),
 ];
 
 fn layer_of(module: &str) -> Option<usize> {

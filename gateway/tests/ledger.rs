@@ -37,7 +37,7 @@ fn record(i: usize) -> UsageRecord {
 
 #[tokio::test]
 async fn every_request_leaves_a_record_priced_from_its_usage() {
-    let h = start_with_keys(true, Duration::from_secs(5)).await;
+    let h = gateway().keys(true, Duration::from_secs(5)).start().await;
     let store = h.store.clone().unwrap();
     let (key_rec, key) = store.create_key("team-a", "ci").await.unwrap();
     let post = |body: serde_json::Value| {
@@ -191,16 +191,16 @@ async fn a_postgres_outage_under_load_keeps_keys_and_budgets_working_and_loses_n
     let (direct_url, schema) = pg_schema().await;
     let proxy = Proxy::start("127.0.0.1:5432").await;
     let via_proxy = direct_url.replace("127.0.0.1:5432", &proxy.addr.to_string());
-    let h = start_with_budgets(
-        BudgetSetup {
+    let h = gateway()
+        .routing("")
+        .budgets(BudgetSetup {
             redis_prefix: None,
             redis_url: None,
             clock: Arc::new(llm_gateway::clock::SystemClock),
             database_url: Some(via_proxy),
-        },
-        "",
-    )
-    .await;
+        })
+        .start()
+        .await;
     let direct = Store::open(&direct_url).await.unwrap();
     let (_, key) = direct.create_key("team-a", "load").await.unwrap();
     let r = h

@@ -18,7 +18,7 @@ fn ranking(decision: &Value) -> &Vec<Value> {
 #[tokio::test]
 async fn cheap_picks_the_cheapest() {
     let routing = "  virtual_models:\n  - {name: cheap-remote, strategy: cost, candidates: {providers: [openai, anthropic, groq, together]}}\n";
-    let h = start_full("", routing).await;
+    let h = gateway().provider_yaml("").routing(routing).start().await;
     for (model, want) in [
         ("cheap", "ollama/"),
         ("cheap-remote", "groq/llama-3.1-8b-instant"),
@@ -100,7 +100,11 @@ async fn served_by(h: &Harness) -> String {
 #[tokio::test]
 async fn fast_moves_away_from_a_slow_provider_and_comes_back_when_it_recovers() {
     // A 1 s decay constant keeps the test short; the default is 30 s.
-    let h = start_full("", "  latency_decay_secs: 1\n").await;
+    let h = gateway()
+        .provider_yaml("")
+        .routing("  latency_decay_secs: 1\n")
+        .start()
+        .await;
     h.fault(json!({"vendor": "groq", "latency_ms": 100})).await;
     for _ in 0..3 {
         assert_eq!(
@@ -215,7 +219,7 @@ async fn no_fitting_candidate_is_a_400_that_says_why() {
     assert!(msg.contains("context windows smaller than"), "{msg}");
 
     let routing = "  virtual_models:\n  - {name: groq-only, strategy: balanced, candidates: {providers: [groq]}}\n";
-    let h = start_full("", routing).await;
+    let h = gateway().provider_yaml("").routing(routing).start().await;
     let body = json!({"model": "groq-only", "tools": tools(), "messages": [{"role": "user", "content": [
         {"type": "text", "text": "what is this"}, {"type": "image_url", "image_url": {"url": "https://x/y.png"}}]}]});
     let (status, d) = h.route(&body).await;

@@ -18,16 +18,16 @@ fn hello(model: &str) -> Value {
 }
 
 async fn keyed(routing: &str) -> Harness {
-    start_with_budgets(
-        BudgetSetup {
+    gateway()
+        .routing(routing)
+        .budgets(BudgetSetup {
             redis_url: None,
             database_url: None,
             redis_prefix: None,
             clock: Arc::new(ManualClock::at(SystemClock.now_ms())),
-        },
-        routing,
-    )
-    .await
+        })
+        .start()
+        .await
 }
 
 async fn put_budget(h: &Harness, b: Value) {
@@ -131,13 +131,16 @@ async fn one_huge_reservation_does_not_lock_other_tenants_out() {
 /// Medium 5: per-tenant concurrency: one tenant's stalled streams cannot fill the gateway.
 #[tokio::test]
 async fn one_tenant_cannot_take_every_slot() {
-    let limited = start_keys_yaml(|m| {
-        config_yaml(m, "").replace(
-            "server:\n",
-            "server:\n  max_concurrency: 4\n  max_concurrency_per_tenant: 2\n",
-        )
-    })
-    .await;
+    let limited = gateway()
+        .yaml(|m| {
+            config_yaml(m, "").replace(
+                "server:\n",
+                "server:\n  max_concurrency: 4\n  max_concurrency_per_tenant: 2\n",
+            )
+        })
+        .keys(true, std::time::Duration::from_secs(5))
+        .start()
+        .await;
     let store = limited.store.as_ref().unwrap();
     let (_, a) = store.create_key("a", "").await.unwrap();
     let (_, b) = store.create_key("b", "").await.unwrap();
@@ -177,13 +180,15 @@ async fn one_tenant_cannot_take_every_slot() {
 /// new ones are closed at once; the gateway keeps answering.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slowloris_connections_are_reaped_and_capped() {
-    let h = start_yaml(|m| {
-        config_yaml(m, "").replace(
-            "server:\n",
-            "server:\n  header_read_timeout_secs: 1\n  max_connections: 40\n",
-        )
-    })
-    .await;
+    let h = gateway()
+        .yaml(|m| {
+            config_yaml(m, "").replace(
+                "server:\n",
+                "server:\n  header_read_timeout_secs: 1\n  max_connections: 40\n",
+            )
+        })
+        .start()
+        .await;
     let addr = h.gw.trim_start_matches("http://").to_owned();
     let (soft, hard) = rlimit::getrlimit(rlimit::Resource::NOFILE).unwrap();
     assert_eq!(
@@ -230,8 +235,10 @@ async fn slowloris_connections_are_reaped_and_capped() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_does_not_trip_the_providers_breaker() {
     // Two failures would open the breaker; on the old code three stalled streams did.
-    let h = start_yaml(|m| {
-        config_yaml(m, "")
+    let h =
+        gateway()
+            .yaml(|m| {
+                config_yaml(m, "")
             .replace("server:\n", "server:\n  client_idle_timeout_secs: 0.3\n")
             .replace(
                 "    base_url: {mock}/anthropic\n"
@@ -239,8 +246,9 @@ async fn a_client_that_stops_reading_does_not_trip_the_providers_breaker() {
                     .as_str(),
                 &format!("    base_url: {m}/anthropic\n    breaker: {{consecutive_failures: 2}}\n"),
             )
-    })
-    .await;
+            })
+            .start()
+            .await;
     let mut body = hello("claude-3-5-haiku-latest");
     body["stream"] = json!(true);
     // Long enough to fill the socket buffers while the client pauses.
@@ -300,13 +308,15 @@ async fn a_client_that_stops_reading_does_not_trip_the_providers_breaker() {
 /// rebinding); CORS only for configured origins.
 #[tokio::test]
 async fn keyless_mode_refuses_foreign_hosts_origins_and_non_json() {
-    let h = start_yaml(|m| {
-        config_yaml(m, "").replace(
-            "server:\n",
-            "server:\n  cors_allowed_origins: ['http://app.localtest:3000']\n",
-        )
-    })
-    .await;
+    let h = gateway()
+        .yaml(|m| {
+            config_yaml(m, "").replace(
+                "server:\n",
+                "server:\n  cors_allowed_origins: ['http://app.localtest:3000']\n",
+            )
+        })
+        .start()
+        .await;
     let url = format!("{}/v1/chat/completions", h.gw);
     let body = hello("gpt-4o-mini").to_string();
     let post = |ct: &'static str| {
@@ -537,7 +547,10 @@ async fn keys_features_models_and_answer_sizes_are_held_to_limits() {
     b["service_tier"] = json!("flex");
     assert_eq!(chat_as(&h, &key, &b).await.0, 200, "a cheaper tier is fine");
 
-    let small = start_yaml(|m| config_yaml(m, "    max_response_bytes: 2000\n")).await;
+    let small = gateway()
+        .yaml(|m| config_yaml(m, "    max_response_bytes: 2000\n"))
+        .start()
+        .await;
     let mut long = hello("gpt-4o-mini");
     long["messages"][0]["content"] = json!("[[words=2000]]");
     let (status, _, body) = small.chat(&long).await;

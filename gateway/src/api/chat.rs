@@ -46,35 +46,42 @@ async fn serve(
     body: Body,
     record: &mut Record,
 ) -> Result<Response, Error> {
+    let cfg = record.cfg().clone();
     // 1. Admit (global, tenant and buffered-body limits), then read and validate.
-    let admitted = gw
+    let admitted = cfg
         .admission
         .admit(caller.tenant(), req_headers, &gw.metrics)
         .await?;
     let (raw, req): (_, ChatRequest) =
-        body::parse(&body::read(req_headers, body, gw.max_body_bytes).await?)?;
+        body::parse(&body::read(req_headers, body, cfg.max_body_bytes).await?)?;
     validate(&req)?;
     let prompt_bytes = crate::router::tokens::upper_bound(&req, raw.get("tools"));
     record.set_prompt_bytes(prompt_bytes);
     // The request's deadline counts from its arrival, and the client's own timeout.
-    let plan = failover::Plan::new(gw, req_headers, record.started(), &req, prompt_bytes);
+    let plan = failover::Plan::new(
+        &cfg.failover,
+        req_headers,
+        record.started(),
+        &req,
+        prompt_bytes,
+    );
 
     // 2. Route: a virtual model is scored across its candidates (open breakers skipped); an
     //    explicit name is resolved.
     let breakers = BreakerFilter::now();
     let allowed = crate::auth::AllowedModels::of(caller);
     let filters: [&dyn crate::router::CandidateFilter; 2] = [&breakers, &allowed];
-    let routed = match gw
+    let routed = match cfg
         .router
-        .route(&gw.registry, &req, raw.get("tools"), &filters)
+        .route(&cfg.registry, &req, raw.get("tools"), &filters)
     {
         // Every candidate's breaker is open, and config says to try the soonest anyway.
         Err(e)
             if e.kind == crate::error::Kind::NoCandidate
-                && gw.failover.when_all_open == AllOpen::TrySoonest =>
+                && cfg.failover.when_all_open == AllOpen::TrySoonest =>
         {
-            gw.router
-                .route(&gw.registry, &req, raw.get("tools"), &[&allowed])?
+            cfg.router
+                .route(&cfg.registry, &req, raw.get("tools"), &[&allowed])?
         }
         r => r?,
     };
@@ -100,6 +107,7 @@ async fn serve(
     //    model that fits or refuse with 429.
     let (routed, hold) = crate::pipeline::budget::reserve(
         gw,
+        &cfg,
         caller,
         &req,
         &raw,

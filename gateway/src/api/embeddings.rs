@@ -39,12 +39,13 @@ async fn serve(
     body: Body,
     record: &mut Record,
 ) -> Result<Response, Error> {
-    let _admitted = gw
+    let cfg = record.cfg().clone();
+    let _admitted = cfg
         .admission
         .admit(caller.tenant(), req_headers, &gw.metrics)
         .await?;
     let (raw, req): (_, EmbeddingsRequest) =
-        body::parse(&body::read(req_headers, body, gw.max_body_bytes).await?)?;
+        body::parse(&body::read(req_headers, body, cfg.max_body_bytes).await?)?;
     let empty = match &req.input {
         Value::String(s) => s.is_empty(),
         Value::Array(a) => a.is_empty(),
@@ -54,7 +55,7 @@ async fn serve(
     if empty {
         return Err(Error::invalid("input", "`input` must not be empty."));
     }
-    let target = gw.registry.resolve(&req.model)?;
+    let target = cfg.registry.resolve(&req.model)?;
     crate::auth::AllowedModels::of(caller).check_target(&target.provider.name, &target.model)?;
     record.set_target(&target);
     if target

@@ -24,14 +24,15 @@ pub async fn readyz(State(gw): State<AppState>) -> Response {
         )
             .into_response();
     }
-    if gw.registry.providers().is_empty() {
+    let cfg = gw.config();
+    if cfg.registry.providers().is_empty() {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({"status": "no providers enabled"})),
         )
             .into_response();
     }
-    Json(json!({"status": "ready", "providers": gw.registry.providers().len()})).into_response()
+    Json(json!({"status": "ready", "providers": cfg.registry.providers().len()})).into_response()
 }
 
 /// Prometheus / OpenMetrics exposition.

@@ -5,6 +5,7 @@ pub mod authn;
 pub mod body;
 pub mod cache_hit;
 pub mod chat;
+pub mod config;
 pub mod embeddings;
 pub mod error;
 pub mod headers;
@@ -57,8 +58,9 @@ pub fn router(state: AppState, with_metrics: bool) -> Router {
     } else {
         Router::new()
     };
-    let app = base
-        .merge(v1)
+    // Every admin route sits behind the one token check.
+    let admin = Router::new()
+        .route("/admin/config", get(config::get).put(config::put))
         .route("/admin/breakers", get(admin::breakers))
         .route("/admin/keys", post(admin::create_key).get(admin::list_keys))
         .route("/admin/keys/{id}", axum::routing::delete(admin::revoke_key))
@@ -68,13 +70,20 @@ pub fn router(state: AppState, with_metrics: bool) -> Router {
             axum::routing::delete(usage::delete),
         )
         .route("/admin/usage", get(usage::report))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            admin::require_token,
+        ));
+    let app = base
+        .merge(v1)
+        .merge(admin)
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state.clone());
     // CORS wraps the whole router, so preflights are answered before any routing.
-    match origin::cors(&state.cors_allowed_origins) {
+    match origin::cors(&state.fixed.cors_allowed_origins) {
         Some(cors) => {
             Router::new().fallback_service(tower::ServiceBuilder::new().layer(cors).service(app))
         }

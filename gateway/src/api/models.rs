@@ -38,8 +38,8 @@ fn model_object(id: String, e: &Entry) -> Value {
     })
 }
 
-fn virtual_objects(gw: &AppState) -> Vec<Value> {
-    gw.router
+fn virtual_objects(cfg: &crate::state::Snapshot) -> Vec<Value> {
+    cfg.router
         .virtuals()
         .map(|(v, pool)| {
             json!({
@@ -61,23 +61,25 @@ fn virtual_objects(gw: &AppState) -> Vec<Value> {
 
 /// The list.
 pub async fn list(State(gw): State<AppState>) -> Json<Value> {
-    let mut data: Vec<Value> = (0..gw.registry.entries().len())
-        .map(|i| model_object(gw.registry.public_name(i), &gw.registry.entries()[i]))
+    let cfg = gw.config();
+    let mut data: Vec<Value> = (0..cfg.registry.entries().len())
+        .map(|i| model_object(cfg.registry.public_name(i), &cfg.registry.entries()[i]))
         .collect();
-    data.extend(virtual_objects(&gw));
+    data.extend(virtual_objects(&cfg));
     Json(json!({"object": "list", "data": data}))
 }
 
 /// One model by any name that resolves to it.
 pub async fn get(State(gw): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, Error> {
-    if let Some(v) = virtual_objects(&gw)
+    let cfg = gw.config();
+    if let Some(v) = virtual_objects(&cfg)
         .into_iter()
         .find(|v| v["id"] == id.as_str())
     {
         return Ok(Json(v));
     }
-    let t = gw.registry.resolve(&id)?;
-    let found = gw.registry.entries().iter().find(|e| {
+    let t = cfg.registry.resolve(&id)?;
+    let found = cfg.registry.entries().iter().find(|e| {
         e.provider.name == t.provider.name && t.info.as_ref().is_some_and(|i| i.name == e.info.name)
     });
     match found {

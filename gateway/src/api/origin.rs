@@ -36,7 +36,8 @@ fn is_loopback_name(host: &str) -> bool {
 }
 
 fn origin_allowed(gw: &AppState, origin: &str) -> bool {
-    gw.cors_allowed_origins
+    gw.fixed
+        .cors_allowed_origins
         .iter()
         .any(|o| o == "*" || o.eq_ignore_ascii_case(origin))
 }

@@ -19,13 +19,14 @@ pub async fn handle(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Value>, Error> {
-    let bytes = body::read(&headers, body, gw.max_body_bytes).await?;
+    let cfg = gw.config();
+    let bytes = body::read(&headers, body, cfg.max_body_bytes).await?;
     let (raw, req): (_, ChatRequest) = body::parse(&bytes)?;
     chat::validate(&req)?;
     let breakers = crate::router::BreakerFilter::now();
-    let routed = gw
+    let routed = cfg
         .router
-        .route(&gw.registry, &req, raw.get("tools"), &[&breakers])?;
+        .route(&cfg.registry, &req, raw.get("tools"), &[&breakers])?;
     Ok(Json(match &routed.decision {
         Some(d) => json!({
             "model": req.model,

@@ -57,13 +57,14 @@ pub fn fit_connections(wanted: usize) -> usize {
 }
 
 /// Serves `app` on `listener` until `shutdown` resolves, then lets open requests finish for
-/// at most `drain`. `on_reject` is called for each connection closed at the cap.
+/// at most `drain()` (read then: the configuration may have changed it since the start).
+/// `on_reject` is called for each connection closed at the cap.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     limits: Limits,
     shutdown: impl std::future::Future<Output = ()>,
-    drain: Duration,
+    drain: impl Fn() -> Duration,
     on_reject: impl Fn() + Send + Sync + 'static,
     open: prometheus_client::metrics::gauge::Gauge,
 ) -> std::io::Result<()> {
@@ -124,7 +125,7 @@ pub async fn serve(
     drop(listener);
     tokio::select! {
         () = graceful.shutdown() => {}
-        () = tokio::time::sleep(drain) => {
+        () = tokio::time::sleep(drain()) => {
             warn!("drain timeout reached; closing the remaining connections");
         }
     }

@@ -3,11 +3,10 @@
 
 use axum::extract::{Path, Query, State};
 use axum::{Extension, Json};
-use http::HeaderMap;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::admin::{authorize, db_error, store};
+use super::admin::{admin, admin_error};
 use super::AppState;
 use crate::auth::Caller;
 use crate::config::budget::{Budget, Period, Scope};
@@ -24,9 +23,12 @@ fn engine(gw: &AppState) -> Result<&std::sync::Arc<crate::budget::Budgets>, Erro
 }
 
 /// `GET /admin/budgets`: every budget with its figures in the current period.
-pub async fn list(State(gw): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, Error> {
-    authorize(&gw, &headers)?;
-    let all = store(&gw)?.list_budgets().await.map_err(db_error)?;
+pub async fn list(State(gw): State<AppState>) -> Result<Json<Value>, Error> {
+    let all = admin(&gw)?
+        .store()
+        .list_budgets()
+        .await
+        .map_err(|e| admin_error(e.into()))?;
     let all: Vec<_> = all.into_iter().map(std::sync::Arc::new).collect();
     let status = engine(&gw)?.status(&all).await;
     Ok(Json(json!({ "budgets": status })))
@@ -36,35 +38,22 @@ pub async fn list(State(gw): State<AppState>, headers: HeaderMap) -> Result<Json
 /// this replica at once and on the others within the refresh interval.
 pub async fn put(
     State(gw): State<AppState>,
-    headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Json<Value>, Error> {
-    authorize(&gw, &headers)?;
     let (_, b): (_, Budget) = super::body::parse(&body)?;
-    b.validate()?;
-    let store = store(&gw)?;
-    if let Scope::Key(id) = &b.scope {
-        let keys = store.list_keys().await.map_err(db_error)?;
-        if !keys.iter().any(|k| &k.id == id) {
-            return Err(Error::invalid(
-                "subject",
-                format!("No key with id `{id}` (see GET /admin/keys)."),
-            )
-            .with_code("key_not_found"));
-        }
-    }
-    store.put_budget(&b).await.map_err(db_error)?;
-    engine(&gw)?.reload().await.map_err(db_error)?;
+    admin(&gw)?.put_budget(&b).await.map_err(admin_error)?;
+    engine(&gw)?
+        .reload()
+        .await
+        .map_err(|e| admin_error(e.into()))?;
     Ok(Json(serde_json::to_value(&b).unwrap_or_default()))
 }
 
 /// `DELETE /admin/budgets/global`, `/admin/budgets/tenant/{name}`, `/admin/budgets/key/{id}`.
 pub async fn delete(
     State(gw): State<AppState>,
-    headers: HeaderMap,
     Path(path): Path<String>,
 ) -> Result<Json<Value>, Error> {
-    authorize(&gw, &headers)?;
     let (kind, subject) = path.split_once('/').unwrap_or((path.as_str(), ""));
     let scope = Scope::from_parts(kind, subject).ok_or_else(|| {
         Error::invalid(
@@ -72,13 +61,20 @@ pub async fn delete(
             "Use /admin/budgets/global, /admin/budgets/tenant/{name} or /admin/budgets/key/{id}.",
         )
     })?;
-    if !store(&gw)?.delete_budget(&scope).await.map_err(db_error)? {
+    if !admin(&gw)?
+        .delete_budget(&scope)
+        .await
+        .map_err(admin_error)?
+    {
         return Err(
             Error::new(Kind::NotFound, format!("No {} budget.", scope.describe()))
                 .with_code("budget_not_found"),
         );
     }
-    engine(&gw)?.reload().await.map_err(db_error)?;
+    engine(&gw)?
+        .reload()
+        .await
+        .map_err(|e| admin_error(e.into()))?;
     Ok(Json(
         json!({"deleted": true, "scope": scope.kind(), "subject": scope.subject()}),
     ))
@@ -113,10 +109,8 @@ fn day_ms(param: &str, v: &str) -> Result<i64, Error> {
 /// with totals.
 pub async fn report(
     State(gw): State<AppState>,
-    headers: HeaderMap,
     query: Result<Query<UsageQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, Error> {
-    authorize(&gw, &headers)?;
     let Query(q) = query.map_err(|e| Error::invalid("", e.body_text()))?;
     let now = gw.budgets.as_ref().map_or_else(
         || crate::clock::Clock::now_ms(&crate::clock::SystemClock),
@@ -133,10 +127,11 @@ pub async fn report(
     if to <= from {
         return Err(Error::invalid("to", "`to` must not be before `from`."));
     }
-    let rows = store(&gw)?
+    let rows = admin(&gw)?
+        .store()
         .usage_report(from, to, q.tenant.as_deref(), q.key_id.as_deref())
         .await
-        .map_err(db_error)?;
+        .map_err(|e| admin_error(e.into()))?;
     let total_cost: f64 = rows.iter().map(|r| r.cost_usd).sum();
     let total_requests: i64 = rows.iter().map(|r| r.requests).sum();
     let tokens: i64 = rows
@@ -188,7 +183,7 @@ pub async fn mine(
         Some(s) => s
             .spend(&Scope::Key(key.id.clone()), month.start_ms, month.end_ms)
             .await
-            .map_err(db_error)?,
+            .map_err(|e| admin_error(e.into()))?,
         None => (0, 0),
     };
     Ok(Json(json!({

@@ -184,7 +184,8 @@ pub enum Found {
 /// The cache.
 #[derive(Debug)]
 pub struct Cache {
-    settings: CacheSettings,
+    /// Swapped whole by live configuration; a lookup captures what it needs at its start.
+    settings: arc_swap::ArcSwap<CacheSettings>,
     embedder: Option<Embedding>,
     inner: Mutex<Inner>,
     evictions: prometheus_client::metrics::counter::Counter,
@@ -264,6 +265,7 @@ impl Cache {
     /// A cache; semantic matching only if `embedder` is given.
     pub fn new(settings: CacheSettings, embedder: Option<Embedding>) -> Self {
         let cap = NonZeroUsize::new(settings.max_entries).unwrap_or(NonZeroUsize::MIN);
+        let settings = arc_swap::ArcSwap::from_pointee(settings);
         Self {
             settings,
             embedder,
@@ -312,7 +314,7 @@ impl Cache {
             return;
         }
         let bytes = entry_bytes(&s.answer, s.text.as_deref(), s.vector.as_deref());
-        if bytes > self.settings.max_entry_bytes {
+        if bytes > self.settings.load().max_entry_bytes {
             return;
         }
         self.insert(
@@ -343,7 +345,7 @@ impl Cache {
             inner.scopes.entry(scope).or_default().add(key, v);
         }
         // The byte bound, least recently used first (never the entry just stored).
-        while inner.bytes > self.settings.max_bytes && inner.entries.len() > 1 {
+        while inner.bytes > self.settings.load().max_bytes && inner.entries.len() > 1 {
             let Some((old_key, old)) = inner.entries.pop_lru() else {
                 break;
             };
@@ -420,10 +422,10 @@ impl Cache {
         &mut self,
         registry: &crate::models::registry::Registry,
     ) -> Result<(), String> {
-        let Some(name) = self.settings.embedding_provider.clone() else {
+        let Some(name) = self.settings.load().embedding_provider.clone() else {
             return Ok(());
         };
-        if !self.settings.semantic {
+        if !self.settings.load().semantic {
             return Ok(());
         }
         let t = registry
@@ -441,6 +443,12 @@ impl Cache {
             &t.model,
         )));
         Ok(())
+    }
+
+    /// Uses new settings from now on (the store and embedding model stay: changing those
+    /// needs a restart, see [`crate::live`]).
+    pub fn set_settings(&self, s: CacheSettings) {
+        self.settings.store(std::sync::Arc::new(s));
     }
 
     /// Whether rephrased prompts can hit.
@@ -472,8 +480,9 @@ impl Cache {
         req: &ChatRequest,
         headers: &http::HeaderMap,
     ) -> Result<Lookup, Bypass> {
-        let rc = virtual_model.and_then(|v| self.settings.routes.get(v));
-        if !rc.map_or(self.settings.enabled, |r| r.enabled) {
+        let settings = self.settings.load();
+        let rc = virtual_model.and_then(|v| settings.routes.get(v));
+        if !rc.map_or(settings.enabled, |r| r.enabled) {
             return Err(Bypass::Disabled);
         }
         let cc = headers
@@ -487,7 +496,7 @@ impl Cache {
             return Err(Bypass::NoStore);
         }
         let temperature = req.temperature.unwrap_or(1.0);
-        if temperature > self.settings.max_temperature {
+        if temperature > settings.max_temperature {
             return Err(Bypass::Temperature);
         }
         if req.n.unwrap_or(1) > 1 {
@@ -539,8 +548,8 @@ impl Cache {
             exact,
             scope,
             text,
-            threshold: rc.map_or(self.settings.threshold, |r| r.threshold),
-            ttl: rc.map_or(self.settings.ttl, |r| r.ttl),
+            threshold: rc.map_or(settings.threshold, |r| r.threshold),
+            ttl: rc.map_or(settings.ttl, |r| r.ttl),
             refresh: cc.iter().any(|d| d == "no-cache"),
             vector: None,
         })
@@ -605,7 +614,7 @@ impl Cache {
     /// Whether an answer may be stored.
     pub fn cacheable(&self, a: &Answer) -> bool {
         let tool = a.message.get("tool_calls").is_some_and(|t| !t.is_null());
-        (!tool || self.settings.cache_tool_calls)
+        (!tool || self.settings.load().cache_tool_calls)
             && matches!(a.finish_reason.as_str(), "stop" | "length" | "tool_calls")
     }
 
@@ -615,7 +624,7 @@ impl Cache {
             return;
         }
         let bytes = entry_bytes(&answer, l.text.as_deref(), l.vector.as_deref());
-        if bytes > self.settings.max_entry_bytes {
+        if bytes > self.settings.load().max_entry_bytes {
             return;
         }
         if let Some(s) = &self.shared {

@@ -33,6 +33,16 @@ pub fn parse(source: &str, text: &str) -> Result<GatewayConfig, ConfigError> {
     })
 }
 
+/// Parses JSON text; `source` names it in errors.
+pub fn parse_json(source: &str, text: &str) -> Result<GatewayConfig, ConfigError> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let path = if path == "." { String::new() } else { path };
+        ConfigError::at(source, path, e.into_inner().to_string())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

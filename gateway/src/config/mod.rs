@@ -14,15 +14,15 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use http::HeaderMap;
-use llm_gateway_crds::Protocol;
+use llm_gateway_crds::{GatewayConfig, Protocol};
 use url::Url;
 
 use crate::config::model::ModelInfo;
 use routing::VirtualSpec;
 
 pub use env::from_env;
-pub use file::{load_file, parse};
-pub use validate::validate;
+pub use file::{load_file, parse, parse_json};
+pub use validate::{validate, validate_as};
 
 /// Default largest request body: 10 MiB (room for a few inline images).
 pub const DEFAULT_MAX_BODY_BYTES: usize = 10 * 1024 * 1024;
@@ -180,6 +180,37 @@ pub struct ProviderSettings {
     pub optional: bool,
     /// Models, catalog and config merged.
     pub models: Vec<ModelInfo>,
+}
+
+/// Where a configuration document comes from; it decides what the document may contain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DocSource<'a> {
+    /// A file (named in errors): secrets by `env` or `file` only.
+    File(&'a str),
+    /// The quick start's environment: an unreachable Ollama is skipped, not an error.
+    Environment,
+    /// Pushed to `PUT /admin/config` (authenticated): secrets may be inline `value`s.
+    Pushed,
+}
+
+impl DocSource<'_> {
+    /// How errors name it.
+    pub fn name(&self) -> &str {
+        match self {
+            DocSource::File(f) => f,
+            DocSource::Environment => "environment",
+            DocSource::Pushed => "pushed config",
+        }
+    }
+}
+
+/// The quick start's configuration: providers from the standard environment variables.
+pub fn quick_start(
+    getenv: &dyn Fn(&str) -> Option<String>,
+) -> Result<(GatewayConfig, Settings), ConfigError> {
+    let doc = from_env(getenv);
+    let s = validate_as(&doc, DocSource::Environment, getenv)?;
+    Ok((doc, s))
 }
 
 /// A secret value whose `Debug` never prints it.

@@ -14,7 +14,7 @@ use url::Url;
 use super::resilience::BreakerConfig as Breaker;
 use super::routing::{builtin_virtuals, default_local_preference, Hedge, VirtualSpec};
 use super::{
-    ConfigError, FailoverSettings, ProviderSettings, RoutingSettings, Secret, Settings,
+    ConfigError, DocSource, FailoverSettings, ProviderSettings, RoutingSettings, Secret, Settings,
     DEFAULT_ANTHROPIC_MAX_TOKENS, DEFAULT_LATENCY_DECAY_SECS, DEFAULT_MAX_BODY_BYTES,
 };
 use crate::catalog;
@@ -23,14 +23,25 @@ use crate::config::model::ModelInfo;
 /// Vendors whose hosted API always needs a key.
 const KEYED_VENDORS: [&str; 4] = ["openai", "anthropic", "groq", "together"];
 
-/// Validates a config; `source` (a file name or `environment`) names it in errors, and `getenv`
-/// reads the variables that `api_key.env` entries name.
+/// Validates a config read from a file; `source` (the file name) names it in errors, and
+/// `getenv` reads the variables that `api_key.env` entries name.
 pub fn validate(
     cfg: &GatewayConfig,
     source: &str,
     getenv: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Settings, ConfigError> {
+    validate_as(cfg, DocSource::File(source), getenv)
+}
+
+/// Validates a config from `from`: what it may contain depends on where it comes from.
+pub fn validate_as(
+    cfg: &GatewayConfig,
+    from: DocSource<'_>,
+    getenv: &dyn Fn(&str) -> Option<String>,
+) -> Result<Settings, ConfigError> {
+    let source = from.name();
     let err = |path: String, msg: String| ConfigError::at(source, path, msg);
+    let inline = from == DocSource::Pushed;
 
     let listen = match &cfg.server.listen {
         None => None,
@@ -112,9 +123,10 @@ pub fn validate(
         }
     }
     let admin_token = match &cfg.server.admin_token {
-        Some(src) => {
-            Some(secret(src, getenv).map_err(|(f, m)| err(format!("server.admin_token.{f}"), m))?)
-        }
+        Some(src) => Some(
+            secret(src, inline, getenv)
+                .map_err(|(f, m)| err(format!("server.admin_token.{f}"), m))?,
+        ),
         None => getenv(super::ADMIN_TOKEN_ENV)
             .filter(|v| !v.trim().is_empty())
             .map(|v| Secret::new(v.trim())),
@@ -139,7 +151,10 @@ pub fn validate(
                 format!("duplicate provider name `{}`", p.name),
             ));
         }
-        providers.push(provider(p, &at, getenv).map_err(|(path, msg)| err(path, msg))?);
+        let mut p = provider(p, &at, inline, getenv).map_err(|(path, msg)| err(path, msg))?;
+        // The quick start probes Ollama; absent is fine.
+        p.optional = from == DocSource::Environment && p.discover_models;
+        providers.push(p);
     }
     let routing = routing(&cfg.routing, &providers).map_err(|(path, msg)| err(path, msg))?;
     let cache = cache(cfg).map_err(|(path, msg)| err(path, msg))?;
@@ -175,9 +190,15 @@ fn positive_secs(v: Option<f64>, default: f64) -> Result<Duration, String> {
 /// Reads a secret from its source; errors name the sub-field (`env` or `file`).
 fn secret(
     src: &SecretSource,
+    inline: bool,
     getenv: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Secret, FieldError> {
     match src {
+        SecretSource::Value(v) if inline => Ok(Secret::new(v.trim())),
+        SecretSource::Value(_) => Err((
+            "value".into(),
+            "a secret's value is accepted only in a document pushed to PUT /admin/config; in a file use `env` or `file`".into(),
+        )),
         SecretSource::Env(var) => match getenv(var).filter(|v| !v.trim().is_empty()) {
             Some(v) => Ok(Secret::new(v.trim())),
             None => Err((
@@ -483,6 +504,7 @@ fn cache(cfg: &GatewayConfig) -> Result<super::CacheSettings, FieldError> {
 fn provider(
     p: &ProviderConfig,
     at: &dyn Fn(&str) -> String,
+    inline: bool,
     getenv: &dyn Fn(&str) -> Option<String>,
 ) -> Result<ProviderSettings, FieldError> {
     let fail = |field: &str, msg: String| Err((at(field), msg));
@@ -536,7 +558,9 @@ fn provider(
             )
         }
         None => None,
-        Some(src) => Some(secret(src, getenv).map_err(|(f, m)| (at(&format!("api_key.{f}")), m))?),
+        Some(src) => {
+            Some(secret(src, inline, getenv).map_err(|(f, m)| (at(&format!("api_key.{f}")), m))?)
+        }
     };
 
     let mut headers = HeaderMap::new();

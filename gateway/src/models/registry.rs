@@ -7,6 +7,7 @@ use crate::breaker::Breaker;
 use crate::config::model::ModelInfo;
 use crate::error::{Error, Kind};
 use crate::latency::LatencyStats;
+use crate::providers::learned::Learned;
 use crate::providers::Provider;
 
 /// One enabled model.
@@ -60,21 +61,25 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// Builds the registry; providers earlier in the list win bare names they share.
-    pub fn new(providers: Vec<(Arc<Provider>, Vec<ModelInfo>)>) -> Self {
+    /// Builds the registry, each model with what `learned` knows of it; providers earlier in
+    /// the list win bare names they share.
+    pub fn new(providers: Vec<(Arc<Provider>, Vec<ModelInfo>)>, learned: &Learned) -> Self {
         let mut r = Registry::default();
         for (provider, models) in providers {
             for info in models {
                 let idx = r.entries.len();
+                let state = learned.model(
+                    &provider.name,
+                    &info.name,
+                    provider.breaker_config,
+                    info.latency_ms,
+                );
                 let entry = Entry {
                     provider: provider.clone(),
-                    latency: Arc::new(LatencyStats::new(info.latency_ms)),
-                    breaker: Arc::new(Breaker::new(
-                        provider.breaker_config,
-                        std::time::Instant::now(),
-                    )),
+                    latency: state.latency,
+                    breaker: state.breaker,
                     info: Arc::new(info),
-                    deadlines: Arc::default(),
+                    deadlines: state.deadlines,
                 };
                 for name in aliases(&entry.info.name) {
                     r.qualified
@@ -183,11 +188,18 @@ mod tests {
             (k != "LLM_GATEWAY_ADMIN_TOKEN").then(|| "k".into())
         })
         .unwrap();
+        let learned = Learned::default();
         Registry::new(
             s.providers
                 .iter()
-                .map(|p| (Arc::new(Provider::new(p).unwrap()), p.models.clone()))
+                .map(|p| {
+                    (
+                        Arc::new(Provider::new(p, &learned).unwrap()),
+                        p.models.clone(),
+                    )
+                })
                 .collect(),
+            &learned,
         )
     }
 

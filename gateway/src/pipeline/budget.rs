@@ -11,7 +11,7 @@ use crate::config::model::Price;
 use crate::error::{Error, Kind};
 use crate::models::registry::{Entry, Target};
 use crate::router::{tokens, CandidateFilter, Exclusion, Routed};
-use crate::state::AppState;
+use crate::state::{AppState, Snapshot};
 use crate::wire::{ChatRequest, Usage};
 
 /// A request's hold on its budgets.
@@ -104,6 +104,7 @@ pub async fn hold(
 /// cheaper model. `None` when no budget covers the caller.
 pub async fn reserve(
     gw: &AppState,
+    cfg: &Snapshot,
     caller: &Caller,
     req: &ChatRequest,
     raw: &serde_json::Map<String, serde_json::Value>,
@@ -145,9 +146,9 @@ pub async fn reserve(
             prompt,
             completion,
         };
-        if let Ok(cheaper) = gw
+        if let Ok(cheaper) = cfg
             .router
-            .route(&gw.registry, req, tools, &[breakers, &filter])
+            .route(&cfg.registry, req, tools, &[breakers, &filter])
         {
             let est = estimate(&budgets, &cheaper.target, prompt, completion)?;
             if let Ok(reservation) = engine.reserve(budgets, est).await {

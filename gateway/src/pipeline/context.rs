@@ -10,7 +10,7 @@ use crate::config::model::Price;
 use crate::error::Error;
 use crate::models::registry::Target;
 use crate::router::{Decision, Routed};
-use crate::state::AppState;
+use crate::state::{AppState, Snapshot};
 use crate::telemetry::metrics::{RequestLabels, UNLISTED};
 use crate::wire::Usage;
 
@@ -18,6 +18,7 @@ use crate::wire::Usage;
 /// mid-stream), it records status 499.
 pub struct Record {
     gw: AppState,
+    cfg: Arc<Snapshot>,
     endpoint: &'static str,
     request_id: String,
     started: Instant,
@@ -43,9 +44,10 @@ pub struct Record {
 }
 
 impl Record {
-    /// Starts timing a request.
+    /// Starts timing a request, which runs on the gateway's current configuration.
     pub fn new(gw: AppState, endpoint: &'static str, request_id: String) -> Self {
         Self {
+            cfg: gw.config(),
             gw,
             endpoint,
             request_id,
@@ -120,6 +122,11 @@ impl Record {
     /// The gateway this request runs in.
     pub fn gw(&self) -> &AppState {
         &self.gw
+    }
+
+    /// The configuration this request runs on, from its start to its end.
+    pub fn cfg(&self) -> &Arc<Snapshot> {
+        &self.cfg
     }
 
     /// The request id.
@@ -215,6 +222,7 @@ impl Record {
         self.done = true;
         Record {
             gw: self.gw.clone(),
+            cfg: self.cfg.clone(),
             endpoint: self.endpoint,
             request_id: self.request_id.clone(),
             started: self.started,
@@ -258,6 +266,7 @@ impl Record {
     /// status 499, its prompt estimated and settled on `hold`.
     pub fn record_hedge_loser(&self, t: &Target, hold: Option<super::budget::Held>) {
         let mut r = Record::new(self.gw.clone(), self.endpoint, self.request_id.clone());
+        r.cfg = self.cfg.clone();
         r.caller = self.caller.clone();
         r.started = self.started;
         r.prompt_bytes = self.prompt_bytes;
@@ -320,7 +329,7 @@ impl Record {
                     .first_token
                     .map(|t| t.duration_since(self.attempt_started));
                 let total = self.attempt_started.elapsed();
-                stats.observe(ttft, total, Instant::now(), self.gw.router.decay());
+                stats.observe(ttft, total, Instant::now(), self.cfg.router.decay());
             }
         }
         let (provider, model, label) = match &self.target {

@@ -33,8 +33,10 @@ use serde_json::{Map, Value};
 use tracing::warn;
 
 use crate::breaker::Admission;
+use crate::config::FailoverSettings;
 use crate::deadline::{self, Mode};
 use crate::error::{Error, Failure, Kind, TimeoutKind};
+use crate::models::registry::Registry;
 use crate::models::registry::Target;
 use crate::pipeline::context::Record;
 use crate::providers::limiter::Permit;
@@ -99,13 +101,13 @@ impl Plan {
     /// just under a timeout the client declares (`x-llm-gateway-timeout`, or the OpenAI SDKs'
     /// `x-stainless-read-timeout`): answering after the client gave up helps nobody.
     pub fn new(
-        gw: &Gateway,
+        failover: &FailoverSettings,
         headers: &HeaderMap,
         started: Instant,
         req: &ChatRequest,
         prompt_bytes: usize,
     ) -> Self {
-        let mut budget = gw.failover.deadline;
+        let mut budget = failover.deadline;
         if let Some(client) = client_timeout(headers) {
             // A margin for the network and the client's own bookkeeping.
             let margin = client.mul_f64(0.05).max(Duration::from_millis(250));
@@ -161,7 +163,7 @@ fn client_timeout(headers: &HeaderMap) -> Option<Duration> {
 
 /// The candidates of a routed request in rank order, built only when tried.
 struct Candidates<'a> {
-    gw: &'a Gateway,
+    registry: &'a Registry,
     routed: &'a Routed,
 }
 
@@ -173,15 +175,15 @@ impl Candidates<'_> {
     fn provider(&self, i: usize) -> &str {
         match &self.routed.decision {
             None => &self.routed.target.provider.name,
-            Some(d) => &self.gw.registry.entries()[d.ranking[i].entry].provider.name,
+            Some(d) => &self.registry.entries()[d.ranking[i].entry].provider.name,
         }
     }
 
     fn target(&self, i: usize) -> Target {
         match &self.routed.decision {
             None => self.routed.target.clone(),
-            Some(d) => self.gw.registry.target_of(
-                &self.gw.registry.entries()[d.ranking[i].entry],
+            Some(d) => self.registry.target_of(
+                &self.registry.entries()[d.ranking[i].entry],
                 Some(d.virtual_model.clone()),
             ),
         }
@@ -224,8 +226,12 @@ pub async fn chat(
     plan: &Plan,
     record: &mut Record,
 ) -> Result<Answer, Error> {
-    let cfg = gw.failover;
-    let cands = Candidates { gw, routed };
+    let snapshot = record.cfg().clone();
+    let cfg = snapshot.failover;
+    let cands = Candidates {
+        registry: &snapshot.registry,
+        routed,
+    };
     let hedge = routed.decision.as_ref().and_then(|d| d.hedge);
     let mut attempts = 0u32;
     let mut last: Option<(String, Error)> = None;

@@ -3,6 +3,7 @@
 //! JSON or chunks.
 
 pub mod anthropic;
+pub mod learned;
 pub mod limiter;
 pub mod ollama;
 pub mod openai;
@@ -106,17 +107,23 @@ pub struct ChatCall<'a> {
 }
 
 impl Provider {
-    /// Builds the provider and its HTTP client from validated settings.
-    pub fn new(s: &ProviderSettings) -> anyhow::Result<Self> {
-        let client = reqwest::Client::builder()
-            // A redirect would re-send the API key and the prompt to wherever it points.
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(s.connect_timeout)
-            .read_timeout(s.read_idle_timeout)
-            .pool_idle_timeout(std::time::Duration::from_secs(90))
-            .tcp_nodelay(true)
-            .user_agent(concat!("llm-gateway/", env!("CARGO_PKG_VERSION")))
-            .build()?;
+    /// Builds the provider from validated settings, with what `learned` knows of it (its
+    /// breaker, limit and deadlines, and its HTTP client if the connection settings are the
+    /// same).
+    pub fn new(s: &ProviderSettings, learned: &learned::Learned) -> anyhow::Result<Self> {
+        let state = learned.provider(&s.name, s.breaker, s.max_concurrency);
+        let client_key = format!("{:?}|{:?}", s.connect_timeout, s.read_idle_timeout);
+        let client = learned.client(&s.name, client_key, || {
+            reqwest::Client::builder()
+                // A redirect would re-send the API key and the prompt to wherever it points.
+                .redirect(reqwest::redirect::Policy::none())
+                .connect_timeout(s.connect_timeout)
+                .read_timeout(s.read_idle_timeout)
+                .pool_idle_timeout(std::time::Duration::from_secs(90))
+                .tcp_nodelay(true)
+                .user_agent(concat!("llm-gateway/", env!("CARGO_PKG_VERSION")))
+                .build()
+        })?;
         Ok(Self {
             name: s.name.clone(),
             protocol: s.protocol,
@@ -128,14 +135,10 @@ impl Provider {
             first_token_timeout: s.first_token_timeout,
             anthropic_version: s.anthropic_version.clone(),
             default_max_tokens: s.default_max_tokens,
-            breaker: Arc::new(Breaker::new(s.breaker, Instant::now())),
+            breaker: state.breaker,
             breaker_config: s.breaker,
-            limiter: {
-                let l = limiter::Limiter::new(s.max_concurrency);
-                l.start_ticker();
-                l
-            },
-            unlisted_deadlines: Arc::default(),
+            limiter: state.limiter,
+            unlisted_deadlines: state.unlisted_deadlines,
             queue_timeout: s.queue_timeout,
             max_response_bytes: s.max_response_bytes,
             client_idle_timeout: DEFAULT_CLIENT_IDLE_TIMEOUT,

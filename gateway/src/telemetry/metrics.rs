@@ -137,6 +137,24 @@ pub struct ProviderLabels {
     pub provider: String,
 }
 
+/// The configuration running: `version` and `hash`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConfigInfoLabels {
+    /// As its writer set it (empty if none).
+    pub version: String,
+    /// Its content hash (first 16 hex digits).
+    pub hash: String,
+}
+
+/// A configuration reload: how it came and what became of it.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadLabels {
+    /// `start`, `push`, `file` or `signal`.
+    pub source: String,
+    /// `applied`, `unchanged` or `refused`.
+    pub result: String,
+}
+
 /// Where a request waited for a concurrency slot.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct QueueLabels {
@@ -177,6 +195,9 @@ pub struct Metrics {
         Family<ModelLabels, prometheus_client::metrics::gauge::Gauge<f64, AtomicU64>>,
     connections_open: prometheus_client::metrics::gauge::Gauge,
     connections_rejected: Counter,
+    config_info: Family<ConfigInfoLabels, prometheus_client::metrics::gauge::Gauge>,
+    config_reloads: Family<ReloadLabels, Counter>,
+    config_last_success: prometheus_client::metrics::gauge::Gauge<f64, AtomicU64>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -364,7 +385,28 @@ impl Default for Metrics {
             "Client connections closed at once because server.max_connections were open",
             connections_rejected.clone(),
         );
+        let config_info = Family::default();
+        let config_reloads = Family::default();
+        let config_last_success = prometheus_client::metrics::gauge::Gauge::default();
+        registry.register(
+            "config_info",
+            "The configuration this gateway runs (1 for its version and hash)",
+            config_info.clone(),
+        );
+        registry.register(
+            "config_reloads",
+            "Configurations received, by source and result (applied, unchanged, refused)",
+            config_reloads.clone(),
+        );
+        registry.register(
+            "config_last_reload_success_timestamp_seconds",
+            "When the running configuration was applied, Unix seconds",
+            config_last_success.clone(),
+        );
         Self {
+            config_info,
+            config_reloads,
+            config_last_success,
             connections_open,
             connections_rejected,
             hedges,
@@ -595,6 +637,31 @@ impl Metrics {
         self.provider_limit.get_or_create(&l).set(g(limit));
         self.provider_in_flight.get_or_create(&l).set(g(in_flight));
         self.provider_queued.get_or_create(&l).set(g(queued));
+    }
+
+    /// A configuration is live: `llm_gateway_config_info` names it alone, and the reload
+    /// counts as `applied`.
+    pub fn config_applied(&self, version: Option<&str>, hash: &str, source: &str) {
+        self.config_info.clear();
+        self.config_info
+            .get_or_create(&ConfigInfoLabels {
+                version: version.unwrap_or_default().to_owned(),
+                hash: hash.chars().take(16).collect(),
+            })
+            .set(1);
+        self.config_reload(source, "applied");
+        self.config_last_success
+            .set(crate::clock::unix_ms() as f64 / 1000.0);
+    }
+
+    /// Counts a configuration received from `source` with `result`.
+    pub fn config_reload(&self, source: &str, result: &str) {
+        self.config_reloads
+            .get_or_create(&ReloadLabels {
+                source: source.to_owned(),
+                result: result.to_owned(),
+            })
+            .inc();
     }
 
     /// Counts a request sent over a provider's limit (see `providers::limiter`).

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use llm_gateway::config;
-use llm_gateway::state::Gateway;
+use llm_gateway::state::{Gateway, Services};
 use mock_providers::{Mock, DEFAULT_OLLAMA_MODELS};
 use serde_json::Value;
 
@@ -58,28 +58,152 @@ providers:
     )
 }
 
+/// A gateway with the default config (all five providers at the mock).
 pub async fn start() -> Harness {
-    start_with("").await
+    gateway().start().await
 }
 
-/// Starts mock and gateway; `extra` is YAML appended to the openai provider entry.
-pub async fn start_with(extra: &str) -> Harness {
-    start_full(extra, "").await
+/// The one way tests build a gateway: defaults, then what a test needs.
+pub fn gateway() -> Setup {
+    Setup {
+        yaml: None,
+        provider_yaml: String::new(),
+        routing: String::new(),
+        keys: None,
+        budgets: None,
+        shared_cache: None,
+    }
 }
 
-/// Starts mock and gateway with extra provider YAML and a routing section.
-pub async fn start_full(extra: &str, routing: &str) -> Harness {
-    start_yaml(|mock| config_yaml_with(mock, extra, routing)).await
+/// Builds the config text from the mock's base URL.
+type YamlFn = Box<dyn FnOnce(&str) -> String>;
+
+/// What a test gateway is built with (see [`gateway`]).
+pub struct Setup {
+    yaml: Option<YamlFn>,
+    provider_yaml: String,
+    routing: String,
+    keys: Option<(bool, std::time::Duration)>,
+    budgets: Option<BudgetSetup>,
+    shared_cache: Option<(String, String)>,
 }
 
-/// Starts mock and gateway with a config built from the mock's base URL.
-pub async fn start_yaml(yaml: impl FnOnce(&str) -> String) -> Harness {
-    start_inner(yaml, None).await
-}
+impl Setup {
+    /// The whole config, built from the mock's base URL.
+    pub fn yaml(mut self, f: impl FnOnce(&str) -> String + 'static) -> Self {
+        self.yaml = Some(Box::new(f));
+        self
+    }
 
-/// Starts with a SQLite key store; `required` makes keys mandatory; lookups cached for `ttl`.
-pub async fn start_with_keys(required: bool, ttl: std::time::Duration) -> Harness {
-    start_inner(|m| config_yaml(m, ""), Some((required, ttl))).await
+    /// YAML appended to the default config's openai provider entry.
+    pub fn provider_yaml(mut self, extra: &str) -> Self {
+        self.provider_yaml = extra.to_owned();
+        self
+    }
+
+    /// The default config's `routing:` section (YAML text, without the key).
+    pub fn routing(mut self, routing: &str) -> Self {
+        self.routing = routing.to_owned();
+        self
+    }
+
+    /// A SQLite key store; `required` makes keys mandatory; lookups cached for `ttl`.
+    pub fn keys(mut self, required: bool, ttl: std::time::Duration) -> Self {
+        self.keys = Some((required, ttl));
+        self
+    }
+
+    /// Budgets (and so a store with required keys).
+    pub fn budgets(mut self, setup: BudgetSetup) -> Self {
+        self.keys
+            .get_or_insert((true, std::time::Duration::from_secs(5)));
+        self.budgets = Some(setup);
+        self
+    }
+
+    /// The cache's entries shared through Redis at `url` under `prefix`.
+    pub fn shared_cache(mut self, url: &str, prefix: &str) -> Self {
+        self.shared_cache = Some((url.to_owned(), prefix.to_owned()));
+        self
+    }
+
+    /// Starts the mock and the gateway, both in-process on ephemeral ports.
+    pub async fn start(self) -> Harness {
+        llm_gateway::install_crypto();
+        let ml = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mock = format!("http://{}", ml.local_addr().unwrap());
+        let models = DEFAULT_OLLAMA_MODELS.map(String::from).to_vec();
+        tokio::spawn(mock_providers::serve(ml, Mock::new(models)));
+
+        let text = match self.yaml {
+            Some(f) => f(&mock),
+            None => config_yaml_with(&mock, &self.provider_yaml, &self.routing),
+        };
+        let doc = config::parse("test.yaml", &text).unwrap();
+        let settings =
+            config::validate(&doc, "test.yaml", &|k: &str| Some(format!("key-for-{k}"))).unwrap();
+        let redis = self
+            .shared_cache
+            .as_ref()
+            .map(|(u, p)| (u.as_str(), p.as_str()));
+        let cache = llm_gateway::cache::Cache::from_settings(&settings.cache, redis)
+            .await
+            .unwrap();
+        let mut services = Services {
+            cache,
+            ..Services::default()
+        };
+        let (mut store, mut dir) = (None, None);
+        if let Some((required, ttl)) = self.keys {
+            let d = tempfile::tempdir().unwrap();
+            let url = self
+                .budgets
+                .as_ref()
+                .and_then(|b| b.database_url.clone())
+                .unwrap_or_else(|| format!("sqlite://{}/gw.db", d.path().display()));
+            let s = llm_gateway::store::Store::open(&url).await.unwrap();
+            services.auth = llm_gateway::auth::Auth::new(Some(s.clone()), required, ttl);
+            services.ledger = Some(llm_gateway::ledger::Ledger::start(
+                s.clone(),
+                d.path().join("spool.jsonl"),
+            ));
+            if let Some(b) = self.budgets {
+                let shared = match &b.redis_prefix {
+                    Some(_) => Some(
+                        llm_gateway::budget::counters::Shared::connect(
+                            b.redis_url.as_deref().unwrap_or(redis_url()),
+                        )
+                        .await
+                        .expect("redis for the tests"),
+                    ),
+                    None => None,
+                };
+                services.budgets = Some(llm_gateway::budget::Budgets::new(
+                    Some(s.clone()),
+                    shared,
+                    b.clock,
+                    b.redis_prefix.as_deref().unwrap_or(""),
+                ));
+            }
+            store = Some(s);
+            dir = Some(d);
+        }
+        let gw = llm_gateway::app::assemble(&doc, settings, services)
+            .await
+            .unwrap();
+        let state = gw.clone();
+        let gl = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let gw_url = format!("http://{}", gl.local_addr().unwrap());
+        tokio::spawn(llm_gateway::app::serve(gl, gw));
+        Harness {
+            mock,
+            gw: gw_url,
+            http: reqwest::Client::new(),
+            store,
+            state,
+            _dir: dir,
+        }
+    }
 }
 
 /// How a budgeted harness keeps its counters.
@@ -92,16 +216,6 @@ pub struct BudgetSetup {
     pub clock: Arc<dyn llm_gateway::clock::Clock>,
     /// The database (default: a SQLite file in a temporary folder).
     pub database_url: Option<String>,
-}
-
-/// Starts with a SQLite store, required keys and budgets; routing YAML as in `start_full`.
-pub async fn start_with_budgets(setup: BudgetSetup, routing: &str) -> Harness {
-    start_inner2(
-        |m| config_yaml_with(m, "", routing),
-        Some((true, std::time::Duration::from_secs(5))),
-        Some(setup),
-    )
-    .await
 }
 
 /// Deletes every Redis key starting with `prefix`.
@@ -122,14 +236,7 @@ pub async fn delete_redis_keys(prefix: &str) {
     }
 }
 
-/// Starts with a SQLite key store (keys required) and a config built from the mock's URL.
-pub async fn start_keys_yaml(yaml: impl FnOnce(&str) -> String) -> Harness {
-    start_inner2(yaml, Some((true, std::time::Duration::from_secs(5))), None).await
-}
-
-/// The Redis the tests use: the machine's at 127.0.0.1:6379, or `LLM_GATEWAY_TEST_REDIS`
-/// (test-all.sh points it at a Redis whose clock runs 400 days ahead, to catch tests that
-/// would break on a later date).
+/// The Redis the tests use: the machine's at 127.0.0.1:6379, or `LLM_GATEWAY_TEST_REDIS`.
 pub fn redis_url() -> &'static str {
     static URL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     URL.get_or_init(|| {
@@ -149,106 +256,6 @@ pub fn redis_addr() -> &'static str {
             u.port().unwrap_or(6379)
         )
     })
-}
-
-async fn start_inner(
-    yaml: impl FnOnce(&str) -> String,
-    auth: Option<(bool, std::time::Duration)>,
-) -> Harness {
-    start_inner2(yaml, auth, None).await
-}
-
-async fn start_inner2(
-    yaml: impl FnOnce(&str) -> String,
-    auth: Option<(bool, std::time::Duration)>,
-    budgets: Option<BudgetSetup>,
-) -> Harness {
-    start_inner3(yaml, auth, budgets, None).await
-}
-
-/// Starts with the config from `yaml` and the cache's entries shared through Redis at
-/// `url` under `prefix`.
-pub async fn start_yaml_shared_cache(
-    yaml: impl FnOnce(&str) -> String,
-    url: &str,
-    prefix: &str,
-) -> Harness {
-    start_inner3(yaml, None, None, Some((url.to_owned(), prefix.to_owned()))).await
-}
-
-async fn start_inner3(
-    yaml: impl FnOnce(&str) -> String,
-    auth: Option<(bool, std::time::Duration)>,
-    budgets: Option<BudgetSetup>,
-    cache_redis: Option<(String, String)>,
-) -> Harness {
-    llm_gateway::install_crypto();
-    let ml = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let mock = format!("http://{}", ml.local_addr().unwrap());
-    let models = DEFAULT_OLLAMA_MODELS.map(String::from).to_vec();
-    tokio::spawn(mock_providers::serve(ml, Mock::new(models)));
-
-    let cfg = config::parse("test.yaml", &yaml(&mock)).unwrap();
-    let settings =
-        config::validate(&cfg, "test.yaml", &|k: &str| Some(format!("key-for-{k}"))).unwrap();
-    let mut gw = Gateway::build(&settings).await.unwrap();
-    let redis = cache_redis.as_ref().map(|(u, p)| (u.as_str(), p.as_str()));
-    if let Some(mut c) = llm_gateway::cache::Cache::from_settings(&settings.cache, redis)
-        .await
-        .unwrap()
-    {
-        c.attach_provider(&gw.registry).unwrap();
-        gw = gw.with_cache(c);
-    }
-    let (mut store, mut dir) = (None, None);
-    if let Some((required, ttl)) = auth {
-        let d = tempfile::tempdir().unwrap();
-        let url = budgets
-            .as_ref()
-            .and_then(|b| b.database_url.clone())
-            .unwrap_or_else(|| format!("sqlite://{}/gw.db", d.path().display()));
-        let s = llm_gateway::store::Store::open(&url).await.unwrap();
-        gw = gw
-            .with_auth(llm_gateway::auth::Auth::new(Some(s.clone()), required, ttl))
-            .with_ledger(llm_gateway::ledger::Ledger::start(
-                s.clone(),
-                d.path().join("spool.jsonl"),
-            ));
-        if let Some(b) = budgets {
-            let shared = match &b.redis_prefix {
-                Some(_) => Some(
-                    llm_gateway::budget::counters::Shared::connect(
-                        b.redis_url.as_deref().unwrap_or(redis_url()),
-                    )
-                    .await
-                    .expect("redis for the tests"),
-                ),
-                None => None,
-            };
-            let engine = llm_gateway::budget::Budgets::new(
-                Some(s.clone()),
-                shared,
-                b.clock,
-                b.redis_prefix.as_deref().unwrap_or(""),
-            );
-            gw = gw.with_budgets(engine);
-        }
-        store = Some(s);
-        dir = Some(d);
-    }
-    let gw = Arc::new(gw);
-    let state = gw.clone();
-    let gl = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let gw_url = format!("http://{}", gl.local_addr().unwrap());
-    tokio::spawn(llm_gateway::app::serve(gl, gw));
-    Harness {
-        mock,
-        gw: gw_url,
-        http: reqwest::Client::new(),
-        store,
-        state,
-        _dir: dir,
-    }
 }
 
 impl Harness {

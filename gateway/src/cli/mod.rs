@@ -1,0 +1,256 @@
+//! The command line: what each subcommand takes, and running it. `serve` assembles and runs
+//! the gateway ([`serve`]); `keys` and `budgets` administer the database through the same
+//! service as the admin API ([`admin`]); `check-config` validates ([`check`]).
+
+mod admin;
+mod check;
+mod serve;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use llm_gateway::config::budget::Scope;
+use llm_gateway::store::Store;
+use tracing_subscriber::EnvFilter;
+
+/// One OpenAI-compatible endpoint in front of OpenAI, Anthropic, Groq, Together AI and Ollama.
+///
+/// Without --config, providers come from the variables their own SDKs read: OPENAI_API_KEY,
+/// ANTHROPIC_API_KEY, GROQ_API_KEY, TOGETHER_API_KEY (each with an optional *_BASE_URL), and
+/// Ollama at OLLAMA_HOST (default http://127.0.0.1:11434) when it answers. Log verbosity
+/// follows RUST_LOG (default `info`).
+#[derive(Parser, Debug)]
+#[command(name = "llm-gateway", version, about, long_about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: ServeArgs,
+    #[command(flatten)]
+    db: DbArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the gateway (the default when no subcommand is given).
+    Serve(ServeArgs),
+    /// Validate the configuration, print the providers and models it enables, and exit
+    /// (status 0 if valid, 2 if not).
+    CheckConfig {
+        /// YAML config file; without it, the environment is checked.
+        #[arg(long, short, env = "LLM_GATEWAY_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Print the built-in model catalog (prices, context windows, capabilities) as YAML.
+    Catalog,
+    /// Manage virtual API keys (stored as hashes; a new key is shown once).
+    Keys {
+        #[command(subcommand)]
+        action: KeysAction,
+    },
+    /// Manage budgets and rate limits (global, per tenant, per key); running gateways pick
+    /// changes up within 5 seconds.
+    Budgets {
+        #[command(subcommand)]
+        action: BudgetsAction,
+    },
+}
+
+/// Whom a budget command is about: exactly one of these.
+#[derive(Args, Debug, Clone)]
+#[group(required = true, multiple = false)]
+struct ScopeArgs {
+    /// The global budget (every request).
+    #[arg(long)]
+    global: bool,
+    /// A tenant's budget (all its keys together).
+    #[arg(long)]
+    tenant: Option<String>,
+    /// One key's budget, by key id (from `keys list`).
+    #[arg(long)]
+    key: Option<String>,
+}
+
+impl ScopeArgs {
+    fn scope(&self) -> Scope {
+        match (&self.tenant, &self.key) {
+            (Some(t), _) => Scope::Tenant(t.trim().to_owned()),
+            (_, Some(k)) => Scope::Key(k.trim().to_owned()),
+            _ => Scope::Global,
+        }
+    }
+}
+
+#[derive(Subcommand, Debug)]
+enum BudgetsAction {
+    /// Create or replace a budget.
+    Set {
+        #[command(flatten)]
+        scope: ScopeArgs,
+        /// Spend limit per period, USD.
+        #[arg(long)]
+        usd: Option<f64>,
+        /// Token limit per period (prompt + completion).
+        #[arg(long)]
+        tokens: Option<u64>,
+        /// The period the limits cover (UTC).
+        #[arg(long, default_value = "month", value_parser = ["month", "week", "day"])]
+        period: String,
+        /// Requests per minute.
+        #[arg(long)]
+        rpm: Option<u64>,
+        /// Tokens per minute.
+        #[arg(long)]
+        tpm: Option<u64>,
+        /// At the USD limit: reject (429), or downgrade virtual models to models that still
+        /// fit (cheaper or free local ones).
+        #[arg(long, default_value = "reject", value_parser = ["reject", "downgrade"])]
+        on_limit: String,
+    },
+    /// List budgets with their recorded spend in the current period.
+    List,
+    /// Delete a budget.
+    Delete {
+        #[command(flatten)]
+        scope: ScopeArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum KeysAction {
+    /// Create a key for a tenant and print it (it cannot be shown again).
+    Create {
+        /// The tenant the key belongs to.
+        #[arg(long)]
+        tenant: String,
+        /// A name to recognise the key by.
+        #[arg(long, default_value = "")]
+        name: String,
+        /// Models the key may use (repeat, or comma-separate): `provider/model`, a model
+        /// name, or `provider/*`. Default: every model.
+        #[arg(long = "allow-model", value_delimiter = ',')]
+        allow_models: Vec<String>,
+    },
+    /// List keys (ids, tenants, names, prefixes, revocation).
+    List,
+    /// Revoke a key by id; every replica refuses it within 5 seconds.
+    Revoke {
+        /// The key's id (from `keys list`).
+        id: String,
+    },
+}
+
+#[derive(Args, Debug, Clone)]
+struct DbArgs {
+    /// Database URL: postgres://user:pass@host/db or sqlite://path. Default: the embedded
+    /// SQLite file ($LLM_GATEWAY_DATA_DIR/gateway.db, else ~/.local/share/llm-gateway/gateway.db).
+    /// Setting it makes virtual keys required on every request.
+    #[arg(long, env = "DATABASE_URL", global = true)]
+    database_url: Option<String>,
+    /// Redis URL (redis://host:port/db) for budget counters shared by every replica. Without
+    /// it each process keeps its own counters (right for a single gateway).
+    #[arg(long, env = "REDIS_URL", global = true)]
+    redis_url: Option<String>,
+    /// Prefix of every Redis key this gateway writes (to share one Redis between deployments).
+    #[arg(
+        long,
+        env = "LLM_GATEWAY_REDIS_PREFIX",
+        default_value = "llm-gateway:",
+        global = true
+    )]
+    redis_prefix: String,
+}
+
+#[derive(Args, Debug, Clone)]
+struct ServeArgs {
+    /// Address to listen on, IP:PORT. Default: the config file's server.listen, else 127.0.0.1:8080.
+    #[arg(long, env = "LLM_GATEWAY_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Serve /metrics on this separate address (IP:PORT) instead of the API port. Default:
+    /// the config file's server.metrics_listen, else /metrics is on the API port.
+    #[arg(long, env = "LLM_GATEWAY_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
+    /// YAML config file (a GatewayConfig document; see examples/gateway.yaml). Without it,
+    /// providers come from the environment.
+    #[arg(long, short, env = "LLM_GATEWAY_CONFIG")]
+    config: Option<PathBuf>,
+    /// How often the config file is re-read; a changed file is applied while serving (a
+    /// ConfigMap volume's update included). SIGHUP applies it at once.
+    #[arg(long, default_value_t = 2.0, env = "LLM_GATEWAY_CONFIG_POLL_SECS")]
+    config_poll_secs: f64,
+    /// Log line format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "LLM_GATEWAY_LOG_FORMAT")]
+    log_format: LogFormat,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Parses the command line and runs the command.
+pub fn run() -> ExitCode {
+    let cli = Cli::parse();
+    let db = cli.db;
+    let (command, args) = match cli.command {
+        None => (None, cli.serve),
+        Some(Command::Serve(a)) => (None, a),
+        Some(c) => (Some(c), cli.serve),
+    };
+    init_logging(args.log_format);
+    llm_gateway::install_crypto();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match command {
+        Some(Command::Catalog) => {
+            print!("{}", include_str!("../catalog.yaml"));
+            ExitCode::SUCCESS
+        }
+        Some(Command::CheckConfig { config }) => rt.block_on(check::run(config)),
+        Some(Command::Keys { action }) => rt.block_on(admin::keys(action, db)),
+        Some(Command::Budgets { action }) => rt.block_on(admin::budgets(action, db)),
+        Some(Command::Serve(_)) | None => rt.block_on(serve::run(args, db)),
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colour only on a terminal: escape codes in collected logs break parsers and greps.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout())
+        && std::env::var_os("NO_COLOR").is_none();
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_ansi(ansi);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+/// Opens the configured or embedded database; a clear message and exit code 2 on failure.
+async fn open_store(db: &DbArgs) -> Result<Store, ExitCode> {
+    let url = db.database_url.clone().unwrap_or_else(|| {
+        format!(
+            "sqlite://{}",
+            llm_gateway::store::default_sqlite_path().display()
+        )
+    });
+    Store::open(&url).await.map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(2)
+    })
+}

@@ -1,0 +1,166 @@
+//! `llm-gateway serve`: load and validate the configuration, open the database, Redis and
+//! cache, assemble the gateway, keep its configuration live, and serve.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use llm_gateway::budget::counters::Shared;
+use llm_gateway::budget::Budgets;
+use llm_gateway::clock::SystemClock;
+use llm_gateway::config::{self, ConfigError, Settings, DEFAULT_LISTEN};
+use llm_gateway::state::Services;
+use llm_gateway::store::Store;
+use llm_gateway_crds::GatewayConfig;
+
+use super::{open_store, DbArgs, ServeArgs};
+
+/// The configuration file's document, or the quick start's from the environment.
+pub fn load(config: Option<&PathBuf>) -> Result<(GatewayConfig, Settings), ConfigError> {
+    let getenv = |k: &str| std::env::var(k).ok();
+    match config {
+        Some(path) => {
+            let doc = config::load_file(path)?;
+            let s = config::validate(&doc, &path.display().to_string(), &getenv)?;
+            Ok((doc, s))
+        }
+        None => config::quick_start(&getenv),
+    }
+}
+
+/// Runs the gateway until SIGTERM or Ctrl-C.
+pub async fn run(args: ServeArgs, db: DbArgs) -> ExitCode {
+    let (doc, settings) = match load(args.config.as_ref()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let addr = args
+        .listen
+        .or(settings.listen)
+        .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("default address parses"));
+    let store = match open_store(&db).await {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    // Keys are required with an explicit database or beyond loopback; the embedded quick
+    // start on loopback stays open.
+    let required = db.database_url.is_some() || !addr.ip().is_loopback();
+    tracing::info!(
+        database = store.kind(),
+        auth_required = required,
+        "key store ready"
+    );
+    // Usage records go to the database, or to a spool beside the embedded database when it
+    // is unreachable.
+    let spool = llm_gateway::store::data_dir().join("usage-spool.jsonl");
+    let ledger = llm_gateway::ledger::Ledger::start(store.clone(), spool);
+    let budgets = match open_budgets(&db, &store).await {
+        Ok(b) => b,
+        Err(code) => return code,
+    };
+    let auth =
+        llm_gateway::auth::Auth::new(Some(store), required, llm_gateway::auth::KEY_CACHE_TTL);
+    let redis = db
+        .redis_url
+        .as_deref()
+        .map(|u| (u, db.redis_prefix.as_str()));
+    let cache = match llm_gateway::cache::Cache::from_settings(&settings.cache, redis).await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let metrics_addr = args.metrics_listen.or(settings.metrics_listen);
+    let services = Services {
+        auth,
+        ledger: Some(ledger),
+        budgets: Some(budgets),
+        cache,
+        ..Services::default()
+    };
+    let gw = match llm_gateway::app::assemble(&doc, settings, services).await {
+        Ok(gw) => gw,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(b) = &gw.budgets {
+        b.spawn_refresh();
+    }
+    if let Some(path) = &args.config {
+        let every = Duration::from_secs_f64(args.config_poll_secs.clamp(0.1, 3600.0));
+        llm_gateway::app::watch_file(gw.clone(), path.clone(), every);
+    }
+    llm_gateway::app::reload_on_sighup(gw.clone(), args.config.clone());
+    let listener = match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: cannot listen on {addr}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let metrics = match metrics_addr {
+        None => None,
+        Some(a) => match tokio::net::TcpListener::bind(a).await {
+            Ok(l) => Some(l),
+            Err(e) => {
+                eprintln!("error: cannot listen on {a} for metrics: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    match llm_gateway::app::serve_with_metrics(listener, metrics, gw).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The budget engine: definitions from the database, counters in Redis if configured.
+async fn open_budgets(db: &DbArgs, store: &Store) -> Result<Budgets, ExitCode> {
+    let shared = match &db.redis_url {
+        Some(url) => match Shared::connect(url).await {
+            Ok(s) => Some(s),
+            Err(e) => {
+                eprintln!(
+                    "error: cannot use Redis at {}: {e}",
+                    llm_gateway::store::redact(url)
+                );
+                return Err(ExitCode::from(2));
+            }
+        },
+        None => None,
+    };
+    let budgets = Budgets::new(
+        Some(store.clone()),
+        shared,
+        Arc::new(SystemClock),
+        &db.redis_prefix,
+    );
+    if let Err(e) = budgets.reload().await {
+        eprintln!("error: cannot read budgets: {e}");
+        return Err(ExitCode::from(2));
+    }
+    tracing::info!(
+        counters = if budgets.is_shared() {
+            "redis"
+        } else {
+            "in-process"
+        },
+        budgets = budgets.count(),
+        "budgets ready"
+    );
+    if budgets.count() > 0 {
+        // Budgeted requests count prompt tokens: load the tokenizer now, off the runtime.
+        tokio::task::spawn_blocking(llm_gateway::router::tokens::warm_up);
+    }
+    Ok(budgets)
+}
