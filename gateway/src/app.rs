@@ -71,13 +71,11 @@ pub async fn reload_file(gw: &Gateway, path: &std::path::Path, source: Source) {
     let doc = match crate::config::load_file(path) {
         Ok(d) => d,
         Err(e) => {
-            gw.metrics.config_reload(source.label(), "refused");
-            warn!(error = %e, "configuration refused; the running one stays");
+            live::report_refused(gw, source, &live::Refused::Invalid(e));
             return;
         }
     };
-    let getenv = |k: &str| std::env::var(k).ok();
-    let _ = live::apply(gw, doc, DocSource::File(&name), source, &getenv).await;
+    let _ = live::apply(gw, doc, DocSource::File(&name), source).await;
 }
 
 /// Applies the configuration again on every SIGHUP: the file's, or the environment's in the
@@ -94,10 +92,8 @@ pub fn reload_on_sighup(gw: Arc<Gateway>, path: Option<PathBuf>) {
             match &path {
                 Some(p) => reload_file(&gw, p, Source::Signal).await,
                 None => {
-                    let getenv = |k: &str| std::env::var(k).ok();
-                    let doc = crate::config::from_env(getenv);
-                    let _ = live::apply(&gw, doc, DocSource::Environment, Source::Signal, &getenv)
-                        .await;
+                    let doc = crate::config::from_env(|k: &str| (gw.env)(k));
+                    let _ = live::apply(&gw, doc, DocSource::Environment, Source::Signal).await;
                 }
             }
         }

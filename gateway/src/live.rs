@@ -95,10 +95,15 @@ pub async fn apply(
     doc: GatewayConfig,
     from: DocSource<'_>,
     source: Source,
-    getenv: &(dyn Fn(&str) -> Option<String> + Sync),
 ) -> Result<Applied, Refused> {
-    let result = apply_inner(gw, doc, from, source, getenv).await;
-    match &result {
+    let result = apply_inner(gw, doc, from, source).await;
+    report(gw, source, &result);
+    result
+}
+
+/// Counts and logs what became of a configuration from `source`.
+pub fn report(gw: &Gateway, source: Source, result: &Result<Applied, Refused>) {
+    match result {
         Ok(Applied::Swapped(m)) => {
             gw.metrics
                 .config_applied(m.version.as_deref(), &m.hash, source.label());
@@ -110,12 +115,14 @@ pub async fn apply(
             );
         }
         Ok(Applied::Unchanged(_)) => gw.metrics.config_reload(source.label(), "unchanged"),
-        Err(e) => {
-            gw.metrics.config_reload(source.label(), "refused");
-            warn!(source = source.label(), error = %e, "configuration refused; the running one stays");
-        }
+        Err(e) => report_refused(gw, source, e),
     }
-    result
+}
+
+/// Counts and logs a refused configuration (one that did not even parse included).
+pub fn report_refused(gw: &Gateway, source: Source, e: &Refused) {
+    gw.metrics.config_reload(source.label(), "refused");
+    warn!(source = source.label(), error = %e, "configuration refused; the running one stays");
 }
 
 async fn apply_inner(
@@ -123,10 +130,10 @@ async fn apply_inner(
     doc: GatewayConfig,
     from: DocSource<'_>,
     source: Source,
-    getenv: &(dyn Fn(&str) -> Option<String> + Sync),
 ) -> Result<Applied, Refused> {
     let _one_at_a_time = gw.applying.lock().await;
-    let settings = crate::config::validate_as(&doc, from, getenv).map_err(Refused::Invalid)?;
+    let settings =
+        crate::config::validate_as(&doc, from, &|k: &str| (gw.env)(k)).map_err(Refused::Invalid)?;
     let current = gw.config();
     let hash = hash(&doc, &settings);
     if hash == current.meta.hash {

@@ -25,8 +25,15 @@ use crate::telemetry::metrics::Metrics;
 /// Shared state of every handler.
 pub type AppState = Arc<Gateway>;
 
+/// Reads an environment variable (the process's, or a test's stand-in).
+pub type Env = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
+/// The process environment.
+pub fn process_env() -> Env {
+    Arc::new(|k: &str| std::env::var(k).ok())
+}
+
 /// The long-lived services and the current configuration snapshot.
-#[derive(Debug)]
 pub struct Gateway {
     /// Caller authentication.
     pub auth: Auth,
@@ -44,6 +51,8 @@ pub struct Gateway {
     pub learned: Learned,
     /// Settings of the listener, fixed at start.
     pub fixed: Fixed,
+    /// Reads the environment variables a configuration's `env` secrets name.
+    pub env: Env,
     current: ArcSwap<Snapshot>,
     /// Held while a new configuration is validated, built and swapped in: one at a time.
     pub(crate) applying: tokio::sync::Mutex<()>,
@@ -112,6 +121,14 @@ pub struct Meta {
     pub redacted: GatewayConfig,
 }
 
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("config", &self.config().meta.hash)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Gateway {
     /// A gateway serving `snapshot` with these services.
     pub fn new(services: Services, fixed: Fixed, snapshot: Snapshot) -> Self {
@@ -144,6 +161,7 @@ impl Gateway {
             metrics,
             ready: AtomicBool::new(true),
             learned: services.learned,
+            env: services.env.unwrap_or_else(process_env),
             fixed,
             current: ArcSwap::from_pointee(snapshot),
             applying: tokio::sync::Mutex::new(()),
@@ -195,7 +213,7 @@ impl Gateway {
 }
 
 /// The long-lived services a gateway is built with.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Services {
     /// Caller authentication (default: anonymous calls allowed, no key store).
     pub auth: Auth,
@@ -209,4 +227,6 @@ pub struct Services {
     pub metrics: Metrics,
     /// What is known of providers and models (the snapshot was built with it).
     pub learned: Learned,
+    /// The environment `env` secrets are read from (default: the process's).
+    pub env: Option<Env>,
 }

@@ -10,6 +10,10 @@ use serde_json::Value;
 pub struct ChatRequest {
     /// Model name: catalog, provider-qualified, or virtual.
     pub model: String,
+    /// The prompt's size in tokens, each figure computed at most once per request (routing,
+    /// the budget estimate and the deadlines all ask; see `router::tokens`).
+    #[serde(skip)]
+    pub sizes: PromptSizes,
     /// The conversation.
     pub messages: Vec<Message>,
     /// Stream the answer as server-sent events.
@@ -51,6 +55,15 @@ pub struct ChatRequest {
     /// End-user identifier.
     #[serde(default)]
     pub user: Option<String>,
+}
+
+/// A request's prompt size, memoised.
+#[derive(Debug, Clone, Default)]
+pub struct PromptSizes {
+    /// A free upper bound (bytes of text plus per-message overhead).
+    pub bound: std::sync::OnceLock<usize>,
+    /// Counted with the tokenizer.
+    pub counted: std::sync::OnceLock<usize>,
 }
 
 impl ChatRequest {

@@ -2,7 +2,7 @@
 //! concurrency slot → route (virtual models scored, open breakers skipped) → check
 //! capabilities → answer from the cache if it can → reserve on the caller's budgets
 //! (downgrade or 429 at a limit) → call the provider, failing over along the ranking →
-//! respond (JSON or SSE), storing a complete answer in the cache → record usage, cost,
+//! respond (JSON or SSE), storing a complete answer in the cache → ctx usage, cost,
 //! latency, breaker outcome and metrics, settling the budgets.
 
 use std::collections::VecDeque;
@@ -13,13 +13,11 @@ use axum::extract::State;
 use axum::response::Response;
 use axum::Extension;
 use http::{header, HeaderMap, HeaderValue, StatusCode};
-use llm_gateway_crds::ModelKind;
 
 use super::{body, cache_hit, headers, sse, AppState};
 use crate::error::{Error, Failure, Kind, TimeoutKind};
-use crate::models::registry::Target;
 use crate::pipeline::cache as cached;
-use crate::pipeline::context::Record;
+use crate::pipeline::context::RequestContext;
 use crate::pipeline::failover::{self, Committed};
 use crate::providers::StreamItem;
 use crate::router::BreakerFilter;
@@ -33,10 +31,10 @@ pub async fn handle(
     req_headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let mut record = Record::new(gw.clone(), "chat", super::request_id(&req_headers));
-    record.set_caller(caller.clone());
-    let result = serve(&gw, &caller, &req_headers, body, &mut record).await;
-    super::respond::respond(&mut record, result)
+    let mut ctx = RequestContext::new(gw.clone(), "chat", super::request_id(&req_headers));
+    ctx.set_caller(caller.clone());
+    let result = serve(&gw, &caller, &req_headers, body, &mut ctx).await;
+    super::respond::respond(&mut ctx, result)
 }
 
 async fn serve(
@@ -44,9 +42,9 @@ async fn serve(
     caller: &crate::auth::Caller,
     req_headers: &HeaderMap,
     body: Body,
-    record: &mut Record,
+    ctx: &mut RequestContext,
 ) -> Result<Response, Error> {
-    let cfg = record.cfg().clone();
+    let cfg = ctx.cfg().clone();
     // 1. Admit (global, tenant and buffered-body limits), then read and validate.
     let admitted = cfg
         .admission
@@ -56,12 +54,12 @@ async fn serve(
         body::parse(&body::read(req_headers, body, cfg.max_body_bytes).await?)?;
     validate(&req)?;
     let prompt_bytes = crate::router::tokens::upper_bound(&req, raw.get("tools"));
-    record.set_prompt_bytes(prompt_bytes);
+    ctx.set_prompt_bytes(prompt_bytes);
     // The request's deadline counts from its arrival, and the client's own timeout.
     let plan = failover::Plan::new(
         &cfg.failover,
         req_headers,
-        record.started(),
+        ctx.started(),
         &req,
         prompt_bytes,
     );
@@ -86,22 +84,20 @@ async fn serve(
         r => r?,
     };
     allowed.check_target(&routed.target.provider.name, &routed.target.model)?;
-    record.set_route(&routed);
-    check_capabilities(&req, &routed.target)?;
+    ctx.set_route(&routed);
 
     // 3. Cache: the same or a rephrased earlier request is answered at once, for free.
-    let mut lookup =
-        match cached::lookup(gw, caller, &routed, &raw, &req, req_headers, record).await {
-            cached::Step::Hit(hit) => {
-                return Ok(cache_hit::response(
-                    &req,
-                    &hit.answer,
-                    hit.outcome,
-                    hit.similarity,
-                ))
-            }
-            cached::Step::Miss(lookup) => lookup,
-        };
+    let mut lookup = match cached::lookup(gw, caller, &routed, &raw, &req, req_headers, ctx).await {
+        cached::Step::Hit(hit) => {
+            return Ok(cache_hit::response(
+                &req,
+                &hit.answer,
+                hit.outcome,
+                hit.similarity,
+            ))
+        }
+        cached::Step::Miss(lookup) => lookup,
+    };
 
     // 4. Budgets: reserve the estimate on every covering budget; at a limit, downgrade to a
     //    model that fits or refuse with 429.
@@ -116,32 +112,32 @@ async fn serve(
     )
     .await?;
     if hold.as_ref().is_some_and(|h| h.downgraded) {
-        record.set_route(&routed);
-        check_capabilities(&req, &routed.target)?;
+        ctx.set_route(&routed);
     }
     let budget_left_before = hold.as_ref().map(crate::pipeline::budget::Held::remaining);
     let downgraded = hold.as_ref().is_some_and(|h| h.downgraded);
-    record.set_held(hold);
+    ctx.set_held(hold);
 
-    let record_cache = record.cache();
+    let record_cache = ctx.cache();
     // 5. Call the provider, failing over along the ranking until a response starts.
-    let answer = failover::chat(gw, &req, &raw, &routed, &plan, record).await?;
+    let answer = failover::chat(gw, &req, &raw, &routed, &plan, ctx).await?;
 
     // 6. Respond, recording usage, cost and the outcome; store a complete answer.
     let mut resp = match answer.committed {
         Committed::Json { body, usage } => {
             if usage.is_none() {
-                record.add_output_bytes(output_bytes(&body));
+                ctx.add_output_bytes(output_bytes(&body));
             }
-            if let (Some(cache), Some(l)) = (&gw.cache, lookup.take()) {
+            if let Some(l) = lookup.take() {
                 if let Some(a) =
                     cached::from_json(&body, &answer.target.provider.name, usage.as_ref())
                 {
-                    cache.store(l, a);
-                    gw.metrics.cache_entries(cache.len());
+                    ctx.keep_for_cache(l, a);
                 }
             }
-            let cost = record.finish(200, usage.as_ref());
+            // The tail: settle, cache store, latency, ledger, metrics (see
+            // RequestContext::finish, which lists them in order).
+            let cost = ctx.finish(200, usage.as_ref());
             let mut resp = Response::new(Body::from(body));
             let h = resp.headers_mut();
             h.insert(
@@ -149,10 +145,10 @@ async fn serve(
                 HeaderValue::from_static("application/json"),
             );
             headers::cost_header(h, cost);
-            if record.usage_estimated() {
+            if ctx.usage_estimated() {
                 h.insert(headers::USAGE_ESTIMATED, HeaderValue::from_static("true"));
             }
-            headers::budget_headers(h, record.remaining());
+            headers::budget_headers(h, ctx.remaining());
             resp
         }
         Committed::Stream { held, rx, deadline } => {
@@ -162,7 +158,7 @@ async fn serve(
                 deadline: tokio::time::Instant::from_std(deadline),
                 include_usage: req.wants_stream_usage(),
                 usage: None,
-                record: record.detach(),
+                ctx: ctx.detach(),
                 capture: lookup.map(|l| (l, cached::Capture::default())),
                 finished: false,
                 _slots: (admitted.slots, answer.permit),
@@ -256,47 +252,6 @@ pub fn validate(req: &ChatRequest) -> Result<(), Error> {
     Ok(())
 }
 
-/// Rejects requests the chosen model cannot serve, before spending an upstream call.
-fn check_capabilities(req: &ChatRequest, t: &Target) -> Result<(), Error> {
-    let Some(info) = &t.info else { return Ok(()) };
-    if info.kind == ModelKind::Embedding {
-        return Err(Error::invalid(
-            "model",
-            format!(
-                "`{}` is an embedding model; send it to /v1/embeddings.",
-                t.model
-            ),
-        ));
-    }
-    let Some(caps) = info.capabilities else {
-        return Ok(());
-    };
-    let missing = [
-        (req.has_images() && !caps.vision, "messages", "image input"),
-        (
-            req.has_tools() && !caps.tools,
-            "tools",
-            "tools (function calling)",
-        ),
-        (
-            req.wants_json() && !caps.json,
-            "response_format",
-            "JSON response formats",
-        ),
-    ];
-    match missing.into_iter().find(|(miss, ..)| *miss) {
-        Some((_, param, what)) => Err(Error::invalid(
-            param,
-            format!(
-                "Model `{}/{}` does not support {what}.",
-                t.provider.name, t.model
-            ),
-        )
-        .with_code("unsupported_capability")),
-        None => Ok(()),
-    }
-}
-
 /// A committed stream being written to the client.
 struct SseState {
     held: VecDeque<StreamItem>,
@@ -304,7 +259,7 @@ struct SseState {
     deadline: tokio::time::Instant,
     include_usage: bool,
     usage: Option<Usage>,
-    record: Record,
+    ctx: RequestContext,
     /// The cache lookup of a miss, and the answer being reassembled to store.
     capture: Option<(crate::cache::Lookup, cached::Capture)>,
     finished: bool,
@@ -343,8 +298,8 @@ fn stream_response(state: SseState) -> Response {
                     content,
                 }) => {
                     if content > 0 {
-                        st.record.mark_first_token();
-                        st.record.add_output_bytes(content);
+                        st.ctx.mark_first_token();
+                        st.ctx.add_output_bytes(content);
                     }
                     if usage.is_some() {
                         st.usage = usage;
@@ -358,23 +313,21 @@ fn stream_response(state: SseState) -> Response {
                 }
                 Some(StreamItem::End) => {
                     st.finished = true;
-                    st.record.report_upstream(None);
+                    failover::report_stream_end(&st.ctx, None);
                     // Only a complete stream is stored.
-                    if let (Some((l, c)), Some(cache), Some(t)) =
-                        (st.capture.take(), &st.record.gw().cache, st.record.target())
-                    {
-                        if let Some(a) = c.finish(&t.provider.name, st.usage.as_ref()) {
-                            cache.store(l, a);
-                            st.record.gw().metrics.cache_entries(cache.len());
+                    let provider = st.ctx.target().map(|t| t.provider.name.clone());
+                    if let (Some((l, c)), Some(p)) = (st.capture.take(), provider) {
+                        if let Some(a) = c.finish(&p, st.usage.as_ref()) {
+                            st.ctx.keep_for_cache(l, a);
                         }
                     }
-                    break sse::done(st.record.finish(200, st.usage.as_ref()));
+                    break sse::done(st.ctx.finish(200, st.usage.as_ref()));
                 }
                 // The client stopped reading for the idle timeout: its doing, not the
                 // provider's, so no breaker hears of it.
                 None if st.rx.client_stalled() => {
                     st.finished = true;
-                    st.record.finish(499, st.usage.as_ref());
+                    st.ctx.finish(499, st.usage.as_ref());
                     break sse::error(
                         &Error::new(Kind::ClientTooSlow,
                             "The stream was closed because this client did not read it for server.client_idle_timeout_secs.",
@@ -388,20 +341,20 @@ fn stream_response(state: SseState) -> Response {
                         Some(StreamItem::Error(e)) => e,
                         _ => Error::bad_gateway(format!(
                             "provider {} ended the stream before it was complete",
-                            st.record.target().map_or("?", |t| t.provider.name.as_str())
+                            st.ctx.target().map_or("?", |t| t.provider.name.as_str())
                         ))
                         .with_failure(Failure::StreamCut),
                     };
                     if let Some(f) = e.failure {
-                        if let Some(t) = st.record.target() {
-                            st.record
+                        if let Some(t) = st.ctx.target() {
+                            st.ctx
                                 .gw()
                                 .metrics
                                 .upstream_failure(&t.provider.name, f.label());
                         }
-                        st.record.report_upstream(Some(&e));
+                        failover::report_stream_end(&st.ctx, Some(&e));
                     }
-                    st.record.finish(e.status(), st.usage.as_ref());
+                    st.ctx.finish(e.status(), st.usage.as_ref());
                     break sse::error(&e);
                 }
             }

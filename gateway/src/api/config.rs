@@ -68,9 +68,15 @@ pub async fn put(
     } else {
         crate::config::parse_json(source.name(), text)
     };
-    let doc = parsed.map_err(|e| refused(Refused::Invalid(e)))?;
-    let getenv = |k: &str| std::env::var(k).ok();
-    match live::apply(&gw, doc, source, Source::Push, &getenv).await {
+    let doc = match parsed {
+        Ok(d) => d,
+        Err(e) => {
+            let r = Refused::Invalid(e);
+            live::report_refused(&gw, Source::Push, &r);
+            return Err(refused(r));
+        }
+    };
+    match live::apply(&gw, doc, source, Source::Push).await {
         Ok(Applied::Swapped(m)) => {
             let mut v = describe(&m);
             v["changed"] = json!(true);

@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use super::{body, headers, AppState};
 use crate::error::Error;
-use crate::pipeline::context::Record;
+use crate::pipeline::context::RequestContext;
 
 #[derive(Deserialize)]
 struct EmbeddingsRequest {
@@ -26,10 +26,10 @@ pub async fn handle(
     req_headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let mut record = Record::new(gw.clone(), "embeddings", super::request_id(&req_headers));
-    record.set_caller(caller.clone());
-    let result = serve(&gw, &caller, &req_headers, body, &mut record).await;
-    super::respond::respond(&mut record, result)
+    let mut ctx = RequestContext::new(gw.clone(), "embeddings", super::request_id(&req_headers));
+    ctx.set_caller(caller.clone());
+    let result = serve(&gw, &caller, &req_headers, body, &mut ctx).await;
+    super::respond::respond(&mut ctx, result)
 }
 
 async fn serve(
@@ -37,9 +37,9 @@ async fn serve(
     caller: &crate::auth::Caller,
     req_headers: &HeaderMap,
     body: Body,
-    record: &mut Record,
+    ctx: &mut RequestContext,
 ) -> Result<Response, Error> {
-    let cfg = record.cfg().clone();
+    let cfg = ctx.cfg().clone();
     let _admitted = cfg
         .admission
         .admit(caller.tenant(), req_headers, &gw.metrics)
@@ -57,7 +57,7 @@ async fn serve(
     }
     let target = cfg.registry.resolve(&req.model)?;
     crate::auth::AllowedModels::of(caller).check_target(&target.provider.name, &target.model)?;
-    record.set_target(&target);
+    ctx.set_target(&target);
     if target
         .info
         .as_ref()
@@ -72,9 +72,9 @@ async fn serve(
         ));
     }
     let (tokens, bytes) = crate::router::tokens::count_input(&req.input);
-    record.set_prompt_bytes(bytes);
+    ctx.set_prompt_bytes(bytes);
     let hold = crate::pipeline::budget::hold(gw, caller, &target, tokens as u64, 0).await?;
-    record.set_held(hold);
+    ctx.set_held(hold);
     let Some(result) = target.provider.embeddings(raw, &target.model).await else {
         return Err(Error::invalid(
             "model",
@@ -85,7 +85,7 @@ async fn serve(
         ));
     };
     let (body, usage) = result?;
-    let cost = record.finish(200, usage.as_ref());
+    let cost = ctx.finish(200, usage.as_ref());
     let mut resp = Response::new(Body::from(body));
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -93,10 +93,10 @@ async fn serve(
     );
     headers::target_headers(resp.headers_mut(), &target);
     headers::cost_header(resp.headers_mut(), cost);
-    if record.usage_estimated() {
+    if ctx.usage_estimated() {
         resp.headers_mut()
             .insert(headers::USAGE_ESTIMATED, HeaderValue::from_static("true"));
     }
-    headers::budget_headers(resp.headers_mut(), record.remaining());
+    headers::budget_headers(resp.headers_mut(), ctx.remaining());
     Ok(resp)
 }

@@ -28,6 +28,8 @@ pub const BUDGET_REMAINING_TOKENS: HeaderName =
     HeaderName::from_static("x-llm-gateway-budget-remaining-tokens");
 /// `downgraded` when a budget moved the request to a cheaper model.
 pub const BUDGET: HeaderName = HeaderName::from_static("x-llm-gateway-budget");
+/// The configuration the request ran on: its `version`, else `sha256:` and its hash's start.
+pub const CONFIG: HeaderName = HeaderName::from_static("x-llm-gateway-config");
 /// The request id (the client's `x-request-id`, or a new one).
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 

@@ -6,26 +6,34 @@ use http::HeaderValue;
 
 use super::headers;
 use crate::error::Error;
-use crate::pipeline::context::Record;
+use crate::pipeline::context::RequestContext;
 
 /// The response for `result`, recording an error's outcome.
-pub fn respond(record: &mut Record, result: Result<Response, Error>) -> Response {
+pub fn respond(ctx: &mut RequestContext, result: Result<Response, Error>) -> Response {
     let mut resp = match result {
         Ok(resp) => resp,
         Err(e) => {
-            record.finish(e.status(), None);
+            ctx.finish(e.status(), None);
             let mut resp = e.into_response();
-            if let Some(t) = record.target() {
+            if let Some(t) = ctx.target() {
                 headers::target_headers(resp.headers_mut(), t);
             }
-            if record.attempts() > 0 {
-                headers::attempts_header(resp.headers_mut(), record.attempts());
+            if ctx.attempts() > 0 {
+                headers::attempts_header(resp.headers_mut(), ctx.attempts());
             }
             resp
         }
     };
-    if let Ok(v) = HeaderValue::from_str(record.request_id()) {
+    if let Ok(v) = HeaderValue::from_str(ctx.request_id()) {
         resp.headers_mut().insert(headers::REQUEST_ID, v);
+    }
+    let meta = &ctx.cfg().meta;
+    let config = match &meta.version {
+        Some(v) => v.clone(),
+        None => format!("sha256:{}", &meta.hash[..12]),
+    };
+    if let Ok(v) = HeaderValue::from_str(&config) {
+        resp.headers_mut().insert(headers::CONFIG, v);
     }
     resp
 }

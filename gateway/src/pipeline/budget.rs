@@ -1,6 +1,7 @@
-//! The budget step of the request path: estimate the request's cost on the routed model,
-//! reserve it on every covering budget, and at a limit either downgrade (virtual models under
-//! a `downgrade` budget: re-route among the models that still fit) or refuse with 429.
+//! The budget steps of the request path: before the call, estimate the request's cost on the
+//! routed model and reserve it on every covering budget — at a limit either downgrade
+//! (virtual models under a `downgrade` budget: re-route among the models that still fit) or
+//! refuse with 429; in the tail, settle the reservation with the real amount.
 
 use std::sync::Arc;
 
@@ -256,4 +257,15 @@ fn estimate(
         .with_code("unpriced_model")),
         None => Ok(Amount::bounded(0, prompt.saturating_add(completion))),
     }
+}
+
+/// The tail's settle step: the reservation is released and the real amount charged.
+pub fn settle(ctx: &mut super::context::RequestContext, cost: Option<f64>, usage: Option<&Usage>) {
+    let Some(h) = ctx.held.take() else { return };
+    let actual = Amount::bounded(
+        to_nano(cost.unwrap_or(0.0)),
+        usage.map_or(0, |u| u.prompt_tokens.saturating_add(u.completion_tokens)),
+    );
+    ctx.remaining = Some(h.reservation.remaining(Some(actual)));
+    h.reservation.settle(actual);
 }

@@ -5,7 +5,7 @@
 use http::HeaderMap;
 use serde_json::{json, Value};
 
-use super::context::Record;
+use super::context::RequestContext;
 use crate::cache::{Answer, Found, Lookup, Outcome};
 use crate::router::Routed;
 use crate::state::AppState;
@@ -31,7 +31,7 @@ pub enum Step {
 }
 
 /// The cache step of the chat request path: looks the request up (exact, then semantic),
-/// counts the outcome in metrics and the record, and returns a hit's answer.
+/// counts the outcome in metrics and the ctx, and returns a hit's answer.
 pub async fn lookup(
     gw: &AppState,
     caller: &crate::auth::Caller,
@@ -39,7 +39,7 @@ pub async fn lookup(
     raw: &serde_json::Map<String, Value>,
     req: &ChatRequest,
     req_headers: &HeaderMap,
-    record: &mut Record,
+    ctx: &mut RequestContext,
 ) -> Step {
     let Some(cache) = &gw.cache else {
         return Step::Miss(None);
@@ -59,7 +59,7 @@ pub async fn lookup(
         req_headers,
     ) else {
         gw.metrics.cache_lookup(Outcome::Bypass, None, None);
-        record.set_cache(Outcome::Bypass);
+        ctx.set_cache(Outcome::Bypass);
         return Step::Miss(None);
     };
     let (found, embed) = cache.find(&mut l).await;
@@ -73,18 +73,30 @@ pub async fn lookup(
         Some(started.elapsed().as_secs_f64()),
         embed.map(|d| d.as_secs_f64()),
     );
-    record.set_cache(outcome);
+    ctx.set_cache(outcome);
     let (answer, similarity) = match found {
         Found::Exact(a) => (a, None),
         Found::Semantic(a, sim) => (a, Some(sim)),
         Found::Miss => return Step::Miss(Some(l)),
     };
-    record.finish(200, None);
+    ctx.finish(200, None);
     Step::Hit(Hit {
         answer,
         outcome,
         similarity,
     })
+}
+
+/// The tail's cache step: a complete answer kept by the handler is stored (only for a
+/// request that succeeded).
+pub fn store(ctx: &mut RequestContext, status: u16) {
+    let (Some((lookup, answer)), Some(cache)) = (ctx.to_cache.take(), &ctx.gw.cache) else {
+        return;
+    };
+    if status == 200 {
+        cache.store(lookup, answer);
+        ctx.gw.metrics.cache_entries(cache.len());
+    }
 }
 
 /// The answer in a JSON completion (one choice).

@@ -32,17 +32,18 @@ use http::HeaderMap;
 use serde_json::{Map, Value};
 use tracing::warn;
 
-use crate::breaker::Admission;
+use crate::breaker::{Admission, Outcome as BreakerOutcome, State as BreakerState, Transition};
 use crate::config::FailoverSettings;
 use crate::deadline::{self, Mode};
 use crate::error::{Error, Failure, Kind, TimeoutKind};
 use crate::models::registry::Registry;
 use crate::models::registry::Target;
-use crate::pipeline::context::Record;
+use crate::pipeline::context::RequestContext;
 use crate::providers::limiter::Permit;
 use crate::providers::{ChatCall, ChatResponse, StreamItem};
 use crate::router::{Hedge, Routed};
 use crate::state::Gateway;
+use crate::telemetry::metrics::Metrics;
 use crate::wire::{ChatRequest, Usage};
 use llm_gateway_crds::AllOpen;
 
@@ -198,16 +199,59 @@ impl Candidates<'_> {
     }
 }
 
+/// Reports an upstream outcome of `t` to its provider's and its model's breakers — the one
+/// place breakers hear about outcomes: `None` is a success, an error a failure (only errors
+/// that are the provider's fault are reported; see [`Failure::counts_against_provider`]).
+pub fn report(metrics: &Metrics, t: &Target, failure: Option<&Error>) {
+    let outcome = match failure {
+        None => BreakerOutcome::Success,
+        Some(e) => BreakerOutcome::Failure {
+            retry_after: e.retry_after,
+        },
+    };
+    let now = Instant::now();
+    let tr = t.provider.breaker.record(now, outcome, fastrand::f64());
+    note_transition(metrics, &t.provider.name, "*", tr);
+    if let Some(b) = &t.breaker {
+        let tr = b.record(now, outcome, fastrand::f64());
+        note_transition(metrics, &t.provider.name, &t.model, tr);
+    }
+}
+
+/// How a committed stream ended, for its breakers: complete, cut by the provider, or ended
+/// by the client (which says nothing of the provider and is not reported).
+pub fn report_stream_end(ctx: &RequestContext, failure: Option<&Error>) {
+    if let Some(t) = ctx.target() {
+        report(&ctx.gw().metrics, t, failure);
+    }
+}
+
+/// Counts a breaker transition in metrics and the log.
+fn note_transition(metrics: &Metrics, provider: &str, model: &str, tr: Option<Transition>) {
+    let Some(tr) = tr else { return };
+    let to = match tr.to {
+        BreakerState::Closed => "closed",
+        BreakerState::Open => "open",
+        BreakerState::HalfOpen => "half_open",
+    };
+    metrics.breaker_transition(provider, model, to);
+    if tr.to == BreakerState::Open {
+        warn!(provider, model, "circuit breaker opened");
+    } else {
+        tracing::info!(provider, model, state = to, "circuit breaker state changed");
+    }
+}
+
 /// Admits a request through the provider's and the model's breakers.
-fn admit(record: &Record, t: &Target, now: Instant) -> Result<(), Instant> {
+fn admit(ctx: &RequestContext, t: &Target, now: Instant) -> Result<(), Instant> {
     let (a, tr) = t.provider.breaker.admit(now);
-    record.note_transition(&t.provider.name, "*", tr);
+    note_transition(&ctx.gw().metrics, &t.provider.name, "*", tr);
     if let Admission::Rejected { until } = a {
         return Err(until);
     }
     if let Some(b) = &t.breaker {
         let (a, tr) = b.admit(now);
-        record.note_transition(&t.provider.name, &t.model, tr);
+        note_transition(&ctx.gw().metrics, &t.provider.name, &t.model, tr);
         if let Admission::Rejected { until } = a {
             return Err(until);
         }
@@ -224,9 +268,9 @@ pub async fn chat(
     raw: &Map<String, Value>,
     routed: &Routed,
     plan: &Plan,
-    record: &mut Record,
+    ctx: &mut RequestContext,
 ) -> Result<Answer, Error> {
-    let snapshot = record.cfg().clone();
+    let snapshot = ctx.cfg().clone();
     let cfg = snapshot.failover;
     let cands = Candidates {
         registry: &snapshot.registry,
@@ -248,7 +292,7 @@ pub async fn chat(
             continue;
         }
         let target = cands.target(i);
-        if let Err(until) = admit(record, &target, now) {
+        if let Err(until) = admit(ctx, &target, now) {
             open.push((format!("{}/{}", target.provider.name, target.model), until));
             if soonest.as_ref().is_none_or(|(u, _)| until < *u) {
                 soonest = Some((until, target));
@@ -272,8 +316,8 @@ pub async fn chat(
         } else {
             SlotWait::LastResort
         };
-        record.set_target(&target);
-        record.set_attempts(attempts);
+        ctx.set_target(&target);
+        ctx.set_attempts(attempts);
         let primary = attempt(gw, &target, req, raw.clone(), limit, queue, plan);
         // A hedge, once per request, to the next candidate of another provider.
         let hedge_to = match hedge {
@@ -289,7 +333,7 @@ pub async fn chat(
                 let delay = hedge_delay(h, &target, plan);
                 race(
                     gw,
-                    record,
+                    ctx,
                     &cands,
                     j,
                     target.clone(),
@@ -311,22 +355,23 @@ pub async fn chat(
             } => {
                 if extra_attempt {
                     attempts += 1;
-                    record.set_attempts(attempts);
+                    ctx.set_attempts(attempts);
                 }
                 vec![(target, Ok(result))]
             }
             Outcome::Two(a, b) => {
                 attempts += 1;
-                record.set_attempts(attempts);
+                ctx.set_attempts(attempts);
                 vec![a, b]
             }
         };
         for (t, r) in results {
             match r {
                 Ok((committed, permit)) => {
-                    record.switch_target(&t);
+                    ctx.switch_target(&t);
+                    // A whole JSON answer is a success now; a stream's is known at its end.
                     if matches!(committed, Committed::Json { .. }) {
-                        record.report_upstream(None);
+                        report(&gw.metrics, &t, None);
                     }
                     return Ok(Answer {
                         target: t,
@@ -337,7 +382,7 @@ pub async fn chat(
                 }
                 Err(e) => {
                     let Some(f) = e.failure else { return Err(e) };
-                    note_failure(gw, record, &t, &e, f);
+                    note_failure(gw, ctx, &t, &e, f);
                     failed.push(t.provider.name.clone());
                     last = Some((t.provider.name.clone(), e));
                 }
@@ -346,8 +391,8 @@ pub async fn chat(
     }
     if let (None, AllOpen::TrySoonest, Some((_, target))) = (&last, cfg.when_all_open, soonest) {
         // Every breaker is open and config says to try anyway: the one that reopens first.
-        record.set_target(&target);
-        record.set_attempts(1);
+        ctx.set_target(&target);
+        ctx.set_attempts(1);
         let limit = plan.attempt_limit(&target, false, Instant::now());
         let (committed, permit) = attempt(
             gw,
@@ -361,7 +406,7 @@ pub async fn chat(
         .await
         .inspect_err(|e| {
             if e.failure.is_some_and(Failure::counts_against_provider) {
-                record.report_upstream(Some(e));
+                report(&gw.metrics, &target, Some(e));
             }
         })?;
         return Ok(Answer {
@@ -383,7 +428,7 @@ pub async fn chat(
 }
 
 /// Counts and logs a failed attempt, and tells the breakers if it was the provider's fault.
-fn note_failure(gw: &Gateway, record: &mut Record, t: &Target, e: &Error, f: Failure) {
+fn note_failure(gw: &Gateway, ctx: &mut RequestContext, t: &Target, e: &Error, f: Failure) {
     gw.metrics.upstream_failure(&t.provider.name, f.label());
     // A 429 without Retry-After is a capacity signal: it shrinks the provider's concurrency
     // limit, and only once that is at its floor and the provider still refuses is it a
@@ -392,11 +437,11 @@ fn note_failure(gw: &Gateway, record: &mut Record, t: &Target, e: &Error, f: Fai
     let capacity =
         f == Failure::Status(429) && e.retry_after.is_none() && !t.provider.limiter.at_floor();
     if f.counts_against_provider() && !capacity {
-        record.switch_target(t);
-        record.report_upstream(Some(e));
+        ctx.switch_target(t);
+        report(&gw.metrics, t, Some(e));
     }
     warn!(
-        request_id = %record.request_id(),
+        request_id = %ctx.request_id(),
         provider = %t.provider.name,
         model = %t.model,
         reason = f.label(),
@@ -440,7 +485,7 @@ fn hedge_delay(h: Hedge, t: &Target, plan: &Plan) -> Duration {
 #[allow(clippy::too_many_arguments)]
 async fn race(
     gw: &Gateway,
-    record: &Record,
+    ctx: &RequestContext,
     cands: &Candidates<'_>,
     j: usize,
     first: Target,
@@ -456,11 +501,11 @@ async fn race(
         _ = tokio::time::sleep(delay) => {}
     }
     let second = cands.target(j);
-    if admit(record, &second, Instant::now()).is_err() {
+    if admit(ctx, &second, Instant::now()).is_err() {
         return Outcome::One(first, primary.await);
     }
     // The hedge is paid for: hold its estimate on the caller's budgets, or do not send it.
-    let hold = match record.hold_extra(&second).await {
+    let hold = match ctx.hold_extra(&second).await {
         Ok(h) => h,
         Err(_) => return Outcome::One(first, primary.await),
     };
@@ -483,7 +528,7 @@ async fn race(
                 if winner_is_hedge { "won" } else { "lost" },
             );
             // The loser's future is dropped with this frame: its upstream call is cancelled.
-            record.record_hedge_loser(&loser, hold);
+            ctx.record_hedge_loser(&loser, hold);
             Outcome::Won {
                 target: winner,
                 result,
@@ -559,7 +604,8 @@ fn is_overload(f: Failure) -> bool {
 enum SlotWait {
     /// Another candidate can take the request: wait at most [`SPILL_WAIT`].
     Spill,
-    /// Nowhere else to go: wait the queue timeout, then overflow a limit only latency set.
+    /// Nowhere else to go: wait the queue timeout, or (if only latency set the limit) up to
+    /// the request's deadline; the attempt's own time starts with its slot.
     LastResort,
 }
 
@@ -574,16 +620,22 @@ async fn attempt(
     queue: SlotWait,
     plan: &Plan,
 ) -> Attempted {
-    let began = Instant::now();
+    let mut began = Instant::now();
+    let mut limit = limit;
     let (permit, waited) = match queue {
         SlotWait::Spill => t.provider.acquire(limit.min(SPILL_WAIT), false).await?,
-        SlotWait::LastResort => t.provider.acquire(limit, true).await?,
+        SlotWait::LastResort => {
+            // Time spent in this gateway's own queue is not the provider's slowness: it may
+            // use the request's time, and the model's first-content deadline starts with
+            // the slot.
+            let got = t.provider.acquire(plan.left(began), true).await?;
+            began = Instant::now();
+            limit = plan.attempt_limit(t, false, began);
+            got
+        }
     };
     gw.metrics
         .queue_wait(&t.provider.name, waited.as_secs_f64());
-    if permit.is_overflow() {
-        gw.metrics.provider_overflow(&t.provider.name);
-    }
     let started = Instant::now();
     let content_deadline = tokio::time::Instant::from_std(began + limit);
     let timed_out = || {

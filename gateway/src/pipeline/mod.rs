@@ -6,3 +6,7 @@ pub mod budget;
 pub mod cache;
 pub mod context;
 pub mod failover;
+pub mod latency;
+pub mod ledger;
+pub mod report;
+pub mod usage;

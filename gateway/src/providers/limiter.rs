@@ -21,16 +21,17 @@
 //! are metrics.
 //!
 //! Latency is an inference, overload signals are the provider's own word, so they weigh
-//! differently: a limit only latency has lowered paces requests (they queue) but never refuses
-//! one that has nowhere else to go. Such a request that waited the whole queue timeout is sent
-//! anyway (an *overflow*, counted) unless the provider gave an overload signal in the last
-//! [`HARD_MEMORY`] or the configured ceiling is reached. Otherwise a gateway short of CPU —
-//! which makes every answer look slow — would shed the healthy load it exists to carry.
+//! differently: a limit only latency has lowered paces requests (they queue) but does not
+//! refuse one that has nowhere else to go after the short queue timeout — it keeps waiting for
+//! a slot until its own deadline — unless the provider gave an overload signal in the last
+//! [`HARD_MEMORY`]. Otherwise a gateway short of CPU, which makes every answer look slow,
+//! would shed the healthy load it exists to carry; and a provider that really slows down with
+//! load still never sees more than its limit.
 //!
 //! No maintained crate does this for async Rust with a queue timeout and an external latency
 //! signal (tower's limit is fixed), so it is here: a semaphore whose permits track the limit.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -57,7 +58,7 @@ pub const QUEUE_PER_SLOT: usize = 4;
 /// ...and at least this many (a provider slowed to a few slots still queues a burst; the
 /// memory of waiting bodies is bounded separately).
 pub const MIN_QUEUE: usize = 10_000;
-/// For this long after an overload signal, a full limit refuses instead of overflowing.
+/// For this long after an overload signal, a full limit refuses after the queue timeout.
 pub const HARD_MEMORY: Duration = Duration::from_secs(30);
 /// Latency up to this multiple of the no-load time is healthy...
 const TOLERANCE: f64 = 2.0;
@@ -99,7 +100,6 @@ pub struct Limiter {
     max: usize,
     in_flight: AtomicUsize,
     queued: AtomicUsize,
-    overflowed: AtomicU64,
 }
 
 /// Why no slot was given.
@@ -116,13 +116,6 @@ pub enum Busy {
 pub struct Permit {
     permit: Option<OwnedSemaphorePermit>,
     owner: Arc<Limiter>,
-}
-
-impl Permit {
-    /// Whether this request was sent over the limit (it holds no slot).
-    pub fn is_overflow(&self) -> bool {
-        self.permit.is_none()
-    }
 }
 
 impl Drop for Permit {
@@ -162,7 +155,6 @@ impl Limiter {
             max,
             in_flight: AtomicUsize::new(0),
             queued: AtomicUsize::new(0),
-            overflowed: AtomicU64::new(0),
         })
     }
 
@@ -185,54 +177,52 @@ impl Limiter {
         self.queued.load(Ordering::Relaxed)
     }
 
-    /// Requests sent over the limit since start (see the module docs).
-    pub fn overflowed(&self) -> u64 {
-        self.overflowed.load(Ordering::Relaxed)
-    }
-
-    /// A slot, waiting at most `timeout`. With `last_resort` (the request has no other
-    /// candidate) a limit that only latency has lowered lets the request through after the
-    /// wait instead of refusing it.
+    /// A slot, waiting at most `timeout`. A `last_resort` request (no other candidate can
+    /// take it) that is still waiting then keeps waiting until `deadline` if only latency has
+    /// lowered the limit (see the module docs).
     pub async fn acquire(
         self: &Arc<Self>,
         timeout: Duration,
-        last_resort: bool,
+        last_resort: Option<Duration>,
     ) -> Result<Permit, Busy> {
+        let started = Instant::now();
         let permit = match self.sem.clone().try_acquire_owned() {
-            Ok(p) => Some(p),
+            Ok(p) => p,
             Err(_) => {
                 let cap = (self.limit() * QUEUE_PER_SLOT).max(MIN_QUEUE);
                 if self.queued.fetch_add(1, Ordering::Relaxed) >= cap {
                     self.queued.fetch_sub(1, Ordering::Relaxed);
                     return Err(Busy::QueueFull);
                 }
-                let got = tokio::time::timeout(timeout, self.sem.clone().acquire_owned()).await;
+                let mut got = tokio::time::timeout(timeout, self.sem.clone().acquire_owned()).await;
+                if let (Err(_), Some(deadline)) = (&got, last_resort) {
+                    if self.only_latency_limits(Instant::now()) {
+                        let left = deadline.saturating_sub(started.elapsed());
+                        got = tokio::time::timeout(left, self.sem.clone().acquire_owned()).await;
+                    }
+                }
                 self.queued.fetch_sub(1, Ordering::Relaxed);
                 match got {
-                    Ok(Ok(p)) => Some(p),
-                    _ if last_resort && self.may_overflow(Instant::now()) => {
-                        self.overflowed.fetch_add(1, Ordering::Relaxed);
-                        None
-                    }
+                    Ok(Ok(p)) => p,
                     _ => return Err(Busy::Timeout),
                 }
             }
         };
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         Ok(Permit {
-            permit,
+            permit: Some(permit),
             owner: self.clone(),
         })
     }
 
-    /// Whether a request may be sent over the limit: no overload signal lately, and the
-    /// configured ceiling not reached.
-    fn may_overflow(&self, now: Instant) -> bool {
-        let quiet = self
-            .lock()
-            .last_backoff
-            .is_none_or(|t| now.saturating_duration_since(t) >= HARD_MEMORY);
-        quiet && self.in_flight() < self.max
+    /// Whether the limit is latency's inference alone: below the configured ceiling (which
+    /// is the operator's word), with no overload signal lately.
+    fn only_latency_limits(&self, now: Instant) -> bool {
+        let st = self.lock();
+        st.applied < self.max
+            && st
+                .last_backoff
+                .is_none_or(|t| now.saturating_duration_since(t) >= HARD_MEMORY)
     }
 
     /// An answer started after `took` (its time to first content, prompt allowance
@@ -388,7 +378,7 @@ mod tests {
         let mut windows = 0;
         while held.len() < 2000 {
             // Admit what the limit allows; each new stream reports its first token...
-            while let Ok(p) = l.acquire(ms(1), false).await {
+            while let Ok(p) = l.acquire(ms(1), None).await {
                 held.push(p);
                 l.on_success(Some(ms(20)), now);
             }
@@ -410,7 +400,7 @@ mod tests {
         let l = Limiter::new(None);
         let mut now = Instant::now();
         for _ in 0..1000 {
-            let _p = l.acquire(ms(1), false).await.unwrap();
+            let _p = l.acquire(ms(1), None).await.unwrap();
             now += WINDOW;
             l.on_success(Some(ms(20)), now);
         }
@@ -423,7 +413,7 @@ mod tests {
         let mut now = Instant::now();
         let mut held = Vec::new();
         for _ in 0..INITIAL {
-            held.push(l.acquire(ms(1), false).await.unwrap());
+            held.push(l.acquire(ms(1), None).await.unwrap());
         }
         now += WINDOW;
         l.on_success(Some(ms(10)), now); // a window at no load: the baseline
@@ -434,14 +424,14 @@ mod tests {
         let shrunk = l.limit();
         assert!(shrunk < INITIAL / 2, "{shrunk}");
         assert!(
-            l.acquire(ms(1), false).await.is_err(),
+            l.acquire(ms(1), None).await.is_err(),
             "over the limit: wait"
         );
         // Returning slots retires the debt before any new one is given.
         held.truncate(shrunk);
-        assert!(l.acquire(ms(1), false).await.is_err());
+        assert!(l.acquire(ms(1), None).await.is_err());
         held.truncate(shrunk - 1);
-        assert!(l.acquire(ms(1), false).await.is_ok());
+        assert!(l.acquire(ms(1), None).await.is_ok());
 
         let l = Limiter::new(None);
         let before = l.limit();
@@ -488,47 +478,52 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_last_resort_overflows_a_latency_limit_but_not_after_an_overload_signal() {
+    async fn a_last_resort_waits_past_the_queue_timeout_for_a_latency_limit_only() {
         let l = Limiter::new(None);
         let held: Vec<_> = (0..INITIAL)
             .map(|_| l.sem.clone().try_acquire_owned().unwrap())
             .collect();
-        assert_eq!(l.acquire(ms(5), false).await.unwrap_err(), Busy::Timeout);
-        let over = l.acquire(ms(5), true).await.expect("nowhere else to go");
-        assert_eq!((l.overflowed(), l.in_flight()), (1, 1));
-        drop(over);
-        assert_eq!(l.in_flight(), 0);
-        assert_eq!(l.sem.available_permits(), 0, "an overflow holds no slot");
+        assert_eq!(l.acquire(ms(5), None).await.unwrap_err(), Busy::Timeout);
+        // A slot freed after the queue timeout but before the request's deadline.
+        let waiter = {
+            let l = l.clone();
+            tokio::spawn(async move { l.acquire(ms(5), Some(ms(2000))).await.map(|_| ()) })
+        };
+        tokio::time::sleep(ms(50)).await;
+        let mut held = held;
+        held.pop();
+        assert_eq!(waiter.await.unwrap(), Ok(()));
+        // Never past its deadline, and after an overload signal only the queue timeout.
+        held.push(l.sem.clone().try_acquire_owned().unwrap());
+        assert_eq!(
+            l.acquire(ms(5), Some(ms(30))).await.unwrap_err(),
+            Busy::Timeout
+        );
         l.on_overload(Instant::now());
-        assert_eq!(l.acquire(ms(5), true).await.unwrap_err(), Busy::Timeout);
-        drop(held);
-
-        // A configured ceiling is never exceeded.
-        let l = Limiter::new(Some(2));
-        let _a = l.acquire(ms(5), true).await.unwrap();
-        let _b = l.acquire(ms(5), true).await.unwrap();
-        assert_eq!(l.acquire(ms(5), true).await.unwrap_err(), Busy::Timeout);
+        let t = Instant::now();
+        assert_eq!(
+            l.acquire(ms(5), Some(ms(2000))).await.unwrap_err(),
+            Busy::Timeout
+        );
+        assert!(t.elapsed() < ms(1000));
     }
 
     #[tokio::test]
     async fn the_queue_is_bounded() {
         let l = Limiter::new(Some(1));
-        let _held = l.acquire(ms(1), false).await.unwrap();
+        let _held = l.acquire(ms(1), None).await.unwrap();
         let waiting: Vec<_> = (0..MIN_QUEUE)
             .map(|_| {
                 let l = l.clone();
                 tokio::spawn(
-                    async move { l.acquire(Duration::from_secs(5), false).await.map(|_| ()) },
+                    async move { l.acquire(Duration::from_secs(5), None).await.map(|_| ()) },
                 )
             })
             .collect();
         while l.queued() < MIN_QUEUE {
             tokio::task::yield_now().await;
         }
-        assert_eq!(
-            l.acquire(ms(100), false).await.unwrap_err(),
-            Busy::QueueFull
-        );
+        assert_eq!(l.acquire(ms(100), None).await.unwrap_err(), Busy::QueueFull);
         for w in waiting {
             w.abort();
         }

@@ -156,8 +156,9 @@ impl Provider {
         self.timeout
     }
 
-    /// A concurrency slot, waiting at most the queue timeout (or `limit`, if sooner);
-    /// returns how long it waited. `last_resort`: see [`limiter::Limiter::acquire`].
+    /// A concurrency slot, waiting at most the queue timeout (or `limit`, if sooner); a
+    /// `last_resort` request may wait up to `limit` (see [`limiter::Limiter::acquire`]).
+    /// Returns how long it waited.
     pub async fn acquire(
         &self,
         limit: Duration,
@@ -166,7 +167,7 @@ impl Provider {
         let start = Instant::now();
         match self
             .limiter
-            .acquire(self.queue_timeout.min(limit), last_resort)
+            .acquire(self.queue_timeout.min(limit), last_resort.then_some(limit))
             .await
         {
             Ok(permit) => Ok((permit, start.elapsed())),

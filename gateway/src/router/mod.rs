@@ -8,6 +8,7 @@
 //! request, the rest are the fallback order. Explicit model names bypass scoring.
 
 pub mod classifier;
+pub mod fit;
 pub mod score;
 pub mod tokens;
 
@@ -25,10 +26,7 @@ use crate::wire::ChatRequest;
 use classifier::{Classification, Tier};
 use score::{Inputs, Scored};
 
-/// Context window assumed for a model whose window is unknown.
-pub const UNKNOWN_CONTEXT: u32 = 8192;
-/// Completion tokens reserved in the context check when the request sets no `max_tokens`.
-pub const DEFAULT_OUTPUT_RESERVE: usize = 512;
+pub use fit::{DEFAULT_OUTPUT_RESERVE, UNKNOWN_CONTEXT};
 
 /// Default weights by strategy and tier. Balanced leans toward quality as prompts get harder.
 pub fn default_weights(s: Strategy, tier: Tier) -> Weights {
@@ -74,6 +72,8 @@ pub enum Exclusion {
     NoVision,
     /// The request asks for JSON; the model has no (known) JSON mode.
     NoJson,
+    /// An embedding model, asked for a chat completion.
+    Embedding,
     /// Prompt plus completion reserve exceed the context window.
     Context {
         /// Tokens needed.
@@ -329,7 +329,7 @@ impl Router {
     ) -> Result<Routed, Error> {
         let Some(route) = self.routes.iter().find(|r| r.spec.name == req.model) else {
             let target = registry.resolve(&req.model)?;
-            check_explicit_context(&target, req, raw_tools)?;
+            check_explicit(&target, req, raw_tools)?;
             return Ok(Routed {
                 target,
                 decision: None,
@@ -374,10 +374,9 @@ impl Router {
             .with_code("no_candidates"));
         }
 
-        // Context: a free upper bound first; count tokens only if it is too close to a window.
-        let reserve = req
-            .max_output()
-            .map_or(DEFAULT_OUTPUT_RESERVE, |m| m as usize);
+        // Context: a free upper bound first; count tokens only if it is too close to the
+        // smallest window (ranking treats an unknown window as UNKNOWN_CONTEXT).
+        let needs = fit::Needs::of(req, true);
         let window = |e: &Entry| e.info.context_window.unwrap_or(UNKNOWN_CONTEXT);
         let smallest = route
             .pool
@@ -385,26 +384,15 @@ impl Router {
             .map(|&i| window(&entries[i]))
             .min()
             .unwrap_or(0) as usize;
-        let mut prompt_tokens = tokens::upper_bound(req, raw_tools);
-        let mut counted = false;
-        if prompt_tokens + reserve > smallest {
-            prompt_tokens = tokens::count(req, raw_tools);
-            counted = true;
-        }
-        let needed = prompt_tokens + reserve;
+        let (needed, counted) = fit::needed(req, raw_tools, &needs, smallest);
+        let prompt_tokens = needed - needs.reserve;
 
-        let (images, tools, json) = (req.has_images(), req.has_tools(), req.wants_json());
         let mut excluded = Vec::new();
         let mut pool = Vec::with_capacity(route.pool.len());
         for &i in &route.pool {
             let e = &entries[i];
-            let caps = e.info.capabilities.unwrap_or_default();
-            let why = if tools && !caps.tools {
-                Some(Exclusion::NoTools)
-            } else if images && !caps.vision {
-                Some(Exclusion::NoVision)
-            } else if json && !caps.json {
-                Some(Exclusion::NoJson)
+            let why = if let Some(x) = fit::capability(&e.info, &needs) {
+                Some(x)
             } else if needed > window(e) as usize {
                 Some(Exclusion::Context {
                     needed,
@@ -549,28 +537,45 @@ fn no_candidate_error(name: &str, excluded: &[Excluded]) -> Error {
 }
 
 /// An explicitly named model whose context window the prompt exceeds gets OpenAI's 400
-/// before any upstream call.
-fn check_explicit_context(
+/// Refuses an explicitly named model that cannot serve the request (see [`fit::check`]),
+/// before an upstream call is spent on it.
+fn check_explicit(
     t: &Target,
     req: &ChatRequest,
     raw_tools: Option<&serde_json::Value>,
 ) -> Result<(), Error> {
-    let Some(window) = t.info.as_ref().and_then(|i| i.context_window) else {
+    let Some(info) = &t.info else { return Ok(()) };
+    let Some(why) = fit::check(info, req, raw_tools, &fit::Needs::of(req, false)) else {
         return Ok(());
     };
-    let reserve = req.max_output().map_or(0, |m| m as usize);
-    if tokens::upper_bound(req, raw_tools) + reserve <= window as usize {
-        return Ok(());
-    }
-    let needed = tokens::count(req, raw_tools) + reserve;
-    if needed <= window as usize {
-        return Ok(());
-    }
-    Err(Error::invalid(
-        "messages",
-        format!(
-            "This model's maximum context length is {window} tokens. However, your messages and max_tokens need about {needed} tokens. Shorten the messages or choose a model with a larger context window."
+    let unsupported = |param: &str, what: &str| {
+        Error::invalid(
+            param,
+            format!(
+                "Model `{}/{}` does not support {what}.",
+                t.provider.name, t.model
+            ),
+        )
+        .with_code("unsupported_capability")
+    };
+    Err(match why {
+        Exclusion::Embedding => Error::invalid(
+            "model",
+            format!(
+                "`{}` is an embedding model; send it to /v1/embeddings.",
+                t.model
+            ),
         ),
-    )
-    .with_code("context_length_exceeded"))
+        Exclusion::NoVision => unsupported("messages", "image input"),
+        Exclusion::NoTools => unsupported("tools", "tools (function calling)"),
+        Exclusion::NoJson => unsupported("response_format", "JSON response formats"),
+        Exclusion::Context { needed, window } => Error::invalid(
+            "messages",
+            format!(
+                "This model's maximum context length is {window} tokens. However, your messages and max_tokens need about {needed} tokens. Shorten the messages or choose a model with a larger context window."
+            ),
+        )
+        .with_code("context_length_exceeded"),
+        Exclusion::Unavailable { detail, .. } => Error::new(Kind::Unavailable, detail),
+    })
 }

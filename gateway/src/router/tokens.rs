@@ -50,20 +50,24 @@ impl std::io::Write for ByteCount {
 
 /// An upper bound of the prompt's tokens, without tokenizing.
 pub fn upper_bound(req: &ChatRequest, raw_tools: Option<&serde_json::Value>) -> usize {
-    let mut tools = ByteCount(0);
-    if let (true, Some(t)) = (req.has_tools(), raw_tools) {
-        let _ = serde_json::to_writer(&mut tools, t);
-    }
-    texts(req).map(|t| t.len() + PER_MESSAGE).sum::<usize>() + tools.0
+    *req.sizes.bound.get_or_init(|| {
+        let mut tools = ByteCount(0);
+        if let (true, Some(t)) = (req.has_tools(), raw_tools) {
+            let _ = serde_json::to_writer(&mut tools, t);
+        }
+        texts(req).map(|t| t.len() + PER_MESSAGE).sum::<usize>() + tools.0
+    })
 }
 
 /// The prompt's tokens, counted.
 pub fn count(req: &ChatRequest, raw_tools: Option<&serde_json::Value>) -> usize {
-    let bpe = &*BPE;
-    texts(req)
-        .map(|t| bpe.encode_ordinary(&t).len() + PER_MESSAGE)
-        .sum::<usize>()
-        + bpe.encode_ordinary(&tools_json(req, raw_tools)).len()
+    *req.sizes.counted.get_or_init(|| {
+        let bpe = &*BPE;
+        texts(req)
+            .map(|t| bpe.encode_ordinary(&t).len() + PER_MESSAGE)
+            .sum::<usize>()
+            + bpe.encode_ordinary(&tools_json(req, raw_tools)).len()
+    })
 }
 
 /// Tokens of an embeddings `input` (a string, strings, or token arrays), and its size in

@@ -190,7 +190,6 @@ pub struct Metrics {
     provider_limit: Family<ProviderLabels, prometheus_client::metrics::gauge::Gauge>,
     provider_in_flight: Family<ProviderLabels, prometheus_client::metrics::gauge::Gauge>,
     provider_queued: Family<ProviderLabels, prometheus_client::metrics::gauge::Gauge>,
-    provider_overflow: Family<ProviderLabels, Counter>,
     first_content_deadline:
         Family<ModelLabels, prometheus_client::metrics::gauge::Gauge<f64, AtomicU64>>,
     connections_open: prometheus_client::metrics::gauge::Gauge,
@@ -346,12 +345,6 @@ impl Default for Metrics {
         let provider_limit = Family::default();
         let provider_in_flight = Family::default();
         let provider_queued = Family::default();
-        let provider_overflow = Family::default();
-        registry.register(
-            "provider_overflow",
-            "Requests with no other candidate sent over a provider's latency-lowered limit after waiting the queue timeout",
-            provider_overflow.clone(),
-        );
         let first_content_deadline = Family::default();
         registry.register(
             "provider_concurrency_limit",
@@ -413,7 +406,6 @@ impl Default for Metrics {
             provider_limit,
             provider_in_flight,
             provider_queued,
-            provider_overflow,
             first_content_deadline,
             cache_outcomes,
             cache_lookup_seconds,
@@ -660,15 +652,6 @@ impl Metrics {
             .get_or_create(&ReloadLabels {
                 source: source.to_owned(),
                 result: result.to_owned(),
-            })
-            .inc();
-    }
-
-    /// Counts a request sent over a provider's limit (see `providers::limiter`).
-    pub fn provider_overflow(&self, provider: &str) {
-        self.provider_overflow
-            .get_or_create(&ProviderLabels {
-                provider: provider.to_owned(),
             })
             .inc();
     }

@@ -151,6 +151,7 @@ impl Setup {
             .unwrap();
         let mut services = Services {
             cache,
+            env: Some(std::sync::Arc::new(|k: &str| Some(format!("key-for-{k}")))),
             ..Services::default()
         };
         let (mut store, mut dir) = (None, None);

@@ -1,0 +1,46 @@
+//! The tail's last step: the request's metrics and its one log line.
+
+use tracing::info;
+
+use super::context::RequestContext;
+use crate::telemetry::metrics::{RequestLabels, UNLISTED};
+use crate::wire::Usage;
+
+/// Counts the request in metrics and writes its log line.
+pub fn emit(ctx: &RequestContext, status: u16, usage: Option<&Usage>, cost: Option<f64>) {
+    let secs = ctx.started.elapsed().as_secs_f64();
+    let (provider, model, label) = match &ctx.target {
+        Some(t) => (
+            t.provider.name.as_str(),
+            t.model.as_str(),
+            t.info.as_ref().map_or(UNLISTED, |i| i.name.as_str()),
+        ),
+        None => ("none", "", "none"),
+    };
+    ctx.gw.metrics.record(
+        RequestLabels {
+            endpoint: ctx.endpoint.to_owned(),
+            provider: provider.to_owned(),
+            model: label.to_owned(),
+            status: status.to_string(),
+        },
+        secs,
+        usage,
+        cost,
+    );
+    info!(
+        request_id = %ctx.request_id,
+        endpoint = ctx.endpoint,
+        provider,
+        model,
+        status,
+        duration_ms = (secs * 1000.0).round() as u64,
+        prompt_tokens = usage.map(|u| u.prompt_tokens),
+        completion_tokens = usage.map(|u| u.completion_tokens),
+        cost_usd = cost,
+        route = ctx.decision.as_ref().map(|d| d.header()),
+        attempts = ctx.attempts,
+        tenant = ctx.caller.as_ref().and_then(|c| c.tenant()),
+        "request finished"
+    );
+}

@@ -1,0 +1,91 @@
+//! Whether a model can serve a request — the one definition the router (for every
+//! candidate of a virtual model, and for an explicit name) and the chat handler (after a
+//! budget downgrade) all use: the capabilities the request needs, and room in the context
+//! window for the prompt and the answer.
+
+use llm_gateway_crds::ModelKind;
+
+use super::{tokens, Exclusion};
+use crate::config::model::ModelInfo;
+use crate::wire::ChatRequest;
+
+/// Completion tokens a virtual model keeps room for when the request sets no `max_tokens`
+/// (an explicitly named model is the client's own choice: only the prompt must fit).
+pub const DEFAULT_OUTPUT_RESERVE: usize = 512;
+/// Context window assumed for a model whose window is unknown, when ranking candidates.
+pub const UNKNOWN_CONTEXT: u32 = 8192;
+
+/// What a request needs of a model, read once per request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Needs {
+    /// Image input.
+    pub vision: bool,
+    /// Function calling.
+    pub tools: bool,
+    /// JSON output.
+    pub json: bool,
+    /// Tokens of room kept for the answer.
+    pub reserve: usize,
+}
+
+impl Needs {
+    /// The needs of `req`; `routed` if a virtual model chooses the model (see
+    /// [`DEFAULT_OUTPUT_RESERVE`]).
+    pub fn of(req: &ChatRequest, routed: bool) -> Self {
+        let default = if routed { DEFAULT_OUTPUT_RESERVE } else { 0 };
+        Self {
+            vision: req.has_images(),
+            tools: req.has_tools(),
+            json: req.wants_json(),
+            reserve: req.max_output().map_or(default, |m| m as usize),
+        }
+    }
+}
+
+/// The capability a model lacks, if any (unknown capabilities are not held against it).
+pub fn capability(info: &ModelInfo, needs: &Needs) -> Option<Exclusion> {
+    let caps = info.capabilities?;
+    if needs.tools && !caps.tools {
+        Some(Exclusion::NoTools)
+    } else if needs.vision && !caps.vision {
+        Some(Exclusion::NoVision)
+    } else if needs.json && !caps.json {
+        Some(Exclusion::NoJson)
+    } else {
+        None
+    }
+}
+
+/// Tokens the request needs in a context window no larger than `window`: a free upper
+/// bound while that fits, else the prompt counted with the tokenizer (once per request).
+pub fn needed(
+    req: &ChatRequest,
+    raw_tools: Option<&serde_json::Value>,
+    needs: &Needs,
+    window: usize,
+) -> (usize, bool) {
+    let bound = tokens::upper_bound(req, raw_tools) + needs.reserve;
+    if bound <= window {
+        return (bound, false);
+    }
+    (tokens::count(req, raw_tools) + needs.reserve, true)
+}
+
+/// Whether `info` can serve `req` at all: not an embedding model, with the capabilities
+/// it needs and its prompt (plus the reserve) within the context window.
+pub fn check(
+    info: &ModelInfo,
+    req: &ChatRequest,
+    raw_tools: Option<&serde_json::Value>,
+    needs: &Needs,
+) -> Option<Exclusion> {
+    if info.kind == ModelKind::Embedding {
+        return Some(Exclusion::Embedding);
+    }
+    if let Some(x) = capability(info, needs) {
+        return Some(x);
+    }
+    let window = info.context_window?;
+    let (needed, _) = needed(req, raw_tools, needs, window as usize);
+    (needed > window as usize).then_some(Exclusion::Context { needed, window })
+}
