@@ -54,12 +54,11 @@ LLM_GATEWAY_BIN_DIR="$(cargo metadata --format-version 1 --no-deps --locked \
   | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')/debug"
 export LLM_GATEWAY_BIN_DIR
 
-step "Rust unit and integration tests"
-if command -v cargo-nextest >/dev/null 2>&1; then
-  cargo nextest run --workspace --locked --no-fail-fast
-else
-  cargo test --workspace --locked --no-fail-fast
+step "Rust unit and integration tests (cargo-nextest: installed from crates.io when missing)"
+if ! command -v cargo-nextest >/dev/null 2>&1; then
+  cargo install --locked cargo-nextest
 fi
+cargo nextest run --workspace --locked --no-fail-fast
 
 step "fuzzing by property: the request parser and the Anthropic stream translator, 5,000 cases each"
 PROPTEST_CASES=5000 cargo nextest run -p llm-gateway --locked --test fuzz

@@ -368,9 +368,29 @@ async fn hedging_asks_the_next_provider_after_the_delay_and_both_calls_are_paid(
             assert!((used - both).abs() < 1e-12, "{me} vs {both}");
         }
     }
+    // OpenAI is slower than the hedge delay but Groq slower still: the hedge is sent and
+    // loses, and is cancelled.
+    h.fault(json!({"vendor": "openai", "latency_ms": 700, "times": 1}))
+        .await;
+    h.fault(json!({"vendor": "groq", "latency_ms": 3000, "times": 1}))
+        .await;
+    let r = h
+        .http
+        .post(format!("{}/v1/chat/completions", h.gw))
+        .bearer_auth(&key)
+        .json(&body("pair", false, 4))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-llm-gateway-provider"], "openai");
     let m = h.get_text("/metrics").await;
     assert!(
         m.contains(r#"llm_gateway_hedges_total{provider="groq",outcome="won"} 1"#),
+        "{m}"
+    );
+    assert!(
+        m.contains(r#"llm_gateway_hedges_total{provider="groq",outcome="lost"}"#),
         "{m}"
     );
     let _ = rec;

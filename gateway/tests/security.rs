@@ -128,6 +128,31 @@ async fn one_huge_reservation_does_not_lock_other_tenants_out() {
     drop(stream);
 }
 
+/// Medium 5: a reservation has an absolute ceiling, whatever `n` × `max_tokens` asks, and a
+/// model the catalog does not list is capped too.
+#[tokio::test]
+async fn a_request_reserves_at_most_the_per_request_ceiling() {
+    let h = keyed("").await;
+    let store = h.store.as_ref().unwrap();
+    let (_, key) = store.create_key("t", "").await.unwrap();
+    // 300,000 tokens: 128 choices × 16,384 (gpt-4o-mini's most) would reserve 2.1 million.
+    put_budget(
+        &h,
+        json!({"scope": "tenant", "subject": "t", "limit_tokens": 300_000}),
+    )
+    .await;
+    let mut many = hello("gpt-4o-mini");
+    many["n"] = json!(128);
+    many["max_tokens"] = json!(16_384);
+    let (status, body) = chat_as(&h, &key, &many).await;
+    assert_eq!(status, 200, "{body}");
+    // An unlisted model, no window or output cap known: 16 million asked, 32,768 held.
+    let mut unknown = hello("openai/some-new-model");
+    unknown["max_tokens"] = json!(16_000_000);
+    let (status, body) = chat_as(&h, &key, &unknown).await;
+    assert_eq!(status, 200, "{body}");
+}
+
 /// Medium 5: per-tenant concurrency: one tenant's stalled streams cannot fill the gateway.
 #[tokio::test]
 async fn one_tenant_cannot_take_every_slot() {

@@ -24,7 +24,7 @@ use crate::router::BreakerFilter;
 use crate::wire::{ChatRequest, Usage};
 use llm_gateway_crds::AllOpen;
 
-/// The handler.
+/// `POST /v1/chat/completions`: the steps in order (see the module docs), then the response.
 pub async fn handle(
     State(gw): State<AppState>,
     Extension(caller): Extension<crate::auth::Caller>,

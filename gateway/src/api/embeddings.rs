@@ -19,7 +19,7 @@ struct EmbeddingsRequest {
     input: Value,
 }
 
-/// The handler.
+/// `POST /v1/embeddings`: admitted, resolved to one model, held to budgets, forwarded.
 pub async fn handle(
     State(gw): State<AppState>,
     Extension(caller): Extension<crate::auth::Caller>,

@@ -59,7 +59,7 @@ fn virtual_objects(cfg: &crate::state::Snapshot) -> Vec<Value> {
         .collect()
 }
 
-/// The list.
+/// `GET /v1/models`: every enabled model, then the virtual ones.
 pub async fn list(State(gw): State<AppState>) -> Json<Value> {
     let cfg = gw.config();
     let mut data: Vec<Value> = (0..cfg.registry.entries().len())

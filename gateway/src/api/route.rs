@@ -13,7 +13,7 @@ use super::{body, chat, AppState};
 use crate::error::Error;
 use crate::wire::ChatRequest;
 
-/// The handler.
+/// `POST /v1/route`: the routing decision a chat request would get, without calling anyone.
 pub async fn handle(
     State(gw): State<AppState>,
     headers: HeaderMap,

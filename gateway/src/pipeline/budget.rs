@@ -6,7 +6,10 @@
 use std::sync::Arc;
 
 use crate::auth::Caller;
-use crate::budget::{Amount, Refusal, Remaining, Reservation, DEFAULT_COMPLETION_RESERVE};
+use crate::budget::{
+    Amount, Refusal, Remaining, Reservation, DEFAULT_COMPLETION_RESERVE, MAX_COMPLETION_RESERVE,
+    UNKNOWN_MODEL_OUTPUT_RESERVE,
+};
 use crate::config::budget::{to_nano, Budget};
 use crate::config::model::Price;
 use crate::error::{Error, Kind};
@@ -171,21 +174,29 @@ pub async fn reserve(
 
 /// The completion tokens to reserve: `max_tokens` (or [`DEFAULT_COMPLETION_RESERVE`]) for
 /// every one of `n` choices, but never more than the model can write — its maximum output and
-/// what its context window leaves after the prompt — so one request cannot hold a budget's
-/// whole remainder with an impossible `max_tokens`.
+/// what its context window leaves after the prompt, or [`UNKNOWN_MODEL_OUTPUT_RESERVE`] for a
+/// model neither is known of — and never more than [`MAX_COMPLETION_RESERVE`] in all.
 pub fn completion_estimate(req: &ChatRequest, t: &Target, prompt: u64) -> u64 {
     let mut per_choice = req
         .max_output()
         .map_or(DEFAULT_COMPLETION_RESERVE, u64::from);
-    if let Some(info) = &t.info {
-        if let Some(m) = info.max_output_tokens {
-            per_choice = per_choice.min(u64::from(m));
-        }
-        if let Some(w) = info.context_window {
-            per_choice = per_choice.min(u64::from(w).saturating_sub(prompt).max(1));
-        }
+    let info = t.info.as_deref();
+    let (max_out, window) = (
+        info.and_then(|i| i.max_output_tokens),
+        info.and_then(|i| i.context_window),
+    );
+    if let Some(m) = max_out {
+        per_choice = per_choice.min(u64::from(m));
     }
-    per_choice.saturating_mul(u64::from(req.n.unwrap_or(1).max(1)))
+    if let Some(w) = window {
+        per_choice = per_choice.min(u64::from(w).saturating_sub(prompt).max(1));
+    }
+    if max_out.is_none() && window.is_none() {
+        per_choice = per_choice.min(UNKNOWN_MODEL_OUTPUT_RESERVE);
+    }
+    per_choice
+        .saturating_mul(u64::from(req.n.unwrap_or(1).max(1)))
+        .min(MAX_COMPLETION_RESERVE)
 }
 
 /// Refuses request fields that make a call cost more than the price table knows (a premium

@@ -318,7 +318,7 @@ pub async fn chat(
         };
         ctx.set_target(&target);
         ctx.set_attempts(attempts);
-        let primary = attempt(gw, &target, req, raw.clone(), limit, queue, plan);
+        let primary = attempt(gw, &target, req, raw, limit, queue, plan);
         // A hedge, once per request, to the next candidate of another provider.
         let hedge_to = match hedge {
             Some(h) if !hedged && attempts < cfg.max_attempts => cands
@@ -394,21 +394,13 @@ pub async fn chat(
         ctx.set_target(&target);
         ctx.set_attempts(1);
         let limit = plan.attempt_limit(&target, false, Instant::now());
-        let (committed, permit) = attempt(
-            gw,
-            &target,
-            req,
-            raw.clone(),
-            limit,
-            SlotWait::LastResort,
-            plan,
-        )
-        .await
-        .inspect_err(|e| {
-            if e.failure.is_some_and(Failure::counts_against_provider) {
-                report(&gw.metrics, &target, Some(e));
-            }
-        })?;
+        let (committed, permit) = attempt(gw, &target, req, raw, limit, SlotWait::LastResort, plan)
+            .await
+            .inspect_err(|e| {
+                if e.failure.is_some_and(Failure::counts_against_provider) {
+                    report(&gw.metrics, &target, Some(e));
+                }
+            })?;
         return Ok(Answer {
             target,
             committed,
@@ -510,7 +502,7 @@ async fn race(
         Err(_) => return Outcome::One(first, primary.await),
     };
     let limit = plan.attempt_limit(&second, false, Instant::now());
-    let hedge = attempt(gw, &second, req, raw.clone(), limit, SlotWait::Spill, plan);
+    let hedge = attempt(gw, &second, req, raw, limit, SlotWait::Spill, plan);
     tokio::pin!(hedge);
     let (winner_is_hedge, r) = tokio::select! {
         r = &mut primary => (false, r),
@@ -615,7 +607,7 @@ async fn attempt(
     gw: &Gateway,
     t: &Target,
     req: &ChatRequest,
-    raw: Map<String, Value>,
+    raw: &Map<String, Value>,
     limit: Duration,
     queue: SlotWait,
     plan: &Plan,
@@ -689,7 +681,7 @@ async fn attempt(
 async fn until_content(
     t: &Target,
     req: &ChatRequest,
-    raw: Map<String, Value>,
+    raw: &Map<String, Value>,
     deadline: tokio::time::Instant,
     timed_out: impl Fn() -> Error,
 ) -> Result<Committed, Error> {

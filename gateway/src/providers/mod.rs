@@ -98,8 +98,9 @@ pub enum StreamItem {
 pub struct ChatCall<'a> {
     /// The typed view.
     pub req: &'a ChatRequest,
-    /// The raw JSON body, forwarded as-is to OpenAI-protocol upstreams.
-    pub raw: Map<String, Value>,
+    /// The raw JSON body, forwarded as-is to OpenAI-protocol upstreams (borrowed: every
+    /// attempt and hedge sends the same parsed body without copying it).
+    pub raw: &'a Map<String, Value>,
     /// The upstream model name.
     pub model: &'a str,
     /// What the catalog knows of the model.

@@ -24,22 +24,61 @@ impl Provider {
     }
 }
 
+/// The client's body as sent upstream: every field as the client wrote it, with the model
+/// name the provider knows and, for streams, usage asked for (needed to price the request
+/// even when the client did not ask; the usage-only chunk is then held back from it).
+/// Serialised straight from the parsed request, never copied: a body may be 10 MB and is
+/// sent once per attempt.
+struct Outgoing<'a> {
+    raw: &'a Map<String, Value>,
+    model: &'a str,
+    stream: bool,
+}
+
+impl serde::Serialize for Outgoing<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(None)?;
+        for (k, v) in self.raw {
+            match k.as_str() {
+                "model" => {}
+                "stream_options" if self.stream => {}
+                _ => m.serialize_entry(k, v)?,
+            }
+        }
+        m.serialize_entry("model", self.model)?;
+        if self.stream {
+            m.serialize_entry("stream_options", &UsageOn(self.raw.get("stream_options")))?;
+        }
+        m.end()
+    }
+}
+
+/// The client's `stream_options` (if an object), with `include_usage: true`.
+struct UsageOn<'a>(Option<&'a Value>);
+
+impl serde::Serialize for UsageOn<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(None)?;
+        if let Some(Value::Object(o)) = self.0 {
+            for (k, v) in o.iter().filter(|(k, _)| *k != "include_usage") {
+                m.serialize_entry(k, v)?;
+            }
+        }
+        m.serialize_entry("include_usage", &true)?;
+        m.end()
+    }
+}
+
 /// `POST {root}/chat/completions`.
 pub async fn chat(p: &Provider, call: ChatCall<'_>) -> Result<ChatResponse, Error> {
     let stream = call.req.is_stream();
-    let mut body = call.raw;
-    body.insert("model".into(), Value::String(call.model.to_owned()));
-    if stream {
-        // Usage is needed to price the request even when the client did not ask for it; the
-        // usage-only chunk is then held back from the client.
-        let opts = body.entry("stream_options").or_insert_with(|| json!({}));
-        match opts {
-            Value::Object(o) => {
-                o.insert("include_usage".into(), Value::Bool(true));
-            }
-            other => *other = json!({"include_usage": true}),
-        }
-    }
+    let body = Outgoing {
+        raw: call.raw,
+        model: call.model,
+        stream,
+    };
     let url = format!("{}/chat/completions", p.openai_root());
     let resp = p.send(p.post(&url).json(&body), stream).await?;
     if !stream {
@@ -207,5 +246,34 @@ mod tests {
             assert_eq!(e.message, msg);
             assert_eq!(e.code.as_deref(), code);
         }
+    }
+
+    #[test]
+    fn the_body_goes_upstream_as_written_with_the_model_and_usage_set() {
+        let raw = serde_json::json!({"model": "auto", "temperature": 0.2, "user": "u-1",
+            "stream": true, "stream_options": {"include_usage": false, "x": 1},
+            "messages": [{"role": "user", "content": "hi"}]});
+        let raw = raw.as_object().unwrap();
+        let sent: Value = serde_json::to_value(Outgoing {
+            raw,
+            model: "gpt-4o-mini",
+            stream: true,
+        })
+        .unwrap();
+        assert_eq!(sent["model"], "gpt-4o-mini");
+        assert_eq!(
+            sent["stream_options"],
+            serde_json::json!({"x": 1, "include_usage": true})
+        );
+        for k in ["temperature", "user", "stream", "messages"] {
+            assert_eq!(sent[k], raw[k], "{k}");
+        }
+        let plain: Value = serde_json::to_value(Outgoing {
+            raw,
+            model: "m",
+            stream: false,
+        })
+        .unwrap();
+        assert_eq!(plain["stream_options"], raw["stream_options"], "untouched");
     }
 }

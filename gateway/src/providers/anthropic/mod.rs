@@ -19,7 +19,7 @@ pub async fn chat(p: &Provider, call: ChatCall<'_>) -> Result<ChatResponse, Erro
         .info
         .and_then(|i| i.max_output_tokens)
         .map_or(p.default_max_tokens, |m| m.min(p.default_max_tokens));
-    let t = request::translate(call.req, &call.raw, call.model, default_max)?;
+    let t = request::translate(call.req, call.raw, call.model, default_max)?;
     let rb = p
         .post(&format!("{}/v1/messages", p.base_url))
         .header("anthropic-version", &p.anthropic_version)
