@@ -23,6 +23,44 @@ pub struct GatewayConfig {
     /// The response cache (exact and semantic).
     #[serde(default)]
     pub cache: CacheConfig,
+    /// Budgets declared with the configuration (the operator compiles `BudgetPolicy`
+    /// resources into this section), enforced like the database's; the admin API and CLI
+    /// cannot change them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub budgets: Vec<BudgetConfig>,
+}
+
+/// A declared budget: whom it covers and its limits.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetConfig {
+    /// `global`, `tenant`, `key` or `namespace` (a namespace covers its tenants
+    /// `namespace` and `namespace/*`: its sidecars and service accounts).
+    pub scope: String,
+    /// The tenant, key id or namespace (empty for `global`).
+    #[serde(default)]
+    pub subject: String,
+    /// `month` (default), `week` or `day`, UTC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub period: Option<String>,
+    /// USD per period.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit_usd: Option<f64>,
+    /// Tokens per period.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit_tokens: Option<u64>,
+    /// Requests per minute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests_per_minute: Option<u64>,
+    /// Tokens per minute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_per_minute: Option<u64>,
+    /// `reject` (default) or `downgrade`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_limit: Option<String>,
+    /// Where it was declared (the operator writes `BudgetPolicy namespace/name`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
 }
 
 /// Response cache settings.
@@ -177,6 +215,11 @@ pub struct VirtualModelConfig {
     /// Cache settings for this virtual model.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache: Option<RouteCacheConfig>,
+    /// Which callers see this definition: tenants, or namespaces (a namespace covers its
+    /// tenants `namespace` and `namespace/*`). Default: everyone. A definition for the
+    /// caller's own tenant or namespace wins over one for everyone with the same name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clients: Option<Vec<String>>,
     /// Hedged requests (off by default): when the first candidate has not started answering
     /// after this delay, the next-ranked candidate of another provider is asked too; the
     /// first to answer wins and the other is cancelled. Both calls are paid for.
@@ -281,6 +324,9 @@ pub enum SecretSource {
     File(String),
     /// The secret itself (pushed documents only).
     Value(String),
+    /// Held by the Kubernetes operator, which pushes it (`namespace/secret/key`): a gateway
+    /// that starts from this document alone serves the provider once the push arrives.
+    Pushed(String),
 }
 
 impl std::fmt::Debug for SecretSource {
@@ -289,6 +335,7 @@ impl std::fmt::Debug for SecretSource {
             SecretSource::Env(v) => f.debug_tuple("Env").field(v).finish(),
             SecretSource::File(p) => f.debug_tuple("File").field(p).finish(),
             SecretSource::Value(_) => f.write_str("Value(***)"),
+            SecretSource::Pushed(r) => f.debug_tuple("Pushed").field(r).finish(),
         }
     }
 }
@@ -306,15 +353,19 @@ pub struct SecretSourceRepr {
     /// The secret itself: accepted only in a document pushed to `PUT /admin/config`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<String>,
+    /// A Secret the operator holds and pushes, `namespace/secret/key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pushed: Option<String>,
 }
 
 impl TryFrom<SecretSourceRepr> for SecretSource {
     type Error = String;
     fn try_from(r: SecretSourceRepr) -> Result<Self, String> {
-        match (r.env, r.file, r.value) {
-            (Some(e), None, None) if !e.is_empty() => Ok(Self::Env(e)),
-            (None, Some(f), None) if !f.is_empty() => Ok(Self::File(f)),
-            (None, None, Some(v)) if !v.is_empty() => Ok(Self::Value(v)),
+        match (r.env, r.file, r.value, r.pushed) {
+            (Some(e), None, None, None) if !e.is_empty() => Ok(Self::Env(e)),
+            (None, Some(f), None, None) if !f.is_empty() => Ok(Self::File(f)),
+            (None, None, Some(v), None) if !v.is_empty() => Ok(Self::Value(v)),
+            (None, None, None, Some(p)) if !p.is_empty() => Ok(Self::Pushed(p)),
             _ => Err(
                 "set exactly one of `env` (a variable name), `file` (a path) or, in a document pushed to PUT /admin/config, `value`; non-empty".into(),
             ),
@@ -329,6 +380,7 @@ impl From<SecretSource> for SecretSourceRepr {
             SecretSource::Env(e) => r.env = Some(e),
             SecretSource::File(f) => r.file = Some(f),
             SecretSource::Value(v) => r.value = Some(v),
+            SecretSource::Pushed(p) => r.pushed = Some(p),
         }
         r
     }

@@ -33,6 +33,7 @@ fn budgets(key_id: &str) -> Vec<Budget> {
         requests_per_minute: None,
         tokens_per_minute: None,
         on_limit: OnLimit::Reject,
+        declared_by: None,
     };
     vec![
         b(Scope::Global),
@@ -57,7 +58,7 @@ async fn run(gw: Arc<Gateway>, key: &str, rounds: usize) -> (Vec<f64>, Vec<f64>)
         let snapshot = gw.config();
         let routed = snapshot
             .router
-            .route(&snapshot.registry, &req, None, &[])
+            .route(&snapshot.registry, &req, None, None, &[])
             .unwrap();
         let t = Instant::now();
         let caller = gw.auth.authenticate(&headers, None).await.unwrap();

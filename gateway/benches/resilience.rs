@@ -30,11 +30,15 @@ fn main() {
     let (mut plain, mut filtered, mut bookkeeping) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..ROUNDS + 5_000 {
         let t = Instant::now();
-        let a = std::hint::black_box(router.route(&registry, &req, None, &[]).unwrap());
+        let a = std::hint::black_box(router.route(&registry, &req, None, None, &[]).unwrap());
         let d1 = t.elapsed().as_nanos() as f64;
         let t = Instant::now();
         let filter = BreakerFilter::now();
-        let b = std::hint::black_box(router.route(&registry, &req, None, &[&filter]).unwrap());
+        let b = std::hint::black_box(
+            router
+                .route(&registry, &req, None, None, &[&filter])
+                .unwrap(),
+        );
         let d2 = t.elapsed().as_nanos() as f64;
         // Per-request bookkeeping on the chosen target: a concurrency slot, admit and record
         // on both breakers.

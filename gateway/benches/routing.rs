@@ -45,13 +45,13 @@ fn main() {
 
     // Warm caches and branch predictors.
     for r in reqs.iter().cycle().take(2000) {
-        std::hint::black_box(router.route(&registry, r, None, &[]).unwrap());
+        std::hint::black_box(router.route(&registry, r, None, None, &[]).unwrap());
     }
     let mut decide = Vec::with_capacity(ROUNDS);
     let mut classify = Vec::with_capacity(ROUNDS);
     for r in reqs.iter().cycle().take(ROUNDS) {
         let t = Instant::now();
-        let routed = std::hint::black_box(router.route(&registry, r, None, &[]).unwrap());
+        let routed = std::hint::black_box(router.route(&registry, r, None, None, &[]).unwrap());
         decide.push(t.elapsed().as_secs_f64() * 1e6);
         classify.push(routed.decision.unwrap().classifier_us);
     }

@@ -27,6 +27,9 @@ pub enum Caller {
     Anonymous,
     /// A valid virtual key.
     Key(KeyRecord),
+    /// A Kubernetes workload, as `namespace/serviceaccount`: a sidecar's own pod, or a
+    /// caller that showed its service-account token.
+    Workload(String),
 }
 
 impl Caller {
@@ -35,6 +38,7 @@ impl Caller {
         match self {
             Caller::Anonymous => None,
             Caller::Key(k) => Some(&k.tenant),
+            Caller::Workload(t) => Some(t),
         }
     }
 }

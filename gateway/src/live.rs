@@ -149,6 +149,9 @@ async fn apply_inner(
     if let Some(c) = &gw.cache {
         c.set_settings(next.settings.cache.clone());
     }
+    if let Some(b) = &gw.budgets {
+        b.set_declared(next.settings.budgets.clone());
+    }
     let meta = next.meta.clone();
     let keep_providers: Vec<String> = next
         .settings

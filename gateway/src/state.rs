@@ -135,6 +135,7 @@ impl Gateway {
         let metrics = services.metrics;
         let budgets = services.budgets.map(|mut b| {
             b.count_redis_errors_in(metrics.budget_redis_errors());
+            b.set_declared(snapshot.settings.budgets.clone());
             Arc::new(b)
         });
         let cache = services.cache.map(|mut c| {

@@ -45,6 +45,7 @@ async fn property(shared: Option<Shared>, prefix: &str) {
             requests_per_minute: None,
             tokens_per_minute: None,
             on_limit: OnLimit::Reject,
+            declared_by: None,
         });
         let limit_nano = llm_gateway::config::budget::to_nano(limit_nano as f64 / 1e9);
         let (mut used_a, mut used_b) = (0i64, 0i64);

@@ -29,6 +29,7 @@ fn budget(period: Period) -> Arc<Budget> {
         requests_per_minute: None,
         tokens_per_minute: None,
         on_limit: OnLimit::Reject,
+        declared_by: None,
     })
 }
 
@@ -167,6 +168,7 @@ async fn minute_boundary(shared: Option<Shared>, prefix: &str) {
         requests_per_minute: Some(1),
         tokens_per_minute: None,
         on_limit: OnLimit::Reject,
+        declared_by: None,
     });
     let first = engine.reserve(vec![rate.clone()], TINY).await.unwrap();
     clock.set(ms(datetime!(2026-12-31 23:59:59.999 UTC)));

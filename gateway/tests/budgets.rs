@@ -597,6 +597,7 @@ async fn a_crashed_replicas_reservations_return_to_the_budget_after_their_ttl() 
         requests_per_minute: None,
         tokens_per_minute: None,
         on_limit: OnLimit::Reject,
+        declared_by: None,
     });
     let half = Amount {
         nano: 600_000_000,

@@ -141,6 +141,7 @@ async fn exercise_budgets(store: &Store) {
         requests_per_minute: Some(5),
         tokens_per_minute: None,
         on_limit: OnLimit::Downgrade,
+        declared_by: None,
     };
     store.put_budget(&b).await.unwrap();
     let mut b2 = b.clone();

@@ -69,17 +69,25 @@ async fn serve(
     let breakers = BreakerFilter::now();
     let allowed = crate::auth::AllowedModels::of(caller);
     let filters: [&dyn crate::router::CandidateFilter; 2] = [&breakers, &allowed];
-    let routed = match cfg
-        .router
-        .route(&cfg.registry, &req, raw.get("tools"), &filters)
-    {
+    let routed = match cfg.router.route(
+        &cfg.registry,
+        &req,
+        caller.tenant(),
+        raw.get("tools"),
+        &filters,
+    ) {
         // Every candidate's breaker is open, and config says to try the soonest anyway.
         Err(e)
             if e.kind == crate::error::Kind::NoCandidate
                 && cfg.failover.when_all_open == AllOpen::TrySoonest =>
         {
-            cfg.router
-                .route(&cfg.registry, &req, raw.get("tools"), &[&allowed])?
+            cfg.router.route(
+                &cfg.registry,
+                &req,
+                caller.tenant(),
+                raw.get("tools"),
+                &[&allowed],
+            )?
         }
         r => r?,
     };

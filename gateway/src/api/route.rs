@@ -16,6 +16,7 @@ use crate::wire::ChatRequest;
 /// `POST /v1/route`: the routing decision a chat request would get, without calling anyone.
 pub async fn handle(
     State(gw): State<AppState>,
+    axum::Extension(caller): axum::Extension<crate::auth::Caller>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Value>, Error> {
@@ -24,9 +25,13 @@ pub async fn handle(
     let (raw, req): (_, ChatRequest) = body::parse(&bytes)?;
     chat::validate(&req)?;
     let breakers = crate::router::BreakerFilter::now();
-    let routed = cfg
-        .router
-        .route(&cfg.registry, &req, raw.get("tools"), &[&breakers])?;
+    let routed = cfg.router.route(
+        &cfg.registry,
+        &req,
+        caller.tenant(),
+        raw.get("tools"),
+        &[&breakers],
+    )?;
     Ok(Json(match &routed.decision {
         Some(d) => json!({
             "model": req.model,

@@ -22,16 +22,28 @@ fn engine(gw: &AppState) -> Result<&std::sync::Arc<crate::budget::Budgets>, Erro
     })
 }
 
-/// `GET /admin/budgets`: every budget with its figures in the current period.
+/// `GET /admin/budgets`: every budget in force (stored, and declared by the configuration:
+/// those carry `declared_by`) with its figures in the current period.
 pub async fn list(State(gw): State<AppState>) -> Result<Json<Value>, Error> {
-    let all = admin(&gw)?
-        .store()
-        .list_budgets()
-        .await
-        .map_err(|e| admin_error(e.into()))?;
-    let all: Vec<_> = all.into_iter().map(std::sync::Arc::new).collect();
-    let status = engine(&gw)?.status(&all).await;
+    let engine = engine(&gw)?;
+    let status = engine.status(&engine.all()).await;
     Ok(Json(json!({ "budgets": status })))
+}
+
+/// A declared budget cannot be changed here: its configuration owns it.
+fn refuse_declared(gw: &AppState, scope: &Scope) -> Result<(), Error> {
+    match engine(gw)?.declared(scope) {
+        None => Ok(()),
+        Some(d) => Err(Error::new(
+            Kind::Forbidden,
+            format!(
+                "The {} budget is declared by {}; change it there.",
+                scope.describe(),
+                d.declared_by.as_deref().unwrap_or("the configuration")
+            ),
+        )
+        .with_code("declared_budget")),
+    }
 }
 
 /// `PUT /admin/budgets` with a budget: creates or replaces the budget of its scope. Applies on
@@ -41,6 +53,7 @@ pub async fn put(
     body: axum::body::Bytes,
 ) -> Result<Json<Value>, Error> {
     let (_, b): (_, Budget) = super::body::parse(&body)?;
+    refuse_declared(&gw, &b.scope)?;
     admin(&gw)?.put_budget(&b).await.map_err(admin_error)?;
     engine(&gw)?
         .reload()
@@ -61,6 +74,7 @@ pub async fn delete(
             "Use /admin/budgets/global, /admin/budgets/tenant/{name} or /admin/budgets/key/{id}.",
         )
     })?;
+    refuse_declared(&gw, &scope)?;
     if !admin(&gw)?
         .delete_budget(&scope)
         .await

@@ -22,6 +22,24 @@ struct Policies {
     global: Option<Arc<Budget>>,
     tenants: HashMap<String, Arc<Budget>>,
     keys: HashMap<String, Arc<Budget>>,
+    namespaces: HashMap<String, Arc<Budget>>,
+}
+
+impl Policies {
+    fn insert(&mut self, b: Arc<Budget>) {
+        match &b.scope {
+            Scope::Global => self.global = Some(b.clone()),
+            Scope::Tenant(t) => {
+                self.tenants.insert(t.clone(), b.clone());
+            }
+            Scope::Key(k) => {
+                self.keys.insert(k.clone(), b.clone());
+            }
+            Scope::Namespace(n) => {
+                self.namespaces.insert(n.clone(), b.clone());
+            }
+        }
+    }
 }
 
 /// Which counter a line is, for turning a refusal into figures.
@@ -39,6 +57,10 @@ pub struct Budgets {
     shared: Option<Shared>,
     local: Local,
     policies: RwLock<Arc<Policies>>,
+    /// The database's budgets as last read, and the configuration's declared ones: the
+    /// policies in force are both (declared winning a scope both name).
+    stored: RwLock<Arc<Vec<Budget>>>,
+    declared: RwLock<Arc<Vec<Arc<Budget>>>>,
     clock: Arc<dyn Clock>,
     prefix: String,
     redis: crate::kv::Health,
@@ -64,6 +86,8 @@ impl Budgets {
             shared,
             local: Local::default(),
             policies: RwLock::new(Arc::new(Policies::default())),
+            stored: RwLock::default(),
+            declared: RwLock::default(),
             clock,
             prefix: prefix.to_owned(),
             redis: crate::kv::Health::new(
@@ -86,7 +110,7 @@ impl Budgets {
     /// How many budgets are defined.
     pub fn count(&self) -> usize {
         let p = self.policies.read().unwrap_or_else(|e| e.into_inner());
-        usize::from(p.global.is_some()) + p.tenants.len() + p.keys.len()
+        usize::from(p.global.is_some()) + p.tenants.len() + p.keys.len() + p.namespaces.len()
     }
 
     /// Whether Redis holds the live counters.
@@ -94,28 +118,77 @@ impl Budgets {
         self.shared.is_some()
     }
 
-    /// Replaces the budget definitions.
+    /// Replaces the budget definitions from the database; the configuration's declared
+    /// budgets stay, and win over a stored budget of the same scope (logged).
     pub fn set_budgets(&self, list: Vec<Budget>) {
+        let declared = self
+            .declared
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let mut p = Policies::default();
         for b in list {
-            let b = Arc::new(b);
-            match &b.scope {
-                Scope::Global => p.global = Some(b.clone()),
-                Scope::Tenant(t) => {
-                    p.tenants.insert(t.clone(), b.clone());
-                }
-                Scope::Key(k) => {
-                    p.keys.insert(k.clone(), b.clone());
-                }
+            if let Some(d) = declared.iter().find(|d| d.scope == b.scope) {
+                warn!(
+                    scope = %b.scope.describe(),
+                    declared_by = d.declared_by.as_deref().unwrap_or("the configuration"),
+                    "a stored budget has the scope of a declared one; the declared one applies"
+                );
+                continue;
             }
+            p.insert(Arc::new(b));
+        }
+        for d in declared.iter() {
+            p.insert(d.clone());
         }
         *self.policies.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(p);
+    }
+
+    /// Replaces the budgets the configuration declares (each new configuration does); the
+    /// stored ones are kept.
+    pub fn set_declared(&self, list: Vec<Budget>) {
+        let list: Vec<Arc<Budget>> = list.into_iter().map(Arc::new).collect();
+        *self.declared.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(list);
+        let stored = self
+            .stored
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        self.set_budgets(stored.as_ref().clone());
+    }
+
+    /// The declared budget of `scope`, if the configuration declares one.
+    pub fn declared(&self, scope: &Scope) -> Option<Arc<Budget>> {
+        self.declared
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .find(|d| d.scope == *scope)
+            .cloned()
+    }
+
+    /// Every budget in force: stored and declared.
+    pub fn all(&self) -> Vec<Arc<Budget>> {
+        let p = self
+            .policies
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        p.global
+            .iter()
+            .chain(p.tenants.values())
+            .chain(p.keys.values())
+            .chain(p.namespaces.values())
+            .cloned()
+            .collect()
     }
 
     /// Reloads the definitions from the database.
     pub async fn reload(&self) -> Result<(), crate::store::StoreError> {
         if let Some(store) = &self.store {
-            self.set_budgets(store.list_budgets().await?);
+            let list = store.list_budgets().await?;
+            *self.stored.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(list.clone());
+            self.set_budgets(list);
         }
         Ok(())
     }
@@ -136,7 +209,8 @@ impl Budgets {
         });
     }
 
-    /// The budgets covering `caller`: global, its tenant's, its key's.
+    /// The budgets covering `caller`: global, its tenant's, its namespace's (tenants
+    /// `ns` and `ns/...`), its key's.
     pub fn covering(&self, caller: &Caller) -> Vec<Arc<Budget>> {
         let p = self
             .policies
@@ -145,8 +219,19 @@ impl Budgets {
             .clone();
         let mut out = Vec::new();
         out.extend(p.global.clone());
+        if let Some(tenant) = caller.tenant() {
+            out.extend(p.tenants.get(tenant).cloned());
+            if !p.namespaces.is_empty() {
+                let ns = tenant.split('/').next().unwrap_or(tenant);
+                out.extend(
+                    p.namespaces
+                        .get(ns)
+                        .filter(|b| Scope::covers_tenant_of_namespace(b.scope.subject(), tenant))
+                        .cloned(),
+                );
+            }
+        }
         if let Caller::Key(k) = caller {
-            out.extend(p.tenants.get(&k.tenant).cloned());
             out.extend(p.keys.get(&k.id).cloned());
         }
         out

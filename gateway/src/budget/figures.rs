@@ -201,6 +201,7 @@ mod tests {
                 requests_per_minute: None,
                 tokens_per_minute: None,
                 on_limit,
+                declared_by: None,
             }),
             limit,
             limit_value: 10.0,

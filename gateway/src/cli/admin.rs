@@ -106,6 +106,7 @@ pub async fn budgets(action: BudgetsAction, db: DbArgs) -> ExitCode {
                 } else {
                     OnLimit::Reject
                 },
+                declared_by: None,
             };
             match admin.put_budget(&b).await {
                 Ok(()) => {

@@ -1,5 +1,7 @@
 //! What a budget is: whom it covers, over which period, its limits, and what happens at the
-//! limit. Budgets are stored in the database and edited through the admin API or the CLI.
+//! limit. Budgets are stored in the database (edited through the admin API or the CLI) or
+//! declared in the configuration's `budgets` section (what the operator compiles
+//! `BudgetPolicy` resources into).
 
 use serde::{Deserialize, Serialize};
 use time::{Date, Duration, Month, OffsetDateTime, Time};
@@ -18,23 +20,27 @@ pub enum Scope {
     Tenant(String),
     /// One virtual key, by id.
     Key(String),
+    /// Every tenant of a Kubernetes namespace: the tenant `namespace` and every
+    /// `namespace/...` (its sidecars' and service accounts' calls).
+    Namespace(String),
 }
 
 impl Scope {
-    /// `global`, `tenant` or `key`.
+    /// `global`, `tenant`, `key` or `namespace`.
     pub fn kind(&self) -> &'static str {
         match self {
             Scope::Global => "global",
             Scope::Tenant(_) => "tenant",
             Scope::Key(_) => "key",
+            Scope::Namespace(_) => "namespace",
         }
     }
 
-    /// The tenant name or key id (empty for global).
+    /// The tenant name, key id or namespace (empty for global).
     pub fn subject(&self) -> &str {
         match self {
             Scope::Global => "",
-            Scope::Tenant(s) | Scope::Key(s) => s,
+            Scope::Tenant(s) | Scope::Key(s) | Scope::Namespace(s) => s,
         }
     }
 
@@ -44,6 +50,7 @@ impl Scope {
             "global" => Some(Scope::Global),
             "tenant" if !subject.is_empty() => Some(Scope::Tenant(subject.to_owned())),
             "key" if !subject.is_empty() => Some(Scope::Key(subject.to_owned())),
+            "namespace" if !subject.is_empty() => Some(Scope::Namespace(subject.to_owned())),
             _ => None,
         }
     }
@@ -54,7 +61,16 @@ impl Scope {
             Scope::Global => "global".to_owned(),
             Scope::Tenant(t) => format!("tenant `{t}`"),
             Scope::Key(k) => format!("key `{k}`"),
+            Scope::Namespace(n) => format!("namespace `{n}`"),
         }
+    }
+
+    /// Whether a namespace scope covers `tenant` (it is the namespace or inside it).
+    pub fn covers_tenant_of_namespace(namespace: &str, tenant: &str) -> bool {
+        tenant == namespace
+            || tenant
+                .strip_prefix(namespace)
+                .is_some_and(|rest| rest.starts_with('/'))
     }
 }
 
@@ -185,6 +201,10 @@ pub struct Budget {
     /// At the limit: reject or downgrade.
     #[serde(default)]
     pub on_limit: OnLimit,
+    /// Declared by the configuration (e.g. `BudgetPolicy team-a/monthly`), not stored in the
+    /// database: the admin API and CLI cannot change it.
+    #[serde(default, skip_deserializing, skip_serializing_if = "Option::is_none")]
+    pub declared_by: Option<String>,
 }
 
 impl Budget {
@@ -296,6 +316,7 @@ mod tests {
             requests_per_minute: None,
             tokens_per_minute: None,
             on_limit: OnLimit::Reject,
+            declared_by: None,
         };
         assert_eq!(
             b.validate().unwrap_err().param.as_deref(),

@@ -68,6 +68,8 @@ pub struct Settings {
     pub routing: RoutingSettings,
     /// The response cache.
     pub cache: CacheSettings,
+    /// Budgets declared with the configuration.
+    pub budgets: Vec<budget::Budget>,
 }
 
 /// Validated cache settings.
@@ -151,6 +153,9 @@ pub struct ProviderSettings {
     pub base_url: Url,
     /// The key, read from its source.
     pub api_key: Option<Secret>,
+    /// The key is held by the operator and not here yet (`namespace/secret/key`): calls
+    /// answer 503 `credentials_pending` until a push brings it.
+    pub key_pending: Option<String>,
     /// Extra headers sent upstream.
     pub headers: HeaderMap,
     /// Connect timeout.

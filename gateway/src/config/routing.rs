@@ -20,6 +20,8 @@ pub struct VirtualSpec {
     pub classify: bool,
     /// Hedged requests, if on.
     pub hedge: Option<Hedge>,
+    /// The tenants or namespaces this definition is for; `None`: everyone.
+    pub clients: Option<Vec<String>>,
 }
 
 /// When a virtual model's request is also sent to its next candidate.
@@ -49,6 +51,7 @@ impl VirtualSpec {
             local_preference: default_local_preference(strategy),
             classify: true,
             hedge: None,
+            clients: None,
         }
     }
 }

@@ -150,10 +150,13 @@ pub async fn reserve(
             prompt,
             completion,
         };
-        if let Ok(cheaper) = cfg
-            .router
-            .route(&cfg.registry, req, tools, &[breakers, &filter])
-        {
+        if let Ok(cheaper) = cfg.router.route(
+            &cfg.registry,
+            req,
+            caller.tenant(),
+            tools,
+            &[breakers, &filter],
+        ) {
             let est = estimate(&budgets, &cheaper.target, prompt, completion)?;
             if let Ok(reservation) = engine.reserve(budgets, est).await {
                 gw.metrics

@@ -36,6 +36,7 @@ pub struct Provider {
     /// Base URL without a trailing slash.
     pub base_url: String,
     api_key: Option<Secret>,
+    key_pending: Option<String>,
     headers: HeaderMap,
     client: reqwest::Client,
     timeout: Duration,
@@ -130,6 +131,7 @@ impl Provider {
             protocol: s.protocol,
             base_url: s.base_url.as_str().trim_end_matches('/').to_owned(),
             api_key: s.api_key.clone(),
+            key_pending: s.key_pending.clone(),
             headers: s.headers.clone(),
             client,
             timeout: s.timeout,
@@ -209,6 +211,7 @@ impl Provider {
 
     /// Chat completion, streamed or not.
     pub async fn chat(&self, call: ChatCall<'_>) -> Result<ChatResponse, Error> {
+        self.key_ready()?;
         match self.protocol {
             Protocol::Openai | Protocol::Ollama => openai::chat(self, call).await,
             Protocol::Anthropic => anthropic::chat(self, call).await,
@@ -221,6 +224,9 @@ impl Provider {
         raw: Map<String, Value>,
         model: &str,
     ) -> Option<Result<(Bytes, Option<Usage>), Error>> {
+        if let Err(e) = self.key_ready() {
+            return Some(Err(e));
+        }
         match self.protocol {
             Protocol::Openai | Protocol::Ollama => Some(openai::embeddings(self, raw, model).await),
             Protocol::Anthropic => None,
@@ -228,6 +234,23 @@ impl Provider {
     }
 
     /// A POST to `url` with the provider's auth and headers.
+    /// Refuses at once while the operator has not pushed this provider's key: the provider
+    /// is unavailable (failover moves on), not at fault (its breaker does not hear of it).
+    fn key_ready(&self) -> Result<(), Error> {
+        match &self.key_pending {
+            None => Ok(()),
+            Some(secret) => Err(Error::new(
+                crate::error::Kind::Unavailable,
+                format!(
+                    "provider {} is waiting for its API key (Secret {secret}) from the operator",
+                    self.name
+                ),
+            )
+            .with_code("credentials_pending")
+            .with_failure(Failure::Busy)),
+        }
+    }
+
     fn post(&self, url: &str) -> reqwest::RequestBuilder {
         let mut rb = self.client.post(url).headers(self.headers.clone());
         if let Some(key) = &self.api_key {

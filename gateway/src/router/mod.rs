@@ -319,15 +319,33 @@ impl Router {
         self.routes.iter().map(|r| (&r.spec, r.pool.len()))
     }
 
-    /// Routes a request: virtual names are scored, explicit names resolved and checked.
+    /// The definition of virtual model `name` that `tenant` sees: one for its own tenant or
+    /// namespace, else the one for everyone.
+    fn find(&self, name: &str, tenant: Option<&str>) -> Option<&Route> {
+        let mut general = None;
+        for r in self.routes.iter().filter(|r| r.spec.name == name) {
+            match (&r.spec.clients, tenant) {
+                (None, _) => general = general.or(Some(r)),
+                (Some(clients), Some(t)) if clients.iter().any(|c| client_matches(c, t)) => {
+                    return Some(r)
+                }
+                _ => {}
+            }
+        }
+        general
+    }
+
+    /// Routes a request of `tenant`: virtual names are scored, explicit names resolved and
+    /// checked.
     pub fn route(
         &self,
         registry: &Registry,
         req: &ChatRequest,
+        tenant: Option<&str>,
         raw_tools: Option<&serde_json::Value>,
         filters: &[&dyn CandidateFilter],
     ) -> Result<Routed, Error> {
-        let Some(route) = self.routes.iter().find(|r| r.spec.name == req.model) else {
+        let Some(route) = self.find(&req.model, tenant) else {
             let target = registry.resolve(&req.model)?;
             check_explicit(&target, req, raw_tools)?;
             return Ok(Routed {
@@ -466,6 +484,11 @@ impl Router {
             hedge: spec.hedge,
         })
     }
+}
+
+/// Whether a route's client `c` (a tenant, or a namespace) covers `tenant`.
+fn client_matches(c: &str, tenant: &str) -> bool {
+    crate::config::budget::Scope::covers_tenant_of_namespace(c, tenant)
 }
 
 /// Explains why no model could serve: 400 if the request rules them all out, else 503.

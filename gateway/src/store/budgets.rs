@@ -37,6 +37,7 @@ macro_rules! read_budget {
                 } else {
                     OnLimit::Reject
                 },
+                declared_by: None,
             })
         })
     }};
@@ -169,7 +170,7 @@ impl Store {
         // The time window binds as ?1/?2 ($1/$2), the tenant or key as ?3 ($3).
         let subject = match scope {
             Scope::Global => None,
-            Scope::Tenant(s) | Scope::Key(s) => Some(s.as_str()),
+            Scope::Tenant(s) | Scope::Key(s) | Scope::Namespace(s) => Some(s.as_str()),
         };
         macro_rules! run {
             ($pool:expr, $sql:expr) => {{
@@ -196,6 +197,15 @@ impl Store {
             (Store::Sqlite(p), Scope::Key(_)) => {
                 run!(p, sum!("key_id = ?3 AND at_ms >= ?1 AND at_ms < ?2"))
             }
+            // A namespace's tenants: the namespace itself and `namespace/...`.
+            (Store::Postgres(p), Scope::Namespace(_)) => run!(
+                p,
+                sum!("(tenant = $3 OR left(tenant, length($3) + 1) = $3 || '/') AND at_ms >= $1 AND at_ms < $2")
+            ),
+            (Store::Sqlite(p), Scope::Namespace(_)) => run!(
+                p,
+                sum!("(tenant = ?3 OR substr(tenant, 1, length(?3) + 1) = ?3 || '/') AND at_ms >= ?1 AND at_ms < ?2")
+            ),
         };
         Ok((crate::config::budget::to_nano(usd), tokens))
     }

@@ -9,10 +9,12 @@ use url::Url;
 
 use super::{ConfigError, DocSource, Secret, Settings, DEFAULT_MAX_BODY_BYTES};
 
+mod budgets;
 mod cache;
 mod providers;
 mod routing;
 
+use budgets::budgets;
 use cache::cache;
 use providers::{provider, secret};
 use routing::routing;
@@ -155,7 +157,9 @@ pub fn validate_as(
     }
     let routing = routing(&cfg.routing, &providers).map_err(|(path, msg)| err(path, msg))?;
     let cache = cache(cfg).map_err(|(path, msg)| err(path, msg))?;
+    let budgets = budgets(&cfg.budgets).map_err(|(path, msg)| err(path, msg))?;
     Ok(Settings {
+        budgets,
         cache,
         listen,
         max_body_bytes,

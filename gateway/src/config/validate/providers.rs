@@ -21,6 +21,10 @@ pub(super) fn secret(
 ) -> Result<Secret, FieldError> {
     match src {
         SecretSource::Value(v) if inline => Ok(Secret::new(v.trim())),
+        SecretSource::Pushed(_) => Err((
+            "pushed".into(),
+            "only a provider's api_key can be held by the operator".into(),
+        )),
         SecretSource::Value(_) => Err((
             "value".into(),
             "a secret's value is accepted only in a document pushed to PUT /admin/config; in a file use `env` or `file`".into(),
@@ -136,9 +140,16 @@ pub(super) fn provider(
             )
         }
         None => None,
+        // Held by the operator: the provider waits for its key (a push) and meanwhile answers
+        // 503 `credentials_pending`, so every route that names it stays valid.
+        Some(SecretSource::Pushed(_)) => None,
         Some(src) => {
             Some(secret(src, inline, getenv).map_err(|(f, m)| (at(&format!("api_key.{f}")), m))?)
         }
+    };
+    let key_pending = match &p.api_key {
+        Some(SecretSource::Pushed(r)) => Some(r.clone()),
+        _ => None,
     };
 
     let mut headers = HeaderMap::new();
@@ -196,6 +207,7 @@ pub(super) fn provider(
         protocol,
         base_url,
         api_key,
+        key_pending,
         headers,
         connect_timeout: secs("connect_timeout_secs", p.connect_timeout_secs, 10.0)?,
         timeout: secs("timeout_secs", p.timeout_secs, 600.0)?,

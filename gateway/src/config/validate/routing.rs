@@ -58,11 +58,38 @@ pub(super) fn routing(
                 ),
             ));
         }
-        if !seen.insert(v.name.as_str()) {
-            return Err((at("name"), format!("duplicate virtual model `{}`", v.name)));
+        // One definition per name and client: a name may have one for everyone and one per
+        // tenant or namespace (the most specific wins for a caller).
+        let clients: Vec<Option<&str>> = match &v.clients {
+            None => vec![None],
+            Some(c) if c.is_empty() => {
+                return Err((
+                    at("clients"),
+                    "lists no tenant or namespace; omit it for everyone".into(),
+                ))
+            }
+            Some(c) => c.iter().map(|x| Some(x.as_str())).collect(),
+        };
+        for c in clients {
+            if !seen.insert((v.name.as_str(), c)) {
+                return Err((
+                    at("name"),
+                    match c {
+                        None => format!("duplicate virtual model `{}`", v.name),
+                        Some(c) => format!(
+                            "virtual model `{}` is defined twice for client `{c}`",
+                            v.name
+                        ),
+                    },
+                ));
+            }
         }
         let spec = virtual_model(v, &at, providers, &known_tags)?;
-        match virtuals.iter_mut().find(|x| x.name == v.name) {
+        // A definition for everyone replaces the built-in of the same name.
+        match virtuals
+            .iter_mut()
+            .find(|x| x.name == v.name && x.clients.is_none() && spec.clients.is_none())
+        {
             Some(existing) => *existing = spec,
             None => virtuals.push(spec),
         }
@@ -133,6 +160,7 @@ fn virtual_model(
             .or_else(|| default_local_preference(v.strategy)),
         classify: v.classify.unwrap_or(true),
         hedge,
+        clients: v.clients.clone(),
     };
     Ok(spec)
 }

@@ -1,0 +1,3 @@
+//! The `llm-gateway-operator` binary.
+
+fn main() {}
