@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Runs every test of the project, installing what it needs (Redis if absent, a Python venv
-# with the openai SDK and the embedding model): formatting and lints, the Rust
-# unit and integration tests (against in-process mock providers), then the official `openai`
-# Python SDK against the real gateway and mock binaries. Usage: ./e2e/test-all.sh
+# with the openai SDK, the Kubernetes client and the embedding model, a Kubernetes API server
+# built from Debian's sources and cached): formatting and lints, the Rust unit and
+# integration tests (against in-process mock providers), then the official `openai` Python
+# SDK against the real gateway and mock binaries, and the operator on the real API server.
+# Usage: ./e2e/test-all.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
@@ -74,5 +76,10 @@ for shift in -400d +400d; do
       --test budgets --test budget_periods --test store --test ledger --test keys
 done
 
-step "official openai Python SDK tests"
+step "Kubernetes API server v1.20 with etcd (built once into ~/.cache/llm-gateway: ~8 minutes the first time)"
+K8S_DIR="$(mktemp -d)"
+trap './e2e/k8s/cluster.sh stop "$K8S_DIR"' EXIT
+eval "$(./e2e/k8s/cluster.sh start "$K8S_DIR")"
+
+step "official openai Python SDK tests, the operator and the manifests on the real API server"
 .venv/bin/python -m pytest -q -p no:cacheprovider e2e/python

@@ -399,6 +399,10 @@ impl JsonSchema for SecretSource {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProviderConfig {
+    /// Only these tenants or namespaces may use its models, named or routed to (a namespace
+    /// covers its tenants `namespace` and `namespace/*`). Default: everyone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clients: Option<Vec<String>>,
     /// Unique name; also the prefix of provider-qualified model names (`groq/llama-3.1-8b-instant`).
     pub name: String,
     /// Wire protocol. Defaults from the name for the five known vendors

@@ -11,7 +11,7 @@ use mock_providers::{Mock, DEFAULT_OLLAMA_MODELS};
 const ADMIN: &str = "bench-admin-token-0123456789";
 
 fn doc(mock: &str, n: usize) -> String {
-    let model = if n % 2 == 0 {
+    let model = if n.is_multiple_of(2) {
         "gpt-4o-mini"
     } else {
         "llama-3.1-8b-instant"

@@ -43,24 +43,53 @@ impl Caller {
     }
 }
 
-/// Excludes the models the caller's key may not use (its `allowed_models`).
-pub struct AllowedModels<'a>(Option<&'a KeyRecord>);
+/// Excludes the models the caller may not use: those its key's `allowed_models` leaves out,
+/// and those of providers reserved for other clients (a namespace's own ProviderPool).
+pub struct AllowedModels<'a> {
+    key: Option<&'a KeyRecord>,
+    tenant: Option<&'a str>,
+}
 
 impl<'a> AllowedModels<'a> {
     /// The filter of `caller`.
     pub fn of(caller: &'a Caller) -> Self {
-        Self(match caller {
-            Caller::Key(k) if k.allowed_models.is_some() => Some(k),
-            _ => None,
+        Self {
+            key: match caller {
+                Caller::Key(k) if k.allowed_models.is_some() => Some(k),
+                _ => None,
+            },
+            tenant: caller.tenant(),
+        }
+    }
+
+    /// Whether the caller may use a provider reserved for `clients` (tenants or namespaces).
+    fn may_use(&self, clients: Option<&[String]>) -> bool {
+        clients.is_none_or(|c| {
+            self.tenant.is_some_and(|t| {
+                c.iter()
+                    .any(|c| crate::config::budget::Scope::covers_tenant_of_namespace(c, t))
+            })
         })
     }
 
-    /// 403 unless the key may use `provider/model`.
-    pub fn check_target(&self, provider: &str, model: &str) -> Result<(), Error> {
-        match self.0 {
-            Some(k) if !k.allows(provider, model) => Err(Error::new(
+    /// 403 unless the caller may use `model` of `provider` (404 for a provider reserved for
+    /// other clients: it is none of this caller's business that it exists).
+    pub fn check_target(
+        &self,
+        provider: &crate::providers::Provider,
+        model: &str,
+    ) -> Result<(), Error> {
+        if !self.may_use(provider.clients.as_deref()) {
+            return Err(Error::new(
+                Kind::NotFound,
+                format!("The model `{}/{model}` does not exist.", provider.name),
+            )
+            .with_code("model_not_found"));
+        }
+        match self.key {
+            Some(k) if !k.allows(&provider.name, model) => Err(Error::new(
                 Kind::Forbidden,
-                format!("This key may not use `{provider}/{model}`; the models it may use are set by its allowed_models."),
+                format!("This key may not use `{}/{model}`; the models it may use are set by its allowed_models.", provider.name),
             )
             .with_code("model_not_allowed")),
             _ => Ok(()),
@@ -70,7 +99,13 @@ impl<'a> AllowedModels<'a> {
 
 impl crate::router::CandidateFilter for AllowedModels<'_> {
     fn check(&self, e: &crate::models::registry::Entry) -> Option<crate::router::Exclusion> {
-        let k = self.0?;
+        if !self.may_use(e.provider.clients.as_deref()) {
+            return Some(crate::router::Exclusion::Unavailable {
+                detail: "reserved for other clients".into(),
+                retry_after_secs: None,
+            });
+        }
+        let k = self.key?;
         (!k.allows(&e.provider.name, &e.info.name)).then(|| crate::router::Exclusion::Unavailable {
             detail: "not among this key's allowed models".into(),
             retry_after_secs: None,
@@ -288,7 +323,8 @@ mod tests {
             .await
             .unwrap();
         let (_, good) = store.create_key("t", "").await.unwrap();
-        let auth = Auth::new(Some(store.clone()), true, Duration::from_millis(200));
+        // Lookups trusted for 2 s: long enough for the repeat below on a loaded machine.
+        let auth = Auth::new(Some(store.clone()), true, Duration::from_secs(2));
         assert!(auth.authenticate(&bearer(&good), None).await.is_ok());
         // More distinct garbage keys than the unknown-key cache holds, from many addresses
         // (so the per-address limit does not cut the flood short).
@@ -315,7 +351,8 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(e.kind, Kind::Unauthenticated, "{}", e.message);
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        // Past the known key's trust: it is looked up, the lookup fails, its last state holds.
+        tokio::time::sleep(Duration::from_millis(2100)).await;
         assert!(auth.authenticate(&bearer(&good), None).await.is_ok());
     }
 }

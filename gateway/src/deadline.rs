@@ -138,7 +138,7 @@ impl Deadlines {
         let mut ring = l.ring.lock().unwrap_or_else(|e| e.into_inner());
         ring.push(u64::try_from(v).unwrap_or(u64::MAX));
         // Recomputed every few samples: a select over 128 values, off the common path.
-        if ring.seen >= MIN_SAMPLES && ring.seen % 4 == 0 {
+        if ring.seen >= MIN_SAMPLES && ring.seen.is_multiple_of(4) {
             if let Some(q) = ring.quantile(0.99) {
                 l.q99_us.store(q, Ordering::Relaxed);
             }

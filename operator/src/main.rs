@@ -1,3 +1,306 @@
-//! The `llm-gateway-operator` binary.
+//! The `llm-gateway-operator` binary: flags, leader election, the controllers, the sync
+//! loop, and `/metrics`, `/healthz`, `/readyz`.
 
-fn main() {}
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use kube::core::PartialObjectMeta;
+use kube::runtime::controller::Action;
+use kube::runtime::{reflector, watcher, Controller, WatchStreamExt};
+use kube::{Api, Client};
+use llm_gateway_crds::resources::{BudgetPolicy, LLMRoute, ProviderPool};
+use llm_gateway_operator::metrics::Metrics;
+use llm_gateway_operator::runtime::{Ctx, Settings};
+use tracing::{error, info, warn};
+
+/// Compiles ProviderPool, LLMRoute and BudgetPolicy resources into the configuration of
+/// every gateway pod (label llmgateway.io/gateway=true) and keeps it live.
+#[derive(Parser, Debug)]
+#[command(name = "llm-gateway-operator", version, about)]
+struct Cli {
+    /// The operator's namespace: its resources are the cluster's defaults; its ConfigMap,
+    /// admin Secret and lease live there.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "llm-gateway")]
+    namespace: String,
+    /// This replica's name (leases and events).
+    #[arg(long, env = "POD_NAME", default_value = "llm-gateway-operator")]
+    identity: String,
+    /// The ConfigMap the compiled configuration (without secrets) is written to.
+    #[arg(long, default_value = "llm-gateway-config")]
+    config_map: String,
+    /// The Secret holding the gateways' admin token (created if missing).
+    #[arg(long, default_value = "llm-gateway-admin")]
+    admin_secret: String,
+    /// A GatewayConfig YAML file every compiled configuration starts from (server and
+    /// cache settings).
+    #[arg(long, env = "LLM_GATEWAY_OPERATOR_BASE_CONFIG")]
+    base_config: Option<std::path::PathBuf>,
+    /// Serve /metrics, /healthz and /readyz here.
+    #[arg(long, default_value = "0.0.0.0:8081")]
+    metrics_listen: SocketAddr,
+    /// Leader lease duration, seconds: a standby takes over within it after the leader dies.
+    #[arg(long, default_value_t = 15)]
+    lease_seconds: u64,
+    /// How often everything is recompiled and every status refreshed (budget figures
+    /// included), seconds.
+    #[arg(long, default_value_t = 30)]
+    resync_seconds: u64,
+}
+
+/// How long a reconcile waits before refreshing its resource's status again.
+const REQUEUE: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct ReconcileError(String);
+
+fn main() -> std::process::ExitCode {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_target(false)
+        .with_ansi(false)
+        .init();
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let base = match &cli.base_config {
+        None => Default::default(),
+        Some(p) => yaml_serde::from_str(&std::fs::read_to_string(p)?)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?,
+    };
+    let client = Client::try_default().await?;
+    let metrics = Arc::new(Metrics::default());
+    let ready = Arc::new(AtomicBool::new(false));
+    tokio::spawn(serve_metrics(
+        cli.metrics_listen,
+        metrics.clone(),
+        ready.clone(),
+    ));
+
+    // Leader election: only the lease holder reconciles and pushes; a standby waits.
+    let lease =
+        kube_lease_manager::LeaseManagerBuilder::new(client.clone(), "llm-gateway-operator")
+            .with_namespace(cli.namespace.clone())
+            .with_identity(cli.identity.clone())
+            .with_duration(cli.lease_seconds)
+            .with_grace(cli.lease_seconds.div_ceil(3).max(1))
+            .build()
+            .await?;
+    let (mut leader, _lease_task) = lease.watch().await;
+    ready.store(true, Ordering::Relaxed);
+    info!(identity = %cli.identity, "waiting for the leader lease");
+    while !*leader.borrow_and_update() {
+        leader.changed().await?;
+    }
+    info!(identity = %cli.identity, "leading");
+    metrics.set_leader(true);
+
+    let pools_ctl = Controller::new(
+        Api::<ProviderPool>::all(client.clone()),
+        watcher::Config::default(),
+    );
+    let routes_ctl = Controller::new(
+        Api::<LLMRoute>::all(client.clone()),
+        watcher::Config::default(),
+    );
+    let policies_ctl = Controller::new(
+        Api::<BudgetPolicy>::all(client.clone()),
+        watcher::Config::default(),
+    );
+    let (pods, pods_writer) = reflector::store();
+    let ctx = Ctx::new(
+        client.clone(),
+        Settings {
+            namespace: cli.namespace.clone(),
+            config_map: cli.config_map.clone(),
+            admin_secret: cli.admin_secret.clone(),
+            base,
+            identity: cli.identity.clone(),
+        },
+        (
+            pools_ctl.store(),
+            routes_ctl.store(),
+            policies_ctl.store(),
+            pods,
+        ),
+        metrics.clone(),
+    )
+    .await?;
+
+    // Gateway pods and referenced Secrets: a change wakes the sync loop.
+    let pod_api = Api::<Pod>::all(client.clone());
+    let pods_stream = reflector::reflector(
+        pods_writer,
+        watcher(
+            pod_api,
+            watcher::Config::default().labels(&format!(
+                "{}=true",
+                llm_gateway_operator::gateways::GATEWAY_LABEL
+            )),
+        ),
+    )
+    .default_backoff()
+    .touched_objects();
+    let secrets_stream = watcher(
+        Api::<PartialObjectMeta<Secret>>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .touched_objects();
+    let c = ctx.clone();
+    tokio::spawn(async move {
+        let mut events = std::pin::pin!(futures::stream::select(
+            pods_stream.map(|_| ()),
+            secrets_stream.map(|_| ())
+        ));
+        while events.next().await.is_some() {
+            c.wake.notify_one();
+        }
+    });
+
+    // The sync loop: on a wake-up (debounced), or periodically, and soon again while some
+    // gateway is behind.
+    let c = ctx.clone();
+    let resync = Duration::from_secs(cli.resync_seconds.max(1));
+    tokio::spawn(async move {
+        loop {
+            let wait = if c.behind() {
+                Duration::from_secs(1)
+            } else {
+                resync
+            };
+            let _ = tokio::time::timeout(wait, c.wake.notified()).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if let Err(e) = c.sync().await {
+                warn!(error = %e, "sync failed; retrying");
+            }
+        }
+    });
+
+    // Leadership lost: stop at once, so that two replicas never both push.
+    tokio::spawn(async move {
+        while leader.changed().await.is_ok() {
+            if !*leader.borrow() {
+                error!("lost the leader lease; exiting");
+                std::process::exit(1);
+            }
+        }
+    });
+
+    let pools = pools_ctl
+        .shutdown_on_signal()
+        .run(
+            reconcile::<ProviderPool>,
+            error_policy::<ProviderPool>,
+            ctx.clone(),
+        )
+        .for_each(|_| async {});
+    let routes = routes_ctl
+        .shutdown_on_signal()
+        .run(reconcile::<LLMRoute>, error_policy::<LLMRoute>, ctx.clone())
+        .for_each(|_| async {});
+    let policies = policies_ctl
+        .shutdown_on_signal()
+        .run(
+            reconcile::<BudgetPolicy>,
+            error_policy::<BudgetPolicy>,
+            ctx.clone(),
+        )
+        .for_each(|_| async {});
+    tokio::join!(pools, routes, policies);
+    info!("stopped");
+    Ok(())
+}
+
+/// One resource changed (or its requeue came): compile and push (a no-op if nothing
+/// changed), then its status is written with everyone else's.
+async fn reconcile<K>(obj: Arc<K>, ctx: Arc<Ctx>) -> Result<Action, ReconcileError>
+where
+    K: kube::Resource<DynamicType = ()>,
+{
+    let started = Instant::now();
+    let result = ctx.sync().await;
+    ctx.metrics.reconcile(
+        &K::kind(&()),
+        started.elapsed().as_secs_f64(),
+        result.is_err(),
+    );
+    let _ = obj;
+    result
+        .map(|()| Action::requeue(REQUEUE))
+        .map_err(|e| ReconcileError(format!("{e:#}")))
+}
+
+fn error_policy<K>(_obj: Arc<K>, e: &ReconcileError, _ctx: Arc<Ctx>) -> Action {
+    warn!(error = %e, "reconcile failed; retrying in 5 s");
+    Action::requeue(Duration::from_secs(5))
+}
+
+/// `/metrics` (OpenMetrics), `/healthz` (the process answers), `/readyz` (it has reached
+/// the API server and joined the election: a standby is ready too).
+async fn serve_metrics(addr: SocketAddr, metrics: Arc<Metrics>, ready: Arc<AtomicBool>) {
+    use axum::routing::get;
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let m = metrics.clone();
+                async move {
+                    (
+                        [(
+                            http::header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        m.encode(),
+                    )
+                }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let r = ready.clone();
+                async move {
+                    if r.load(Ordering::Relaxed) {
+                        (http::StatusCode::OK, "ready")
+                    } else {
+                        (http::StatusCode::SERVICE_UNAVAILABLE, "starting")
+                    }
+                }
+            }),
+        );
+    match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => {
+            info!(%addr, "serving /metrics, /healthz, /readyz");
+            if let Err(e) = axum::serve(l, app).await {
+                error!(error = %e, "the metrics server stopped");
+            }
+        }
+        Err(e) => error!(%addr, error = %e, "cannot listen for metrics"),
+    }
+}

@@ -138,7 +138,7 @@ impl Fault {
             }
         }
         let tail = match self.tail_every {
-            Some(n) if n > 0 && load.seq() % n == 0 => self.tail_ms,
+            Some(n) if n > 0 && load.seq().is_multiple_of(n) => self.tail_ms,
             _ => 0,
         };
         let ms = (self.latency_ms + tail) as f64 + self.latency_per_inflight_ms * others as f64;

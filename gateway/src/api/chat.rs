@@ -91,7 +91,7 @@ async fn serve(
         }
         r => r?,
     };
-    allowed.check_target(&routed.target.provider.name, &routed.target.model)?;
+    allowed.check_target(&routed.target.provider, &routed.target.model)?;
     ctx.set_route(&routed);
 
     // 3. Cache: the same or a rephrased earlier request is answered at once, for free.

@@ -30,6 +30,22 @@ fn describe(m: &Meta) -> Value {
 pub async fn get(State(gw): State<AppState>) -> Json<Value> {
     let cfg = gw.config();
     let mut v = describe(&cfg.meta);
+    // What the configuration enabled: models per provider (catalog and discovery included).
+    let providers: Vec<Value> = cfg
+        .registry
+        .providers()
+        .iter()
+        .map(|p| {
+            let models = cfg
+                .registry
+                .entries()
+                .iter()
+                .filter(|e| e.provider.name == p.name)
+                .count();
+            json!({"name": p.name, "models": models})
+        })
+        .collect();
+    v["providers"] = json!(providers);
     v["config"] = serde_json::to_value(&cfg.meta.redacted).unwrap_or(Value::Null);
     Json(v)
 }

@@ -56,7 +56,7 @@ async fn serve(
         return Err(Error::invalid("input", "`input` must not be empty."));
     }
     let target = cfg.registry.resolve(&req.model)?;
-    crate::auth::AllowedModels::of(caller).check_target(&target.provider.name, &target.model)?;
+    crate::auth::AllowedModels::of(caller).check_target(&target.provider, &target.model)?;
     ctx.set_target(&target);
     if target
         .info

@@ -177,7 +177,7 @@ struct ServeArgs {
     #[arg(long, short, env = "LLM_GATEWAY_CONFIG")]
     config: Option<PathBuf>,
     /// How often the config file is re-read; a changed file is applied while serving (a
-    /// ConfigMap volume's update included). SIGHUP applies it at once.
+    /// ConfigMap volume's update included); 0: never. SIGHUP applies it at once.
     #[arg(long, default_value_t = 2.0, env = "LLM_GATEWAY_CONFIG_POLL_SECS")]
     config_poll_secs: f64,
     /// Log line format.

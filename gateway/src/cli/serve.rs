@@ -93,7 +93,8 @@ pub async fn run(args: ServeArgs, db: DbArgs) -> ExitCode {
     if let Some(b) = &gw.budgets {
         b.spawn_refresh();
     }
-    if let Some(path) = &args.config {
+    // 0 turns the file watch off (Kubernetes: the operator's push is the live path).
+    if let (Some(path), true) = (&args.config, args.config_poll_secs > 0.0) {
         let every = Duration::from_secs_f64(args.config_poll_secs.clamp(0.1, 3600.0));
         llm_gateway::app::watch_file(gw.clone(), path.clone(), every);
     }

@@ -156,6 +156,8 @@ pub struct ProviderSettings {
     /// The key is held by the operator and not here yet (`namespace/secret/key`): calls
     /// answer 503 `credentials_pending` until a push brings it.
     pub key_pending: Option<String>,
+    /// Only these tenants or namespaces may use it (`None`: everyone).
+    pub clients: Option<Vec<String>>,
     /// Extra headers sent upstream.
     pub headers: HeaderMap,
     /// Connect timeout.

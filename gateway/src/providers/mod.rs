@@ -37,6 +37,8 @@ pub struct Provider {
     pub base_url: String,
     api_key: Option<Secret>,
     key_pending: Option<String>,
+    /// Only these tenants or namespaces may use it (`None`: everyone).
+    pub clients: Option<Vec<String>>,
     headers: HeaderMap,
     client: reqwest::Client,
     timeout: Duration,
@@ -132,6 +134,7 @@ impl Provider {
             base_url: s.base_url.as_str().trim_end_matches('/').to_owned(),
             api_key: s.api_key.clone(),
             key_pending: s.key_pending.clone(),
+            clients: s.clients.clone(),
             headers: s.headers.clone(),
             client,
             timeout: s.timeout,

@@ -99,7 +99,10 @@ pub(super) fn provider(
             ),
         );
     }
-    let vendor = catalog::vendor(&p.name);
+    // The vendor whose defaults (protocol, base URL) apply: the provider's own name, else
+    // the catalog it serves (a provider `team-a.openai` with `catalog: openai`).
+    let vendor =
+        catalog::vendor(&p.name).or_else(|| p.catalog.as_deref().and_then(catalog::vendor));
     let Some(protocol) = p.protocol.or(vendor.map(|v| v.protocol)) else {
         return fail(
             "protocol",
@@ -208,6 +211,7 @@ pub(super) fn provider(
         base_url,
         api_key,
         key_pending,
+        clients: p.clients.clone(),
         headers,
         connect_timeout: secs("connect_timeout_secs", p.connect_timeout_secs, 10.0)?,
         timeout: secs("timeout_secs", p.timeout_secs, 600.0)?,

@@ -1,0 +1,754 @@
+//! The operator at work: on any change (a resource, a referenced Secret, a gateway pod) it
+//! compiles, stores the result without secrets in a ConfigMap, pushes it with the keys to
+//! every gateway pod that does not run it yet, and writes each resource's status.
+//!
+//! One sync runs at a time. A gateway that refuses a push names the field at fault; the
+//! resource it came from is left out (reported `RejectedByGateway`) until it changes, and the
+//! rest is pushed again at once, so one bad resource never holds the others back.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::Store;
+use kube::{Client, Resource, ResourceExt};
+use llm_gateway_crds::resources::{
+    BudgetPolicy, BudgetPolicyStatus, LLMRoute, LLMRouteStatus, ProviderPool, ProviderPoolStatus,
+    SubjectSpend,
+};
+use llm_gateway_crds::GatewayConfig;
+use ring::digest::{digest, SHA256};
+use serde_json::{json, Value};
+use tokio::sync::Notify;
+use tracing::{info, warn};
+
+use crate::compile::{self, Compiled, Key, Kind, SecretValue, Verdict};
+use crate::gateways::{self, PushError, Target};
+use crate::metrics::Metrics;
+
+/// The field manager of everything the operator writes.
+pub const MANAGER: &str = "llm-gateway-operator";
+/// The ConfigMap key of the compiled configuration.
+pub const CONFIG_KEY: &str = "gateway.yaml";
+/// Annotation: the version the ConfigMap holds.
+pub const VERSION_ANNOTATION: &str = "llmgateway.io/version";
+/// Annotation: the content hash of that version (secrets included, hashed).
+pub const HASH_ANNOTATION: &str = "llmgateway.io/config-hash";
+
+/// What the operator was started with.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Its namespace: the cluster's defaults live there, and its ConfigMap and Secret.
+    pub namespace: String,
+    /// The ConfigMap holding the compiled configuration.
+    pub config_map: String,
+    /// The Secret holding the gateways' admin token (created if missing).
+    pub admin_secret: String,
+    /// What every compiled configuration starts from (server and cache settings).
+    pub base: GatewayConfig,
+    /// This replica's name (events, leases).
+    pub identity: String,
+}
+
+/// Per gateway pod: the version it runs, and when to try again after a failure.
+#[derive(Debug, Clone, Default)]
+struct PodState {
+    version: Option<String>,
+    failures: u32,
+    retry_at: Option<Instant>,
+    last_error: Option<String>,
+}
+
+/// What the status writers read: the last compile and how the gateways stand.
+#[derive(Debug, Clone, Default)]
+pub struct Published {
+    /// The last compile.
+    pub compiled: Option<Arc<Compiled>>,
+    /// Its version.
+    pub version: String,
+    /// Ready gateway pods running it.
+    pub in_sync: usize,
+    /// Ready gateway pods.
+    pub total: usize,
+    /// The last figures of the declared budgets, read from a gateway.
+    pub budgets: Vec<Value>,
+    /// Models a gateway enabled per provider (catalog and discovery included).
+    pub models: HashMap<String, u32>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    version: u64,
+    hash: Option<String>,
+    body: Arc<Vec<u8>>,
+    pods: BTreeMap<String, PodState>,
+    refused: BTreeMap<Key, (Option<i64>, String)>,
+    /// The conditions last reported per resource, for events on changes.
+    reported: HashMap<Key, String>,
+    loaded: bool,
+}
+
+/// Everything the controllers share.
+pub struct Ctx {
+    /// The API client.
+    pub client: Client,
+    /// Start-up settings.
+    pub settings: Settings,
+    /// Watched resources.
+    pub pools: Store<ProviderPool>,
+    /// Watched resources.
+    pub routes: Store<LLMRoute>,
+    /// Watched resources.
+    pub policies: Store<BudgetPolicy>,
+    /// Gateway pods.
+    pub pods: Store<Pod>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Set when anything changed; the sync loop waits on it.
+    pub wake: Notify,
+    state: tokio::sync::Mutex<State>,
+    published: RwLock<Published>,
+    http: reqwest::Client,
+    recorder: Recorder,
+    token: String,
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+impl Ctx {
+    /// The shared context; ensures the admin token Secret exists.
+    pub async fn new(
+        client: Client,
+        settings: Settings,
+        stores: (
+            Store<ProviderPool>,
+            Store<LLMRoute>,
+            Store<BudgetPolicy>,
+            Store<Pod>,
+        ),
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Arc<Self>> {
+        let token = admin_token(&client, &settings).await?;
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: MANAGER.into(),
+                instance: Some(settings.identity.clone()),
+            },
+        );
+        Ok(Arc::new(Self {
+            client,
+            settings,
+            pools: stores.0,
+            routes: stores.1,
+            policies: stores.2,
+            pods: stores.3,
+            metrics,
+            wake: Notify::new(),
+            state: tokio::sync::Mutex::default(),
+            published: RwLock::default(),
+            http: gateways::client(),
+            recorder,
+            token,
+        }))
+    }
+
+    /// What the status writers see.
+    pub fn published(&self) -> Published {
+        self.published
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Compiles, stores, pushes (see the module docs). Safe to call any time.
+    pub async fn sync(&self) -> anyhow::Result<()> {
+        let mut st = self.state.lock().await;
+        if !st.loaded {
+            self.load_version(&mut st).await;
+            st.loaded = true;
+        }
+        let secrets = self.fetch_secrets().await;
+        let mut compiled;
+        let mut rounds = 0;
+        loop {
+            rounds += 1;
+            let pools = self.pools.state();
+            let routes = self.routes.state();
+            let policies = self.policies.state();
+            let lookup = |ns: &str, name: &str, key: &str| -> SecretValue {
+                match secrets.get(&(ns.to_owned(), name.to_owned())) {
+                    None => SecretValue::NoSecret,
+                    Some(data) => data
+                        .get(key)
+                        .map_or(SecretValue::NoKey, |v| SecretValue::Found(v.clone())),
+                }
+            };
+            compiled = compile::compile(&compile::Inputs {
+                operator_namespace: &self.settings.namespace,
+                pools: &pools,
+                routes: &routes,
+                policies: &policies,
+                secret: &lookup,
+                refused_by_gateway: &st.refused,
+                base: &self.settings.base,
+            });
+            let hash = hex(digest(&SHA256, &serde_json::to_vec(&compiled.config)?).as_ref());
+            if st.hash.as_deref() != Some(hash.as_str()) {
+                st.version += 1;
+                st.hash = Some(hash.clone());
+                info!(version = %format!("v{}", st.version), "compiled a new configuration");
+            }
+            let version = format!("v{}", st.version);
+            compiled.config.version = Some(version.clone());
+            compiled.public.version = Some(version.clone());
+            st.body = Arc::new(serde_json::to_vec(&compiled.config)?);
+            if let Err(e) = self
+                .write_config_map(&compiled.public, &version, &hash)
+                .await
+            {
+                warn!(error = %e, "cannot write the configuration ConfigMap; retrying at the next sync");
+            }
+            let refused = self.push_all(&mut st, &compiled, &version).await;
+            if refused.is_empty() || rounds >= 4 {
+                break;
+            }
+            for (key, msg) in refused {
+                let generation = compiled.verdicts.get(&key).and_then(|v| v.generation);
+                warn!(resource = %key, message = %msg, "a gateway refused it; leaving it out until it changes");
+                st.refused.insert(key, (generation, msg));
+            }
+        }
+        // Refusals of resources that changed or went away no longer apply.
+        st.refused
+            .retain(|k, (g, _)| compiled.verdicts.get(k).is_some_and(|v| v.generation == *g));
+        let version = format!("v{}", st.version);
+        let targets: Vec<Target> = self.targets();
+        let in_sync = targets
+            .iter()
+            .filter(|t| {
+                st.pods
+                    .get(&t.pod)
+                    .is_some_and(|p| p.version.as_deref() == Some(version.as_str()))
+            })
+            .count();
+        st.pods
+            .retain(|pod, _| targets.iter().any(|t| t.pod == *pod));
+        self.metrics.gateways(in_sync, targets.len());
+        self.metrics.version(&version);
+        // Figures only a gateway knows, from one running this version.
+        let synced = targets.iter().find(|t| {
+            st.pods
+                .get(&t.pod)
+                .is_some_and(|p| p.version.as_deref() == Some(version.as_str()))
+        });
+        let budgets = match synced {
+            Some(t) if !compiled.config.budgets.is_empty() => {
+                gateways::budgets(&self.http, t, &self.token)
+                    .await
+                    .unwrap_or_default()
+            }
+            _ => Vec::new(),
+        };
+        let models = match synced {
+            Some(t) => gateways::models(&self.http, t, &self.token)
+                .await
+                .unwrap_or_default(),
+            None => HashMap::new(),
+        };
+        *self.published.write().unwrap_or_else(|e| e.into_inner()) = Published {
+            compiled: Some(Arc::new(compiled)),
+            version,
+            in_sync,
+            total: targets.len(),
+            budgets,
+            models,
+        };
+        drop(st);
+        self.write_statuses().await;
+        Ok(())
+    }
+
+    /// Whether some ready gateway does not run the current version yet (the sync loop then
+    /// tries again soon).
+    pub fn behind(&self) -> bool {
+        let p = self.published();
+        p.in_sync < p.total
+    }
+
+    fn targets(&self) -> Vec<Target> {
+        let mut t: Vec<Target> = self
+            .pods
+            .state()
+            .iter()
+            .filter_map(|p| gateways::target(p))
+            .collect();
+        t.sort();
+        t
+    }
+
+    /// Pushes the current version to every gateway not running it; returns the resources
+    /// gateways refused, with the message.
+    async fn push_all(
+        &self,
+        st: &mut State,
+        compiled: &Compiled,
+        version: &str,
+    ) -> Vec<(Key, String)> {
+        let now = Instant::now();
+        let body = st.body.clone();
+        let due: Vec<Target> = self
+            .targets()
+            .into_iter()
+            .filter(|t| {
+                let p = st.pods.get(&t.pod);
+                p.is_none_or(|p| {
+                    p.version.as_deref() != Some(version) && p.retry_at.is_none_or(|r| r <= now)
+                })
+            })
+            .collect();
+        let results = join_all(due.iter().map(|t| {
+            let (http, token, body) = (&self.http, &self.token, body.clone());
+            async move {
+                let started = Instant::now();
+                let r = gateways::push(http, t, token, &body).await;
+                (t, r, started.elapsed().as_secs_f64())
+            }
+        }))
+        .await;
+        let mut refused = Vec::new();
+        for (t, r, secs) in results {
+            let ps = st.pods.entry(t.pod.clone()).or_default();
+            match r {
+                Ok(v) => {
+                    self.metrics.push("applied", secs);
+                    *ps = PodState {
+                        version: Some(v),
+                        ..PodState::default()
+                    };
+                }
+                Err(e) => {
+                    ps.failures += 1;
+                    // Exponential backoff, 0.5 s to 30 s.
+                    let wait = Duration::from_millis(500 * (1 << ps.failures.min(6)))
+                        .min(Duration::from_secs(30));
+                    ps.retry_at = Some(Instant::now() + wait);
+                    match e {
+                        PushError::Refused { path, message } => {
+                            self.metrics.push("refused", secs);
+                            ps.last_error = Some(message.clone());
+                            match compiled.origins.resource_of(&path) {
+                                Some(k) => refused.push((k.clone(), message)),
+                                None => {
+                                    warn!(pod = %t.pod, %path, %message, "a gateway refused the configuration")
+                                }
+                            }
+                            // The recompiled configuration goes out at once.
+                            ps.retry_at = None;
+                        }
+                        PushError::Failed(m) => {
+                            self.metrics.push("failed", secs);
+                            warn!(pod = %t.pod, error = %m, "cannot push the configuration; retrying");
+                            ps.last_error = Some(m);
+                        }
+                    }
+                }
+            }
+        }
+        refused.sort();
+        refused.dedup_by(|a, b| a.0 == b.0);
+        refused
+    }
+
+    /// Reads every Secret the pools name (a Secret not found is simply absent).
+    async fn fetch_secrets(&self) -> HashMap<(String, String), BTreeMap<String, String>> {
+        let mut wanted: Vec<(String, String)> = self
+            .pools
+            .state()
+            .iter()
+            .flat_map(|p| {
+                let ns = p.namespace().unwrap_or_default();
+                p.spec
+                    .providers
+                    .iter()
+                    .filter_map(|x| x.api_key_secret_ref.as_ref())
+                    .map(move |r| (ns.clone(), r.name.clone()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        wanted.sort();
+        wanted.dedup();
+        let mut out = HashMap::new();
+        for (ns, name) in wanted {
+            let api: Api<Secret> = Api::namespaced(self.client.clone(), &ns);
+            match api.get_opt(&name).await {
+                Ok(Some(s)) => {
+                    let data = s
+                        .data
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|(k, v)| (k, String::from_utf8_lossy(&v.0).trim().to_owned()))
+                        .chain(s.string_data.unwrap_or_default())
+                        .collect();
+                    out.insert((ns, name), data);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    warn!(secret = %format!("{ns}/{name}"), error = %e, "cannot read a Secret")
+                }
+            }
+        }
+        out
+    }
+
+    /// Continues the version numbering of the ConfigMap (so a restarted operator does not
+    /// bump the version of an unchanged configuration).
+    async fn load_version(&self, st: &mut State) {
+        let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), &self.settings.namespace);
+        if let Ok(Some(cm)) = api.get_opt(&self.settings.config_map).await {
+            let a = cm.annotations();
+            st.version = a
+                .get(VERSION_ANNOTATION)
+                .and_then(|v| v.trim_start_matches('v').parse().ok())
+                .unwrap_or(0);
+            st.hash = a.get(HASH_ANNOTATION).cloned();
+            if let (Some(h), Some(v)) = (&st.hash, a.get(VERSION_ANNOTATION)) {
+                info!(version = %v, hash = %&h[..12.min(h.len())], "continuing from the stored configuration");
+            }
+        }
+    }
+
+    async fn write_config_map(
+        &self,
+        public: &GatewayConfig,
+        version: &str,
+        hash: &str,
+    ) -> anyhow::Result<()> {
+        let yaml = format!(
+            "# Compiled by llm-gateway-operator from the ProviderPool, LLMRoute and BudgetPolicy\n# resources; API keys are pushed to the gateways, never stored here.\n{}",
+            yaml_serde::to_string(public)?
+        );
+        let cm = json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {
+                "name": self.settings.config_map,
+                "namespace": self.settings.namespace,
+                "labels": {"app.kubernetes.io/managed-by": MANAGER},
+                "annotations": {VERSION_ANNOTATION: version, HASH_ANNOTATION: hash},
+            },
+            "data": {CONFIG_KEY: yaml},
+        });
+        let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), &self.settings.namespace);
+        api.patch(
+            &self.settings.config_map,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&cm),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Writes every resource's status from the last compile (only what changed).
+    pub async fn write_statuses(&self) {
+        let p = self.published();
+        let Some(compiled) = p.compiled.clone() else {
+            return;
+        };
+        for pool in self.pools.state() {
+            let key = key(Kind::Pool, &*pool);
+            let v = compiled.verdicts.get(&key).cloned().unwrap_or_default();
+            let (conditions, changed) =
+                self.conditions(&v, &p, pool.status.as_ref().map(|s| &s.conditions));
+            let status = ProviderPoolStatus {
+                observed_generation: v.generation,
+                conditions,
+                providers: v.providers,
+                models_enabled: v
+                    .provider_names
+                    .iter()
+                    .map(|n| p.models.get(n).copied().unwrap_or_default())
+                    .sum::<u32>()
+                    .max(v.models),
+                missing_secrets: v.missing_secrets.clone(),
+            };
+            self.patch_status(&*pool, pool.status.as_ref() != Some(&status), json!(status))
+                .await;
+            self.announce(&*pool, &key, &v, changed).await;
+        }
+        for route in self.routes.state() {
+            let key = key(Kind::Route, &*route);
+            let v = compiled.verdicts.get(&key).cloned().unwrap_or_default();
+            let (conditions, changed) =
+                self.conditions(&v, &p, route.status.as_ref().map(|s| &s.conditions));
+            let status = LLMRouteStatus {
+                observed_generation: v.generation,
+                conditions,
+                virtual_models: (!v.virtual_models.is_empty()).then(|| v.virtual_models.join(",")),
+                gateways: Some(format!("{}/{} in sync", p.in_sync, p.total)),
+                config_version: Some(p.version.clone()),
+            };
+            self.patch_status(
+                &*route,
+                route.status.as_ref() != Some(&status),
+                json!(status),
+            )
+            .await;
+            self.announce(&*route, &key, &v, changed).await;
+        }
+        for policy in self.policies.state() {
+            let key = key(Kind::Policy, &*policy);
+            let v = compiled.verdicts.get(&key).cloned().unwrap_or_default();
+            let (conditions, changed) =
+                self.conditions(&v, &p, policy.status.as_ref().map(|s| &s.conditions));
+            let source = key.describe();
+            let subjects: Vec<SubjectSpend> = p
+                .budgets
+                .iter()
+                .filter(|b| b["declared_by"] == source.as_str())
+                .map(|b| SubjectSpend {
+                    subject: format!(
+                        "{}/{}",
+                        b["scope"].as_str().unwrap_or_default(),
+                        b["subject"].as_str().unwrap_or_default()
+                    ),
+                    spent_usd: b["used_usd"].as_f64().unwrap_or_default(),
+                    reserved_usd: b["reserved_usd"].as_f64().unwrap_or_default(),
+                    remaining_usd: b["remaining_usd"].as_f64(),
+                    spent_tokens: b["used_tokens"].as_i64().unwrap_or_default(),
+                    remaining_tokens: b["remaining_tokens"].as_i64(),
+                })
+                .collect();
+            let mut status = BudgetPolicyStatus {
+                observed_generation: v.generation,
+                conditions,
+                spent_usd: subjects.iter().map(|s| s.spent_usd).sum(),
+                subjects,
+                updated_at: policy.status.as_ref().and_then(|s| s.updated_at.clone()),
+            };
+            let changed_figures = policy.status.as_ref().is_none_or(|s| {
+                s.subjects != status.subjects
+                    || s.conditions != status.conditions
+                    || s.observed_generation != status.observed_generation
+            });
+            if changed_figures {
+                status.updated_at = Some(Timestamp::now().to_string());
+            }
+            self.patch_status(&*policy, changed_figures, json!(status))
+                .await;
+            self.announce(&*policy, &key, &v, changed).await;
+        }
+    }
+
+    /// `Accepted` and `Ready` for a resource, keeping transition times of unchanged ones;
+    /// also whether they changed since last reported.
+    fn conditions(
+        &self,
+        v: &Verdict,
+        p: &Published,
+        old: Option<&Vec<Condition>>,
+    ) -> (Vec<Condition>, bool) {
+        let (accepted, a_reason, a_msg) = match v.refused.first() {
+            None => (
+                true,
+                "Compiled".to_owned(),
+                format!("compiled into configuration {}", p.version),
+            ),
+            Some(first) => (
+                false,
+                first.reason.to_owned(),
+                v.refused
+                    .iter()
+                    .map(|x| x.message.clone())
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            ),
+        };
+        let (ready, r_reason, r_msg) = if !accepted {
+            (
+                false,
+                a_reason.clone(),
+                "not compiled: see the Accepted condition".to_owned(),
+            )
+        } else if let Some(d) = v.degraded.first() {
+            (
+                false,
+                d.reason.to_owned(),
+                v.degraded
+                    .iter()
+                    .map(|x| x.message.clone())
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            )
+        } else if p.total == 0 {
+            (
+                false,
+                "NoGateways".to_owned(),
+                format!(
+                    "no ready gateway pods (label {}=true) to run it",
+                    gateways::GATEWAY_LABEL
+                ),
+            )
+        } else if p.in_sync < p.total {
+            (
+                false,
+                "Syncing".to_owned(),
+                format!(
+                    "{}/{} gateways run configuration {}; the others are being updated",
+                    p.in_sync, p.total, p.version
+                ),
+            )
+        } else {
+            (
+                true,
+                "Live".to_owned(),
+                format!(
+                    "{}/{} gateways run configuration {}",
+                    p.in_sync, p.total, p.version
+                ),
+            )
+        };
+        let now = Time(Timestamp::now());
+        let make = |type_: &str, ok: bool, reason: String, message: String| {
+            let status = if ok { "True" } else { "False" }.to_owned();
+            let since = old
+                .and_then(|o| {
+                    o.iter()
+                        .find(|c| c.type_ == type_ && c.status == status && c.reason == reason)
+                })
+                .map_or_else(|| now.clone(), |c| c.last_transition_time.clone());
+            Condition {
+                type_: type_.to_owned(),
+                status,
+                reason,
+                message,
+                observed_generation: v.generation,
+                last_transition_time: since,
+            }
+        };
+        let conditions = vec![
+            make("Accepted", accepted, a_reason.clone(), a_msg),
+            make("Ready", ready, r_reason.clone(), r_msg),
+        ];
+        let changed = old.is_none_or(|o| {
+            let prev: Vec<_> = o.iter().map(|c| (&c.type_, &c.status, &c.reason)).collect();
+            let next: Vec<_> = conditions
+                .iter()
+                .map(|c| (&c.type_, &c.status, &c.reason))
+                .collect();
+            prev != next
+        });
+        (conditions, changed)
+    }
+
+    async fn patch_status<K>(&self, obj: &K, changed: bool, status: Value)
+    where
+        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+    {
+        if !changed {
+            return;
+        }
+        let api: Api<K> =
+            Api::namespaced(self.client.clone(), &obj.namespace().unwrap_or_default());
+        let body = json!({
+            "apiVersion": K::api_version(&()),
+            "kind": K::kind(&()),
+            "status": status,
+        });
+        if let Err(e) = api
+            .patch_status(
+                &obj.name_any(),
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(&body),
+            )
+            .await
+        {
+            warn!(resource = %format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any()), error = %e, "cannot write a status");
+        }
+    }
+
+    /// An Event when a resource's verdict changes: accepted and live, or what is wrong.
+    async fn announce<K>(&self, obj: &K, key: &Key, v: &Verdict, changed: bool)
+    where
+        K: Resource<DynamicType = ()>,
+    {
+        if !changed {
+            return;
+        }
+        let (type_, reason, note) = match (v.refused.first(), v.degraded.first()) {
+            (Some(p), _) | (None, Some(p)) => {
+                (EventType::Warning, p.reason.to_owned(), p.message.clone())
+            }
+            (None, None) => (
+                EventType::Normal,
+                "Compiled".to_owned(),
+                format!("compiled into configuration {}", self.published().version),
+            ),
+        };
+        let mut st = self.state.lock().await;
+        let stamp = format!("{reason}:{note}");
+        if st.reported.get(key) == Some(&stamp) {
+            return;
+        }
+        st.reported.insert(key.clone(), stamp);
+        drop(st);
+        let ev = Event {
+            type_,
+            reason,
+            note: Some(note),
+            action: "Compile".into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&ev, &obj.object_ref(&())).await {
+            warn!(error = %e, "cannot publish an event");
+        }
+    }
+}
+
+fn key<K: Resource<DynamicType = ()>>(kind: Kind, r: &K) -> Key {
+    Key {
+        kind,
+        namespace: r.namespace().unwrap_or_default(),
+        name: r.name_any(),
+    }
+}
+
+/// The admin token the gateways accept: from the operator's Secret, created (random) if
+/// missing.
+async fn admin_token(client: &Client, s: &Settings) -> anyhow::Result<String> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), &s.namespace);
+    if let Some(sec) = api.get_opt(&s.admin_secret).await? {
+        if let Some(t) = sec.data.as_ref().and_then(|d| d.get("token")) {
+            return Ok(String::from_utf8_lossy(&t.0).trim().to_owned());
+        }
+    }
+    let mut bytes = [0u8; 32];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+        .map_err(|_| anyhow::anyhow!("no randomness for the admin token"))?;
+    let token = hex(&bytes);
+    let secret: Secret = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": s.admin_secret, "namespace": s.namespace,
+                     "labels": {"app.kubernetes.io/managed-by": MANAGER}},
+        "stringData": {"token": token},
+    }))?;
+    match api.create(&PostParams::default(), &secret).await {
+        Ok(_) => {
+            info!(secret = %s.admin_secret, "created the gateways' admin token");
+            Ok(token)
+        }
+        // Another replica created it first: use theirs.
+        Err(kube::Error::Api(e)) if e.code == 409 => Box::pin(admin_token(client, s)).await,
+        Err(e) => Err(e.into()),
+    }
+}
