@@ -126,6 +126,10 @@ pub struct Auth {
     unknown: Mutex<lru::LruCache<String, Instant>>,
     /// Failed lookups per client address in the current window.
     failures: Mutex<HashMap<std::net::IpAddr, (Instant, u32)>>,
+    /// Sidecar mode: calls from loopback are the pod's own workload (`namespace/sa`).
+    local_workload: Option<String>,
+    /// Service-account tokens checked with the API server, when on.
+    reviewer: Option<crate::workload::TokenReviewer>,
 }
 
 impl Default for Auth {
@@ -169,7 +173,23 @@ impl Auth {
             known: lru(KNOWN_KEYS),
             unknown: lru(UNKNOWN_KEYS),
             failures: Mutex::new(HashMap::new()),
+            local_workload: None,
+            reviewer: None,
         }
+    }
+
+    /// Sidecar mode: a call from loopback is the workload `identity` (`namespace/sa`), the
+    /// pod the gateway runs in; calls from elsewhere authenticate as usual.
+    pub fn with_local_workload(mut self, identity: String) -> Self {
+        self.local_workload = Some(identity);
+        self
+    }
+
+    /// Accepts Kubernetes service-account tokens, checked with `reviewer`, as the tenant
+    /// `namespace/serviceaccount`.
+    pub fn with_token_reviewer(mut self, reviewer: crate::workload::TokenReviewer) -> Self {
+        self.reviewer = Some(reviewer);
+        self
     }
 
     /// Whether every call needs a key (else the loopback quick start: keys optional).
@@ -209,12 +229,22 @@ impl Auth {
         headers: &http::HeaderMap,
         peer: Option<std::net::IpAddr>,
     ) -> Result<Caller, Error> {
+        if let (Some(id), Some(ip)) = (&self.local_workload, peer) {
+            if ip.is_loopback() {
+                return Ok(Caller::Workload(id.clone()));
+            }
+        }
         let token = headers
             .get(http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::trim)
             .filter(|t| !t.is_empty());
+        if let (Some(r), Some(t)) = (&self.reviewer, token) {
+            if crate::workload::looks_like_jwt(t) {
+                return r.tenant(t).await.map(Caller::Workload);
+            }
+        }
         let token = match token {
             Some(t) if self.required || t.starts_with(KEY_PREFIX) => t,
             _ if !self.required => return Ok(Caller::Anonymous),

@@ -26,6 +26,7 @@ pub mod state;
 pub mod store;
 pub mod telemetry;
 pub mod wire;
+pub mod workload;
 
 /// Installs the process-wide TLS crypto provider (ring); call once before building clients.
 pub fn install_crypto() {

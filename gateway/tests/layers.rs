@@ -28,6 +28,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "telemetry",
             "admission",
             "admin",
+            "workload",
         ],
     ),
     ("state", &["state", "live"]),

@@ -183,6 +183,28 @@ struct ServeArgs {
     /// Log line format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "LLM_GATEWAY_LOG_FORMAT")]
     log_format: LogFormat,
+    /// Start with no providers while the --config file does not exist yet, instead of
+    /// failing (Kubernetes: the operator creates it and pushes the configuration).
+    #[arg(long, env = "LLM_GATEWAY_WAIT_FOR_CONFIG")]
+    wait_for_config: bool,
+    /// Sidecar mode: calls from loopback are this workload, `namespace/serviceaccount` (the
+    /// injected sidecar sets it from the downward API); other callers authenticate as usual.
+    #[arg(long, env = "LLM_GATEWAY_WORKLOAD")]
+    workload: Option<String>,
+    /// Accept Kubernetes service-account tokens (checked with a TokenReview) as the tenant
+    /// `namespace/serviceaccount`. In a pod the API server and credentials are found as
+    /// usual; elsewhere set --kube-api, --kube-ca and --kube-token-file.
+    #[arg(long, env = "LLM_GATEWAY_KUBERNETES_AUTH")]
+    kubernetes_auth: bool,
+    /// The API server for --kubernetes-auth (default: in-cluster).
+    #[arg(long, env = "LLM_GATEWAY_KUBE_API")]
+    kube_api: Option<String>,
+    /// Its CA certificate file (default: the mounted service account's).
+    #[arg(long, env = "LLM_GATEWAY_KUBE_CA")]
+    kube_ca: Option<PathBuf>,
+    /// The gateway's own token file (default: the mounted service account's).
+    #[arg(long, env = "LLM_GATEWAY_KUBE_TOKEN_FILE")]
+    kube_token_file: Option<PathBuf>,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]

@@ -31,7 +31,18 @@ pub fn load(config: Option<&PathBuf>) -> Result<(GatewayConfig, Settings), Confi
 
 /// Runs the gateway until SIGTERM or Ctrl-C.
 pub async fn run(args: ServeArgs, db: DbArgs) -> ExitCode {
-    let (doc, settings) = match load(args.config.as_ref()) {
+    let missing = args.config.as_ref().is_some_and(|p| !p.exists());
+    let loaded = if args.wait_for_config && missing {
+        tracing::info!("no configuration file yet: starting without providers until one is pushed");
+        let doc = GatewayConfig::default();
+        config::validate(&doc, "empty configuration", &|k: &str| {
+            std::env::var(k).ok()
+        })
+        .map(|s| (doc, s))
+    } else {
+        load(args.config.as_ref())
+    };
+    let (doc, settings) = match loaded {
         Ok(s) => s,
         Err(e) => {
             eprintln!("error: {e}");
@@ -62,8 +73,21 @@ pub async fn run(args: ServeArgs, db: DbArgs) -> ExitCode {
         Ok(b) => b,
         Err(code) => return code,
     };
-    let auth =
+    let mut auth =
         llm_gateway::auth::Auth::new(Some(store), required, llm_gateway::auth::KEY_CACHE_TTL);
+    if let Some(w) = args.workload.clone().filter(|w| !w.trim().is_empty()) {
+        tracing::info!(workload = %w, "sidecar mode: calls from loopback are this workload");
+        auth = auth.with_local_workload(w);
+    }
+    if args.kubernetes_auth {
+        match kube_api(&args) {
+            Ok(r) => auth = auth.with_token_reviewer(r),
+            Err(e) => {
+                eprintln!("error: --kubernetes-auth: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
     let redis = db
         .redis_url
         .as_deref()
@@ -123,6 +147,30 @@ pub async fn run(args: ServeArgs, db: DbArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The TokenReview client of --kubernetes-auth: flags first, else the in-cluster defaults.
+fn kube_api(args: &ServeArgs) -> Result<llm_gateway::workload::TokenReviewer, String> {
+    use llm_gateway::workload::{ApiServer, TokenReviewer};
+    let base = ApiServer::in_cluster();
+    let api = ApiServer {
+        url: args
+            .kube_api
+            .clone()
+            .or_else(|| base.as_ref().map(|b| b.url.clone()))
+            .ok_or("not in a pod: set --kube-api")?,
+        ca_file: args
+            .kube_ca
+            .clone()
+            .or_else(|| base.as_ref().map(|b| b.ca_file.clone()))
+            .ok_or("set --kube-ca")?,
+        token_file: args
+            .kube_token_file
+            .clone()
+            .or_else(|| base.as_ref().map(|b| b.token_file.clone()))
+            .ok_or("set --kube-token-file")?,
+    };
+    TokenReviewer::new(api)
 }
 
 /// The budget engine: definitions from the database, counters in Redis if configured.

@@ -25,7 +25,13 @@ pub fn write(ctx: &RequestContext, status: u16, usage: Option<&Usage>, cost: Opt
             .map_or_else(crate::clock::unix_ms, |b| b.now_ms()),
         request_id: ctx.request_id.clone(),
         key_id: key.map(|k| k.id.clone()),
-        tenant: key.map(|k| k.tenant.clone()),
+        // Workloads (sidecar callers, service-account tokens) are tenants too: their spend
+        // must reach the usage API and seed their budgets' counters.
+        tenant: ctx
+            .caller
+            .as_ref()
+            .and_then(|c| c.tenant())
+            .map(str::to_owned),
         endpoint: ctx.endpoint.to_owned(),
         virtual_model: t.and_then(|t| t.virtual_model.clone()),
         provider: t.map(|t| t.provider.name.clone()),

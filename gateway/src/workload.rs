@@ -1,0 +1,190 @@
+//! Kubernetes workloads as callers, without virtual keys: a pod's projected service-account
+//! token, checked with a `TokenReview` against the API server, makes the caller the tenant
+//! `namespace/serviceaccount` (so `BudgetPolicy` subjects of those kinds apply). Reviews are
+//! cached briefly, by the token's hash; a token is never logged or kept in clear.
+
+use std::num::NonZeroUsize;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::error::{Error, Kind};
+
+/// How long a review's answer is trusted (a revoked or expired token stops working after
+/// at most this long).
+pub const REVIEW_TTL: Duration = Duration::from_secs(60);
+/// Reviews remembered at most.
+const CACHE: usize = 10_000;
+
+/// Where the API server is and how the gateway proves itself to it.
+#[derive(Debug, Clone)]
+pub struct ApiServer {
+    /// `https://host:port`.
+    pub url: String,
+    /// The API server's CA certificate (PEM).
+    pub ca_file: PathBuf,
+    /// The gateway's own service-account token (re-read: it is rotated).
+    pub token_file: PathBuf,
+}
+
+impl ApiServer {
+    /// The in-cluster defaults (`KUBERNETES_SERVICE_HOST`/`_PORT`, the mounted service account).
+    pub fn in_cluster() -> Option<Self> {
+        let host = std::env::var("KUBERNETES_SERVICE_HOST").ok()?;
+        let port = std::env::var("KUBERNETES_SERVICE_PORT").unwrap_or_else(|_| "443".into());
+        let dir = PathBuf::from("/var/run/secrets/kubernetes.io/serviceaccount");
+        let host = if host.contains(':') {
+            format!("[{host}]")
+        } else {
+            host
+        };
+        Some(Self {
+            url: format!("https://{host}:{port}"),
+            ca_file: dir.join("ca.crt"),
+            token_file: dir.join("token"),
+        })
+    }
+}
+
+/// Checks service-account tokens with `TokenReview`s.
+#[derive(Debug)]
+pub struct TokenReviewer {
+    api: ApiServer,
+    http: reqwest::Client,
+    cache: Mutex<lru::LruCache<String, (Option<String>, Instant)>>,
+}
+
+/// Whether `token` looks like a JWT (a service-account token), not a virtual key.
+pub fn looks_like_jwt(token: &str) -> bool {
+    token.starts_with("eyJ") && token.split('.').count() == 3
+}
+
+impl TokenReviewer {
+    /// A reviewer for `api`; fails if its CA cannot be read.
+    pub fn new(api: ApiServer) -> Result<Self, String> {
+        let ca = std::fs::read(&api.ca_file).map_err(|e| {
+            format!(
+                "cannot read the API server's CA {}: {e}",
+                api.ca_file.display()
+            )
+        })?;
+        let cert = reqwest::Certificate::from_pem(&ca)
+            .map_err(|e| format!("{} is not a PEM certificate: {e}", api.ca_file.display()))?;
+        let http = reqwest::Client::builder()
+            .add_root_certificate(cert)
+            .connect_timeout(Duration::from_secs(3))
+            .timeout(Duration::from_secs(5))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| e.to_string())?;
+        Ok(Self {
+            api,
+            http,
+            cache: Mutex::new(lru::LruCache::new(
+                NonZeroUsize::new(CACHE).unwrap_or(NonZeroUsize::MIN),
+            )),
+        })
+    }
+
+    /// The tenant (`namespace/serviceaccount`) of a valid service-account token; 401 for
+    /// any other token; 503 if the API server cannot be asked.
+    pub async fn tenant(&self, token: &str) -> Result<String, Error> {
+        let hash = crate::store::keys::hash_key(token);
+        let cached = self
+            .cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&hash)
+            .filter(|(_, at)| at.elapsed() < REVIEW_TTL)
+            .map(|(t, _)| t.clone());
+        let tenant = match cached {
+            Some(t) => t,
+            None => {
+                let t = self.review(token).await?;
+                self.cache
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .put(hash, (t.clone(), Instant::now()));
+                t
+            }
+        };
+        tenant.ok_or_else(|| {
+            Error::new(
+                Kind::Unauthenticated,
+                "This service-account token is not valid (expired, revoked, or for another cluster).",
+            )
+            .with_code("invalid_api_key")
+        })
+    }
+
+    async fn review(&self, token: &str) -> Result<Option<String>, Error> {
+        let unavailable = |why: String| {
+            tracing::warn!(error = %why, "TokenReview failed");
+            Error::new(
+                Kind::Unavailable,
+                "Service-account tokens cannot be checked right now; retry shortly.",
+            )
+        };
+        let own = std::fs::read_to_string(&self.api.token_file).map_err(|e| {
+            unavailable(format!(
+                "cannot read {}: {e}",
+                self.api.token_file.display()
+            ))
+        })?;
+        let r = self
+            .http
+            .post(format!(
+                "{}/apis/authentication.k8s.io/v1/tokenreviews",
+                self.api.url
+            ))
+            .bearer_auth(own.trim())
+            .json(&json!({
+                "apiVersion": "authentication.k8s.io/v1",
+                "kind": "TokenReview",
+                "spec": {"token": token},
+            }))
+            .send()
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
+        if !r.status().is_success() {
+            return Err(unavailable(format!(
+                "the API server answered {}",
+                r.status()
+            )));
+        }
+        let v: Value = r.json().await.map_err(|e| unavailable(e.to_string()))?;
+        Ok(tenant_of(&v))
+    }
+}
+
+/// The tenant a TokenReview's answer names: `namespace/serviceaccount` for an authenticated
+/// service account, nothing otherwise (a user or an unauthenticated token).
+pub fn tenant_of(review: &Value) -> Option<String> {
+    if review["status"]["authenticated"] != true {
+        return None;
+    }
+    let user = review["status"]["user"]["username"].as_str()?;
+    let rest = user.strip_prefix("system:serviceaccount:")?;
+    let (ns, sa) = rest.split_once(':')?;
+    (!ns.is_empty() && !sa.is_empty() && !sa.contains(':')).then(|| format!("{ns}/{sa}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_authenticated_service_accounts_are_tenants() {
+        let ok = json!({"status": {"authenticated": true,
+            "user": {"username": "system:serviceaccount:team-a:app"}}});
+        assert_eq!(tenant_of(&ok).as_deref(), Some("team-a/app"));
+        let user = json!({"status": {"authenticated": true, "user": {"username": "alice"}}});
+        assert_eq!(tenant_of(&user), None);
+        let no = json!({"status": {"authenticated": false}});
+        assert_eq!(tenant_of(&no), None);
+        assert!(looks_like_jwt("eyJhbGciOiJSUzI1NiJ9.eyJpc3MiOiJ4In0.c2ln"));
+        assert!(!looks_like_jwt("sk-lgw-abc"));
+    }
+}
