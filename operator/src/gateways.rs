@@ -23,17 +23,14 @@ pub struct Target {
     pub base: String,
 }
 
-/// The admin endpoint of `pod`, if it is a ready gateway: its IP and the `http` port of its
-/// `llm-gateway` container.
+/// The admin endpoint of `pod`, if it is a running gateway: its IP and the `http` port of
+/// its `llm-gateway` container. Not necessarily ready: a gateway waiting for its first
+/// configuration is not, and this is how it gets one.
 pub fn target(pod: &Pod) -> Option<Target> {
     let status = pod.status.as_ref()?;
-    let ready = status
-        .conditions
-        .iter()
-        .flatten()
-        .any(|c| c.type_ == "Ready" && c.status == "True");
+    let running = status.phase.as_deref() == Some("Running");
     let ip = status.pod_ip.as_deref().filter(|ip| !ip.is_empty())?;
-    if !ready || pod.metadata.deletion_timestamp.is_some() {
+    if !running || pod.metadata.deletion_timestamp.is_some() {
         return None;
     }
     let spec = pod.spec.as_ref()?;

@@ -7,3 +7,9 @@ pub mod compile;
 pub mod gateways;
 pub mod metrics;
 pub mod runtime;
+pub mod webhook;
+
+/// Installs the process-wide TLS crypto provider (ring); call once before any TLS.
+pub fn install_crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

@@ -50,6 +50,58 @@ struct Cli {
     /// included), seconds.
     #[arg(long, default_value_t = 30)]
     resync_seconds: u64,
+    /// Serve the sidecar-injection webhook (HTTPS) here; every replica serves it.
+    #[arg(long)]
+    webhook_listen: Option<SocketAddr>,
+    /// The MutatingWebhookConfiguration whose caBundle the operator keeps (own certificates).
+    #[arg(long, default_value = "llm-gateway")]
+    webhook_config: String,
+    /// The Secret holding the operator's own webhook certificate.
+    #[arg(long, default_value = "llm-gateway-webhook-tls")]
+    webhook_secret: String,
+    /// The webhook Service (its DNS names go into the certificate).
+    #[arg(long, default_value = "llm-gateway-webhook")]
+    webhook_service: String,
+    /// Extra names or addresses for the certificate (e.g. 127.0.0.1 when the API server
+    /// calls a URL).
+    #[arg(long, value_delimiter = ',')]
+    webhook_host: Vec<String>,
+    /// Serve cert-manager's certificate from here (tls.crt, tls.key) instead of making one.
+    #[arg(long)]
+    webhook_cert_dir: Option<std::path::PathBuf>,
+    /// The gateway image injected as a sidecar.
+    #[arg(
+        long,
+        env = "LLM_GATEWAY_IMAGE",
+        default_value = "ghcr.io/llm-gateway/llm-gateway:0.1.0"
+    )]
+    gateway_image: String,
+    /// `native` (an init container with restartPolicy Always, Kubernetes 1.29+), `container`,
+    /// or `auto` (native when the API server is 1.29 or newer).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "native", "container"])]
+    sidecar_mode: String,
+    /// The sidecar's API port (apps call http://127.0.0.1:PORT/v1).
+    #[arg(long, default_value_t = 18080)]
+    sidecar_port: u16,
+    /// The sidecar's metrics port (named llm-metrics, for the PodMonitor).
+    #[arg(long, default_value_t = 18090)]
+    sidecar_metrics_port: u16,
+    /// The sidecar's CPU request.
+    #[arg(long, default_value = "50m")]
+    sidecar_cpu_request: String,
+    /// The sidecar's memory request.
+    #[arg(long, default_value = "64Mi")]
+    sidecar_memory_request: String,
+    /// The sidecar's memory limit.
+    #[arg(long, default_value = "256Mi")]
+    sidecar_memory_limit: String,
+    /// The sidecar's image pull policy.
+    #[arg(long, default_value = "IfNotPresent", value_parser = ["Always", "IfNotPresent", "Never"])]
+    image_pull_policy: String,
+    /// Print the pod in this file (YAML or JSON) as the webhook would inject it, and exit
+    /// (with --sidecar-mode native or container; no API server needed).
+    #[arg(long)]
+    print_injected: Option<std::path::PathBuf>,
 }
 
 /// How long a reconcile waits before refreshing its resource's status again.
@@ -60,7 +112,7 @@ const REQUEUE: Duration = Duration::from_secs(60);
 struct ReconcileError(String);
 
 fn main() -> std::process::ExitCode {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    llm_gateway_operator::install_crypto();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -70,6 +122,15 @@ fn main() -> std::process::ExitCode {
         .with_ansi(false)
         .init();
     let cli = Cli::parse();
+    if let Some(path) = &cli.print_injected {
+        return match print_injected(&cli, path) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {}: {e:#}", path.display());
+                std::process::ExitCode::from(2)
+            }
+        };
+    }
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -110,6 +171,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             .with_grace(cli.lease_seconds.div_ceil(3).max(1))
             .build()
             .await?;
+    if let Some(addr) = cli.webhook_listen {
+        start_webhook(&cli, client.clone(), addr).await?;
+    }
     let (mut leader, _lease_task) = lease.watch().await;
     ready.store(true, Ordering::Relaxed);
     info!(identity = %cli.identity, "waiting for the leader lease");
@@ -233,6 +297,107 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .for_each(|_| async {});
     tokio::join!(pools, routes, policies);
     info!("stopped");
+    Ok(())
+}
+
+/// How the webhook makes sidecars.
+fn sidecar(cli: &Cli, native: bool) -> llm_gateway_operator::webhook::inject::Sidecar {
+    llm_gateway_operator::webhook::inject::Sidecar {
+        image: cli.gateway_image.clone(),
+        pull_policy: cli.image_pull_policy.clone(),
+        port: cli.sidecar_port,
+        metrics_port: cli.sidecar_metrics_port,
+        native,
+        config_map: cli.config_map.clone(),
+        admin_secret: cli.admin_secret.clone(),
+        requests_cpu: cli.sidecar_cpu_request.clone(),
+        requests_memory: cli.sidecar_memory_request.clone(),
+        limits_memory: cli.sidecar_memory_limit.clone(),
+    }
+}
+
+/// --print-injected: the pod in `path` as the webhook would return it.
+fn print_injected(cli: &Cli, path: &std::path::Path) -> anyhow::Result<()> {
+    use llm_gateway_operator::webhook::inject;
+    let text = std::fs::read_to_string(path)?;
+    let pod: k8s_openapi::api::core::v1::Pod = yaml_serde::from_str(&text)?;
+    let native = match cli.sidecar_mode.as_str() {
+        "native" => true,
+        "container" => false,
+        _ => anyhow::bail!("--print-injected needs --sidecar-mode native or container"),
+    };
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&inject::inject(&pod, &sidecar(cli, native)))?
+    );
+    Ok(())
+}
+
+/// Serves the injection webhook (every replica, leader or not).
+async fn start_webhook(cli: &Cli, client: Client, addr: SocketAddr) -> anyhow::Result<()> {
+    use llm_gateway_operator::webhook::{self, tls};
+    let native = match cli.sidecar_mode.as_str() {
+        "native" => true,
+        "container" => false,
+        _ => {
+            let v = client.apiserver_version().await?;
+            let minor: u32 = v.minor.trim_end_matches('+').parse().unwrap_or(0);
+            v.major == "1" && minor >= 29
+        }
+    };
+    let source = match &cli.webhook_cert_dir {
+        Some(dir) => tls::Source::Files(dir.clone()),
+        None => {
+            let svc = &cli.webhook_service;
+            let ns = &cli.namespace;
+            let mut names = vec![
+                format!("{svc}.{ns}.svc"),
+                format!("{svc}.{ns}.svc.cluster.local"),
+                format!("{svc}.{ns}"),
+            ];
+            names.extend(cli.webhook_host.iter().cloned());
+            tls::Source::Own {
+                namespace: ns.clone(),
+                secret: cli.webhook_secret.clone(),
+                config: cli.webhook_config.clone(),
+                names,
+            }
+        }
+    };
+    let acceptor = Arc::new(arc_swap::ArcSwap::from_pointee(
+        tls::load(&client, &source).await?,
+    ));
+    tokio::spawn(tls::keep(client.clone(), source, acceptor.clone()));
+    let settings = Settings {
+        namespace: cli.namespace.clone(),
+        config_map: cli.config_map.clone(),
+        admin_secret: cli.admin_secret.clone(),
+        base: Default::default(),
+        identity: cli.identity.clone(),
+    };
+    let c = client.clone();
+    let w = Arc::new(webhook::Webhook {
+        client: client.clone(),
+        sidecar: sidecar(cli, native),
+        operator_namespace: cli.namespace.clone(),
+        prepare: Arc::new(move |ns| {
+            Box::pin(llm_gateway_operator::runtime::prepare_namespace(
+                c.clone(),
+                settings.clone(),
+                ns,
+            ))
+        }),
+    });
+    let listener = webhook::tls::TlsListener {
+        tcp: tokio::net::TcpListener::bind(addr).await?,
+        acceptor,
+    };
+    info!(%addr, native, "serving the sidecar-injection webhook");
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, webhook::router(w)).await {
+            error!(error = %e, "the webhook server stopped");
+        }
+    });
     Ok(())
 }
 

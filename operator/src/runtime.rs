@@ -116,7 +116,9 @@ pub struct Ctx {
     published: RwLock<Published>,
     http: reqwest::Client,
     recorder: Recorder,
-    token: String,
+    /// The admin token of each namespace with gateways (a team's sidecars accept only their
+    /// namespace's, so its Secret cannot steer the shared gateway).
+    tokens: tokio::sync::Mutex<HashMap<String, String>>,
 }
 
 fn hex(b: &[u8]) -> String {
@@ -136,7 +138,8 @@ impl Ctx {
         ),
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Arc<Self>> {
-        let token = admin_token(&client, &settings).await?;
+        let token = admin_token(&client, &settings.namespace, &settings.admin_secret).await?;
+        let settings_ns = settings.namespace.clone();
         let recorder = Recorder::new(
             client.clone(),
             Reporter {
@@ -157,7 +160,7 @@ impl Ctx {
             published: RwLock::default(),
             http: gateways::client(),
             recorder,
-            token,
+            tokens: tokio::sync::Mutex::new(HashMap::from([(settings_ns, token)])),
         }))
     }
 
@@ -211,11 +214,22 @@ impl Ctx {
             compiled.config.version = Some(version.clone());
             compiled.public.version = Some(version.clone());
             st.body = Arc::new(serde_json::to_vec(&compiled.config)?);
-            if let Err(e) = self
-                .write_config_map(&compiled.public, &version, &hash)
-                .await
-            {
-                warn!(error = %e, "cannot write the configuration ConfigMap; retrying at the next sync");
+            // The operator's namespace, and every namespace with sidecars: they mount it.
+            let mut namespaces: Vec<String> = self
+                .targets()
+                .iter()
+                .filter_map(|t| t.pod.split('/').next().map(str::to_owned))
+                .collect();
+            namespaces.push(self.settings.namespace.clone());
+            namespaces.sort();
+            namespaces.dedup();
+            for ns in namespaces {
+                if let Err(e) = self
+                    .write_config_map(&ns, &compiled.public, &version, &hash)
+                    .await
+                {
+                    warn!(namespace = %ns, error = %e, "cannot write the configuration ConfigMap; retrying at the next sync");
+                }
             }
             let refused = self.push_all(&mut st, &compiled, &version).await;
             if refused.is_empty() || rounds >= 4 {
@@ -252,14 +266,14 @@ impl Ctx {
         });
         let budgets = match synced {
             Some(t) if !compiled.config.budgets.is_empty() => {
-                gateways::budgets(&self.http, t, &self.token)
+                gateways::budgets(&self.http, t, &self.token_of(&t.pod).await)
                     .await
                     .unwrap_or_default()
             }
             _ => Vec::new(),
         };
         let models = match synced {
-            Some(t) => gateways::models(&self.http, t, &self.token)
+            Some(t) => gateways::models(&self.http, t, &self.token_of(&t.pod).await)
                 .await
                 .unwrap_or_default(),
             None => HashMap::new(),
@@ -315,8 +329,12 @@ impl Ctx {
                 })
             })
             .collect();
-        let results = join_all(due.iter().map(|t| {
-            let (http, token, body) = (&self.http, &self.token, body.clone());
+        let mut tokens = Vec::with_capacity(due.len());
+        for t in &due {
+            tokens.push(self.token_of(&t.pod).await);
+        }
+        let results = join_all(due.iter().zip(&tokens).map(|(t, token)| {
+            let (http, body) = (&self.http, body.clone());
             async move {
                 let started = Instant::now();
                 let r = gateways::push(http, t, token, &body).await;
@@ -366,6 +384,25 @@ impl Ctx {
         refused.sort();
         refused.dedup_by(|a, b| a.0 == b.0);
         refused
+    }
+
+    /// The admin token of the namespace of `pod` (`namespace/name`), made if missing.
+    async fn token_of(&self, pod: &str) -> String {
+        let ns = pod.split('/').next().unwrap_or_default().to_owned();
+        let mut tokens = self.tokens.lock().await;
+        if let Some(t) = tokens.get(&ns) {
+            return t.clone();
+        }
+        match admin_token(&self.client, &ns, &self.settings.admin_secret).await {
+            Ok(t) => {
+                tokens.insert(ns, t.clone());
+                t
+            }
+            Err(e) => {
+                warn!(namespace = %ns, error = %e, "cannot read or make the admin token");
+                String::new()
+            }
+        }
     }
 
     /// Reads every Secret the pools name (a Secret not found is simply absent).
@@ -428,6 +465,7 @@ impl Ctx {
 
     async fn write_config_map(
         &self,
+        namespace: &str,
         public: &GatewayConfig,
         version: &str,
         hash: &str,
@@ -440,13 +478,13 @@ impl Ctx {
             "apiVersion": "v1", "kind": "ConfigMap",
             "metadata": {
                 "name": self.settings.config_map,
-                "namespace": self.settings.namespace,
+                "namespace": namespace,
                 "labels": {"app.kubernetes.io/managed-by": MANAGER},
                 "annotations": {VERSION_ANNOTATION: version, HASH_ANNOTATION: hash},
             },
             "data": {CONFIG_KEY: yaml},
         });
-        let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), &self.settings.namespace);
+        let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), namespace);
         api.patch(
             &self.settings.config_map,
             &PatchParams::apply(MANAGER).force(),
@@ -723,11 +761,11 @@ fn key<K: Resource<DynamicType = ()>>(kind: Kind, r: &K) -> Key {
     }
 }
 
-/// The admin token the gateways accept: from the operator's Secret, created (random) if
-/// missing.
-async fn admin_token(client: &Client, s: &Settings) -> anyhow::Result<String> {
-    let api: Api<Secret> = Api::namespaced(client.clone(), &s.namespace);
-    if let Some(sec) = api.get_opt(&s.admin_secret).await? {
+/// The admin token the gateways of `namespace` accept: from its Secret `name`, created
+/// (random) if missing.
+pub async fn admin_token(client: &Client, namespace: &str, name: &str) -> anyhow::Result<String> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    if let Some(sec) = api.get_opt(name).await? {
         if let Some(t) = sec.data.as_ref().and_then(|d| d.get("token")) {
             return Ok(String::from_utf8_lossy(&t.0).trim().to_owned());
         }
@@ -738,17 +776,48 @@ async fn admin_token(client: &Client, s: &Settings) -> anyhow::Result<String> {
     let token = hex(&bytes);
     let secret: Secret = serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "Secret",
-        "metadata": {"name": s.admin_secret, "namespace": s.namespace,
+        "metadata": {"name": name, "namespace": namespace,
                      "labels": {"app.kubernetes.io/managed-by": MANAGER}},
         "stringData": {"token": token},
     }))?;
     match api.create(&PostParams::default(), &secret).await {
         Ok(_) => {
-            info!(secret = %s.admin_secret, "created the gateways' admin token");
+            info!(%namespace, secret = %name, "created the gateways' admin token");
             Ok(token)
         }
-        // Another replica created it first: use theirs.
-        Err(kube::Error::Api(e)) if e.code == 409 => Box::pin(admin_token(client, s)).await,
+        // Another replica (or the webhook) created it first: use theirs.
+        Err(kube::Error::Api(e)) if e.code == 409 => {
+            Box::pin(admin_token(client, namespace, name)).await
+        }
         Err(e) => Err(e.into()),
+    }
+}
+
+/// Makes `namespace` ready for sidecars before its first one starts: its admin token Secret,
+/// and a copy of the compiled configuration (which the leader keeps current).
+pub async fn prepare_namespace(client: Client, settings: Settings, namespace: String) {
+    if let Err(e) = admin_token(&client, &namespace, &settings.admin_secret).await {
+        warn!(%namespace, error = %e, "cannot make the sidecars' admin token");
+    }
+    let source: Api<ConfigMap> = Api::namespaced(client.clone(), &settings.namespace);
+    let target: Api<ConfigMap> = Api::namespaced(client.clone(), &namespace);
+    if let Ok(Some(cm)) = source.get_opt(&settings.config_map).await {
+        let copy = json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": settings.config_map, "namespace": namespace,
+                         "labels": {"app.kubernetes.io/managed-by": MANAGER},
+                         "annotations": cm.metadata.annotations},
+            "data": cm.data,
+        });
+        if let Err(e) = target
+            .patch(
+                &settings.config_map,
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(&copy),
+            )
+            .await
+        {
+            warn!(%namespace, error = %e, "cannot copy the configuration for sidecars");
+        }
     }
 }
