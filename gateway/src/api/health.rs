@@ -38,6 +38,10 @@ pub async fn readyz(State(gw): State<AppState>) -> Response {
 /// Prometheus / OpenMetrics exposition.
 pub async fn metrics(State(gw): State<AppState>) -> Response {
     gw.publish_gauges();
+    if let Some(engine) = &gw.budgets {
+        let all = engine.all();
+        gw.metrics.budgets(&engine.status(&all).await);
+    }
     (
         [(
             header::CONTENT_TYPE,

@@ -17,6 +17,20 @@ pub fn emit(ctx: &RequestContext, status: u16, usage: Option<&Usage>, cost: Opti
         ),
         None => ("none", "", "none"),
     };
+    // The gateway's own time: up to the answering attempt when there was one (and only one:
+    // after a failover, earlier attempts' time is upstream time), else all of it.
+    let overhead = match ctx.attempts {
+        0 => Some(ctx.started.elapsed()),
+        1 => Some(ctx.attempt_started.saturating_duration_since(ctx.started)),
+        _ => None,
+    };
+    if let Some(o) = overhead {
+        ctx.gw.metrics.overhead(ctx.endpoint, o.as_secs_f64());
+    }
+    if let (Some(first), 200) = (ctx.first_token, status) {
+        let ttft = first.saturating_duration_since(ctx.started).as_secs_f64();
+        ctx.gw.metrics.time_to_first_token(provider, label, ttft);
+    }
     ctx.gw.metrics.record(
         RequestLabels {
             endpoint: ctx.endpoint.to_owned(),

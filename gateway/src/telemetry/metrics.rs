@@ -162,8 +162,35 @@ pub struct QueueLabels {
     pub scope: String,
 }
 
+/// One budget's labels (key-scoped budgets are left out: their subject is a key id, an
+/// unbounded set).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BudgetFigureLabels {
+    /// `global`, `tenant` or `namespace`.
+    pub scope: String,
+    /// The tenant or namespace (empty for global).
+    pub subject: String,
+    /// `month`, `week` or `day`.
+    pub period: String,
+}
+
+/// The endpoint of a request.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabels {
+    /// `chat`, `embeddings`, ...
+    pub endpoint: String,
+}
+
+type FloatGauge = prometheus_client::metrics::gauge::Gauge<f64, AtomicU64>;
+
 /// All gateway metrics.
 pub struct Metrics {
+    ttft: Family<ModelLabels, Histogram>,
+    overhead: Family<EndpointLabels, Histogram>,
+    budget_used_usd: Family<BudgetFigureLabels, FloatGauge>,
+    budget_limit_usd: Family<BudgetFigureLabels, FloatGauge>,
+    budget_used_tokens: Family<BudgetFigureLabels, FloatGauge>,
+    budget_limit_tokens: Family<BudgetFigureLabels, FloatGauge>,
     registry: Registry,
     breaker_state: Family<BreakerLabels, prometheus_client::metrics::gauge::Gauge>,
     breaker_transitions: Family<TransitionLabels, Counter>,
@@ -378,6 +405,46 @@ impl Default for Metrics {
             "Client connections closed at once because server.max_connections were open",
             connections_rejected.clone(),
         );
+        let ttft = Family::<ModelLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.01, 2.0, 14))
+        });
+        registry.register(
+            "time_to_first_token_seconds",
+            "Streams: time from the request's arrival to its first content chunk",
+            ttft.clone(),
+        );
+        let overhead = Family::<EndpointLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.00005, 2.0, 16))
+        });
+        registry.register(
+            "overhead_seconds",
+            "Time in the gateway before the upstream call (auth, parsing, routing, cache lookup, budget reservation; waiting for a provider slot is in queue_wait_seconds), or the whole request when no provider was called; failed-over requests are left out",
+            overhead.clone(),
+        );
+        let budget_used_usd = Family::<BudgetFigureLabels, FloatGauge>::default();
+        let budget_limit_usd = Family::<BudgetFigureLabels, FloatGauge>::default();
+        let budget_used_tokens = Family::<BudgetFigureLabels, FloatGauge>::default();
+        let budget_limit_tokens = Family::<BudgetFigureLabels, FloatGauge>::default();
+        registry.register(
+            "budget_used_usd",
+            "Spend in the budget's current period (settled plus held), USD",
+            budget_used_usd.clone(),
+        );
+        registry.register(
+            "budget_limit_usd",
+            "The budget's spend limit per period, USD",
+            budget_limit_usd.clone(),
+        );
+        registry.register(
+            "budget_used_tokens",
+            "Tokens in the budget's current period (settled plus held)",
+            budget_used_tokens.clone(),
+        );
+        registry.register(
+            "budget_limit_tokens",
+            "The budget's token limit per period",
+            budget_limit_tokens.clone(),
+        );
         let config_info = Family::default();
         let config_reloads = Family::default();
         let config_last_success = prometheus_client::metrics::gauge::Gauge::default();
@@ -397,6 +464,12 @@ impl Default for Metrics {
             config_last_success.clone(),
         );
         Self {
+            ttft,
+            overhead,
+            budget_used_usd,
+            budget_limit_usd,
+            budget_used_tokens,
+            budget_limit_tokens,
             config_info,
             config_reloads,
             config_last_success,
@@ -491,6 +564,61 @@ impl Metrics {
     }
 
     /// Records one finished request.
+    /// Counts a stream's time to first token.
+    pub fn time_to_first_token(&self, provider: &str, model: &str, seconds: f64) {
+        self.ttft
+            .get_or_create(&ModelLabels {
+                provider: provider.to_owned(),
+                model: model.to_owned(),
+            })
+            .observe(seconds);
+    }
+
+    /// Counts the gateway's own time in a request of `endpoint`.
+    pub fn overhead(&self, endpoint: &str, seconds: f64) {
+        self.overhead
+            .get_or_create(&EndpointLabels {
+                endpoint: endpoint.to_owned(),
+            })
+            .observe(seconds);
+    }
+
+    /// Replaces the budget figures with `figures` (a deleted budget's series go away).
+    pub fn budgets(&self, figures: &[crate::budget::BudgetStatus]) {
+        for f in [
+            &self.budget_used_usd,
+            &self.budget_limit_usd,
+            &self.budget_used_tokens,
+            &self.budget_limit_tokens,
+        ] {
+            f.clear();
+        }
+        for st in figures {
+            let b = &st.budget;
+            if matches!(b.scope, crate::config::budget::Scope::Key(_)) {
+                continue;
+            }
+            let l = BudgetFigureLabels {
+                scope: b.scope.kind().to_owned(),
+                subject: b.scope.subject().to_owned(),
+                period: b.period.name().to_owned(),
+            };
+            if let Some(limit) = b.limit_usd {
+                self.budget_limit_usd.get_or_create(&l).set(limit);
+                self.budget_used_usd
+                    .get_or_create(&l)
+                    .set(st.used_usd + st.reserved_usd);
+            }
+            if let Some(limit) = b.limit_tokens {
+                self.budget_limit_tokens.get_or_create(&l).set(limit as f64);
+                self.budget_used_tokens
+                    .get_or_create(&l)
+                    .set((st.used_tokens + st.reserved_tokens) as f64);
+            }
+        }
+    }
+
+    /// Counts a finished request.
     pub fn record(
         &self,
         labels: RequestLabels,
