@@ -76,10 +76,15 @@ for shift in -400d +400d; do
       --test budgets --test budget_periods --test store --test ledger --test keys
 done
 
+step "Prometheus and promtool (Debian's prometheus package: the dashboards and alerts proof)"
+if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2>&1; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus >/dev/null
+fi
+
 step "Kubernetes API server v1.20 with etcd (built once into ~/.cache/llm-gateway: ~8 minutes the first time)"
 K8S_DIR="$(mktemp -d)"
 trap './e2e/k8s/cluster.sh stop "$K8S_DIR"' EXIT
 eval "$(./e2e/k8s/cluster.sh start "$K8S_DIR")"
 
-step "official openai Python SDK tests, the operator and the manifests on the real API server"
+step "official openai Python SDK tests, the operator, the chart, the webhook and the dashboards on the real API server and Prometheus"
 .venv/bin/python -m pytest -q -p no:cacheprovider e2e/python
