@@ -11,7 +11,15 @@ use std::path::Path;
 const LAYERS: &[(&str, &[&str])] = &[
     (
         "foundations",
-        &["error", "wire", "clock", "catalog", "kv", "install_crypto"],
+        &[
+            "error",
+            "wire",
+            "clock",
+            "catalog",
+            "kv",
+            "install_crypto",
+            "trace_context",
+        ],
     ),
     ("config", &["config"]),
     ("resilience primitives", &["breaker", "deadline", "latency"]),

@@ -44,7 +44,7 @@ async fn no_label_takes_a_value_from_a_key_a_prompt_or_an_unbounded_set() {
         .start()
         .await;
     let mut secrets = Vec::new();
-    let mut round = |n: usize, tag: &'static str| {
+    let round = |n: usize, tag: &'static str| {
         let h = &h;
         let mut made = Vec::new();
         async move {

@@ -11,6 +11,7 @@
 //! clears all; `GET /_mock/requests?vendor=…` returns the requests received (newest last),
 //! `DELETE /_mock/requests` forgets them; `GET /_mock/load?vendor=…` says how many of the
 //! vendor's requests are in progress and the most seen at once (`DELETE` resets that).
+//! It is also an OTLP/HTTP trace collector (`POST /v1/traces`; see [`collector`]).
 //!
 //! Answers are deterministic: the reply echoes the last user message; a request with tools
 //! (and `tool_choice` not `none`) whose last message is not a tool result gets a tool call
@@ -18,6 +19,7 @@
 //! N-word reply. A model named `missing-…` does not exist.
 
 mod anthropic;
+pub mod collector;
 mod common;
 mod ollama;
 mod openai;
@@ -40,6 +42,7 @@ pub struct Mock {
     load: Mutex<HashMap<String, Arc<common::Load>>>,
     requests: Mutex<VecDeque<Recorded>>,
     ollama_models: Vec<String>,
+    spans: Mutex<Vec<collector::Span>>,
 }
 
 /// A request as the mock received it.
@@ -79,6 +82,7 @@ impl Mock {
             "x-api-key",
             "anthropic-version",
             "content-type",
+            "traceparent",
         ];
         let headers = keep
             .iter()
@@ -164,6 +168,11 @@ pub fn router(mock: Arc<Mock>) -> Router {
         .route("/_mock/faults", post(set_fault).delete(clear_faults))
         .route("/_mock/requests", get(list_requests).delete(clear_requests))
         .route("/_mock/load", get(get_load).delete(reset_load))
+        .route("/v1/traces", post(collector::receive))
+        .route(
+            "/_mock/spans",
+            get(collector::list).delete(collector::clear),
+        )
         // Real providers take requests of many megabytes (images, long documents).
         .layer(axum::extract::DefaultBodyLimit::max(64 << 20))
         .with_state(mock)

@@ -136,6 +136,7 @@ async fn serve(
             if usage.is_none() {
                 ctx.add_output_bytes(output_bytes(&body));
             }
+            ctx.note_finish_reasons(&body);
             if let Some(l) = lookup.take() {
                 if let Some(a) =
                     cached::from_json(&body, &answer.target.provider.name, usage.as_ref())
@@ -315,6 +316,7 @@ fn stream_response(state: SseState) -> Response {
                     if let Some((_, c)) = &mut st.capture {
                         c.add(&data);
                     }
+                    st.ctx.note_finish_reasons(&data);
                     if !usage_only || st.include_usage {
                         break sse::data(&data);
                     }

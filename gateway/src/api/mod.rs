@@ -51,6 +51,10 @@ pub fn router(state: AppState, with_metrics: bool) -> Router {
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             origin::check,
+        ))
+        // Outermost: the server span covers authentication too.
+        .route_layer(axum::middleware::from_fn(
+            crate::telemetry::traces::server_span,
         ));
 
     let base = if with_metrics {
@@ -109,12 +113,14 @@ async fn method_not_allowed(method: http::Method, uri: http::Uri) -> Error {
     .with_code("method_not_allowed")
 }
 
-/// The client's `x-request-id` if it sent a sane one, else a new UUID.
+/// The client's `x-request-id` if it sent a sane one, else the trace id when traces are on
+/// (so the ledger, the log line and the trace share one id), else a new UUID.
 pub fn request_id(headers: &http::HeaderMap) -> String {
     headers
         .get(headers::REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 128)
         .map(str::to_owned)
+        .or_else(crate::telemetry::traces::current_trace_id)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
 }

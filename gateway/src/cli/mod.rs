@@ -13,6 +13,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use llm_gateway::config::budget::Scope;
 use llm_gateway::store::Store;
+use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_subscriber::EnvFilter;
 
 /// One OpenAI-compatible endpoint in front of OpenAI, Anthropic, Groq, Together AI and Ollama.
@@ -224,8 +225,18 @@ pub fn run() -> ExitCode {
         Some(Command::Serve(a)) => (None, a),
         Some(c) => (Some(c), cli.serve),
     };
-    init_logging(args.log_format);
     llm_gateway::install_crypto();
+    let traces = match command {
+        None => match llm_gateway::telemetry::traces::provider("llm-gateway") {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("error: traces: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        Some(_) => None,
+    };
+    init_logging(args.log_format, traces.as_ref());
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -248,19 +259,33 @@ pub fn run() -> ExitCode {
     }
 }
 
-fn init_logging(format: LogFormat) {
+/// Log lines on stdout, and spans to the trace exporter when traces are on.
+fn init_logging(format: LogFormat, traces: Option<&SdkTracerProvider>) {
+    use opentelemetry::trace::TracerProvider;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     // Colour only on a terminal: escape codes in collected logs break parsers and greps.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout())
         && std::env::var_os("NO_COLOR").is_none();
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt::layer()
         .with_target(false)
         .with_ansi(ansi);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-    }
+    let fmt = match format {
+        LogFormat::Text => fmt.boxed(),
+        LogFormat::Json => fmt.json().flatten_event(true).boxed(),
+    };
+    // Spans go to the exporter whatever RUST_LOG says of log lines.
+    let otel = traces.map(|p| {
+        tracing_opentelemetry::layer()
+            .with_tracer(p.tracer("llm-gateway"))
+            .with_filter(tracing_subscriber::filter::LevelFilter::INFO)
+    });
+    tracing_subscriber::registry()
+        .with(fmt.with_filter(filter))
+        .with(otel)
+        .init();
 }
 
 /// Opens the configured or embedded database; a clear message and exit code 2 on failure.

@@ -39,6 +39,13 @@ pub struct RequestContext {
     pub(super) prompt_billed: bool,
     /// A complete answer to store in the cache once the request is settled.
     pub(super) to_cache: Option<(crate::cache::Lookup, crate::cache::Answer)>,
+    /// The request's server span (disabled when traces are off).
+    pub(super) span: tracing::Span,
+    /// The span of the upstream attempt that answers, kept open until the request ends so
+    /// the usage can be written on it.
+    pub(super) attempt_span: Option<tracing::Span>,
+    /// Finish reasons seen in the answer (kept only when traces are on).
+    pub(super) finish_reasons: Vec<String>,
     done: bool,
 }
 
@@ -65,7 +72,115 @@ impl RequestContext {
             cache: None,
             prompt_billed: false,
             to_cache: None,
+            span: tracing::Span::current(),
+            attempt_span: None,
+            finish_reasons: Vec::new(),
             done: false,
+        }
+    }
+
+    /// Opens the span of upstream attempt `n` to `t` (a child of the request's span) and
+    /// keeps it as the answering attempt's until another starts.
+    pub fn attempt_span(&mut self, t: &Target, n: u32) -> tracing::Span {
+        let span = self.child_span(t, n);
+        self.attempt_span = Some(span.clone());
+        span
+    }
+
+    /// The span of an upstream attempt `n` to `t`, a child of the request's span.
+    pub fn child_span(&self, t: &Target, n: u32) -> tracing::Span {
+        if !crate::telemetry::traces::on() {
+            return tracing::Span::none();
+        }
+        tracing::info_span!(
+            parent: &self.span,
+            "attempt",
+            otel.name = %format!("chat {}", t.model),
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            gen_ai.operation.name = "chat",
+            gen_ai.provider.name = %t.provider.name,
+            gen_ai.request.model = %t.model,
+            gen_ai.response.model = tracing::field::Empty,
+            gen_ai.usage.input_tokens = tracing::field::Empty,
+            gen_ai.usage.output_tokens = tracing::field::Empty,
+            gen_ai.response.finish_reasons = tracing::field::Empty,
+            error.type = tracing::field::Empty,
+            llm_gateway.attempt = i64::from(n),
+            llm_gateway.virtual_model = t.virtual_model.as_deref().unwrap_or(""),
+            llm_gateway.cost_usd = tracing::field::Empty,
+        )
+    }
+
+    /// Notes a failed attempt on the current attempt's span.
+    pub fn attempt_failed(&self, reason: &str) {
+        if let Some(s) = &self.attempt_span {
+            s.record("error.type", reason);
+            s.record("otel.status_code", "ERROR");
+        }
+    }
+
+    /// Notes the finish reasons in a completion or a stream chunk (only when traces are on).
+    pub fn note_finish_reasons(&mut self, json: &[u8]) {
+        if !crate::telemetry::traces::on() {
+            return;
+        }
+        const KEY: &[u8] = b"\"finish_reason\":\"";
+        let mut rest = json;
+        while let Some(i) = rest.windows(KEY.len()).position(|w| w == KEY) {
+            rest = &rest[i + KEY.len()..];
+            let end = rest.iter().position(|&b| b == b'"').unwrap_or(0);
+            let reason = String::from_utf8_lossy(&rest[..end]).into_owned();
+            if !reason.is_empty() && reason.len() < 32 && !self.finish_reasons.contains(&reason) {
+                self.finish_reasons.push(reason);
+            }
+        }
+    }
+
+    /// Writes the outcome on the request's spans (when traces are on).
+    pub(super) fn record_spans(&self, status: u16, usage: Option<&Usage>, cost: Option<f64>) {
+        if !crate::telemetry::traces::on() {
+            return;
+        }
+        let s = &self.span;
+        s.record("llm_gateway.request_id", self.request_id.as_str());
+        s.record("llm_gateway.attempts", i64::from(self.attempts));
+        if let Some(c) = self.cache {
+            s.record("llm_gateway.cache", c.header());
+        }
+        if let Some(d) = &self.decision {
+            s.record("llm_gateway.route", d.header().as_str());
+        }
+        if let Some(c) = cost {
+            s.record("llm_gateway.cost_usd", c);
+        }
+        let Some(a) = &self.attempt_span else { return };
+        if let Some(t) = &self.target {
+            a.record("gen_ai.response.model", t.model.as_str());
+        }
+        if let Some(u) = usage {
+            // The exporter keeps signed integers as numbers (unsigned ones become text).
+            let (input, output) = (
+                i64::try_from(u.prompt_tokens).unwrap_or(i64::MAX),
+                i64::try_from(u.completion_tokens).unwrap_or(i64::MAX),
+            );
+            a.record("gen_ai.usage.input_tokens", input);
+            a.record("gen_ai.usage.output_tokens", output);
+            s.record("gen_ai.usage.input_tokens", input);
+            s.record("gen_ai.usage.output_tokens", output);
+        }
+        if !self.finish_reasons.is_empty() {
+            a.record(
+                "gen_ai.response.finish_reasons",
+                format!("{:?}", self.finish_reasons).as_str(),
+            );
+        }
+        if let Some(c) = cost {
+            a.record("llm_gateway.cost_usd", c);
+        }
+        if status >= 400 {
+            a.record("error.type", status.to_string().as_str());
+            a.record("otel.status_code", "ERROR");
         }
     }
 
@@ -197,6 +312,9 @@ impl RequestContext {
             cache: self.cache,
             prompt_billed: self.prompt_billed,
             to_cache: self.to_cache.take(),
+            span: self.span.clone(),
+            attempt_span: self.attempt_span.clone(),
+            finish_reasons: std::mem::take(&mut self.finish_reasons),
             done: false,
         }
     }
@@ -246,6 +364,8 @@ impl RequestContext {
             return super::usage::cost(self, usage);
         }
         self.done = true;
+        let _settle = crate::telemetry::traces::on()
+            .then(|| tracing::info_span!(parent: &self.span, "settle").entered());
         // 1. What was used: the provider's figures, or an estimate if content was produced.
         let usage = super::usage::resolve(self, status, usage);
         // 2. What it cost, at the answering model's price (a cache hit costs nothing).
@@ -260,6 +380,9 @@ impl RequestContext {
         super::ledger::write(self, status, usage.as_ref(), cost);
         // 7. Metrics and the request's log line.
         super::report::emit(self, status, usage.as_ref(), cost);
+        // 8. The outcome on the request's trace spans.
+        self.record_spans(status, usage.as_ref(), cost);
+        self.attempt_span = None;
         cost
     }
 }

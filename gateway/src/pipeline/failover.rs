@@ -26,6 +26,7 @@
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 use bytes::Bytes;
 use http::HeaderMap;
@@ -318,7 +319,8 @@ pub async fn chat(
         };
         ctx.set_target(&target);
         ctx.set_attempts(attempts);
-        let primary = attempt(gw, &target, req, raw, limit, queue, plan);
+        let span = ctx.attempt_span(&target, attempts);
+        let primary = attempt(gw, &target, req, raw, limit, queue, plan).instrument(span);
         // A hedge, once per request, to the next candidate of another provider.
         let hedge_to = match hedge {
             Some(h) if !hedged && attempts < cfg.max_attempts => cands
@@ -394,7 +396,9 @@ pub async fn chat(
         ctx.set_target(&target);
         ctx.set_attempts(1);
         let limit = plan.attempt_limit(&target, false, Instant::now());
+        let span = ctx.attempt_span(&target, 1);
         let (committed, permit) = attempt(gw, &target, req, raw, limit, SlotWait::LastResort, plan)
+            .instrument(span)
             .await
             .inspect_err(|e| {
                 if e.failure.is_some_and(Failure::counts_against_provider) {
@@ -422,6 +426,7 @@ pub async fn chat(
 /// Counts and logs a failed attempt, and tells the breakers if it was the provider's fault.
 fn note_failure(gw: &Gateway, ctx: &mut RequestContext, t: &Target, e: &Error, f: Failure) {
     gw.metrics.upstream_failure(&t.provider.name, f.label());
+    ctx.attempt_failed(f.label());
     // A 429 without Retry-After is a capacity signal: it shrinks the provider's concurrency
     // limit, and only once that is at its floor and the provider still refuses is it a
     // quota the breaker should keep traffic from. With Retry-After, the provider said when
@@ -502,7 +507,8 @@ async fn race(
         Err(_) => return Outcome::One(first, primary.await),
     };
     let limit = plan.attempt_limit(&second, false, Instant::now());
-    let hedge = attempt(gw, &second, req, raw, limit, SlotWait::Spill, plan);
+    let hedge = attempt(gw, &second, req, raw, limit, SlotWait::Spill, plan)
+        .instrument(ctx.child_span(&second, ctx.attempts() + 1));
     tokio::pin!(hedge);
     let (winner_is_hedge, r) = tokio::select! {
         r = &mut primary => (false, r),

@@ -42,8 +42,19 @@ pub fn emit(ctx: &RequestContext, status: u16, usage: Option<&Usage>, cost: Opti
         usage,
         cost,
     );
+    let trace = crate::telemetry::traces::on().then(|| {
+        use opentelemetry::trace::TraceContextExt;
+        use tracing_opentelemetry::OpenTelemetrySpanExt;
+        ctx.span
+            .context()
+            .span()
+            .span_context()
+            .trace_id()
+            .to_string()
+    });
     info!(
         request_id = %ctx.request_id,
+        trace_id = trace.as_deref(),
         endpoint = ctx.endpoint,
         provider,
         model,

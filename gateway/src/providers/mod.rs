@@ -255,7 +255,10 @@ impl Provider {
     }
 
     fn post(&self, url: &str) -> reqwest::RequestBuilder {
-        let mut rb = self.client.post(url).headers(self.headers.clone());
+        let mut headers = self.headers.clone();
+        // The attempt's trace context, so the provider's spans join the request's trace.
+        crate::trace_context::inject(&mut headers);
+        let mut rb = self.client.post(url).headers(headers);
         if let Some(key) = &self.api_key {
             rb = match self.protocol {
                 Protocol::Anthropic => rb.header("x-api-key", key.expose()),

@@ -445,6 +445,11 @@ impl Default for Metrics {
             "The budget's token limit per period",
             budget_limit_tokens.clone(),
         );
+        registry.register(
+            "trace_spans_dropped",
+            "Spans in trace export batches the collector did not take",
+            super::traces::DROPPED.clone(),
+        );
         let config_info = Family::default();
         let config_reloads = Family::default();
         let config_last_success = prometheus_client::metrics::gauge::Gauge::default();

@@ -1,3 +1,4 @@
-//! Telemetry: Prometheus metrics (traces arrive with the observability work).
+//! Telemetry: Prometheus metrics and OpenTelemetry traces.
 
 pub mod metrics;
+pub mod traces;
