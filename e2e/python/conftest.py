@@ -39,6 +39,30 @@ def wait_until(url: str, proc: subprocess.Popen, timeout: float = 30.0) -> None:
     raise RuntimeError(f"{url} not ready after {timeout}s")
 
 
+def kubeconfig():
+    """The e2e API server's kubeconfig (test-all.sh starts it and exports KUBECONFIG)."""
+    path = os.environ.get("KUBECONFIG")
+    assert path, "KUBECONFIG is not set: ./e2e/test-all.sh starts the test API server (e2e/k8s/cluster.sh start DIR)"
+    return path
+
+
+def until(what, check, timeout=30.0, every=0.1):
+    """Polls `check` until it returns something true; the last value or error if it never does."""
+    from kubernetes.client.rest import ApiException
+
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+            if last:
+                return last
+        except (ApiException, httpx.HTTPError, openai.APIError, KeyError, IndexError, TypeError) as e:
+            last = e
+        time.sleep(every)
+    raise AssertionError(f"{what}: not after {timeout}s (last: {last!r})")
+
+
 @pytest.fixture(scope="session")
 def mock():
     port = free_port()

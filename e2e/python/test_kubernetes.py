@@ -16,10 +16,8 @@ started by e2e/k8s/cluster.sh; test-all.sh exports KUBECONFIG and LLM_GATEWAY_HE
 import base64
 import json
 import os
-import shutil
 import signal
 import subprocess
-import time
 import uuid
 
 import httpx
@@ -30,30 +28,12 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.client.rest import ApiException
 
-from conftest import BIN_DIR, ROOT, free_port, wait_until
+from conftest import BIN_DIR, ROOT, free_port, kubeconfig, until, wait_until
 from test_chart import CHART, helm, shared_k8s
 
 ADMIN = "admin-" + uuid.uuid4().hex
 
 
-def kubeconfig():
-    path = os.environ.get("KUBECONFIG")
-    assert path, "KUBECONFIG is not set: ./e2e/test-all.sh starts the test API server"
-    return path
-
-
-def until(what, check, timeout=30.0, every=0.1):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-            if last:
-                return last
-        except (ApiException, httpx.HTTPError, KeyError, IndexError, TypeError) as e:
-            last = e
-        time.sleep(every)
-    raise AssertionError(f"{what}: not after {timeout}s (last: {last!r})")
 
 
 @pytest.fixture(scope="module")

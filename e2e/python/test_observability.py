@@ -11,7 +11,6 @@ e2e/.work/dashboards/ so a person can see what Grafana will show.
 
 import json
 import os
-import pathlib
 import re
 import shutil
 import signal
@@ -233,11 +232,18 @@ def prometheus(mock, tmp_path_factory):
                             "-f", str(ROOT / "manifests" / "crds")], check=True, capture_output=True)
             op_ns = f"lgw-obs-{uuid.uuid4().hex[:6]}"
             k8s.CoreV1Api().create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=op_ns)))
+            # Something to reconcile (and so to trace).
+            k8s.CustomObjectsApi().create_namespaced_custom_object(
+                "llmgateway.io", "v1alpha1", op_ns, "providerpools",
+                {"apiVersion": "llmgateway.io/v1alpha1", "kind": "ProviderPool", "metadata": {"name": "local"},
+                 "spec": {"providers": [{"name": "local", "type": "ollama", "baseUrl": f"{mock}/ollama"}]}})
             op_port = free_port()
             op = stack.start("operator", [str(BIN_DIR / "llm-gateway-operator"), "--metrics-listen",
                                           f"127.0.0.1:{op_port}", "--lease-seconds", "4", "--resync-seconds", "2"],
                              {"KUBECONFIG": os.environ["KUBECONFIG"], "POD_NAMESPACE": op_ns,
-                              "POD_NAME": "operator-0", "RUST_LOG": "warn"})
+                              "POD_NAME": "operator-0", "RUST_LOG": "warn",
+                              # Its reconciles traced to the mock's OTLP collector.
+                              "OTEL_EXPORTER_OTLP_ENDPOINT": mock, "OTEL_BSP_SCHEDULE_DELAY": "100"})
             wait_until(f"http://127.0.0.1:{op_port}/healthz", op)
             targets.append((f"127.0.0.1:{op_port}", op_ns, "operator-0"))
         # Prometheus scraping both every second, with the labels the Prometheus Operator adds.
@@ -262,6 +268,15 @@ def prometheus(mock, tmp_path_factory):
         yield url, start
     finally:
         stack.stop()
+
+
+def test_the_operator_traces_its_reconciles(prometheus, mock):
+    assert os.environ.get("KUBECONFIG"), "KUBECONFIG is not set: ./e2e/test-all.sh starts the test API server"
+    spans = [s for s in httpx.get(f"{mock}/_mock/spans").json() if s["service"] == "llm-gateway-operator"]
+    reconciles = [s for s in spans if s["name"].startswith("reconcile ")]
+    assert reconciles, spans[:5]
+    kinds = {s["attributes"]["k8s.resource.kind"] for s in reconciles}
+    assert "ProviderPool" in kinds, kinds
 
 
 def query(url, expr):

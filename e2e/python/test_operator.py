@@ -14,7 +14,6 @@ metric. It also measures the time from an apply to every gateway serving the cha
 
 import json
 import os
-import pathlib
 import signal
 import statistics
 import subprocess
@@ -29,7 +28,7 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.client.rest import ApiException
 
-from conftest import BIN_DIR, ROOT, free_port, wait_until
+from conftest import BIN_DIR, ROOT, free_port, kubeconfig, until, wait_until
 
 GROUP, VERSION = "llmgateway.io", "v1alpha1"
 ADMIN = "admin-" + uuid.uuid4().hex
@@ -38,24 +37,6 @@ ANTHROPIC_KEY = "sk-ant-SECRET-" + uuid.uuid4().hex[:8]
 RESULTS = ROOT / "e2e" / ".work" / "operator-apply-to-live.json"
 
 
-def kubeconfig():
-    path = os.environ.get("KUBECONFIG")
-    assert path, "KUBECONFIG is not set: ./e2e/test-all.sh starts the test API server (e2e/k8s/cluster.sh start DIR)"
-    return path
-
-
-def until(what, check, timeout=30.0, every=0.1):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-            if last:
-                return last
-        except (ApiException, httpx.HTTPError, openai.APIError, KeyError, IndexError, TypeError) as e:
-            last = e
-        time.sleep(every)
-    raise AssertionError(f"{what}: not after {timeout}s (last: {last!r})")
 
 
 class Cluster:

@@ -113,14 +113,32 @@ struct ReconcileError(String);
 
 fn main() -> std::process::ExitCode {
     llm_gateway_operator::install_crypto();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_target(false)
-        .with_ansi(false)
-        .init();
+    // Reconciles are traced when the standard OTEL_* variables ask for it.
+    let traces = match llm_gateway::telemetry::traces::provider("llm-gateway-operator") {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: traces: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    {
+        use opentelemetry::trace::TracerProvider;
+        use tracing_subscriber::layer::SubscriberExt;
+        use tracing_subscriber::util::SubscriberInitExt;
+        use tracing_subscriber::Layer;
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        let fmt = tracing_subscriber::fmt::layer()
+            .with_target(false)
+            .with_ansi(false)
+            .with_filter(filter);
+        let otel = traces.as_ref().map(|p| {
+            tracing_opentelemetry::layer()
+                .with_tracer(p.tracer("llm-gateway-operator"))
+                .with_filter(tracing_subscriber::filter::LevelFilter::INFO)
+        });
+        tracing_subscriber::registry().with(fmt).with(otel).init();
+    }
     let cli = Cli::parse();
     if let Some(path) = &cli.print_injected {
         return match print_injected(&cli, path) {
@@ -407,14 +425,25 @@ async fn reconcile<K>(obj: Arc<K>, ctx: Arc<Ctx>) -> Result<Action, ReconcileErr
 where
     K: kube::Resource<DynamicType = ()>,
 {
+    use tracing::Instrument;
     let started = Instant::now();
-    let result = ctx.sync().await;
-    ctx.metrics.reconcile(
-        &K::kind(&()),
-        started.elapsed().as_secs_f64(),
-        result.is_err(),
+    let kind = K::kind(&());
+    let span = tracing::info_span!(
+        "reconcile",
+        otel.name = %format!("reconcile {kind}"),
+        otel.status_code = tracing::field::Empty,
+        k8s.resource.kind = %kind,
+        k8s.namespace.name = obj.meta().namespace.as_deref().unwrap_or(""),
+        k8s.resource.name = obj.meta().name.as_deref().unwrap_or(""),
+        error.message = tracing::field::Empty,
     );
-    let _ = obj;
+    let result = ctx.sync().instrument(span.clone()).await;
+    if let Err(e) = &result {
+        span.record("otel.status_code", "ERROR");
+        span.record("error.message", format!("{e:#}").as_str());
+    }
+    ctx.metrics
+        .reconcile(&kind, started.elapsed().as_secs_f64(), result.is_err());
     result
         .map(|()| Action::requeue(REQUEUE))
         .map_err(|e| ReconcileError(format!("{e:#}")))

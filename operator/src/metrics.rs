@@ -101,6 +101,11 @@ impl Default for Metrics {
             "Whether this replica holds the leader lease (1) or stands by (0)",
             m.leader.clone(),
         );
+        registry.register(
+            "trace_spans_dropped",
+            "Spans in trace export batches the collector did not take",
+            llm_gateway::telemetry::traces::DROPPED.clone(),
+        );
         Self { registry, ..m }
     }
 }

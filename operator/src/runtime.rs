@@ -337,7 +337,16 @@ impl Ctx {
             let (http, body) = (&self.http, body.clone());
             async move {
                 let started = Instant::now();
-                let r = gateways::push(http, t, token, &body).await;
+                let span = tracing::info_span!(
+                    "push",
+                    otel.name = "push configuration",
+                    otel.kind = "client",
+                    k8s.pod.name = %t.pod,
+                    llm_gateway.config_version = %version,
+                );
+                let r =
+                    tracing::Instrument::instrument(gateways::push(http, t, token, &body), span)
+                        .await;
                 (t, r, started.elapsed().as_secs_f64())
             }
         }))
