@@ -23,6 +23,9 @@ use crate::providers::StreamItem;
 use crate::router::BreakerFilter;
 use crate::wire::{ChatRequest, Usage};
 use llm_gateway_crds::AllOpen;
+use tracing::Instrument;
+
+use crate::telemetry::traces;
 
 /// `POST /v1/chat/completions`: the steps in order (see the module docs), then the response.
 pub async fn handle(
@@ -69,6 +72,7 @@ async fn serve(
     let breakers = BreakerFilter::now();
     let allowed = crate::auth::AllowedModels::of(caller);
     let filters: [&dyn crate::router::CandidateFilter; 2] = [&breakers, &allowed];
+    let route_span = traces::step("route").entered();
     let routed = match cfg.router.route(
         &cfg.registry,
         &req,
@@ -92,10 +96,14 @@ async fn serve(
         r => r?,
     };
     allowed.check_target(&routed.target.provider, &routed.target.model)?;
+    drop(route_span);
     ctx.set_route(&routed);
 
     // 3. Cache: the same or a rephrased earlier request is answered at once, for free.
-    let mut lookup = match cached::lookup(gw, caller, &routed, &raw, &req, req_headers, ctx).await {
+    let mut lookup = match cached::lookup(gw, caller, &routed, &raw, &req, req_headers, ctx)
+        .instrument(traces::step("cache.lookup"))
+        .await
+    {
         cached::Step::Hit(hit) => {
             return Ok(cache_hit::response(
                 &req,
@@ -118,6 +126,7 @@ async fn serve(
         routed,
         &crate::router::AllOf(&filters),
     )
+    .instrument(traces::step("budget.reserve"))
     .await?;
     if hold.as_ref().is_some_and(|h| h.downgraded) {
         ctx.set_route(&routed);

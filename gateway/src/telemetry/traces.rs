@@ -81,6 +81,15 @@ impl<E: SpanExporter> SpanExporter for Counting<E> {
     }
 }
 
+/// The span of one pipeline step of the current request (`route`, `cache.lookup`,
+/// `budget.reserve`); disabled when traces are off.
+pub fn step(name: &'static str) -> tracing::Span {
+    if !on() {
+        return tracing::Span::none();
+    }
+    tracing::info_span!("step", otel.name = name)
+}
+
 /// The server span of one API request (`axum::middleware::from_fn`).
 pub async fn server_span(
     req: axum::extract::Request,
