@@ -175,6 +175,7 @@ def test_the_api_server_calls_the_webhook_and_stores_the_sidecar(api, procs, moc
     op_ns = namespace(api, "lgw-op")
     team = namespace(api, "team")
     enabled = namespace(api, "enabled", labels={"llmgateway.io/inject": "enabled"})
+    dry = namespace(api, "dry")
     # The chart's webhook configuration, pointed at the operator on loopback instead of a
     # Service (no kube-proxy here).
     hook_port, sidecar_port = free_port(), free_port()
@@ -188,7 +189,7 @@ def test_the_api_server_calls_the_webhook_and_stores_the_sidecar(api, procs, moc
         # Only this test's namespaces: other tests' pods must not meet this webhook.
         w["namespaceSelector"]["matchExpressions"].append(
             {"key": "lgw-test", "operator": "In", "values": [name]})
-    for ns in (op_ns, team, enabled):
+    for ns in (op_ns, team, enabled, dry):
         core.patch_namespace(ns, {"metadata": {"labels": {"lgw-test": name}}})
     admission = k8s.AdmissionregistrationV1Api(api)
     admission.create_mutating_webhook_configuration(hook)
@@ -250,6 +251,12 @@ def test_the_api_server_calls_the_webhook_and_stores_the_sidecar(api, procs, moc
             spec=stored.spec))
         assert [c.name for c in again.spec.containers] == names
         assert again.spec.volumes == stored.spec.volumes or len(again.spec.volumes) == len(stored.spec.volumes)
+        # A dry run gets the patch and leaves nothing behind (sideEffects: NoneOnDryRun).
+        preview = core.create_namespaced_pod(dry, pod("preview", {"llmgateway.io/inject": "true"}), dry_run="All")
+        assert [c.name for c in preview.spec.containers][-1] == "llm-gateway"
+        with pytest.raises(ApiException) as gone:
+            core.read_namespaced_secret("llm-gateway-admin", dry)
+        assert gone.value.status == 404
         # A namespace labelled for injection: pods get it without annotation.
         auto = core.create_namespaced_pod(enabled, pod("auto"))
         assert [c.name for c in auto.spec.containers][-1] == "llm-gateway"
@@ -284,7 +291,7 @@ def test_the_api_server_calls_the_webhook_and_stores_the_sidecar(api, procs, moc
         assert token not in procs.log("operator")
     finally:
         admission.delete_mutating_webhook_configuration(name)
-        for ns in (op_ns, team, enabled):
+        for ns in (op_ns, team, enabled, dry):
             for p in core.list_namespaced_pod(ns).items:
                 core.delete_namespaced_pod(p.metadata.name, ns, grace_period_seconds=0)
 

@@ -100,7 +100,10 @@ async fn review_pod(
     if !inject::wants(&pod, ns_enabled) || inject::injected(&pod) {
         return Ok(None);
     }
-    (w.prepare)(ns.clone()).await;
+    // Declared `sideEffects: NoneOnDryRun`: a dry run only computes the patch.
+    if !req.dry_run {
+        (w.prepare)(ns.clone()).await;
+    }
     let patched = inject::inject(&pod, &w.sidecar);
     info!(namespace = %ns, pod = %pod.metadata.name.clone().or(pod.metadata.generate_name.clone()).unwrap_or_default(), native = w.sidecar.native, "injecting the gateway sidecar");
     Ok(Some(json_patch::diff(&original, &patched)))
