@@ -298,7 +298,7 @@ def test_the_api_server_calls_the_webhook_and_stores_the_sidecar(api, procs, moc
 
 # --- Service-account tokens ------------------------------------------------------------------
 
-def sa_token(api, ns, name, seconds=600):
+def sa_token(api, ns, name, seconds=600, audience="llm-gateway"):
     core = k8s.CoreV1Api(api)
     try:
         core.create_namespaced_service_account(ns, k8s.V1ServiceAccount(metadata=k8s.V1ObjectMeta(name=name)))
@@ -306,7 +306,7 @@ def sa_token(api, ns, name, seconds=600):
         if e.status != 409:
             raise
     req = k8s.AuthenticationV1TokenRequest(spec=k8s.V1TokenRequestSpec(
-        audiences=["https://kubernetes.default.svc.cluster.local"], expiration_seconds=seconds))
+        audiences=[audience], expiration_seconds=seconds))
     return core.create_namespaced_service_account_token(name, ns, req).status.token
 
 
@@ -319,7 +319,7 @@ def test_service_account_tokens_are_credentials_for_the_shared_gateway(api, proc
                                name="system:auth-delegator"),
         subjects=[k8s.RbacV1Subject(kind="ServiceAccount", name="gateway", namespace=ns)]))
     own = tmp_path / "token"
-    own.write_text(sa_token(api, ns, "gateway"))
+    own.write_text(sa_token(api, ns, "gateway", audience="https://kubernetes.default.svc.cluster.local"))
     ca, server = cluster_ca_and_server()
     port = free_port()
     env = {**gateway_env, "LLM_GATEWAY_DATA_DIR": str(tmp_path / "data"), "LLM_GATEWAY_ADMIN_TOKEN": ADMIN}
@@ -347,6 +347,13 @@ def test_service_account_tokens_are_credentials_for_the_shared_gateway(api, proc
         openai.OpenAI(base_url=f"{url}/v1", api_key=forged, max_retries=0).chat.completions.create(
             model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
     assert e.value.body["code"] == "invalid_api_key", e.value.body
+
+    # A real token, but for the API server's audience: a credential the gateway must not
+    # take (it would work against the cluster).
+    cluster_token = sa_token(api, ns, "reporter", audience="https://kubernetes.default.svc.cluster.local")
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"{url}/v1", api_key=cluster_token, max_retries=0).chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
 
     # Virtual keys keep working beside tokens.
     key = httpx.post(f"{url}/admin/keys", headers=admin, json={"name": "ci", "tenant": "ci-team"}).json()

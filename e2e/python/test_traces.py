@@ -101,9 +101,23 @@ def test_a_failed_over_stream_is_one_trace_with_genai_attributes(mock, fault, tm
         upstream = [r for r in httpx.get(f"{mock}/_mock/requests", params={"vendor": second_provider}).json()
                     if PROMPT in str(r["body"])]
         assert upstream[-1]["headers"]["traceparent"] == f"00-{trace_id}-{answered['span_id']}-01"
-        # The trace id is the request id (ledger, log line).
+        # The log line names the trace (the client's trace spans many requests, so the
+        # request id stays its own).
         log = (tmp_path / "gw.log").read_text()
-        assert f"request_id={trace_id}" in log and f"trace_id=\"{trace_id}\"" in log, log[-2000:]
+        assert f"trace_id=\"{trace_id}\"" in log, log[-2000:]
+        assert f"request_id={trace_id}" not in log
+        # A trace that starts at the gateway: its id is the request id.
+        r = httpx.post(f"{url}/v1/chat/completions", json={
+            "model": "groq/llama-3.1-8b-instant", "messages": [{"role": "user", "content": "hi"}]})
+        assert r.status_code == 200
+        rid = r.headers.get("x-request-id")
+        time.sleep(0.3)
+        log = (tmp_path / "gw.log").read_text()
+        own = [l for l in log.splitlines() if "request finished" in l][-1]
+        tid = own.split('trace_id="')[1].split('"')[0]
+        assert f"request_id={tid}" in own, own
+        if rid:
+            assert rid == tid
         # Never the prompt, never a key.
         dump = str(spans)
         assert PROMPT not in dump and "SECRET-key" not in dump

@@ -223,17 +223,24 @@ impl Auth {
             .is_some_and(|(at, n)| at.elapsed() < FAILURE_WINDOW && *n >= FAILURES_PER_WINDOW)
     }
 
+    /// Sidecar mode: the pod's own workload when the connection is loopback at both ends (an
+    /// app container calling 127.0.0.1). A connection to the pod's IP never is, even from a
+    /// loopback source (a mesh proxy's inbound 127.0.0.6, say): those authenticate as usual.
+    pub fn local_caller(
+        &self,
+        peer: Option<std::net::IpAddr>,
+        local: Option<std::net::IpAddr>,
+    ) -> Option<Caller> {
+        let id = self.local_workload.as_ref()?;
+        (peer?.is_loopback() && local?.is_loopback()).then(|| Caller::Workload(id.clone()))
+    }
+
     /// Checks the request's bearer token; `peer` is the client's address, when known.
     pub async fn authenticate(
         &self,
         headers: &http::HeaderMap,
         peer: Option<std::net::IpAddr>,
     ) -> Result<Caller, Error> {
-        if let (Some(id), Some(ip)) = (&self.local_workload, peer) {
-            if ip.is_loopback() {
-                return Ok(Caller::Workload(id.clone()));
-            }
-        }
         let token = headers
             .get(http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
@@ -242,7 +249,25 @@ impl Auth {
             .filter(|t| !t.is_empty());
         if let (Some(r), Some(t)) = (&self.reviewer, token) {
             if crate::workload::looks_like_jwt(t) {
-                return r.tenant(t).await.map(Caller::Workload);
+                // Each unknown token costs a TokenReview: the same per-address failure limit
+                // as for keys keeps a flood of made-up tokens off the API server.
+                if self.over_failure_limit(peer) {
+                    self.note_failure(peer);
+                    return Err(Error::new(
+                        Kind::RateLimited,
+                        "Too many requests with invalid credentials from this address; retry later.",
+                    )
+                    .with_code("too_many_invalid_keys")
+                    .with_retry_after(FAILURE_WINDOW));
+                }
+                let tenant = r.tenant(t).await;
+                if tenant
+                    .as_ref()
+                    .is_err_and(|e| e.kind == Kind::Unauthenticated)
+                {
+                    self.note_failure(peer);
+                }
+                return tenant.map(Caller::Workload);
             }
         }
         let token = match token {
@@ -384,5 +409,25 @@ mod tests {
         // Past the known key's trust: it is looked up, the lookup fails, its last state holds.
         tokio::time::sleep(Duration::from_millis(2100)).await;
         assert!(auth.authenticate(&bearer(&good), None).await.is_ok());
+    }
+
+    #[test]
+    fn only_loopback_to_loopback_is_the_sidecars_own_workload() {
+        let auth = Auth::new(None, true, KEY_CACHE_TTL).with_local_workload("team-a/app".into());
+        let lo: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+        let mesh: std::net::IpAddr = "127.0.0.6".parse().unwrap();
+        let pod: std::net::IpAddr = "10.1.2.3".parse().unwrap();
+        assert!(
+            matches!(auth.local_caller(Some(lo), Some(lo)), Some(Caller::Workload(w)) if w == "team-a/app")
+        );
+        assert!(
+            auth.local_caller(Some(mesh), Some(pod)).is_none(),
+            "a mesh proxy to the pod IP"
+        );
+        assert!(auth.local_caller(Some(pod), Some(pod)).is_none());
+        assert!(auth.local_caller(Some(lo), None).is_none());
+        assert!(Auth::new(None, true, KEY_CACHE_TTL)
+            .local_caller(Some(lo), Some(lo))
+            .is_none());
     }
 }

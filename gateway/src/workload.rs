@@ -15,8 +15,12 @@ use crate::error::{Error, Kind};
 /// How long a review's answer is trusted (a revoked or expired token stops working after
 /// at most this long).
 pub const REVIEW_TTL: Duration = Duration::from_secs(60);
-/// Reviews remembered at most.
+/// The audience callers' projected tokens are for, by default.
+pub const AUDIENCE: &str = "llm-gateway";
+/// Valid tokens remembered at most.
 const CACHE: usize = 10_000;
+/// Refused tokens remembered at most.
+const REFUSED: usize = 1_000;
 
 /// Where the API server is and how the gateway proves itself to it.
 #[derive(Debug, Clone)]
@@ -27,6 +31,9 @@ pub struct ApiServer {
     pub ca_file: PathBuf,
     /// The gateway's own service-account token (re-read: it is rotated).
     pub token_file: PathBuf,
+    /// The audience callers' tokens must be for (never the API server's own: a token the
+    /// gateway accepts must not be one that works against the cluster).
+    pub audience: String,
 }
 
 impl ApiServer {
@@ -44,6 +51,7 @@ impl ApiServer {
             url: format!("https://{host}:{port}"),
             ca_file: dir.join("ca.crt"),
             token_file: dir.join("token"),
+            audience: AUDIENCE.into(),
         })
     }
 }
@@ -53,7 +61,10 @@ impl ApiServer {
 pub struct TokenReviewer {
     api: ApiServer,
     http: reqwest::Client,
-    cache: Mutex<lru::LruCache<String, (Option<String>, Instant)>>,
+    /// Valid tokens' tenants.
+    cache: Mutex<lru::LruCache<String, (String, Instant)>>,
+    /// Refused tokens, apart, so a flood of made-up ones cannot push valid ones out.
+    refused: Mutex<lru::LruCache<String, Instant>>,
 }
 
 /// Whether `token` looks like a JWT (a service-account token), not a virtual key.
@@ -85,6 +96,9 @@ impl TokenReviewer {
             cache: Mutex::new(lru::LruCache::new(
                 NonZeroUsize::new(CACHE).unwrap_or(NonZeroUsize::MIN),
             )),
+            refused: Mutex::new(lru::LruCache::new(
+                NonZeroUsize::new(REFUSED).unwrap_or(NonZeroUsize::MIN),
+            )),
         })
     }
 
@@ -99,14 +113,32 @@ impl TokenReviewer {
             .get(&hash)
             .filter(|(_, at)| at.elapsed() < REVIEW_TTL)
             .map(|(t, _)| t.clone());
+        let refused = || {
+            self.refused
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&hash)
+                .is_some_and(|at| at.elapsed() < REVIEW_TTL)
+        };
         let tenant = match cached {
-            Some(t) => t,
+            Some(t) => Some(t),
+            None if refused() => None,
             None => {
                 let t = self.review(token).await?;
-                self.cache
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .put(hash, (t.clone(), Instant::now()));
+                match &t {
+                    Some(t) => {
+                        self.cache
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .put(hash, (t.clone(), Instant::now()));
+                    }
+                    None => {
+                        self.refused
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .put(hash, Instant::now());
+                    }
+                }
                 t
             }
         };
@@ -143,7 +175,7 @@ impl TokenReviewer {
             .json(&json!({
                 "apiVersion": "authentication.k8s.io/v1",
                 "kind": "TokenReview",
-                "spec": {"token": token},
+                "spec": {"token": token, "audiences": [self.api.audience]},
             }))
             .send()
             .await
@@ -155,7 +187,10 @@ impl TokenReviewer {
             )));
         }
         let v: Value = r.json().await.map_err(|e| unavailable(e.to_string()))?;
-        Ok(tenant_of(&v))
+        let for_us = v["status"]["audiences"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|x| x == self.api.audience.as_str()));
+        Ok(tenant_of(&v).filter(|_| for_us))
     }
 }
 

@@ -155,6 +155,28 @@ pub struct Compiled {
     pub origins: Origins,
 }
 
+impl Compiled {
+    /// What the gateways of `namespace` are sent: the keys of providers reserved for other
+    /// namespaces stay references (those providers answer only their own clients, and a
+    /// namespace's pods must not hold another team's keys). The operator's own namespace
+    /// (the shared gateway) gets every key.
+    pub fn for_namespace(&self, namespace: &str, operator_namespace: &str) -> GatewayConfig {
+        let mut c = self.config.clone();
+        if namespace == operator_namespace {
+            return c;
+        }
+        for (p, public) in c.providers.iter_mut().zip(&self.public.providers) {
+            if p.clients
+                .as_ref()
+                .is_some_and(|cl| !cl.iter().any(|x| x == namespace))
+            {
+                p.api_key = public.api_key.clone();
+            }
+        }
+        c
+    }
+}
+
 /// Where each compiled entry came from.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Origins {
@@ -898,6 +920,36 @@ mod tests {
         );
         let public = serde_json::to_string(&c.public).unwrap();
         assert!(!public.contains("sk-from-the-secret"));
+    }
+
+    #[test]
+    fn a_namespace_is_sent_the_cluster_keys_and_its_own_never_another_teams() {
+        let c = run(
+            &[
+                pool(OPS, "main", openai("openai")),
+                pool("team-a", "own", openai("openai")),
+                pool("team-b", "own", openai("openai")),
+            ],
+            &[],
+            &[],
+        );
+        let key = |cfg: &GatewayConfig, name: &str| {
+            cfg.providers
+                .iter()
+                .find(|p| p.name == name)
+                .and_then(|p| p.api_key.clone())
+        };
+        let inline = Some(SecretSource::Value("sk-from-the-secret".into()));
+        let a = c.for_namespace("team-a", OPS);
+        assert_eq!(key(&a, "openai"), inline);
+        assert_eq!(key(&a, "team-a.openai"), inline);
+        assert_eq!(
+            key(&a, "team-b.openai"),
+            Some(SecretSource::Pushed("team-b/openai/api-key".into()))
+        );
+        // The shared gateway, in the operator's namespace, serves everyone: every key.
+        let shared = c.for_namespace(OPS, OPS);
+        assert_eq!(key(&shared, "team-b.openai"), inline);
     }
 
     #[test]

@@ -338,7 +338,7 @@ fn sidecar(cli: &Cli, native: bool) -> llm_gateway_operator::webhook::inject::Si
 fn print_injected(cli: &Cli, path: &std::path::Path) -> anyhow::Result<()> {
     use llm_gateway_operator::webhook::inject;
     let text = std::fs::read_to_string(path)?;
-    let pod: k8s_openapi::api::core::v1::Pod = yaml_serde::from_str(&text)?;
+    let pod: serde_json::Value = yaml_serde::from_str(&text)?;
     let native = match cli.sidecar_mode.as_str() {
         "native" => true,
         "container" => false,
@@ -406,10 +406,8 @@ async fn start_webhook(cli: &Cli, client: Client, addr: SocketAddr) -> anyhow::R
             ))
         }),
     });
-    let listener = webhook::tls::TlsListener {
-        tcp: tokio::net::TcpListener::bind(addr).await?,
-        acceptor,
-    };
+    let listener =
+        webhook::tls::TlsListener::new(tokio::net::TcpListener::bind(addr).await?, acceptor)?;
     info!(%addr, native, "serving the sidecar-injection webhook");
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, webhook::router(w)).await {

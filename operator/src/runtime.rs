@@ -319,6 +319,8 @@ impl Ctx {
     ) -> Vec<(Key, String)> {
         let now = Instant::now();
         let body = st.body.clone();
+        // Each namespace's own body (another team's keys stay out of its pods).
+        let mut bodies: HashMap<String, Arc<Vec<u8>>> = HashMap::new();
         let due: Vec<Target> = self
             .targets()
             .into_iter()
@@ -332,9 +334,18 @@ impl Ctx {
         let mut tokens = Vec::with_capacity(due.len());
         for t in &due {
             tokens.push(self.token_of(&t.pod).await);
+            let ns = t.pod.split('/').next().unwrap_or_default();
+            if ns != self.settings.namespace && !bodies.contains_key(ns) {
+                let own = compiled.for_namespace(ns, &self.settings.namespace);
+                // Never the full body in its place: an empty one is refused, nothing leaks.
+                let own_body = Arc::new(serde_json::to_vec(&own).unwrap_or_default());
+                bodies.insert(ns.to_owned(), own_body);
+            }
         }
         let results = join_all(due.iter().zip(&tokens).map(|(t, token)| {
-            let (http, body) = (&self.http, body.clone());
+            let ns = t.pod.split('/').next().unwrap_or_default();
+            let body = bodies.get(ns).cloned().unwrap_or_else(|| body.clone());
+            let http = &self.http;
             async move {
                 let started = Instant::now();
                 let span = tracing::info_span!(
@@ -804,13 +815,16 @@ pub async fn admin_token(client: &Client, namespace: &str, name: &str) -> anyhow
 
 /// Makes `namespace` ready for sidecars before its first one starts: its admin token Secret,
 /// and a copy of the compiled configuration (which the leader keeps current).
-pub async fn prepare_namespace(client: Client, settings: Settings, namespace: String) {
-    if let Err(e) = admin_token(&client, &namespace, &settings.admin_secret).await {
-        warn!(%namespace, error = %e, "cannot make the sidecars' admin token");
-    }
+pub async fn prepare_namespace(
+    client: Client,
+    settings: Settings,
+    namespace: String,
+) -> anyhow::Result<()> {
+    admin_token(&client, &namespace, &settings.admin_secret).await?;
     let source: Api<ConfigMap> = Api::namespaced(client.clone(), &settings.namespace);
     let target: Api<ConfigMap> = Api::namespaced(client.clone(), &namespace);
-    if let Ok(Some(cm)) = source.get_opt(&settings.config_map).await {
+    // Without a copy yet the sidecar starts empty (--wait-for-config) and is pushed to.
+    if let Some(cm) = source.get_opt(&settings.config_map).await? {
         let copy = json!({
             "apiVersion": "v1", "kind": "ConfigMap",
             "metadata": {"name": settings.config_map, "namespace": namespace,
@@ -829,4 +843,5 @@ pub async fn prepare_namespace(client: Client, settings: Settings, namespace: St
             warn!(%namespace, error = %e, "cannot copy the configuration for sidecars");
         }
     }
+    Ok(())
 }

@@ -114,13 +114,19 @@ async fn method_not_allowed(method: http::Method, uri: http::Uri) -> Error {
 }
 
 /// The client's `x-request-id` if it sent a sane one, else the trace id when traces are on
-/// (so the ledger, the log line and the trace share one id), else a new UUID.
+/// and the trace starts here (so the ledger, the log line and the trace share one id; a
+/// client's own trace spans many requests), else a new UUID.
 pub fn request_id(headers: &http::HeaderMap) -> String {
+    let own_trace = || {
+        (!headers.contains_key("traceparent"))
+            .then(crate::telemetry::traces::current_trace_id)
+            .flatten()
+    };
     headers
         .get(headers::REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 128)
         .map(str::to_owned)
-        .or_else(crate::telemetry::traces::current_trace_id)
+        .or_else(own_trace)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
 }

@@ -108,9 +108,13 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
+        let local = stream.local_addr().ok().map(LocalAddr);
         let app = app.clone();
         let service = hyper::service::service_fn(move |mut req: http::Request<_>| {
             req.extensions_mut().insert(ConnectInfo(peer));
+            if let Some(l) = local {
+                req.extensions_mut().insert(l);
+            }
             app.clone().oneshot(req)
         });
         let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
@@ -130,6 +134,15 @@ pub async fn serve(
         }
     }
     Ok(())
+}
+
+/// The address a connection was accepted on (the sidecar tells loopback from the pod IP).
+#[derive(Debug, Clone, Copy)]
+pub struct LocalAddr(pub SocketAddr);
+
+/// The local address of a request's connection, when served by [`serve`].
+pub fn local(req_extensions: &http::Extensions) -> Option<SocketAddr> {
+    req_extensions.get::<LocalAddr>().map(|l| l.0)
 }
 
 /// The peer address of a request, when served by [`serve`].

@@ -206,6 +206,14 @@ struct ServeArgs {
     /// The gateway's own token file (default: the mounted service account's).
     #[arg(long, env = "LLM_GATEWAY_KUBE_TOKEN_FILE")]
     kube_token_file: Option<PathBuf>,
+    /// The audience callers' service-account tokens must be for (a projected token with
+    /// this audience; tokens for the API server itself are refused).
+    #[arg(
+        long,
+        env = "LLM_GATEWAY_KUBE_TOKEN_AUDIENCE",
+        default_value = "llm-gateway"
+    )]
+    kube_token_audience: String,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]

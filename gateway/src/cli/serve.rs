@@ -169,6 +169,7 @@ fn kube_api(args: &ServeArgs) -> Result<llm_gateway::workload::TokenReviewer, St
             .clone()
             .or_else(|| base.as_ref().map(|b| b.token_file.clone()))
             .ok_or("set --kube-token-file")?,
+        audience: args.kube_token_audience.clone(),
     };
     TokenReviewer::new(api)
 }

@@ -69,10 +69,15 @@ pub fn injected(pod: &Pod) -> bool {
         .any(|c| c.name == crate::gateways::CONTAINER)
 }
 
-/// The pod with its sidecar (unchanged if it has one already).
-pub fn inject(pod: &Pod, s: &Sidecar) -> Value {
-    let mut v = serde_json::to_value(pod).unwrap_or(Value::Null);
-    if injected(pod) {
+/// The pod (as the API server sent it: fields this operator's types do not know are kept)
+/// with its sidecar; unchanged if it has one already.
+pub fn inject(pod: &Value, s: &Sidecar) -> Value {
+    let mut v = pod.clone();
+    let has = |list: &Value| {
+        list.as_array()
+            .is_some_and(|l| l.iter().any(|c| c["name"] == crate::gateways::CONTAINER))
+    };
+    if has(&v["spec"]["containers"]) || has(&v["spec"]["initContainers"]) {
         return v;
     }
     let base_url = format!("http://127.0.0.1:{}/v1", s.port);
@@ -85,6 +90,7 @@ pub fn inject(pod: &Pod, s: &Sidecar) -> Value {
             "--metrics-listen", format!("0.0.0.0:{}", s.metrics_port),
             "--config", "/etc/llm-gateway/gateway.yaml",
             "--config-poll-secs", "0",
+            "--wait-for-config",
             "--log-format", "json",
         ],
         "env": [
@@ -127,7 +133,8 @@ pub fn inject(pod: &Pod, s: &Sidecar) -> Value {
                 env2.push(json!({"name": "OPENAI_BASE_URL", "value": base_url}));
             }
             // SDKs insist on some key; the sidecar knows its caller by where it calls from.
-            if !has("OPENAI_API_KEY") {
+            // A container with envFrom may bring its own, which env would override: leave it.
+            if !has("OPENAI_API_KEY") && c["envFrom"].as_array().is_none_or(|l| l.is_empty()) {
                 env2.push(json!({"name": "OPENAI_API_KEY", "value": "llm-gateway-sidecar"}));
             }
             c["env"] = Value::Array(env2);
@@ -211,7 +218,7 @@ mod tests {
             json!({INJECT: "true"}),
             json!([{"name": "OPENAI_BASE_URL", "value": "http://elsewhere/v1"}]),
         );
-        let v = inject(&p, &sidecar(false));
+        let v = inject(&serde_json::to_value(&p).unwrap(), &sidecar(false));
         let containers = v["spec"]["containers"].as_array().unwrap();
         assert_eq!(containers.len(), 3);
         assert_eq!(containers[2]["name"], "llm-gateway");
@@ -249,7 +256,7 @@ mod tests {
     #[test]
     fn a_native_sidecar_from_1_29_and_injection_is_idempotent() {
         let p = pod(json!({INJECT: "true"}), json!([]));
-        let v = inject(&p, &sidecar(true));
+        let v = inject(&serde_json::to_value(&p).unwrap(), &sidecar(true));
         let init = v["spec"]["initContainers"].as_array().unwrap();
         assert_eq!(
             (init[0]["name"].as_str(), init[0]["restartPolicy"].as_str()),
@@ -259,9 +266,26 @@ mod tests {
         let again: Pod = serde_json::from_value(v.clone()).unwrap();
         assert!(injected(&again));
         assert_eq!(
-            inject(&again, &sidecar(true)),
+            inject(&v, &sidecar(true)),
             v,
             "a re-injected pod is unchanged"
+        );
+    }
+
+    #[test]
+    fn fields_unknown_to_the_operators_types_are_kept() {
+        let mut p = serde_json::to_value(pod(json!({INJECT: "true"}), json!([]))).unwrap();
+        p["spec"]["someFutureField"] = json!({"x": 1});
+        p["spec"]["containers"][0]["anotherNewField"] = json!(true);
+        let v = inject(&p, &sidecar(true));
+        assert_eq!(v["spec"]["someFutureField"], json!({"x": 1}));
+        assert_eq!(v["spec"]["containers"][0]["anotherNewField"], json!(true));
+        let patch = json_patch::diff(&p, &v);
+        assert!(
+            !serde_json::to_string(&patch)
+                .unwrap()
+                .contains("\"remove\""),
+            "the patch only adds and replaces: {patch:?}"
         );
     }
 }

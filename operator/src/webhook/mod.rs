@@ -35,7 +35,9 @@ pub struct Webhook {
     /// The operator's namespace: its pods are never injected.
     pub operator_namespace: String,
     /// Prepares a namespace for sidecars (the ConfigMap and the admin Secret they mount).
-    pub prepare: Arc<dyn Fn(String) -> futures::future::BoxFuture<'static, ()> + Send + Sync>,
+    pub prepare: Arc<
+        dyn Fn(String) -> futures::future::BoxFuture<'static, anyhow::Result<()>> + Send + Sync,
+    >,
 }
 
 /// The webhook's routes.
@@ -89,22 +91,42 @@ async fn review_pod(
     }
     let original = serde_json::to_value(obj).map_err(|e| e.to_string())?;
     let pod: Pod = serde_json::from_value(original.clone()).map_err(|e| e.to_string())?;
-    let ns_enabled = Api::<Namespace>::all(w.client.clone())
-        .get_opt(&ns)
-        .await
-        .ok()
-        .flatten()
-        .and_then(|n| n.metadata.labels)
-        .and_then(|l| l.get(inject::INJECT).cloned())
-        .is_some_and(|v| v == "enabled" || v == "true");
+    // The namespace's label matters only when the pod's annotation does not decide; a
+    // failed lookup is an error (the namespace webhook fails closed), never a silent "no".
+    let decided = pod
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(inject::INJECT))
+        .is_some_and(|v| v == "true" || v == "false");
+    let ns_enabled = if decided {
+        false
+    } else {
+        Api::<Namespace>::all(w.client.clone())
+            .get_opt(&ns)
+            .await
+            .map_err(|e| format!("cannot read namespace {ns}: {e}"))?
+            .and_then(|n| n.metadata.labels)
+            .and_then(|l| l.get(inject::INJECT).cloned())
+            .is_some_and(|v| v == "enabled")
+    };
     if !inject::wants(&pod, ns_enabled) || inject::injected(&pod) {
         return Ok(None);
     }
-    // Declared `sideEffects: NoneOnDryRun`: a dry run only computes the patch.
-    if !req.dry_run {
-        (w.prepare)(ns.clone()).await;
+    // A host-network pod shares the node's loopback: every process on the node would be
+    // this workload (and the sidecar's ports would clash). No sidecar for it.
+    if pod.spec.as_ref().and_then(|s| s.host_network) == Some(true) {
+        info!(namespace = %ns, "host-network pod: not injected");
+        return Ok(None);
     }
-    let patched = inject::inject(&pod, &w.sidecar);
+    // Declared `sideEffects: NoneOnDryRun`: a dry run only computes the patch.
+    // Without its token Secret the sidecar could not start: refuse the pod instead.
+    if !req.dry_run {
+        (w.prepare)(ns.clone())
+            .await
+            .map_err(|e| format!("cannot prepare namespace {ns} for the sidecar: {e}"))?;
+    }
+    let patched = inject::inject(&original, &w.sidecar);
     info!(namespace = %ns, pod = %pod.metadata.name.clone().or(pod.metadata.generate_name.clone()).unwrap_or_default(), native = w.sidecar.native, "injecting the gateway sidecar");
     Ok(Some(json_patch::diff(&original, &patched)))
 }

@@ -173,8 +173,10 @@ async fn own(
         let not_after = read(s, "expires_at").and_then(|t| {
             OffsetDateTime::parse(&t, &time::format_description::well_known::Rfc3339).ok()
         });
+        // The bundle (new CA and the one before it) is what the caBundle carries, so a
+        // replica still serving the previous certificate is trusted until it reloads.
         if let (Some(ca), Some(cert), Some(key), Some(not_after)) = (
-            read(s, "ca.crt"),
+            read(s, "ca-bundle.crt").or_else(|| read(s, "ca.crt")),
             read(s, "tls.crt"),
             read(s, "tls.key"),
             not_after,
@@ -233,7 +235,14 @@ async fn own(
         },
         Some(old) => {
             secret.metadata.resource_version = old.metadata.resource_version;
-            api.replace(name, &PostParams::default(), &secret).await?;
+            match api.replace(name, &PostParams::default(), &secret).await {
+                Ok(_) => {}
+                // Another replica renewed it first: serve theirs.
+                Err(kube::Error::Api(e)) if e.code == 409 => {
+                    return Box::pin(own(client, namespace, name, names)).await
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
     }
     b.ca = bundle_ca;
@@ -276,12 +285,47 @@ async fn ca_bundle(client: &Client, config: &str, b: &Bundle) {
     }
 }
 
-/// A TCP listener whose connections are TLS with the current certificate.
+/// A TCP listener whose connections are TLS with the current certificate. Handshakes run
+/// in tasks of their own, so a client that connects and stalls never holds up the next
+/// admission request.
 pub struct TlsListener {
-    /// The socket.
-    pub tcp: TcpListener,
-    /// The certificate in use (swapped on renewal).
-    pub acceptor: Arc<ArcSwap<TlsAcceptor>>,
+    ready: tokio::sync::mpsc::Receiver<(TlsStream<TcpStream>, std::net::SocketAddr)>,
+    addr: std::net::SocketAddr,
+}
+
+/// How long a client has to finish its handshake.
+const HANDSHAKE: Duration = Duration::from_secs(5);
+
+impl TlsListener {
+    /// Accepts on `tcp`, handshaking with the certificate in `acceptor` (swapped on renewal).
+    pub fn new(tcp: TcpListener, acceptor: Arc<ArcSwap<TlsAcceptor>>) -> std::io::Result<Self> {
+        let addr = tcp.local_addr()?;
+        let (tx, ready) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            loop {
+                let (stream, addr) = match tcp.accept().await {
+                    Ok(a) => a,
+                    Err(e) => {
+                        warn!(error = %e, "webhook: cannot accept");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let acceptor = acceptor.load_full();
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    match tokio::time::timeout(HANDSHAKE, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => {
+                            let _ = tx.send((tls, addr)).await;
+                        }
+                        Ok(Err(e)) => warn!(%addr, error = %e, "webhook: TLS handshake failed"),
+                        Err(_) => warn!(%addr, "webhook: TLS handshake timed out"),
+                    }
+                });
+            }
+        });
+        Ok(Self { ready, addr })
+    }
 }
 
 impl axum::serve::Listener for TlsListener {
@@ -289,26 +333,15 @@ impl axum::serve::Listener for TlsListener {
     type Addr = std::net::SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        loop {
-            let (stream, addr) = match self.tcp.accept().await {
-                Ok(a) => a,
-                Err(e) => {
-                    warn!(error = %e, "webhook: cannot accept");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let acceptor = self.acceptor.load_full();
-            match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => return (tls, addr),
-                Ok(Err(e)) => warn!(%addr, error = %e, "webhook: TLS handshake failed"),
-                Err(_) => warn!(%addr, "webhook: TLS handshake timed out"),
-            }
+        match self.ready.recv().await {
+            Some(c) => c,
+            // The accept task never ends while the listener lives.
+            None => std::future::pending().await,
         }
     }
 
     fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        self.tcp.local_addr()
+        Ok(self.addr)
     }
 }
 
