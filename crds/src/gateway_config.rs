@@ -74,7 +74,8 @@ pub struct CacheConfig {
     /// embedding model).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub semantic: Option<bool>,
-    /// Cosine similarity at or above which a rephrased prompt hits (default 0.95).
+    /// Cosine similarity at or above which a rephrased prompt becomes a candidate for a hit
+    /// (default 0.85); the false-hit guard and the verifier then decide.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub similarity_threshold: Option<f64>,
     /// How long an answer is served from the cache, seconds (default 3600).

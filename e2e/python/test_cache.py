@@ -27,7 +27,7 @@ def test_repeated_and_rephrased_questions_come_from_the_cache(cached_gateway):
 
     para = ask(client, "How can I reverse a list in Python?")
     assert para.headers["x-llm-gateway-cache"] == "hit-semantic"
-    assert float(para.headers["x-llm-gateway-cache-similarity"]) >= 0.95
+    assert float(para.headers["x-llm-gateway-cache-similarity"]) >= 0.85
     assert para.parse().choices[0].message.content == answer
 
     # Streamed from the cache, usage included when asked.

@@ -145,7 +145,7 @@ def traffic(gw, mock, fault_url):
     for _ in range(4):
         time.sleep(1.1)
         call(model="openai/gpt-4o-mini", messages=[{"role": "user", "content": "What is the capital of France?"}], temperature=0)
-    call(model="openai/gpt-4o-mini", messages=[{"role": "user", "content": "What's the capital city of France?"}], temperature=0)
+    call(model="openai/gpt-4o-mini", messages=[{"role": "user", "content": "What's the capital of France?"}], temperature=0)
     for i in range(10):
         call(model="openai/gpt-4o-mini", messages=[{"role": "user", "content": f"Distinct question number {i} about rivers"}], temperature=0)
     # Hedges (before the failures below open these providers' breakers): both slow to

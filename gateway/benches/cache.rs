@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use llm_gateway::cache::embed::{Embedder, DIM};
 use llm_gateway::cache::index::{ScopeIndex, ANN_MIN};
+use llm_gateway::cache::verify::{Prompt, Verifier};
 use llm_gateway::cache::{Answer, Cache, Found};
 use llm_gateway::config::{self};
 use llm_gateway::wire::ChatRequest;
@@ -136,6 +137,36 @@ fn main() {
             } else {
                 println!(" | HNSW from {ANN_MIN} entries");
             }
+        }
+
+        // The verifier, per candidate: a short pair, and two prompts of 4 KB (the longest
+        // compared by meaning; features read their first 256 words).
+        let verifier = Verifier::builtin();
+        let long_a = "Please review this deployment plan and list the risks. ".repeat(72);
+        let long_b = "Please review this rollout plan and list its risks. ".repeat(78);
+        for (name, a, b) in [
+            ("short", "How do I reverse a list in Python?", "How can I reverse a list in Python?"),
+            ("4 KB", long_a.as_str(), long_b.as_str()),
+        ] {
+            let (pa, pb) = (Prompt::of(a), Prompt::of(b));
+            let mut t_ns = Vec::new();
+            for _ in 0..2_000 {
+                let t = Instant::now();
+                std::hint::black_box(verifier.accepts(&pa, &pb, 0.97));
+                t_ns.push(t.elapsed().as_nanos() as f64);
+            }
+            let mut of_ns = Vec::new();
+            for _ in 0..2_000 {
+                let t = Instant::now();
+                std::hint::black_box(Prompt::of(b));
+                of_ns.push(t.elapsed().as_nanos() as f64);
+            }
+            println!(
+                "verifier, {name} prompts: p50 {:.1} µs, p99 {:.1} µs per candidate (the new prompt's features, once per lookup: p99 {:.1} µs)",
+                pct(&mut t_ns, 0.5) / 1e3,
+                pct(&mut t_ns, 0.99) / 1e3,
+                pct(&mut of_ns, 0.99) / 1e3
+            );
         }
 
         // Embedding.

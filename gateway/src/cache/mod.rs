@@ -7,8 +7,9 @@
 //!   compared with the entries of the same **scope**: tenant + route + a hash of everything
 //!   else in the request (system prompt, earlier turns, tools, `response_format`,
 //!   `max_tokens`, …) + a temperature bucket. So one tenant never gets another's answer, and a
-//!   different task or conversation never matches. A hit needs cosine ≥ the threshold (0.95
-//!   by default, per virtual model configurable) and the false-hit [`guard`] to agree.
+//!   different task or conversation never matches. A hit needs cosine ≥ the threshold (0.85
+//!   by default, per virtual model configurable), the false-hit [`guard`] to agree and the
+//!   learned [`verify`] model to accept the pair.
 //!
 //! Never cached: errors, partial or failed streams, `n` > 1, tool-call answers (unless
 //! configured); requests above the temperature bound and with `Cache-Control: no-store`
@@ -16,9 +17,11 @@
 //! their route's TTL; the least recently used go first beyond `max_entries`.
 
 pub mod embed;
+pub mod eval;
 pub mod guard;
 pub mod index;
 pub mod shared;
+pub mod verify;
 
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
@@ -32,10 +35,15 @@ use crate::clock::unix_ms;
 use crate::config::CacheSettings;
 use crate::wire::{ChatRequest, Usage};
 use embed::{Embedder, Embedding};
-use guard::Signature;
+use verify::{Prompt, Verifier};
 
 /// A SHA-256.
 pub type Key = [u8; 32];
+
+/// The default cosine threshold (`cache.similarity_threshold`): the candidate filter for
+/// all-MiniLM-L6-v2, chosen with the [`verify`] model by `e2e/cache/train_verifier.py` for the
+/// most true hits at no more than 1% false hits on every evaluated source.
+pub const DEFAULT_THRESHOLD: f32 = 0.85;
 
 /// A cached answer.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -55,7 +63,8 @@ pub struct Answer {
 #[derive(Debug)]
 struct Entry {
     scope: Key,
-    signature: Option<Signature>,
+    /// The prompt's view for the guard and verifier (entries without text have none).
+    prompt: Option<Arc<Prompt>>,
     answer: Arc<Answer>,
     expires: Instant,
     /// Its size: prompt text, answer and vector.
@@ -65,11 +74,57 @@ struct Entry {
 #[derive(Debug)]
 struct Inner {
     entries: lru::LruCache<Key, Entry>,
-    /// The vectors of the entries that have one, by scope.
-    scopes: HashMap<Key, index::ScopeIndex>,
     /// Bytes of all entries.
     bytes: usize,
 }
+
+/// One scope's vectors, locked on its own: a scan of a large scope holds neither the entries
+/// nor any other scope.
+type Scope = Arc<Mutex<index::ScopeIndex>>;
+
+/// The vectors of the entries that have one, by scope. The map's lock is held only to find
+/// or add a scope.
+#[derive(Debug, Default)]
+struct Scopes(Mutex<HashMap<Key, Scope>>);
+
+impl Scopes {
+    fn get(&self, scope: &Key) -> Option<Scope> {
+        lock(&self.0).get(scope).cloned()
+    }
+
+    fn add(&self, scope: Key, key: Key, v: &[f32]) {
+        let ix = lock(&self.0).entry(scope).or_default().clone();
+        lock(&ix).add(key, v);
+    }
+
+    /// Drops `key`'s vector; an emptied scope goes.
+    fn forget(&self, key: &Key, scope: &Key) {
+        let Some(ix) = self.get(scope) else {
+            return;
+        };
+        let empty = {
+            let mut ix = lock(&ix);
+            ix.remove(key);
+            ix.is_empty()
+        };
+        if empty {
+            let mut map = lock(&self.0);
+            // Re-checked under the map's lock: a vector may have arrived meanwhile.
+            if map.get(scope).is_some_and(|ix| lock(ix).is_empty()) {
+                map.remove(scope);
+            }
+        }
+    }
+}
+
+/// Locks, ignoring poisoning: every critical section here leaves the data consistent.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Candidates verified per lookup at most, most similar first: a scope crowded with near
+/// duplicates that the verifier refuses costs a bounded amount of work, then a miss.
+const MAX_VERIFIED: usize = 8;
 
 /// The size an entry counts for: its answer as JSON, its prompt text and its vector.
 fn entry_bytes(answer: &Answer, text: Option<&str>, vector: Option<&[f32]>) -> usize {
@@ -88,17 +143,6 @@ impl std::io::Write for ByteCount {
     }
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
-    }
-}
-
-impl Inner {
-    fn forget(&mut self, key: &Key, scope: &Key) {
-        if let Some(ix) = self.scopes.get_mut(scope) {
-            ix.remove(key);
-            if ix.is_empty() {
-                self.scopes.remove(scope);
-            }
-        }
     }
 }
 
@@ -188,6 +232,7 @@ pub struct Cache {
     settings: arc_swap::ArcSwap<CacheSettings>,
     embedder: Option<Embedding>,
     inner: Mutex<Inner>,
+    scopes: Scopes,
     evictions: prometheus_client::metrics::counter::Counter,
     shared: Option<shared::Shared>,
 }
@@ -271,9 +316,9 @@ impl Cache {
             embedder,
             inner: Mutex::new(Inner {
                 entries: lru::LruCache::new(cap),
-                scopes: HashMap::new(),
                 bytes: 0,
             }),
+            scopes: Scopes::default(),
             evictions: Default::default(),
             shared: None,
         }
@@ -321,7 +366,7 @@ impl Cache {
             key,
             Entry {
                 scope,
-                signature: s.text.as_deref().map(Signature::of),
+                prompt: s.text.as_deref().map(|t| Arc::new(Prompt::of(t))),
                 answer: Arc::new(s.answer),
                 expires: Instant::now() + Duration::from_millis(left as u64),
                 bytes,
@@ -331,33 +376,43 @@ impl Cache {
     }
 
     fn insert(&self, key: Key, entry: Entry, vector: Option<&[f32]>) {
-        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let scope = entry.scope;
-        inner.bytes += entry.bytes;
-        if let Some((old_key, old)) = inner.entries.push(key, entry) {
-            inner.bytes -= old.bytes;
-            inner.forget(&old_key, &old.scope);
-            if old_key != key {
+        // Entries that leave, whose vectors are dropped once the entries' lock is released.
+        let mut gone: Vec<(Key, Key)> = Vec::new();
+        {
+            let mut inner = lock(&self.inner);
+            inner.bytes += entry.bytes;
+            if let Some((old_key, old)) = inner.entries.push(key, entry) {
+                inner.bytes -= old.bytes;
+                gone.push((old_key, old.scope));
+                if old_key != key {
+                    self.evictions.inc();
+                }
+            }
+            // The byte bound, least recently used first (never the entry just stored).
+            let max_bytes = self.settings.load().max_bytes;
+            while inner.bytes > max_bytes && inner.entries.len() > 1 {
+                let Some((old_key, old)) = inner.entries.pop_lru() else {
+                    break;
+                };
+                inner.bytes -= old.bytes;
+                gone.push((old_key, old.scope));
                 self.evictions.inc();
             }
         }
-        if let Some(v) = vector {
-            inner.scopes.entry(scope).or_default().add(key, v);
+        // A vector without its entry costs a skipped candidate; an entry without its vector
+        // a miss: neither a wrong answer.
+        for (k, sc) in &gone {
+            self.scopes.forget(k, sc);
         }
-        // The byte bound, least recently used first (never the entry just stored).
-        while inner.bytes > self.settings.load().max_bytes && inner.entries.len() > 1 {
-            let Some((old_key, old)) = inner.entries.pop_lru() else {
-                break;
-            };
-            inner.bytes -= old.bytes;
-            inner.forget(&old_key, &old.scope);
-            self.evictions.inc();
+        if let Some(v) = vector {
+            self.scopes.add(scope, key, v);
         }
     }
 
     /// Bytes of the entries held.
     pub fn bytes(&self) -> usize {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner()).bytes
+        lock(&self.inner).bytes
     }
 
     /// Counts evictions in `c` (a metric).
@@ -562,18 +617,22 @@ impl Cache {
             return (Found::Miss, None);
         }
         let now = Instant::now();
-        {
-            let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(e) = inner.entries.get(&l.exact) {
-                if e.expires > now {
-                    return (Found::Exact(e.answer.clone()), None);
+        let expired = {
+            let mut inner = lock(&self.inner);
+            match inner.entries.get(&l.exact) {
+                Some(e) if e.expires > now => return (Found::Exact(e.answer.clone()), None),
+                Some(e) => {
+                    let scope = e.scope;
+                    if let Some(old) = inner.entries.pop(&l.exact) {
+                        inner.bytes -= old.bytes;
+                    }
+                    Some(scope)
                 }
-                let scope = e.scope;
-                if let Some(old) = inner.entries.pop(&l.exact) {
-                    inner.bytes -= old.bytes;
-                }
-                inner.forget(&l.exact, &scope);
+                None => None,
             }
+        };
+        if let Some(scope) = expired {
+            self.scopes.forget(&l.exact, &scope);
         }
         let (Some(embedder), Some(text)) = (&self.embedder, &l.text) else {
             return (Found::Miss, None);
@@ -583,7 +642,7 @@ impl Cache {
             return (Found::Miss, Some(started.elapsed()));
         };
         let took = started.elapsed();
-        let best = self.nearest(&l.scope, &v, &Signature::of(text), l.threshold);
+        let best = self.nearest(&l.scope, &v, &Prompt::of(text), l.threshold);
         l.vector = Some(v);
         match best {
             Some((sim, a)) => (Found::Semantic(a, sim), Some(took)),
@@ -591,24 +650,35 @@ impl Cache {
         }
     }
 
-    /// The most similar entry of `scope` at or above `threshold` whose prompt agrees with
-    /// `sig` (an exact scan of the scope).
+    /// The most similar entry of `scope` at or above `threshold` whose prompt the
+    /// [`Verifier`] accepts as asking the same as `prompt`.
     pub fn nearest(
         &self,
         scope: &Key,
         v: &[f32],
-        sig: &Signature,
+        prompt: &Prompt,
         threshold: f32,
     ) -> Option<(f32, Arc<Answer>)> {
         let now = Instant::now();
-        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        // Most similar first; the guard runs only on candidates above the threshold.
-        let candidates = inner.scopes.get_mut(scope)?.above(v, threshold);
-        candidates.into_iter().find_map(|(sim, k)| {
-            let e = inner.entries.peek(&k)?;
-            (e.expires > now && e.signature.as_ref().is_some_and(|es| sig.agrees(es)))
-                .then(|| (sim, e.answer.clone()))
-        })
+        // Under the scope's own lock only: other scopes and the entries stay free meanwhile.
+        let ix = self.scopes.get(scope)?;
+        let candidates = lock(&ix).above(v, threshold);
+        let live: Vec<(f32, Arc<Prompt>, Arc<Answer>)> = {
+            let inner = lock(&self.inner);
+            candidates
+                .into_iter()
+                .filter_map(|(sim, k)| {
+                    let e = inner.entries.peek(&k).filter(|e| e.expires > now)?;
+                    Some((sim, e.prompt.clone()?, e.answer.clone()))
+                })
+                .take(MAX_VERIFIED)
+                .collect()
+        };
+        // Most similar first; verified with no lock held.
+        let verifier = Verifier::builtin();
+        live.into_iter()
+            .find(|(sim, cached, _)| verifier.accepts(cached, prompt, *sim))
+            .map(|(sim, _, answer)| (sim, answer))
     }
 
     /// Whether an answer may be stored.
@@ -639,12 +709,12 @@ impl Cache {
                 },
             );
         }
-        let signature = l.text.as_deref().map(Signature::of);
+        let prompt = l.text.as_deref().map(|t| Arc::new(Prompt::of(t)));
         self.insert(
             l.exact,
             Entry {
                 scope: l.scope,
-                signature,
+                prompt,
                 answer: Arc::new(answer),
                 expires: Instant::now() + l.ttl,
                 bytes,

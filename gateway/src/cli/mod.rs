@@ -3,6 +3,7 @@
 //! service as the admin API ([`admin`]); `check-config` validates ([`check`]).
 
 mod admin;
+mod cache_eval;
 mod check;
 mod serve;
 
@@ -43,6 +44,20 @@ enum Command {
         /// YAML config file; without it, the environment is checked.
         #[arg(long, short, env = "LLM_GATEWAY_CONFIG")]
         config: Option<PathBuf>,
+    },
+    /// Measure the semantic cache on labelled prompt pairs (a `.jsonl` with a, b, same, or a
+    /// TSV with the header `source a b label`): true- and false-hit rates per source, at the
+    /// configured threshold and across others, through the cache the configuration builds.
+    CacheEval {
+        /// YAML config file (its `cache` section: threshold, embedding model or provider).
+        #[arg(long, short, env = "LLM_GATEWAY_CONFIG")]
+        config: Option<PathBuf>,
+        /// Pair files (repeat for several).
+        #[arg(long = "pairs", required = true)]
+        pairs: Vec<PathBuf>,
+        /// Also write every pair's verifier features to this CSV (for training).
+        #[arg(long)]
+        features_out: Option<PathBuf>,
     },
     /// Print the built-in model catalog (prices, context windows, capabilities) as YAML.
     Catalog,
@@ -261,6 +276,11 @@ pub fn run() -> ExitCode {
             ExitCode::SUCCESS
         }
         Some(Command::CheckConfig { config }) => rt.block_on(check::run(config)),
+        Some(Command::CacheEval {
+            config,
+            pairs,
+            features_out,
+        }) => rt.block_on(cache_eval::run(config, pairs, features_out)),
         Some(Command::Keys { action }) => rt.block_on(admin::keys(action, db)),
         Some(Command::Budgets { action }) => rt.block_on(admin::budgets(action, db)),
         Some(Command::Serve(_)) | None => rt.block_on(serve::run(args, db)),
