@@ -143,7 +143,7 @@ def plot(path, names, w, level, threshold, x, y, guard, english, src, sources):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("features")
-    ap.add_argument("--threshold", type=float, default=0.90, help="the cosine threshold (cache.similarity_threshold)")
+    ap.add_argument("--threshold", type=float, default=0.85, help="the cosine threshold (cache.similarity_threshold)")
     ap.add_argument("--ship-on", default="project,paws_wiki", help="sources the shipped weights are trained on")
     ap.add_argument("--write", help="write the shipped weights here")
     ap.add_argument("--plot", help="draw the true-hit / false-hit curves per source to this PNG")

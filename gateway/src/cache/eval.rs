@@ -66,7 +66,7 @@ pub fn load(path: &Path) -> Result<Vec<Pair>, String> {
     let mut lines = text.lines().enumerate();
     let header: Vec<&str> = lines
         .next()
-        .map(|(_, h)| h.split('\t').collect())
+        .map(|(_, h)| h.trim_end_matches('\r').split('\t').collect())
         .unwrap_or_default();
     let col = |name: &str| {
         header.iter().position(|h| *h == name).ok_or_else(|| {
@@ -80,7 +80,7 @@ pub fn load(path: &Path) -> Result<Vec<Pair>, String> {
     lines
         .filter(|(_, l)| !l.trim().is_empty())
         .map(|(n, l)| {
-            let f: Vec<&str> = l.split('\t').collect();
+            let f: Vec<&str> = l.trim_end_matches('\r').split('\t').collect();
             let get = |i: usize| f.get(i).copied().ok_or_else(|| at(n, "too few columns"));
             Ok(Pair {
                 source: get(cs)?.to_owned(),
@@ -148,7 +148,8 @@ async fn one(
 ) -> Option<Outcome> {
     let tenant = format!("pair-{index}");
     let lookup = |text: &str| {
-        let body = json!({"model": "m", "messages": [{"role": "user", "content": text}]});
+        // Temperature 0: under any `max_temperature`, so no pair bypasses the cache.
+        let body = json!({"model": "m", "temperature": 0, "messages": [{"role": "user", "content": text}]});
         let raw: Map<String, Value> = body.as_object().cloned().unwrap_or_default();
         let req: ChatRequest = serde_json::from_value(body).ok()?;
         cache

@@ -40,10 +40,9 @@ use verify::{Prompt, Verifier};
 /// A SHA-256.
 pub type Key = [u8; 32];
 
-/// The default cosine threshold (`cache.similarity_threshold`): the candidate filter for
-/// all-MiniLM-L6-v2, chosen with the [`verify`] model by `e2e/cache/train_verifier.py` for the
-/// most true hits at no more than 1% false hits on every evaluated source.
-pub const DEFAULT_THRESHOLD: f32 = 0.85;
+/// The default cosine threshold (`cache.similarity_threshold`; see
+/// [`crate::config::DEFAULT_SIMILARITY_THRESHOLD`]).
+pub const DEFAULT_THRESHOLD: f32 = crate::config::DEFAULT_SIMILARITY_THRESHOLD;
 
 /// A cached answer.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -99,18 +98,30 @@ impl Scopes {
 
     /// Drops `key`'s vector; an emptied scope goes.
     fn forget(&self, key: &Key, scope: &Key) {
+        self.forget_all(std::slice::from_ref(key), scope);
+    }
+
+    /// Drops the vectors of `keys`; an emptied scope goes.
+    fn forget_all(&self, keys: &[Key], scope: &Key) {
         let Some(ix) = self.get(scope) else {
             return;
         };
         let empty = {
             let mut ix = lock(&ix);
-            ix.remove(key);
+            for k in keys {
+                ix.remove(k);
+            }
             ix.is_empty()
         };
+        drop(ix);
         if empty {
             let mut map = lock(&self.0);
-            // Re-checked under the map's lock: a vector may have arrived meanwhile.
-            if map.get(scope).is_some_and(|ix| lock(ix).is_empty()) {
+            // Clones are handed out only under the map's lock, so a count of one here means
+            // nobody is about to add to it (an `add` holding a clone keeps it).
+            if map
+                .get(scope)
+                .is_some_and(|ix| Arc::strong_count(ix) == 1 && lock(ix).is_empty())
+            {
                 map.remove(scope);
             }
         }
@@ -126,11 +137,16 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// duplicates that the verifier refuses costs a bounded amount of work, then a miss.
 const MAX_VERIFIED: usize = 8;
 
-/// The size an entry counts for: its answer as JSON, its prompt text and its vector.
+/// Candidates looked at per lookup at most (expired or removed ones included), most
+/// similar first.
+const MAX_CANDIDATES: usize = 32;
+
+/// The size an entry counts for: its answer as JSON, its prompt text (three times: the text,
+/// and the verifier's word lists and guard signature made from it) and its vector.
 fn entry_bytes(answer: &Answer, text: Option<&str>, vector: Option<&[f32]>) -> usize {
     let mut count = ByteCount(0);
     let _ = serde_json::to_writer(&mut count, answer);
-    count.0 + text.map_or(0, str::len) + vector.map_or(0, |v| v.len() * 4) + 128
+    count.0 + text.map_or(0, |t| 3 * t.len()) + vector.map_or(0, |v| v.len() * 4) + 128
 }
 
 /// Counts bytes written.
@@ -559,8 +575,8 @@ impl Cache {
         }
         let tenant = tenant.unwrap_or("");
         // The scope: everything but the last user message and the exact temperature. A
-        // message longer than the embedding sees is matched exactly or not at all: two long
-        // prompts that differ only after the first few KB must not look the same.
+        // message of more than 4 KB is matched exactly or not at all; below that, words past
+        // what the embedding reads must match word for word (the verifier checks).
         let text = last_user_text(req).filter(|t| t.len() <= embed::MAX_TEXT_BYTES);
         let mut exact = HashWriter::new(&[b"exact", tenant.as_bytes(), route.as_bytes()]);
         let mut scope = HashWriter::new(&[
@@ -663,17 +679,28 @@ impl Cache {
         // Under the scope's own lock only: other scopes and the entries stay free meanwhile.
         let ix = self.scopes.get(scope)?;
         let candidates = lock(&ix).above(v, threshold);
+        let mut gone = Vec::new();
         let live: Vec<(f32, Arc<Prompt>, Arc<Answer>)> = {
             let inner = lock(&self.inner);
             candidates
                 .into_iter()
+                .take(MAX_CANDIDATES)
                 .filter_map(|(sim, k)| {
-                    let e = inner.entries.peek(&k).filter(|e| e.expires > now)?;
-                    Some((sim, e.prompt.clone()?, e.answer.clone()))
+                    let Some(e) = inner.entries.peek(&k) else {
+                        // A vector whose entry left between the two locks: tidied below.
+                        gone.push(k);
+                        return None;
+                    };
+                    (e.scope == *scope && e.expires > now)
+                        .then(|| Some((sim, e.prompt.clone()?, e.answer.clone())))?
                 })
                 .take(MAX_VERIFIED)
                 .collect()
         };
+        drop(ix);
+        if !gone.is_empty() {
+            self.scopes.forget_all(&gone, scope);
+        }
         // Most similar first; verified with no lock held.
         let verifier = Verifier::builtin();
         live.into_iter()

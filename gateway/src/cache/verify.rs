@@ -28,6 +28,8 @@ pub struct Prompt {
     content: Vec<String>,
     /// Whether the prompt reads as English (the guard's word lists apply).
     english: bool,
+    /// The words the embedding may not have read, hashed: they must be the same.
+    tail: u64,
 }
 
 /// Common English function words.
@@ -67,6 +69,7 @@ impl Prompt {
             tokens,
             content,
             english,
+            tail: tail_hash(text),
         }
     }
 
@@ -77,17 +80,41 @@ impl Prompt {
     }
 }
 
-/// Words compared at most: the embedding reads 256 word pieces, so words beyond these are
-/// not what the cosine judged either; and it bounds the quadratic features' cost.
+/// Words the features compare at most (bounds their quadratic cost).
 const MAX_WORDS: usize = 256;
 
-/// Lowercased runs of letters and digits (the first [`MAX_WORDS`]).
-fn tokens(text: &str) -> Vec<String> {
+/// Words surely inside what the embedding reads (256 word pieces: English averages about
+/// 1.3 pieces a word, punctuation one each). Beyond them neither the cosine nor, past
+/// [`MAX_WORDS`], the features see a difference, so two prompts longer than this must have
+/// the same words from here on (the same pasted document, asked the same question).
+const SEEN_WORDS: usize = 128;
+
+/// Lowercased runs of letters and digits.
+fn words(text: &str) -> impl Iterator<Item = String> + '_ {
     text.split(|c: char| !c.is_alphanumeric())
         .filter(|t| !t.is_empty())
-        .take(MAX_WORDS)
         .map(str::to_lowercase)
-        .collect()
+}
+
+/// The first [`MAX_WORDS`] words.
+fn tokens(text: &str) -> Vec<String> {
+    words(text).take(MAX_WORDS).collect()
+}
+
+/// A hash of the words after the first [`SEEN_WORDS`] (0 when there are none).
+fn tail_hash(text: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    let mut any = false;
+    for w in words(text).skip(SEEN_WORDS) {
+        w.hash(&mut h);
+        any = true;
+    }
+    if any {
+        h.finish()
+    } else {
+        0
+    }
 }
 
 /// Function words and the words that frame a request ("can you explain what … is"): the
@@ -287,7 +314,7 @@ impl Verifier {
     /// or above the route's threshold): the guard must agree, and then either the learned
     /// model accepts (English) or the cosine clears the stricter non-English bar.
     pub fn accepts(&self, cached: &Prompt, new: &Prompt, cosine: f32) -> bool {
-        if !new.signature.agrees(&cached.signature) {
+        if new.tail != cached.tail || !new.signature.agrees(&cached.signature) {
             return false;
         }
         if !(cached.english && new.english) {
@@ -365,6 +392,20 @@ mod tests {
         assert!(!Prompt::of("Comment inverser une liste en Python ?").is_english());
         assert!(!Prompt::of("Pythonでリストを逆順にするには？").is_english());
         assert!(!Prompt::of("Как перевернуть список в Python?").is_english());
+    }
+
+    /// Two long prompts (the same pasted document, another question at the end) embed alike
+    /// and share their first words: the words past what the embedding reads must match.
+    #[test]
+    fn long_prompts_must_agree_past_what_the_embedding_reads() {
+        let doc = "The parties agree to the following terms of service and payment. ".repeat(20);
+        let (a, b) = (
+            format!("{doc} Question: what is the termination date?"),
+            format!("{doc} Question: who are the parties?"),
+        );
+        let v = Verifier::builtin();
+        assert!(!v.accepts(&Prompt::of(&a), &Prompt::of(&b), 0.999));
+        assert!(v.accepts(&Prompt::of(&a), &Prompt::of(&a), 0.999));
     }
 
     #[test]

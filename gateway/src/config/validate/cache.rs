@@ -16,7 +16,7 @@ pub(super) fn cache(cfg: &GatewayConfig) -> Result<super::super::CacheSettings, 
     let c = &cfg.cache;
     let threshold_default = threshold(
         c.similarity_threshold,
-        crate::cache::DEFAULT_THRESHOLD,
+        super::super::DEFAULT_SIMILARITY_THRESHOLD,
         "cache.similarity_threshold".into(),
     )?;
     let ttl = positive_secs(c.ttl_secs, 3600.0).map_err(|m| ("cache.ttl_secs".into(), m))?;
