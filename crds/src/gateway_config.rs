@@ -111,6 +111,11 @@ pub struct CacheConfig {
     /// `openai/text-embedding-3-small`). Tune `similarity_threshold` for that model.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub embedding_provider: Option<String>,
+    /// A verifier weights file (JSON, as `e2e/cache/train_verifier.py --write` makes) to use
+    /// instead of the built-in one, trained for all-MiniLM-L6-v2: retrain it for the
+    /// embedding model in use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verifier_weights: Option<String>,
 }
 
 /// Per-virtual-model cache settings (override the global ones).

@@ -331,6 +331,10 @@ fn needs_restart(old: &Settings, new: &Settings) -> Vec<&'static str> {
             "cache.embedding_provider",
         ),
         (
+            a.verifier_weights != b.verifier_weights,
+            "cache.verifier_weights",
+        ),
+        (
             a.redis_max_bytes != b.redis_max_bytes,
             "cache.redis_max_bytes",
         ),

@@ -658,3 +658,48 @@ fn a_large_scope_being_scanned_does_not_hold_up_small_scopes() {
         "only {n} small-scope lookups and stores finished during the large scope's scan"
     );
 }
+
+/// `cache.verifier_weights` replaces the built-in verifier (for another embedding model):
+/// weights that refuse every pair turn semantic hits off while exact hits stay; a file that
+/// is not a verifier for this build's features is refused at start, naming the field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_verifier_weights_file_replaces_the_built_in_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let names: Vec<String> = llm_gateway::cache::verify::FEATURE_NAMES
+        .iter()
+        .map(|n| format!("\"{n}\""))
+        .collect();
+    let mut weights = vec!["0".to_owned(); names.len()];
+    weights[0] = "-50".to_owned();
+    let refuse_all = dir.path().join("refuse-all.json");
+    std::fs::write(
+        &refuse_all,
+        format!(
+            r#"{{"features": [{}], "weights": [{}], "accept_at": 0.5, "non_english_min_cosine": 1.1, "trained_on": "refuses everything"}}"#,
+            names.join(","),
+            weights.join(",")
+        ),
+    )
+    .unwrap();
+    let extra = format!("  verifier_weights: {}\n", refuse_all.display());
+    let h = gateway().yaml(move |m| with_cache(m, &extra)).start().await;
+    let q = ask("What is the capital of France?");
+    assert_eq!(cache_of(&send(&h, &q, None, &[]).await.1), "miss");
+    assert_eq!(cache_of(&send(&h, &q, None, &[]).await.1), "hit-exact");
+    let para = ask("What's the capital of France?");
+    assert_eq!(cache_of(&send(&h, &para, None, &[]).await.1), "miss");
+
+    let wrong = dir.path().join("wrong.json");
+    std::fs::write(&wrong, r#"{"features": ["bias"], "weights": [1], "accept_at": 0.5, "non_english_min_cosine": 0.97, "trained_on": "x"}"#).unwrap();
+    let yaml = format!(
+        "cache: {{enabled: true, semantic: false, verifier_weights: {}}}\n",
+        wrong.display()
+    );
+    let doc = llm_gateway::config::parse("test", &yaml).unwrap();
+    let settings = llm_gateway::config::validate(&doc, "test", &|_: &str| None).unwrap();
+    let err = llm_gateway::cache::Cache::from_settings(&settings.cache, None)
+        .await
+        .unwrap_err();
+    assert!(err.contains("cache.verifier_weights"), "{err}");
+    assert!(err.contains("do not match"), "{err}");
+}

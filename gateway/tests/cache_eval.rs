@@ -97,7 +97,13 @@ async fn false_hits_stay_under_one_percent_on_every_source() {
         outcomes.len(),
         pairs.len()
     );
-    let report = eval::report(&pairs, &outcomes, DEFAULT_THRESHOLD, &[0.8, 0.9, 0.95]);
+    let report = eval::report(
+        cache.verifier(),
+        &pairs,
+        &outcomes,
+        DEFAULT_THRESHOLD,
+        &[0.8, 0.9, 0.95],
+    );
     println!("{report}");
 
     let rates = eval::rates(&pairs, &outcomes, DEFAULT_THRESHOLD, Rule::Cache);

@@ -247,14 +247,20 @@ pub fn rates(
 
 /// The report: per source at `default`, then every source across `thresholds`, with the
 /// cache's rule beside the guard alone and cosine alone.
-pub fn report(pairs: &[Pair], outcomes: &[Outcome], default: f32, thresholds: &[f32]) -> String {
+pub fn report(
+    verifier: &super::verify::Verifier,
+    pairs: &[Pair],
+    outcomes: &[Outcome],
+    default: f32,
+    thresholds: &[f32],
+) -> String {
     use std::fmt::Write;
     let mut s = String::new();
     let pct = |n: usize, d: usize| format!("{:.1}% ({n}/{d})", n as f64 * 100.0 / d.max(1) as f64);
     let _ = writeln!(
         s,
         "At the default threshold {default}, guard and verifier ({}):\n",
-        super::verify::Verifier::builtin().trained_on
+        verifier.trained_on
     );
     let _ = writeln!(s, "| source | pairs | true hits | false hits |");
     let _ = writeln!(s, "|---|---:|---:|---:|");

@@ -249,6 +249,8 @@ pub struct Cache {
     embedder: Option<Embedding>,
     inner: Mutex<Inner>,
     scopes: Scopes,
+    /// Decides hits among the candidates: the built-in weights or `cache.verifier_weights`.
+    verifier: Arc<Verifier>,
     evictions: prometheus_client::metrics::counter::Counter,
     shared: Option<shared::Shared>,
 }
@@ -335,6 +337,7 @@ impl Cache {
                 bytes: 0,
             }),
             scopes: Scopes::default(),
+            verifier: Arc::new(Verifier::builtin().clone()),
             evictions: Default::default(),
             shared: None,
         }
@@ -472,15 +475,25 @@ impl Cache {
                 }
             },
         };
+        let verifier = match &s.verifier_weights {
+            Some(path) => Some(Verifier::load(path)?),
+            None => None,
+        };
         tracing::info!(
             semantic = embedder.is_some(),
+            verifier = verifier
+                .as_ref()
+                .map_or("built-in", |v| v.trained_on.as_str()),
             threshold = s.threshold,
             ttl_secs = s.ttl.as_secs_f64(),
             max_entries = s.max_entries,
             shared = shared.is_some(),
             "response cache on"
         );
-        let cache = Cache::new(s.clone(), embedder);
+        let mut cache = Cache::new(s.clone(), embedder);
+        if let Some(v) = verifier {
+            cache.verifier = Arc::new(v);
+        }
         Ok(Some(match shared {
             Some(sh) => cache.with_shared(sh),
             None => cache,
@@ -520,6 +533,11 @@ impl Cache {
     /// needs a restart, see [`crate::live`]).
     pub fn set_settings(&self, s: CacheSettings) {
         self.settings.store(std::sync::Arc::new(s));
+    }
+
+    /// The verifier deciding semantic hits.
+    pub fn verifier(&self) -> &Verifier {
+        &self.verifier
     }
 
     /// Whether rephrased prompts can hit.
@@ -702,7 +720,7 @@ impl Cache {
             self.scopes.forget_all(&gone, scope);
         }
         // Most similar first; verified with no lock held.
-        let verifier = Verifier::builtin();
+        let verifier = &self.verifier;
         live.into_iter()
             .find(|(sim, cached, _)| verifier.accepts(cached, prompt, *sim))
             .map(|(sim, _, answer)| (sim, answer))

@@ -265,7 +265,7 @@ fn occurrences(t: &[String]) -> HashMap<&str, (usize, usize)> {
 }
 
 /// A logistic model over [`features`], with the probability at which it accepts a pair.
-#[derive(Debug, Clone, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
 pub struct Verifier {
     /// Feature names, checked against [`FEATURE_NAMES`].
     features: Vec<String>,
@@ -287,6 +287,14 @@ impl Verifier {
             Verifier::from_json(include_str!("verifier.json"))
                 .expect("verifier.json is checked by a unit test")
         })
+    }
+
+    /// Reads and checks a weights file (`cache.verifier_weights`).
+    pub fn load(path: &std::path::Path) -> Result<Verifier, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cache.verifier_weights {}: {e}", path.display()))?;
+        Verifier::from_json(&text)
+            .map_err(|e| format!("cache.verifier_weights {}: {e}", path.display()))
     }
 
     /// Parses and checks a weights file.

@@ -83,6 +83,9 @@ pub async fn run(
         thresholds.push(default);
         thresholds.sort_by(f32::total_cmp);
     }
-    print!("{}", eval::report(&all, &outcomes, default, &thresholds));
+    print!(
+        "{}",
+        eval::report(cache.verifier(), &all, &outcomes, default, &thresholds)
+    );
     ExitCode::SUCCESS
 }

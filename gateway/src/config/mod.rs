@@ -104,6 +104,8 @@ pub struct CacheSettings {
     pub embedding_model: Option<std::path::PathBuf>,
     /// A provider's embeddings model (`provider/model`) to use instead of the local model.
     pub embedding_provider: Option<String>,
+    /// A verifier weights file to use instead of the built-in one.
+    pub verifier_weights: Option<std::path::PathBuf>,
     /// Per-virtual-model overrides.
     pub routes: std::collections::HashMap<String, RouteCache>,
 }

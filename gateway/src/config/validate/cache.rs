@@ -76,6 +76,7 @@ pub(super) fn cache(cfg: &GatewayConfig) -> Result<super::super::CacheSettings, 
         cache_tool_calls: c.cache_tool_calls,
         embedding_model: c.embedding_model.as_ref().map(std::path::PathBuf::from),
         embedding_provider: c.embedding_provider.clone(),
+        verifier_weights: c.verifier_weights.as_ref().map(std::path::PathBuf::from),
         routes,
     })
 }
