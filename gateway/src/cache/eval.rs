@@ -16,7 +16,7 @@ use futures::StreamExt;
 use serde_json::{json, Map, Value};
 
 use super::embed::cosine;
-use super::verify::{features, Prompt, FEATURES};
+use super::verify::{features, FEATURES};
 use super::{Answer, Cache, Found};
 use crate::wire::ChatRequest;
 
@@ -112,8 +112,6 @@ pub struct Outcome {
     pub english: bool,
     /// The verifier's features of the pair.
     pub features: [f32; FEATURES],
-    /// The two prompts' embeddings.
-    pub vectors: (Vec<f32>, Vec<f32>),
 }
 
 /// Runs every pair through `cache` (which must be semantic, with its threshold at or below
@@ -158,14 +156,13 @@ async fn one(
     };
     let (mut first, mut second) = (lookup(&p.a)?, lookup(&p.b)?);
     cache.find(&mut first).await;
-    let va = first.vector.clone();
+    let (va, pa) = (first.vector.clone(), first.prompt.clone());
     cache.store(first, answer.clone());
     let (found, _) = cache.find(&mut second).await;
-    // The vectors the lookups computed (none when the embedding failed: queue full, or a
-    // prompt too long to compare by meaning).
-    let (va, vb) = (va?, second.vector.as_ref()?);
+    // What the lookups computed (nothing when the embedding failed: queue full, or a prompt
+    // too long to compare by meaning).
+    let (va, vb, pa, pb) = (va?, second.vector.as_ref()?, pa?, second.prompt.as_ref()?);
     let sim = cosine(&va, vb);
-    let (pa, pb) = (Prompt::of(&p.a), Prompt::of(&p.b));
     Some(Outcome {
         index,
         cosine: sim,
@@ -176,8 +173,7 @@ async fn one(
         },
         guard: pb.signature.agrees(&pa.signature),
         english: pa.is_english() && pb.is_english(),
-        features: features(&pa, &pb, sim),
-        vectors: (va, vb.clone()),
+        features: features(&pa, pb, sim),
     })
 }
 
@@ -322,13 +318,4 @@ pub fn features_csv(pairs: &[Pair], outcomes: &[Outcome]) -> String {
         );
     }
     s
-}
-
-/// Every pair's two embeddings, one JSON line each (`{"a": [...], "b": [...]}`), in the
-/// order of [`features_csv`].
-pub fn vectors_jsonl(outcomes: &[Outcome]) -> String {
-    outcomes
-        .iter()
-        .map(|o| json!({"a": o.vectors.0, "b": o.vectors.1}).to_string() + "\n")
-        .collect()
 }

@@ -253,7 +253,7 @@ impl ScopeIndex {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     #[test]
@@ -273,7 +273,8 @@ mod tests {
         assert!(ix.is_empty());
     }
 
-    fn unit(seed: &mut u64, dim: usize) -> Vec<f32> {
+    /// A unit vector of `dim` from a seed (xorshift).
+    pub(in crate::cache) fn unit(seed: &mut u64, dim: usize) -> Vec<f32> {
         let mut v: Vec<f32> = (0..dim)
             .map(|_| {
                 *seed ^= *seed << 13;

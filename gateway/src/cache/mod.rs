@@ -228,6 +228,9 @@ pub struct Lookup {
     /// `Cache-Control: no-cache`: answer fresh, then store.
     pub refresh: bool,
     vector: Option<Vec<f32>>,
+    /// The verifier's view of `text`, made with `vector` by [`Cache::find`] and kept with
+    /// the entry by [`Cache::store`].
+    prompt: Option<Arc<Prompt>>,
 }
 
 /// What the cache found.
@@ -641,6 +644,7 @@ impl Cache {
             ttl: rc.map_or(settings.ttl, |r| r.ttl),
             refresh: cc.iter().any(|d| d == "no-cache"),
             vector: None,
+            prompt: None,
         })
     }
 
@@ -676,8 +680,10 @@ impl Cache {
             return (Found::Miss, Some(started.elapsed()));
         };
         let took = started.elapsed();
-        let best = self.nearest(&l.scope, &v, &Prompt::of(text), l.threshold);
+        let prompt = Arc::new(Prompt::of(text));
+        let best = self.nearest(&l.scope, &v, &prompt, l.threshold);
         l.vector = Some(v);
+        l.prompt = Some(prompt);
         match best {
             Some((sim, a)) => (Found::Semantic(a, sim), Some(took)),
             None => (Found::Miss, Some(took)),
@@ -709,8 +715,10 @@ impl Cache {
                         gone.push(k);
                         return None;
                     };
-                    (e.scope == *scope && e.expires > now)
-                        .then(|| Some((sim, e.prompt.clone()?, e.answer.clone())))?
+                    if e.scope != *scope || e.expires <= now {
+                        return None;
+                    }
+                    Some((sim, e.prompt.clone()?, e.answer.clone()))
                 })
                 .take(MAX_VERIFIED)
                 .collect()
@@ -754,17 +762,100 @@ impl Cache {
                 },
             );
         }
-        let prompt = l.text.as_deref().map(|t| Arc::new(Prompt::of(t)));
         self.insert(
             l.exact,
             Entry {
                 scope: l.scope,
-                prompt,
+                prompt: l.prompt,
                 answer: Arc::new(answer),
                 expires: Instant::now() + l.ttl,
                 bytes,
             },
             l.vector.as_deref(),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::index::tests::unit;
+    use super::shared::{hex, Stored};
+    use super::*;
+
+    /// Issue 18: a scan of one large scope holds that scope only. While one exact scan of a
+    /// 100,000-entry scope runs, lookups in a small scope (and stores into it) go on: with one
+    /// lock for the whole cache none could finish until the scan did.
+    #[test]
+    fn a_large_scope_being_scanned_does_not_hold_up_small_scopes() {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+        let doc =
+            crate::config::parse("test", "cache: {enabled: true, max_entries: 200000}\n").unwrap();
+        let settings = crate::config::validate(&doc, "test", &|_: &str| None).unwrap();
+        let cache = Cache::new(settings.cache, None);
+        let answer = Answer {
+            message: serde_json::json!({"role": "assistant", "content": "42"}),
+            finish_reason: "stop".into(),
+            model: "m".into(),
+            provider: "p".into(),
+            usage: None,
+        };
+        let (big, small) = ([1u8; 32], [2u8; 32]);
+        let mut seed = 7u64;
+        let stored = |scope: &[u8; 32], text: Option<&str>, v: Vec<f32>| Stored {
+            scope: hex(scope),
+            text: text.map(str::to_owned),
+            vector: Some(v),
+            answer: answer.clone(),
+            expires_at_ms: unix_ms() + 3_600_000,
+        };
+        for i in 0..100_000u32 {
+            let mut key = [0u8; 32];
+            key[..4].copy_from_slice(&i.to_le_bytes());
+            cache.insert_stored(key, stored(&big, None, unit(&mut seed, embed::DIM)));
+        }
+        let question = "How do I reverse a list in Python?";
+        let v = unit(&mut seed, embed::DIM);
+        cache.insert_stored([3u8; 32], stored(&small, Some(question), v.clone()));
+        let prompt = Prompt::of(question);
+        let probe = unit(&mut seed, embed::DIM);
+
+        let (scanning, done, during) = (
+            AtomicBool::new(false),
+            AtomicBool::new(false),
+            AtomicUsize::new(0),
+        );
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                scanning.store(true, Ordering::SeqCst);
+                // Threshold -1: every entry is a candidate, and none has a prompt to verify, so
+                // this is one full scan of the scope.
+                assert!(cache.nearest(&big, &probe, &prompt, -1.0).is_none());
+                done.store(true, Ordering::SeqCst);
+            });
+            while !scanning.load(Ordering::SeqCst) {
+                std::hint::spin_loop();
+            }
+            let mut n = 0u32;
+            while !done.load(Ordering::SeqCst) {
+                let hit = cache.nearest(&small, &v, &prompt, 0.85);
+                assert!(hit.is_some(), "the small scope's entry is found");
+                n += 1;
+                let mut key = [4u8; 32];
+                key[..4].copy_from_slice(&n.to_le_bytes());
+                cache.insert_stored(
+                    key,
+                    stored(&small, Some("another"), unit(&mut seed, embed::DIM)),
+                );
+                if !done.load(Ordering::SeqCst) {
+                    during.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        });
+        let n = during.load(Ordering::SeqCst);
+        assert!(
+            n >= 10,
+            "only {n} small-scope lookups and stores finished during the large scope's scan"
         );
     }
 }

@@ -8,9 +8,10 @@
 //! shared words swapped places), words only one side has, length — and combines those with
 //! the cosine in a logistic model whose weights are a small file compiled into the binary
 //! (`verifier.json`, written by `e2e/cache/train_verifier.py`, which says what it was trained
-//! on). Every feature is computed from lowercased Unicode word tokens, so none depends on
-//! English word lists; prompts that are not mostly English still get the stricter handling
-//! in [`Prompt::is_english`].
+//! on). The features are computed from lowercased Unicode word tokens; the content-word
+//! features set aside English function words, and the weights were trained on English, so
+//! prompts that are not mostly English get the stricter handling of [`Prompt::is_english`]
+//! instead.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::OnceLock;
@@ -51,7 +52,13 @@ const FOREIGN: &[&str] = &[
 impl Prompt {
     /// A prompt's view for the verifier.
     pub fn of(text: &str) -> Prompt {
-        let tokens = tokens(text);
+        let mut tokens: Vec<String> = text
+            .split(|c: char| !c.is_alphanumeric())
+            .filter(|t| !t.is_empty())
+            .map(str::to_lowercase)
+            .collect();
+        let tail = tail_hash(&tokens);
+        tokens.truncate(MAX_WORDS);
         let letters = text.chars().filter(|c| c.is_alphabetic()).count();
         let latin = text.chars().filter(|c| c.is_ascii_alphabetic()).count();
         let count = |list: &[&str]| tokens.iter().filter(|t| list.contains(&t.as_str())).count();
@@ -69,7 +76,7 @@ impl Prompt {
             tokens,
             content,
             english,
-            tail: tail_hash(text),
+            tail,
         }
     }
 
@@ -89,31 +96,16 @@ const MAX_WORDS: usize = 256;
 /// the same words from here on (the same pasted document, asked the same question).
 const SEEN_WORDS: usize = 128;
 
-/// Lowercased runs of letters and digits.
-fn words(text: &str) -> impl Iterator<Item = String> + '_ {
-    text.split(|c: char| !c.is_alphanumeric())
-        .filter(|t| !t.is_empty())
-        .map(str::to_lowercase)
-}
-
-/// The first [`MAX_WORDS`] words.
-fn tokens(text: &str) -> Vec<String> {
-    words(text).take(MAX_WORDS).collect()
-}
-
 /// A hash of the words after the first [`SEEN_WORDS`] (0 when there are none).
-fn tail_hash(text: &str) -> u64 {
+fn tail_hash(words: &[String]) -> u64 {
     use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    let mut any = false;
-    for w in words(text).skip(SEEN_WORDS) {
-        w.hash(&mut h);
-        any = true;
-    }
-    if any {
-        h.finish()
-    } else {
-        0
+    match words.get(SEEN_WORDS..) {
+        Some(tail) if !tail.is_empty() => {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            tail.hash(&mut h);
+            h.finish()
+        }
+        _ => 0,
     }
 }
 
@@ -178,13 +170,10 @@ pub fn features(a: &Prompt, b: &Prompt, cosine: f32) -> [f32; FEATURES] {
     sorted_a.sort_unstable();
     sorted_b.sort_unstable();
     let reordered = f32::from(u8::from(sorted_a == sorted_b && ta != tb));
-    let only = sa.symmetric_difference(&sb).count() as f32 / (sa.len() + sb.len()).max(1) as f32;
     let shorter = ta.len().min(tb.len()) as f32;
     let (ca, cb) = (&a.content, &b.content);
     let sca: HashSet<&str> = ca.iter().map(String::as_str).collect();
     let scb: HashSet<&str> = cb.iter().map(String::as_str).collect();
-    let content_only =
-        sca.symmetric_difference(&scb).count() as f32 / (sca.len() + scb.len()).max(1) as f32;
     [
         1.0,
         cosine,
@@ -193,12 +182,12 @@ pub fn features(a: &Prompt, b: &Prompt, cosine: f32) -> [f32; FEATURES] {
         lcs,
         swapped_pairs(ta, tb),
         reordered,
-        only,
+        one_sided(&sa, &sb),
         shorter / longest,
         cosine * bi,
         jaccard(&sca, &scb),
         swapped_pairs(ca, cb),
-        content_only,
+        one_sided(&sca, &scb),
     ]
 }
 
@@ -208,6 +197,11 @@ fn jaccard<T: std::hash::Hash + Eq>(a: &HashSet<T>, b: &HashSet<T>) -> f32 {
         return 1.0;
     }
     a.intersection(b).count() as f32 / union as f32
+}
+
+/// The share of the two sets' words that only one of them has.
+fn one_sided(a: &HashSet<&str>, b: &HashSet<&str>) -> f32 {
+    a.symmetric_difference(b).count() as f32 / (a.len() + b.len()).max(1) as f32
 }
 
 /// Longest common subsequence of two token lists (prompts are clipped to a few KB, and the
@@ -353,7 +347,7 @@ mod tests {
 
     #[test]
     fn swapped_words_reverse_pairs() {
-        let p = |s: &str| tokens(s);
+        let p = |s: &str| Prompt::of(s).tokens;
         let swap = swapped_pairs(
             &p("how would obama have reacted to trump as the winner"),
             &p("how would trump have reacted to obama as the winner"),
@@ -406,19 +400,40 @@ mod tests {
     /// and share their first words: the words past what the embedding reads must match.
     #[test]
     fn long_prompts_must_agree_past_what_the_embedding_reads() {
-        let doc = "The parties agree to the following terms of service and payment. ".repeat(20);
+        // 330 words of document: the questions lie past the words the features read too,
+        // so only the check of the words past what the embedding reads tells them apart.
+        let doc = "The parties agree to the following terms of service and payment. ".repeat(30);
         let (a, b) = (
-            format!("{doc} Question: what is the termination date?"),
-            format!("{doc} Question: who are the parties?"),
+            Prompt::of(&format!("{doc} Question: what is the termination date?")),
+            Prompt::of(&format!("{doc} Question: who are the parties?")),
         );
+        assert_eq!(a.tokens, b.tokens, "the features see the same words");
         let v = Verifier::builtin();
-        assert!(!v.accepts(&Prompt::of(&a), &Prompt::of(&b), 0.999));
-        assert!(v.accepts(&Prompt::of(&a), &Prompt::of(&a), 0.999));
+        assert!(!v.accepts(&a, &b, 0.999));
+        assert!(v.accepts(&a, &a.clone(), 0.999));
+    }
+
+    /// Prompts that are not English skip the English-trained model: the cosine must clear
+    /// the stricter bar, and the guard's numbers still have to agree.
+    #[test]
+    fn other_languages_need_the_stricter_cosine() {
+        let v = Verifier::builtin();
+        let (a, b) = (
+            Prompt::of("Quelle est la capitale de la France ?"),
+            Prompt::of("Quelle est la capitale de la France?"),
+        );
+        assert!(!v.accepts(&a, &b, v.non_english_min_cosine - 0.01));
+        assert!(v.accepts(&a, &b, v.non_english_min_cosine));
+        assert!(!v.accepts(
+            &Prompt::of("Wie viele Kilometer sind 5 Meilen?"),
+            &Prompt::of("Wie viele Kilometer sind 50 Meilen?"),
+            0.999
+        ));
     }
 
     #[test]
     fn lcs_counts_the_common_subsequence() {
-        let p = |s: &str| tokens(s);
+        let p = |s: &str| Prompt::of(s).tokens;
         assert_eq!(lcs(&p("a b c d"), &p("a x c d")), 3);
         assert_eq!(lcs(&p(""), &p("a")), 0);
     }

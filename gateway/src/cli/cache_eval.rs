@@ -73,10 +73,6 @@ pub async fn run(
         if let Err(e) = std::fs::write(&path, eval::features_csv(&all, &outcomes)) {
             return fail(format!("{}: {e}", path.display()));
         }
-        let vectors = path.with_extension("vectors.jsonl");
-        if let Err(e) = std::fs::write(&vectors, eval::vectors_jsonl(&outcomes)) {
-            return fail(format!("{}: {e}", vectors.display()));
-        }
     }
     let mut thresholds = THRESHOLDS.to_vec();
     if !thresholds.contains(&default) {
