@@ -77,7 +77,14 @@ async fn every_request_leaves_a_record_priced_from_its_usage() {
         assert_eq!(r.tenant.as_deref(), Some("team-a"));
         assert_eq!(r.endpoint, "chat");
     }
-    let chat = &rows[0];
+    // Two records can share a millisecond, so find each by what it was rather than by position.
+    let find = |what: &str, hit: &dyn Fn(&UsageRecord) -> bool| {
+        rows.iter()
+            .find(|r| hit(r))
+            .unwrap_or_else(|| panic!("no record of {what}: {rows:#?}"))
+    };
+    let by_model = |m: &str| find(m, &|r| r.model.as_deref() == Some(m));
+    let chat = by_model("gpt-4o-mini");
     assert_eq!(
         (chat.provider.as_deref(), chat.status),
         (Some("openai"), 200)
@@ -85,7 +92,7 @@ async fn every_request_leaves_a_record_priced_from_its_usage() {
     assert!(chat.prompt_tokens > 0 && chat.completion_tokens > 0);
     let expect = (chat.prompt_tokens as f64 * 0.15 + chat.completion_tokens as f64 * 0.60) / 1e6;
     assert!((chat.cost_usd.unwrap() - expect).abs() < 1e-12, "{chat:?}");
-    let stream = &rows[1];
+    let stream = by_model("claude-3-5-haiku-latest");
     assert_eq!(stream.provider.as_deref(), Some("anthropic"));
     assert!(
         stream.completion_tokens > 0,
@@ -97,7 +104,7 @@ async fn every_request_leaves_a_record_priced_from_its_usage() {
         "streamed requests are priced, not $0: {stream:?}"
     );
     assert!(stream.ttft_ms.is_some());
-    let failed = &rows[2];
+    let failed = find("the 404", &|r| r.status == 404);
     assert_eq!(
         (failed.status, failed.cost_usd, failed.prompt_tokens),
         (404, None, 0)
