@@ -1,38 +1,56 @@
 #!/usr/bin/env python3
-"""Gateway overhead benchmark.
+"""Gateway overhead and throughput, side by side with the peers a user would pick instead.
 
-Measures, in one run on one machine, the latency of a chat completion sent directly to the
-mock OpenAI provider and the same request sent through the gateway, at fixed request rates
-with `oha`; prints p50/p99 of both and the difference. Also the gateway's idle and
-after-load RSS, and its time from process start to /readyz.
+In one run on one machine, against the same mock OpenAI upstream (this repository's Rust
+`mock-providers`), it measures:
 
-Run it with ./e2e/bench/overhead.sh (builds release binaries, installs oha if missing).
-Knobs: BENCH_RATES (default "200,1000"), BENCH_SECONDS (default 10), BENCH_ROUNDS (default 2).
+- `direct`: the mock itself (the floor every gateway adds to);
+- `llm-gateway`: the release binary with its defaults (embedded SQLite ledger and metrics on);
+- `portkey`: Portkey's AI gateway from npm (`@portkey-ai/gateway`), if `portkey` is in BENCH_PEERS;
+- `litellm`: LiteLLM's proxy from PyPI (`litellm[proxy]`), if `litellm` is in BENCH_PEERS.
+
+For a non-streaming chat completion and a short stream (same prompt, `stream: true`): p50 and
+p99 at fixed request rates (`oha -q RATE -c 64 --latency-correction`, open loop), the maximum
+rate (`oha -c 64`, closed loop), and each gateway's peak RSS. For streams also the time to
+first byte and the cost per chunk, from 200 sequential 200-word streams. Targets are measured
+interleaved, round by round, and the median of the rounds is printed: the machine is shared,
+so compare ratios within one run, not absolute figures across runs.
+
+Run it with ./e2e/bench/overhead.sh (builds release binaries, installs oha and the peers into
+~/.cache/llm-gateway/bench). Knobs: BENCH_RATES (default "1000,5000"), BENCH_SECONDS (10),
+BENCH_ROUNDS (2), BENCH_PEERS (default "portkey,litellm"; empty for none).
 """
 
+import datetime
+import http.client
 import json
 import os
 import pathlib
+import platform
 import signal
 import socket
 import statistics
-import tempfile
 import subprocess
+import tempfile
 import time
 import urllib.request
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 BIN = ROOT / "target" / "release"
-RATES = [int(r) for r in os.environ.get("BENCH_RATES", "200,1000").split(",")]
+CACHE = pathlib.Path(os.environ.get("XDG_CACHE_HOME", pathlib.Path.home() / ".cache")) / "llm-gateway" / "bench"
+RATES = [int(r) for r in os.environ.get("BENCH_RATES", "1000,5000").split(",") if r]
 SECONDS = int(os.environ.get("BENCH_SECONDS", "10"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "2"))
-DATA_DIR = tempfile.mkdtemp(prefix="llm-gateway-bench-")
-BODY = json.dumps({
-    "model": "gpt-4o-mini",
-    "messages": [{"role": "system", "content": "You are terse."},
-                 {"role": "user", "content": "Summarise the plot of Hamlet in one sentence."}],
-    "temperature": 0.2,
-})
+PEERS = [p for p in os.environ.get("BENCH_PEERS", "portkey,litellm").split(",") if p]
+KEY = "sk-bench"
+MESSAGES = [{"role": "system", "content": "You are terse."},
+            {"role": "user", "content": "Summarise the plot of Hamlet in one sentence."}]
+
+
+def body(stream, words=None):
+    msgs = MESSAGES if words is None else MESSAGES[:1] + [
+        {"role": "user", "content": f"Tell me a story. [[words={words}]]"}]
+    return json.dumps({"model": "gpt-4o-mini", "messages": msgs, "temperature": 0.2, "stream": stream})
 
 
 def free_port():
@@ -41,100 +59,242 @@ def free_port():
         return s.getsockname()[1]
 
 
-def ready(url):
+def ready(url, method="GET"):
     try:
-        with urllib.request.urlopen(url, timeout=1) as r:
-            return r.status == 200
+        with urllib.request.urlopen(urllib.request.Request(url, method=method), timeout=1) as r:
+            return r.status < 500
+    except urllib.error.HTTPError as e:
+        return e.code < 500
     except OSError:
         return False
 
 
-def rss_kib(pid, field="VmRSS"):
-    for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    return 0
-
-
-def start_gateway(mock, port):
-    env = {"PATH": os.environ["PATH"], "OPENAI_API_KEY": "sk-bench", "LLM_GATEWAY_DATA_DIR": DATA_DIR,
-           "OPENAI_BASE_URL": f"{mock}/openai/v1", "OLLAMA_HOST": f"{mock}/ollama",
-           "RUST_LOG": "warn"}
-    t0 = time.perf_counter()
-    proc = subprocess.Popen([str(BIN / "llm-gateway"), "--listen", f"127.0.0.1:{port}"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    while not ready(f"http://127.0.0.1:{port}/readyz"):
+def wait_ready(proc, url, what, timeout=120):
+    end = time.monotonic() + timeout
+    while not ready(url):
         if proc.poll() is not None:
-            raise SystemExit("gateway exited during start")
+            raise SystemExit(f"{what} exited during start")
+        if time.monotonic() > end:
+            raise SystemExit(f"{what} not ready after {timeout}s")
         time.sleep(0.002)
-    return proc, time.perf_counter() - t0
 
 
-def oha(url, rate, auth):
-    cmd = ["oha", "--no-tui", "--output-format", "json", "-z", f"{SECONDS}s", "-q", str(rate),
-           "-c", "64", "--latency-correction", "-m", "POST",
-           "-H", "content-type: application/json", "-H", f"authorization: Bearer {auth}",
-           "-d", BODY, url]
+def tree_rss_kib(pid, field="VmHWM"):
+    """The process's peak (or current) RSS plus its children's (LiteLLM and Node fork)."""
+    total = 0
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            for line in pathlib.Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith(field + ":"):
+                    total += int(line.split()[1])
+            for t in pathlib.Path(f"/proc/{p}/task").iterdir():
+                todo += [int(c) for c in (t / "children").read_text().split()]
+        except OSError:
+            pass
+    return total
+
+
+class Target:
+    """One thing under test: how to start it and where to send a chat completion."""
+
+    def __init__(self, name, url, headers, proc=None):
+        self.name, self.url, self.headers, self.proc = name, url, headers, proc
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+
+
+def spawn(cmd, env, cwd=None):
+    return subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def start_gateway(mock, data_dir):
+    port = free_port()
+    env = {"PATH": os.environ["PATH"], "OPENAI_API_KEY": KEY, "LLM_GATEWAY_DATA_DIR": data_dir,
+           "OPENAI_BASE_URL": f"{mock}/openai/v1", "OLLAMA_HOST": f"{mock}/ollama", "RUST_LOG": "warn"}
+    t0 = time.perf_counter()
+    proc = spawn([str(BIN / "llm-gateway"), "--listen", f"127.0.0.1:{port}"], env)
+    wait_ready(proc, f"http://127.0.0.1:{port}/readyz", "llm-gateway")
+    return Target("llm-gateway", f"http://127.0.0.1:{port}/v1/chat/completions", {}, proc), time.perf_counter() - t0
+
+
+def start_portkey(mock):
+    port = free_port()
+    entry = CACHE / "portkey" / "node_modules" / "@portkey-ai" / "gateway" / "build" / "start-server.js"
+    proc = spawn(["node", str(entry), f"--port={port}", "--headless"], {"PATH": os.environ["PATH"]})
+    wait_ready(proc, f"http://127.0.0.1:{port}/", "portkey")
+    return Target("portkey", f"http://127.0.0.1:{port}/v1/chat/completions",
+                  {"x-portkey-provider": "openai", "x-portkey-custom-host": f"{mock}/openai/v1"}, proc)
+
+
+def start_litellm(mock, work):
+    port = free_port()
+    cfg = pathlib.Path(work) / "litellm.yaml"
+    cfg.write_text(json.dumps({"model_list": [{"model_name": "gpt-4o-mini", "litellm_params": {
+        "model": "openai/gpt-4o-mini", "api_base": f"{mock}/openai/v1", "api_key": KEY}}]}))
+    master = "sk-" + os.urandom(32).hex()  # LiteLLM refuses to start with no or a weak key
+    env = {"PATH": os.environ["PATH"], "HOME": work, "LITELLM_LOG": "ERROR", "LITELLM_TELEMETRY": "False",
+           "LITELLM_MASTER_KEY": master,
+           "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+    proc = spawn([str(CACHE / "litellm-venv" / "bin" / "litellm"), "--config", str(cfg),
+                  "--host", "127.0.0.1", "--port", str(port)], env, cwd=work)
+    wait_ready(proc, f"http://127.0.0.1:{port}/health/liveliness", "litellm", timeout=180)
+    return Target("litellm", f"http://127.0.0.1:{port}/v1/chat/completions",
+                  {"authorization": f"Bearer {master}"}, proc)
+
+
+def oha(t, stream, rate=None, seconds=SECONDS):
+    """One oha run: (p50 ms, p99 ms, achieved req/s, share of 200 answers)."""
+    cmd = ["oha", "--no-tui", "--output-format", "json", "-z", f"{seconds}s", "-c", "64",
+           "-m", "POST", "-H", "content-type: application/json"]
+    for k, v in {"authorization": f"Bearer {KEY}", **t.headers}.items():
+        cmd += ["-H", f"{k}: {v}"]
+    if rate:
+        cmd += ["-q", str(rate), "--latency-correction"]
+    cmd += ["-d", body(stream), t.url]
     out = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
     codes = out.get("statusCodeDistribution", {})
+    total = sum(codes.values()) + sum(out.get("errorDistribution", {}).values())
     ok = codes.get("200", 0)
-    total = sum(codes.values())
-    if total == 0 or ok != total:
-        raise SystemExit(f"non-200 answers from {url}: {codes}")
-    p = out["latencyPercentiles"]
-    return p["p50"] * 1000, p["p99"] * 1000, out["summary"]["requestsPerSec"]
+    p = out.get("latencyPercentiles") or {}
+    ms = lambda k: (p.get(k) or float("nan")) * 1000
+    return ms("p50"), ms("p99"), ok / seconds, (ok / total if total else 0.0)
+
+
+def stream_timing(t, n=200, words=200):
+    """Sequential long streams: (median time to first byte ms, median total ms, chunks)."""
+    host, port = t.url.split("//")[1].split("/")[0].split(":")
+    path = "/" + t.url.split("//")[1].split("/", 1)[1]
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    hdrs = {"content-type": "application/json", "authorization": f"Bearer {KEY}", **t.headers}
+    payload = body(True, words)
+    firsts, totals, chunks = [], [], 0
+    for _ in range(n):
+        t0 = time.perf_counter()
+        conn.request("POST", path, payload, hdrs)
+        r = conn.getresponse()
+        if r.status != 200:
+            raise SystemExit(f"{t.name}: stream answered {r.status}: {r.read()[:200]!r}")
+        first = r.read1(65536)
+        firsts.append(time.perf_counter() - t0)
+        data = first
+        while chunk := r.read1(65536):
+            data += chunk
+        totals.append(time.perf_counter() - t0)
+        chunks = data.count(b"data:")
+    conn.close()
+    return statistics.median(firsts) * 1000, statistics.median(totals) * 1000, chunks
 
 
 def main():
-    mock_port, gw_port = free_port(), free_port()
+    work = tempfile.mkdtemp(prefix="llm-gateway-bench-")
+    mock_port = free_port()
     mock = f"http://127.0.0.1:{mock_port}"
-    mock_proc = subprocess.Popen([str(BIN / "mock-providers"), "--listen", f"127.0.0.1:{mock_port}"],
-                                 stderr=subprocess.DEVNULL)
-    while not ready(f"{mock}/_mock/requests"):
-        time.sleep(0.01)
+    mock_proc = spawn([str(BIN / "mock-providers"), "--listen", f"127.0.0.1:{mock_port}"], {"PATH": os.environ["PATH"]})
+    wait_ready(mock_proc, f"{mock}/_mock/requests", "mock-providers")
+    targets = [Target("direct", f"{mock}/openai/v1/chat/completions", {}, mock_proc)]
+    failed = {}
     try:
         starts = []
         for _ in range(5):
-            proc, t = start_gateway(mock, free_port())
-            starts.append(t)
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(10)
-        gw, _ = start_gateway(mock, gw_port)
+            t, secs = start_gateway(mock, tempfile.mkdtemp(dir=work))
+            starts.append(secs)
+            t.stop()
+        gw, _ = start_gateway(mock, tempfile.mkdtemp(dir=work))
+        targets.append(gw)
+        for peer in PEERS:
+            try:
+                targets.append(start_portkey(mock) if peer == "portkey" else start_litellm(mock, work))
+            except SystemExit as e:
+                failed[peer] = str(e)
         time.sleep(0.5)
-        idle_rss = rss_kib(gw.pid)
-        # Warm both paths (connection pools, page cache) before measuring.
-        oha(f"{mock}/openai/v1/chat/completions", 200, "sk-bench")
-        oha(f"http://127.0.0.1:{gw_port}/v1/chat/completions", 200, "unused")
+        idle = {t.name: tree_rss_kib(t.proc.pid, "VmRSS") for t in targets}
 
-        rows = []
-        for rate in RATES:
-            d50, d99, g50, g99, grps = [], [], [], [], []
-            for _ in range(ROUNDS):
-                a, b, _ = oha(f"{mock}/openai/v1/chat/completions", rate, "sk-bench")
-                d50.append(a)
-                d99.append(b)
-                a, b, r = oha(f"http://127.0.0.1:{gw_port}/v1/chat/completions", rate, "unused")
-                g50.append(a)
-                g99.append(b)
-                grps.append(r)
-            m = statistics.median
-            rows.append((rate, m(d50), m(d99), m(g50), m(g99), m(grps)))
-        peak_rss = rss_kib(gw.pid, "VmHWM")
-        gw.send_signal(signal.SIGTERM)
-        gw.wait(10)
+        modes = {}
+        for t in targets:
+            for stream in (False, True):
+                try:
+                    oha(t, stream, 200, 3)  # warm: connection pools, JIT, page cache
+                    modes[(t.name, stream)] = True
+                except (subprocess.CalledProcessError, json.JSONDecodeError) as e:
+                    modes[(t.name, stream)] = False
+                    failed[f"{t.name} stream={stream}"] = str(e)
+
+        res = {}
+        for _ in range(ROUNDS):
+            for stream in (False, True):
+                for t in targets:
+                    if not modes[(t.name, stream)]:
+                        continue
+                    for rate in RATES + [None]:
+                        res.setdefault((t.name, stream, rate), []).append(oha(t, stream, rate))
+        timing = {}
+        for t in targets:
+            if modes[(t.name, True)]:
+                try:
+                    timing[t.name] = stream_timing(t)
+                except (SystemExit, OSError, http.client.HTTPException) as e:
+                    failed[f"{t.name} long streams"] = str(e)
+        peak = {t.name: tree_rss_kib(t.proc.pid) for t in targets}
     finally:
-        mock_proc.terminate()
+        for t in targets:
+            t.stop()
 
-    print(f"\nGateway overhead, non-streaming chat completion, {SECONDS}s per run, "
-          f"median of {ROUNDS} interleaved runs, `oha -q RATE -c 64 --latency-correction`")
-    print(f"{'rate/s':>7} {'direct p50':>11} {'direct p99':>11} {'gateway p50':>12} {'gateway p99':>12} "
-          f"{'added p50':>10} {'added p99':>10} {'achieved/s':>10}")
-    for rate, a50, a99, b50, b99, rps in rows:
-        print(f"{rate:>7} {a50:>9.3f}ms {a99:>9.3f}ms {b50:>10.3f}ms {b99:>10.3f}ms "
-              f"{b50 - a50:>8.3f}ms {b99 - a99:>8.3f}ms {rps:>10.1f}")
-    print(f"gateway RSS: idle {idle_rss / 1024:.1f} MiB, peak after load {peak_rss / 1024:.1f} MiB")
-    print(f"gateway start to ready (incl. Ollama discovery): median {statistics.median(starts) * 1000:.1f} ms "
-          f"over {len(starts)} starts (min {min(starts) * 1000:.1f}, max {max(starts) * 1000:.1f})")
+    med = lambda xs, i: statistics.median(x[i] for x in xs)
+    print(f"\n# Gateway overhead and throughput — {datetime.date.today()}, {os.cpu_count()} cores, "
+          f"{platform.machine()}, {SECONDS}s per run, median of {ROUNDS} interleaved rounds")
+    print("# fixed rates: `oha -q RATE -c 64 --latency-correction`; max: `oha -c 64`; "
+          "added = the target minus direct in the same round set\n")
+    head = "| target | mode |" + "".join(f" p50 @{r}/s | p99 @{r}/s |" for r in RATES) + \
+        " max req/s | % of direct | RSS idle / peak |"
+    print(head)
+    print("|" + "---|" * (head.count("|") - 1))
+    for stream in (False, True):
+        base = {r: res.get(("direct", stream, r)) for r in RATES + [None]}
+        for t in targets:
+            key = (t.name, stream)
+            if not modes.get(key):
+                print(f"| {t.name} | {'stream' if stream else 'json'} | failed: see below |")
+                continue
+            cells = []
+            for r in RATES:
+                xs = res[(t.name, stream, r)]
+                ok = min(x[3] for x in xs)
+                for i in (0, 1):
+                    v = med(xs, i)
+                    cell = f"{v:.2f} ms"
+                    if t.name != "direct" and base[r]:
+                        cell += f" (+{v - med(base[r], i):.2f})"
+                    if ok < 0.999:
+                        cell += f" [{ok:.0%} ok]"
+                    cells.append(cell)
+            mx = med(res[(t.name, stream, None)], 2)
+            pct = 100 * mx / med(base[None], 2) if base[None] else float("nan")
+            rss = f"{idle[t.name] / 1024:.0f} / {peak[t.name] / 1024:.0f} MiB" if t.name != "direct" else "—"
+            print(f"| {t.name} | {'stream' if stream else 'json'} | " + " | ".join(cells) +
+                  f" | {mx:,.0f} | {pct:.0f} % | {rss} |")
+    if timing:
+        print("\n| target | stream: time to first byte (p50) | 200-word stream total (p50) | added TTFB | added per chunk |")
+        print("|---|---|---|---|---|")
+        d = timing.get("direct")
+        for name, (ttfb, total, chunks) in timing.items():
+            if name == "direct" or not d:
+                print(f"| {name} | {ttfb:.3f} ms | {total:.3f} ms ({chunks} chunks) | — | — |")
+            else:
+                per_chunk = ((total - ttfb) - (d[1] - d[0])) / max(chunks, 1) * 1000
+                print(f"| {name} | {ttfb:.3f} ms | {total:.3f} ms ({chunks} chunks) | "
+                      f"+{ttfb - d[0]:.3f} ms | {per_chunk:+.1f} µs |")
+    print(f"\nllm-gateway start to ready: median {statistics.median(starts) * 1000:.1f} ms over {len(starts)} starts")
+    for what, why in failed.items():
+        print(f"failed: {what}: {why}")
     print("command: ./e2e/bench/overhead.sh")
 
 

@@ -227,5 +227,11 @@ async fn clear_requests(State(m): State<Arc<Mock>>) -> Json<Value> {
 
 /// Serves the mock on `listener` until the process ends.
 pub async fn serve(listener: tokio::net::TcpListener, mock: Arc<Mock>) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
+    // As real providers' front ends do: without it, Nagle's algorithm holds each SSE chunk
+    // until the client's delayed ACK (~40 ms), which is the mock's artefact, not the gateway's.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, router(mock)).await
 }
