@@ -35,6 +35,8 @@ pub struct Provider {
     pub protocol: Protocol,
     /// Base URL without a trailing slash.
     pub base_url: String,
+    /// Where chat requests go, parsed once when the config is applied rather than per request.
+    chat_url: reqwest::Url,
     api_key: Option<Secret>,
     key_pending: Option<String>,
     /// Only these tenants or namespaces may use it (`None`: everyone).
@@ -128,10 +130,18 @@ impl Provider {
                 .user_agent(concat!("llm-gateway/", env!("CARGO_PKG_VERSION")))
                 .build()
         })?;
+        let base_url = s.base_url.as_str().trim_end_matches('/').to_owned();
+        let chat_url = match s.protocol {
+            Protocol::Anthropic => format!("{base_url}/v1/messages"),
+            Protocol::Ollama => format!("{base_url}/v1/chat/completions"),
+            _ => format!("{base_url}/chat/completions"),
+        };
         Ok(Self {
             name: s.name.clone(),
             protocol: s.protocol,
-            base_url: s.base_url.as_str().trim_end_matches('/').to_owned(),
+            chat_url: reqwest::Url::parse(&chat_url)
+                .map_err(|e| anyhow::anyhow!("provider {}: chat URL {chat_url}: {e}", s.name))?,
+            base_url,
             api_key: s.api_key.clone(),
             key_pending: s.key_pending.clone(),
             clients: s.clients.clone(),
@@ -254,7 +264,7 @@ impl Provider {
         }
     }
 
-    fn post(&self, url: &str) -> reqwest::RequestBuilder {
+    fn post(&self, url: impl reqwest::IntoUrl) -> reqwest::RequestBuilder {
         let mut headers = self.headers.clone();
         // The attempt's trace context, so the provider's spans join the request's trace.
         crate::trace_context::inject(&mut headers);
@@ -266,6 +276,11 @@ impl Provider {
             };
         }
         rb
+    }
+
+    /// A POST of a chat request to this provider's chat endpoint.
+    fn post_chat(&self) -> reqwest::RequestBuilder {
+        self.post(self.chat_url.clone())
     }
 
     /// Sends a request, mapping transport failures and upstream error statuses to [`Error`].

@@ -79,8 +79,7 @@ pub async fn chat(p: &Provider, call: ChatCall<'_>) -> Result<ChatResponse, Erro
         model: call.model,
         stream,
     };
-    let url = format!("{}/chat/completions", p.openai_root());
-    let resp = p.send(p.post(&url).json(&body), stream).await?;
+    let resp = p.send(p.post_chat().json(&body), stream).await?;
     if !stream {
         let body = p.read_body(resp).await?;
         let probe: ResponseProbe = serde_json::from_slice(&body).map_err(|e| {

@@ -21,7 +21,7 @@ pub async fn chat(p: &Provider, call: ChatCall<'_>) -> Result<ChatResponse, Erro
         .map_or(p.default_max_tokens, |m| m.min(p.default_max_tokens));
     let t = request::translate(call.req, call.raw, call.model, default_max)?;
     let rb = p
-        .post(&format!("{}/v1/messages", p.base_url))
+        .post_chat()
         .header("anthropic-version", &p.anthropic_version)
         .json(&t.body);
     let resp = p.send(rb, stream).await?;
