@@ -1,0 +1,53 @@
+"""The routing evaluation's arithmetic and loaders (e2e/routing/routellm_eval.py): the curve's
+ends are the weak and strong models, an oracle ranking recovers the gap early, a ranking that
+carries no information scores about 0.5, and contaminated prompts are dropped as RouteLLM does."""
+
+import json
+import pathlib
+import sys
+
+import numpy as np
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "routing"))
+import routellm_eval as ev  # noqa: E402
+
+
+def synthetic(n=2000, seed=1):
+    rng = np.random.default_rng(seed)
+    weak = (rng.random(n) < 0.65).astype(float)
+    strong = np.where(weak == 1, (rng.random(n) < 0.9), (rng.random(n) < 0.6)).astype(float)
+    return weak, strong
+
+
+def test_the_curve_runs_from_the_weak_model_to_the_strong_one():
+    weak, strong = synthetic()
+    acc = ev.curve(np.arange(len(weak), dtype=float), weak, strong, np.random.default_rng(0))
+    assert acc[0] == weak.mean()
+    assert acc[-1] == strong.mean()
+
+
+def test_an_oracle_ranking_recovers_the_gap_early_and_noise_scores_one_half():
+    weak, strong = synthetic()
+    rng = np.random.default_rng(0)
+    oracle = ev.curve(strong - weak, weak, strong, rng)
+    apgr, cpt50, cpt80 = ev.metrics(oracle, weak.mean(), strong.mean())
+    gain = ((strong == 1) & (weak == 0)).mean()
+    assert apgr > 1.0  # the weak model is sometimes right where the strong one is not
+    assert cpt50 < 100 * gain and cpt80 < 100 * gain + 10
+    noise = ev.curve(rng.random(len(weak)), weak, strong, rng)
+    apgr, cpt50, cpt80 = ev.metrics(noise, weak.mean(), strong.mean())
+    assert abs(apgr - 0.5) < 0.05, apgr
+    assert 40 < cpt50 < 60 and 70 < cpt80 < 90, (cpt50, cpt80)
+
+
+def test_contaminated_prompts_are_dropped(tmp_path: pathlib.Path):
+    (tmp_path / "gsm8k").mkdir()
+    (tmp_path / "gsm8k" / "gsm8k_responses.csv").write_text(
+        f"prompt,{ev.WEAK},{ev.STRONG},{ev.WEAK}_response,{ev.STRONG}_response\n"
+        '"How many eggs?\nTwo lines.",False,True,a,b\n'
+        "Seen in training,True,True,a,b\n"
+    )
+    (tmp_path / "gsm8k" / "contaminated_prompts.jsonl").write_text(
+        json.dumps({"train_prompt": "x", "eval_prompt": "Seen in training", "train_idx": 0, "eval_idx": 1}) + "\n"
+    )
+    assert ev.load_gsm8k(str(tmp_path)) == [("How many eggs?\nTwo lines.", 0.0, 1.0)]
