@@ -30,12 +30,12 @@ def test_an_oracle_ranking_recovers_the_gap_early_and_noise_scores_one_half():
     weak, strong = synthetic()
     rng = np.random.default_rng(0)
     oracle = ev.curve(strong - weak, weak, strong, rng)
-    apgr, cpt50, cpt80 = ev.metrics(oracle, weak.mean(), strong.mean())
+    apgr, cpt50, cpt80 = ev.metrics(oracle, weak.mean(), strong.mean(), len(weak))
     gain = ((strong == 1) & (weak == 0)).mean()
     assert apgr > 1.0  # the weak model is sometimes right where the strong one is not
     assert cpt50 < 100 * gain and cpt80 < 100 * gain + 10
     noise = ev.curve(rng.random(len(weak)), weak, strong, rng)
-    apgr, cpt50, cpt80 = ev.metrics(noise, weak.mean(), strong.mean())
+    apgr, cpt50, cpt80 = ev.metrics(noise, weak.mean(), strong.mean(), len(weak))
     assert abs(apgr - 0.5) < 0.05, apgr
     assert 40 < cpt50 < 60 and 70 < cpt80 < 90, (cpt50, cpt80)
 

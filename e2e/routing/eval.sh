@@ -23,4 +23,5 @@ env -i PATH="$PATH" OPENAI_API_KEY=sk-eval ANTHROPIC_API_KEY=sk-eval LLM_GATEWAY
 gw=$!
 trap 'kill $gw 2>/dev/null; rm -rf "$work"' EXIT
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/readyz" >/dev/null && break; sleep 0.1; done
+curl -sf "http://127.0.0.1:$port/readyz" >/dev/null || { echo "the gateway did not become ready on port $port" >&2; exit 1; }
 .venv/bin/python e2e/routing/routellm_eval.py --gateway "http://127.0.0.1:$port" --data "$data" "$@"

@@ -37,8 +37,8 @@ WEAK, STRONG = "mistralai/Mixtral-8x7B-Instruct-v0.1", "gpt-4-1106-preview"
 # there are marked unverified).
 PUBLISHED = {
     "MT-Bench": "mf (Arena + GPT-4 judge): APGR 0.802, CPT(50%) 13.4%, CPT(80%) 31.3%",
-    "MMLU": "sw_ranking (+ MMLU labels): APGR 0.603, CPT(50%) 35.4%",
-    "GSM8K": "causal_llm (+ judge): APGR 0.622, CPT(50%) 33.6%, CPT(80%) 63.3%",
+    "MMLU": "sw_ranking (+ MMLU labels): APGR 0.603, CPT(50%) 35.4% (unverified transcription)",
+    "GSM8K": "causal_llm (+ judge): APGR 0.622, CPT(50%) 33.6%, CPT(80%) 63.3% (unverified transcription)",
 }
 
 
@@ -116,12 +116,16 @@ def curve(order_scores, weak, strong, rng):
     return acc / orders
 
 
-def metrics(acc, weak_acc, strong_acc):
-    """APGR, CPT(50%), CPT(80%) as RouteLLM defines them."""
-    auc = np.trapezoid(acc, SHARES) if hasattr(np, "trapezoid") else np.trapz(acc, SHARES)
+def metrics(acc, weak_acc, strong_acc, n):
+    """APGR, CPT(50%), CPT(80%) as RouteLLM defines them, at the shares actually routed
+    (k/n of n prompts). CPT reads the curve's running maximum, so that a dip does not make
+    `np.interp` (which needs increasing points) answer nonsense: the first share at which the
+    quality was reached."""
+    x = np.round(SHARES * n) / n
+    auc = np.trapezoid(acc, x) if hasattr(np, "trapezoid") else np.trapz(acc, x)
     apgr = (auc - weak_acc) / (strong_acc - weak_acc)
     gap = strong_acc - weak_acc
-    cpt = lambda p: float(np.interp(p * gap + weak_acc, np.maximum.accumulate(acc), SHARES * 100))
+    cpt = lambda p: float(np.interp(p * gap + weak_acc, np.maximum.accumulate(acc), x * 100))
     return apgr, cpt(0.5), cpt(0.8)
 
 
@@ -154,8 +158,8 @@ def main():
           "random CPT(50%) | random CPT(80%) | classifier tiers |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name, (n, wa, sa, router, rand, tiers) in results.items():
-        a, c50, c80 = metrics(router, wa, sa)
-        ra, r50, r80 = metrics(rand, wa, sa)
+        a, c50, c80 = metrics(router, wa, sa, n)
+        ra, r50, r80 = metrics(rand, wa, sa, n)
         t = ", ".join(f"{k} {100 * v / n:.0f}%" for k, v in sorted(tiers.items(), key=lambda kv: -kv[1]))
         print(f"| {name} | {n:,} | {wa:.3f} | {sa:.3f} | {a:.3f} | {c50:.1f}% | {c80:.1f}% | "
               f"{ra:.3f} | {r50:.1f}% | {r80:.1f}% | {t} |")
