@@ -63,7 +63,8 @@ build() {
   mkdir -p "$CACHE"
   local work
   work=$(mktemp -d)
-  trap 'rm -rf "$work"' RETURN
+  # Cleared as it fires: a RETURN trap outlives its function and would run at later returns.
+  trap 'rm -rf "$work"; trap - RETURN' RETURN
   if [ ! -x "$KUBECTL" ]; then
     log "kubectl $VERSION from Debian's kubernetes-client"
     (cd "$work" && apt-get download "kubernetes-client=$DEB_VERSION" >/dev/null 2>&1 \
