@@ -133,8 +133,7 @@ impl Provider {
         let base_url = s.base_url.as_str().trim_end_matches('/').to_owned();
         let chat_url = match s.protocol {
             Protocol::Anthropic => format!("{base_url}/v1/messages"),
-            Protocol::Ollama => format!("{base_url}/v1/chat/completions"),
-            _ => format!("{base_url}/chat/completions"),
+            p => format!("{}/chat/completions", openai::root(p, &base_url)),
         };
         Ok(Self {
             name: s.name.clone(),

@@ -14,13 +14,18 @@ use super::{opaque_error, stream_channel, ChatCall, ChatResponse, Provider, Stre
 use crate::error::{Error, Failure};
 use crate::wire::{ResponseProbe, Usage};
 
+/// The OpenAI-compatible root (`…/v1`) of a provider's base URL.
+pub(super) fn root(protocol: Protocol, base_url: &str) -> String {
+    match protocol {
+        Protocol::Ollama => format!("{base_url}/v1"),
+        _ => base_url.to_owned(),
+    }
+}
+
 impl Provider {
     /// The OpenAI-compatible root (`…/v1`).
     fn openai_root(&self) -> String {
-        match self.protocol {
-            Protocol::Ollama => format!("{}/v1", self.base_url),
-            _ => self.base_url.clone(),
-        }
+        root(self.protocol, &self.base_url)
     }
 }
 
