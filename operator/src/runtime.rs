@@ -174,12 +174,6 @@ impl Ctx {
 
     /// Compiles, stores, pushes (see the module docs). Safe to call any time.
     pub async fn sync(&self) -> anyhow::Result<()> {
-        // A replica that has just become leader must not push a config compiled from caches
-        // still filling: the gateways would lose every route or pool not yet listed.
-        self.pools.wait_until_ready().await?;
-        self.routes.wait_until_ready().await?;
-        self.policies.wait_until_ready().await?;
-        self.pods.wait_until_ready().await?;
         let mut st = self.state.lock().await;
         if !st.loaded {
             self.load_version(&mut st).await;
