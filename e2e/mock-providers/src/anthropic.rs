@@ -185,7 +185,7 @@ pub async fn messages(State(m): State<Arc<Mock>>, headers: HeaderMap, body: Byte
             .collect();
         format!("Tool result received: {}", results.join(", "))
     } else {
-        reply_text("anthropic", model, &last_user_text)
+        m.reply("anthropic", model, &last_user_text)
     };
     let msg_id = format!("msg_mock{}", next_id());
     let tool_id = format!("toolu_mock{}", next_id());

@@ -10,7 +10,9 @@
 //! Control endpoints: `POST /_mock/faults` sets a [`Fault`] for a vendor, `DELETE /_mock/faults`
 //! clears all; `GET /_mock/requests?vendor=…` returns the requests received (newest last),
 //! `DELETE /_mock/requests` forgets them; `GET /_mock/load?vendor=…` says how many of the
-//! vendor's requests are in progress and the most seen at once (`DELETE` resets that).
+//! vendor's requests are in progress and the most seen at once (`DELETE` resets that);
+//! `POST /_mock/replies` scripts answers (a list of [`Scripted`]: a model whose last user
+//! message contains a text answers a given reply), `DELETE /_mock/replies` forgets them.
 //! It is also an OTLP/HTTP trace collector (`POST /v1/traces`; see [`collector`]).
 //!
 //! Answers are deterministic: the reply echoes the last user message; a request with tools
@@ -43,6 +45,19 @@ pub struct Mock {
     requests: Mutex<VecDeque<Recorded>>,
     ollama_models: Vec<String>,
     spans: Mutex<Vec<collector::Span>>,
+    replies: Mutex<Vec<Scripted>>,
+}
+
+/// A scripted answer: requests for `model` (`*`: any) whose last user message contains
+/// `contains` get `reply` as the assistant's text (the first matching script wins).
+#[derive(Debug, Clone, Deserialize)]
+pub struct Scripted {
+    /// The model it applies to, or `*`.
+    pub model: String,
+    /// Text the last user message must contain.
+    pub contains: String,
+    /// The answer.
+    pub reply: String,
 }
 
 /// A request as the mock received it.
@@ -103,6 +118,16 @@ impl Mock {
             headers,
             body: body.clone(),
         });
+    }
+
+    /// The scripted reply of `model` to `prompt`, else the default deterministic one.
+    fn reply(&self, vendor: &str, model: &str, prompt: &str) -> String {
+        let scripts = self.replies.lock().unwrap();
+        scripts
+            .iter()
+            .find(|s| (s.model == "*" || s.model == model) && prompt.contains(&s.contains))
+            .map(|s| s.reply.clone())
+            .unwrap_or_else(|| common::reply_text(vendor, model, prompt))
     }
 
     fn load_of(&self, vendor: &str) -> Arc<common::Load> {
@@ -168,6 +193,7 @@ pub fn router(mock: Arc<Mock>) -> Router {
         .route("/_mock/faults", post(set_fault).delete(clear_faults))
         .route("/_mock/requests", get(list_requests).delete(clear_requests))
         .route("/_mock/load", get(get_load).delete(reset_load))
+        .route("/_mock/replies", post(add_replies).delete(clear_replies))
         .route("/v1/traces", post(collector::receive))
         .route(
             "/_mock/spans",
@@ -180,6 +206,16 @@ pub fn router(mock: Arc<Mock>) -> Router {
 
 async fn set_fault(State(m): State<Arc<Mock>>, Json(f): Json<Fault>) -> Json<Value> {
     m.faults.lock().unwrap().insert(f.vendor.clone(), f);
+    Json(serde_json::json!({"ok": true}))
+}
+
+async fn add_replies(State(m): State<Arc<Mock>>, Json(r): Json<Vec<Scripted>>) -> Json<Value> {
+    m.replies.lock().unwrap().extend(r);
+    Json(serde_json::json!({"ok": true}))
+}
+
+async fn clear_replies(State(m): State<Arc<Mock>>) -> Json<Value> {
+    m.replies.lock().unwrap().clear();
     Json(serde_json::json!({"ok": true}))
 }
 

@@ -86,7 +86,7 @@ pub async fn chat(State(m): State<Arc<Mock>>, headers: HeaderMap, body: Bytes) -
             .find(|m| m["role"] == "user")
             .map(|m| content_text(&m["content"]))
             .unwrap_or_default();
-        reply_text("ollama", model, &user)
+        m.reply("ollama", model, &user)
     };
     let eval = count_tokens(&text);
     let stats = json!({"total_duration": 512000000u64, "load_duration": 2100000u64,

@@ -154,11 +154,11 @@ pub async fn chat(
     let text = if last["role"] == "tool" {
         format!("Tool result received: {}", content_text(&last["content"]))
     } else if matches!(req["response_format"]["type"].as_str(), Some("json_object")) {
-        json!({"answer": reply_text(vendor, model, &last_user)}).to_string()
+        json!({"answer": m.reply(vendor, model, &last_user)}).to_string()
     } else if req["response_format"]["type"] == "json_schema" {
         sample(&req["response_format"]["json_schema"]["schema"]).to_string()
     } else {
-        reply_text(vendor, model, &last_user)
+        m.reply(vendor, model, &last_user)
     };
     let completion_tokens = match &tool_call {
         Some((_, args)) => count_tokens(args) + 5,
