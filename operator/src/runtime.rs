@@ -172,8 +172,26 @@ impl Ctx {
             .clone()
     }
 
+    /// Whether every cache this operator compiles from has finished its first list.
+    fn caches_listed(&self) -> bool {
+        use futures::FutureExt;
+        let ready = |f: Option<Result<(), _>>| matches!(f, Some(Ok(())));
+        ready(self.pools.wait_until_ready().now_or_never())
+            && ready(self.routes.wait_until_ready().now_or_never())
+            && ready(self.policies.wait_until_ready().now_or_never())
+            && ready(self.pods.wait_until_ready().now_or_never())
+    }
+
     /// Compiles, stores, pushes (see the module docs). Safe to call any time.
     pub async fn sync(&self) -> anyhow::Result<()> {
+        // A replica that has just become leader must not push a configuration compiled from
+        // caches still listing: the gateways would lose every pool or route not yet seen. The
+        // check does not wait (reconciles call this too, and must return); the sync loop is
+        // woken to try again shortly.
+        if !self.caches_listed() {
+            self.wake.notify_one();
+            return Ok(());
+        }
         let mut st = self.state.lock().await;
         if !st.loaded {
             self.load_version(&mut st).await;
