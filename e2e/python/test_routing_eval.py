@@ -51,3 +51,25 @@ def test_contaminated_prompts_are_dropped(tmp_path: pathlib.Path):
         json.dumps({"train_prompt": "x", "eval_prompt": "Seen in training", "train_idx": 0, "eval_idx": 1}) + "\n"
     )
     assert ev.load_gsm8k(str(tmp_path)) == [("How many eggs?\nTwo lines.", 0.0, 1.0)]
+
+
+def test_training_export_holds_only_the_half_the_evaluation_never_reads(tmp_path: pathlib.Path):
+    prompts = [f"prompt number {i}" for i in range(400)]
+    sets = {
+        "MMLU": [(p, 0.0, 1.0) for p in prompts[:300]],
+        "GSM8K": [(p, 1.0, 1.0) for p in prompts[300:375]],
+        "MT-Bench": [(p, 5.0, 8.0) for p in prompts[375:]],
+    }
+    out = tmp_path / "train.jsonl"
+    ev.export_train(sets, str(out))
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    exported = {r["text"] for r in rows}
+    assert exported and not any(ev.held_out(p) for p in exported)
+    assert exported | {p for p in prompts if ev.held_out(p)} == set(prompts)
+    by = lambda p: next(r for r in rows if r["text"] == p)  # noqa: E731
+    mmlu = next(p for p in prompts[:300] if p in exported)
+    gsm = next(p for p in prompts[300:375] if p in exported)
+    mt = next(p for p in prompts[375:] if p in exported)
+    assert by(mmlu)["target"] == 1.0 and by(gsm)["target"] == 0.0 and by(mt)["target"] == 1.0
+    # Smaller benchmarks weigh more per prompt, the largest weighs 1.
+    assert by(mmlu)["weight"] == 1.0 < by(gsm)["weight"] < by(mt)["weight"]

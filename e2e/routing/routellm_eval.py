@@ -3,19 +3,28 @@
 
 Replays every prompt of RouteLLM's MMLU, GSM8K and MT-Bench evaluation sets (read in place
 from the data folder, never copied) through `POST /v1/route` of a running gateway with
-`model: auto`, takes the complexity score the router's classifier gives it, and sends the
-highest-scored share of prompts to the strong model (GPT-4) and the rest to the weak one
-(Mixtral-8x7B), using RouteLLM's recorded per-prompt correctness (MMLU, GSM8K) or judge
-scores (MT-Bench). Prints, per benchmark, the quality at strong-call shares 0, 10, …, 100 %,
-APGR, CPT(50 %) and CPT(80 %) (RouteLLM's definitions, in the data folder's README), next to
-random routing and RouteLLM's published figures, and draws the curves.
+`model: auto`, and sends the share of prompts the router rates hardest to the strong model
+(GPT-4) and the rest to the weak one (Mixtral-8x7B), using RouteLLM's recorded per-prompt
+correctness (MMLU, GSM8K) or judge scores (MT-Bench). Prints, per benchmark, the quality at
+strong-call shares 0, 10, …, 100 %, APGR, CPT(50 %) and CPT(80 %) (RouteLLM's definitions, in
+the data folder's README), next to random routing and RouteLLM's published figures, and draws
+the curves.
 
-Ties: the classifier's score is coarse (many prompts share one value), so RouteLLM's decile
-thresholds would collapse; prompts are instead ranked by score with ties broken at random,
-averaged over at least 10 orders, which is the same curve when scores are distinct.
+What "rates hardest" means: the quality weight `auto` ends up with (`decision.weights.quality`:
+the rules' tier sets it, the learned strong-need estimate scales it), which is what moves a
+balanced route from a cheaper model to a better one. The rules' score alone and the learned
+estimate alone are shown beside it.
+
+Held-out split: the learned estimate was trained (`e2e/routing/train.sh`, `--export-train`)
+on the prompts whose CRC-32 is even; every figure here is on the odd half, which training
+never saw.
+
+Ties: scores can be coarse (many prompts share one value), so RouteLLM's decile thresholds
+would collapse; prompts are instead ranked by score with ties broken at random, averaged over
+at least 10 orders, which is the same curve when scores are distinct.
 
 Run it with ./e2e/routing/eval.sh, which builds and starts the gateway.
-Usage: routellm_eval.py --gateway URL --data DIR [--plot FILE.png]
+Usage: routellm_eval.py --data DIR (--gateway URL [--plot FILE.png] | --export-train FILE)
 """
 
 import argparse
@@ -28,6 +37,7 @@ import os
 import sys
 import threading
 import urllib.parse
+import zlib
 
 import numpy as np
 
@@ -85,8 +95,9 @@ def load_mt_bench(data):
 _local = threading.local()
 
 
-def route_score(gateway, prompt):
-    """The router's complexity score for the prompt, exactly as `auto` computes it."""
+def route_scores(gateway, prompt):
+    """What `auto` makes of the prompt: its quality weight, the rules' score and tier, and
+    the learned strong-need estimate."""
     u = urllib.parse.urlparse(gateway)
     if not hasattr(_local, "conn"):
         _local.conn = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
@@ -96,8 +107,46 @@ def route_score(gateway, prompt):
     out = json.loads(r.read())
     if r.status != 200:
         raise SystemExit(f"/v1/route answered {r.status}: {out}")
-    c = out["decision"]["classification"]
-    return c["score"], c["tier"]
+    d = out["decision"]
+    c = d["classification"]
+    return d["weights"]["quality"], c["score"], c["strong_need"], c["tier"]
+
+
+def held_out(prompt, split="test"):
+    """Whether the prompt is in the evaluation part. `test`: the odd-CRC half, which training
+    never sees. `validation`: a quarter of the even-CRC (training) half, for choosing settings
+    without looking at the test half; training then uses the other quarter."""
+    crc = zlib.crc32(prompt.encode())
+    if split == "test":
+        return crc % 2 == 1
+    return crc % 2 == 0 and (crc >> 1) % 2 == 1
+
+
+def trained_on(prompt, split="test"):
+    crc = zlib.crc32(prompt.encode())
+    return crc % 2 == 0 and (split == "test" or (crc >> 1) % 2 == 0)
+
+
+def target(name, weak, strong):
+    """What the learned estimate predicts: the strong model right where the weak one was
+    wrong (MMLU, GSM8K), or by how much the judge preferred it (MT-Bench, 0.5 = a tie)."""
+    if name == "MT-Bench":
+        return min(1.0, max(0.0, (strong - weak) / 3 + 0.5))
+    return 1.0 if strong > weak else 0.0
+
+
+def export_train(sets, path, split="test"):
+    """The training part as JSON Lines for train_strong_need, each benchmark weighted by
+    sqrt(largest / its size) so that GSM8K and MT-Bench are not drowned by MMLU."""
+    halves = {name: [r for r in rows if trained_on(r[0], split)] for name, rows in sets.items()}
+    largest = max(len(rows) for rows in halves.values())
+    with open(path, "w") as f:
+        for name, rows in halves.items():
+            w = (largest / len(rows)) ** 0.5
+            for prompt, weak, strong in rows:
+                f.write(json.dumps({"text": prompt, "target": target(name, weak, strong),
+                                    "weight": w}) + "\n")
+    print(f"training half: " + ", ".join(f"{n} {len(r):,}" for n, r in halves.items()) + f" -> {path}")
 
 
 def curve(order_scores, weak, strong, rng):
@@ -131,45 +180,53 @@ def metrics(acc, weak_acc, strong_acc, n):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--gateway", required=True)
+    ap.add_argument("--gateway")
     ap.add_argument("--data", required=True)
     ap.add_argument("--plot")
+    ap.add_argument("--export-train")
+    ap.add_argument("--split", choices=("test", "validation"), default="test")
     args = ap.parse_args()
     rng = np.random.default_rng(7)
     sets = {"MMLU": load_mmlu(args.data), "GSM8K": load_gsm8k(args.data), "MT-Bench": load_mt_bench(args.data)}
+    if args.export_train:
+        return export_train(sets, args.export_train, args.split)
+    if not args.gateway:
+        ap.error("--gateway is required unless --export-train is given")
     results = {}
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         for name, rows in sets.items():
-            scored = list(pool.map(lambda r: route_score(args.gateway, r[0]), rows))
-            score = np.array([s for s, _ in scored])
+            rows = [r for r in rows if held_out(r[0], args.split)]
+            scored = list(pool.map(lambda r: route_scores(args.gateway, r[0]), rows))
             tiers = {}
-            for _, t in scored:
+            for *_, t in scored:
                 tiers[t] = tiers.get(t, 0) + 1
             weak = np.array([r[1] for r in rows])
             strong = np.array([r[2] for r in rows])
-            wa, sa = weak.mean(), strong.mean()
-            router = curve(score, weak, strong, rng)
-            rand = curve(np.zeros(len(rows)), weak, strong, rng)
-            results[name] = (len(rows), wa, sa, router, rand, tiers)
+            curves = {label: curve(np.array([s[i] for s in scored]), weak, strong, rng)
+                      for i, label in enumerate(("auto", "rules", "learned"))}
+            curves["random"] = curve(np.zeros(len(rows)), weak, strong, rng)
+            results[name] = (len(rows), weak.mean(), strong.mean(), curves, tiers)
 
-    print("\n# Routing quality on RouteLLM's data: strong = GPT-4, weak = Mixtral-8x7B; "
-          "the gateway's classifier score decides who goes to the strong model\n")
-    print("| benchmark | prompts | weak | strong | router APGR | CPT(50%) | CPT(80%) | random APGR | "
-          "random CPT(50%) | random CPT(80%) | classifier tiers |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for name, (n, wa, sa, router, rand, tiers) in results.items():
-        a, c50, c80 = metrics(router, wa, sa, n)
-        ra, r50, r80 = metrics(rand, wa, sa, n)
+    part = "held-out half" if args.split == "test" else "validation quarter of the training half"
+    print(f"\n# Routing quality on RouteLLM's data ({part}): strong = GPT-4, weak = Mixtral-8x7B; "
+          "the share `auto` weighs most towards quality goes to the strong model\n")
+    print("| benchmark | prompts | weak | strong | auto APGR | CPT(50%) | CPT(80%) | rules only APGR | "
+          "learned only APGR | random APGR | random CPT(50%) | random CPT(80%) | rules' tiers |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for name, (n, wa, sa, c, tiers) in results.items():
+        a, c50, c80 = metrics(c["auto"], wa, sa, n)
+        ra, r50, r80 = metrics(c["random"], wa, sa, n)
         t = ", ".join(f"{k} {100 * v / n:.0f}%" for k, v in sorted(tiers.items(), key=lambda kv: -kv[1]))
         print(f"| {name} | {n:,} | {wa:.3f} | {sa:.3f} | {a:.3f} | {c50:.1f}% | {c80:.1f}% | "
+              f"{metrics(c['rules'], wa, sa, n)[0]:.3f} | {metrics(c['learned'], wa, sa, n)[0]:.3f} | "
               f"{ra:.3f} | {r50:.1f}% | {r80:.1f}% | {t} |")
-    print("\nQuality at strong-call shares 0, 10, …, 100 % (router / random):")
-    for name, (_, _, _, router, rand, _) in results.items():
-        print(f"  {name:9} router " + " ".join(f"{x:.3f}" for x in router))
-        print(f"  {'':9} random " + " ".join(f"{x:.3f}" for x in rand))
-        beats = [f"{int(s * 100)}%" for s, r, q in zip(SHARES[1:-1], router[1:-1], rand[1:-1]) if r <= q]
-        print(f"  {'':9} at or below random at: {', '.join(beats) or 'none'}")
-    print("\nRouteLLM's published best (for comparison):")
+    print("\nQuality at strong-call shares 0, 10, …, 100 %:")
+    for name, (_, _, _, c, _) in results.items():
+        for label in ("auto", "rules", "learned", "random"):
+            print(f"  {name if label == 'auto' else '':9} {label:8} " + " ".join(f"{x:.3f}" for x in c[label]))
+        below = [f"{int(s * 100)}%" for s, r, q in zip(SHARES[1:-1], c["auto"][1:-1], c["random"][1:-1]) if r <= q]
+        print(f"  {'':9} auto at or below random at: {', '.join(below) or 'none'}")
+    print("\nRouteLLM's published best (for comparison; trained on other data, tested on all of it):")
     for name, text in PUBLISHED.items():
         print(f"  {name}: {text}")
     if args.plot:
@@ -177,10 +234,11 @@ def main():
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
         fig, axes = plt.subplots(1, 3, figsize=(13, 4))
-        for ax, (name, (_, wa, sa, router, rand, _)) in zip(axes, results.items()):
-            ax.plot(SHARES * 100, router, marker="o", label="gateway classifier")
-            ax.plot(SHARES * 100, rand, linestyle="--", label="random")
-            ax.set_title(name)
+        for ax, (name, (_, wa, sa, c, _)) in zip(axes, results.items()):
+            ax.plot(SHARES * 100, c["auto"], marker="o", label="auto (rules + learned)")
+            ax.plot(SHARES * 100, c["rules"], marker=".", alpha=0.6, label="rules only")
+            ax.plot(SHARES * 100, c["random"], linestyle="--", label="random")
+            ax.set_title(f"{name} (held-out half)")
             ax.set_xlabel("strong-model calls (%)")
             ax.set_ylabel("quality")
             ax.legend()

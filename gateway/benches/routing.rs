@@ -3,7 +3,7 @@
 //!
 //! Builds a registry of exactly 20 chat models from the built-in catalog (no network), then
 //! times `Router::route` for a mix of prompts (short, code, long, reasoning), classifier
-//! included, one decision at a time.
+//! included (its rules and the learned strong-need estimate), one decision at a time.
 
 use std::time::Instant;
 
@@ -21,6 +21,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 fn main() {
     let (_doc, _settings, registry, router) = common::twenty_candidates();
     classifier::warm_up();
+    llm_gateway::router::strong_need::warm_up().unwrap();
     llm_gateway::router::tokens::warm_up();
 
     let code = "Refactor this module and add tests:\n```rust\nfn main() {\n    let x = 1;\n    println!(\"{x}\");\n}\n```";
@@ -68,6 +69,19 @@ fn main() {
         "classifier alone: p50 {:.1} µs   p99 {:.1} µs",
         percentile(&classify, 0.5),
         percentile(&classify, 0.99)
+    );
+    // The learned strong-need estimate alone (it runs inside the classifier above).
+    let mut need = Vec::with_capacity(ROUNDS);
+    for p in prompts.iter().cycle().take(ROUNDS) {
+        let t = Instant::now();
+        std::hint::black_box(llm_gateway::router::strong_need::predict(p));
+        need.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    need.sort_by(f64::total_cmp);
+    println!(
+        "of which the strong-need estimate: p50 {:.1} µs   p99 {:.1} µs",
+        percentile(&need, 0.5),
+        percentile(&need, 0.99)
     );
     println!("command: cargo bench -p llm-gateway --bench routing");
 }

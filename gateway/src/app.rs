@@ -33,6 +33,7 @@ pub async fn assemble(
     // The tokenizer (~40 MB, ~0.2 s) loads on first need: the free byte bound settles the
     // context check for all but prompts near a context window.
     crate::router::classifier::warm_up();
+    crate::router::strong_need::warm_up().map_err(|e| anyhow::anyhow!(e))?;
     Ok(Arc::new(Gateway::new(services, fixed, snapshot)))
 }
 
@@ -76,6 +77,40 @@ pub async fn reload_file(gw: &Gateway, path: &std::path::Path, source: Source) {
         }
     };
     let _ = live::apply(gw, doc, DocSource::File(&name), source).await;
+}
+
+/// How often running gateways re-read `bench`'s measured quality.
+pub const MEASURED_QUALITY_REFRESH: Duration = Duration::from_secs(30);
+
+/// Reads `bench`'s measured quality from the database now and every `every`, into the
+/// models routing ranks (a failed read keeps what was read before).
+pub fn refresh_measured_quality(gw: Arc<Gateway>, store: crate::store::Store, every: Duration) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            match store.measured_quality().await {
+                Ok(rows) => gw.learned.apply_measured(measured_by_model(&rows)),
+                Err(e) => warn!(error = %e, "cannot read measured model quality; keeping the last"),
+            }
+        }
+    });
+}
+
+/// Rows of the database's measured quality as `Learned` keeps them (unknown tier names, from
+/// a newer gateway's tasks, are skipped).
+fn measured_by_model(
+    rows: &[crate::store::bench::TierScore],
+) -> crate::providers::learned::MeasuredByModel {
+    let mut out = crate::providers::learned::MeasuredByModel::default();
+    for r in rows {
+        if let Some(t) = crate::router::classifier::Tier::parse(&r.tier) {
+            out.entry((r.provider.clone(), r.model.clone()))
+                .or_default()[t as usize] = Some(r.quality);
+        }
+    }
+    out
 }
 
 /// Applies the configuration again on every SIGHUP: the file's, or the environment's in the

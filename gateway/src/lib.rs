@@ -6,6 +6,7 @@ pub mod admission;
 pub mod api;
 pub mod app;
 pub mod auth;
+pub mod bench;
 pub mod breaker;
 pub mod budget;
 pub mod cache;

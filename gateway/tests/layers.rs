@@ -29,6 +29,7 @@ const LAYERS: &[(&str, &[&str])] = &[
         "services",
         &[
             "store",
+            "bench",
             "cache",
             "ledger",
             "auth",

@@ -3,6 +3,7 @@
 //! service as the admin API ([`admin`]); `check-config` validates ([`check`]).
 
 mod admin;
+mod bench;
 mod cache_eval;
 mod check;
 mod serve;
@@ -58,6 +59,28 @@ enum Command {
         /// Also write every pair's verifier features to this CSV (for training).
         #[arg(long)]
         features_out: Option<PathBuf>,
+    },
+    /// Run the 14-task benchmark (knowledge, code, summarization, reasoning, instruction
+    /// following) against the enabled chat models through the provider layer, store the
+    /// results in the database (running gateways then route with the measured quality per
+    /// complexity tier), print a markdown report and write it with a PNG chart.
+    Bench {
+        /// YAML config file; without it, the environment's providers.
+        #[arg(long, short, env = "LLM_GATEWAY_CONFIG")]
+        config: Option<PathBuf>,
+        /// Models to run (`provider/model` or a bare name, comma-separated); default: every
+        /// enabled chat model.
+        #[arg(long, value_delimiter = ',')]
+        models: Vec<String>,
+        /// Task ids to run (comma-separated); default: all 14.
+        #[arg(long, value_delimiter = ',')]
+        tasks: Vec<String>,
+        /// (model, task) pairs in flight at once.
+        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+        concurrency: u16,
+        /// Folder for `bench-<run>.md` and `bench-<run>.png`.
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
     },
     /// Print the built-in model catalog (prices, context windows, capabilities) as YAML.
     Catalog,
@@ -259,7 +282,8 @@ pub fn run() -> ExitCode {
         },
         Some(_) => None,
     };
-    init_logging(args.log_format, traces.as_ref());
+    // A subcommand's stdout is its output (a report, YAML, a key): log lines go to stderr.
+    init_logging(args.log_format, traces.as_ref(), command.is_some());
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -281,25 +305,55 @@ pub fn run() -> ExitCode {
             pairs,
             features_out,
         }) => rt.block_on(cache_eval::run(config, pairs, features_out)),
+        Some(Command::Bench {
+            config,
+            models,
+            tasks,
+            concurrency,
+            out,
+        }) => rt.block_on(bench::run(
+            bench::Options {
+                config,
+                models,
+                tasks,
+                concurrency: concurrency as usize,
+                out,
+            },
+            db,
+        )),
         Some(Command::Keys { action }) => rt.block_on(admin::keys(action, db)),
         Some(Command::Budgets { action }) => rt.block_on(admin::budgets(action, db)),
         Some(Command::Serve(_)) | None => rt.block_on(serve::run(args, db)),
     }
 }
 
-/// Log lines on stdout, and spans to the trace exporter when traces are on.
-fn init_logging(format: LogFormat, traces: Option<&SdkTracerProvider>) {
+/// Log lines on stdout (stderr for subcommands), and spans to the trace exporter when traces
+/// are on.
+fn init_logging(format: LogFormat, traces: Option<&SdkTracerProvider>, to_stderr: bool) {
     use opentelemetry::trace::TracerProvider;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::Layer;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     // Colour only on a terminal: escape codes in collected logs break parsers and greps.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout())
-        && std::env::var_os("NO_COLOR").is_none();
+    let terminal = if to_stderr {
+        std::io::IsTerminal::is_terminal(&std::io::stderr())
+    } else {
+        std::io::IsTerminal::is_terminal(&std::io::stdout())
+    };
+    let ansi = terminal && std::env::var_os("NO_COLOR").is_none();
+    let writer =
+        tracing_subscriber::fmt::writer::BoxMakeWriter::new(move || -> Box<dyn std::io::Write> {
+            if to_stderr {
+                Box::new(std::io::stderr())
+            } else {
+                Box::new(std::io::stdout())
+            }
+        });
     let fmt = tracing_subscriber::fmt::layer()
         .with_target(false)
-        .with_ansi(ansi);
+        .with_ansi(ansi)
+        .with_writer(writer);
     let fmt = match format {
         LogFormat::Text => fmt.boxed(),
         LogFormat::Json => fmt.json().flatten_event(true).boxed(),

@@ -73,6 +73,7 @@ pub async fn run(args: ServeArgs, db: DbArgs) -> ExitCode {
         Ok(b) => b,
         Err(code) => return code,
     };
+    let quality_store = store.clone();
     let mut auth =
         llm_gateway::auth::Auth::new(Some(store), required, llm_gateway::auth::KEY_CACHE_TTL);
     if let Some(w) = args.workload.clone().filter(|w| !w.trim().is_empty()) {
@@ -123,6 +124,11 @@ pub async fn run(args: ServeArgs, db: DbArgs) -> ExitCode {
         llm_gateway::app::watch_file(gw.clone(), path.clone(), every);
     }
     llm_gateway::app::reload_on_sighup(gw.clone(), args.config.clone());
+    llm_gateway::app::refresh_measured_quality(
+        gw.clone(),
+        quality_store,
+        llm_gateway::app::MEASURED_QUALITY_REFRESH,
+    );
     let listener = match tokio::net::TcpListener::bind(addr).await {
         Ok(l) => l,
         Err(e) => {

@@ -23,6 +23,8 @@ pub struct Entry {
     pub breaker: Arc<Breaker>,
     /// How long it usually takes to start answering.
     pub deadlines: Arc<crate::deadline::Deadlines>,
+    /// Quality per tier measured by `bench`, where it exists.
+    pub measured: Arc<crate::providers::learned::MeasuredQuality>,
 }
 
 impl Entry {
@@ -80,6 +82,7 @@ impl Registry {
                     breaker: state.breaker,
                     info: Arc::new(info),
                     deadlines: state.deadlines,
+                    measured: state.measured,
                 };
                 for name in aliases(&entry.info.name) {
                     r.qualified

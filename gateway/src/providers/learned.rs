@@ -13,6 +13,7 @@ use std::time::Instant;
 use crate::breaker::{Breaker, BreakerConfig};
 use crate::deadline::Deadlines;
 use crate::latency::LatencyStats;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::limiter::Limiter;
 
@@ -40,13 +41,21 @@ pub struct ModelState {
     pub breaker: Arc<Breaker>,
     /// Learned first-content deadlines.
     pub deadlines: Arc<Deadlines>,
+    /// What `bench` measured of it.
+    pub measured: Arc<MeasuredQuality>,
 }
+
+/// Measured quality per tier (easiest first), by (provider, model).
+pub type MeasuredByModel = HashMap<(String, String), [Option<f64>; 4]>;
 
 /// The learned state of every provider and model, by name.
 #[derive(Debug, Default)]
 pub struct Learned {
     providers: Mutex<HashMap<String, ProviderState>>,
     models: Mutex<HashMap<(String, String), ModelState>>,
+    /// The latest measurements by (provider, model), also for models no configuration has
+    /// yet: one added later starts with them.
+    measured: Mutex<MeasuredByModel>,
 }
 
 impl Learned {
@@ -112,11 +121,28 @@ impl Learned {
                 latency: Arc::new(LatencyStats::new(latency_prior_ms)),
                 breaker: Arc::new(Breaker::new(breaker_config, Instant::now())),
                 deadlines: Arc::default(),
+                measured: Arc::default(),
             });
         if s.breaker.config() != breaker_config {
             s.breaker = Arc::new(Breaker::new(breaker_config, Instant::now()));
         }
+        let measured = self.measured.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(q) = measured.get(&(provider.to_owned(), model.to_owned())) {
+            s.measured.set(*q);
+        }
         s.clone()
+    }
+
+    /// Replaces every model's measured quality (by provider and model, per tier easiest
+    /// first); models not in `by_model` become unmeasured, so a deleted run stops counting.
+    pub fn apply_measured(&self, by_model: MeasuredByModel) {
+        let models = self.models.lock().unwrap_or_else(|e| e.into_inner());
+        for (k, state) in models.iter() {
+            state
+                .measured
+                .set(by_model.get(k).copied().unwrap_or_default());
+        }
+        *self.measured.lock().unwrap_or_else(|e| e.into_inner()) = by_model;
     }
 
     /// Forgets every provider and model not named (called once a configuration is live).
@@ -132,6 +158,39 @@ impl Learned {
     }
 }
 
+/// No measurement (a bit pattern no score in [0, 1] has).
+const UNMEASURED: u64 = u64::MAX;
+
+/// One model's quality per complexity tier (easiest first) as `llm-gateway bench` measured it,
+/// shared by every registry that holds the model, so a refresh reaches the live
+/// configuration without rebuilding it.
+#[derive(Debug)]
+pub struct MeasuredQuality([AtomicU64; 4]);
+
+impl Default for MeasuredQuality {
+    fn default() -> Self {
+        Self(std::array::from_fn(|_| AtomicU64::new(UNMEASURED)))
+    }
+}
+
+impl MeasuredQuality {
+    /// The measured quality of tier `tier` (0 = simple … 3 = reasoning), if measured.
+    pub fn get(&self, tier: usize) -> Option<f64> {
+        match self.0.get(tier)?.load(Ordering::Relaxed) {
+            UNMEASURED => None,
+            bits => Some(f64::from_bits(bits)),
+        }
+    }
+
+    /// Sets every tier at once (`None`: not measured), clamped to [0, 1].
+    pub fn set(&self, per_tier: [Option<f64>; 4]) {
+        for (slot, q) in self.0.iter().zip(per_tier) {
+            let bits = q.map_or(UNMEASURED, |q| q.clamp(0.0, 1.0).to_bits());
+            slot.store(bits, Ordering::Relaxed);
+        }
+    }
+}
+
 fn new_limiter(max: Option<usize>) -> Arc<Limiter> {
     let l = Limiter::new(max);
     l.start_ticker();
@@ -141,6 +200,33 @@ fn new_limiter(max: Option<usize>) -> Arc<Limiter> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn measured_quality_is_kept_by_name_seeds_new_models_and_clears_when_gone() {
+        let l = Learned::default();
+        let b = BreakerConfig::default();
+        let m = l.model("openai", "gpt-4o", b, 500.0).measured;
+        assert!((0..4).all(|t| m.get(t).is_none()));
+        let k = |p: &str, n: &str| (p.to_owned(), n.to_owned());
+        l.apply_measured(HashMap::from([
+            (
+                k("openai", "gpt-4o"),
+                [Some(0.5), None, Some(1.5), Some(0.0)],
+            ),
+            (k("groq", "llama"), [Some(0.25); 4]),
+        ]));
+        assert_eq!(
+            (0..4).map(|t| m.get(t)).collect::<Vec<_>>(),
+            [Some(0.5), None, Some(1.0), Some(0.0)]
+        );
+        // A model configured after the refresh starts with its measurement.
+        assert_eq!(
+            l.model("groq", "llama", b, 500.0).measured.get(3),
+            Some(0.25)
+        );
+        l.apply_measured(HashMap::new());
+        assert!((0..4).all(|t| m.get(t).is_none()));
+    }
 
     #[tokio::test]
     async fn state_is_kept_by_name_and_renewed_when_its_settings_change() {

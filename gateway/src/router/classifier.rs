@@ -93,6 +93,9 @@ pub struct Classification {
     pub tier: Tier,
     /// A score in [0, 1]: each tier spans a quarter, higher is harder.
     pub score: f64,
+    /// The learned estimate, in [0, 1], that the weak model falls short on this prompt where a
+    /// strong one would not ([`super::strong_need`]); `auto` scales its quality weight by it.
+    pub strong_need: f64,
     /// What it saw.
     pub features: Features,
 }
@@ -637,6 +640,7 @@ pub fn classify(req: &ChatRequest) -> Classification {
     Classification {
         tier,
         score: (0.25 * idx + 0.25 * strength.clamp(0.0, 0.999)).min(1.0),
+        strong_need: super::strong_need::predict(&last_user_text(req)),
         features: f,
     }
 }

@@ -10,6 +10,7 @@
 pub mod classifier;
 pub mod fit;
 pub mod score;
+pub mod strong_need;
 pub mod tokens;
 
 use std::sync::Arc;
@@ -161,10 +162,22 @@ pub struct Ranked {
     pub price: f64,
     /// Tier quality used.
     pub tier_quality: f64,
+    /// Where it came from.
+    pub quality_source: QualitySource,
     /// Latency estimate used, ms.
     pub latency_ms: f64,
     /// Runs locally.
     pub local: bool,
+}
+
+/// Where a candidate's tier quality came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QualitySource {
+    /// The model's latest `llm-gateway bench` run, for this tier.
+    Measured,
+    /// The catalog's (or config's) prior, scaled by the tier's difficulty.
+    Prior,
 }
 
 /// An excluded model.
@@ -190,6 +203,8 @@ pub struct Decision {
     pub classification: Option<Classification>,
     /// Weights used (normalised).
     pub weights: Weights,
+    /// How much the classification's `strong_need` scaled the quality weight (⅕–5×), if it ran.
+    pub quality_factor: Option<f64>,
     /// Prompt tokens (upper bound, or counted when the bound was too close to a window).
     pub prompt_tokens: usize,
     /// Whether `prompt_tokens` was counted with the tokenizer.
@@ -440,16 +455,25 @@ impl Router {
                 let lat = e.latency.snapshot(now, self.decay);
                 Inputs {
                     price: e.info.price.map_or(f64::MAX / 4.0, |p| p.blended()),
-                    quality: tier_quality(&e.info, tier),
+                    quality: e
+                        .measured
+                        .get(tier as usize)
+                        .unwrap_or_else(|| tier_quality(&e.info, tier)),
                     latency_ms: if stream { lat.ttft_ms } else { lat.total_ms },
                     local: e.provider.is_local(),
                 }
             })
             .collect();
-        let weights = score::normalised(
-            spec.weights
-                .unwrap_or_else(|| default_weights(spec.strategy, tier)),
-        );
+        let mut weights = spec
+            .weights
+            .unwrap_or_else(|| default_weights(spec.strategy, tier));
+        // The rules pick the tier; the learned estimate of whether a weak model would fall
+        // short moves the quality weight within it (a no-op for single-weight strategies).
+        let quality_factor = classification
+            .as_ref()
+            .map(|c| strong_need::quality_factor(c.strong_need));
+        weights.quality *= quality_factor.unwrap_or(1.0);
+        let weights = score::normalised(weights);
         let mut ranked = score::rank(&inputs, weights);
         let local_first = score::prefer_local(&mut ranked, &inputs, spec.local_preference);
         let ranking = ranked
@@ -463,6 +487,11 @@ impl Router {
                     scored: s,
                     price: inp.price,
                     tier_quality: inp.quality,
+                    quality_source: if entries[i].measured.get(tier as usize).is_some() {
+                        QualitySource::Measured
+                    } else {
+                        QualitySource::Prior
+                    },
                     latency_ms: inp.latency_ms,
                     local: inp.local,
                 }
@@ -474,6 +503,7 @@ impl Router {
             tier,
             classification,
             weights,
+            quality_factor,
             prompt_tokens,
             prompt_tokens_counted: counted,
             ranking,

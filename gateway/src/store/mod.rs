@@ -3,6 +3,7 @@
 //! start; on PostgreSQL sqlx holds an advisory lock while migrating, so replicas starting
 //! together do not race.
 
+pub mod bench;
 pub mod budgets;
 pub mod keys;
 pub mod usage;

@@ -1,0 +1,78 @@
+"""`llm-gateway bench` as a user runs it: against the mock providers (scripted so that one model
+answers some tasks right), through the binary, into the embedded database; the report and the
+chart are written, bad flags are refused with the flag named, and a gateway on the same
+database then routes with the measured quality and says so."""
+
+import sqlite3
+import subprocess
+
+import httpx
+
+from conftest import BIN_DIR, run_gateway
+
+SCRIPTS = [
+    ("capital city of Australia", "Canberra"),
+    ("chemical symbol of gold", "Au"),
+    ("On the Origin of Species", "Charles Darwin"),
+    ("describing a person named Ada", '{"name": "Ada", "age": 36, "languages": ["English", "French"]}'),
+]
+TASKS = "capital-australia,symbol-gold,author-origin-of-species,if-json,code-roman"
+MODELS = "openai/gpt-4o-mini,anthropic/claude-3-5-haiku-latest"
+
+
+def bench(env, *args):
+    return subprocess.run([str(BIN_DIR / "llm-gateway"), "bench", *args], env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_bench_grades_stores_reports_and_feeds_routing(mock, gateway_env, tmp_path, tmp_path_factory):
+    httpx.delete(f"{mock}/_mock/replies").raise_for_status()
+    httpx.post(f"{mock}/_mock/replies", json=[
+        {"model": "gpt-4o-mini", "contains": c, "reply": r} for c, r in SCRIPTS
+    ]).raise_for_status()
+    env = dict(gateway_env, LLM_GATEWAY_DATA_DIR=str(tmp_path / "data"))
+    out = tmp_path / "reports"
+    try:
+        r = bench(env, "--models", MODELS, "--tasks", TASKS, "--out", str(out))
+    finally:
+        httpx.delete(f"{mock}/_mock/replies")
+    assert r.returncode == 0, r.stderr
+    assert "| openai/gpt-4o-mini | **" in r.stdout, r.stdout
+    assert "| capital-australia | knowledge | 1.00 | 0.00 |" in r.stdout, r.stdout
+    assert "| code-roman | code | 0.00 | 0.00 |" in r.stdout, r.stdout
+    assert "10/10" in r.stderr, "progress reaches every (model, task) pair"
+    reports = sorted(p.name for p in out.iterdir())
+    assert len(reports) == 2 and reports[0].endswith(".md") and reports[1].endswith(".png"), reports
+    png = (out / reports[1]).read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 2000
+    assert (out / reports[0]).read_text() == r.stdout
+
+    db = sqlite3.connect(tmp_path / "data" / "gateway.db")
+    rows = db.execute("SELECT provider, model, task, tier, score, ttft_ms, cost_usd, error "
+                      "FROM bench_results ORDER BY provider, model, task").fetchall()
+    db.close()
+    assert len(rows) == 10
+    scores = {(p, t): s for p, _, t, _, s, _, _, _ in rows}
+    assert scores[("openai", "symbol-gold")] == 1.0 and scores[("openai", "if-json")] == 1.0
+    assert scores[("anthropic", "symbol-gold")] == 0.0 and scores[("openai", "code-roman")] == 0.0
+    assert all(ttft is not None and cost > 0 and err is None for *_, ttft, cost, err in rows)
+
+    # A gateway on the same database ranks with what was measured, and says where it came from.
+    for url in run_gateway(env, tmp_path_factory, "measured"):
+        body = {"model": "quality", "messages": [{"role": "user", "content": "What is the capital of France?"}]}
+        d = httpx.post(f"{url}/v1/route", json=body).json()["decision"]
+        assert d["tier"] == "simple", d
+        ranking = {c["model"]: c for c in d["ranking"]}
+        mini, haiku = ranking["openai/gpt-4o-mini"], ranking["anthropic/claude-3-5-haiku-latest"]
+        assert (mini["quality_source"], mini["tier_quality"]) == ("measured", 1.0)
+        assert (haiku["quality_source"], haiku["tier_quality"]) == ("measured", 0.0)
+        assert ranking["groq/llama-3.1-8b-instant"]["quality_source"] == "prior"
+        assert d["ranking"][0]["model"] == "openai/gpt-4o-mini"
+
+
+def test_bench_refuses_unknown_models_and_tasks_naming_the_flag(gateway_env, tmp_path):
+    env = dict(gateway_env, LLM_GATEWAY_DATA_DIR=str(tmp_path))
+    r = bench(env, "--models", "no-such-model")
+    assert r.returncode == 2 and "--models: `no-such-model`" in r.stderr, r.stderr
+    r = bench(env, "--tasks", "no-such-task")
+    assert r.returncode == 2 and "--tasks: no task `no-such-task`" in r.stderr, r.stderr

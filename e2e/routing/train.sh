@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Retrains the router's learned strong-need estimate (gateway/src/router/strong_need.bin) on
+# the training half of RouteLLM's public data (read in place from ../shared/data/routellm or
+# $LLM_GATEWAY_SHARED/data/routellm; the other half is what ./e2e/routing/eval.sh reports on).
+# The same data always gives the same file.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+data=""
+for d in "${LLM_GATEWAY_SHARED:-}" ../shared /work/shared; do
+  if [ -n "$d" ] && [ -d "$d/data/routellm" ]; then data="$d/data/routellm"; break; fi
+done
+[ -n "$data" ] || { echo "RouteLLM data not found: set LLM_GATEWAY_SHARED to the folder holding data/routellm" >&2; exit 1; }
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/pip install --quiet --disable-pip-version-check $(grep -E "^numpy==" e2e/python/requirements.txt)
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+.venv/bin/python e2e/routing/routellm_eval.py --data "$data" --export-train "$work/train.jsonl"
+cargo run --release --locked -p llm-gateway --example train_strong_need -- "$work/train.jsonl" gateway/src/router/strong_need.bin
