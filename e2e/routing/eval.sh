@@ -5,6 +5,8 @@
 # random routing and RouteLLM's published figures (see routellm_eval.py).
 #   ./e2e/routing/eval.sh                      the table
 #   ./e2e/routing/eval.sh --plot curve.png     and the quality-vs-strong-share curves
+#   LLM_GATEWAY_STRONG_NEED_MODEL=m.bin ./e2e/routing/eval.sh --split validation
+#                                              a model from `train.sh --split validation`
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 data=""
@@ -19,6 +21,7 @@ port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); pr
 work=$(mktemp -d)
 # Providers only need to exist for auto to have candidates: /v1/route never calls them.
 env -i PATH="$PATH" OPENAI_API_KEY=sk-eval ANTHROPIC_API_KEY=sk-eval LLM_GATEWAY_DATA_DIR="$work" \
+  LLM_GATEWAY_STRONG_NEED_MODEL="${LLM_GATEWAY_STRONG_NEED_MODEL:-}" \
   OLLAMA_HOST=http://127.0.0.1:9 RUST_LOG=warn target/release/llm-gateway --listen "127.0.0.1:$port" &
 gw=$!
 trap 'kill $gw 2>/dev/null; rm -rf "$work"' EXIT

@@ -170,9 +170,16 @@ async fn stored_alike(store: &Store, results: &[BenchResult], older: &[BenchResu
     serde_json::to_value(store.measured_quality().await.unwrap()).unwrap()
 }
 
+const BENCHED_ROUTE: &str = "  virtual_models:
+    - name: benched
+      strategy: quality
+      candidates:
+        models: [openai/gpt-4o, openai/gpt-4o-mini]
+";
+
 #[tokio::test]
 async fn both_databases_store_runs_and_routing_uses_the_latest_measured_quality() {
-    let h = common::start().await;
+    let h = common::gateway().routing(BENCHED_ROUTE).start().await;
     script(&h).await;
     let results = run_bench(&h, "run-a", 2_000).await;
     // An older run in which gpt-4o aced code, and a failed row: neither may count.
@@ -198,10 +205,45 @@ async fn both_databases_store_runs_and_routing_uses_the_latest_measured_quality(
         .unwrap();
     let (pg_url, schema) = common::pg_schema().await;
     let pg = Store::open(&pg_url).await.unwrap();
+    // A later run of one knowledge task: it measures `simple` again and leaves the rest.
+    let partial = vec![BenchResult {
+        run_id: "run-partial".into(),
+        at_ms: 3_000,
+        score: 0.5,
+        ..results
+            .iter()
+            .find(|r| r.model == "gpt-4o" && r.task == "symbol-gold")
+            .unwrap()
+            .clone()
+    }];
     let a = stored_alike(&sqlite, &with_error, &older).await;
     let b = stored_alike(&pg, &with_error, &older).await;
+    sqlite.insert_bench_results(&partial).await.unwrap();
+    pg.insert_bench_results(&partial).await.unwrap();
+    let a2 = serde_json::to_value(sqlite.measured_quality().await.unwrap()).unwrap();
+    let b2 = serde_json::to_value(pg.measured_quality().await.unwrap()).unwrap();
     common::drop_schema(&schema).await;
     assert_eq!(a, b, "SQLite and PostgreSQL measure alike");
+    assert_eq!(a2, b2, "and alike after a partial run");
+    let tier_of = |v: &Value, model: &str, tier: &str| -> f64 {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["model"] == model && r["tier"] == tier)
+            .unwrap()["quality"]
+            .as_f64()
+            .unwrap()
+    };
+    assert_eq!(
+        tier_of(&a2, "gpt-4o", "simple"),
+        0.5,
+        "the partial run re-measured simple"
+    );
+    assert_eq!(
+        tier_of(&a2, "gpt-4o", "complex"),
+        tier_of(&a, "gpt-4o", "complex"),
+        "and left complex as the full run measured it"
+    );
     let q = |model: &str, tier: &str| -> f64 {
         a.as_array()
             .unwrap()
@@ -220,16 +262,18 @@ async fn both_databases_store_runs_and_routing_uses_the_latest_measured_quality(
     assert!((q("gpt-4o", "moderate") - moderate).abs() < 1e-9);
     assert_eq!(q("gpt-4o-mini", "reasoning"), 1.0);
 
-    // Before: priors. The `quality` route's best model for a coding prompt is not gpt-4o-mini.
-    let body = json!({"model": "quality", "messages": [{"role": "user", "content":
-        "Implement an LRU cache in Rust with unit tests."}]});
-    let (status, before) = h.route(&body).await;
-    assert_eq!(status, 200, "{before}");
+    // Before: priors. gpt-4o's prior is above gpt-4o-mini's.
+    let ask = |model: &str| {
+        json!({"model": model, "messages": [{"role": "user", "content":
+            "Implement an LRU cache in Rust with unit tests."}]})
+    };
     let ranking = |d: &Value| d["decision"]["ranking"].as_array().unwrap().clone();
+    let (status, before) = h.route(&ask("benched")).await;
+    assert_eq!(status, 200, "{before}");
     assert!(ranking(&before)
         .iter()
         .all(|r| r["quality_source"] == "prior"));
-    assert_ne!(ranking(&before)[0]["model"], "openai/gpt-4o-mini");
+    assert_eq!(ranking(&before)[0]["model"], "openai/gpt-4o", "{before}");
 
     llm_gateway::app::refresh_measured_quality(
         h.state.clone(),
@@ -238,7 +282,7 @@ async fn both_databases_store_runs_and_routing_uses_the_latest_measured_quality(
     );
     let mut after = Value::Null;
     for _ in 0..100 {
-        after = h.route(&body).await.1;
+        after = h.route(&ask("benched")).await.1;
         if ranking(&after)[0]["model"] == "openai/gpt-4o-mini" {
             break;
         }
@@ -247,13 +291,24 @@ async fn both_databases_store_runs_and_routing_uses_the_latest_measured_quality(
     let tier = after["decision"]["tier"].as_str().unwrap().to_owned();
     let rank = ranking(&after);
     assert_eq!(rank[0]["model"], "openai/gpt-4o-mini", "{after}");
+    assert_eq!(after["decision"]["measured_candidates"], 2);
     assert_eq!(rank[0]["quality_source"], "measured");
     assert_eq!(rank[0]["tier_quality"], 1.0);
-    let gpt4o = rank.iter().find(|r| r["model"] == "openai/gpt-4o").unwrap();
-    assert_eq!(gpt4o["quality_source"], "measured");
-    assert!((gpt4o["tier_quality"].as_f64().unwrap() - q("gpt-4o", &tier)).abs() < 1e-9);
+    assert_eq!(rank[1]["model"], "openai/gpt-4o");
+    assert_eq!(rank[1]["quality_source"], "measured");
     assert!(
-        rank.iter().any(|r| r["quality_source"] == "prior"),
-        "models never benchmarked keep their prior"
+        (rank[1]["tier_quality"].as_f64().unwrap() - tier_of(&a2, "gpt-4o", &tier)).abs() < 1e-9
+    );
+
+    // A route whose candidates are not all measured compares priors only: a measurement and a
+    // catalog guess are not on one scale.
+    let (_, all) = h.route(&ask("quality")).await;
+    assert_eq!(all["decision"]["measured_candidates"], 2, "{all}");
+    assert!(ranking(&all).iter().all(|r| r["quality_source"] == "prior"));
+    let (_, fresh) = common::start().await.route(&ask("quality")).await;
+    assert_eq!(
+        ranking(&all)[0]["model"],
+        ranking(&fresh)[0]["model"],
+        "the same first choice as a gateway that never saw a measurement"
     );
 }

@@ -57,6 +57,8 @@ pub struct Grade {
     pub score: f64,
     /// What passed and what did not, for the report.
     pub detail: String,
+    /// Why the answer could not be graded (no sandbox): the score then measures nothing.
+    pub ungraded: Option<String>,
 }
 
 impl Grade {
@@ -68,6 +70,7 @@ impl Grade {
                 passed as f64 / total as f64
             },
             detail,
+            ungraded: None,
         }
     }
 }
@@ -104,7 +107,10 @@ pub async fn grade(grader: &Grader, answer: &str, sandbox: &Sandbox) -> Grade {
                     tests.len(),
                     format!("{}/{} tests passed{}", r.passed, tests.len(), r.note()),
                 ),
-                Err(e) => Grade::share(0, 1, format!("not run: {e}")),
+                Err(e) => Grade {
+                    ungraded: Some(format!("the code could not be run: {e}")),
+                    ..Grade::share(0, 1, String::new())
+                },
             }
         }
         Grader::Facts { facts, max_words } => {

@@ -119,9 +119,10 @@ async fn one(
     r.prompt_tokens = usage.prompt_tokens as i64;
     r.completion_tokens = usage.completion_tokens as i64;
     r.cost_usd = model.info.price.map(|p| p.cost(&usage));
-    r.score = grade::grade(&task.grader, &answer.text, sandbox)
-        .await
-        .score;
+    let g = grade::grade(&task.grader, &answer.text, sandbox).await;
+    r.score = g.score;
+    // Stored as an error, so that routing does not read a missing sandbox as a model's 0.
+    r.error = g.ungraded;
     r
 }
 

@@ -279,7 +279,16 @@ pub fn chart_png(run_id: &str, results: &[BenchResult]) -> Result<Vec<u8>, Strin
         // and the legend gives each number its name and figures.
         let label = format!("{}", i + 1);
         let _ = Text::new(&label, Point::new(x + d as i32 / 2 + 3, y + 3), ink).draw(&mut c);
-        // Legend: the exact figures behind each circle.
+        // Legend: the exact figures behind each circle, as many as fit.
+        let fits = ((H as i32 - TOP - 30) / 42) as usize;
+        if i >= fits {
+            if i == fits {
+                let more = format!("... {} more in the report", models.len() - fits);
+                let _ = Text::new(&more, Point::new(RIGHT + 20, TOP + 10 + 42 * i as i32), ink)
+                    .draw(&mut c);
+            }
+            continue;
+        }
         let ly = TOP + 10 + 42 * i as i32;
         let _ = Circle::with_center(Point::new(RIGHT + 25, ly), 10)
             .into_styled(PrimitiveStyle::with_fill(color))

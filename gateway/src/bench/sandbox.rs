@@ -7,7 +7,10 @@
 //! wall time. Network: a new, empty network namespace (`unshare --net --map-root-user`) where
 //! the kernel allows one, and in every case Python's socket functions are replaced by ones that
 //! refuse. It is not a boundary against code written to attack the machine or to cheat the
-//! grader (which shares its interpreter): run `bench` on models you would let run tests.
+//! grader (which shares its interpreter): the code runs as the user running `bench` and can
+//! read what that user can (files; without a user namespace, the `bench` process's
+//! environment, API keys included, under `/proc`). Run `bench` on models you would let run
+//! tests on your machine.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -18,8 +21,9 @@ use serde::Deserialize;
 /// Wall-clock limit of one run.
 pub const WALL_LIMIT: Duration = Duration::from_secs(10);
 
-/// Sets the limits, closes the network, runs the solution, then each test; prints one JSON
-/// line. Tests are `assert` statements run in the solution's namespace.
+/// Sets the limits, closes the network, runs the solution, then each test; writes one JSON
+/// object to `result.json` (the process's output goes nowhere: a printing loop must not fill
+/// the benchmark's memory). Tests are `assert` statements run in the solution's namespace.
 const HARNESS: &str = r#"
 import json, resource, socket, sys
 for res, lim in ((resource.RLIMIT_CPU, 5), (resource.RLIMIT_AS, 512 << 20),
@@ -32,12 +36,14 @@ def _refuse(*a, **k):
     raise OSError("network access is disabled in the benchmark sandbox")
 socket.socket = socket.create_connection = socket.getaddrinfo = socket.socketpair = _refuse
 tests = json.load(open("tests.json"))
-out = sys.__stdout__
+def report(result):
+    with open("result.json", "w") as f:
+        f.write(json.dumps(result))
 ns = {"__name__": "solution"}
 try:
     exec(compile(open("solution.py").read(), "solution.py", "exec"), ns)
 except BaseException as e:
-    out.write(json.dumps({"passed": 0, "error": "the code does not run: %s" % type(e).__name__}) + "\n")
+    report({"passed": 0, "error": "the code does not run: %s" % type(e).__name__})
     sys.exit(0)
 passed, failed = 0, []
 for t in tests:
@@ -46,7 +52,7 @@ for t in tests:
         passed += 1
     except BaseException as e:
         failed.append(type(e).__name__)
-out.write(json.dumps({"passed": passed, "error": ("failures: " + ", ".join(failed)) if failed else None}) + "\n")
+report({"passed": passed, "error": ("failures: " + ", ".join(failed)) if failed else None})
 "#;
 
 /// How a run went.
@@ -142,13 +148,13 @@ impl Sandbox {
             .current_dir(dir)
             .env_clear()
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
+            .stdout(Stdio::null())
             .stderr(Stdio::null())
             .kill_on_drop(true);
-        let child = cmd
+        let mut child = cmd
             .spawn()
             .map_err(|e| format!("cannot start python: {e}"))?;
-        let out = match tokio::time::timeout(WALL_LIMIT, child.wait_with_output()).await {
+        let status = match tokio::time::timeout(WALL_LIMIT, child.wait()).await {
             Ok(r) => r.map_err(|e| format!("python: {e}"))?,
             Err(_) => {
                 return Ok(Outcome {
@@ -157,19 +163,15 @@ impl Sandbox {
                 })
             }
         };
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        match stdout
-            .lines()
-            .rev()
-            .find_map(|l| serde_json::from_str::<Outcome>(l).ok())
-        {
+        let result = tokio::fs::read(dir.join("result.json")).await.ok();
+        match result.and_then(|b| serde_json::from_slice::<Outcome>(&b).ok()) {
             Some(o) => Ok(Outcome {
                 passed: o.passed.min(tests.len()),
                 error: o.error,
             }),
             None => Ok(Outcome {
                 passed: 0,
-                error: Some(match out.status.code() {
+                error: Some(match status.code() {
                     Some(c) => format!("exited with status {c} before reporting"),
                     None => "killed by a limit before reporting".to_owned(),
                 }),
@@ -232,5 +234,13 @@ mod tests {
             .unwrap();
         assert_eq!(net.passed, 0);
         assert!(net.error.unwrap().contains("OSError"));
+        let chatty = s
+            .run_python("while True:\n    print('x' * 1000)\n", &["assert True"])
+            .await
+            .unwrap();
+        assert_eq!(
+            chatty.passed, 0,
+            "output goes nowhere, the loop is stopped: {chatty:?}"
+        );
     }
 }

@@ -150,9 +150,7 @@ pub async fn run(o: Options, db: DbArgs) -> ExitCode {
     if tty {
         eprintln!();
     }
-    if let Err(e) = store.insert_bench_results(&results).await {
-        return fail(1, format!("storing the results: {e}"));
-    }
+    // The report first: a run that cost money is not lost to a database error.
     let md = report::markdown(&run_id, &when, &results);
     print!("{md}");
     let md_path = o.out.join(format!("bench-{run_id}.md"));
@@ -164,6 +162,9 @@ pub async fn run(o: Options, db: DbArgs) -> ExitCode {
         .and_then(|png| {
             std::fs::write(&png_path, png).map_err(|e| format!("{}: {e}", png_path.display()))
         });
+    if let Err(e) = store.insert_bench_results(&results).await {
+        return fail(1, format!("storing the results: {e}"));
+    }
     if let Err(e) = written {
         return fail(1, e);
     }

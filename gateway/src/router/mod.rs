@@ -174,9 +174,10 @@ pub struct Ranked {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum QualitySource {
-    /// The model's latest `llm-gateway bench` run, for this tier.
+    /// The models' latest `llm-gateway bench` runs, for this tier (every candidate has one).
     Measured,
-    /// The catalog's (or config's) prior, scaled by the tier's difficulty.
+    /// The catalog's (or config's) prior, scaled by the tier's difficulty (some candidate
+    /// has no measurement for the tier).
     Prior,
 }
 
@@ -203,8 +204,12 @@ pub struct Decision {
     pub classification: Option<Classification>,
     /// Weights used (normalised).
     pub weights: Weights,
-    /// How much the classification's `strong_need` scaled the quality weight (⅕–5×), if it ran.
+    /// How much the classification's `strong_need` scaled the quality weight (1/10–10×), if
+    /// it ran and the route has no fixed weights.
     pub quality_factor: Option<f64>,
+    /// Candidates with a `bench` measurement for the tier: measured quality ranks only when
+    /// that is all of them.
+    pub measured_candidates: usize,
     /// Prompt tokens (upper bound, or counted when the bound was too close to a window).
     pub prompt_tokens: usize,
     /// Whether `prompt_tokens` was counted with the tokenizer.
@@ -448,16 +453,25 @@ impl Router {
 
         let now = Instant::now();
         let stream = req.is_stream();
+        // A measurement and a catalog prior are not on one scale: measured quality ranks only
+        // when every candidate has it for this tier (`bench` measures every enabled model by
+        // default), else every candidate uses its prior.
+        let measured: Vec<Option<f64>> = pool
+            .iter()
+            .map(|&i| entries[i].measured.get(tier as usize))
+            .collect();
+        let measured_candidates = measured.iter().flatten().count();
+        let use_measured = measured_candidates == pool.len();
         let inputs: Vec<Inputs> = pool
             .iter()
-            .map(|&i| {
+            .zip(&measured)
+            .map(|(&i, m)| {
                 let e = &entries[i];
                 let lat = e.latency.snapshot(now, self.decay);
                 Inputs {
                     price: e.info.price.map_or(f64::MAX / 4.0, |p| p.blended()),
-                    quality: e
-                        .measured
-                        .get(tier as usize)
+                    quality: m
+                        .filter(|_| use_measured)
                         .unwrap_or_else(|| tier_quality(&e.info, tier)),
                     latency_ms: if stream { lat.ttft_ms } else { lat.total_ms },
                     local: e.provider.is_local(),
@@ -468,9 +482,11 @@ impl Router {
             .weights
             .unwrap_or_else(|| default_weights(spec.strategy, tier));
         // The rules pick the tier; the learned estimate of whether a weak model would fall
-        // short moves the quality weight within it (a no-op for single-weight strategies).
+        // short moves the quality weight within it. Only the strategy's own weights move: a
+        // route with fixed weights keeps them.
         let quality_factor = classification
             .as_ref()
+            .filter(|_| spec.weights.is_none())
             .map(|c| strong_need::quality_factor(c.strong_need));
         weights.quality *= quality_factor.unwrap_or(1.0);
         let weights = score::normalised(weights);
@@ -487,7 +503,7 @@ impl Router {
                     scored: s,
                     price: inp.price,
                     tier_quality: inp.quality,
-                    quality_source: if entries[i].measured.get(tier as usize).is_some() {
+                    quality_source: if use_measured {
                         QualitySource::Measured
                     } else {
                         QualitySource::Prior
@@ -504,6 +520,7 @@ impl Router {
             classification,
             weights,
             quality_factor,
+            measured_candidates,
             prompt_tokens,
             prompt_tokens_counted: counted,
             ranking,

@@ -73,30 +73,39 @@ macro_rules! push_result {
 
 const INSERT: &str = "INSERT INTO bench_results (run_id, at_ms, provider, model, task, category, tier, score, latency_ms, ttft_ms, prompt_tokens, completion_tokens, cost_usd, error) ";
 
-/// Each model's latest run only: an older run of a model says nothing once it was rerun.
+/// Per model and tier, its latest run that measured the tier: an older run says nothing once
+/// the tier was measured again, and a run of a few tasks leaves the other tiers as they were.
+/// Rows with an error measured nothing.
 const MEASURED: &str = "SELECT b.provider, b.model, b.tier, AVG(b.score) AS quality FROM bench_results b \
-    JOIN (SELECT provider, model, MAX(at_ms) AS at_ms FROM bench_results GROUP BY provider, model) l \
-    ON b.provider = l.provider AND b.model = l.model AND b.at_ms = l.at_ms \
+    JOIN (SELECT provider, model, tier, MAX(at_ms) AS at_ms FROM bench_results WHERE error IS NULL \
+    GROUP BY provider, model, tier) l \
+    ON b.provider = l.provider AND b.model = l.model AND b.tier = l.tier AND b.at_ms = l.at_ms \
     WHERE b.error IS NULL GROUP BY b.provider, b.model, b.tier ORDER BY b.provider, b.model, b.tier";
 
 const RESULTS: &str = "SELECT run_id, at_ms, provider, model, task, category, tier, score, latency_ms, ttft_ms, prompt_tokens, completion_tokens, cost_usd, error FROM bench_results WHERE run_id = ";
 
 impl Store {
-    /// Stores a run's results (one statement, so a run is stored whole or not at all).
+    /// Stores a run's results in one transaction (whole or not at all), in statements of
+    /// 1,000 rows (bind-parameter limits: SQLite 32,766, PostgreSQL 65,535; 14 per row).
     pub async fn insert_bench_results(&self, rows: &[BenchResult]) -> Result<(), StoreError> {
-        if rows.is_empty() {
-            return Ok(());
-        }
         match self {
             Store::Postgres(p) => {
-                let mut q: QueryBuilder<sqlx::Postgres> = QueryBuilder::new(INSERT);
-                q.push_values(rows, |mut b, r| push_result!(b, r));
-                q.build().execute(p).await?;
+                let mut tx = p.begin().await?;
+                for chunk in rows.chunks(1000) {
+                    let mut q: QueryBuilder<sqlx::Postgres> = QueryBuilder::new(INSERT);
+                    q.push_values(chunk, |mut b, r| push_result!(b, r));
+                    q.build().execute(&mut *tx).await?;
+                }
+                tx.commit().await?;
             }
             Store::Sqlite(p) => {
-                let mut q: QueryBuilder<sqlx::Sqlite> = QueryBuilder::new(INSERT);
-                q.push_values(rows, |mut b, r| push_result!(b, r));
-                q.build().execute(p).await?;
+                let mut tx = p.begin().await?;
+                for chunk in rows.chunks(1000) {
+                    let mut q: QueryBuilder<sqlx::Sqlite> = QueryBuilder::new(INSERT);
+                    q.push_values(chunk, |mut b, r| push_result!(b, r));
+                    q.build().execute(&mut *tx).await?;
+                }
+                tx.commit().await?;
             }
         }
         Ok(())
