@@ -312,3 +312,44 @@ async fn both_databases_store_runs_and_routing_uses_the_latest_measured_quality(
         "the same first choice as a gateway that never saw a measurement"
     );
 }
+
+#[tokio::test]
+async fn answers_are_read_from_every_wire_format() {
+    // Anthropic's and Ollama's streams are translated by the provider layer; the bench must
+    // read the text out of each as it reads OpenAI's.
+    let h = common::start().await;
+    let task = tasks::all()
+        .into_iter()
+        .find(|t| t.id == "capital-australia")
+        .unwrap();
+    let r = h
+        .http
+        .post(format!("{}/_mock/replies", h.mock))
+        .json(&json!([{"model": "*", "contains": task.prompt, "reply": "Canberra"}]))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    let cfg = h.state.config();
+    let models: Vec<_> = [
+        ("anthropic", "claude-3-5-haiku-latest"),
+        ("ollama", "llama3.2:latest"),
+        ("groq", "llama-3.1-8b-instant"),
+        ("together", "meta-llama/Llama-3.3-70B-Instruct-Turbo"),
+    ]
+    .iter()
+    .map(|(p, m)| {
+        cfg.registry
+            .entries()
+            .iter()
+            .find(|e| e.provider.name == *p && e.info.name == *m)
+            .unwrap_or_else(|| panic!("{p}/{m} is enabled"))
+            .clone()
+    })
+    .collect();
+    let results = bench::run(&models, &[task], "run-w", 1, 4, |_| {}).await;
+    for r in &results {
+        assert_eq!((r.score, &r.error), (1.0, &None), "{r:?}");
+        assert!(r.completion_tokens > 0 && r.ttft_ms.is_some(), "{r:?}");
+    }
+}

@@ -189,6 +189,7 @@ impl Ctx {
         // check does not wait (reconciles call this too, and must return); the sync loop is
         // woken to try again shortly.
         if !self.caches_listed() {
+            tracing::debug!("caches still listing; the push waits");
             self.wake.notify_one();
             return Ok(());
         }
