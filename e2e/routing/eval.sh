@@ -9,11 +9,7 @@
 #                                              a model from `train.sh --split validation`
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-data=""
-for d in "${LLM_GATEWAY_SHARED:-}" ../shared /work/shared; do
-  if [ -n "$d" ] && [ -d "$d/data/routellm" ]; then data="$d/data/routellm"; break; fi
-done
-[ -n "$data" ] || { echo "RouteLLM data not found: set LLM_GATEWAY_SHARED to the folder holding data/routellm" >&2; exit 1; }
+. e2e/routing/data.sh
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install --quiet --disable-pip-version-check $(grep -E "^(numpy|matplotlib)==" e2e/python/requirements.txt)
 cargo build --release --locked --bin llm-gateway

@@ -9,11 +9,7 @@
 #       LLM_GATEWAY_STRONG_NEED_MODEL=OUT.bin
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-data=""
-for d in "${LLM_GATEWAY_SHARED:-}" ../shared /work/shared; do
-  if [ -n "$d" ] && [ -d "$d/data/routellm" ]; then data="$d/data/routellm"; break; fi
-done
-[ -n "$data" ] || { echo "RouteLLM data not found: set LLM_GATEWAY_SHARED to the folder holding data/routellm" >&2; exit 1; }
+. e2e/routing/data.sh
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install --quiet --disable-pip-version-check $(grep -E "^numpy==" e2e/python/requirements.txt)
 work=$(mktemp -d)

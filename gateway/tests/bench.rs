@@ -70,14 +70,7 @@ async fn script(h: &common::Harness) {
     for (id, reply, _) in MIXED {
         scripts.push(json!({"model": "gpt-4o", "contains": prompt(id), "reply": reply}));
     }
-    let r = h
-        .http
-        .post(format!("{}/_mock/replies", h.mock))
-        .json(&scripts)
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success());
+    h.script_replies(&Value::Array(scripts)).await;
 }
 
 async fn run_bench(h: &common::Harness, run_id: &str, at_ms: i64) -> Vec<BenchResult> {
@@ -322,14 +315,8 @@ async fn answers_are_read_from_every_wire_format() {
         .into_iter()
         .find(|t| t.id == "capital-australia")
         .unwrap();
-    let r = h
-        .http
-        .post(format!("{}/_mock/replies", h.mock))
-        .json(&json!([{"model": "*", "contains": task.prompt, "reply": "Canberra"}]))
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success());
+    h.script_replies(&json!([{"model": "*", "contains": task.prompt, "reply": "Canberra"}]))
+        .await;
     let cfg = h.state.config();
     let models: Vec<_> = [
         ("anthropic", "claude-3-5-haiku-latest"),

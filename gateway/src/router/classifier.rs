@@ -456,7 +456,7 @@ const KEYWORD_TAIL: usize = 1024;
 /// The parts of a message searched for keywords: all of a short one; the first 2 KB and
 /// last 1 KB of a long one, where instructions sit ("Summarise the following: …", "…
 /// translate the above"). Keeps classification time flat however long the pasted text.
-fn keyword_windows(text: &str) -> (&str, Option<(usize, &str)>) {
+pub(super) fn keyword_windows(text: &str) -> (&str, Option<(usize, &str)>) {
     if text.len() <= KEYWORD_SCAN_LIMIT {
         return (text, None);
     }
@@ -473,8 +473,11 @@ fn keyword_windows(text: &str) -> (&str, Option<(usize, &str)>) {
 
 /// Measures the features of a request.
 pub fn features(req: &ChatRequest) -> Features {
-    let text_cow = last_user_text(req);
-    let text: &str = &text_cow;
+    features_of(req, &last_user_text(req))
+}
+
+/// The features of `req` whose last user message is `text`.
+fn features_of(req: &ChatRequest, text: &str) -> Features {
     let bytes = text.as_bytes();
     let mut f = Features {
         depth: req.messages.len(),
@@ -590,7 +593,8 @@ pub fn features(req: &ChatRequest) -> Features {
 
 /// Classifies a request.
 pub fn classify(req: &ChatRequest) -> Classification {
-    let f = features(req);
+    let text = last_user_text(req);
+    let f = features_of(req, &text);
     let capped = |n: usize, max: usize| n.min(max) as f64;
 
     let reason = 0.45 * capped(f.reasoning_markers, 3) + 0.08 * capped(f.math_symbols, 5);
@@ -640,7 +644,7 @@ pub fn classify(req: &ChatRequest) -> Classification {
     Classification {
         tier,
         score: (0.25 * idx + 0.25 * strength.clamp(0.0, 0.999)).min(1.0),
-        strong_need: super::strong_need::predict(&last_user_text(req)),
+        strong_need: super::strong_need::predict(&text),
         features: f,
     }
 }

@@ -14,10 +14,6 @@ use std::sync::LazyLock;
 /// bigrams) rarely collides, small enough to keep in memory (1 MiB).
 pub const DIM: usize = 1 << 18;
 
-/// Text beyond this many bytes is not read (the first 2 KiB and the last 1 KiB are).
-const HEAD: usize = 2048;
-const TAIL: usize = 1024;
-
 /// Where a model trained on other data can be given instead of the shipped one.
 pub const MODEL_ENV: &str = "LLM_GATEWAY_STRONG_NEED_MODEL";
 
@@ -247,29 +243,15 @@ const UNIGRAM: u64 = 1;
 const BIGRAM: u64 = 2;
 const LENGTH: u64 = 3;
 
-/// The parts of `text` read: all of it, or its first 2 KiB and last 1 KiB.
-fn windows(text: &str) -> (&str, &str) {
-    if text.len() <= HEAD + TAIL {
-        return (text, "");
-    }
-    let mut h = HEAD;
-    while !text.is_char_boundary(h) {
-        h -= 1;
-    }
-    let mut t = text.len() - TAIL;
-    while !text.is_char_boundary(t) {
-        t += 1;
-    }
-    (&text[..h], &text[t..])
-}
-
 /// Every feature occurrence of `text`, hashed, sorted (a repeated word or bigram appears as
 /// often as it occurs). Words are runs of letters and digits, lowercased, and each other
 /// non-space character alone; features are each word, each pair of adjacent words, and the
 /// word count's power of two. One pass over the bytes, no allocation but the result: this
 /// runs on every routed request.
 fn hashes(text: &str) -> Vec<u32> {
-    let (head, tail) = windows(text);
+    // The same parts of a long message the classifier's keyword search reads.
+    let (head, tail) = super::classifier::keyword_windows(text);
+    let tail = tail.map_or("", |(_, t)| t);
     let mut out = Vec::with_capacity((head.len() + tail.len()) / 2 + 1);
     let (mut word, mut prev, mut in_word) = (FNV_OFFSET, 0u64, false);
     let mut n_words = 0usize;

@@ -336,6 +336,18 @@ impl Harness {
             .unwrap();
     }
 
+    /// Scripts the mock's answers (`POST /_mock/replies`).
+    pub async fn script_replies(&self, scripts: &Value) {
+        let r = self
+            .http
+            .post(format!("{}/_mock/replies", self.mock))
+            .json(scripts)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success());
+    }
+
     pub async fn fault(&self, fault: Value) {
         let r = self
             .http
