@@ -120,14 +120,19 @@ class Cluster:
     def apply(self, kind, plural, ns, name, spec, labels=None):
         body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": kind,
                 "metadata": {"name": name, "namespace": ns, "labels": labels or {}}, "spec": spec}
-        try:
-            cur = self.custom.get_namespaced_custom_object(GROUP, VERSION, ns, plural, name)
-            body["metadata"]["resourceVersion"] = cur["metadata"]["resourceVersion"]
-            return self.custom.replace_namespaced_custom_object(GROUP, VERSION, ns, plural, name, body)
-        except ApiException as e:
-            if e.status != 404:
-                raise
-            return self.custom.create_namespaced_custom_object(GROUP, VERSION, ns, plural, body)
+        # The operator writes status between our read and our replace: a 409 means read again
+        # and retry, as kubectl and client-go's RetryOnConflict do.
+        for attempt in range(10):
+            try:
+                cur = self.custom.get_namespaced_custom_object(GROUP, VERSION, ns, plural, name)
+                body["metadata"]["resourceVersion"] = cur["metadata"]["resourceVersion"]
+                return self.custom.replace_namespaced_custom_object(GROUP, VERSION, ns, plural, name, body)
+            except ApiException as e:
+                if e.status == 409 and attempt < 9:
+                    continue
+                if e.status != 404:
+                    raise
+                return self.custom.create_namespaced_custom_object(GROUP, VERSION, ns, plural, body)
 
     def get(self, plural, ns, name):
         return self.custom.get_namespaced_custom_object(GROUP, VERSION, ns, plural, name)
