@@ -238,14 +238,17 @@ def main():
             ax.plot(SHARES * 100, c["auto"], marker="o", label="auto (rules + learned)")
             ax.plot(SHARES * 100, c["rules"], marker=".", alpha=0.6, label="rules only")
             ax.plot(SHARES * 100, c["random"], linestyle="--", label="random")
-            ax.set_title(f"{name} (held-out half)")
+            ax.set_title(f"{name} ({'held-out half' if args.split == 'test' else 'validation quarter'})")
             ax.set_xlabel("strong-model calls (%)")
             ax.set_ylabel("quality")
             ax.legend()
         fig.tight_layout()
         fig.savefig(args.plot, dpi=80)
         print(f"curve: {args.plot}")
-    print("command: ./e2e/routing/eval.sh")
+    model = os.environ.get("LLM_GATEWAY_STRONG_NEED_MODEL")
+    print("command: " + (f"LLM_GATEWAY_STRONG_NEED_MODEL={model} " if model else "")
+          + "./e2e/routing/eval.sh" + (f" --split {args.split}" if args.split != "test" else "")
+          + (f" --plot {args.plot}" if args.plot else ""))
 
 
 if __name__ == "__main__":

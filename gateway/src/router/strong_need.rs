@@ -42,7 +42,11 @@ pub fn warm_up() -> Result<(), String> {
 }
 
 fn active() -> &'static Model {
-    ACTIVE.as_ref().unwrap_or(&SHIPPED)
+    // Not `unwrap_or(&SHIPPED)`: that derefs, and so loads, the shipped model on every path.
+    match &*ACTIVE {
+        Ok(model) => model,
+        Err(_) => &SHIPPED,
+    }
 }
 
 /// The active model's estimate for `text`, in [0, 1].
