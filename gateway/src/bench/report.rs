@@ -34,6 +34,13 @@ pub struct ModelSummary {
     pub cost_usd: Option<f64>,
     /// Tasks that got no answer.
     pub errors: usize,
+    /// Tasks run, answered or not.
+    pub tasks: usize,
+}
+
+/// How a result's model is named in the report: `provider/model`.
+fn label(r: &BenchResult) -> String {
+    format!("{}/{}", r.provider, r.model)
 }
 
 /// Per-model figures, in the order the models first appear.
@@ -41,7 +48,7 @@ pub fn summarize(results: &[BenchResult]) -> Vec<ModelSummary> {
     let mut order: Vec<String> = Vec::new();
     let mut by: BTreeMap<String, Vec<&BenchResult>> = BTreeMap::new();
     for r in results {
-        let name = format!("{}/{}", r.provider, r.model);
+        let name = label(r);
         if !by.contains_key(&name) {
             order.push(name.clone());
         }
@@ -73,6 +80,7 @@ pub fn summarize(results: &[BenchResult]) -> Vec<ModelSummary> {
                 ),
                 cost_usd: answered.iter().map(|r| r.cost_usd).sum::<Option<f64>>(),
                 errors: rs.len() - answered.len(),
+                tasks: rs.len(),
                 model: name,
             }
         })
@@ -159,7 +167,7 @@ pub fn markdown(run_id: &str, when: &str, results: &[BenchResult]) -> String {
             .map(|m| {
                 results
                     .iter()
-                    .find(|r| r.task == task && format!("{}/{}", r.provider, r.model) == m.model)
+                    .find(|r| r.task == task && label(r) == m.model)
                     .map_or("–".into(), |r| match r.error {
                         Some(_) => "err".into(),
                         None => format!("{:.2}", r.score),
@@ -228,14 +236,7 @@ pub fn chart_png(run_id: &str, results: &[BenchResult]) -> Result<Vec<u8>, Strin
         MonoTextStyle::new(&FONT_7X13_BOLD, Rgb888::BLACK),
     )
     .draw(&mut c);
-    let per_task = |m: &ModelSummary| {
-        let n = results
-            .iter()
-            .filter(|r| format!("{}/{}", r.provider, r.model) == m.model)
-            .count()
-            .max(1);
-        m.cost_usd.unwrap_or(0.0) / n as f64
-    };
+    let per_task = |m: &ModelSummary| m.cost_usd.unwrap_or(0.0) / m.tasks.max(1) as f64;
     let max_cost = models.iter().map(per_task).fold(0.0, f64::max).max(1e-9) * 1.15;
     let max_latency = models.iter().map(|m| m.latency_p50_ms).fold(1.0, f64::max);
     let x_of = |cost: f64| LEFT + ((cost / max_cost) * (RIGHT - LEFT) as f64) as i32;
@@ -360,6 +361,11 @@ mod tests {
         assert_eq!(s[0].latency_p50_ms, 200.0);
         assert_eq!(s[0].tokens, (30, 15));
         assert_eq!(s[1].errors, 1);
+        assert_eq!(
+            (s[0].tasks, s[1].tasks),
+            (3, 1),
+            "errored tasks count as run"
+        );
         let md = markdown("r", "today", &rs);
         assert!(
             md.contains("| p/a | **0.50** | 1.00 | 0.00 | – | – | – | 200 |"),
