@@ -3,6 +3,7 @@
 //! JSON or chunks.
 
 pub mod anthropic;
+pub mod event_stream;
 pub mod learned;
 pub mod limiter;
 pub mod ollama;

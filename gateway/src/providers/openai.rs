@@ -3,7 +3,6 @@
 //! fields the gateway does not know still reach the upstream.
 
 use bytes::Bytes;
-use eventsource_stream::Eventsource;
 use futures::StreamExt;
 use http::StatusCode;
 use llm_gateway_crds::Protocol;
@@ -105,16 +104,16 @@ pub async fn chat(p: &Provider, call: ChatCall<'_>) -> Result<ChatResponse, Erro
     let (tx, rx) = stream_channel();
     let provider = p.name.clone();
     let idle = p.client_idle_timeout;
-    let mut events = super::capped(resp, p.max_response_bytes).eventsource();
+    let mut events = super::event_stream::data_events(super::capped(resp, p.max_response_bytes));
     tokio::spawn(async move {
         while let Some(ev) = events.next().await {
             let item = match ev {
                 Err(e) => {
-                    let timed_out = matches!(&e, eventsource_stream::EventStreamError::Transport(t) if t.is_timeout());
+                    let timed_out = e.is_timeout();
                     StreamItem::Error(super::stream_read_error(&provider, e, timed_out))
                 }
-                Ok(ev) if ev.data == "[DONE]" => StreamItem::End,
-                Ok(ev) => match serde_json::from_str::<ResponseProbe>(&ev.data) {
+                Ok(data) if data == "[DONE]" => StreamItem::End,
+                Ok(data) => match serde_json::from_str::<ResponseProbe>(&data) {
                     Err(e) => StreamItem::Error(
                         Error::bad_gateway(format!(
                             "provider {provider} sent an invalid stream chunk: {e}"
@@ -133,7 +132,7 @@ pub async fn chat(p: &Provider, call: ChatCall<'_>) -> Result<ChatResponse, Erro
                         usage_only: probe.choices.as_ref().is_some_and(Vec::is_empty)
                             && probe.usage().is_some(),
                         usage: probe.usage().cloned(),
-                        data: Bytes::from(ev.data),
+                        data: Bytes::from(data),
                     },
                 },
             };

@@ -4,7 +4,6 @@ pub mod request;
 pub mod response;
 
 use bytes::Bytes;
-use eventsource_stream::Eventsource;
 use futures::StreamExt;
 
 use super::{stream_channel, ChatCall, ChatResponse, Provider, StreamItem};
@@ -45,14 +44,14 @@ pub async fn chat(p: &Provider, call: ChatCall<'_>) -> Result<ChatResponse, Erro
     let (tx, rx) = stream_channel();
     let provider = p.name.clone();
     let idle = p.client_idle_timeout;
-    let mut events = super::capped(resp, p.max_response_bytes).eventsource();
+    let mut events = super::event_stream::data_events(super::capped(resp, p.max_response_bytes));
     let mut translator = response::StreamTranslator::new(t.json_tool);
     tokio::spawn(async move {
         while let Some(ev) = events.next().await {
             let items = match ev {
-                Ok(ev) => translator.on_event(&ev.data),
+                Ok(data) => translator.on_event(&data),
                 Err(e) => {
-                    let timed_out = matches!(&e, eventsource_stream::EventStreamError::Transport(t) if t.is_timeout());
+                    let timed_out = e.is_timeout();
                     vec![StreamItem::Error(super::stream_read_error(
                         &provider, e, timed_out,
                     ))]
