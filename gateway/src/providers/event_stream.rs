@@ -32,7 +32,8 @@ impl StreamError {
     }
 }
 
-/// The `data` of each event in `bytes`, in order; an error ends the stream.
+/// The `data` of each event in `bytes`, in order. A body error is the last item; an event
+/// whose data is not UTF-8 is an error item, and the events after it still come.
 pub fn data_events(
     bytes: impl Stream<Item = Result<Bytes, BodyError>> + Send + 'static,
 ) -> DataEvents {
@@ -84,6 +85,9 @@ pub struct Decoder {
     /// Bytes received; those before `read` are already cut into lines.
     pending: Vec<u8>,
     read: usize,
+    /// Where the search for the next line end resumes: an unfinished line arriving in many
+    /// pieces is searched once, not again from its start on every piece.
+    scanned: usize,
     /// The current event's data lines, each followed by LF.
     data: Vec<u8>,
     /// Past the optional BOM.
@@ -100,6 +104,7 @@ impl Decoder {
     pub fn feed(&mut self, chunk: &[u8]) {
         // Compacting here, not per event, keeps a chunk of many events linear.
         self.pending.drain(..self.read);
+        self.scanned = self.scanned.saturating_sub(self.read);
         self.read = 0;
         self.pending.extend_from_slice(chunk);
     }
@@ -121,9 +126,15 @@ impl Decoder {
                 self.read += 1;
             }
         }
-        while let Some(i) = memchr::memchr2(b'\n', b'\r', &self.pending[self.read..]) {
-            let (start, end) = (self.read, self.read + i);
+        loop {
+            let from = self.scanned.max(self.read);
+            let Some(i) = memchr::memchr2(b'\n', b'\r', &self.pending[from..]) else {
+                self.scanned = self.pending.len();
+                return None;
+            };
+            let (start, end) = (self.read, from + i);
             self.read = end + 1;
+            self.scanned = self.read;
             if self.pending[end] == b'\r' {
                 match self.pending.get(self.read) {
                     Some(b'\n') => self.read += 1,
@@ -135,7 +146,6 @@ impl Decoder {
                 return Some(self.take_data());
             }
         }
-        None
     }
 
     /// Reads the line `pending[start..end]`; true when it is blank and an event is ready.
@@ -195,6 +205,37 @@ mod tests {
     }
 
     #[test]
+    fn a_crlf_split_across_reads_is_one_line_end() {
+        let mut d = Decoder::default();
+        d.feed(b"data: a\r");
+        assert!(d.next_event().is_none());
+        d.feed(b"\ndata: b\n\n");
+        assert_eq!(d.next_event().unwrap().unwrap(), "a\nb");
+        let mut d = Decoder::default();
+        d.feed(b"data: a\r");
+        assert!(d.next_event().is_none());
+        d.feed(b"\r");
+        assert_eq!(
+            d.next_event().unwrap().unwrap(),
+            "a",
+            "CR CR is a line and a blank line"
+        );
+    }
+
+    #[test]
+    fn a_long_line_in_many_pieces_is_searched_once() {
+        let mut d = Decoder::default();
+        d.feed(b"data: ");
+        for _ in 0..1000 {
+            d.feed(&[b'x'; 100]);
+            assert!(d.next_event().is_none());
+            assert_eq!(d.scanned, d.pending.len(), "no byte is searched twice");
+        }
+        d.feed(b"\n\n");
+        assert_eq!(d.next_event().unwrap().unwrap().len(), 100_000);
+    }
+
+    #[test]
     fn blank_lines_without_data_and_unknown_fields_dispatch_nothing() {
         assert!(events(b"\n\nevent: ping\n\nretry: 10\nid: 1\n\n:x\n\n", 3).is_empty());
         assert_eq!(
@@ -208,6 +249,13 @@ mod tests {
     #[test]
     fn a_bom_only_counts_at_the_start_and_bad_utf8_is_an_error() {
         assert_eq!(events(b"\xEF\xBB", 1), Vec::<String>::new());
+        for step in [1, 2, 3, 4, 100] {
+            assert_eq!(events("\u{FEFF}data: x\n\n".as_bytes(), step), ["x"]);
+            assert!(
+                events("\u{FEFF}\u{FEFF}data: x\n\n".as_bytes(), step).is_empty(),
+                "a second BOM makes the field name `\u{FEFF}data`"
+            );
+        }
         assert_eq!(
             events("data: \u{FEFF}x\n\n".as_bytes(), 2),
             ["\u{FEFF}x"],
@@ -224,12 +272,25 @@ mod tests {
     }
 
     #[test]
-    fn any_bytes_in_any_pieces_give_the_events_of_the_whole() {
-        let alphabet = b"data: x\r\n\xEF\xBB\xBF\xff";
+    fn any_mix_of_lines_in_any_pieces_gives_the_events_of_the_whole() {
+        // Tokens, not bytes, so that most inputs hold real `data` lines and line-end mixes.
+        let tokens: [&[u8]; 10] = [
+            b"data",
+            b":",
+            b" ",
+            b"x",
+            b"\r",
+            b"\n",
+            b"\r\n",
+            b"\xEF\xBB\xBF",
+            b"\xff",
+            b"data: y\n",
+        ];
         let mut rng = fastrand::Rng::with_seed(7);
+        let mut with_events = 0;
         for _ in 0..2000 {
-            let input: Vec<u8> = (0..rng.usize(0..60))
-                .map(|_| alphabet[rng.usize(..alphabet.len())])
+            let input: Vec<u8> = (0..rng.usize(0..24))
+                .flat_map(|_| tokens[rng.usize(..tokens.len())].iter().copied())
                 .collect();
             let all = |step: usize| {
                 let mut d = Decoder::default();
@@ -243,10 +304,12 @@ mod tests {
                 out
             };
             let whole = all(input.len().max(1));
+            with_events += usize::from(!whole.is_empty());
             for step in [1, 2, 3, 7] {
                 assert_eq!(all(step), whole, "{input:?} in pieces of {step}");
             }
         }
+        assert!(with_events > 500, "only {with_events} inputs had events");
     }
 
     #[tokio::test]
