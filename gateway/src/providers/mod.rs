@@ -593,8 +593,8 @@ fn stream_channel() -> (StreamTx, StreamRx) {
 }
 
 /// An error for a stream that failed while being read.
-fn stream_read_error(provider: &str, e: impl std::fmt::Display, timed_out: bool) -> Error {
-    if timed_out {
+fn stream_read_error(provider: &str, e: event_stream::StreamError) -> Error {
+    if e.is_timeout() {
         Error::gateway_timeout(format!("provider {provider} went silent mid-stream"))
             .with_failure(Failure::Timeout(TimeoutKind::Idle))
     } else {

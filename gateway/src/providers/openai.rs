@@ -108,10 +108,7 @@ pub async fn chat(p: &Provider, call: ChatCall<'_>) -> Result<ChatResponse, Erro
     tokio::spawn(async move {
         while let Some(ev) = events.next().await {
             let item = match ev {
-                Err(e) => {
-                    let timed_out = e.is_timeout();
-                    StreamItem::Error(super::stream_read_error(&provider, e, timed_out))
-                }
+                Err(e) => StreamItem::Error(super::stream_read_error(&provider, e)),
                 Ok(data) if data == "[DONE]" => StreamItem::End,
                 Ok(data) => match serde_json::from_str::<ResponseProbe>(&data) {
                     Err(e) => StreamItem::Error(

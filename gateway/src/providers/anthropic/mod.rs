@@ -50,12 +50,7 @@ pub async fn chat(p: &Provider, call: ChatCall<'_>) -> Result<ChatResponse, Erro
         while let Some(ev) = events.next().await {
             let items = match ev {
                 Ok(data) => translator.on_event(&data),
-                Err(e) => {
-                    let timed_out = e.is_timeout();
-                    vec![StreamItem::Error(super::stream_read_error(
-                        &provider, e, timed_out,
-                    ))]
-                }
+                Err(e) => vec![StreamItem::Error(super::stream_read_error(&provider, e))],
             };
             for item in items {
                 let last = !matches!(item, StreamItem::Chunk { .. });
