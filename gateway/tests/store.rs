@@ -242,6 +242,37 @@ async fn exercise_budgets(store: &Store) {
     assert_eq!(store.list_budgets().await.unwrap(), vec![b2]);
 }
 
+/// Batches of any length land whole and in order, repeats are skipped, and every field
+/// survives (the store cuts a batch into statements of power-of-two length).
+async fn exercise_bulk_usage(store: &Store) {
+    let before = store.usage_records().await.unwrap();
+    let record = |i: i64| {
+        let mut r = usage(
+            &format!("bulk-{i:05}"),
+            2_000_000_000_000 + i,
+            "bulk",
+            "kb",
+            "m",
+            0.5,
+        );
+        r.ttft_ms = (i % 3 == 0).then_some(i);
+        r.cache = (i % 5 == 0).then(|| "miss".to_owned());
+        r.usage_estimated = i % 2 == 0;
+        r.attempts = 1 + (i % 4) as i32;
+        r
+    };
+    let first: Vec<_> = (0..1_000).map(record).collect();
+    store.insert_usage(&first).await.unwrap();
+    // Overlaps the first batch by 500 and is 803 long: runs of 256, 256, 256, 32, 2 and 1.
+    let second: Vec<_> = (500..1_303).map(record).collect();
+    store.insert_usage(&second).await.unwrap();
+    store.insert_usage(&[]).await.unwrap();
+    let all = store.usage_records().await.unwrap();
+    assert_eq!(&all[..before.len()], &before[..]);
+    let expected: Vec<_> = (0..1_303).map(record).collect();
+    assert_eq!(all[before.len()..], expected[..]);
+}
+
 #[tokio::test]
 async fn sqlite_budgets_spend_and_usage_report() {
     let dir = tempfile::tempdir().unwrap();
@@ -249,6 +280,7 @@ async fn sqlite_budgets_spend_and_usage_report() {
         .await
         .unwrap();
     exercise_budgets(&store).await;
+    exercise_bulk_usage(&store).await;
 }
 
 #[tokio::test]
@@ -256,6 +288,7 @@ async fn postgres_budgets_spend_and_usage_report() {
     let (url, schema) = pg_schema().await;
     let store = Store::open(&url).await.unwrap();
     exercise_budgets(&store).await;
+    exercise_bulk_usage(&store).await;
     drop(store);
     drop_schema(&schema).await;
 }

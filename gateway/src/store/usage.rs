@@ -75,25 +75,48 @@ macro_rules! push_record {
 const INSERT: &str = "INSERT INTO usage_records (id, at_ms, request_id, key_id, tenant, endpoint, virtual_model, provider, model, prompt_tokens, completion_tokens, cost_usd, usage_estimated, latency_ms, ttft_ms, cache, status, attempts) ";
 const CONFLICT: &str = " ON CONFLICT (id) DO NOTHING";
 
+/// The largest statement, in records: 18 binds each stays under SQLite's 32,766 and
+/// PostgreSQL's 65,535 bind parameters.
+const MOST: usize = 256;
+
+/// `records` cut into runs whose lengths are powers of two, largest first (13 = 8 + 4 + 1).
+/// Every statement then has one of nine shapes, which stay prepared in each connection's
+/// statement cache; a statement per batch length would be prepared afresh for nearly every
+/// batch, since the ledger's batch length follows the traffic.
+fn runs(mut records: &[UsageRecord]) -> impl Iterator<Item = &[UsageRecord]> {
+    std::iter::from_fn(move || {
+        if records.is_empty() {
+            return None;
+        }
+        let n = records.len().min(MOST);
+        let take = 1 << n.ilog2();
+        let (run, rest) = records.split_at(take);
+        records = rest;
+        Some(run)
+    })
+}
+
 impl Store {
-    /// Inserts records; ones already stored (same id) are skipped.
+    /// Inserts records, in one transaction; ones already stored (same id) are skipped.
     pub async fn insert_usage(&self, records: &[UsageRecord]) -> Result<(), StoreError> {
-        // Bind-parameter limits (SQLite 32766, PostgreSQL 65535) allow 18 × 500 per statement.
-        for chunk in records.chunks(500) {
-            match self {
-                Store::Postgres(p) => {
-                    let mut q: QueryBuilder<sqlx::Postgres> = QueryBuilder::new(INSERT);
-                    q.push_values(chunk, |mut b, r| push_record!(b, r));
+        if records.is_empty() {
+            return Ok(());
+        }
+        macro_rules! insert {
+            ($db:ty, $pool:expr) => {{
+                let mut tx = $pool.begin().await?;
+                for run in runs(records) {
+                    let mut q: QueryBuilder<$db> = QueryBuilder::new(INSERT);
+                    q.push_values(run, |mut b, r| push_record!(b, r));
                     q.push(CONFLICT);
-                    q.build().execute(p).await?;
+                    q.build().execute(&mut *tx).await?;
                 }
-                Store::Sqlite(p) => {
-                    let mut q: QueryBuilder<sqlx::Sqlite> = QueryBuilder::new(INSERT);
-                    q.push_values(chunk, |mut b, r| push_record!(b, r));
-                    q.push(CONFLICT);
-                    q.build().execute(p).await?;
-                }
-            }
+                tx.commit().await?;
+            }};
+        }
+        match self {
+            Store::Postgres(p) => insert!(sqlx::Postgres, p),
+            Store::Sqlite(p) => insert!(sqlx::Sqlite, p),
         }
         Ok(())
     }
@@ -134,5 +157,54 @@ impl Store {
             Store::Postgres(p) => read!(sqlx::query(SQL).fetch_all(p).await?),
             Store::Sqlite(p) => read!(sqlx::query(SQL).fetch_all(p).await?),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_are_cut_into_power_of_two_runs_largest_first_in_order() {
+        let records: Vec<UsageRecord> = (0..1_100)
+            .map(|i| UsageRecord {
+                id: i.to_string(),
+                at_ms: i,
+                request_id: String::new(),
+                key_id: None,
+                tenant: None,
+                endpoint: "chat".into(),
+                virtual_model: None,
+                provider: None,
+                model: None,
+                prompt_tokens: 0,
+                completion_tokens: 0,
+                cost_usd: None,
+                usage_estimated: false,
+                latency_ms: 0,
+                ttft_ms: None,
+                cache: None,
+                status: 200,
+                attempts: 1,
+            })
+            .collect();
+        for n in 0..records.len() {
+            let lens: Vec<usize> = runs(&records[..n]).map(<[_]>::len).collect();
+            assert!(
+                lens.iter().all(|l| l.is_power_of_two() && *l <= MOST),
+                "{n}: {lens:?}"
+            );
+            assert!(lens.windows(2).all(|w| w[0] >= w[1]), "{n}: {lens:?}");
+            let ids: Vec<i64> = runs(&records[..n]).flatten().map(|r| r.at_ms).collect();
+            assert_eq!(ids, (0..n as i64).collect::<Vec<_>>());
+        }
+        assert_eq!(
+            runs(&records[..13]).map(<[_]>::len).collect::<Vec<_>>(),
+            [8, 4, 1]
+        );
+        assert_eq!(
+            runs(&records[..600]).map(<[_]>::len).collect::<Vec<_>>(),
+            [256, 256, 64, 16, 8]
+        );
     }
 }
