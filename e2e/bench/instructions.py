@@ -34,7 +34,7 @@ MANY = int(os.environ.get("BENCH_MANY", "1200"))
 # Component of a function, from its source path or library (first match wins).
 COMPONENTS = [
     ("SQLite (ledger)", r"libsqlite3-sys|sqlx"),
-    ("allocator", r"/malloc/|malloc\.c|arena\.c"),
+    ("allocator", r"/malloc/|malloc\.c|arena\.c|mimalloc"),
     ("memcpy/memmove", r"memmove|memcpy|memset"),
     ("JSON (serde_json)", r"serde_json|serde_core|serde_path_to_error"),
     ("HTTP (hyper, http, httparse, axum, tower)", r"/(hyper|hyper-util|http|http-body|http-body-util|httparse|axum|axum-core|tower|tower-http)-\d"),
