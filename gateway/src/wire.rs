@@ -439,12 +439,33 @@ pub struct ChoiceProbe {
 /// What the gateway reads of a delta.
 #[derive(Debug, Default, Deserialize)]
 pub struct DeltaProbe {
-    /// Text, if any.
+    /// The text's length, if any: only its size is read, so it is never copied out.
     #[serde(default)]
-    pub content: Option<String>,
+    pub content: Option<TextLen>,
     /// Tool call fragments, if any.
     #[serde(default)]
     pub tool_calls: Option<Box<serde_json::value::RawValue>>,
+}
+
+/// A JSON string's length in bytes (unescaped), read without allocating: a stream has a
+/// delta per token, and the gateway needs only how much text came.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct TextLen(pub usize);
+
+impl<'de> Deserialize<'de> for TextLen {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Len;
+        impl serde::de::Visitor<'_> for Len {
+            type Value = TextLen;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<TextLen, E> {
+                Ok(TextLen(v.len()))
+            }
+        }
+        d.deserialize_str(Len)
+    }
 }
 
 impl ResponseProbe {
@@ -455,8 +476,7 @@ impl ResponseProbe {
             .flatten()
             .filter_map(|c| c.delta.as_ref())
             .map(|d| {
-                d.content.as_deref().map_or(0, str::len)
-                    + d.tool_calls.as_ref().map_or(0, |t| t.get().len())
+                d.content.map_or(0, |t| t.0) + d.tool_calls.as_ref().map_or(0, |t| t.get().len())
             })
             .sum()
     }
@@ -466,5 +486,37 @@ impl ResponseProbe {
         self.usage
             .as_ref()
             .or_else(|| self.x_groq.as_ref().and_then(|x| x.usage.as_ref()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chunks_content_length_is_its_unescaped_text_in_bytes() {
+        let len = |json: &str| serde_json::from_str::<ResponseProbe>(json).map(|p| p.content_len());
+        assert_eq!(
+            len(r#"{"choices":[{"delta":{"content":"héllo"}}]}"#).unwrap(),
+            6
+        );
+        // Escapes count as the characters they stand for.
+        assert_eq!(
+            len(r#"{"choices":[{"delta":{"content":"a\"b\u00e9\n"}}]}"#).unwrap(),
+            6
+        );
+        assert_eq!(
+            len(r#"{"choices":[{"delta":{"content":null}}]}"#).unwrap(),
+            0
+        );
+        assert_eq!(
+            len(r#"{"choices":[{"delta":{"role":"assistant"}}]}"#).unwrap(),
+            0
+        );
+        assert_eq!(
+            len(r#"{"choices":[{"delta":{"content":"ab"}},{"delta":{"content":"cde"}}]}"#).unwrap(),
+            5
+        );
+        assert!(len(r#"{"choices":[{"delta":{"content":7}}]}"#).is_err());
     }
 }
