@@ -447,8 +447,8 @@ pub struct DeltaProbe {
     pub tool_calls: Option<Box<serde_json::value::RawValue>>,
 }
 
-/// A JSON string's length in bytes (unescaped), read without allocating: a stream has a
-/// delta per token, and the gateway needs only how much text came.
+/// A JSON string's length in bytes (unescaped), read without copying the text out: a stream
+/// has a delta per token, and the gateway needs only how much text came.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct TextLen(pub usize);
 

@@ -242,8 +242,8 @@ async fn exercise_budgets(store: &Store) {
     assert_eq!(store.list_budgets().await.unwrap(), vec![b2]);
 }
 
-/// Batches of any length land whole and in order, repeats are skipped, and every field
-/// survives (the store cuts a batch into statements of power-of-two length).
+/// Batches of any length land whole, repeats are skipped (the stored version is kept), and
+/// every field survives (the store cuts a batch into statements of power-of-two length).
 async fn exercise_bulk_usage(store: &Store) {
     let before = store.usage_records().await.unwrap();
     let record = |i: i64| {
@@ -264,13 +264,24 @@ async fn exercise_bulk_usage(store: &Store) {
     let first: Vec<_> = (0..1_000).map(record).collect();
     store.insert_usage(&first).await.unwrap();
     // Overlaps the first batch by 500 and is 803 long: runs of 256, 256, 256, 32, 2 and 1.
-    let second: Vec<_> = (500..1_303).map(record).collect();
+    let later = |i| UsageRecord {
+        attempts: 99,
+        ..record(i)
+    };
+    let second: Vec<_> = (500..1_303).map(later).collect();
     store.insert_usage(&second).await.unwrap();
     store.insert_usage(&[]).await.unwrap();
     let all = store.usage_records().await.unwrap();
     assert_eq!(&all[..before.len()], &before[..]);
-    let expected: Vec<_> = (0..1_303).map(record).collect();
-    assert_eq!(all[before.len()..], expected[..]);
+    // The stored version of a repeat is kept.
+    let expected: Vec<_> = (0..1_000)
+        .map(record)
+        .chain((1_000..1_303).map(later))
+        .collect();
+    assert_eq!(all.len() - before.len(), expected.len());
+    for (got, want) in all[before.len()..].iter().zip(&expected) {
+        assert_eq!(got, want);
+    }
 }
 
 #[tokio::test]
@@ -281,6 +292,37 @@ async fn sqlite_budgets_spend_and_usage_report() {
         .unwrap();
     exercise_budgets(&store).await;
     exercise_bulk_usage(&store).await;
+}
+
+/// A batch cut into several statements is one transaction: when its last statement fails,
+/// none of the batch is stored, so a retry never finds half of it.
+#[tokio::test]
+async fn a_batch_of_several_statements_lands_whole_or_not_at_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&format!("sqlite://{}/t.db", dir.path().display()))
+        .await
+        .unwrap();
+    let Store::Sqlite(pool) = &store else {
+        unreachable!("a sqlite:// URL opens SQLite")
+    };
+    sqlx::query(
+        "CREATE TRIGGER poison BEFORE INSERT ON usage_records WHEN NEW.id = 'poison' \
+         BEGIN SELECT RAISE(ABORT, 'poisoned'); END",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
+    // 300 records: runs of 256, 32, 8 and 4; the poisoned one is in the last run.
+    let mut batch: Vec<_> = (0..300)
+        .map(|i| usage(&format!("r{i}"), i, "t", "k", "m", 0.1))
+        .collect();
+    batch[298].id = "poison".into();
+    let err = store.insert_usage(&batch).await.unwrap_err();
+    assert!(err.to_string().contains("poisoned"), "{err}");
+    assert_eq!(store.usage_records().await.unwrap(), []);
+    batch[298].id = "r298".into();
+    store.insert_usage(&batch).await.unwrap();
+    assert_eq!(store.usage_records().await.unwrap().len(), 300);
 }
 
 #[tokio::test]

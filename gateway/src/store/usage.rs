@@ -96,22 +96,35 @@ fn runs(mut records: &[UsageRecord]) -> impl Iterator<Item = &[UsageRecord]> {
     })
 }
 
+/// Records per transaction: a spool replayed after a long outage may hold millions, and one
+/// transaction for all of them would hold SQLite's write lock throughout and lose all progress
+/// to any error; each part committed on its own keeps what is done (inserts skip stored ids).
+const PER_TRANSACTION: usize = 16 * MOST;
+
 impl Store {
-    /// Inserts records, in one transaction; ones already stored (same id) are skipped.
+    /// Inserts records, in transactions of up to [`PER_TRANSACTION`]; ones already stored
+    /// (same id) are skipped.
     pub async fn insert_usage(&self, records: &[UsageRecord]) -> Result<(), StoreError> {
-        if records.is_empty() {
-            return Ok(());
-        }
         macro_rules! insert {
             ($db:ty, $pool:expr) => {{
-                let mut tx = $pool.begin().await?;
-                for run in runs(records) {
-                    let mut q: QueryBuilder<$db> = QueryBuilder::new(INSERT);
-                    q.push_values(run, |mut b, r| push_record!(b, r));
-                    q.push(CONFLICT);
-                    q.build().execute(&mut *tx).await?;
+                for part in records.chunks(PER_TRANSACTION) {
+                    let statement = |run: &[UsageRecord]| {
+                        let mut q: QueryBuilder<$db> = QueryBuilder::new(INSERT);
+                        q.push_values(run, |mut b, r| push_record!(b, r));
+                        q.push(CONFLICT);
+                        q
+                    };
+                    if part.len() <= MOST && part.len().is_power_of_two() {
+                        // One statement: its own transaction, without BEGIN and COMMIT round trips.
+                        statement(part).build().execute($pool).await?;
+                        continue;
+                    }
+                    let mut tx = $pool.begin().await?;
+                    for run in runs(part) {
+                        statement(run).build().execute(&mut *tx).await?;
+                    }
+                    tx.commit().await?;
                 }
-                tx.commit().await?;
             }};
         }
         match self {
@@ -188,13 +201,15 @@ mod tests {
                 attempts: 1,
             })
             .collect();
-        for n in 0..records.len() {
+        for n in 0..=records.len() {
             let lens: Vec<usize> = runs(&records[..n]).map(<[_]>::len).collect();
-            assert!(
-                lens.iter().all(|l| l.is_power_of_two() && *l <= MOST),
-                "{n}: {lens:?}"
-            );
-            assert!(lens.windows(2).all(|w| w[0] >= w[1]), "{n}: {lens:?}");
+            // Full runs of MOST, then the binary digits of the remainder, largest first.
+            let full = lens.iter().take_while(|l| **l == MOST).count();
+            assert_eq!(full, n / MOST, "{n}: {lens:?}");
+            let rest = &lens[full..];
+            assert!(rest.iter().all(|l| l.is_power_of_two()), "{n}: {lens:?}");
+            assert!(rest.windows(2).all(|w| w[0] > w[1]), "{n}: {lens:?}");
+            assert_eq!(rest.iter().sum::<usize>(), n % MOST, "{n}: {lens:?}");
             let ids: Vec<i64> = runs(&records[..n]).flatten().map(|r| r.at_ms).collect();
             assert_eq!(ids, (0..n as i64).collect::<Vec<_>>());
         }
