@@ -284,12 +284,18 @@ async fn exercise_bulk_usage(store: &Store) {
     }
 }
 
-#[tokio::test]
-async fn sqlite_budgets_spend_and_usage_report() {
+/// A SQLite store in a new folder (kept while the folder lives).
+async fn temp_sqlite() -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&format!("sqlite://{}/b.db", dir.path().display()))
+    let store = Store::open(&format!("sqlite://{}/s.db", dir.path().display()))
         .await
         .unwrap();
+    (dir, store)
+}
+
+#[tokio::test]
+async fn sqlite_budgets_spend_and_usage_report() {
+    let (_dir, store) = temp_sqlite().await;
     exercise_budgets(&store).await;
     exercise_bulk_usage(&store).await;
 }
@@ -298,10 +304,7 @@ async fn sqlite_budgets_spend_and_usage_report() {
 /// none of the batch is stored, so a retry never finds half of it.
 #[tokio::test]
 async fn a_batch_of_several_statements_lands_whole_or_not_at_all() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&format!("sqlite://{}/t.db", dir.path().display()))
-        .await
-        .unwrap();
+    let (_dir, store) = temp_sqlite().await;
     let Store::Sqlite(pool) = &store else {
         unreachable!("a sqlite:// URL opens SQLite")
     };
