@@ -447,24 +447,42 @@ pub struct DeltaProbe {
     pub tool_calls: Option<Box<serde_json::value::RawValue>>,
 }
 
-/// A JSON string's length in bytes (unescaped), read without copying the text out: a stream
-/// has a delta per token, and the gateway needs only how much text came.
+/// A content's text length in bytes (unescaped), read without copying the text out: a stream
+/// has a delta per token, and the gateway needs only how much text came. Content is a string,
+/// or (as some OpenAI-compatible servers send it) an array of parts whose `text` fields count.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct TextLen(pub usize);
+
+/// One part of an array content: only its text counts (an image or audio part has none).
+#[derive(Deserialize)]
+struct PartProbe {
+    #[serde(default)]
+    text: Option<TextLen>,
+}
 
 impl<'de> Deserialize<'de> for TextLen {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct Len;
-        impl serde::de::Visitor<'_> for Len {
+        impl<'de> serde::de::Visitor<'de> for Len {
             type Value = TextLen;
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a string")
+                f.write_str("a string or an array of content parts")
             }
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<TextLen, E> {
                 Ok(TextLen(v.len()))
             }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut parts: A,
+            ) -> Result<TextLen, A::Error> {
+                let mut len = 0;
+                while let Some(part) = parts.next_element::<PartProbe>()? {
+                    len += part.text.map_or(0, |t| t.0);
+                }
+                Ok(TextLen(len))
+            }
         }
-        d.deserialize_str(Len)
+        d.deserialize_any(Len)
     }
 }
 
@@ -517,6 +535,14 @@ mod tests {
             len(r#"{"choices":[{"delta":{"content":"ab"}},{"delta":{"content":"cde"}}]}"#).unwrap(),
             5
         );
+        // An array of parts counts the text of each part that has some.
+        assert_eq!(
+            len(r#"{"choices":[{"delta":{"content":[{"type":"text","text":"hé"},{"type":"image_url","image_url":{"url":"x"}},{"type":"text","text":"\n"}]}}]}"#).unwrap(),
+            4
+        );
+        assert_eq!(len(r#"{"choices":[{"delta":{"content":[]}}]}"#).unwrap(), 0);
         assert!(len(r#"{"choices":[{"delta":{"content":7}}]}"#).is_err());
+        assert!(len(r#"{"choices":[{"delta":{"content":{"text":"a"}}}]}"#).is_err());
+        assert!(len(r#"{"choices":[{"delta":{"content":["a"]}}]}"#).is_err());
     }
 }

@@ -156,6 +156,32 @@ async fn a_streamed_answer_is_stored_and_served_as_json() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_whose_content_comes_as_parts_is_passed_on_and_stored_as_its_text() {
+    let h = start().await;
+    // Some OpenAI-compatible servers send `delta.content` as an array of parts.
+    h.fault(json!({"vendor": "openai", "content_parts": true, "times": 1}))
+        .await;
+    let mut s = ask("Describe a binary heap.");
+    s["stream"] = json!(true);
+    let (status, hd, text) = send(&h, &s, None, &[]).await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(cache_of(&hd), "miss");
+    let chunks = sse_data(&text);
+    assert_eq!(chunks.last().unwrap(), "[DONE]", "{text}");
+    let parts: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_array())
+        .flatten()
+        .map(|p| p["text"].as_str().unwrap())
+        .collect();
+    assert!(!parts.is_empty(), "{text}");
+    // The stored answer is the parts' text joined, served as a plain string.
+    let (_, hd, body) = send(&h, &ask("Describe a binary heap."), None, &[]).await;
+    assert_eq!(cache_of(&hd), "hit-exact", "{body}");
+    assert_eq!(content(&body), parts);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_cut_streams_tool_calls_hot_temperatures_and_no_store_are_never_cached() {
     let h = start().await;
     // An upstream error: not stored.

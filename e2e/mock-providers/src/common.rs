@@ -45,6 +45,10 @@ pub struct Fault {
     /// Send invalid JSON (the body, or a stream's first content chunk).
     #[serde(default)]
     pub malformed: bool,
+    /// OpenAI-format streams: send each delta's text as an array of content parts
+    /// (`[{"type":"text","text":…}]`), as some OpenAI-compatible servers do.
+    #[serde(default)]
+    pub content_parts: bool,
     /// Streams: close the connection after this many frames, unfinished.
     #[serde(default)]
     pub cut_after: Option<usize>,

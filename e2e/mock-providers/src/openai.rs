@@ -234,7 +234,12 @@ pub async fn chat(
         }
         None => {
             for piece in text_pieces(&text) {
-                chunks.push(chunk(json!({"content": piece}), Value::Null));
+                let content = if fault.content_parts {
+                    json!([{"type": "text", "text": piece}])
+                } else {
+                    json!(piece)
+                };
+                chunks.push(chunk(json!({"content": content}), Value::Null));
             }
             "stop"
         }

@@ -21,8 +21,9 @@ use crate::pipeline::context::RequestContext;
 use crate::pipeline::failover::{self, Committed};
 use crate::providers::StreamItem;
 use crate::router::BreakerFilter;
-use crate::wire::{ChatRequest, Usage};
+use crate::wire::{ChatRequest, TextLen, Usage};
 use llm_gateway_crds::AllOpen;
+use serde::Deserialize;
 use tracing::Instrument;
 
 use crate::telemetry::traces;
@@ -215,7 +216,7 @@ fn output_bytes(body: &[u8]) -> usize {
         .flatten()
         .map(|c| {
             let m = &c["message"];
-            m["content"].as_str().map_or(0, str::len)
+            TextLen::deserialize(&m["content"]).map_or(0, |t| t.0)
                 + if m["tool_calls"].is_null() {
                     0
                 } else {
@@ -390,4 +391,26 @@ fn stream_response(state: SseState) -> Response {
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::output_bytes;
+
+    #[test]
+    fn a_completions_output_counts_text_as_a_string_or_as_parts_and_tool_calls() {
+        let body = |message: &str| {
+            format!(r#"{{"choices":[{{"index":0,"message":{message},"finish_reason":"stop"}}]}}"#)
+        };
+        assert_eq!(output_bytes(body(r#"{"content":"héllo"}"#).as_bytes()), 6);
+        let parts = r#"{"content":[{"type":"text","text":"ab"},{"type":"text","text":"cd"}]}"#;
+        assert_eq!(output_bytes(body(parts).as_bytes()), 4);
+        let calls = r#"{"content":null,"tool_calls":[{"id":"c"}]}"#;
+        assert_eq!(
+            output_bytes(body(calls).as_bytes()),
+            r#"[{"id":"c"}]"#.len()
+        );
+        // Not JSON at all: its size is the best estimate there is.
+        assert_eq!(output_bytes(b"not json"), 8);
+    }
 }

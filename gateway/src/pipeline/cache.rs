@@ -139,8 +139,8 @@ impl Capture {
             if c["index"].as_u64().unwrap_or(0) != 0 {
                 self.broken = true;
             }
-            if let Some(t) = c["delta"]["content"].as_str() {
-                self.content.push_str(t);
+            if !self.push_content(&c["delta"]["content"]) {
+                self.broken = true;
             }
             if !c["delta"]["tool_calls"].is_null() {
                 // Tool-call streams are not reassembled: such answers are not cached.
@@ -149,6 +149,27 @@ impl Capture {
             if let Some(f) = c["finish_reason"].as_str() {
                 self.finish = Some(f.to_owned());
             }
+        }
+    }
+
+    /// Appends a delta's text; false if it holds something that is not text (such a stream is
+    /// not cached rather than cached without it).
+    fn push_content(&mut self, content: &Value) -> bool {
+        match content {
+            Value::Null => true,
+            Value::String(t) => {
+                self.content.push_str(t);
+                true
+            }
+            // Some OpenAI-compatible servers send content as parts; text parts are the text.
+            Value::Array(parts) => parts.iter().all(|p| match (&p["type"], &p["text"]) {
+                (Value::String(kind), Value::String(t)) if kind == "text" => {
+                    self.content.push_str(t);
+                    true
+                }
+                _ => false,
+            }),
+            _ => false,
         }
     }
 
@@ -164,5 +185,43 @@ impl Capture {
             provider: provider.to_owned(),
             usage: usage.cloned(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn captured(chunks: &[Value]) -> Option<String> {
+        let mut c = Capture::default();
+        for chunk in chunks {
+            c.add(chunk.to_string().as_bytes());
+        }
+        let a = c.finish("openai", None)?;
+        Some(a.message["content"].as_str()?.to_owned())
+    }
+
+    fn delta(content: Value) -> Value {
+        json!({"model": "m", "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": null}]})
+    }
+
+    #[test]
+    fn a_stream_is_reassembled_from_strings_and_text_parts_and_nothing_else() {
+        let end = json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]});
+        let text = [
+            delta(json!("ab")),
+            delta(Value::Null),
+            delta(json!([{"type": "text", "text": "c"}, {"type": "text", "text": "d"}])),
+            end.clone(),
+        ];
+        assert_eq!(captured(&text).as_deref(), Some("abcd"));
+        // A part that is not text would be lost from the stored answer: not stored at all.
+        let image = [
+            delta(json!("ab")),
+            delta(json!([{"type": "image_url", "image_url": {"url": "x"}}])),
+            end.clone(),
+        ];
+        assert_eq!(captured(&image), None);
+        assert_eq!(captured(&[delta(json!(7)), end]), None);
     }
 }

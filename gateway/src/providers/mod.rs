@@ -594,18 +594,32 @@ fn stream_channel() -> (StreamTx, StreamRx) {
 
 /// An error for a stream that failed while being read.
 fn stream_read_error(provider: &str, e: event_stream::StreamError) -> Error {
-    if e.is_timeout() {
-        Error::gateway_timeout(format!("provider {provider} went silent mid-stream"))
-            .with_failure(Failure::Timeout(TimeoutKind::Idle))
-    } else {
-        Error::bad_gateway(format!("provider {provider} stream failed: {e}"))
-            .with_failure(Failure::StreamCut)
+    match e {
+        e if e.is_timeout() => {
+            Error::gateway_timeout(format!("provider {provider} went silent mid-stream"))
+                .with_failure(Failure::Timeout(TimeoutKind::Idle))
+        }
+        // Bytes that are not text are the upstream breaking the protocol, not the connection.
+        event_stream::StreamError::Utf8(e) => Error::bad_gateway(format!(
+            "provider {provider} sent an invalid stream chunk: {e}"
+        ))
+        .with_failure(Failure::Malformed),
+        e => Error::bad_gateway(format!("provider {provider} stream failed: {e}"))
+            .with_failure(Failure::StreamCut),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stream_event_that_is_not_utf8_is_malformed_not_cut() {
+        let bad = String::from_utf8(vec![b'{', 0xff]).unwrap_err();
+        let e = stream_read_error("openai", event_stream::StreamError::Utf8(bad));
+        assert_eq!(e.failure, Some(Failure::Malformed));
+        assert!(e.message.contains("invalid stream chunk"), "{}", e.message);
+    }
 
     #[test]
     fn error_messages_lose_keys_and_addresses() {
