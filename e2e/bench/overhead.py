@@ -11,14 +11,20 @@ In one run on one machine, against the same mock OpenAI upstream (this repositor
 
 For a non-streaming chat completion and a short stream (same prompt, `stream: true`): p50 and
 p99 at fixed request rates (`oha -q RATE -c 64 --latency-correction`, open loop), the maximum
-rate (`oha -c 64`, closed loop), and each gateway's peak RSS. For streams also the time to
+rate (`oha -c 64`, closed loop), each gateway's peak RSS, and its CPU time per request at the
+highest fixed rate (user + system time of its processes, from /proc, over the requests
+answered: the cost of a request including the kernel's socket work, which varies less from
+run to run than the maximum rate). For streams also the time to
 first byte and the cost per chunk, from 200 sequential 200-word streams. Targets are measured
 interleaved, round by round, and the median of the rounds is printed: the machine is shared,
 so compare ratios within one run, not absolute figures across runs.
 
 Run it with ./e2e/bench/overhead.sh (builds release binaries, installs oha and the peers into
 ~/.cache/llm-gateway/bench). Knobs: BENCH_RATES (default "1000,5000"), BENCH_SECONDS (10),
-BENCH_ROUNDS (2), BENCH_PEERS (default "portkey,litellm"; empty for none).
+BENCH_ROUNDS (2), BENCH_PEERS (default "portkey,litellm"; empty for none), BENCH_VARIANTS:
+more gateways to measure beside the default one, as `name:KEY=VALUE KEY=VALUE;name2:…` (each
+KEY=VALUE is an environment variable for that gateway; `BIN=path` runs another binary), e.g.
+`BENCH_VARIANTS="1-worker:TOKIO_WORKER_THREADS=1"`.
 """
 
 import datetime
@@ -81,18 +87,41 @@ def wait_ready(proc, url, what, timeout=120):
         time.sleep(0.002)
 
 
+def tree_pids(pid):
+    """The process and its descendants (LiteLLM and Node fork workers)."""
+    pids, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        pids.append(p)
+        try:
+            for t in pathlib.Path(f"/proc/{p}/task").iterdir():
+                todo += [int(c) for c in (t / "children").read_text().split()]
+        except OSError:
+            pass
+    return pids
+
+
+def tree_cpu_secs(pid):
+    """User + system CPU time of the process and its descendants, in seconds."""
+    ticks = 0
+    for p in tree_pids(pid):
+        try:
+            # Fields after the command name (which may hold spaces): utime is the 12th, stime 13th.
+            rest = pathlib.Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks += int(rest[11]) + int(rest[12])
+        except (OSError, IndexError, ValueError):
+            pass
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def tree_rss_kib(pid, field="VmHWM"):
     """The process's peak (or current) RSS plus its children's (LiteLLM and Node fork)."""
     total = 0
-    todo = [pid]
-    while todo:
-        p = todo.pop()
+    for p in tree_pids(pid):
         try:
             for line in pathlib.Path(f"/proc/{p}/status").read_text().splitlines():
                 if line.startswith(field + ":"):
                     total += int(line.split()[1])
-            for t in pathlib.Path(f"/proc/{p}/task").iterdir():
-                todo += [int(c) for c in (t / "children").read_text().split()]
         except OSError:
             pass
     return total
@@ -118,14 +147,27 @@ def spawn(cmd, env, cwd=None):
                             stderr=subprocess.DEVNULL, start_new_session=True)
 
 
-def start_gateway(mock, data_dir):
+def variants():
+    """BENCH_VARIANTS parsed: [(name, binary, extra environment)]."""
+    out = []
+    for spec in filter(None, (v.strip() for v in os.environ.get("BENCH_VARIANTS", "").split(";"))):
+        name, _, assigns = spec.partition(":")
+        env = dict(a.split("=", 1) for a in assigns.split() if "=" in a)
+        if not name or len(env) != len(assigns.split()):
+            raise SystemExit(f"BENCH_VARIANTS: {spec!r} is not name:KEY=VALUE …")
+        out.append((f"llm-gateway {name}", env.pop("BIN", str(BIN / "llm-gateway")), env))
+    return out
+
+
+def start_gateway(mock, data_dir, name="llm-gateway", binary=None, extra=None):
     port = free_port()
     env = {"PATH": os.environ["PATH"], "OPENAI_API_KEY": KEY, "LLM_GATEWAY_DATA_DIR": data_dir,
-           "OPENAI_BASE_URL": f"{mock}/openai/v1", "OLLAMA_HOST": f"{mock}/ollama", "RUST_LOG": "warn"}
+           "OPENAI_BASE_URL": f"{mock}/openai/v1", "OLLAMA_HOST": f"{mock}/ollama", "RUST_LOG": "warn",
+           **(extra or {})}
     t0 = time.perf_counter()
-    proc = spawn([str(BIN / "llm-gateway"), "--listen", f"127.0.0.1:{port}"], env)
-    wait_ready(proc, f"http://127.0.0.1:{port}/readyz", "llm-gateway")
-    return Target("llm-gateway", f"http://127.0.0.1:{port}/v1/chat/completions", {}, proc), time.perf_counter() - t0
+    proc = spawn([binary or str(BIN / "llm-gateway"), "--listen", f"127.0.0.1:{port}"], env)
+    wait_ready(proc, f"http://127.0.0.1:{port}/readyz", name)
+    return Target(name, f"http://127.0.0.1:{port}/v1/chat/completions", {}, proc), time.perf_counter() - t0
 
 
 def start_portkey(mock):
@@ -175,7 +217,8 @@ def peer_versions():
 
 
 def oha(t, stream, rate=None, seconds=SECONDS):
-    """One oha run: (p50 ms, p99 ms, achieved req/s, share of 200 answers)."""
+    """One oha run: (p50 ms, p99 ms, achieved req/s, share of 200 answers, answers by status,
+    the target's CPU µs per request answered)."""
     cmd = ["oha", "--no-tui", "--output-format", "json", "-z", f"{seconds}s", "-c", "64",
            "-m", "POST", "-H", "content-type: application/json"]
     for k, v in {"authorization": f"Bearer {KEY}", **t.headers}.items():
@@ -183,7 +226,9 @@ def oha(t, stream, rate=None, seconds=SECONDS):
     if rate:
         cmd += ["-q", str(rate), "--latency-correction"]
     cmd += ["-d", body(stream), t.url]
+    cpu0 = tree_cpu_secs(t.proc.pid)
     out = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+    cpu = tree_cpu_secs(t.proc.pid) - cpu0
     codes = out.get("statusCodeDistribution", {})
     # Requests still in flight when the run's time is up are cut by oha, not failed by the target.
     errors = {k: v for k, v in out.get("errorDistribution", {}).items() if "deadline" not in k}
@@ -191,7 +236,8 @@ def oha(t, stream, rate=None, seconds=SECONDS):
     ok = codes.get("200", 0)
     p = out.get("latencyPercentiles") or {}
     ms = lambda k: (p.get(k) or float("nan")) * 1000
-    return ms("p50"), ms("p99"), ok / seconds, (ok / total if total else 0.0), {**codes, **errors}
+    return (ms("p50"), ms("p99"), ok / seconds, (ok / total if total else 0.0), {**codes, **errors},
+            cpu / ok * 1e6 if ok else float("nan"))
 
 
 def stream_timing(t, n=200, words=200):
@@ -235,6 +281,8 @@ def main():
             t.stop()
         gw, _ = start_gateway(mock, tempfile.mkdtemp(dir=work))
         targets.append(gw)
+        for name, binary, extra in variants():
+            targets.append(start_gateway(mock, tempfile.mkdtemp(dir=work), name, binary, extra)[0])
         starters = {"portkey": lambda: start_portkey(mock), "litellm": lambda: start_litellm(mock, work)}
         for peer in PEERS:
             if peer not in starters:
@@ -289,7 +337,7 @@ def main():
           "finished within a run that were answered 200 (those cut at its end not counted)")
     print("# each peer as installed, with its defaults (LiteLLM: one worker process)\n")
     head = "| target | mode |" + "".join(f" p50 @{r}/s | p99 @{r}/s |" for r in RATES) + \
-        " max req/s | % of direct | RSS idle / peak |"
+        f" max req/s | % of direct | RSS idle / peak | CPU µs/req @{RATES[-1]}/s |"
     print(head)
     print("|" + "---|" * (head.count("|") - 1))
     for stream in (False, True):
@@ -314,8 +362,10 @@ def main():
             mx = med(res[(t.name, stream, None)], 2)
             pct = 100 * mx / med(base[None], 2) if base[None] else float("nan")
             rss = f"{idle[t.name] / 1024:.0f} / {peak[t.name] / 1024:.0f} MiB" if t.name != "direct" else "—"
+            rss += f" | {med(res[(t.name, stream, RATES[-1])], 5):,.0f}" if RATES else " | —"
+            share = f"{pct:.0f} %" if pct >= 1 else f"{pct:.1f} %"
             print(f"| {versions.get(t.name, t.name)} | {'stream' if stream else 'json'} | " + " | ".join(cells) +
-                  f" | {mx:,.0f} | {pct:.0f} % | {rss} |" if pct >= 1 else f" | {mx:,.0f} | {pct:.1f} % | {rss} |")
+                  f" | {mx:,.0f} | {share} | {rss} |")
     if timing:
         print("\n| target | stream: time to first byte (p50) | 200-word stream total (p50) | added TTFB | added per chunk |")
         print("|---|---|---|---|---|")
