@@ -178,6 +178,7 @@ def test_cert_manager_gives_the_webhook_its_certificate():
 
 @pytest.mark.parametrize("bad,field", [
     (["--set", "webhook.sidecarMode=sometimes"], "sidecarMode"),
+    (["--set", "webhook.sidecarWorkerThreads=0"], "sidecarWorkerThreads"),
     (["--set", "gateway.port=0"], "port"),
     (["--set", "gateway.replicas=two"], "replicas"),
     (["--set", "gateway.databse.existingSecret=x"], "databse"),
@@ -212,6 +213,8 @@ def test_an_injected_pod_validates(mode, version, tmp_path):
     else:
         side = spec["containers"][-1]
         assert side["name"] == "llm-gateway" and "restartPolicy" not in side
+    # A sidecar serves one pod: a few threads, not one per CPU of the node.
+    assert side["args"][side["args"].index("--worker-threads") + 1] == "2", side["args"]
     for c in spec["containers"]:
         if c["name"] != "llm-gateway":
             assert {"name": "OPENAI_BASE_URL", "value": "http://127.0.0.1:18080/v1"} in c["env"], c

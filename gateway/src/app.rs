@@ -156,6 +156,7 @@ pub async fn serve_with_metrics(
     }
     info!(
         models = cfg.registry.entries().len(),
+        worker_threads = tokio::runtime::Handle::current().metrics().num_workers(),
         "listening on http://{addr} — point OpenAI SDKs at OPENAI_BASE_URL=http://{addr}/v1"
     );
     let limits = crate::api::serve::Limits {

@@ -619,6 +619,51 @@ fn the_binary_records_usage_and_flushes_it_on_sigterm() {
         .all(|r| r.tenant.as_deref() == Some("t") && r.cost_usd.is_some()));
 }
 
+/// `--worker-threads` sets how many threads serve requests (an injected sidecar runs 2), and
+/// the start log says how many there are; a count out of range is refused naming the flag.
+#[test]
+fn worker_threads_are_set_by_flag_and_a_bad_count_is_refused() {
+    for bad in ["0", "many"] {
+        let out = Command::new(BIN)
+            .args(["--worker-threads", bad])
+            .env_clear()
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "--worker-threads {bad}");
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert!(err.contains("--worker-threads"), "{err}");
+    }
+    let mock = start_mock();
+    let port = free_port();
+    let mut child = Command::new(BIN)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .env_clear()
+        .env("LLM_GATEWAY_WORKER_THREADS", "3")
+        .env("OPENAI_API_KEY", "sk-test")
+        .env("OPENAI_BASE_URL", format!("{mock}/openai/v1"))
+        .env("OLLAMA_HOST", "127.0.0.1:9")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let line = BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .find(|l| l.contains("listening on"));
+        let _ = tx.send(line);
+    });
+    let line = rx.recv_timeout(Duration::from_secs(20));
+    let _ = child.kill();
+    let _ = child.wait();
+    let line = line
+        .expect("no start line within 20 s")
+        .expect("exited without a start line");
+    assert!(line.contains("worker_threads=3"), "{line}");
+}
+
 /// Security review, low 12: with `--metrics-listen`, `/metrics` is served only there; the API
 /// port exposes only the API.
 #[test]

@@ -95,6 +95,9 @@ struct Cli {
     /// The sidecar's memory limit.
     #[arg(long, default_value = "256Mi")]
     sidecar_memory_limit: String,
+    /// The sidecar's request-serving threads (the gateway's --worker-threads).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    sidecar_worker_threads: u16,
     /// The sidecar's image pull policy.
     #[arg(long, default_value = "IfNotPresent", value_parser = ["Always", "IfNotPresent", "Never"])]
     image_pull_policy: String,
@@ -331,6 +334,7 @@ fn sidecar(cli: &Cli, native: bool) -> llm_gateway_operator::webhook::inject::Si
         requests_cpu: cli.sidecar_cpu_request.clone(),
         requests_memory: cli.sidecar_memory_request.clone(),
         limits_memory: cli.sidecar_memory_limit.clone(),
+        worker_threads: cli.sidecar_worker_threads,
     }
 }
 

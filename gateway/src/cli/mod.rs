@@ -252,6 +252,11 @@ struct ServeArgs {
         default_value = "llm-gateway"
     )]
     kube_token_audience: String,
+    /// Threads that serve requests. Default: the CPUs this process may use (a cgroup's CPU
+    /// limit included); a sidecar sets a small number, since each thread more means more
+    /// hand-offs between threads per request.
+    #[arg(long, env = "LLM_GATEWAY_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    worker_threads: Option<u16>,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -284,10 +289,11 @@ pub fn run() -> ExitCode {
     };
     // A subcommand's stdout is its output (a report, YAML, a key): log lines go to stderr.
     init_logging(args.log_format, traces.as_ref(), command.is_some());
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = args.worker_threads {
+        rt.worker_threads(n.into());
+    }
+    let rt = match rt.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

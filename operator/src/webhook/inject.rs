@@ -41,6 +41,9 @@ pub struct Sidecar {
     pub requests_memory: String,
     /// See `requests_cpu`.
     pub limits_memory: String,
+    /// The sidecar's request-serving threads (it serves one pod; by default the gateway would
+    /// start one per CPU of the node).
+    pub worker_threads: u16,
 }
 
 /// Whether `pod` asks for a sidecar (`namespace_enabled`: its namespace is labelled so).
@@ -92,6 +95,7 @@ pub fn inject(pod: &Value, s: &Sidecar) -> Value {
             "--config-poll-secs", "0",
             "--wait-for-config",
             "--log-format", "json",
+            "--worker-threads", s.worker_threads.to_string(),
         ],
         "env": [
             {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
@@ -185,6 +189,7 @@ mod tests {
             requests_cpu: "50m".into(),
             requests_memory: "64Mi".into(),
             limits_memory: "256Mi".into(),
+            worker_threads: 2,
         }
     }
 
@@ -251,6 +256,8 @@ mod tests {
             containers[2]["securityContext"]["readOnlyRootFilesystem"],
             true
         );
+        let args = containers[2]["args"].to_string();
+        assert!(args.contains(r#""--worker-threads","2""#), "{args}");
     }
 
     #[test]
