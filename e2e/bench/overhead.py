@@ -11,11 +11,12 @@ In one run on one machine, against the same mock OpenAI upstream (this repositor
 
 For a non-streaming chat completion and a short stream (same prompt, `stream: true`): p50 and
 p99 at fixed request rates (`oha -q RATE -c 64 --latency-correction`, open loop), the maximum
-rate (`oha -c 64`, closed loop), each gateway's peak RSS, and its CPU time per request at the
-highest fixed rate (user + system time of its processes, from /proc, over the requests
-answered: the cost of a request including the kernel's socket work, which varies less from
-run to run than the maximum rate). For streams also the time to
-first byte and the cost per chunk, from 200 sequential 200-word streams. Targets are measured
+rate (`oha -c 64`, closed loop), each gateway's peak RSS, and its CPU time per request at each
+fixed rate (user + system time of its processes, from /proc, over the requests answered: the
+cost of a request including the kernel's socket work, which varies less from run to run than
+the maximum rate; marked `*` where the rate is past the target's maximum). For streams also
+the time to first byte and the cost per chunk, from 200 sequential 200-word streams. Targets
+are measured
 interleaved, round by round, and the median of the rounds is printed: the machine is shared,
 so compare ratios within one run, not absolute figures across runs.
 
@@ -337,7 +338,7 @@ def main():
           "finished within a run that were answered 200 (those cut at its end not counted)")
     print("# each peer as installed, with its defaults (LiteLLM: one worker process)\n")
     head = "| target | mode |" + "".join(f" p50 @{r}/s | p99 @{r}/s |" for r in RATES) + \
-        f" max req/s | % of direct | RSS idle / peak | CPU µs/req @{RATES[-1]}/s |"
+        " max req/s | % of direct | RSS idle / peak |" + "".join(f" CPU µs/req @{r}/s |" for r in RATES)
     print(head)
     print("|" + "---|" * (head.count("|") - 1))
     for stream in (False, True):
@@ -362,7 +363,8 @@ def main():
             mx = med(res[(t.name, stream, None)], 2)
             pct = 100 * mx / med(base[None], 2) if base[None] else float("nan")
             rss = f"{idle[t.name] / 1024:.0f} / {peak[t.name] / 1024:.0f} MiB" if t.name != "direct" else "—"
-            rss += f" | {med(res[(t.name, stream, RATES[-1])], 5):,.0f}" if RATES else " | —"
+            # Past the target's capacity the figure includes queueing work: marked with `*`.
+            rss += "".join(f" | {med(res[(t.name, stream, r)], 5):,.0f}" + ("*" if mx < r else "") for r in RATES)
             share = f"{pct:.0f} %" if pct >= 1 else f"{pct:.1f} %"
             print(f"| {versions.get(t.name, t.name)} | {'stream' if stream else 'json'} | " + " | ".join(cells) +
                   f" | {mx:,.0f} | {share} | {rss} |")
