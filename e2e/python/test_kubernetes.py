@@ -264,8 +264,11 @@ def test_the_api_server_calls_the_webhook_and_stores_the_sidecar(api, procs, moc
         # The sidecar registers with the operator: a gateway standing in for the injected
         # container (its port, its namespace's token, its workload identity from the
         # downward API) gets the configuration pushed, and calls from localhost are the pod's.
+        # It runs with the stored sidecar's thread count (a few, not one per CPU of the node).
+        threads = side.args[side.args.index("--worker-threads") + 1]
+        assert threads == "2", side.args
         gw = procs.start("sidecar", [str(BIN_DIR / "llm-gateway"), "--listen", f"127.0.0.1:{sidecar_port}",
-                                     "--config-poll-secs", "0"],
+                                     "--config-poll-secs", "0", "--worker-threads", threads],
                          {"LLM_GATEWAY_ADMIN_TOKEN": token, "LLM_GATEWAY_WORKLOAD": f"{team}/app",
                           "LLM_GATEWAY_DATA_DIR": str(tmp_path / "sidecar")})
         url = f"http://127.0.0.1:{sidecar_port}"
