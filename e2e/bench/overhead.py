@@ -31,6 +31,7 @@ KEY=VALUE is an environment variable for that gateway; `BIN=path` runs another b
 import datetime
 import http.client
 import json
+import math
 import os
 import pathlib
 import platform
@@ -107,9 +108,10 @@ def tree_cpu_secs(pid):
     ticks = 0
     for p in tree_pids(pid):
         try:
-            # Fields after the command name (which may hold spaces): utime is the 12th, stime 13th.
+            # Fields after the command name (which may hold spaces): utime, stime, then
+            # cutime, cstime (children that exited, e.g. a restarted worker) are the 12th-15th.
             rest = pathlib.Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-            ticks += int(rest[11]) + int(rest[12])
+            ticks += sum(int(x) for x in rest[11:15])
         except (OSError, IndexError, ValueError):
             pass
     return ticks / os.sysconf("SC_CLK_TCK")
@@ -364,7 +366,8 @@ def main():
             pct = 100 * mx / med(base[None], 2) if base[None] else float("nan")
             rss = f"{idle[t.name] / 1024:.0f} / {peak[t.name] / 1024:.0f} MiB" if t.name != "direct" else "—"
             # Past the target's capacity the figure includes queueing work: marked with `*`.
-            rss += "".join(f" | {med(res[(t.name, stream, r)], 5):,.0f}" + ("*" if mx < r else "") for r in RATES)
+            cpu = [med(res[(t.name, stream, r)], 5) for r in RATES]
+            rss += "".join(" | —" if math.isnan(c) else f" | {c:,.0f}" + ("*" if mx < r else "") for c, r in zip(cpu, RATES))
             share = f"{pct:.0f} %" if pct >= 1 else f"{pct:.1f} %"
             print(f"| {versions.get(t.name, t.name)} | {'stream' if stream else 'json'} | " + " | ".join(cells) +
                   f" | {mx:,.0f} | {share} | {rss} |")

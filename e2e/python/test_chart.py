@@ -214,7 +214,7 @@ def test_an_injected_pod_validates(mode, version, tmp_path):
         side = spec["containers"][-1]
         assert side["name"] == "llm-gateway" and "restartPolicy" not in side
     # A sidecar serves one pod: a few threads, not one per CPU of the node.
-    assert side["args"][side["args"].index("--worker-threads") + 1] == "2", side["args"]
+    assert {"name": "LLM_GATEWAY_WORKER_THREADS", "value": "2"} in side["env"], side["env"]
     for c in spec["containers"]:
         if c["name"] != "llm-gateway":
             assert {"name": "OPENAI_BASE_URL", "value": "http://127.0.0.1:18080/v1"} in c["env"], c

@@ -265,11 +265,11 @@ def test_the_api_server_calls_the_webhook_and_stores_the_sidecar(api, procs, moc
         # container (its port, its namespace's token, its workload identity from the
         # downward API) gets the configuration pushed, and calls from localhost are the pod's.
         # It runs with the stored sidecar's thread count (a few, not one per CPU of the node).
-        threads = side.args[side.args.index("--worker-threads") + 1]
-        assert threads == "2", side.args
+        threads = next(e.value for e in side.env if e.name == "LLM_GATEWAY_WORKER_THREADS")
+        assert threads == "2", side.env
         gw = procs.start("sidecar", [str(BIN_DIR / "llm-gateway"), "--listen", f"127.0.0.1:{sidecar_port}",
-                                     "--config-poll-secs", "0", "--worker-threads", threads],
-                         {"LLM_GATEWAY_ADMIN_TOKEN": token, "LLM_GATEWAY_WORKLOAD": f"{team}/app",
+                                     "--config-poll-secs", "0"],
+                         {"LLM_GATEWAY_WORKER_THREADS": threads, "LLM_GATEWAY_ADMIN_TOKEN": token, "LLM_GATEWAY_WORKLOAD": f"{team}/app",
                           "LLM_GATEWAY_DATA_DIR": str(tmp_path / "sidecar")})
         url = f"http://127.0.0.1:{sidecar_port}"
         wait_until(f"{url}/healthz", gw)

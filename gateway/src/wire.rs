@@ -453,11 +453,16 @@ pub struct DeltaProbe {
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct TextLen(pub usize);
 
-/// One part of an array content: only its text counts (an image or audio part has none).
+/// One part of an array content: only a text part's text counts. Any other part (an image, a
+/// `thinking` part, a shape no API documents) counts 0 rather than failing the chunk: the
+/// gateway passes content on as it came and needs only an estimate of its size.
 #[derive(Deserialize)]
-struct PartProbe {
-    #[serde(default)]
-    text: Option<TextLen>,
+#[serde(untagged)]
+enum PartProbe {
+    /// `{"text": "…", …}`.
+    Text { text: TextLen },
+    /// Anything else.
+    Other(serde::de::IgnoredAny),
 }
 
 impl<'de> Deserialize<'de> for TextLen {
@@ -477,7 +482,9 @@ impl<'de> Deserialize<'de> for TextLen {
             ) -> Result<TextLen, A::Error> {
                 let mut len = 0;
                 while let Some(part) = parts.next_element::<PartProbe>()? {
-                    len += part.text.map_or(0, |t| t.0);
+                    if let PartProbe::Text { text } = part {
+                        len += text.0;
+                    }
                 }
                 Ok(TextLen(len))
             }
@@ -541,8 +548,13 @@ mod tests {
             4
         );
         assert_eq!(len(r#"{"choices":[{"delta":{"content":[]}}]}"#).unwrap(), 0);
+        // Parts of shapes not known count nothing, and the chunk still passes.
+        assert_eq!(
+            len(r#"{"choices":[{"delta":{"content":["a",null,{"type":"thinking","thinking":[{"text":"x"}]},{"text":{"value":"y"}},{"text":"ok"}]}}]}"#).unwrap(),
+            2
+        );
+        // Content itself must be text or parts.
         assert!(len(r#"{"choices":[{"delta":{"content":7}}]}"#).is_err());
         assert!(len(r#"{"choices":[{"delta":{"content":{"text":"a"}}}]}"#).is_err());
-        assert!(len(r#"{"choices":[{"delta":{"content":["a"]}}]}"#).is_err());
     }
 }

@@ -227,14 +227,17 @@ fn quick_start_from_environment_serves_and_stops_cleanly_on_sigterm() {
     assert!(!log.contains(secret), "a secret reached the log: {log}");
 }
 
-/// Starts the gateway binary (OpenAI at the mock, Ollama absent) with `args`; returns it and
-/// its base URL once `/healthz` answers.
-fn spawn_gateway(mock: &str, args: &[&str]) -> (std::process::Child, String) {
+/// Starts the gateway binary (OpenAI at the mock, Ollama absent) with `args`; returns it, its
+/// base URL once `/healthz` answers, and its data folder (removed when dropped).
+fn spawn_gateway(mock: &str, args: &[&str]) -> (std::process::Child, String, tempfile::TempDir) {
     let port = free_port();
+    // Its own ledger, not a `gateway.db` in the working directory shared with other tests.
+    let data = tempfile::tempdir().unwrap();
     let child = Command::new(BIN)
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .args(args)
         .env_clear()
+        .env("LLM_GATEWAY_DATA_DIR", data.path())
         .env("OPENAI_API_KEY", "sk-test")
         .env("OPENAI_BASE_URL", format!("{mock}/openai/v1"))
         .env("OLLAMA_HOST", "127.0.0.1:9")
@@ -253,7 +256,7 @@ fn spawn_gateway(mock: &str, args: &[&str]) -> (std::process::Child, String) {
         assert!(Instant::now() < deadline, "the gateway did not come up");
         std::thread::sleep(Duration::from_millis(50));
     }
-    (child, base)
+    (child, base, data)
 }
 
 fn wait_with_timeout(child: &mut std::process::Child, t: Duration) -> Option<i32> {
@@ -451,7 +454,7 @@ fn keys_cli_creates_lists_and_revokes_and_an_explicit_database_requires_keys() {
 
     // A gateway with that database requires keys.
     let mock = start_mock();
-    let (mut child, base) = spawn_gateway(&mock, &["--database-url", &db]);
+    let (mut child, base, _data) = spawn_gateway(&mock, &["--database-url", &db]);
     let http = reqwest::blocking_client();
     let body = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#;
     let (status, _) = http
@@ -580,7 +583,7 @@ fn the_binary_records_usage_and_flushes_it_on_sigterm() {
     let data = tempfile::tempdir().unwrap();
     let db = format!("sqlite://{}/usage.db", data.path().display());
     let mock = start_mock();
-    let (mut child, base) = spawn_gateway(&mock, &["--database-url", &db]);
+    let (mut child, base, _data) = spawn_gateway(&mock, &["--database-url", &db]);
     let out = Command::new(BIN)
         .args(["keys", "create", "--tenant", "t", "--database-url", &db])
         .output()
@@ -635,9 +638,11 @@ fn worker_threads_are_set_by_flag_and_a_bad_count_is_refused() {
     }
     let mock = start_mock();
     let port = free_port();
+    let data = tempfile::tempdir().unwrap();
     let mut child = Command::new(BIN)
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .env_clear()
+        .env("LLM_GATEWAY_DATA_DIR", data.path())
         .env("LLM_GATEWAY_WORKER_THREADS", "3")
         .env("OPENAI_API_KEY", "sk-test")
         .env("OPENAI_BASE_URL", format!("{mock}/openai/v1"))
@@ -671,7 +676,7 @@ fn metrics_can_have_a_listener_of_their_own() {
     let mock = start_mock();
     let metrics_port = free_port();
     let addr = format!("127.0.0.1:{metrics_port}");
-    let (mut child, base) = spawn_gateway(&mock, &["--metrics-listen", &addr]);
+    let (mut child, base, _data) = spawn_gateway(&mock, &["--metrics-listen", &addr]);
     let http = reqwest::blocking_client();
     let metrics = format!("http://{addr}/metrics");
     let deadline = Instant::now() + Duration::from_secs(10);

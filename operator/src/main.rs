@@ -95,7 +95,7 @@ struct Cli {
     /// The sidecar's memory limit.
     #[arg(long, default_value = "256Mi")]
     sidecar_memory_limit: String,
-    /// The sidecar's request-serving threads (the gateway's --worker-threads).
+    /// The sidecar's request-serving threads (its LLM_GATEWAY_WORKER_THREADS).
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=1024))]
     sidecar_worker_threads: u16,
     /// The sidecar's image pull policy.

@@ -95,7 +95,6 @@ pub fn inject(pod: &Value, s: &Sidecar) -> Value {
             "--config-poll-secs", "0",
             "--wait-for-config",
             "--log-format", "json",
-            "--worker-threads", s.worker_threads.to_string(),
         ],
         "env": [
             {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
@@ -103,6 +102,9 @@ pub fn inject(pod: &Value, s: &Sidecar) -> Value {
             {"name": "LLM_GATEWAY_WORKLOAD", "value": "$(POD_NAMESPACE)/$(POD_SERVICE_ACCOUNT)"},
             {"name": "LLM_GATEWAY_ADMIN_TOKEN", "valueFrom": {"secretKeyRef": {"name": s.admin_secret, "key": "token"}}},
             {"name": "LLM_GATEWAY_DATA_DIR", "value": "/var/lib/llm-gateway"},
+            // A variable, not a flag: a gateway image older than this operator ignores it
+            // instead of refusing to start.
+            {"name": "LLM_GATEWAY_WORKER_THREADS", "value": s.worker_threads.to_string()},
         ],
         "ports": [
             {"name": crate::gateways::PORT_NAME, "containerPort": s.port},
@@ -256,8 +258,10 @@ mod tests {
             containers[2]["securityContext"]["readOnlyRootFilesystem"],
             true
         );
-        let args = containers[2]["args"].to_string();
-        assert!(args.contains(r#""--worker-threads","2""#), "{args}");
+        assert!(
+            env.contains(r#"{"name":"LLM_GATEWAY_WORKER_THREADS","value":"2"}"#),
+            "{env}"
+        );
     }
 
     #[test]
