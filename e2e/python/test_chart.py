@@ -161,6 +161,15 @@ def test_every_container_is_hardened_and_probed():
                 assert "value" not in e or not any(w in e["name"] for w in ("TOKEN", "KEY", "URL")), e
 
 
+def test_the_gateways_thread_count_is_a_value():
+    def gateway_env(extra):
+        dep = next(o for o in render(extra) if o["kind"] == "Deployment"
+                   and not o["metadata"]["name"].endswith("-operator"))
+        return dep["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert not any(e["name"] == "LLM_GATEWAY_WORKER_THREADS" for e in gateway_env([]))
+    assert {"name": "LLM_GATEWAY_WORKER_THREADS", "value": "4"} in gateway_env(["--set", "gateway.workerThreads=4"])
+
+
 def test_cert_manager_gives_the_webhook_its_certificate():
     objs = render(["--set", "webhook.certManager.enabled=true",
                    "--set", "webhook.certManager.issuerRef.kind=ClusterIssuer",
@@ -179,6 +188,7 @@ def test_cert_manager_gives_the_webhook_its_certificate():
 @pytest.mark.parametrize("bad,field", [
     (["--set", "webhook.sidecarMode=sometimes"], "sidecarMode"),
     (["--set", "webhook.sidecarWorkerThreads=0"], "sidecarWorkerThreads"),
+    (["--set", "gateway.workerThreads=0"], "workerThreads"),
     (["--set", "gateway.port=0"], "port"),
     (["--set", "gateway.replicas=two"], "replicas"),
     (["--set", "gateway.databse.existingSecret=x"], "databse"),
