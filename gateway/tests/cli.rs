@@ -227,20 +227,27 @@ fn quick_start_from_environment_serves_and_stops_cleanly_on_sigterm() {
     assert!(!log.contains(secret), "a secret reached the log: {log}");
 }
 
-/// Starts the gateway binary (OpenAI at the mock, Ollama absent) with `args`; returns it, its
-/// base URL once `/healthz` answers, and its data folder (removed when dropped).
-fn spawn_gateway(mock: &str, args: &[&str]) -> (std::process::Child, String, tempfile::TempDir) {
-    let port = free_port();
-    // Its own ledger, not a `gateway.db` in the working directory shared with other tests.
-    let data = tempfile::tempdir().unwrap();
-    let child = Command::new(BIN)
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .args(args)
+/// The gateway binary on `port`, OpenAI at the mock, Ollama absent, its data (the ledger) in
+/// `data` rather than in a `gateway.db` of the working directory shared with other tests, and
+/// nothing else from this environment.
+fn gateway_command(mock: &str, port: u16, data: &std::path::Path) -> Command {
+    let mut c = Command::new(BIN);
+    c.args(["--listen", &format!("127.0.0.1:{port}")])
         .env_clear()
-        .env("LLM_GATEWAY_DATA_DIR", data.path())
+        .env("LLM_GATEWAY_DATA_DIR", data)
         .env("OPENAI_API_KEY", "sk-test")
         .env("OPENAI_BASE_URL", format!("{mock}/openai/v1"))
-        .env("OLLAMA_HOST", "127.0.0.1:9")
+        .env("OLLAMA_HOST", "127.0.0.1:9");
+    c
+}
+
+/// Starts the gateway binary ([`gateway_command`]) with `args`; returns it, its base URL once
+/// `/healthz` answers, and its data folder (removed when dropped).
+fn spawn_gateway(mock: &str, args: &[&str]) -> (std::process::Child, String, tempfile::TempDir) {
+    let port = free_port();
+    let data = tempfile::tempdir().unwrap();
+    let child = gateway_command(mock, port, data.path())
+        .args(args)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -333,13 +340,7 @@ fn sigterm_during_streams_loses_none_of_them() {
     let mock = start_mock();
     let port = free_port();
     let data = tempfile::tempdir().unwrap();
-    let mut child = Command::new(BIN)
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .env_clear()
-        .env("LLM_GATEWAY_DATA_DIR", data.path())
-        .env("OPENAI_API_KEY", "sk-test")
-        .env("OPENAI_BASE_URL", format!("{mock}/openai/v1"))
-        .env("OLLAMA_HOST", "127.0.0.1:9")
+    let mut child = gateway_command(&mock, port, data.path())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -639,14 +640,8 @@ fn worker_threads_are_set_by_flag_and_a_bad_count_is_refused() {
     let mock = start_mock();
     let port = free_port();
     let data = tempfile::tempdir().unwrap();
-    let mut child = Command::new(BIN)
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .env_clear()
-        .env("LLM_GATEWAY_DATA_DIR", data.path())
+    let mut child = gateway_command(&mock, port, data.path())
         .env("LLM_GATEWAY_WORKER_THREADS", "3")
-        .env("OPENAI_API_KEY", "sk-test")
-        .env("OPENAI_BASE_URL", format!("{mock}/openai/v1"))
-        .env("OLLAMA_HOST", "127.0.0.1:9")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
