@@ -11,6 +11,7 @@ use llm_gateway_crds::GatewayConfig;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
+use crate::api::serve::Threads;
 use crate::config::{DocSource, Settings};
 use crate::live::{self, Source};
 use crate::state::{Fixed, Gateway, Services};
@@ -140,13 +141,15 @@ pub fn reload_on_sighup(gw: Arc<Gateway>, path: Option<PathBuf>) {
 /// Serves on `listener` (and `/metrics` on `metrics`, when given) until SIGINT/SIGTERM, then
 /// drains in-flight requests for at most the drain timeout.
 pub async fn serve(listener: TcpListener, gw: Arc<Gateway>) -> anyhow::Result<()> {
-    serve_with_metrics(listener, None, gw).await
+    serve_with_metrics(listener, None, Threads::Shared, gw).await
 }
 
-/// [`serve`], with `/metrics` on a listener of its own (the API port then does not serve it).
+/// [`serve`], with `/metrics` on a listener of its own (the API port then does not serve it)
+/// and API requests served where `threads` says.
 pub async fn serve_with_metrics(
     listener: TcpListener,
     metrics: Option<TcpListener>,
+    threads: Threads,
     gw: Arc<Gateway>,
 ) -> anyhow::Result<()> {
     let addr: SocketAddr = listener.local_addr()?;
@@ -156,12 +159,16 @@ pub async fn serve_with_metrics(
     }
     info!(
         models = cfg.registry.entries().len(),
-        worker_threads = tokio::runtime::Handle::current().metrics().num_workers(),
+        worker_threads = match threads {
+            Threads::Shared => tokio::runtime::Handle::current().metrics().num_workers(),
+            Threads::PerThread(n) => n.get(),
+        },
         "listening on http://{addr} — point OpenAI SDKs at OPENAI_BASE_URL=http://{addr}/v1"
     );
     let limits = crate::api::serve::Limits {
         header_read_timeout: gw.fixed.header_read_timeout,
         max_connections: crate::api::serve::fit_connections(gw.fixed.max_connections),
+        threads,
     };
     let app = crate::api::router(gw.clone(), metrics.is_none());
     let ledger = gw.ledger.clone();
@@ -182,6 +189,7 @@ pub async fn serve_with_metrics(
                 crate::api::serve::Limits {
                     header_read_timeout: limits.header_read_timeout,
                     max_connections: 64,
+                    threads: Threads::Shared,
                 },
                 stopped(rx),
                 || Duration::from_secs(1),
@@ -203,7 +211,7 @@ pub async fn serve_with_metrics(
     });
     let g = gw.clone();
     let d = gw.clone();
-    crate::api::serve::serve(
+    let drained = crate::api::serve::serve(
         listener,
         app,
         limits,
@@ -217,6 +225,7 @@ pub async fn serve_with_metrics(
         // Every finished request's record reaches the database or the spool before exit.
         l.flush().await;
     }
+    drained.close();
     info!("stopped");
     Ok(())
 }

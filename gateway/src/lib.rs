@@ -26,6 +26,7 @@ pub mod router;
 pub mod state;
 pub mod store;
 pub mod telemetry;
+pub mod threads;
 pub mod trace_context;
 pub mod wire;
 pub mod workload;

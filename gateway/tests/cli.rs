@@ -335,12 +335,20 @@ mod reqwest {
     }
 }
 
+/// In both threading modes: streams in flight at SIGTERM finish.
 #[test]
 fn sigterm_during_streams_loses_none_of_them() {
+    for threading in ["per-thread", "shared"] {
+        sigterm_during_streams(threading);
+    }
+}
+
+fn sigterm_during_streams(threading: &str) {
     let mock = start_mock();
     let port = free_port();
     let data = tempfile::tempdir().unwrap();
     let mut child = gateway_command(&mock, port, data.path())
+        .args(["--threading", threading])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -403,7 +411,7 @@ fn sigterm_during_streams_loses_none_of_them() {
             let body = s.await.unwrap();
             assert!(
                 body.trim_end().ends_with("data: [DONE]"),
-                "a stream was cut by shutdown: {body}"
+                "{threading}: a stream was cut by shutdown: {body}"
             );
             let words = body.matches("\"content\":\"").count();
             assert!(words >= 20, "{words} content chunks: {body}");
@@ -579,12 +587,20 @@ fn budgets_cli_sets_lists_and_deletes_naming_bad_fields() {
     assert_eq!(code, Some(1), "already gone");
 }
 
+/// In both threading modes: every request's record is in the database after SIGTERM.
 #[test]
 fn the_binary_records_usage_and_flushes_it_on_sigterm() {
+    for threading in ["per-thread", "shared"] {
+        records_usage_and_flushes_it(threading);
+    }
+}
+
+fn records_usage_and_flushes_it(threading: &str) {
     let data = tempfile::tempdir().unwrap();
     let db = format!("sqlite://{}/usage.db", data.path().display());
     let mock = start_mock();
-    let (mut child, base, _data) = spawn_gateway(&mock, &["--database-url", &db]);
+    let (mut child, base, _data) =
+        spawn_gateway(&mock, &["--database-url", &db, "--threading", threading]);
     let out = Command::new(BIN)
         .args(["keys", "create", "--tenant", "t", "--database-url", &db])
         .output()
@@ -617,51 +633,78 @@ fn the_binary_records_usage_and_flushes_it_on_sigterm() {
             .await
             .unwrap()
     });
-    assert_eq!(rows.len(), 5);
+    assert_eq!(rows.len(), 5, "{threading}");
     assert!(rows
         .iter()
         .all(|r| r.tenant.as_deref() == Some("t") && r.cost_usd.is_some()));
 }
 
 /// `--worker-threads` sets how many threads serve requests (an injected sidecar runs 2), and
-/// the start log says how many there are; a count out of range is refused naming the flag.
+/// the start log says how many there are; with per-thread serving (the default) each is a
+/// thread of its own, named `serve-N`. A count or mode out of range is refused naming the
+/// flag.
 #[test]
 fn worker_threads_are_set_by_flag_and_a_bad_count_is_refused() {
-    for bad in ["0", "many"] {
+    for (flag, bad) in [
+        ("--worker-threads", "0"),
+        ("--worker-threads", "many"),
+        ("--threading", "fibers"),
+    ] {
         let out = Command::new(BIN)
-            .args(["--worker-threads", bad])
+            .args([flag, bad])
             .env_clear()
             .output()
             .unwrap();
-        assert_eq!(out.status.code(), Some(2), "--worker-threads {bad}");
+        assert_eq!(out.status.code(), Some(2), "{flag} {bad}");
         let err = String::from_utf8(out.stderr).unwrap();
-        assert!(err.contains("--worker-threads"), "{err}");
+        assert!(err.contains(flag), "{err}");
     }
     let mock = start_mock();
-    let port = free_port();
-    let data = tempfile::tempdir().unwrap();
-    let mut child = gateway_command(&mock, port, data.path())
-        .env("LLM_GATEWAY_WORKER_THREADS", "3")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let line = BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-            .find(|l| l.contains("listening on"));
-        let _ = tx.send(line);
-    });
-    let line = rx.recv_timeout(Duration::from_secs(20));
-    let _ = child.kill();
-    let _ = child.wait();
-    let line = line
-        .expect("no start line within 20 s")
-        .expect("exited without a start line");
-    assert!(line.contains("worker_threads=3"), "{line}");
+    for (threading, serving_threads) in [("per-thread", 3), ("shared", 0)] {
+        let port = free_port();
+        let data = tempfile::tempdir().unwrap();
+        let mut child = gateway_command(&mock, port, data.path())
+            .env("LLM_GATEWAY_WORKER_THREADS", "3")
+            .env("LLM_GATEWAY_THREADING", threading)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let line = BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+                .find(|l| l.contains("listening on"));
+            let _ = tx.send(line);
+        });
+        let line = rx.recv_timeout(Duration::from_secs(20));
+        // Serving (the threads are started by then).
+        let http = reqwest::blocking_client();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while http
+            .get(format!("http://127.0.0.1:{port}/healthz"))
+            .map(|s| s != 200)
+            .unwrap_or(true)
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let names: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", child.id()))
+            .unwrap()
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .map(|n| n.trim().to_owned())
+            .filter(|n| n.starts_with("serve-"))
+            .collect();
+        let _ = child.kill();
+        let _ = child.wait();
+        let line = line
+            .expect("no start line within 20 s")
+            .expect("exited without a start line");
+        assert!(line.contains("worker_threads=3"), "{threading}: {line}");
+        assert_eq!(names.len(), serving_threads, "{threading}: {names:?}");
+    }
 }
 
 /// Security review, low 12: with `--metrics-listen`, `/metrics` is served only there; the API

@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use llm_gateway::api::serve::Threads;
 use llm_gateway::config::budget::Scope;
 use llm_gateway::store::Store;
 use opentelemetry_sdk::trace::SdkTracerProvider;
@@ -257,6 +258,25 @@ struct ServeArgs {
     /// hand-offs between threads per request.
     #[arg(long, env = "LLM_GATEWAY_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
     worker_threads: Option<u16>,
+    /// How requests share the threads: `per-thread` gives each thread a runtime of its own
+    /// and hands it whole connections (a request never changes threads); `shared` is one
+    /// work-stealing runtime, where any thread runs any request's next step.
+    #[arg(
+        long,
+        value_enum,
+        env = "LLM_GATEWAY_THREADING",
+        default_value = "per-thread"
+    )]
+    threading: Threading,
+}
+
+/// How requests share the serving threads.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Threading {
+    /// A runtime per thread; connections go to the thread with the fewest open.
+    PerThread,
+    /// One work-stealing runtime for all threads.
+    Shared,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -290,8 +310,20 @@ pub fn run() -> ExitCode {
     // A subcommand's stdout is its output (a report, YAML, a key): log lines go to stderr.
     init_logging(args.log_format, traces.as_ref(), command.is_some());
     let mut rt = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = args.worker_threads {
-        rt.worker_threads(n.into());
+    let threads = serve::threads(&args);
+    if command.is_some() {
+        if let Some(n) = args.worker_threads {
+            rt.worker_threads(n.into());
+        }
+    } else {
+        match threads {
+            // Background work only: requests are served on threads of their own.
+            Threads::PerThread(_) => rt.worker_threads(1),
+            Threads::Shared => match args.worker_threads {
+                Some(n) => rt.worker_threads(n.into()),
+                None => &mut rt,
+            },
+        };
     }
     let rt = match rt.enable_all().build() {
         Ok(rt) => rt,
@@ -329,7 +361,7 @@ pub fn run() -> ExitCode {
         )),
         Some(Command::Keys { action }) => rt.block_on(admin::keys(action, db)),
         Some(Command::Budgets { action }) => rt.block_on(admin::budgets(action, db)),
-        Some(Command::Serve(_)) | None => rt.block_on(serve::run(args, db)),
+        Some(Command::Serve(_)) | None => rt.block_on(serve::run(args, db, threads)),
     }
 }
 

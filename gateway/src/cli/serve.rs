@@ -1,11 +1,13 @@
 //! `llm-gateway serve`: load and validate the configuration, open the database, Redis and
 //! cache, assemble the gateway, keep its configuration live, and serve.
 
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use llm_gateway::api::serve::Threads;
 use llm_gateway::budget::counters::Shared;
 use llm_gateway::budget::Budgets;
 use llm_gateway::clock::SystemClock;
@@ -14,7 +16,7 @@ use llm_gateway::state::Services;
 use llm_gateway::store::Store;
 use llm_gateway_crds::GatewayConfig;
 
-use super::{open_store, DbArgs, ServeArgs};
+use super::{open_store, DbArgs, ServeArgs, Threading};
 
 /// The configuration file's document, or the quick start's from the environment.
 pub fn load(config: Option<&PathBuf>) -> Result<(GatewayConfig, Settings), ConfigError> {
@@ -29,8 +31,32 @@ pub fn load(config: Option<&PathBuf>) -> Result<(GatewayConfig, Settings), Confi
     }
 }
 
+/// Where requests are served: `--threading` over `--worker-threads` threads, else tokio's
+/// `TOKIO_WORKER_THREADS`, else one per CPU this process may use.
+pub fn threads(args: &ServeArgs) -> Threads {
+    let n = args
+        .worker_threads
+        .map(usize::from)
+        .or_else(|| {
+            std::env::var("TOKIO_WORKER_THREADS")
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .and_then(NonZeroUsize::new)
+        .or_else(|| std::thread::available_parallelism().ok())
+        .unwrap_or(NonZeroUsize::MIN);
+    match args.threading {
+        Threading::PerThread => Threads::PerThread(n),
+        Threading::Shared => Threads::Shared,
+    }
+}
+
 /// Runs the gateway until SIGTERM or Ctrl-C.
-pub async fn run(args: ServeArgs, db: DbArgs) -> ExitCode {
+pub async fn run(args: ServeArgs, db: DbArgs, threads: Threads) -> ExitCode {
+    if let Threads::PerThread(n) = threads {
+        // Before the providers are built: each thread gets upstream clients of its own.
+        llm_gateway::threads::set_count(n.get());
+    }
     let missing = args.config.as_ref().is_some_and(|p| !p.exists());
     let loaded = if args.wait_for_config && missing {
         tracing::info!("no configuration file yet: starting without providers until one is pushed");
@@ -146,7 +172,7 @@ pub async fn run(args: ServeArgs, db: DbArgs) -> ExitCode {
             }
         },
     };
-    match llm_gateway::app::serve_with_metrics(listener, metrics, gw).await {
+    match llm_gateway::app::serve_with_metrics(listener, metrics, threads, gw).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -28,9 +28,14 @@ pub struct ProviderState {
     pub unlisted_deadlines: Arc<Deadlines>,
     /// The concurrency ceiling the limiter was built with.
     max_concurrency: Option<usize>,
-    /// The HTTP client, and the settings it was built from.
-    client: Option<(String, reqwest::Client)>,
+    /// The HTTP clients (one per serving thread), and the settings they were built from.
+    client: Option<(String, Clients)>,
 }
+
+/// A provider's HTTP clients, one per serving thread (see [`crate::threads`]): each
+/// thread's upstream connections are driven by that thread, so a request never waits for
+/// another thread to read its response.
+pub type Clients = Arc<[reqwest::Client]>;
 
 /// One model's learned state.
 #[derive(Debug, Clone)]
@@ -85,21 +90,25 @@ impl Learned {
         s.clone()
     }
 
-    /// The HTTP client of provider `name` built from settings `key`: the old one if the key is
-    /// the same (its pooled connections stay warm), else `build()`'s.
+    /// The HTTP clients of provider `name` built from settings `key`: the old ones if the key
+    /// is the same (their pooled connections stay warm), else one `build()` per serving
+    /// thread.
     pub fn client(
         &self,
         name: &str,
         key: String,
-        build: impl FnOnce() -> reqwest::Result<reqwest::Client>,
-    ) -> reqwest::Result<reqwest::Client> {
+        build: impl Fn() -> reqwest::Result<reqwest::Client>,
+    ) -> reqwest::Result<Clients> {
         let mut g = self.providers.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((k, c)) = g.get(name).and_then(|s| s.client.as_ref()) {
             if *k == key {
                 return Ok(c.clone());
             }
         }
-        let c = build()?;
+        let c: Clients = (0..crate::threads::count())
+            .map(|_| build())
+            .collect::<reqwest::Result<Vec<_>>>()?
+            .into();
         if let Some(s) = g.get_mut(name) {
             s.client = Some((key, c.clone()));
         }

@@ -43,7 +43,7 @@ pub struct Provider {
     /// Only these tenants or namespaces may use it (`None`: everyone).
     pub clients: Option<Vec<String>>,
     headers: HeaderMap,
-    client: reqwest::Client,
+    clients_by_thread: learned::Clients,
     timeout: Duration,
     /// `first_token_timeout_secs`, when configured for the whole provider.
     pub first_token_timeout: Option<Duration>,
@@ -120,7 +120,7 @@ impl Provider {
     pub fn new(s: &ProviderSettings, learned: &learned::Learned) -> anyhow::Result<Self> {
         let state = learned.provider(&s.name, s.breaker, s.max_concurrency);
         let client_key = format!("{:?}|{:?}", s.connect_timeout, s.read_idle_timeout);
-        let client = learned.client(&s.name, client_key, || {
+        let clients_by_thread = learned.client(&s.name, client_key, || {
             reqwest::Client::builder()
                 // A redirect would re-send the API key and the prompt to wherever it points.
                 .redirect(reqwest::redirect::Policy::none())
@@ -146,7 +146,7 @@ impl Provider {
             key_pending: s.key_pending.clone(),
             clients: s.clients.clone(),
             headers: s.headers.clone(),
-            client,
+            clients_by_thread,
             timeout: s.timeout,
             first_token_timeout: s.first_token_timeout,
             anthropic_version: s.anthropic_version.clone(),
@@ -268,7 +268,9 @@ impl Provider {
         let mut headers = self.headers.clone();
         // The attempt's trace context, so the provider's spans join the request's trace.
         crate::trace_context::inject(&mut headers);
-        let mut rb = self.client.post(url).headers(headers);
+        let client =
+            &self.clients_by_thread[crate::threads::index() % self.clients_by_thread.len()];
+        let mut rb = client.post(url).headers(headers);
         if let Some(key) = &self.api_key {
             rb = match self.protocol {
                 Protocol::Anthropic => rb.header("x-api-key", key.expose()),
