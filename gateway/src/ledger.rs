@@ -1,5 +1,7 @@
 //! The usage ledger: every request's [`UsageRecord`] is handed to a background writer that
-//! inserts them in batches (up to 256, at least every 250 ms), off the request path.
+//! inserts everything queued every 250 ms, off the request path. The writer is not woken per
+//! record: a wake-up per request would be a hand-off between threads (a futex call and a
+//! context switch) on every request, for a write that waits for the tick anyway.
 //!
 //! When the database is down, batches are appended to a local spool file (JSON lines) and
 //! replayed once it answers again (tried every 2 s): no record is lost, and none is counted
@@ -10,13 +12,14 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, oneshot};
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot, Notify};
 use tracing::{info, warn};
 
 use crate::store::usage::UsageRecord;
 use crate::store::Store;
 
-const BATCH: usize = 256;
 const TICK: Duration = Duration::from_millis(250);
 const REPLAY_EVERY: Duration = Duration::from_secs(2);
 
@@ -29,6 +32,8 @@ enum Msg {
 #[derive(Debug, Clone)]
 pub struct Ledger {
     tx: mpsc::UnboundedSender<Msg>,
+    /// Wakes the writer before its tick (a flush).
+    wake: Arc<Notify>,
 }
 
 impl std::fmt::Debug for Msg {
@@ -41,6 +46,7 @@ impl Ledger {
     /// Starts the writer for `store`, spooling to `spool` when the store is down.
     pub fn start(store: Store, spool: PathBuf) -> Ledger {
         let (tx, rx) = mpsc::unbounded_channel();
+        let wake = Arc::new(Notify::new());
         tokio::spawn(
             Writer {
                 store,
@@ -49,9 +55,9 @@ impl Ledger {
                 last_replay: Instant::now() - REPLAY_EVERY,
                 failing: false,
             }
-            .run(rx),
+            .run(rx, wake.clone()),
         );
-        Ledger { tx }
+        Ledger { tx, wake }
     }
 
     /// Queues a record (never blocks).
@@ -63,6 +69,7 @@ impl Ledger {
     pub async fn flush(&self) {
         let (ack, done) = oneshot::channel();
         if self.tx.send(Msg::Flush(ack)).is_ok() {
+            self.wake.notify_one();
             let _ = done.await;
         }
     }
@@ -77,33 +84,32 @@ struct Writer {
 }
 
 impl Writer {
-    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Msg>) {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Msg>, wake: Arc<Notify>) {
         let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                msg = rx.recv() => match msg {
-                    None => {
-                        self.write().await;
-                        return;
-                    }
-                    Some(Msg::Record(r)) => {
-                        self.batch.push(*r);
-                        if self.batch.len() >= BATCH {
-                            self.write().await;
-                        }
-                    }
-                    Some(Msg::Flush(ack)) => {
-                        self.write().await;
-                        self.replay().await;
-                        let _ = ack.send(());
-                    }
-                },
-                _ = tick.tick() => {
-                    self.write().await;
-                    if self.last_replay.elapsed() >= REPLAY_EVERY {
-                        self.replay().await;
-                    }
+                _ = tick.tick() => {}
+                () = wake.notified() => {}
+            }
+            let mut acks = Vec::new();
+            let closed = loop {
+                match rx.try_recv() {
+                    Ok(Msg::Record(r)) => self.batch.push(*r),
+                    Ok(Msg::Flush(ack)) => acks.push(ack),
+                    Err(mpsc::error::TryRecvError::Empty) => break false,
+                    Err(mpsc::error::TryRecvError::Disconnected) => break true,
                 }
+            };
+            self.write().await;
+            if !acks.is_empty() || self.last_replay.elapsed() >= REPLAY_EVERY {
+                self.replay().await;
+            }
+            for ack in acks {
+                let _ = ack.send(());
+            }
+            if closed {
+                return;
             }
         }
     }
