@@ -225,7 +225,7 @@ pub async fn serve_with_metrics(
         // Every finished request's record reaches the database or the spool before exit.
         l.flush().await;
     }
-    drained.close();
+    drained.close().await;
     info!("stopped");
     Ok(())
 }

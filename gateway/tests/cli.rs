@@ -587,32 +587,60 @@ fn budgets_cli_sets_lists_and_deletes_naming_bad_fields() {
     assert_eq!(code, Some(1), "already gone");
 }
 
-/// In both threading modes: every request's record is in the database after SIGTERM.
+/// In both threading modes, with SQLite and with PostgreSQL (whose connections a serving
+/// thread may have opened): every request's record, from connections served in parallel, is
+/// in the database after SIGTERM.
 #[test]
 fn the_binary_records_usage_and_flushes_it_on_sigterm() {
-    for threading in ["per-thread", "shared"] {
-        records_usage_and_flushes_it(threading);
-    }
+    let data = tempfile::tempdir().unwrap();
+    let sqlite = format!("sqlite://{}/usage.db", data.path().display());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let schema = format!("cli_{}", uuid::Uuid::new_v4().simple());
+    rt.block_on(async {
+        let admin = sqlx::PgPool::connect("postgres://postgres@127.0.0.1:5432/test")
+            .await
+            .unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+            .execute(&admin)
+            .await
+            .unwrap();
+    });
+    let postgres =
+        format!("postgres://postgres@127.0.0.1:5432/test?options=-c%20search_path%3D{schema}");
+    records_usage_and_flushes_it("per-thread", &postgres);
+    records_usage_and_flushes_it("per-thread", &sqlite);
+    // Not the same database twice: the counts below are per run.
+    let sqlite2 = format!("sqlite://{}/usage2.db", data.path().display());
+    records_usage_and_flushes_it("shared", &sqlite2);
 }
 
-fn records_usage_and_flushes_it(threading: &str) {
-    let data = tempfile::tempdir().unwrap();
-    let db = format!("sqlite://{}/usage.db", data.path().display());
+fn records_usage_and_flushes_it(threading: &str, db: &str) {
     let mock = start_mock();
     let (mut child, base, _data) =
-        spawn_gateway(&mock, &["--database-url", &db, "--threading", threading]);
+        spawn_gateway(&mock, &["--database-url", db, "--threading", threading]);
     let out = Command::new(BIN)
-        .args(["keys", "create", "--tenant", "t", "--database-url", &db])
+        .args(["keys", "create", "--tenant", "t", "--database-url", db])
         .output()
         .unwrap();
     let key = String::from_utf8(out.stdout).unwrap().trim().to_owned();
-    let http = reqwest::blocking_client();
     let body = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#;
-    for _ in 0..5 {
-        let (status, _) = http
-            .post_json_auth(&format!("{base}/v1/chat/completions"), body, Some(&key))
-            .unwrap();
-        assert_eq!(status, 200);
+    // Four clients at once: their connections go to different serving threads.
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (base, key) = (base.clone(), key.clone());
+            std::thread::spawn(move || {
+                let http = reqwest::blocking_client();
+                for _ in 0..3 {
+                    let (status, text) = http
+                        .post_json_auth(&format!("{base}/v1/chat/completions"), body, Some(&key))
+                        .unwrap();
+                    assert_eq!(status, 200, "{text}");
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().unwrap();
     }
     // SIGTERM right away: the ledger flushes before the process exits.
     assert!(Command::new("kill")
@@ -626,14 +654,14 @@ fn records_usage_and_flushes_it(threading: &str) {
     );
     let rt = tokio::runtime::Runtime::new().unwrap();
     let rows = rt.block_on(async {
-        llm_gateway::store::Store::open(&db)
+        llm_gateway::store::Store::open(db)
             .await
             .unwrap()
             .usage_records()
             .await
             .unwrap()
     });
-    assert_eq!(rows.len(), 5, "{threading}");
+    assert_eq!(rows.len(), 12, "{threading} {db}");
     assert!(rows
         .iter()
         .all(|r| r.tenant.as_deref() == Some("t") && r.cost_usd.is_some()));
@@ -687,8 +715,8 @@ fn worker_threads_are_set_by_flag_and_a_bad_count_is_refused() {
             .get(format!("http://127.0.0.1:{port}/healthz"))
             .map(|s| s != 200)
             .unwrap_or(true)
-            && Instant::now() < deadline
         {
+            assert!(Instant::now() < deadline, "{threading}: not serving");
             std::thread::sleep(Duration::from_millis(50));
         }
         let names: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", child.id()))

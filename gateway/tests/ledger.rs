@@ -277,3 +277,49 @@ async fn a_postgres_outage_under_load_keeps_keys_and_budgets_working_and_loses_n
     drop(direct);
     drop_schema(&schema).await;
 }
+
+/// The writer drains its queue on its tick, not per record: records queued from many tasks
+/// at once, and flushes asked for concurrently, all end with every record stored once; a
+/// ledger whose handles are all dropped still writes what was queued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_records_and_concurrent_flushes_store_everything_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/ledger.db", dir.path().display());
+    let store = Store::open(&url).await.unwrap();
+    let ledger = Ledger::start(store.clone(), dir.path().join("spool.jsonl"));
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let l = ledger.clone();
+            tokio::spawn(async move {
+                for i in 0..500 {
+                    l.record(record(w * 1000 + i));
+                    if i % 100 == 0 {
+                        tokio::task::yield_now().await;
+                    }
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.await.unwrap();
+    }
+    let (a, b) = (ledger.clone(), ledger.clone());
+    tokio::time::timeout(Duration::from_secs(10), async {
+        tokio::join!(a.flush(), b.flush())
+    })
+    .await
+    .expect("both flushes return");
+    assert_eq!(store.usage_records().await.unwrap().len(), 2000);
+
+    for i in 0..10 {
+        ledger.record(record(10_000 + i));
+    }
+    drop((a, b, ledger));
+    // The writer sees the closed queue on its next tick and writes what was left.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while store.usage_records().await.unwrap().len() < 2010 {
+        assert!(std::time::Instant::now() < deadline, "the last records were not written");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(store.usage_records().await.unwrap().len(), 2010);
+}

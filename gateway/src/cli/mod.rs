@@ -13,7 +13,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use llm_gateway::api::serve::Threads;
 use llm_gateway::config::budget::Scope;
 use llm_gateway::store::Store;
 use opentelemetry_sdk::trace::SdkTracerProvider;
@@ -254,13 +253,14 @@ struct ServeArgs {
     )]
     kube_token_audience: String,
     /// Threads that serve requests. Default: the CPUs this process may use (a cgroup's CPU
-    /// limit included); a sidecar sets a small number, since each thread more means more
-    /// hand-offs between threads per request.
+    /// limit included); a sidecar sets a small number, since each thread costs memory (and,
+    /// with `--threading shared`, more hand-offs between threads per request).
     #[arg(long, env = "LLM_GATEWAY_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
     worker_threads: Option<u16>,
-    /// How requests share the threads: `per-thread` gives each thread a runtime of its own
-    /// and hands it whole connections (a request never changes threads); `shared` is one
-    /// work-stealing runtime, where any thread runs any request's next step.
+    /// How requests share the threads: `per-thread` gives each thread a runtime and upstream
+    /// connections of its own and hands it whole connections (a request's own work stays on
+    /// one thread); `shared` is one work-stealing runtime, where any thread runs any
+    /// request's next step.
     #[arg(
         long,
         value_enum,
@@ -310,20 +310,19 @@ pub fn run() -> ExitCode {
     // A subcommand's stdout is its output (a report, YAML, a key): log lines go to stderr.
     init_logging(args.log_format, traces.as_ref(), command.is_some());
     let mut rt = tokio::runtime::Builder::new_multi_thread();
-    let threads = serve::threads(&args);
-    if command.is_some() {
-        if let Some(n) = args.worker_threads {
-            rt.worker_threads(n.into());
+    let threads = match serve::threads(&args) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
         }
-    } else {
-        match threads {
-            // Background work only: requests are served on threads of their own.
-            Threads::PerThread(_) => rt.worker_threads(1),
-            Threads::Shared => match args.worker_threads {
-                Some(n) => rt.worker_threads(n.into()),
-                None => &mut rt,
-            },
-        };
+    };
+    // With per-thread serving the runtime keeps the accept loop, the ledger, Redis's and the
+    // database's connections opened at start, and background tasks: as many workers as
+    // serving threads, so that a slow one (a spool written during a database outage) stalls
+    // none of that.
+    if let Some(n) = args.worker_threads {
+        rt.worker_threads(n.into());
     }
     let rt = match rt.enable_all().build() {
         Ok(rt) => rt,

@@ -33,22 +33,21 @@ pub fn load(config: Option<&PathBuf>) -> Result<(GatewayConfig, Settings), Confi
 
 /// Where requests are served: `--threading` over `--worker-threads` threads, else tokio's
 /// `TOKIO_WORKER_THREADS`, else one per CPU this process may use.
-pub fn threads(args: &ServeArgs) -> Threads {
-    let n = args
-        .worker_threads
-        .map(usize::from)
-        .or_else(|| {
-            std::env::var("TOKIO_WORKER_THREADS")
-                .ok()
-                .and_then(|v| v.trim().parse().ok())
-        })
-        .and_then(NonZeroUsize::new)
-        .or_else(|| std::thread::available_parallelism().ok())
-        .unwrap_or(NonZeroUsize::MIN);
-    match args.threading {
+pub fn threads(args: &ServeArgs) -> Result<Threads, String> {
+    let n = match (args.worker_threads, std::env::var("TOKIO_WORKER_THREADS")) {
+        (Some(n), _) => NonZeroUsize::new(n.into()),
+        (None, Ok(v)) => Some(
+            v.trim()
+                .parse::<NonZeroUsize>()
+                .map_err(|_| format!("TOKIO_WORKER_THREADS={v:?} is not a positive number"))?,
+        ),
+        (None, Err(_)) => std::thread::available_parallelism().ok(),
+    }
+    .unwrap_or(NonZeroUsize::MIN);
+    Ok(match args.threading {
         Threading::PerThread => Threads::PerThread(n),
         Threading::Shared => Threads::Shared,
-    }
+    })
 }
 
 /// Runs the gateway until SIGTERM or Ctrl-C.

@@ -32,7 +32,7 @@ pub struct ProviderState {
     client: Option<(String, Clients)>,
 }
 
-/// A provider's HTTP clients, one per serving thread (see [`crate::threads`]): each
+/// A provider's HTTP clients, one per [`crate::threads::slot`]: each
 /// thread's upstream connections are driven by that thread, so a request never waits for
 /// another thread to read its response.
 pub type Clients = Arc<[reqwest::Client]>;
@@ -91,8 +91,8 @@ impl Learned {
     }
 
     /// The HTTP clients of provider `name` built from settings `key`: the old ones if the key
-    /// is the same (their pooled connections stay warm), else one `build()` per serving
-    /// thread.
+    /// is the same (their pooled connections stay warm), else one `build()` per
+    /// [`crate::threads::slots`].
     pub fn client(
         &self,
         name: &str,
@@ -105,7 +105,7 @@ impl Learned {
                 return Ok(c.clone());
             }
         }
-        let c: Clients = (0..crate::threads::count())
+        let c: Clients = (0..crate::threads::slots())
             .map(|_| build())
             .collect::<reqwest::Result<Vec<_>>>()?
             .into();

@@ -260,7 +260,12 @@ impl Limiter {
                 let due = every.tick().await.into_std();
                 let Some(l) = me.upgrade() else { return };
                 let now = Instant::now();
-                l.tick(now, now.saturating_duration_since(due));
+                // This ticker may run where no request is served: the serving threads'
+                // own lateness counts too.
+                let lag = now
+                    .saturating_duration_since(due)
+                    .max(crate::threads::lag());
+                l.tick(now, lag);
             }
         });
     }

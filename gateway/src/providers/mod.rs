@@ -268,8 +268,7 @@ impl Provider {
         let mut headers = self.headers.clone();
         // The attempt's trace context, so the provider's spans join the request's trace.
         crate::trace_context::inject(&mut headers);
-        let client =
-            &self.clients_by_thread[crate::threads::index() % self.clients_by_thread.len()];
+        let client = &self.clients_by_thread[crate::threads::slot() % self.clients_by_thread.len()];
         let mut rb = client.post(url).headers(headers);
         if let Some(key) = &self.api_key {
             rb = match self.protocol {
