@@ -318,7 +318,10 @@ async fn queued_records_and_concurrent_flushes_store_everything_once() {
     // The writer sees the closed queue on its next tick and writes what was left.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while store.usage_records().await.unwrap().len() < 2010 {
-        assert!(std::time::Instant::now() < deadline, "the last records were not written");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the last records were not written"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(store.usage_records().await.unwrap().len(), 2010);
