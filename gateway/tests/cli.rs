@@ -608,6 +608,15 @@ fn the_binary_records_usage_and_flushes_it_on_sigterm() {
     let postgres =
         format!("postgres://postgres@127.0.0.1:5432/test?options=-c%20search_path%3D{schema}");
     records_usage_and_flushes_it("per-thread", &postgres);
+    rt.block_on(async {
+        let admin = sqlx::PgPool::connect("postgres://postgres@127.0.0.1:5432/test")
+            .await
+            .unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
+            .execute(&admin)
+            .await
+            .unwrap();
+    });
     records_usage_and_flushes_it("per-thread", &sqlite);
     // Not the same database twice: the counts below are per run.
     let sqlite2 = format!("sqlite://{}/usage2.db", data.path().display());
@@ -686,6 +695,19 @@ fn worker_threads_are_set_by_flag_and_a_bad_count_is_refused() {
         assert_eq!(out.status.code(), Some(2), "{flag} {bad}");
         let err = String::from_utf8(out.stderr).unwrap();
         assert!(err.contains(flag), "{err}");
+    }
+    // tokio's own variable is held to the same range, with a message instead of a panic.
+    for bad in ["0", "2000", "two"] {
+        let out = Command::new(BIN)
+            .args(["check-config"])
+            .env_clear()
+            .env("TOKIO_WORKER_THREADS", bad)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "TOKIO_WORKER_THREADS={bad}");
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert!(err.contains("TOKIO_WORKER_THREADS"), "{err}");
+        assert!(!err.contains("panicked"), "{err}");
     }
     let mock = start_mock();
     for (threading, serving_threads) in [("per-thread", 3), ("shared", 0)] {

@@ -107,10 +107,15 @@ pub async fn serve(
     };
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
+    // Shared serving's connection tasks, cancelled at the drain timeout like a serving
+    // thread's.
+    let mut tasks = tokio::task::JoinSet::new();
     let mut last_warning: Option<std::time::Instant> = None;
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
+            // Reaps finished connections (a JoinSet keeps them until joined).
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
@@ -143,7 +148,7 @@ pub async fn serve(
         };
         match &pool {
             None => {
-                tokio::spawn(conns.connection(&graceful, stream, accepted, || ()));
+                tasks.spawn(conns.connection(&graceful, stream, accepted, || ()));
             }
             Some(p) => p.hand_over(stream, accepted),
         }
@@ -158,8 +163,10 @@ pub async fn serve(
         }
         Some(p) => return Ok(p.drain().await),
     };
+    // Cancelled now, while the ledger still takes what their cancellation records.
+    tasks.shutdown().await;
     if timed_out {
-        warn!("drain timeout reached; closing the remaining connections");
+        warn!("drain timeout reached; closed the remaining connections");
     }
     Ok(Drained {
         exit: Vec::new(),
@@ -315,7 +322,7 @@ impl Pool {
     /// on no one thread; ties rotate).
     fn hand_over(&self, stream: TcpStream, a: Accepted) {
         let n = self.threads.len();
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let start = self.next.fetch_add(1, Ordering::Relaxed) % n.max(1);
         let Some(t) = (0..n)
             .map(|k| &self.threads[(start + k) % n])
             .min_by_key(|t| t.open.load(Ordering::Relaxed))
@@ -404,7 +411,13 @@ async fn serve_thread(
                 }));
             }
             // Reaps finished connections (a JoinSet keeps them until joined).
-            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            Some(done) = tasks.join_next(), if !tasks.is_empty() => {
+                if let Err(e) = done {
+                    if e.is_panic() {
+                        error!(thread = i, "a connection's task panicked");
+                    }
+                }
+            }
         }
     }
     let timed_out = tokio::select! {
@@ -431,13 +444,22 @@ impl Drained {
     pub async fn close(mut self) {
         self.signal();
         let joins = std::mem::take(&mut self.joins);
-        let joined = tokio::task::spawn_blocking(move || {
-            for j in joins {
-                let _ = j.join();
-            }
-        });
-        // A thread stuck in a blocking call must not keep the process from exiting.
-        if tokio::time::timeout(DRAIN_GRACE, joined).await.is_err() {
+        if joins.is_empty() {
+            return;
+        }
+        // Joined on a detached thread: a serving thread stuck in a blocking call must not
+        // keep the process from exiting (a blocking-pool task would: the runtime waits for
+        // those when it is dropped).
+        let (tx, rx) = oneshot::channel();
+        let joiner = std::thread::Builder::new()
+            .name("serve-join".into())
+            .spawn(move || {
+                for j in joins {
+                    let _ = j.join();
+                }
+                let _ = tx.send(());
+            });
+        if joiner.is_err() || tokio::time::timeout(DRAIN_GRACE, rx).await.is_err() {
             error!("a serving thread did not stop; exiting without it");
         }
     }
@@ -487,6 +509,8 @@ mod tests {
         open: prometheus_client::metrics::gauge::Gauge,
         /// Set when the `/hang` handler is dropped (cancelled).
         hang_dropped: Arc<AtomicBool>,
+        /// Notified when `/slow` or `/hang` starts.
+        entered: Arc<tokio::sync::Notify>,
     }
 
     struct SetOnDrop(Arc<AtomicBool>);
@@ -500,6 +524,8 @@ mod tests {
         crate::install_crypto();
         let hang_dropped = Arc::new(AtomicBool::new(false));
         let flag = hang_dropped.clone();
+        let entered = Arc::new(tokio::sync::Notify::new());
+        let (e1, e2) = (entered.clone(), entered.clone());
         let app = Router::new()
             .route(
                 "/thread",
@@ -507,14 +533,18 @@ mod tests {
             )
             .route(
                 "/slow",
-                get(|| async {
-                    tokio::time::sleep(Duration::from_millis(300)).await;
-                    "done"
+                get(move || {
+                    e1.notify_one();
+                    async {
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                        "done"
+                    }
                 }),
             )
             .route(
                 "/hang",
                 get(move || {
+                    e2.notify_one();
                     let guard = SetOnDrop(flag.clone());
                     async move {
                         let _guard = guard;
@@ -554,6 +584,7 @@ mod tests {
             task,
             open,
             hang_dropped,
+            entered,
         }
     }
 
@@ -582,7 +613,7 @@ mod tests {
         );
         assert_eq!(s.open.get(), 2);
         let slow = tokio::spawn(reqwest::get(format!("http://{addr}/slow")));
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        s.entered.notified().await;
         s.stop.send(()).unwrap();
         let answer = slow.await.unwrap().unwrap().text().await.unwrap();
         assert_eq!(answer, "done");
@@ -599,24 +630,27 @@ mod tests {
     }
 
     /// At the drain timeout the requests still running are cancelled before `serve`
-    /// returns (so what their cancellation records reaches the ledger's last flush).
+    /// returns (so what their cancellation records reaches the ledger's last flush), in
+    /// both modes.
     #[tokio::test]
-    async fn per_thread_drain_timeout_cancels_what_is_left_before_returning() {
-        let s = start(two(), Duration::from_millis(200)).await;
-        let hang = tokio::spawn(reqwest::get(format!("http://{}/hang", s.addr)));
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        s.stop.send(()).unwrap();
-        let drained = tokio::time::timeout(Duration::from_secs(10), s.task)
-            .await
-            .expect("the drain timeout ends serving")
-            .unwrap();
-        assert!(
-            s.hang_dropped.load(Ordering::SeqCst),
-            "the hanging request was cancelled before serve returned"
-        );
-        assert_eq!(s.open.get(), 0);
-        assert!(hang.await.unwrap().is_err(), "its connection was closed");
-        drained.close().await;
+    async fn the_drain_timeout_cancels_what_is_left_before_returning() {
+        for threads in [two(), Threads::Shared] {
+            let s = start(threads, Duration::from_millis(200)).await;
+            let hang = tokio::spawn(reqwest::get(format!("http://{}/hang", s.addr)));
+            s.entered.notified().await;
+            s.stop.send(()).unwrap();
+            let drained = tokio::time::timeout(Duration::from_secs(10), s.task)
+                .await
+                .expect("the drain timeout ends serving")
+                .unwrap();
+            assert!(
+                s.hang_dropped.load(Ordering::SeqCst),
+                "{threads:?}: the hanging request was cancelled before serve returned"
+            );
+            assert_eq!(s.open.get(), 0, "{threads:?}");
+            assert!(hang.await.unwrap().is_err(), "its connection was closed");
+            drained.close().await;
+        }
     }
 
     /// Shared serving runs requests as tasks of the caller's runtime.
@@ -631,7 +665,7 @@ mod tests {
             .unwrap();
         assert!(!body.starts_with("serve-"), "{body}");
         let slow = tokio::spawn(reqwest::get(format!("http://{}/slow", s.addr)));
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        s.entered.notified().await;
         s.stop.send(()).unwrap();
         assert_eq!(slow.await.unwrap().unwrap().text().await.unwrap(), "done");
         s.task.await.unwrap().close().await;

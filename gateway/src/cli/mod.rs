@@ -310,20 +310,19 @@ pub fn run() -> ExitCode {
     // A subcommand's stdout is its output (a report, YAML, a key): log lines go to stderr.
     init_logging(args.log_format, traces.as_ref(), command.is_some());
     let mut rt = tokio::runtime::Builder::new_multi_thread();
-    let threads = match serve::threads(&args) {
-        Ok(t) => t,
+    let n = match serve::thread_count(&args) {
+        Ok(n) => n,
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::from(2);
         }
     };
+    let threads = serve::threads(&args, n);
     // With per-thread serving the runtime keeps the accept loop, the ledger, Redis's and the
     // database's connections opened at start, and background tasks: as many workers as
     // serving threads, so that a slow one (a spool written during a database outage) stalls
-    // none of that.
-    if let Some(n) = args.worker_threads {
-        rt.worker_threads(n.into());
-    }
+    // none of that. (Set here, so tokio never parses TOKIO_WORKER_THREADS itself.)
+    rt.worker_threads(n.get());
     let rt = match rt.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -31,23 +31,35 @@ pub fn load(config: Option<&PathBuf>) -> Result<(GatewayConfig, Settings), Confi
     }
 }
 
-/// Where requests are served: `--threading` over `--worker-threads` threads, else tokio's
-/// `TOKIO_WORKER_THREADS`, else one per CPU this process may use.
-pub fn threads(args: &ServeArgs) -> Result<Threads, String> {
+/// How many threads serve: `--worker-threads`, else tokio's `TOKIO_WORKER_THREADS` (held to
+/// the same 1–1024), else one per CPU this process may use.
+pub fn thread_count(args: &ServeArgs) -> Result<NonZeroUsize, String> {
     let n = match (args.worker_threads, std::env::var("TOKIO_WORKER_THREADS")) {
-        (Some(n), _) => NonZeroUsize::new(n.into()),
-        (None, Ok(v)) => Some(
-            v.trim()
-                .parse::<NonZeroUsize>()
-                .map_err(|_| format!("TOKIO_WORKER_THREADS={v:?} is not a positive number"))?,
-        ),
-        (None, Err(_)) => std::thread::available_parallelism().ok(),
-    }
-    .unwrap_or(NonZeroUsize::MIN);
-    Ok(match args.threading {
+        (Some(n), _) => usize::from(n),
+        (None, Ok(v)) => v
+            .trim()
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=1024).contains(n))
+            .ok_or_else(|| format!("TOKIO_WORKER_THREADS={v:?} is not a number from 1 to 1024"))?,
+        (None, Err(std::env::VarError::NotUnicode(v))) => {
+            return Err(format!(
+                "TOKIO_WORKER_THREADS={v:?} is not a number from 1 to 1024"
+            ))
+        }
+        (None, Err(std::env::VarError::NotPresent)) => {
+            std::thread::available_parallelism().map_or(1, NonZeroUsize::get)
+        }
+    };
+    Ok(NonZeroUsize::new(n).unwrap_or(NonZeroUsize::MIN))
+}
+
+/// Where requests are served: `--threading` over `n` threads.
+pub fn threads(args: &ServeArgs, n: NonZeroUsize) -> Threads {
+    match args.threading {
         Threading::PerThread => Threads::PerThread(n),
         Threading::Shared => Threads::Shared,
-    })
+    }
 }
 
 /// Runs the gateway until SIGTERM or Ctrl-C.
