@@ -19,6 +19,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "kv",
             "install_crypto",
             "trace_context",
+            "threads",
         ],
     ),
     ("config", &["config"]),
