@@ -545,6 +545,16 @@ impl StreamRx {
         self.rx.recv().await
     }
 
+    /// An item that is already here, without waiting: `Some(None)` once the upstream side is
+    /// gone, `None` when nothing has arrived yet.
+    pub fn ready(&mut self) -> Option<Option<StreamItem>> {
+        match self.rx.try_recv() {
+            Ok(item) => Some(Some(item)),
+            Err(mpsc::error::TryRecvError::Empty) => None,
+            Err(mpsc::error::TryRecvError::Disconnected) => Some(None),
+        }
+    }
+
     /// Whether the stream ended because the client stopped reading (not the provider's
     /// fault: it must not count against its breaker).
     pub fn client_stalled(&self) -> bool {
