@@ -156,6 +156,56 @@ async fn tool_calls_and_tool_results_round_trip_on_every_protocol() {
     }
 }
 
+/// An upstream's burst (its events arrive together) leaves the gateway in a few writes, not
+/// one per event, and nothing is lost, reordered or held back before the first content: the
+/// HTTP chunks the client receives are the gateway's writes (a write may arrive split, never
+/// merged with the next).
+#[tokio::test]
+async fn a_burst_of_stream_events_is_written_in_batches_and_the_first_content_at_once() {
+    let h = start().await;
+    let req = json!({"model": "gpt-4o-mini", "stream": true, "messages": [
+        {"role": "user", "content": "Tell me a story. [[words=120]]"}]});
+    let mut r = h.post("/v1/chat/completions", &req).await;
+    assert_eq!(r.status(), 200);
+    let mut pieces = Vec::new();
+    while let Some(b) = r.chunk().await.unwrap() {
+        pieces.push(String::from_utf8(b.to_vec()).unwrap());
+    }
+    let body = pieces.concat();
+    let events = sse_data(&body);
+    assert_eq!(events.last().unwrap(), "[DONE]", "{body}");
+    assert!(events.len() > 120, "{} events", events.len());
+    // The mock's own stream, word for word: the batching changed only the writes.
+    let words = streamed_text(&events);
+    assert_eq!(words.split_whitespace().count(), 120, "{words}");
+    assert!(
+        pieces.len() * 2 <= events.len(),
+        "{} writes for {} events",
+        pieces.len(),
+        events.len()
+    );
+    // The preamble and the first content are not held for the rest of the burst: the first
+    // whole events that hold content are at most those two.
+    let mut prefix = String::new();
+    let upto_first_content = pieces
+        .iter()
+        .find_map(|p| {
+            prefix.push_str(p);
+            let events = prefix.ends_with("\n\n").then(|| sse_data(&prefix))?;
+            let content = |e: &Value| {
+                e["choices"][0]["delta"]["content"]
+                    .as_str()
+                    .is_some_and(|c| !c.is_empty())
+            };
+            events.iter().any(content).then_some(events)
+        })
+        .unwrap();
+    assert!(
+        upto_first_content.len() <= 2,
+        "the first content came with later events: {upto_first_content:?}"
+    );
+}
+
 #[tokio::test]
 async fn streamed_tool_call_deltas_reassemble_to_the_arguments() {
     let h = start().await;
