@@ -156,12 +156,14 @@ async fn tool_calls_and_tool_results_round_trip_on_every_protocol() {
     }
 }
 
-/// An upstream's burst (its events arrive together) leaves the gateway in a few writes, not
-/// one per event, and nothing is lost, reordered or held back before the first content: the
-/// HTTP chunks the client receives are the gateway's writes (a write may arrive split, never
-/// merged with the next).
+/// An upstream's burst (its events arrive together) leaves the gateway in frames of several
+/// events, not one per event, and nothing is lost, reordered or held back before the first
+/// content. The HTTP chunks the client receives are the gateway's body frames (one may arrive
+/// split in two, never merged with the next). How many events share a frame depends on the
+/// scheduling of a loaded machine, so only "several, somewhere" is asserted: without the
+/// batching every frame holds one event.
 #[tokio::test]
-async fn a_burst_of_stream_events_is_written_in_batches_and_the_first_content_at_once() {
+async fn a_burst_of_stream_events_leaves_in_frames_of_several_and_the_first_content_at_once() {
     let h = start().await;
     let req = json!({"model": "gpt-4o-mini", "stream": true, "messages": [
         {"role": "user", "content": "Tell me a story. [[words=120]]"}]});
@@ -178,9 +180,10 @@ async fn a_burst_of_stream_events_is_written_in_batches_and_the_first_content_at
     // The mock's own stream, word for word: the batching changed only the writes.
     let words = streamed_text(&events);
     assert_eq!(words.split_whitespace().count(), 120, "{words}");
+    let most = pieces.iter().map(|p| p.matches("data: ").count()).max();
     assert!(
-        pieces.len() * 2 <= events.len(),
-        "{} writes for {} events",
+        pieces.len() < events.len() && most >= Some(3),
+        "{} frames for {} events, at most {most:?} in one",
         pieces.len(),
         events.len()
     );

@@ -182,7 +182,6 @@ async fn serve(
                 capture: lookup.map(|l| (l, cached::Capture::default())),
                 finished: false,
                 content_seen: false,
-                send_now: false,
                 _slots: (admitted.slots, answer.permit),
             });
             // A stream's headers leave before its cost is known: what is left once the
@@ -285,10 +284,8 @@ struct SseState {
     /// The cache lookup of a miss, and the answer being reassembled to store.
     capture: Option<(crate::cache::Lookup, cached::Capture)>,
     finished: bool,
-    /// The first content has been seen: whatever is batched goes out without waiting.
+    /// Content has gone out: from now on a frame may wait for the ones behind it.
     content_seen: bool,
-    /// Send the batch now (it holds the first content).
-    send_now: bool,
     /// The global and provider concurrency slots, released when the stream ends.
     _slots: (crate::admission::Slots, crate::providers::limiter::Permit),
 }
@@ -308,10 +305,10 @@ impl SseState {
     }
 
     /// An item that is already here, without waiting (`Some(None)`: the upstream side is gone).
-    fn ready_item(&mut self) -> Option<Option<StreamItem>> {
+    async fn ready_item(&mut self) -> Option<Option<StreamItem>> {
         match self.held.pop_front() {
             Some(item) => Some(Some(item)),
-            None => self.rx.ready(),
+            None => self.rx.ready().await,
         }
     }
 
@@ -327,7 +324,7 @@ impl SseState {
                 if content > 0 {
                     self.ctx.mark_first_token();
                     self.ctx.add_output_bytes(content);
-                    self.send_now |= !std::mem::replace(&mut self.content_seen, true);
+                    self.content_seen = true;
                 }
                 if usage.is_some() {
                     self.usage = usage;
@@ -389,16 +386,19 @@ impl SseState {
     }
 }
 
-/// How many times a frame waits for the tasks ahead of it before it is sent alone. An
-/// upstream's events reach this task one per round of the runtime even when they came in one
-/// read (its HTTP client hands over one chunk at a time, and the reading task parses it);
-/// four rounds let the next event arrive (measured: fewer let it miss), so a burst leaves in
-/// one write instead of a write per event, and a lone event waits four task switches
-/// (microseconds), not a timer.
+/// How many times a frame that has nothing behind it yet lets other tasks run before it goes
+/// out alone. An upstream's events reach this task one per pass of the runtime's queue even
+/// when they came in one read (its HTTP client hands over one HTTP chunk at a time, and the
+/// reading task parses it). hyper polls a body that returned `Pending` a second time in the
+/// same turn, so every other wait is spent at once and four make about two passes: what lets
+/// the next event of a burst arrive (measured with `strace` on the benchmark's short streams:
+/// 3 writes a stream with four, 16 with three, 10 with two; tuned to hyper 1.x's dispatcher).
+/// A lone event costs four extra polls of the connection: no timer, no system call.
 const BATCH_ROUNDS: u8 = 4;
 /// A batch is sent once it holds this many bytes, whatever is still arriving.
 const BATCH_BYTES: usize = 16 * 1024;
-/// ... or once its first frame has waited this long: a long burst still flows.
+/// ... or once it is this old when it would wait again (checked before each wait, so a frame
+/// can be held this long plus one pass of the queue): a long burst still flows.
 const BATCH_TIME: std::time::Duration = std::time::Duration::from_micros(200);
 
 /// The SSE response: chunks as they arrive, the usage chunk only if the client asked, then
@@ -411,6 +411,8 @@ fn stream_response(state: SseState) -> Response {
         if st.finished {
             return None;
         }
+        // Nothing waits before the first content has gone out.
+        let batching = st.content_seen;
         let first = loop {
             let item = st.next_item().await;
             if let Some(frame) = st.frame(item) {
@@ -420,13 +422,11 @@ fn stream_response(state: SseState) -> Response {
         let started = std::time::Instant::now();
         let mut batch: Option<BytesMut> = None;
         let mut rounds = 0;
-        // Nothing waits before the first content has gone out.
-        while st.content_seen
+        while batching
             && !st.finished
-            && !std::mem::take(&mut st.send_now)
             && batch.as_ref().map_or(first.len(), BytesMut::len) < BATCH_BYTES
         {
-            match st.ready_item() {
+            match st.ready_item().await {
                 Some(item) => {
                     rounds = 0;
                     if let Some(frame) = st.frame(item) {
@@ -442,7 +442,6 @@ fn stream_response(state: SseState) -> Response {
                 None => break,
             }
         }
-        st.send_now = false;
         let frame = batch.map_or(first, BytesMut::freeze);
         Some((Ok::<_, Infallible>(frame), st))
     });
@@ -458,7 +457,8 @@ fn stream_response(state: SseState) -> Response {
     resp
 }
 
-/// Lets every task already scheduled run once before this one goes on. Unlike
+/// Puts this task at the back of the runtime's queue once (it is polled again after the tasks
+/// already there, or at once by hyper: see [`BATCH_ROUNDS`]). Unlike
 /// `tokio::task::yield_now`, whose wake-up waits for the runtime's next poll of the network
 /// (a system call), this goes straight to the back of the run queue.
 struct YieldOnce(bool);

@@ -546,13 +546,14 @@ impl StreamRx {
     }
 
     /// An item that is already here, without waiting: `Some(None)` once the upstream side is
-    /// gone, `None` when nothing has arrived yet.
-    pub fn ready(&mut self) -> Option<Option<StreamItem>> {
-        match self.rx.try_recv() {
-            Ok(item) => Some(Some(item)),
-            Err(mpsc::error::TryRecvError::Empty) => None,
-            Err(mpsc::error::TryRecvError::Disconnected) => Some(None),
-        }
+    /// gone, `None` when nothing has arrived yet. Polled rather than `try_recv`, which parks
+    /// the thread while a sender on another thread is half-way through a send.
+    pub async fn ready(&mut self) -> Option<Option<StreamItem>> {
+        std::future::poll_fn(|cx| match self.rx.poll_recv(cx) {
+            std::task::Poll::Ready(item) => std::task::Poll::Ready(Some(item)),
+            std::task::Poll::Pending => std::task::Poll::Ready(None),
+        })
+        .await
     }
 
     /// Whether the stream ended because the client stopped reading (not the provider's
