@@ -12,7 +12,7 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::response::Response;
 use axum::Extension;
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use http::{header, HeaderMap, HeaderValue, StatusCode};
 
 use super::{body, cache_hit, headers, sse, AppState};
@@ -181,7 +181,6 @@ async fn serve(
                 ctx: ctx.detach(),
                 capture: lookup.map(|l| (l, cached::Capture::default())),
                 finished: false,
-                content_seen: false,
                 _slots: (admitted.slots, answer.permit),
             });
             // A stream's headers leave before its cost is known: what is left once the
@@ -284,8 +283,6 @@ struct SseState {
     /// The cache lookup of a miss, and the answer being reassembled to store.
     capture: Option<(crate::cache::Lookup, cached::Capture)>,
     finished: bool,
-    /// Content has gone out: from now on a frame may wait for the ones behind it.
-    content_seen: bool,
     /// The global and provider concurrency slots, released when the stream ends.
     _slots: (crate::admission::Slots, crate::providers::limiter::Permit),
 }
@@ -312,8 +309,9 @@ impl SseState {
         }
     }
 
-    /// What the client is sent for one item, if anything; marks the end of the stream.
-    fn frame(&mut self, item: Option<StreamItem>) -> Option<Bytes> {
+    /// Appends what the client is sent for one item to `out`, if anything (false if nothing);
+    /// marks the end of the stream.
+    fn put_frame(&mut self, item: Option<StreamItem>, out: &mut BytesMut) -> bool {
         match item {
             Some(StreamItem::Chunk {
                 data,
@@ -324,7 +322,6 @@ impl SseState {
                 if content > 0 {
                     self.ctx.mark_first_token();
                     self.ctx.add_output_bytes(content);
-                    self.content_seen = true;
                 }
                 if usage.is_some() {
                     self.usage = usage;
@@ -333,7 +330,11 @@ impl SseState {
                     c.add(&data);
                 }
                 self.ctx.note_finish_reasons(&data);
-                (!usage_only || self.include_usage).then(|| sse::data(&data))
+                let sent = !usage_only || self.include_usage;
+                if sent {
+                    sse::put_data(out, &data);
+                }
+                sent
             }
             Some(StreamItem::End) => {
                 self.finished = true;
@@ -345,20 +346,22 @@ impl SseState {
                         self.ctx.keep_for_cache(l, a);
                     }
                 }
-                Some(sse::done(self.ctx.finish(200, self.usage.as_ref())))
+                out.extend_from_slice(&sse::done(self.ctx.finish(200, self.usage.as_ref())));
+                true
             }
             // The client stopped reading for the idle timeout: its doing, not the provider's,
             // so no breaker hears of it.
             None if self.rx.client_stalled() => {
                 self.finished = true;
                 self.ctx.finish(499, self.usage.as_ref());
-                Some(sse::error(
+                out.extend_from_slice(&sse::error(
                     &Error::new(
                         Kind::ClientTooSlow,
                         "The stream was closed because this client did not read it for server.client_idle_timeout_secs.",
                     )
                     .with_code("client_too_slow"),
-                ))
+                ));
+                true
             }
             item => {
                 self.finished = true;
@@ -380,7 +383,8 @@ impl SseState {
                     failover::report_stream_end(&self.ctx, Some(&e));
                 }
                 self.ctx.finish(e.status(), self.usage.as_ref());
-                Some(sse::error(&e))
+                out.extend_from_slice(&sse::error(&e));
+                true
             }
         }
     }
@@ -412,38 +416,32 @@ fn stream_response(state: SseState) -> Response {
             return None;
         }
         // Nothing waits before the first content has gone out.
-        let batching = st.content_seen;
-        let first = loop {
+        let batching = st.ctx.first_token_marked();
+        let mut out = BytesMut::new();
+        loop {
             let item = st.next_item().await;
-            if let Some(frame) = st.frame(item) {
-                break frame;
-            }
-        };
-        let started = std::time::Instant::now();
-        let mut batch: Option<BytesMut> = None;
-        let mut rounds = 0;
-        while batching
-            && !st.finished
-            && batch.as_ref().map_or(first.len(), BytesMut::len) < BATCH_BYTES
-        {
-            match st.ready_item().await {
-                Some(item) => {
-                    rounds = 0;
-                    if let Some(frame) = st.frame(item) {
-                        batch
-                            .get_or_insert_with(|| BytesMut::from(&first[..]))
-                            .extend_from_slice(&frame);
-                    }
-                }
-                None if rounds < BATCH_ROUNDS && started.elapsed() < BATCH_TIME => {
-                    rounds += 1;
-                    YieldOnce(false).await;
-                }
-                None => break,
+            if st.put_frame(item, &mut out) {
+                break;
             }
         }
-        let frame = batch.map_or(first, BytesMut::freeze);
-        Some((Ok::<_, Infallible>(frame), st))
+        if batching {
+            let started = std::time::Instant::now();
+            let mut rounds = 0;
+            while !st.finished && out.len() < BATCH_BYTES {
+                match st.ready_item().await {
+                    Some(item) => {
+                        rounds = 0;
+                        st.put_frame(item, &mut out);
+                    }
+                    None if rounds < BATCH_ROUNDS && started.elapsed() < BATCH_TIME => {
+                        rounds += 1;
+                        YieldOnce(false).await;
+                    }
+                    None => break,
+                }
+            }
+        }
+        Some((Ok::<_, Infallible>(out.freeze()), st))
     });
     let mut resp = Response::new(Body::from_stream(stream));
     *resp.status_mut() = StatusCode::OK;

@@ -7,11 +7,18 @@ use crate::error::Error;
 
 /// `data: <json>\n\n`.
 pub fn data(json: &[u8]) -> Bytes {
-    let mut b = BytesMut::with_capacity(json.len() + 8);
-    b.put_slice(b"data: ");
-    b.put_slice(json);
-    b.put_slice(b"\n\n");
+    let mut b = BytesMut::new();
+    put_data(&mut b, json);
     b.freeze()
+}
+
+/// Appends `data: <json>\n\n` to `buf` (a stream's frames that leave together share one
+/// buffer).
+pub fn put_data(buf: &mut BytesMut, json: &[u8]) {
+    buf.reserve(json.len() + 8);
+    buf.put_slice(b"data: ");
+    buf.put_slice(json);
+    buf.put_slice(b"\n\n");
 }
 
 /// The end of a complete stream: the cost as an SSE comment (clients ignore comments; the

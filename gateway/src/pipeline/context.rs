@@ -284,6 +284,11 @@ impl RequestContext {
         self.first_token.get_or_insert_with(Instant::now);
     }
 
+    /// Whether a stream's first content has been marked.
+    pub fn first_token_marked(&self) -> bool {
+        self.first_token.is_some()
+    }
+
     /// Where the request was routed, once known.
     pub fn target(&self) -> Option<&Target> {
         self.target.as_ref()
