@@ -98,12 +98,13 @@ _local = threading.local()
 def route_scores(gateway, prompt):
     """What `auto` makes of the prompt: its quality weight, the rules' score and tier, and
     the learned strong-need estimate."""
-    u = urllib.parse.urlparse(gateway)
-    if not hasattr(_local, "conn"):
-        _local.conn = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
+    conns = _local.__dict__.setdefault("conns", {})  # one connection per thread and gateway
+    if gateway not in conns:
+        u = urllib.parse.urlparse(gateway)
+        conns[gateway] = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
     body = json.dumps({"model": "auto", "messages": [{"role": "user", "content": prompt}]})
-    _local.conn.request("POST", "/v1/route", body, {"content-type": "application/json"})
-    r = _local.conn.getresponse()
+    conns[gateway].request("POST", "/v1/route", body, {"content-type": "application/json"})
+    r = conns[gateway].getresponse()
     out = json.loads(r.read())
     if r.status != 200:
         raise SystemExit(f"/v1/route answered {r.status}: {out}")
@@ -115,15 +116,26 @@ def route_scores(gateway, prompt):
 def held_out(prompt, split="test"):
     """Whether the prompt is in the evaluation part. `test`: the odd-CRC half, which training
     never sees. `validation`: a quarter of the even-CRC (training) half, for choosing settings
-    without looking at the test half; training then uses the other quarter."""
+    without looking at the test half; training then uses the other quarter. `cross`: every
+    prompt, each scored by a model trained on the other half (see `other_half`)."""
     crc = zlib.crc32(prompt.encode())
+    if split == "cross":
+        return True
     if split == "test":
         return crc % 2 == 1
     return crc % 2 == 0 and (crc >> 1) % 2 == 1
 
 
+def other_half(prompt):
+    """In the cross-fitted evaluation, whether the prompt is in the even (shipped model's
+    training) half, and so is scored by the gateway running the model trained on the odd half."""
+    return zlib.crc32(prompt.encode()) % 2 == 0
+
+
 def trained_on(prompt, split="test"):
     crc = zlib.crc32(prompt.encode())
+    if split == "odd":
+        return crc % 2 == 1
     return crc % 2 == 0 and (split == "test" or (crc >> 1) % 2 == 0)
 
 
@@ -184,7 +196,9 @@ def main():
     ap.add_argument("--data", required=True)
     ap.add_argument("--plot")
     ap.add_argument("--export-train")
-    ap.add_argument("--split", choices=("test", "validation"), default="test")
+    ap.add_argument("--split", choices=("test", "validation", "cross", "odd"), default="test")
+    ap.add_argument("--gateway-other", help="with --split cross: the gateway whose strong-need "
+                    "model was trained on the odd half (it scores the even half)")
     args = ap.parse_args()
     rng = np.random.default_rng(7)
     sets = {"MMLU": load_mmlu(args.data), "GSM8K": load_gsm8k(args.data), "MT-Bench": load_mt_bench(args.data)}
@@ -192,11 +206,22 @@ def main():
         return export_train(sets, args.export_train, args.split)
     if not args.gateway:
         ap.error("--gateway is required unless --export-train is given")
+    if args.split == "odd":
+        ap.error("--split odd only exports the odd half's training data (--export-train)")
+    if (args.split == "cross") != bool(args.gateway_other):
+        ap.error("--split cross and --gateway-other go together")
+    if args.split == "cross":
+        probe = "What is the integral of x squared from 0 to 3? Show each step."
+        if route_scores(args.gateway, probe)[2] == route_scores(args.gateway_other, probe)[2]:
+            raise SystemExit("--gateway and --gateway-other give the same strong-need estimate: "
+                             "they do not run the two halves' models")
+    scorer = lambda prompt: route_scores(
+        args.gateway_other if args.split == "cross" and other_half(prompt) else args.gateway, prompt)
     results = {}
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         for name, rows in sets.items():
             rows = [r for r in rows if held_out(r[0], args.split)]
-            scored = list(pool.map(lambda r: route_scores(args.gateway, r[0]), rows))
+            scored = list(pool.map(lambda r: scorer(r[0]), rows))
             tiers = {}
             for *_, t in scored:
                 tiers[t] = tiers.get(t, 0) + 1
@@ -207,7 +232,8 @@ def main():
             curves["random"] = curve(np.zeros(len(rows)), weak, strong, rng)
             results[name] = (len(rows), weak.mean(), strong.mean(), curves, tiers)
 
-    part = "held-out half" if args.split == "test" else "validation quarter of the training half"
+    part = {"test": "held-out half", "validation": "validation quarter of the training half",
+            "cross": "every prompt, cross-fitted: each half scored by a model trained on the other"}[args.split]
     print(f"\n# Routing quality on RouteLLM's data ({part}): strong = GPT-4, weak = Mixtral-8x7B; "
           "the share `auto` weighs most towards quality goes to the strong model\n")
     print("| benchmark | prompts | weak | strong | auto APGR | CPT(50%) | CPT(80%) | rules only APGR | "
@@ -238,7 +264,7 @@ def main():
             ax.plot(SHARES * 100, c["auto"], marker="o", label="auto (rules + learned)")
             ax.plot(SHARES * 100, c["rules"], marker=".", alpha=0.6, label="rules only")
             ax.plot(SHARES * 100, c["random"], linestyle="--", label="random")
-            ax.set_title(f"{name} ({'held-out half' if args.split == 'test' else 'validation quarter'})")
+            ax.set_title(f"{name} ({ {'test': 'held-out half', 'validation': 'validation quarter', 'cross': 'cross-fitted'}[args.split]})")
             ax.set_xlabel("strong-model calls (%)")
             ax.set_ylabel("quality")
             ax.legend()
