@@ -15,7 +15,8 @@ rate (`oha -c 64`, closed loop), each gateway's peak RSS, and its CPU time per r
 fixed rate (user + system time of its processes, from /proc, over the requests answered: the
 cost of a request including the kernel's socket work, which varies less from run to run than
 the maximum rate; marked `*` where the rate is past the target's maximum). For streams also
-the time to first byte and the cost per chunk, from 200 sequential 200-word streams. Targets
+the time to first byte, to first content and the cost per chunk after it, from 200 sequential
+200-word streams per target, the targets taking turns. Targets
 are measured
 interleaved, round by round, and the median of the rounds is printed: the machine is shared,
 so compare ratios within one run, not absolute figures across runs.
@@ -25,7 +26,9 @@ Run it with ./e2e/bench/overhead.sh (builds release binaries, installs oha and t
 BENCH_ROUNDS (2), BENCH_PEERS (default "portkey,litellm"; empty for none), BENCH_VARIANTS:
 more gateways to measure beside the default one, as `name:KEY=VALUE KEY=VALUE;name2:…` (each
 KEY=VALUE is an environment variable for that gateway; `BIN=path` runs another binary), e.g.
-`BENCH_VARIANTS="1-worker:TOKIO_WORKER_THREADS=1"`.
+`BENCH_VARIANTS="1-worker:TOKIO_WORKER_THREADS=1"`. BENCH_ONLY=long-streams measures only
+the sequential long streams, BENCH_LONG_STREAMS (200) of them per target, each after a pause
+of BENCH_LONG_PAUSE_MS (0).
 """
 
 import datetime
@@ -35,6 +38,7 @@ import math
 import os
 import pathlib
 import platform
+import re
 import shutil
 import signal
 import socket
@@ -50,6 +54,12 @@ CACHE = pathlib.Path(os.environ.get("XDG_CACHE_HOME", pathlib.Path.home() / ".ca
 RATES = [int(r) for r in os.environ.get("BENCH_RATES", "1000,5000").split(",") if r]
 SECONDS = int(os.environ.get("BENCH_SECONDS", "10"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "2"))
+# Only the sequential long streams (time to first content, cost per chunk): no oha runs.
+LONG_ONLY = os.environ.get("BENCH_ONLY") == "long-streams"
+LONG_STREAMS = int(os.environ.get("BENCH_LONG_STREAMS", "200"))
+# A pause before each long stream: 0 sends them back to back; a few ms lets every process go
+# idle first, as a user's request usually finds a gateway (wake-up latency then counts).
+LONG_PAUSE = float(os.environ.get("BENCH_LONG_PAUSE_MS", "0")) / 1000
 PEERS = [p for p in os.environ.get("BENCH_PEERS", "portkey,litellm").split(",") if p]
 KEY = "sk-bench"
 MESSAGES = [{"role": "system", "content": "You are terse."},
@@ -243,29 +253,50 @@ def oha(t, stream, rate=None, seconds=SECONDS):
             cpu / ok * 1e6 if ok else float("nan"))
 
 
-def stream_timing(t, n=200, words=200):
-    """Sequential long streams: (median time to first byte ms, median total ms, chunks)."""
-    host, port = t.url.split("//")[1].split("/")[0].split(":")
-    path = "/" + t.url.split("//")[1].split("/", 1)[1]
-    conn = http.client.HTTPConnection(host, int(port), timeout=30)
-    hdrs = {"content-type": "application/json", "authorization": f"Bearer {KEY}", **t.headers}
+CONTENT = re.compile(rb'"content":\s*"(?!")')
+
+
+def stream_timing(targets, n=200, words=200):
+    """Sequential long streams, one per target in turn (so that a slow moment of the machine
+    falls on every target alike): per target, (median time to first byte ms, median time to
+    first content ms, median total ms, chunks), and why a target failed, if one did. First
+    content: the first event whose delta carries text, which is what a user waits for."""
+    conns, out, failed = {}, {t.name: ([], [], [], 0) for t in targets}, {}
+    for t in targets:
+        host, port = t.url.split("//")[1].split("/")[0].split(":")
+        conns[t.name] = http.client.HTTPConnection(host, int(port), timeout=30)
     payload = body(True, words)
-    firsts, totals, chunks = [], [], 0
     for _ in range(n):
-        t0 = time.perf_counter()
-        conn.request("POST", path, payload, hdrs)
-        r = conn.getresponse()
-        if r.status != 200:
-            raise SystemExit(f"{t.name}: stream answered {r.status}: {r.read()[:200]!r}")
-        first = r.read1(65536)
-        firsts.append(time.perf_counter() - t0)
-        data = first
-        while chunk := r.read1(65536):
-            data += chunk
-        totals.append(time.perf_counter() - t0)
-        chunks = data.count(b"data:")
-    conn.close()
-    return statistics.median(firsts) * 1000, statistics.median(totals) * 1000, chunks
+        for t in targets:
+            if t.name in failed:
+                continue
+            path = "/" + t.url.split("//")[1].split("/", 1)[1]
+            hdrs = {"content-type": "application/json", "authorization": f"Bearer {KEY}", **t.headers}
+            firsts, contents, totals, _ = out[t.name]
+            time.sleep(LONG_PAUSE)
+            try:
+                t0 = time.perf_counter()
+                conns[t.name].request("POST", path, payload, hdrs)
+                r = conns[t.name].getresponse()
+                if r.status != 200:
+                    raise OSError(f"stream answered {r.status}: {r.read()[:200]!r}")
+                data, content = b"", None
+                while chunk := r.read1(65536):
+                    if not data:
+                        firsts.append(time.perf_counter() - t0)
+                    data += chunk
+                    if content is None and CONTENT.search(data):
+                        content = time.perf_counter() - t0
+            except (OSError, http.client.HTTPException) as e:
+                failed[t.name] = str(e)
+                continue
+            totals.append(time.perf_counter() - t0)
+            contents.append(content if content is not None else float("nan"))
+            out[t.name] = (firsts, contents, totals, data.count(b"data:"))
+    for c in conns.values():
+        c.close()
+    ms = lambda xs: statistics.median(xs) * 1000
+    return {name: (ms(f), ms(c), ms(tt), k) for name, (f, c, tt, k) in out.items() if name not in failed}, failed
 
 
 def main():
@@ -298,7 +329,7 @@ def main():
         idle = {t.name: tree_rss_kib(t.proc.pid, "VmRSS") for t in targets}
 
         modes = {}
-        for t in targets:
+        for t in targets if not LONG_ONLY else []:
             for stream in (False, True):
                 try:
                     warm = oha(t, stream, 200, 3)  # warm: connection pools, JIT, page cache
@@ -311,20 +342,15 @@ def main():
                     failed[f"{t.name} {'stream' if stream else 'json'}"] = str(e)
 
         res = {}
-        for _ in range(ROUNDS):
+        for _ in range(ROUNDS if not LONG_ONLY else 0):
             for stream in (False, True):
                 for t in targets:
                     if not modes[(t.name, stream)]:
                         continue
                     for rate in RATES + [None]:
                         res.setdefault((t.name, stream, rate), []).append(oha(t, stream, rate))
-        timing = {}
-        for t in targets:
-            if modes[(t.name, True)]:
-                try:
-                    timing[t.name] = stream_timing(t)
-                except (SystemExit, OSError, http.client.HTTPException) as e:
-                    failed[f"{t.name} long streams"] = str(e)
+        timing, broken = stream_timing([t for t in targets if LONG_ONLY or modes[(t.name, True)]], LONG_STREAMS)
+        failed.update({f"{name} long streams": why for name, why in broken.items()})
         peak = {t.name: tree_rss_kib(t.proc.pid) for t in targets}
     finally:
         for t in targets:
@@ -341,9 +367,10 @@ def main():
     print("# each peer as installed, with its defaults (LiteLLM: one worker process)\n")
     head = "| target | mode |" + "".join(f" p50 @{r}/s | p99 @{r}/s |" for r in RATES) + \
         " max req/s | % of direct | RSS idle / peak |" + "".join(f" CPU µs/req @{r}/s |" for r in RATES)
-    print(head)
-    print("|" + "---|" * (head.count("|") - 1))
-    for stream in (False, True):
+    if not LONG_ONLY:
+        print(head)
+        print("|" + "---|" * (head.count("|") - 1))
+    for stream in (False, True) if not LONG_ONLY else ():
         base = {r: res.get(("direct", stream, r)) for r in RATES + [None]}
         for t in targets:
             key = (t.name, stream)
@@ -372,16 +399,17 @@ def main():
             print(f"| {versions.get(t.name, t.name)} | {'stream' if stream else 'json'} | " + " | ".join(cells) +
                   f" | {mx:,.0f} | {share} | {rss} |")
     if timing:
-        print("\n| target | stream: time to first byte (p50) | 200-word stream total (p50) | added TTFB | added per chunk |")
-        print("|---|---|---|---|---|")
+        print("\n| target | 200-word stream: first byte (p50) | first content (p50) | total (p50) | added first byte "
+              "| added first content | added per chunk |")
+        print("|---|---|---|---|---|---|---|")
         d = timing.get("direct")
-        for name, (ttfb, total, chunks) in timing.items():
+        for name, (ttfb, ttfc, total, chunks) in timing.items():
+            cells = f"| {name} | {ttfb:.3f} ms | {ttfc:.3f} ms | {total:.3f} ms ({chunks} chunks) |"
             if name == "direct" or not d:
-                print(f"| {name} | {ttfb:.3f} ms | {total:.3f} ms ({chunks} chunks) | — | — |")
+                print(cells + " — | — | — |")
             else:
-                per_chunk = ((total - ttfb) - (d[1] - d[0])) / max(chunks, 1) * 1000
-                print(f"| {name} | {ttfb:.3f} ms | {total:.3f} ms ({chunks} chunks) | "
-                      f"+{ttfb - d[0]:.3f} ms | {per_chunk:+.1f} µs |")
+                per_chunk = ((total - ttfc) - (d[2] - d[1])) / max(chunks, 1) * 1000
+                print(cells + f" {ttfb - d[0]:+.3f} ms | {ttfc - d[1]:+.3f} ms | {per_chunk:+.1f} µs |")
     print(f"\nllm-gateway start to ready: median {statistics.median(starts) * 1000:.1f} ms over {len(starts)} starts")
     for what, why in failed.items():
         print(f"failed: {what}: {why}")
