@@ -1,13 +1,12 @@
 //! Authentication as the first step of every `/v1` route.
 
-use axum::extract::{Request, State};
-use axum::middleware::Next;
+use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 
 use super::AppState;
 
-/// Middleware for the `/v1` routes: authenticates and puts the [`crate::auth::Caller`] in the request.
-pub async fn middleware(State(gw): State<AppState>, mut req: Request, next: Next) -> Response {
+/// Authenticates a `/v1` request and puts the [`crate::auth::Caller`] in it.
+pub async fn authenticate(gw: &AppState, mut req: Request) -> Result<Request, Response> {
     let peer = super::serve::peer(req.extensions()).map(|a| a.ip());
     let local = super::serve::local(req.extensions()).map(|a| a.ip());
     let caller = match gw.auth.local_caller(peer, local) {
@@ -17,8 +16,8 @@ pub async fn middleware(State(gw): State<AppState>, mut req: Request, next: Next
     match caller {
         Ok(caller) => {
             req.extensions_mut().insert(caller);
-            next.run(req).await
+            Ok(req)
         }
-        Err(e) => e.into_response(),
+        Err(e) => Err(e.into_response()),
     }
 }

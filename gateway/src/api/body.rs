@@ -53,15 +53,19 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<(Map<String, Value>, T
         ));
     }
     // Deserialized from the tree by reference: a 10 MB body is not copied a second time.
-    let typed = serde_path_to_error::deserialize(&raw).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner().to_string();
-        if path == "." {
-            Error::invalid("", format!("Invalid request: {inner}"))
-        } else {
-            Error::invalid(path.clone(), format!("Invalid value for `{path}`: {inner}"))
-        }
-    })?;
+    // Tracking the path costs allocations on every field, so it is done only to explain a
+    // failure, by reading the tree a second time.
+    let typed = T::deserialize(&raw)
+        .or_else(|_| serde_path_to_error::deserialize(&raw))
+        .map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner().to_string();
+            if path == "." {
+                Error::invalid("", format!("Invalid request: {inner}"))
+            } else {
+                Error::invalid(path.clone(), format!("Invalid value for `{path}`: {inner}"))
+            }
+        })?;
     let Value::Object(map) = raw else {
         unreachable!("checked to be an object above")
     };

@@ -46,15 +46,7 @@ pub fn router(state: AppState, with_metrics: bool) -> Router {
         .route("/v1/models/{*id}", get(models::get))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
-            authn::middleware,
-        ))
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            origin::check,
-        ))
-        // Outermost: the server span covers authentication too.
-        .route_layer(axum::middleware::from_fn(
-            crate::telemetry::traces::server_span,
+            v1_front,
         ));
 
     let base = if with_metrics {
@@ -93,6 +85,27 @@ pub fn router(state: AppState, with_metrics: bool) -> Router {
         }
         None => app,
     }
+}
+
+/// In front of every `/v1` route, in this order: the server span (covering the rest), the
+/// origin check, authentication. One middleware, not three: each axum layer costs a boxed
+/// clone of the service behind it and a boxed future on every request.
+async fn v1_front(
+    axum::extract::State(gw): axum::extract::State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    crate::telemetry::traces::server_span(req, |req| async move {
+        if let Err(e) = origin::verdict(&gw, &req) {
+            return e.into_response();
+        }
+        match authn::authenticate(&gw, req).await {
+            Ok(req) => next.run(req).await,
+            Err(resp) => resp,
+        }
+    })
+    .await
 }
 
 async fn not_found(uri: http::Uri) -> Error {

@@ -7,9 +7,7 @@
 //! which fails unless `server.cors_allowed_origins` allows the page; checking `Host` and
 //! `Origin` defeats rebinding, whose requests carry the attacker's host name.
 
-use axum::extract::{Request, State};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::extract::Request;
 use http::{header, Method};
 
 use super::AppState;
@@ -42,15 +40,8 @@ fn origin_allowed(gw: &AppState, origin: &str) -> bool {
         .any(|o| o == "*" || o.eq_ignore_ascii_case(origin))
 }
 
-/// The check, as middleware on the `/v1` routes.
-pub async fn check(State(gw): State<AppState>, req: Request, next: Next) -> Response {
-    match verdict(&gw, &req) {
-        Ok(()) => next.run(req).await,
-        Err(e) => e.into_response(),
-    }
-}
-
-fn verdict(gw: &AppState, req: &Request) -> Result<(), Error> {
+/// The check of a `/v1` request.
+pub fn verdict(gw: &AppState, req: &Request) -> Result<(), Error> {
     let headers = req.headers();
     let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
     if !gw.auth.is_required() {

@@ -90,14 +90,17 @@ pub fn step(name: &'static str) -> tracing::Span {
     tracing::info_span!("step", otel.name = name)
 }
 
-/// The server span of one API request (`axum::middleware::from_fn`).
-pub async fn server_span(
+/// Runs `inner` (the rest of an API request) inside the request's server span.
+pub async fn server_span<F>(
     req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
+    inner: impl FnOnce(axum::extract::Request) -> F,
+) -> axum::response::Response
+where
+    F: std::future::Future<Output = axum::response::Response>,
+{
     use tracing::Instrument;
     if !on() {
-        return next.run(req).await;
+        return inner(req).await;
     }
     let path = req.uri().path().to_owned();
     let span = tracing::info_span!(
@@ -117,7 +120,7 @@ pub async fn server_span(
         gen_ai.usage.output_tokens = tracing::field::Empty,
     );
     continue_from(&span, req.headers());
-    let resp = next.run(req).instrument(span.clone()).await;
+    let resp = inner(req).instrument(span.clone()).await;
     let status = resp.status().as_u16();
     span.record("http.response.status_code", i64::from(status));
     if status >= 500 {
