@@ -8,6 +8,7 @@ pub mod learned;
 pub mod limiter;
 pub mod ollama;
 pub mod openai;
+pub mod tls;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -121,7 +122,7 @@ impl Provider {
         let state = learned.provider(&s.name, s.breaker, s.max_concurrency);
         let client_key = format!("{:?}|{:?}", s.connect_timeout, s.read_idle_timeout);
         let clients_by_thread = learned.client(&s.name, client_key, || {
-            reqwest::Client::builder()
+            tls::client_builder()
                 // A redirect would re-send the API key and the prompt to wherever it points.
                 .redirect(reqwest::redirect::Policy::none())
                 .connect_timeout(s.connect_timeout)

@@ -19,7 +19,7 @@ struct Tag {
 
 /// The names of the models Ollama at `host` has pulled, or why they could not be listed.
 pub async fn list_models(host: &str) -> Result<Vec<String>, String> {
-    let client = reqwest::Client::builder()
+    let client = super::tls::client_builder()
         .timeout(PROBE_TIMEOUT)
         .build()
         .map_err(|e| e.to_string())?;
