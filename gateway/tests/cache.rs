@@ -637,3 +637,68 @@ async fn a_verifier_weights_file_replaces_the_built_in_one() {
     assert!(err.contains("cache.verifier_weights"), "{err}");
     assert!(err.contains("do not match"), "{err}");
 }
+
+/// A miss in a scope with nothing in it (a new conversation's every turn, a new system prompt)
+/// cannot become a semantic hit, so the upstream call does not wait for the prompt's
+/// embedding: it goes out while the embedding is still being computed, and the answer is
+/// stored with it once both are done, so a rephrased request still hits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_miss_in_an_empty_scope_calls_the_upstream_while_the_prompt_is_embedded() {
+    let h = gateway()
+        .yaml(|m| {
+            with_cache(
+                m,
+                "  embedding_provider: together/togethercomputer/m2-bert-80M-8k-retrieval\n",
+            )
+        })
+        .start()
+        .await;
+    // The first embedding takes long enough to see what happens meanwhile.
+    h.fault(json!({"vendor": "together", "latency_ms": 1500, "times": 1}))
+        .await;
+    let in_flight = |v: Value| v["in_flight"].as_u64().unwrap();
+    let load = || async {
+        h.http
+            .get(format!("{}/_mock/load?vendor=together", h.mock))
+            .send()
+            .await
+            .unwrap()
+            .json::<Value>()
+            .await
+            .unwrap()
+    };
+    // Whether the embedding was still running when the chat request reached the upstream.
+    let watch = async {
+        for _ in 0..100 {
+            let chats = upstream_calls(&h).await;
+            let embedding = in_flight(load().await) == 1;
+            if chats == 1 {
+                return embedding;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        false
+    };
+    let mut q = ask("What is the capital of France?");
+    q["temperature"] = json!(0.1);
+    let ((s, hd, body), chat_seen_while_embedding) = tokio::join!(send(&h, &q, None, &[]), watch);
+    assert!(
+        chat_seen_while_embedding,
+        "the chat request reached the upstream only after the embedding was done"
+    );
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(cache_of(&hd), "miss");
+    assert_eq!(
+        in_flight(load().await),
+        0,
+        "the answer waited for the embedding"
+    );
+
+    // Stored with its embedding: the same question at another temperature of the same bucket
+    // (another request, so no exact hit; the mock's embeddings match only the same text) is
+    // embedded before deciding, as its scope now has an entry, and hits.
+    q["temperature"] = json!(0.2);
+    let (_, hd, again) = send(&h, &q, None, &[]).await;
+    assert_eq!(cache_of(&hd), "hit-semantic");
+    assert_eq!(content(&again), content(&body));
+}

@@ -148,10 +148,11 @@ async fn serve(
                 ctx.add_output_bytes(output_bytes(&body));
             }
             ctx.note_finish_reasons(&body);
-            if let Some(l) = lookup.take() {
+            if let Some(mut l) = lookup.take() {
                 if let Some(a) =
                     cached::from_json(&body, &answer.target.provider.name, usage.as_ref())
                 {
+                    l.resolve().await;
                     ctx.keep_for_cache(l, a);
                 }
             }
@@ -289,23 +290,38 @@ struct SseState {
 
 impl SseState {
     async fn next_item(&mut self) -> Option<StreamItem> {
-        if let Some(item) = self.held.pop_front() {
-            return Some(item);
-        }
-        match tokio::time::timeout_at(self.deadline, self.rx.recv()).await {
-            Ok(item) => item,
-            Err(_) => Some(StreamItem::Error(
-                Error::gateway_timeout("the stream exceeded the provider's total timeout")
-                    .with_failure(Failure::Timeout(TimeoutKind::Total)),
-            )),
-        }
+        let item = match self.held.pop_front() {
+            Some(item) => Some(item),
+            None => match tokio::time::timeout_at(self.deadline, self.rx.recv()).await {
+                Ok(item) => item,
+                Err(_) => Some(StreamItem::Error(
+                    Error::gateway_timeout("the stream exceeded the provider's total timeout")
+                        .with_failure(Failure::Timeout(TimeoutKind::Total)),
+                )),
+            },
+        };
+        self.before_end(&item).await;
+        item
     }
 
     /// An item that is already here, without waiting (`Some(None)`: the upstream side is gone).
     async fn ready_item(&mut self) -> Option<Option<StreamItem>> {
-        match self.held.pop_front() {
+        let item = match self.held.pop_front() {
             Some(item) => Some(Some(item)),
             None => self.rx.ready().await,
+        };
+        if let Some(item) = &item {
+            self.before_end(item).await;
+        }
+        item
+    }
+
+    /// At the stream's end, waits for an embedding of the prompt still running beside the
+    /// upstream call (see `cache::Lookup::resolve`), so the answer is stored findable by
+    /// similarity before `[DONE]` goes out.
+    async fn before_end(&mut self, item: &Option<StreamItem>) {
+        if let (Some(StreamItem::End), Some((l, _))) = (item, &mut self.capture) {
+            l.resolve().await;
         }
     }
 

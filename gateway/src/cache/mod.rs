@@ -231,6 +231,38 @@ pub struct Lookup {
     /// The verifier's view of `text`, made with `vector` by [`Cache::find`] and kept with
     /// the entry by [`Cache::store`].
     prompt: Option<Arc<Prompt>>,
+    /// The embedding still running beside the upstream call (see [`Cache::find`]).
+    pending: Option<PendingEmbedding>,
+}
+
+/// An embedding computed while the upstream answers; stopped if the request ends first.
+#[derive(Debug)]
+struct PendingEmbedding(tokio::task::JoinHandle<Option<Vec<f32>>>);
+
+impl Drop for PendingEmbedding {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl Lookup {
+    /// Waits for an embedding started by [`Cache::find`] beside the upstream call, so that
+    /// [`Cache::store`] keeps the answer findable by similarity. Called before the answer is
+    /// stored: once the client has the answer, a rephrased request can find it.
+    pub async fn resolve(&mut self) {
+        let (Some(mut pending), Some(text)) = (self.pending.take(), &self.text) else {
+            return;
+        };
+        if let Ok(Some(v)) = (&mut pending.0).await {
+            self.prompt = Some(Arc::new(Prompt::of(text)));
+            self.vector = Some(v);
+        }
+    }
+
+    /// Whether an embedding is still running beside the upstream call.
+    pub fn embedding_pending(&self) -> bool {
+        self.pending.is_some()
+    }
 }
 
 /// What the cache found.
@@ -645,11 +677,13 @@ impl Cache {
             refresh: cc.iter().any(|d| d == "no-cache"),
             vector: None,
             prompt: None,
+            pending: None,
         })
     }
 
     /// Looks `l` up: exact first, then by similarity within its scope. Embeds the prompt
-    /// (once; [`Cache::store`] reuses it). Returns the embedding time when it ran.
+    /// (once; [`Cache::store`] reuses it), or starts embedding it and returns at once when the
+    /// scope is empty. Returns the embedding time when it was waited for.
     pub async fn find(&self, l: &mut Lookup) -> (Found, Option<Duration>) {
         if l.refresh {
             return (Found::Miss, None);
@@ -675,6 +709,21 @@ impl Cache {
         let (Some(embedder), Some(text)) = (&self.embedder, &l.text) else {
             return (Found::Miss, None);
         };
+        // Nothing in the scope to be similar to (every later turn of a conversation has a
+        // scope of its own): a miss for certain, so the upstream call need not wait for the
+        // embedding (10-15 ms on a CPU). It runs beside it; the answer waits for it only to be
+        // stored (`Lookup::resolve`).
+        if self
+            .scopes
+            .get(&l.scope)
+            .is_none_or(|ix| lock(&ix).is_empty())
+        {
+            let (embedder, tenant, text) = (embedder.clone(), l.tenant.clone(), text.clone());
+            l.pending = Some(PendingEmbedding(tokio::spawn(async move {
+                embedder.embed(&tenant, &text).await.ok()
+            })));
+            return (Found::Miss, None);
+        }
         let started = Instant::now();
         let Ok(v) = embedder.embed(&l.tenant, text).await else {
             return (Found::Miss, Some(started.elapsed()));
