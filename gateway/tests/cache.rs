@@ -653,8 +653,9 @@ async fn a_miss_in_an_empty_scope_calls_the_upstream_while_the_prompt_is_embedde
         })
         .start()
         .await;
-    // The first embedding takes long enough to see what happens meanwhile.
-    h.fault(json!({"vendor": "together", "latency_ms": 1500, "times": 1}))
+    // The first embedding takes long enough to see what happens meanwhile (and less than
+    // the 1 s an answer waits for it).
+    h.fault(json!({"vendor": "together", "latency_ms": 600, "times": 1}))
         .await;
     let in_flight = |v: Value| v["in_flight"].as_u64().unwrap();
     let load = || async {
@@ -701,4 +702,33 @@ async fn a_miss_in_an_empty_scope_calls_the_upstream_while_the_prompt_is_embedde
     let (_, hd, again) = send(&h, &q, None, &[]).await;
     assert_eq!(cache_of(&hd), "hit-semantic");
     assert_eq!(content(&again), content(&body));
+}
+
+/// The embedding beside the upstream call failed: the answer is still stored, for exact hits
+/// only (nothing to compare a rephrasing with), and the request does not fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_embedding_beside_the_upstream_call_stores_the_answer_for_exact_hits() {
+    let h = gateway()
+        .yaml(|m| {
+            with_cache(
+                m,
+                "  embedding_provider: together/togethercomputer/m2-bert-80M-8k-retrieval\n",
+            )
+        })
+        .start()
+        .await;
+    h.fault(json!({"vendor": "together", "status": 500, "times": 1}))
+        .await;
+    let mut q = ask("What is the capital of France?");
+    q["temperature"] = json!(0.1);
+    let (s, hd, body) = send(&h, &q, None, &[]).await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(cache_of(&hd), "miss");
+    let (_, hd, again) = send(&h, &q, None, &[]).await;
+    assert_eq!(cache_of(&hd), "hit-exact");
+    assert_eq!(content(&again), content(&body));
+    // The same text in another request of the scope: embedded now, but the stored entry has
+    // no embedding to match.
+    q["temperature"] = json!(0.2);
+    assert_eq!(cache_of(&send(&h, &q, None, &[]).await.1), "miss");
 }

@@ -144,6 +144,7 @@ async fn serve(
     // 6. Respond, recording usage, cost and the outcome; store a complete answer.
     let mut resp = match answer.committed {
         Committed::Json { body, usage } => {
+            ctx.mark_answered();
             if usage.is_none() {
                 ctx.add_output_bytes(output_bytes(&body));
             }
@@ -304,7 +305,8 @@ impl SseState {
         item
     }
 
-    /// An item that is already here, without waiting (`Some(None)`: the upstream side is gone).
+    /// An item that is already here, without waiting for the upstream (`Some(None)`: the
+    /// upstream side is gone); at the end, the prompt's embedding may still be waited for.
     async fn ready_item(&mut self) -> Option<Option<StreamItem>> {
         let item = match self.held.pop_front() {
             Some(item) => Some(Some(item)),
@@ -320,8 +322,11 @@ impl SseState {
     /// upstream call (see `cache::Lookup::resolve`), so the answer is stored findable by
     /// similarity before `[DONE]` goes out.
     async fn before_end(&mut self, item: &Option<StreamItem>) {
-        if let (Some(StreamItem::End), Some((l, _))) = (item, &mut self.capture) {
-            l.resolve().await;
+        if let Some(StreamItem::End) = item {
+            self.ctx.mark_answered();
+            if let Some((l, _)) = &mut self.capture {
+                l.resolve().await;
+            }
         }
     }
 

@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 
 use ring::digest::{Context, SHA256};
 use serde_json::{Map, Value};
+use tracing::Instrument;
 
 use crate::clock::unix_ms;
 use crate::config::CacheSettings;
@@ -248,22 +249,22 @@ impl Drop for PendingEmbedding {
 impl Lookup {
     /// Waits for an embedding started by [`Cache::find`] beside the upstream call, so that
     /// [`Cache::store`] keeps the answer findable by similarity. Called before the answer is
-    /// stored: once the client has the answer, a rephrased request can find it.
+    /// stored: once the client has the answer, a rephrased request can find it. Waits at
+    /// most [`RESOLVE_WAIT`]; without the embedding the answer is stored for exact hits only.
     pub async fn resolve(&mut self) {
         let (Some(mut pending), Some(text)) = (self.pending.take(), &self.text) else {
             return;
         };
-        if let Ok(Some(v)) = (&mut pending.0).await {
+        if let Ok(Ok(Some(v))) = tokio::time::timeout(RESOLVE_WAIT, &mut pending.0).await {
             self.prompt = Some(Arc::new(Prompt::of(text)));
             self.vector = Some(v);
         }
     }
-
-    /// Whether an embedding is still running beside the upstream call.
-    pub fn embedding_pending(&self) -> bool {
-        self.pending.is_some()
-    }
 }
+
+/// The longest an answer waits for its prompt's embedding to be stored with it (a local
+/// embedding takes 10-25 ms; this bounds a long queue or a slow embeddings provider).
+const RESOLVE_WAIT: Duration = Duration::from_secs(1);
 
 /// What the cache found.
 #[derive(Debug)]
@@ -709,8 +710,8 @@ impl Cache {
         let (Some(embedder), Some(text)) = (&self.embedder, &l.text) else {
             return (Found::Miss, None);
         };
-        // Nothing in the scope to be similar to (every later turn of a conversation has a
-        // scope of its own): a miss for certain, so the upstream call need not wait for the
+        // Nothing in the scope to be similar to (a conversation's earlier turns are part of
+        // its scope, so its later turns usually have one of their own): a miss for certain, so the upstream call need not wait for the
         // embedding (10-15 ms on a CPU). It runs beside it; the answer waits for it only to be
         // stored (`Lookup::resolve`).
         if self
@@ -719,9 +720,10 @@ impl Cache {
             .is_none_or(|ix| lock(&ix).is_empty())
         {
             let (embedder, tenant, text) = (embedder.clone(), l.tenant.clone(), text.clone());
-            l.pending = Some(PendingEmbedding(tokio::spawn(async move {
-                embedder.embed(&tenant, &text).await.ok()
-            })));
+            // In the request's span, so a provider embedding's call carries its trace.
+            l.pending = Some(PendingEmbedding(tokio::spawn(
+                async move { embedder.embed(&tenant, &text).await.ok() }.in_current_span(),
+            )));
             return (Found::Miss, None);
         }
         let started = Instant::now();

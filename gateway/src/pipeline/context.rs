@@ -24,6 +24,9 @@ pub struct RequestContext {
     pub(super) target: Option<Target>,
     pub(super) decision: Option<Arc<Decision>>,
     pub(super) first_token: Option<Instant>,
+    /// When the upstream's answer was complete: latency samples end here, not after the
+    /// gateway's own waits (storing it in the cache).
+    pub(super) answered: Option<Instant>,
     pub(super) attempts: u32,
     pub(super) caller: Option<crate::auth::Caller>,
     pub(super) held: Option<super::budget::Held>,
@@ -62,6 +65,7 @@ impl RequestContext {
             target: None,
             decision: None,
             first_token: None,
+            answered: None,
             attempts: 0,
             caller: None,
             held: None,
@@ -284,6 +288,11 @@ impl RequestContext {
         self.first_token.get_or_insert_with(Instant::now);
     }
 
+    /// Marks the upstream's answer as complete (the first mark counts).
+    pub fn mark_answered(&mut self) {
+        self.answered.get_or_insert_with(Instant::now);
+    }
+
     /// Whether a stream's first content has been marked.
     pub fn first_token_marked(&self) -> bool {
         self.first_token.is_some()
@@ -307,6 +316,7 @@ impl RequestContext {
             target: self.target.clone(),
             decision: self.decision.clone(),
             first_token: self.first_token,
+            answered: self.answered,
             attempts: self.attempts,
             caller: self.caller.clone(),
             held: self.held.take(),

@@ -16,6 +16,9 @@ pub fn observe(ctx: &RequestContext, status: u16) {
     let ttft = ctx
         .first_token
         .map(|t| t.duration_since(ctx.attempt_started));
-    let total = ctx.attempt_started.elapsed();
+    let total = ctx
+        .answered
+        .unwrap_or_else(Instant::now)
+        .saturating_duration_since(ctx.attempt_started);
     stats.observe(ttft, total, Instant::now(), ctx.cfg.router.decay());
 }

@@ -3,6 +3,11 @@
 //! instructions and a copy of the roots per client, where the gateway keeps a client per
 //! provider per serving thread (and builds more when a config push changes connection
 //! settings).
+//!
+//! Two consequences: the CA bundle (`SSL_CERT_FILE`, the system's store) is read once per
+//! process, so a rotated bundle takes a restart; and reqwest ignores its own TLS settings
+//! (`add_root_certificate`, `identity`, TLS versions, `http1_only`'s ALPN) on a client given
+//! this configuration, so a per-provider TLS option must be built here, not on the builder.
 
 use std::sync::{Arc, LazyLock};
 
