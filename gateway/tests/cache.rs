@@ -235,6 +235,11 @@ async fn errors_cut_streams_tool_calls_hot_temperatures_and_no_store_are_never_c
     );
     assert_eq!(upstream_calls(&h).await, before + 1);
     assert_eq!(cache_of(&send(&h, &q, None, &[]).await.1), "hit-exact");
+    // The refreshed entry is still found by meaning (it replaced the old one's embedding).
+    assert_eq!(
+        cache_of(&send(&h, &ask("What's a monad?"), None, &[]).await.1),
+        "hit-semantic"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -687,6 +687,9 @@ impl Cache {
     /// scope is empty. Returns the embedding time when it was waited for.
     pub async fn find(&self, l: &mut Lookup) -> (Found, Option<Duration>) {
         if l.refresh {
+            // Asked afresh: nothing is looked up, but the new answer replaces the entry and
+            // its embedding, so it needs one like any other.
+            self.embed_beside(l);
             return (Found::Miss, None);
         }
         let now = Instant::now();
@@ -711,19 +714,15 @@ impl Cache {
             return (Found::Miss, None);
         };
         // Nothing in the scope to be similar to (a conversation's earlier turns are part of
-        // its scope, so its later turns usually have one of their own): a miss for certain, so the upstream call need not wait for the
-        // embedding (10-15 ms on a CPU). It runs beside it; the answer waits for it only to be
-        // stored (`Lookup::resolve`).
+        // its scope, so its later turns usually have one of their own): a miss for certain,
+        // so the upstream call need not wait for the embedding (10-15 ms on a CPU). It runs
+        // beside it; the answer waits for it only to be stored (`Lookup::resolve`).
         if self
             .scopes
             .get(&l.scope)
             .is_none_or(|ix| lock(&ix).is_empty())
         {
-            let (embedder, tenant, text) = (embedder.clone(), l.tenant.clone(), text.clone());
-            // In the request's span, so a provider embedding's call carries its trace.
-            l.pending = Some(PendingEmbedding(tokio::spawn(
-                async move { embedder.embed(&tenant, &text).await.ok() }.in_current_span(),
-            )));
+            self.embed_beside(l);
             return (Found::Miss, None);
         }
         let started = Instant::now();
@@ -739,6 +738,18 @@ impl Cache {
             Some((sim, a)) => (Found::Semantic(a, sim), Some(took)),
             None => (Found::Miss, Some(took)),
         }
+    }
+
+    /// Starts embedding `l`'s prompt beside the upstream call, for [`Lookup::resolve`].
+    fn embed_beside(&self, l: &mut Lookup) {
+        let (Some(embedder), Some(text)) = (&self.embedder, &l.text) else {
+            return;
+        };
+        let (embedder, tenant, text) = (embedder.clone(), l.tenant.clone(), text.clone());
+        // In the request's span, so a provider embedding's call carries its trace.
+        l.pending = Some(PendingEmbedding(tokio::spawn(
+            async move { embedder.embed(&tenant, &text).await.ok() }.in_current_span(),
+        )));
     }
 
     /// The most similar entry of `scope` at or above `threshold` whose prompt the
