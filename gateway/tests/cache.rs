@@ -643,13 +643,10 @@ async fn a_verifier_weights_file_replaces_the_built_in_one() {
     assert!(err.contains("do not match"), "{err}");
 }
 
-/// A miss in a scope with nothing in it (a new conversation's every turn, a new system prompt)
-/// cannot become a semantic hit, so the upstream call does not wait for the prompt's
-/// embedding: it goes out while the embedding is still being computed, and the answer is
-/// stored with it once both are done, so a rephrased request still hits.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_miss_in_an_empty_scope_calls_the_upstream_while_the_prompt_is_embedded() {
-    let h = gateway()
+/// A gateway whose cache embeds through Together's embeddings endpoint at the mock, where
+/// faults can slow or fail the embedding alone.
+async fn start_with_together_embeddings() -> Harness {
+    gateway()
         .yaml(|m| {
             with_cache(
                 m,
@@ -657,7 +654,16 @@ async fn a_miss_in_an_empty_scope_calls_the_upstream_while_the_prompt_is_embedde
             )
         })
         .start()
-        .await;
+        .await
+}
+
+/// A miss in a scope with nothing in it (usually every later turn of a conversation, a new
+/// system prompt) cannot become a semantic hit, so the upstream call does not wait for the prompt's
+/// embedding: it goes out while the embedding is still being computed, and the answer is
+/// stored with it once both are done, so a rephrased request still hits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_miss_in_an_empty_scope_calls_the_upstream_while_the_prompt_is_embedded() {
+    let h = start_with_together_embeddings().await;
     // The first embedding takes long enough to see what happens meanwhile (and less than
     // the 1 s an answer waits for it).
     h.fault(json!({"vendor": "together", "latency_ms": 600, "times": 1}))
@@ -713,15 +719,7 @@ async fn a_miss_in_an_empty_scope_calls_the_upstream_while_the_prompt_is_embedde
 /// only (nothing to compare a rephrasing with), and the request does not fail.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_embedding_beside_the_upstream_call_stores_the_answer_for_exact_hits() {
-    let h = gateway()
-        .yaml(|m| {
-            with_cache(
-                m,
-                "  embedding_provider: together/togethercomputer/m2-bert-80M-8k-retrieval\n",
-            )
-        })
-        .start()
-        .await;
+    let h = start_with_together_embeddings().await;
     h.fault(json!({"vendor": "together", "status": 500, "times": 1}))
         .await;
     let mut q = ask("What is the capital of France?");
@@ -729,6 +727,11 @@ async fn a_failed_embedding_beside_the_upstream_call_stores_the_answer_for_exact
     let (s, hd, body) = send(&h, &q, None, &[]).await;
     assert_eq!(s, 200, "{body}");
     assert_eq!(cache_of(&hd), "miss");
+    assert_eq!(
+        h.received("together").await.len(),
+        1,
+        "the prompt was sent to be embedded (and failed)"
+    );
     let (_, hd, again) = send(&h, &q, None, &[]).await;
     assert_eq!(cache_of(&hd), "hit-exact");
     assert_eq!(content(&again), content(&body));
