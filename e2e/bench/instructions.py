@@ -11,7 +11,10 @@ smaller than `overhead.sh`'s run-to-run spread. It does not count the kernel (so
 syscalls, scheduler wake-ups), which `overhead.sh`'s CPU-time figure includes.
 
 Prints, for a non-streaming chat completion and a 16-event stream, the instructions per
-request and their split by component (from callgrind's per-function costs).
+request and their split by component (from callgrind's per-function costs), for the gateway
+and for the bare proxy (`gateway/examples/bare_proxy.rs`: the gateway's listener and upstream
+clients with only a copy between them), whose count is what serving and forwarding a request
+costs before any of the gateway's logic.
 
 Run it with ./e2e/bench/instructions.sh (builds the release binaries). Knobs: BENCH_FEW
 (default 200), BENCH_MANY (1200).
@@ -45,24 +48,28 @@ COMPONENTS = [
 ]
 
 
-def run(n, stream, work):
-    """Total instructions of a gateway process that served `n` requests."""
+def run(n, stream, work, bare=False):
+    """The callgrind file of a gateway (or bare proxy) process that served `n` requests."""
     mock_port, port = free_port(), free_port()
     mock = f"http://127.0.0.1:{mock_port}"
     mock_proc = spawn([str(BIN / "mock-providers"), "--listen", f"127.0.0.1:{mock_port}"], {"PATH": os.environ["PATH"]})
-    out = os.path.join(work, f"callgrind-{n}-{stream}.out")
+    out = os.path.join(work, f"callgrind-{n}-{stream}-{bare}.out")
     data = tempfile.mkdtemp(dir=work)
     env = {"PATH": os.environ["PATH"], "OPENAI_API_KEY": KEY, "LLM_GATEWAY_DATA_DIR": data,
            "OPENAI_BASE_URL": f"{mock}/openai/v1", "OLLAMA_HOST": f"{mock}/ollama", "RUST_LOG": "warn"}
-    gw = spawn(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
-                str(BIN / "llm-gateway"), "--listen", f"127.0.0.1:{port}"], env)
+    cmd = [str(BIN / "examples" / "bare_proxy"), f"127.0.0.1:{port}", mock] if bare else \
+        [str(BIN / "llm-gateway"), "--listen", f"127.0.0.1:{port}"]
+    path = "/openai/v1/chat/completions" if bare else "/v1/chat/completions"
+    gw = spawn(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *cmd], env)
     try:
         wait_ready(mock_proc, f"{mock}/_mock/requests", "mock-providers")
-        wait_ready(gw, f"http://127.0.0.1:{port}/readyz", "llm-gateway under valgrind", timeout=300)
+        wait_ready(gw, f"http://127.0.0.1:{port}" + ("/_mock/requests" if bare else "/readyz"),
+                   "the proxy under valgrind", timeout=300)
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
         payload = body(stream)
         for _ in range(n):
-            conn.request("POST", "/v1/chat/completions", payload, {"content-type": "application/json"})
+            conn.request("POST", path, payload, {"content-type": "application/json",
+                                                 "authorization": f"Bearer {KEY}"})
             r = conn.getresponse()
             text = r.read()
             if r.status != 200:
@@ -96,10 +103,12 @@ def main():
             raise SystemExit(f"{tool} is missing: apt-get install valgrind")
     with tempfile.TemporaryDirectory() as work:
         rows = {}
-        for stream in (False, True):
-            (t0, p0), (t1, p1) = (costs(run(n, stream, work)) for n in (FEW, MANY))
-            per = {k: (p1[k] - p0[k]) / (MANY - FEW) for k in p1}
-            rows["stream (16 events)" if stream else "json"] = ((t1 - t0) / (MANY - FEW), per)
+        for bare in (False, True):
+            for stream in (False, True):
+                (t0, p0), (t1, p1) = (costs(run(n, stream, work, bare)) for n in (FEW, MANY))
+                per = {k: (p1[k] - p0[k]) / (MANY - FEW) for k in p1}
+                name = "stream (16 events)" if stream else "json"
+                rows[f"bare proxy {name}" if bare else name] = ((t1 - t0) / (MANY - FEW), per)
     comps = list(next(iter(rows.values()))[1])
     print(f"# Gateway instructions per chat completion (callgrind, ({MANY} - {FEW} requests) difference, user space, all threads)\n")
     print("| component | " + " | ".join(rows) + " |")

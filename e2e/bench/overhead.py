@@ -5,6 +5,10 @@ In one run on one machine, against the same mock OpenAI upstream (this repositor
 `mock-providers`), it measures:
 
 - `direct`: the mock itself (the floor every gateway adds to);
+- `bare proxy`: `gateway/examples/bare_proxy.rs`, the gateway's own listener and upstream
+  clients with nothing in between but a copy (no parsing, routing, keys, ledger or metrics):
+  what a proxy built this way costs on this machine, so that the gateway's overhead beyond it
+  is its own logic's (BENCH_BARE=0 leaves it out);
 - `llm-gateway`: the release binary with its defaults (embedded SQLite ledger and metrics on);
 - `portkey`: Portkey's AI gateway from npm (`@portkey-ai/gateway`), if `portkey` is in BENCH_PEERS;
 - `litellm`: LiteLLM's proxy from PyPI (`litellm[proxy]`), if `litellm` is in BENCH_PEERS.
@@ -60,6 +64,7 @@ LONG_STREAMS = int(os.environ.get("BENCH_LONG_STREAMS", "200"))
 # A pause before each long stream: 0 sends them back to back; a few ms lets every process go
 # idle first, as a user's request usually finds a gateway (wake-up latency then counts).
 LONG_PAUSE = float(os.environ.get("BENCH_LONG_PAUSE_MS", "0")) / 1000
+BARE = os.environ.get("BENCH_BARE", "1") != "0"
 PEERS = [p for p in os.environ.get("BENCH_PEERS", "portkey,litellm").split(",") if p]
 KEY = "sk-bench"
 MESSAGES = [{"role": "system", "content": "You are terse."},
@@ -181,6 +186,13 @@ def start_gateway(mock, data_dir, name="llm-gateway", binary=None, extra=None):
     proc = spawn([binary or str(BIN / "llm-gateway"), "--listen", f"127.0.0.1:{port}"], env)
     wait_ready(proc, f"http://127.0.0.1:{port}/readyz", name)
     return Target(name, f"http://127.0.0.1:{port}/v1/chat/completions", {}, proc), time.perf_counter() - t0
+
+
+def start_bare_proxy(mock):
+    port = free_port()
+    proc = spawn([str(BIN / "examples" / "bare_proxy"), f"127.0.0.1:{port}", mock], {"PATH": os.environ["PATH"]})
+    wait_ready(proc, f"http://127.0.0.1:{port}/_mock/requests", "bare proxy")
+    return Target("bare proxy", f"http://127.0.0.1:{port}/openai/v1/chat/completions", {}, proc)
 
 
 def start_portkey(mock):
@@ -308,6 +320,8 @@ def main():
     targets = [Target("direct", f"{mock}/openai/v1/chat/completions", {}, mock_proc)]
     failed = {}
     try:
+        if BARE:
+            targets.append(start_bare_proxy(mock))
         starts = []
         for _ in range(5):
             t, secs = start_gateway(mock, tempfile.mkdtemp(dir=work))

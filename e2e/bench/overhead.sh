@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Gateway overhead and throughput next to its peers: builds the release binaries, installs
+# Gateway overhead and throughput next to its peers: builds the release binaries (and the
+# bare proxy example, the floor a proxy on the same stack sets), installs
 # oha (crates.io) and the peers named in BENCH_PEERS (default "portkey,litellm": Portkey's
 # gateway from npm, LiteLLM's proxy from PyPI, at the versions below) into
 # ~/.cache/llm-gateway/bench, then runs overhead.py, which prints one table. See overhead.py
@@ -11,7 +12,7 @@ peers="${BENCH_PEERS-portkey,litellm}"
 portkey_version=1.15.2
 litellm_version=1.108.7
 mkdir -p "$cache"
-cargo build --release --locked --bins
+cargo build --release --locked --bins --example bare_proxy
 if ! command -v oha >/dev/null 2>&1; then
   cargo install --locked oha
 fi

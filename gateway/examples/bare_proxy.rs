@@ -1,0 +1,125 @@
+//! A proxy with none of the gateway's logic, for the benchmark: the gateway's own listener
+//! (`api::serve`, one runtime per serving thread) and upstream clients (shared TLS
+//! configuration, one pooled client per thread, the same pool settings), and in between only
+//! a copy: no authentication, parsing, routing, limits, ledger or metrics. What it adds to
+//! the direct upstream is what any proxy built this way costs on the machine, so the
+//! gateway's overhead beyond it is its own logic's.
+//!
+//! Usage: bare_proxy LISTEN_ADDR UPSTREAM_BASE_URL (e.g. `127.0.0.1:8080
+//! http://127.0.0.1:9100`); serves until SIGTERM or Ctrl-C.
+
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::response::Response;
+use llm_gateway::api::serve::{serve, Limits, Threads};
+
+/// Where requests go and the clients that take them, one per thread slot.
+struct Upstream {
+    base: String,
+    clients: Vec<reqwest::Client>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let [listen, upstream] = args.as_slice() else {
+        anyhow::bail!("usage: bare_proxy LISTEN_ADDR UPSTREAM_BASE_URL");
+    };
+    let n = std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN);
+    // As the gateway: serving threads declared before any client is built.
+    llm_gateway::threads::set_count(n.get());
+    let clients = (0..llm_gateway::threads::slots())
+        .map(|_| {
+            llm_gateway::providers::tls::client_builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .pool_idle_timeout(Duration::from_secs(90))
+                .tcp_nodelay(true)
+                .build()
+        })
+        .collect::<Result<_, _>>()?;
+    let upstream = Arc::new(Upstream {
+        base: upstream.trim_end_matches('/').to_owned(),
+        clients,
+    });
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(n.get())
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind(listen.as_str()).await?;
+        eprintln!("bare proxy on http://{}", listener.local_addr()?);
+        let app = axum::Router::new().fallback(forward).with_state(upstream);
+        let limits = Limits {
+            header_read_timeout: Duration::from_secs(30),
+            max_connections: 10_000,
+            threads: Threads::PerThread(n),
+        };
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let stop = async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        };
+        serve(
+            listener,
+            app,
+            limits,
+            stop,
+            || Duration::from_secs(1),
+            || (),
+            prometheus_client::metrics::gauge::Gauge::default(),
+        )
+        .await?
+        .close()
+        .await;
+        Ok(())
+    })
+}
+
+/// Sends the request on as it came (method, path, content type and authorization; the body
+/// read whole, as the gateway reads it) and sends the answer back with its status and
+/// content type: read whole when its length is known (a JSON answer, as the gateway reads
+/// one to count its usage), else streamed.
+async fn forward(State(up): State<Arc<Upstream>>, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let body: Bytes = match axum::body::to_bytes(body, 64 << 20).await {
+        Ok(b) => b,
+        Err(_) => return status(400),
+    };
+    let client = &up.clients[llm_gateway::threads::slot() % up.clients.len()];
+    let mut rb = client
+        .request(parts.method, format!("{}{path}", up.base))
+        .body(body);
+    for name in [http::header::CONTENT_TYPE, http::header::AUTHORIZATION] {
+        if let Some(v) = parts.headers.get(&name) {
+            rb = rb.header(name, v);
+        }
+    }
+    let Ok(answer) = rb.send().await else {
+        return status(502);
+    };
+    let mut out = Response::builder().status(answer.status());
+    if let Some(ct) = answer.headers().get(http::header::CONTENT_TYPE) {
+        out = out.header(http::header::CONTENT_TYPE, ct);
+    }
+    let body = if answer.content_length().is_some() {
+        match answer.bytes().await {
+            Ok(b) => Body::from(b),
+            Err(_) => return status(502),
+        }
+    } else {
+        Body::from_stream(answer.bytes_stream())
+    };
+    out.body(body).unwrap_or_else(|_| status(502))
+}
+
+fn status(code: u16) -> Response {
+    let mut r = Response::new(Body::empty());
+    *r.status_mut() = http::StatusCode::from_u16(code).unwrap_or(http::StatusCode::BAD_GATEWAY);
+    r
+}
