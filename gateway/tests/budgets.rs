@@ -121,16 +121,18 @@ impl Setup {
         )
     }
 
+    /// The usage records, once there are any: an answered request's record is queued
+    /// before its answer is sent (and a flush writes it at once); a cancelled one's when the
+    /// gateway sees the client leave.
     async fn usage_records(&self) -> Vec<llm_gateway::store::usage::UsageRecord> {
-        // The ledger writes in batches off the request path.
         let store = self.h.store.as_ref().unwrap();
-        for _ in 0..50 {
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        for _ in 0..100 {
+            self.h.flush_ledger().await;
             let rows = store.usage_records().await.unwrap();
             if !rows.is_empty() {
-                tokio::time::sleep(Duration::from_millis(300)).await;
-                return store.usage_records().await.unwrap();
+                return rows;
             }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
         panic!("no usage records");
     }
@@ -398,7 +400,6 @@ async fn the_usage_api_reports_spend_per_day_tenant_key_and_model() {
         assert_eq!(s.chat(ask(m)).await.0, 200);
     }
     s.usage_records().await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
     let r =
         s.h.http
             .get(format!("{}/admin/usage", s.h.gw))
@@ -618,8 +619,15 @@ async fn a_crashed_replicas_reservations_return_to_the_budget_after_their_ttl() 
         nano: 100_000_000,
         tokens: 5,
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let status = engine.status(&[budget]).await;
+    // On Redis the settlement is written by a task of its own: wait for it (at most 10 s).
+    let mut status = engine.status(std::slice::from_ref(&budget)).await;
+    for _ in 0..1000 {
+        if status[0].reserved_usd == 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        status = engine.status(std::slice::from_ref(&budget)).await;
+    }
     assert_eq!(status[0].reserved_usd, 0.0, "{status:?}");
     assert!((status[0].used_usd - 0.1).abs() < 1e-9, "{status:?}");
     delete_redis_keys(&prefix).await;

@@ -391,21 +391,46 @@ fn sigterm_during_streams(threading: &str) {
                 })
             })
             .collect();
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // All eight under way at the upstream before the signal.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let load: serde_json::Value = http
+                .get(format!("{mock}/_mock/load?vendor=openai"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if load["in_flight"] == 8 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the streams never started: {load}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let pid = child.id().to_string();
         assert!(Command::new("kill")
             .args(["-TERM", &pid])
             .status()
             .unwrap()
             .success());
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        assert!(
+        let not_ready = || async {
             http.get(format!("{base}/readyz"))
                 .send()
                 .await
                 .map(|r| r.status() != 200)
-                .unwrap_or(true),
-            "after SIGTERM the gateway must not report ready"
+                .unwrap_or(true)
+        };
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while !not_ready().await && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(
+            not_ready().await,
+            "after SIGTERM the gateway must not report ready (the streams run for 2 s more)"
         );
         for s in streams {
             let body = s.await.unwrap();

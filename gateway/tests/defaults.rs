@@ -312,7 +312,7 @@ async fn hedging_asks_the_next_provider_after_the_delay_and_both_calls_are_paid(
     let clock = std::sync::Arc::new(llm_gateway::clock::ManualClock::at(
         llm_gateway::clock::SystemClock.now_ms(),
     ));
-    let routing = "  virtual_models:\n    - {name: pair, strategy: quality, candidates: {models: [gpt-4o-mini, llama-3.1-8b-instant]}, hedge: {after_secs: 0.2}}\n";
+    let routing = "  virtual_models:\n    - {name: pair, strategy: quality, candidates: {models: [gpt-4o-mini, llama-3.1-8b-instant]}, hedge: {after_secs: 1.0}}\n";
     let h = gateway()
         .routing(routing)
         .budgets(BudgetSetup {
@@ -332,8 +332,9 @@ async fn hedging_asks_the_next_provider_after_the_delay_and_both_calls_are_paid(
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    // OpenAI is slow this time: the hedge to Groq answers first.
-    h.fault(json!({"vendor": "openai", "latency_ms": 3000, "times": 1}))
+    // OpenAI is slow this time: the hedge to Groq answers first. (The delays are seconds so
+    // that a busy machine's own slowness is never mistaken for them.)
+    h.fault(json!({"vendor": "openai", "latency_ms": 5000, "times": 1}))
         .await;
     for stream in [false, true] {
         let r = h
@@ -358,7 +359,12 @@ async fn hedging_asks_the_next_provider_after_the_delay_and_both_calls_are_paid(
             // OpenAI is fast again: it wins, the hedge (if sent at all) loses.
             assert_eq!(provider, "openai");
         }
+        let deadline = Instant::now() + Duration::from_secs(20);
         let rows = loop {
+            assert!(
+                Instant::now() < deadline,
+                "the usage rows of {id} never came"
+            );
             tokio::time::sleep(Duration::from_millis(200)).await;
             let rows: Vec<_> = store
                 .usage_records()
@@ -405,9 +411,9 @@ async fn hedging_asks_the_next_provider_after_the_delay_and_both_calls_are_paid(
     }
     // OpenAI is slower than the hedge delay but Groq slower still: the hedge is sent and
     // loses, and is cancelled.
-    h.fault(json!({"vendor": "openai", "latency_ms": 700, "times": 1}))
+    h.fault(json!({"vendor": "openai", "latency_ms": 2000, "times": 1}))
         .await;
-    h.fault(json!({"vendor": "groq", "latency_ms": 3000, "times": 1}))
+    h.fault(json!({"vendor": "groq", "latency_ms": 6000, "times": 1}))
         .await;
     let r = h
         .http

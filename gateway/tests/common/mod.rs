@@ -359,6 +359,43 @@ impl Harness {
         assert!(r.status().is_success());
     }
 
+    /// Waits (at most 10 s, then fails) until `vendor` has `n` requests in progress at the
+    /// mock: what a test waits for instead of a fixed head start, which a busy machine can
+    /// exceed.
+    pub async fn wait_in_flight(&self, vendor: &str, n: u64) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let load: Value = self
+                .http
+                .get(format!("{}/_mock/load?vendor={vendor}", self.mock))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if load["in_flight"].as_u64() == Some(n) {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{vendor} never had {n} requests in progress: {load}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Writes every usage record queued so far (the ledger otherwise writes on its 250 ms
+    /// tick, which a busy machine can delay).
+    pub async fn flush_ledger(&self) {
+        self.state
+            .ledger
+            .as_ref()
+            .expect("a gateway with a database")
+            .flush()
+            .await;
+    }
+
     /// Requests the mock received from `vendor`, oldest first.
     pub async fn received(&self, vendor: &str) -> Vec<Value> {
         self.http
