@@ -669,16 +669,7 @@ async fn a_miss_in_an_empty_scope_calls_the_upstream_while_the_prompt_is_embedde
     h.fault(json!({"vendor": "together", "latency_ms": 400, "times": 1}))
         .await;
     let in_flight = |v: Value| v["in_flight"].as_u64().unwrap();
-    let load = || async {
-        h.http
-            .get(format!("{}/_mock/load?vendor=together", h.mock))
-            .send()
-            .await
-            .unwrap()
-            .json::<Value>()
-            .await
-            .unwrap()
-    };
+    let load = || h.mock_load("together");
     // Whether the embedding was still running when the chat request reached the upstream.
     let watch = async {
         for _ in 0..100 {

@@ -1,6 +1,8 @@
 //! The `llm-gateway` binary itself: flags, config errors, the environment quick start,
 //! secrets kept out of logs, SIGTERM.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -394,14 +396,7 @@ fn sigterm_during_streams(threading: &str) {
         // All eight under way at the upstream before the signal.
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let load: serde_json::Value = http
-                .get(format!("{mock}/_mock/load?vendor=openai"))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let load = common::fetch_json(&http, format!("{mock}/_mock/load?vendor=openai")).await;
             if load["in_flight"] == 8 {
                 break;
             }

@@ -166,15 +166,7 @@ async fn a_provider_that_slows_down_under_load_gets_a_limit_that_settles() {
         )
     };
     let mock_load = || async {
-        let load: Value = h
-            .http
-            .get(format!("{}/_mock/load?vendor=openai", h.mock))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let load = h.mock_load("openai").await;
         (
             load["in_flight"].as_u64().unwrap() as f64,
             load["max_in_flight"].as_u64().unwrap(),

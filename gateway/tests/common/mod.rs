@@ -300,14 +300,7 @@ impl Harness {
 
     /// GET a gateway path and parse its JSON.
     pub async fn get_json(&self, path: &str) -> Value {
-        self.http
-            .get(format!("{}{path}", self.gw))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+        fetch_json(&self.http, format!("{}{path}", self.gw)).await
     }
 
     /// GET a gateway path as text.
@@ -359,21 +352,23 @@ impl Harness {
         assert!(r.status().is_success());
     }
 
+    /// `vendor`'s requests in progress at the mock (`in_flight`) and the most at once since
+    /// the last reset (`max_in_flight`).
+    pub async fn mock_load(&self, vendor: &str) -> Value {
+        fetch_json(
+            &self.http,
+            format!("{}/_mock/load?vendor={vendor}", self.mock),
+        )
+        .await
+    }
+
     /// Waits (at most 10 s, then fails) until `vendor` has `n` requests in progress at the
     /// mock: what a test waits for instead of a fixed head start, which a busy machine can
     /// exceed.
     pub async fn wait_in_flight(&self, vendor: &str, n: u64) {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         loop {
-            let load: Value = self
-                .http
-                .get(format!("{}/_mock/load?vendor={vendor}", self.mock))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let load = self.mock_load(vendor).await;
             if load["in_flight"].as_u64() == Some(n) {
                 return;
             }
@@ -407,6 +402,11 @@ impl Harness {
             .await
             .unwrap()
     }
+}
+
+/// GET `url` and parse its JSON (panics on any failure: a test's own request).
+pub async fn fetch_json(http: &reqwest::Client, url: String) -> Value {
+    http.get(url).send().await.unwrap().json().await.unwrap()
 }
 
 /// The `data:` payloads of an SSE body, parsed; `[DONE]` as the string "[DONE]".
