@@ -101,6 +101,9 @@ def main():
     for tool in ("valgrind", "callgrind_annotate"):
         if subprocess.run(["sh", "-c", f"command -v {tool}"], capture_output=True).returncode:
             raise SystemExit(f"{tool} is missing: apt-get install valgrind")
+    if not (BIN / "examples" / "bare_proxy").exists():
+        raise SystemExit("no bare proxy binary: run `cargo build --release --example bare_proxy` "
+                         "(./e2e/bench/instructions.sh does)")
     with tempfile.TemporaryDirectory() as work:
         rows = {}
         for bare in (False, True):
@@ -110,7 +113,7 @@ def main():
                 name = "stream (16 events)" if stream else "json"
                 rows[f"bare proxy {name}" if bare else name] = ((t1 - t0) / (MANY - FEW), per)
     comps = list(next(iter(rows.values()))[1])
-    print(f"# Gateway instructions per chat completion (callgrind, ({MANY} - {FEW} requests) difference, user space, all threads)\n")
+    print(f"# Instructions per chat completion, the gateway and the bare proxy (callgrind, ({MANY} - {FEW} requests) difference, user space, all threads)\n")
     print("| component | " + " | ".join(rows) + " |")
     print("|---|" + "---|" * len(rows))
     print("| **total** | " + " | ".join(f"**{t:,.0f}**" for t, _ in rows.values()) + " |")

@@ -189,6 +189,9 @@ def start_gateway(mock, data_dir, name="llm-gateway", binary=None, extra=None):
 
 
 def start_bare_proxy(mock):
+    if not (BIN / "examples" / "bare_proxy").exists():
+        raise SystemExit("no bare proxy binary: run `cargo build --release --example bare_proxy` "
+                         "(./e2e/bench/overhead.sh does), or set BENCH_BARE=0")
     port = free_port()
     proc = spawn([str(BIN / "examples" / "bare_proxy"), f"127.0.0.1:{port}", mock], {"PATH": os.environ["PATH"]})
     wait_ready(proc, f"http://127.0.0.1:{port}/_mock/requests", "bare proxy")

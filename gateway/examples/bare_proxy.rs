@@ -33,10 +33,15 @@ fn main() -> anyhow::Result<()> {
     llm_gateway::threads::set_count(n.get());
     let clients = (0..llm_gateway::threads::slots())
         .map(|_| {
+            // The gateway's provider client with its default timeouts: a read timeout is a
+            // timer on every body read, which a real proxy needs and pays for.
             llm_gateway::providers::tls::client_builder()
                 .redirect(reqwest::redirect::Policy::none())
+                .connect_timeout(Duration::from_secs(10))
+                .read_timeout(Duration::from_secs(120))
                 .pool_idle_timeout(Duration::from_secs(90))
                 .tcp_nodelay(true)
+                .user_agent("bare-proxy")
                 .build()
         })
         .collect::<Result<_, _>>()?;

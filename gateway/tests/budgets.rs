@@ -522,19 +522,9 @@ async fn with_redis_down_budgets_fall_back_to_local_counters_and_resume_after() 
     assert_eq!(s.chat(ask("gpt-4o-mini")).await.0, 200, "on redis");
     // Recorded (the fallback counters start from the database; an outage starting within
     // the ledger's batch interval would miss the last batch).
-    while s
-        .h
-        .store
-        .as_ref()
-        .unwrap()
-        .usage_records()
-        .await
-        .unwrap()
-        .len()
-        < 2
-    {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    s.h.flush_ledger().await;
+    let recorded = s.h.store.as_ref().unwrap().usage_records().await.unwrap();
+    assert!(recorded.len() >= 2, "{recorded:?}");
 
     proxy.cut().await;
     // Served meanwhile, and still held to the budget (this replica's own counters, seeded

@@ -664,8 +664,9 @@ async fn start_with_together_embeddings() -> Harness {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_miss_in_an_empty_scope_calls_the_upstream_while_the_prompt_is_embedded() {
     let h = start_with_together_embeddings().await;
-    // The first embedding takes long enough to see what happens meanwhile, and leaves a busy
-    // machine 600 ms of the 1 s an answer waits for it.
+    // The first embedding takes long enough for the watch below (two requests every 10 ms)
+    // to see the chat arrive meanwhile, and short enough to leave a busy machine 600 ms of
+    // the 1 s an answer waits for it: longer would risk the second, shorter the first.
     h.fault(json!({"vendor": "together", "latency_ms": 400, "times": 1}))
         .await;
     let in_flight = |v: Value| v["in_flight"].as_u64().unwrap();

@@ -115,20 +115,27 @@ async fn provider_state(h: &Harness, provider: &str) -> String {
         .unwrap()
 }
 
-/// How many times `provider`'s breakers (the provider's and its models') let a probe through.
+/// How many probes `provider`'s breakers let through: the provider's own (`model="*"`) or
+/// its models' together, whichever counted more (one probe may half-open both).
 async fn half_opens(h: &Harness, provider: &str) -> usize {
     let prefix = format!(r#"llm_gateway_breaker_transitions_total{{provider="{provider}","#);
-    h.get_text("/metrics")
-        .await
-        .lines()
-        .filter(|l| l.starts_with(&prefix) && l.contains(r#"to="half_open""#))
-        .map(|l| {
-            l.rsplit(' ')
-                .next()
-                .and_then(|v| v.parse::<f64>().ok())
-                .unwrap_or(0.0) as usize
-        })
-        .sum()
+    let (mut own, mut models) = (0, 0);
+    for l in h.get_text("/metrics").await.lines() {
+        if !l.starts_with(&prefix) || !l.contains(r#"to="half_open""#) {
+            continue;
+        }
+        let n = l
+            .rsplit(' ')
+            .next()
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0) as usize;
+        if l.contains(r#"model="*""#) {
+            own += n;
+        } else {
+            models += n;
+        }
+    }
+    own.max(models)
 }
 
 /// The provider the `chaos` virtual model currently ranks first among those reachable.

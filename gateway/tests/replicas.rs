@@ -99,12 +99,12 @@ async fn put_budget(http: &reqwest::Client, base: &str, b: Value) {
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
 }
 
-/// Polls `f` until true; returns how long it took.
 /// How long a change may take to reach the other replica in these tests: the refresh
 /// interval and key-cache lifetime (5 s) plus room for a busy machine, where each poll is a
 /// chat through a debug build (the time taken is printed).
 const PROPAGATION_LIMIT: Duration = Duration::from_secs(15);
 
+/// Polls `f` until true; returns how long it took.
 async fn until<F: std::future::Future<Output = bool>>(
     limit: Duration,
     mut f: impl FnMut() -> F,
@@ -227,8 +227,9 @@ async fn two_replicas_admit_no_more_than_the_budget_and_see_changes_within_the_r
         .sum();
     assert!(total <= limit + 1e-12, "spent {total} of {limit}");
 
-    // A budget lowered through replica A binds on replica B within the refresh interval
-    // (5 s); raised again, it admits again.
+    // A budget lowered through replica A binds on replica B after the refresh interval
+    // (5 s; the check allows `PROPAGATION_LIMIT` and prints the time taken); raised again,
+    // it admits again.
     put_budget(
         &http,
         &a.base,
@@ -254,7 +255,8 @@ async fn two_replicas_admit_no_more_than_the_budget_and_see_changes_within_the_r
     .await;
     eprintln!("a raised budget reached the other replica in {took:?}");
 
-    // A key revoked through replica A stops working on replica B within 5 s.
+    // A key revoked through replica A stops working on replica B once its cached lookup
+    // expires (5 s).
     let keys: Value = http
         .get(format!("{}/admin/keys", a.base))
         .bearer_auth(ADMIN)

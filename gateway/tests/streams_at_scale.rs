@@ -203,8 +203,8 @@ async fn many_large_bodies_are_buffered_within_a_bounded_budget() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     http.post(format!("{mock}/_mock/faults"))
-        // Slow enough that bodies wait for room in the budget, fast enough that the third
-        // wave of six is not still waiting after the 5 s queue timeout on a loaded machine.
+        // Slow enough that bodies wait for room in the budget, fast enough that the second
+        // wave of six starts within the 5 s queue timeout even on a loaded machine.
         .json(&json!({"vendor": "openai", "latency_ms": 250}))
         .send()
         .await
