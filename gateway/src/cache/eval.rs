@@ -156,7 +156,7 @@ async fn one(
     };
     let (mut first, mut second) = (lookup(&p.a)?, lookup(&p.b)?);
     cache.find(&mut first).await;
-    first.resolve().await;
+    first.resolve_fully().await;
     let (va, pa) = (first.vector.clone(), first.prompt.clone());
     cache.store(first, answer.clone());
     let (found, _) = cache.find(&mut second).await;

@@ -252,10 +252,24 @@ impl Lookup {
     /// stored: once the client has the answer, a rephrased request can find it. Waits at
     /// most [`RESOLVE_WAIT`]; without the embedding the answer is stored for exact hits only.
     pub async fn resolve(&mut self) {
+        self.resolve_within(Some(RESOLVE_WAIT)).await;
+    }
+
+    /// [`Lookup::resolve`] without its time limit, for evaluations: every pair is measured
+    /// however long the embedding queue is (a busy machine would otherwise drop some).
+    pub async fn resolve_fully(&mut self) {
+        self.resolve_within(None).await;
+    }
+
+    async fn resolve_within(&mut self, limit: Option<Duration>) {
         let (Some(mut pending), Some(text)) = (self.pending.take(), &self.text) else {
             return;
         };
-        if let Ok(Ok(Some(v))) = tokio::time::timeout(RESOLVE_WAIT, &mut pending.0).await {
+        let done = match limit {
+            Some(limit) => tokio::time::timeout(limit, &mut pending.0).await.ok(),
+            None => Some((&mut pending.0).await),
+        };
+        if let Some(Ok(Some(v))) = done {
             self.prompt = Some(Arc::new(Prompt::of(text)));
             self.vector = Some(v);
         }
