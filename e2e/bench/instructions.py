@@ -27,7 +27,7 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(__file__))
-from overhead import BIN, KEY, Target, body, free_port, spawn, wait_ready  # noqa: E402
+from overhead import BIN, KEY, Target, bare_proxy_cmd, body, free_port, spawn, wait_ready  # noqa: E402
 
 import http.client  # noqa: E402
 
@@ -52,13 +52,13 @@ def run(n, stream, work, bare=False):
     """The callgrind file of a gateway (or bare proxy) process that served `n` requests."""
     mock_port, port = free_port(), free_port()
     mock = f"http://127.0.0.1:{mock_port}"
+    cmd = bare_proxy_cmd(port, mock) if bare else \
+        [str(BIN / "llm-gateway"), "--listen", f"127.0.0.1:{port}"]
     mock_proc = spawn([str(BIN / "mock-providers"), "--listen", f"127.0.0.1:{mock_port}"], {"PATH": os.environ["PATH"]})
     out = os.path.join(work, f"callgrind-{n}-{stream}-{bare}.out")
     data = tempfile.mkdtemp(dir=work)
     env = {"PATH": os.environ["PATH"], "OPENAI_API_KEY": KEY, "LLM_GATEWAY_DATA_DIR": data,
            "OPENAI_BASE_URL": f"{mock}/openai/v1", "OLLAMA_HOST": f"{mock}/ollama", "RUST_LOG": "warn"}
-    cmd = [str(BIN / "examples" / "bare_proxy"), f"127.0.0.1:{port}", mock] if bare else \
-        [str(BIN / "llm-gateway"), "--listen", f"127.0.0.1:{port}"]
     path = "/openai/v1/chat/completions" if bare else "/v1/chat/completions"
     gw = spawn(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *cmd], env)
     try:
@@ -101,9 +101,7 @@ def main():
     for tool in ("valgrind", "callgrind_annotate"):
         if subprocess.run(["sh", "-c", f"command -v {tool}"], capture_output=True).returncode:
             raise SystemExit(f"{tool} is missing: apt-get install valgrind")
-    if not (BIN / "examples" / "bare_proxy").exists():
-        raise SystemExit("no bare proxy binary: run `cargo build --release --example bare_proxy` "
-                         "(./e2e/bench/instructions.sh does)")
+    bare_proxy_cmd(0, "")  # a missing binary fails now, not after the gateway's runs
     with tempfile.TemporaryDirectory() as work:
         rows = {}
         for bare in (False, True):

@@ -188,12 +188,18 @@ def start_gateway(mock, data_dir, name="llm-gateway", binary=None, extra=None):
     return Target(name, f"http://127.0.0.1:{port}/v1/chat/completions", {}, proc), time.perf_counter() - t0
 
 
-def start_bare_proxy(mock):
-    if not (BIN / "examples" / "bare_proxy").exists():
+def bare_proxy_cmd(port, mock):
+    """The command that runs the bare proxy on `port` in front of `mock`."""
+    binary = BIN / "examples" / "bare_proxy"
+    if not binary.exists():
         raise SystemExit("no bare proxy binary: run `cargo build --release --example bare_proxy` "
-                         "(./e2e/bench/overhead.sh does), or set BENCH_BARE=0")
+                         "(the scripts in e2e/bench do), or set BENCH_BARE=0")
+    return [str(binary), f"127.0.0.1:{port}", mock]
+
+
+def start_bare_proxy(mock):
     port = free_port()
-    proc = spawn([str(BIN / "examples" / "bare_proxy"), f"127.0.0.1:{port}", mock], {"PATH": os.environ["PATH"]})
+    proc = spawn(bare_proxy_cmd(port, mock), {"PATH": os.environ["PATH"]})
     wait_ready(proc, f"http://127.0.0.1:{port}/_mock/requests", "bare proxy")
     return Target("bare proxy", f"http://127.0.0.1:{port}/openai/v1/chat/completions", {}, proc)
 
