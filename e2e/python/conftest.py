@@ -25,6 +25,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def announced(proc: subprocess.Popen, log: pathlib.Path, timeout: float = 30.0) -> str:
+    """The `http://ADDRESS` a process started with `--listen 127.0.0.1:0` announces in its log
+    ("listening on http://…"). A port the child binds itself cannot be taken by something else
+    between the test picking it and the child binding it, as a port from `free_port` can."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for line in log.read_text(errors="replace").splitlines():
+            if "listening on http://" in line:
+                return line.split("listening on ", 1)[1].split()[0]
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode}: {log.read_text()}")
+        time.sleep(0.05)
+    raise RuntimeError(f"{proc.args[0]} announced no address after {timeout}s: {log.read_text()}")
+
+
 def wait_until(url: str, proc: subprocess.Popen, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -64,13 +79,13 @@ def until(what, check, timeout=30.0, every=0.1):
 
 
 @pytest.fixture(scope="session")
-def mock():
-    port = free_port()
-    proc = subprocess.Popen(
-        [str(BIN_DIR / "mock-providers"), "--listen", f"127.0.0.1:{port}"],
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
+def mock(tmp_path_factory):
+    log = tmp_path_factory.mktemp("mock") / "mock.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [str(BIN_DIR / "mock-providers"), "--listen", "127.0.0.1:0"], stderr=out,
+        )
+    url = announced(proc, log)
     wait_until(f"{url}/_mock/requests", proc)
     yield url
     proc.terminate()
@@ -98,16 +113,15 @@ def gateway_env(mock, tmp_path_factory):
 def run_gateway(env, tmp_path_factory, name):
     """Runs the gateway binary with `env` until the session ends; yields its URL. It must stop
     cleanly on SIGTERM and never log an API key."""
-    port = free_port()
     log = tmp_path_factory.mktemp(name) / "gateway.log"
     with open(log, "w") as out:
         proc = subprocess.Popen(
-            [str(BIN_DIR / "llm-gateway"), "--listen", f"127.0.0.1:{port}"],
+            [str(BIN_DIR / "llm-gateway"), "--listen", "127.0.0.1:0"],
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
         )
-    url = f"http://127.0.0.1:{port}"
+    url = announced(proc, log)
     wait_until(f"{url}/readyz", proc)
     yield url
     proc.send_signal(signal.SIGTERM)

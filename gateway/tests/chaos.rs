@@ -320,6 +320,29 @@ fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").unwrap().count()
 }
 
+/// Open file descriptors and alive tasks once the last round's work has wound down: the least
+/// of each over up to 3 s of samples 50 ms apart, stopping once both have held still for
+/// 500 ms. What leaked stays in every sample; a connection still closing, or a task still
+/// finishing, on a slow machine does not (a fixed sleep would count it when it is too short).
+async fn settled() -> (usize, usize) {
+    let sample = || {
+        let tasks = tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks();
+        (open_fds(), tasks)
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    let (mut least, mut last, mut still) = (sample(), sample(), 0);
+    while still < 10 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = sample();
+        least = (least.0.min(now.0), least.1.min(now.1));
+        still = if now == last { still + 1 } else { 0 };
+        last = now;
+    }
+    least
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_connection_or_task_leaks_under_faults() {
     let h = gateway().yaml(chaos_yaml).start().await;
@@ -336,11 +359,7 @@ async fn no_connection_or_task_leaks_under_faults() {
         let (errors, _) = traffic(&h, "chaos", 60, 6).await;
         assert!(errors.is_empty(), "round {round}: {errors:?}");
         h.clear_faults().await;
-        tokio::time::sleep(Duration::from_millis(800)).await;
-        let tasks = tokio::runtime::Handle::current()
-            .metrics()
-            .num_alive_tasks();
-        samples.push((open_fds(), tasks));
+        samples.push(settled().await);
     }
     println!("(open fds, alive tasks) after each round: {samples:?}");
     // Pools fill in the first round; after that a leak would grow every round. Each round's

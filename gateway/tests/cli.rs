@@ -3,8 +3,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use mock_providers::{Mock, DEFAULT_OLLAMA_MODELS};
@@ -110,14 +109,6 @@ fn example_config_is_valid() {
     assert!(all.contains("virtual model auto ->"), "{all}");
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Runs the mock in a background runtime; returns its base URL.
 fn start_mock() -> String {
     let (tx, rx) = std::sync::mpsc::channel();
@@ -140,33 +131,20 @@ fn start_mock() -> String {
 #[test]
 fn quick_start_from_environment_serves_and_stops_cleanly_on_sigterm() {
     let mock = start_mock();
-    let port = free_port();
     let secret = "sk-super-secret-value-123";
     let data = tempfile::tempdir().unwrap();
-    let mut child = Command::new(BIN)
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .env_clear()
-        .env("LLM_GATEWAY_DATA_DIR", data.path())
-        .env("OPENAI_API_KEY", secret)
-        .env("OPENAI_BASE_URL", format!("{mock}/openai/v1"))
-        .env("ANTHROPIC_API_KEY", secret)
-        .env("ANTHROPIC_BASE_URL", format!("{mock}/anthropic"))
-        .env("OLLAMA_HOST", format!("{mock}/ollama"))
-        .env("RUST_LOG", "debug")
-        .stderr(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
-    let sink = lines.clone();
-    let reader = std::thread::spawn(move || {
-        for l in BufReader::new(stdout).lines().map_while(Result::ok) {
-            sink.lock().unwrap().push(l);
-        }
-    });
-
-    let base = format!("http://127.0.0.1:{port}");
+    let mut gw = common::spawn_listening(
+        Command::new(BIN)
+            .env_clear()
+            .env("LLM_GATEWAY_DATA_DIR", data.path())
+            .env("OPENAI_API_KEY", secret)
+            .env("OPENAI_BASE_URL", format!("{mock}/openai/v1"))
+            .env("ANTHROPIC_API_KEY", secret)
+            .env("ANTHROPIC_BASE_URL", format!("{mock}/anthropic"))
+            .env("OLLAMA_HOST", format!("{mock}/ollama"))
+            .env("RUST_LOG", "debug"),
+    );
+    let base = gw.base.clone();
     let deadline = Instant::now() + Duration::from_secs(20);
     let http = reqwest::blocking_client();
     loop {
@@ -178,7 +156,7 @@ fn quick_start_from_environment_serves_and_stops_cleanly_on_sigterm() {
         assert!(
             Instant::now() < deadline,
             "gateway not ready: {:?}",
-            lines.lock().unwrap()
+            gw.log.lock().unwrap()
         );
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -196,17 +174,16 @@ fn quick_start_from_environment_serves_and_stops_cleanly_on_sigterm() {
     );
 
     // SIGTERM: readiness is withdrawn, the process drains and exits 0.
-    let pid = child.id().to_string();
+    let pid = gw.child.id().to_string();
     assert!(Command::new("kill")
         .args(["-TERM", &pid])
         .status()
         .unwrap()
         .success());
-    let code = wait_with_timeout(&mut child, Duration::from_secs(15));
+    let code = wait_with_timeout(&mut gw.child, Duration::from_secs(15));
     assert_eq!(code, Some(0));
-    reader.join().unwrap();
 
-    let log = lines.lock().unwrap().join("\n");
+    let log = gw.full_log();
     assert!(
         log.contains("provider enabled")
             && log.contains("provider=openai")
@@ -221,21 +198,17 @@ fn quick_start_from_environment_serves_and_stops_cleanly_on_sigterm() {
         !log.contains("provider=groq"),
         "no GROQ_API_KEY, no groq: {log}"
     );
-    assert!(
-        log.contains(&format!("OPENAI_BASE_URL=http://127.0.0.1:{port}/v1")),
-        "{log}"
-    );
+    assert!(log.contains(&format!("OPENAI_BASE_URL={base}/v1")), "{log}");
     assert!(log.contains("request finished"), "{log}");
     assert!(!log.contains(secret), "a secret reached the log: {log}");
 }
 
-/// The gateway binary on `port`, OpenAI at the mock, Ollama absent, its data (the ledger) in
-/// `data` rather than in a `gateway.db` of the working directory shared with other tests, and
-/// nothing else from this environment.
-fn gateway_command(mock: &str, port: u16, data: &std::path::Path) -> Command {
+/// The gateway binary, OpenAI at the mock, Ollama absent, its data (the ledger) in `data`
+/// rather than in a `gateway.db` of the working directory shared with other tests, and nothing
+/// else from this environment. [`common::spawn_listening`] gives it its port.
+fn gateway_command(mock: &str, data: &std::path::Path) -> Command {
     let mut c = Command::new(BIN);
-    c.args(["--listen", &format!("127.0.0.1:{port}")])
-        .env_clear()
+    c.env_clear()
         .env("LLM_GATEWAY_DATA_DIR", data)
         .env("OPENAI_API_KEY", "sk-test")
         .env("OPENAI_BASE_URL", format!("{mock}/openai/v1"))
@@ -246,15 +219,9 @@ fn gateway_command(mock: &str, port: u16, data: &std::path::Path) -> Command {
 /// Starts the gateway binary ([`gateway_command`]) with `args`; returns it, its base URL once
 /// `/healthz` answers, and its data folder (removed when dropped).
 fn spawn_gateway(mock: &str, args: &[&str]) -> (std::process::Child, String, tempfile::TempDir) {
-    let port = free_port();
     let data = tempfile::tempdir().unwrap();
-    let child = gateway_command(mock, port, data.path())
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
+    let common::Listening { child, base, .. } =
+        common::spawn_listening(gateway_command(mock, data.path()).args(args));
     let http = reqwest::blocking_client();
     let deadline = Instant::now() + Duration::from_secs(20);
     while http
@@ -347,15 +314,12 @@ fn sigterm_during_streams_loses_none_of_them() {
 
 fn sigterm_during_streams(threading: &str) {
     let mock = start_mock();
-    let port = free_port();
     let data = tempfile::tempdir().unwrap();
-    let mut child = gateway_command(&mock, port, data.path())
-        .args(["--threading", threading])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
+    let common::Listening {
+        mut child, base, ..
+    } = common::spawn_listening(
+        gateway_command(&mock, data.path()).args(["--threading", threading]),
+    );
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         llm_gateway::install_crypto();
@@ -731,47 +695,36 @@ fn worker_threads_are_set_by_flag_and_a_bad_count_is_refused() {
     }
     let mock = start_mock();
     for (threading, serving_threads) in [("per-thread", 3), ("shared", 0)] {
-        let port = free_port();
         let data = tempfile::tempdir().unwrap();
-        let mut child = gateway_command(&mock, port, data.path())
-            .env("LLM_GATEWAY_WORKER_THREADS", "3")
-            .env("LLM_GATEWAY_THREADING", threading)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let line = BufReader::new(stdout)
-                .lines()
-                .map_while(Result::ok)
-                .find(|l| l.contains("listening on"));
-            let _ = tx.send(line);
-        });
-        let line = rx.recv_timeout(Duration::from_secs(20));
+        let mut gw = common::spawn_listening(
+            gateway_command(&mock, data.path())
+                .env("LLM_GATEWAY_WORKER_THREADS", "3")
+                .env("LLM_GATEWAY_THREADING", threading),
+        );
         // Serving (the threads are started by then).
         let http = reqwest::blocking_client();
         let deadline = Instant::now() + Duration::from_secs(20);
         while http
-            .get(format!("http://127.0.0.1:{port}/healthz"))
+            .get(format!("{}/healthz", gw.base))
             .map(|s| s != 200)
             .unwrap_or(true)
         {
             assert!(Instant::now() < deadline, "{threading}: not serving");
             std::thread::sleep(Duration::from_millis(50));
         }
-        let names: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", child.id()))
+        let names: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", gw.child.id()))
             .unwrap()
             .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
             .map(|n| n.trim().to_owned())
             .filter(|n| n.starts_with("serve-"))
             .collect();
-        let _ = child.kill();
-        let _ = child.wait();
-        let line = line
-            .expect("no start line within 20 s")
-            .expect("exited without a start line");
+        let _ = gw.child.kill();
+        let _ = gw.child.wait();
+        let log = gw.full_log();
+        let line = log
+            .lines()
+            .find(|l| l.contains("listening on"))
+            .expect("announced, or spawn_listening would have failed");
         assert!(line.contains("worker_threads=3"), "{threading}: {line}");
         assert_eq!(names.len(), serving_threads, "{threading}: {names:?}");
     }
@@ -782,9 +735,25 @@ fn worker_threads_are_set_by_flag_and_a_bad_count_is_refused() {
 #[test]
 fn metrics_can_have_a_listener_of_their_own() {
     let mock = start_mock();
-    let metrics_port = free_port();
-    let addr = format!("127.0.0.1:{metrics_port}");
-    let (mut child, base, _data) = spawn_gateway(&mock, &["--metrics-listen", &addr]);
+    let data = tempfile::tempdir().unwrap();
+    let mut gw = common::spawn_listening(
+        gateway_command(&mock, data.path()).args(["--metrics-listen", "127.0.0.1:0"]),
+    );
+    let base = gw.base.clone();
+    // Announced by the same start-up, just after the API's address.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let addr = loop {
+        let found = gw.log.lock().unwrap().iter().find_map(|l| {
+            let at = l.find("metrics on http://")? + "metrics on http://".len();
+            l[at..].split_whitespace().next().map(str::to_owned)
+        });
+        if let Some(addr) = found {
+            break addr;
+        }
+        assert!(Instant::now() < deadline, "no metrics address announced");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_ne!(format!("http://{addr}"), base, "a listener of its own");
     let http = reqwest::blocking_client();
     let metrics = format!("http://{addr}/metrics");
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -803,6 +772,6 @@ fn metrics_can_have_a_listener_of_their_own() {
         404,
         "and no API on the metrics port"
     );
-    let _ = child.kill();
-    let _ = child.wait();
+    let _ = gw.child.kill();
+    let _ = gw.child.wait();
 }

@@ -5,8 +5,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -282,7 +281,7 @@ async fn what_was_learned_survives_a_swap_and_a_removed_provider_is_forgotten() 
 struct Process {
     child: std::process::Child,
     base: String,
-    log: std::sync::Arc<std::sync::Mutex<String>>,
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     http: reqwest::Client,
 }
 
@@ -299,35 +298,20 @@ async fn spawn(config: &std::path::Path, env: &[(&str, &str)]) -> Process {
 
 async fn spawn_polling(config: &std::path::Path, env: &[(&str, &str)], poll: &str) -> Process {
     llm_gateway::install_crypto();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
     let data = tempfile::tempdir().unwrap().keep();
-    let mut child = Command::new(BIN)
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .arg("--config")
-        .arg(config)
-        .args(["--config-poll-secs", poll])
-        .env_clear()
-        .env("LLM_GATEWAY_DATA_DIR", &data)
-        .env("LLM_GATEWAY_ADMIN_TOKEN", "admin-token-for-the-tests")
-        .env("RUST_LOG", "info")
-        .envs(env.iter().copied())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-    let stderr = child.stdout.take().unwrap();
-    let sink = log.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            sink.lock().unwrap().push_str(&(line + "\n"));
-        }
-    });
-    let base = format!("http://127.0.0.1:{port}");
+    let Listening {
+        child, base, log, ..
+    } = spawn_listening(
+        Command::new(BIN)
+            .arg("--config")
+            .arg(config)
+            .args(["--config-poll-secs", poll])
+            .env_clear()
+            .env("LLM_GATEWAY_DATA_DIR", &data)
+            .env("LLM_GATEWAY_ADMIN_TOKEN", "admin-token-for-the-tests")
+            .env("RUST_LOG", "info")
+            .envs(env.iter().copied()),
+    );
     let http = reqwest::Client::new();
     let started = Instant::now();
     while http.get(format!("{base}/readyz")).send().await.is_err() {
@@ -428,11 +412,11 @@ async fn a_configmap_style_symlink_swap_and_sighup_are_picked_up() {
     write_version(3, "providers: [{name: openai, api_key: {value: sk-no}}]\n");
     let refused = |log: &str| log.contains("providers[0].api_key.value");
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !refused(&p.log.lock().unwrap()) && std::time::Instant::now() < deadline {
+    while !refused(&p.log.lock().unwrap().join("\n")) && std::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(p.version_served().await, "cm-2");
-    let log = p.log.lock().unwrap().clone();
+    let log = p.log.lock().unwrap().join("\n");
     assert!(refused(&log), "{log}");
 
     // SIGHUP applies the file at once: a gateway that polls once an hour sees a change
@@ -515,7 +499,7 @@ async fn secrets_never_show_in_the_admin_api_the_log_or_the_metrics() {
     assert!(config.contains("<redacted>"), "{config}");
     let metrics = p.get("/metrics", false).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let log = p.log.lock().unwrap().clone();
+    let log = p.log.lock().unwrap().join("\n");
     for secret in [
         "SECRET-1111",
         "SECRET-2222",

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -27,30 +27,19 @@ impl Drop for Replica {
 }
 
 async fn replica(mock: &str, db: &str, prefix: &str) -> Replica {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = Command::new(BIN)
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .args(["--database-url", db, "--redis-url", redis_url()])
-        .env_clear()
-        .env("LLM_GATEWAY_REDIS_PREFIX", prefix)
-        .env("LLM_GATEWAY_ADMIN_TOKEN", ADMIN)
-        .env("OPENAI_API_KEY", "sk-test")
-        .env("OPENAI_BASE_URL", format!("{mock}/openai/v1"))
-        .env("OLLAMA_HOST", "127.0.0.1:9")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
+    let Listening { child, base, .. } = spawn_listening(
+        Command::new(BIN)
+            .args(["--database-url", db, "--redis-url", redis_url()])
+            .env_clear()
+            .env("LLM_GATEWAY_REDIS_PREFIX", prefix)
+            .env("LLM_GATEWAY_ADMIN_TOKEN", ADMIN)
+            .env("OPENAI_API_KEY", "sk-test")
+            .env("OPENAI_BASE_URL", format!("{mock}/openai/v1"))
+            .env("OLLAMA_HOST", "127.0.0.1:9")
+            .env("RUST_LOG", "warn"),
+    );
     // Owned at once, so a failure below still stops the process.
-    let r = Replica {
-        child,
-        base: format!("http://127.0.0.1:{port}"),
-    };
+    let r = Replica { child, base };
     let base = r.base.clone();
     let http = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(30);

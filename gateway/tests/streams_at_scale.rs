@@ -3,7 +3,9 @@
 //! bounded (its RSS per open stream is printed; the README quotes it). Runs alone (see
 //! `.config/nextest.toml`): it takes both cores for ~15 s.
 
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
@@ -40,17 +42,8 @@ fn start_mock() -> MockProcess {
         "{} is missing: build it with `cargo build -p mock-providers` (test-all.sh does)",
         bin.display()
     );
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = Command::new(bin)
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    MockProcess(child, format!("http://127.0.0.1:{port}"))
+    let m = common::spawn_listening(&mut Command::new(bin));
+    MockProcess(m.child, m.base)
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -68,27 +61,18 @@ async fn two_thousand_ten_second_streams_are_all_served_in_bounded_memory() {
     llm_gateway::install_crypto();
     let mock_process = start_mock();
     let mock = mock_process.1.clone();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
     let data = tempfile::tempdir().unwrap();
-    let child = Command::new(BIN)
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .env_clear()
-        .env("LLM_GATEWAY_DATA_DIR", data.path())
-        .env("OPENAI_API_KEY", "sk-test")
-        .env("OPENAI_BASE_URL", format!("{mock}/openai/v1"))
-        .env("OLLAMA_HOST", "127.0.0.1:9")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
+    let common::Listening { child, base, .. } = common::spawn_listening(
+        Command::new(BIN)
+            .env_clear()
+            .env("LLM_GATEWAY_DATA_DIR", data.path())
+            .env("OPENAI_API_KEY", "sk-test")
+            .env("OPENAI_BASE_URL", format!("{mock}/openai/v1"))
+            .env("OLLAMA_HOST", "127.0.0.1:9")
+            .env("RUST_LOG", "warn"),
+    );
     let gw = Gateway(child);
     let pid = gw.0.id();
-    let base = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(STREAMS)
         .build()
@@ -169,27 +153,18 @@ async fn many_large_bodies_are_buffered_within_a_bounded_budget() {
     llm_gateway::install_crypto();
     let mock_process = start_mock();
     let mock = mock_process.1.clone();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
     let data = tempfile::tempdir().unwrap();
-    let child = Command::new(BIN)
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .env_clear()
-        .env("LLM_GATEWAY_DATA_DIR", data.path())
-        .env("OPENAI_API_KEY", "sk-test")
-        .env("OPENAI_BASE_URL", format!("{mock}/openai/v1"))
-        .env("OLLAMA_HOST", "127.0.0.1:9")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
+    let common::Listening { child, base, .. } = common::spawn_listening(
+        Command::new(BIN)
+            .env_clear()
+            .env("LLM_GATEWAY_DATA_DIR", data.path())
+            .env("OPENAI_API_KEY", "sk-test")
+            .env("OPENAI_BASE_URL", format!("{mock}/openai/v1"))
+            .env("OLLAMA_HOST", "127.0.0.1:9")
+            .env("RUST_LOG", "warn"),
+    );
     let gw = Gateway(child);
     let pid = gw.0.id();
-    let base = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
     let up = Instant::now();
     while http.get(format!("{base}/readyz")).send().await.is_err()

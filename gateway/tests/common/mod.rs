@@ -498,3 +498,96 @@ impl Proxy {
         self.up.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 }
+
+/// A child process serving on a port it bound itself, and every line it has written.
+pub struct Listening {
+    /// The process.
+    pub child: std::process::Child,
+    /// `http://ADDRESS` it announced.
+    pub base: String,
+    /// Its stdout and stderr lines so far, in the order each stream wrote them.
+    pub log: Arc<std::sync::Mutex<Vec<String>>>,
+    readers: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Listening {
+    /// Everything the process wrote, once it has exited (both streams read to their end).
+    pub fn full_log(&mut self) -> String {
+        for r in self.readers.drain(..) {
+            r.join().unwrap();
+        }
+        self.log.lock().unwrap().join("\n")
+    }
+}
+
+/// Starts `cmd` (the gateway or the mock-providers binary) with `--listen 127.0.0.1:0` and
+/// waits, 20 s at most, for the address it announces ("listening on http://…"). A port the
+/// test picked and released before the child bound it could meanwhile be taken by anything on
+/// the machine (another test's outgoing connection, say); a port the child binds cannot.
+/// Both streams are read to the end (stderr is also echoed, as an inherited stream would be);
+/// a gateway whose `RUST_LOG` hides info lines gets them for its start-up module only.
+pub fn spawn_listening(cmd: &mut std::process::Command) -> Listening {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let log_env = cmd
+        .get_envs()
+        .find(|(k, _)| *k == "RUST_LOG")
+        .and_then(|(_, v)| v.map(|v| v.to_string_lossy().into_owned()));
+    if let Some(filter) = log_env {
+        let shows_info = filter
+            .split(',')
+            .any(|d| matches!(d.trim(), "info" | "debug" | "trace"));
+        if !shows_info {
+            cmd.env("RUST_LOG", format!("{filter},llm_gateway::app=info"));
+        }
+    }
+    let mut child = cmd
+        .args(["--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cannot start the process");
+    let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let read = |stream: Box<dyn std::io::Read + Send>, echo: bool| {
+        let (log, tx) = (log.clone(), tx.clone());
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                if let Some(at) = line.find("listening on http://") {
+                    let addr = line[at + "listening on ".len()..]
+                        .split_whitespace()
+                        .next()
+                        .unwrap_or_default()
+                        .to_owned();
+                    let _ = tx.send(addr);
+                }
+                if echo {
+                    eprintln!("{line}");
+                }
+                log.lock().unwrap().push(line);
+            }
+        })
+    };
+    let readers = vec![
+        read(Box::new(child.stdout.take().unwrap()), false),
+        read(Box::new(child.stderr.take().unwrap()), true),
+    ];
+    drop(tx);
+    let base = match rx.recv_timeout(std::time::Duration::from_secs(20)) {
+        Ok(base) => base,
+        Err(e) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "no `listening on` line ({e}): {:?}",
+                log.lock().unwrap().join("\n")
+            );
+        }
+    };
+    Listening {
+        child,
+        base,
+        log,
+        readers,
+    }
+}
