@@ -3,6 +3,10 @@
 //! record: a wake-up per request would be a hand-off between threads (a futex call and a
 //! context switch) on every request, for a write that waits for the tick anyway.
 //!
+//! On the embedded SQLite database, batches of ordinary size go through a connection whose
+//! thread runs at a lower priority than the serving threads (see
+//! [`Store::low_priority_writer`]), so a batch's inserts yield the CPU to requests.
+//!
 //! When the database is down, batches are appended to a local spool file (JSON lines) and
 //! replayed once it answers again (tried every 2 s): no record is lost, and none is counted
 //! twice, because each record's id is generated here and inserts skip ids already stored.
@@ -21,6 +25,13 @@ use crate::store::usage::UsageRecord;
 use crate::store::Store;
 
 const TICK: Duration = Duration::from_millis(250);
+
+/// A batch larger than this (a tick's worth at 16,000 requests/s) goes through the store's
+/// own pool even when there is a low-priority writer: a writer that yields the CPU falls
+/// behind when the cores are saturated, and its backlog, held in memory, must not grow
+/// without bound. (Raising the low writer's priority instead would need a privilege a
+/// container seldom has.)
+const CATCH_UP: usize = 4096;
 const REPLAY_EVERY: Duration = Duration::from_secs(2);
 
 enum Msg {
@@ -45,11 +56,19 @@ impl std::fmt::Debug for Msg {
 impl Ledger {
     /// Starts the writer for `store`, spooling to `spool` when the store is down.
     pub fn start(store: Store, spool: PathBuf) -> Ledger {
+        Self::start_with(store, None, spool)
+    }
+
+    /// As [`Ledger::start`], writing batches of up to [`CATCH_UP`] records through `low`, a
+    /// connection to the same database at a lower priority
+    /// ([`Store::low_priority_writer`]), when there is one.
+    pub fn start_with(store: Store, low: Option<Store>, spool: PathBuf) -> Ledger {
         let (tx, rx) = mpsc::unbounded_channel();
         let wake = Arc::new(Notify::new());
         tokio::spawn(
             Writer {
                 store,
+                low,
                 spool,
                 batch: Vec::new(),
                 last_replay: Instant::now() - REPLAY_EVERY,
@@ -77,6 +96,8 @@ impl Ledger {
 
 struct Writer {
     store: Store,
+    /// Where ordinary batches go, if not `store`.
+    low: Option<Store>,
     spool: PathBuf,
     batch: Vec<UsageRecord>,
     last_replay: Instant,
@@ -119,7 +140,11 @@ impl Writer {
             return;
         }
         let batch = std::mem::take(&mut self.batch);
-        match self.store.insert_usage(&batch).await {
+        let store = match &self.low {
+            Some(low) if batch.len() <= CATCH_UP => low,
+            _ => &self.store,
+        };
+        match store.insert_usage(&batch).await {
             Ok(()) => {
                 if self.failing {
                     self.failing = false;

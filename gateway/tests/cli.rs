@@ -174,14 +174,7 @@ fn quick_start_from_environment_serves_and_stops_cleanly_on_sigterm() {
     );
 
     // SIGTERM: readiness is withdrawn, the process drains and exits 0.
-    let pid = gw.child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
-    let code = wait_with_timeout(&mut gw.child, Duration::from_secs(15));
-    assert_eq!(code, Some(0));
+    assert_eq!(stop_with_sigterm(&mut gw.child), Some(0));
 
     let log = gw.full_log();
     assert!(
@@ -233,6 +226,21 @@ fn spawn_gateway(mock: &str, args: &[&str]) -> (std::process::Child, String, tem
         std::thread::sleep(Duration::from_millis(50));
     }
     (child, base, data)
+}
+
+/// Sends SIGTERM to `child`.
+fn sigterm(child: &std::process::Child) {
+    assert!(Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+}
+
+/// SIGTERM, then the exit code within 15 s (`None`: still running, then killed).
+fn stop_with_sigterm(child: &mut std::process::Child) -> Option<i32> {
+    sigterm(child);
+    wait_with_timeout(child, Duration::from_secs(15))
 }
 
 fn wait_with_timeout(child: &mut std::process::Child, t: Duration) -> Option<i32> {
@@ -370,12 +378,7 @@ fn sigterm_during_streams(threading: &str) {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let pid = child.id().to_string();
-        assert!(Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success());
+        sigterm(&child);
         let not_ready = || async {
             http.get(format!("{base}/readyz"))
                 .send()
@@ -636,15 +639,7 @@ fn records_usage_and_flushes_it(threading: &str, db: &str) {
         c.join().unwrap();
     }
     // SIGTERM right away: the ledger flushes before the process exits.
-    assert!(Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success());
-    assert_eq!(
-        wait_with_timeout(&mut child, Duration::from_secs(15)),
-        Some(0)
-    );
+    assert_eq!(stop_with_sigterm(&mut child), Some(0));
     let rt = tokio::runtime::Runtime::new().unwrap();
     let rows = rt.block_on(async {
         llm_gateway::store::Store::open(db)
@@ -774,4 +769,79 @@ fn metrics_can_have_a_listener_of_their_own() {
     );
     let _ = gw.child.kill();
     let _ = gw.child.wait();
+}
+
+/// The nice value of each thread of process `pid` named `name` (`/proc/PID/task/*/stat`).
+fn thread_nice(pid: u32, name: &str) -> Vec<i64> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim_end() == name)
+        })
+        .filter_map(|t| {
+            let stat = std::fs::read_to_string(t.path().join("stat")).ok()?;
+            // Fields after the name's closing parenthesis start at the third; nice is the 19th.
+            stat.rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .nth(16)?
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
+/// The usage ledger's SQLite inserts run on a thread of their own, 10 nice levels below the
+/// serving threads, so that a batch yields the core to requests; its records are written.
+#[test]
+fn the_ledgers_sqlite_thread_runs_below_the_serving_threads() {
+    let out = Command::new(BIN)
+        .args(["--ledger-nice", "20"])
+        .env_clear()
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--ledger-nice"), "{err}");
+    let mock = start_mock();
+    let (mut child, base, data) = spawn_gateway(&mock, &[]);
+    let http = reqwest::blocking_client();
+    for _ in 0..3 {
+        let (status, body) = http
+            .post_json(
+                &format!("{base}/v1/chat/completions"),
+                r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#,
+            )
+            .unwrap();
+        assert_eq!(status, 200, "{body}");
+    }
+    let pid = child.id();
+    let serving = thread_nice(pid, "serve-0");
+    // The ledger's connection opens with its first batch, a tick after the first record.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let ledger = loop {
+        let found = thread_nice(pid, "sqlite-ledger");
+        if !found.is_empty() || Instant::now() > deadline {
+            break found;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(serving.len(), 1, "one serving thread named serve-0");
+    assert_eq!(ledger.len(), 1, "one ledger thread: {ledger:?}");
+    assert_eq!(
+        ledger[0],
+        (serving[0] + 10).min(19),
+        "{ledger:?} {serving:?}"
+    );
+    // SIGTERM flushes the ledger: every answered request has its record.
+    assert_eq!(stop_with_sigterm(&mut child), Some(0));
+    let records = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let url = format!("sqlite://{}/gateway.db", data.path().display());
+        let store = llm_gateway::store::Store::open(&url).await.unwrap();
+        store.usage_records().await.unwrap()
+    });
+    assert_eq!(records.len(), 3, "{records:?}");
 }

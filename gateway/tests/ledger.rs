@@ -327,3 +327,28 @@ async fn queued_records_and_concurrent_flushes_store_everything_once() {
     }
     assert_eq!(store.usage_records().await.unwrap().len(), 2010);
 }
+
+/// With a low-priority writer, ordinary batches go through it; a batch too large for it to
+/// have kept up (more than a tick's worth at 16,000 requests/s) goes through the main store,
+/// so a backlog never waits on a writer that yields the CPU. Two databases tell them apart.
+#[tokio::test]
+async fn a_backlog_is_written_at_normal_priority() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = |name: &str| format!("sqlite://{}/{name}", dir.path().display());
+    let main = Store::open(&url("main.db")).await.unwrap();
+    let low = Store::open(&url("low.db")).await.unwrap();
+    let ledger = Ledger::start_with(main.clone(), Some(low.clone()), dir.path().join("s.jsonl"));
+    // A current-thread runtime: the writer cannot take part of a loop's records on a tick.
+    for i in 0..10 {
+        ledger.record(record(i));
+    }
+    ledger.flush().await;
+    assert_eq!(low.usage_records().await.unwrap().len(), 10);
+    assert_eq!(main.usage_records().await.unwrap().len(), 0);
+    for i in 10..5010 {
+        ledger.record(record(i));
+    }
+    ledger.flush().await;
+    assert_eq!(low.usage_records().await.unwrap().len(), 10);
+    assert_eq!(main.usage_records().await.unwrap().len(), 5000);
+}

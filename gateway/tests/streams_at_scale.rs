@@ -46,6 +46,20 @@ fn start_mock() -> MockProcess {
     MockProcess(m.child, m.base)
 }
 
+/// The gateway binary at its defaults in front of `mock`, its data in `data`; and its base URL.
+fn start_gateway(mock: &str, data: &std::path::Path) -> (Gateway, String) {
+    let common::Listening { child, base, .. } = common::spawn_listening(
+        Command::new(BIN)
+            .env_clear()
+            .env("LLM_GATEWAY_DATA_DIR", data)
+            .env("OPENAI_API_KEY", "sk-test")
+            .env("OPENAI_BASE_URL", format!("{mock}/openai/v1"))
+            .env("OLLAMA_HOST", "127.0.0.1:9")
+            .env("RUST_LOG", "warn"),
+    );
+    (Gateway(child), base)
+}
+
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     status
@@ -62,16 +76,7 @@ async fn two_thousand_ten_second_streams_are_all_served_in_bounded_memory() {
     let mock_process = start_mock();
     let mock = mock_process.1.clone();
     let data = tempfile::tempdir().unwrap();
-    let common::Listening { child, base, .. } = common::spawn_listening(
-        Command::new(BIN)
-            .env_clear()
-            .env("LLM_GATEWAY_DATA_DIR", data.path())
-            .env("OPENAI_API_KEY", "sk-test")
-            .env("OPENAI_BASE_URL", format!("{mock}/openai/v1"))
-            .env("OLLAMA_HOST", "127.0.0.1:9")
-            .env("RUST_LOG", "warn"),
-    );
-    let gw = Gateway(child);
+    let (gw, base) = start_gateway(&mock, data.path());
     let pid = gw.0.id();
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(STREAMS)
@@ -154,16 +159,7 @@ async fn many_large_bodies_are_buffered_within_a_bounded_budget() {
     let mock_process = start_mock();
     let mock = mock_process.1.clone();
     let data = tempfile::tempdir().unwrap();
-    let common::Listening { child, base, .. } = common::spawn_listening(
-        Command::new(BIN)
-            .env_clear()
-            .env("LLM_GATEWAY_DATA_DIR", data.path())
-            .env("OPENAI_API_KEY", "sk-test")
-            .env("OPENAI_BASE_URL", format!("{mock}/openai/v1"))
-            .env("OLLAMA_HOST", "127.0.0.1:9")
-            .env("RUST_LOG", "warn"),
-    );
-    let gw = Gateway(child);
+    let (gw, base) = start_gateway(&mock, data.path());
     let pid = gw.0.id();
     let http = reqwest::Client::new();
     let up = Instant::now();

@@ -268,6 +268,11 @@ struct ServeArgs {
         default_value = "per-thread"
     )]
     threading: Threading,
+    /// How many nice levels below the serving threads the usage ledger's SQLite writes run
+    /// (embedded SQLite on Linux; 0: the same priority), so that a batch yields the cores to
+    /// requests.
+    #[arg(long, env = "LLM_GATEWAY_LEDGER_NICE", default_value_t = 10, value_parser = clap::value_parser!(u8).range(0..=19))]
+    ledger_nice: u8,
 }
 
 /// How requests share the serving threads.

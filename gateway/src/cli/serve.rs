@@ -105,7 +105,11 @@ pub async fn run(args: ServeArgs, db: DbArgs, threads: Threads) -> ExitCode {
     // Usage records go to the database, or to a spool beside the embedded database when it
     // is unreachable.
     let spool = llm_gateway::store::data_dir().join("usage-spool.jsonl");
-    let ledger = llm_gateway::ledger::Ledger::start(store.clone(), spool);
+    let ledger = llm_gateway::ledger::Ledger::start_with(
+        store.clone(),
+        store.low_priority_writer(args.ledger_nice),
+        spool,
+    );
     let budgets = match open_budgets(&db, &store).await {
         Ok(b) => b,
         Err(code) => return code,
