@@ -737,20 +737,18 @@ fn metrics_can_have_a_listener_of_their_own() {
     let base = gw.base.clone();
     // Announced by the same start-up, just after the API's address.
     let deadline = Instant::now() + Duration::from_secs(10);
-    let addr = loop {
-        let found = gw.log.lock().unwrap().iter().find_map(|l| {
-            let at = l.find("metrics on http://")? + "metrics on http://".len();
-            l[at..].split_whitespace().next().map(str::to_owned)
-        });
-        if let Some(addr) = found {
-            break addr;
+    let metrics_base = loop {
+        let found =
+            (gw.log.lock().unwrap().iter()).find_map(|l| common::announced(l, "metrics on "));
+        if let Some(metrics_base) = found {
+            break metrics_base;
         }
         assert!(Instant::now() < deadline, "no metrics address announced");
         std::thread::sleep(Duration::from_millis(20));
     };
-    assert_ne!(format!("http://{addr}"), base, "a listener of its own");
+    assert_ne!(metrics_base, base, "a listener of its own");
     let http = reqwest::blocking_client();
-    let metrics = format!("http://{addr}/metrics");
+    let metrics = format!("{metrics_base}/metrics");
     let deadline = Instant::now() + Duration::from_secs(10);
     while http.get(metrics.clone()).map(|s| s != 200).unwrap_or(true) {
         assert!(Instant::now() < deadline, "no metrics listener");
@@ -761,9 +759,9 @@ fn metrics_can_have_a_listener_of_their_own() {
         404,
         "not on the API port"
     );
-    assert_eq!(http.get(format!("http://{addr}/healthz")).unwrap(), 200);
+    assert_eq!(http.get(format!("{metrics_base}/healthz")).unwrap(), 200);
     assert_eq!(
-        http.get(format!("http://{addr}/v1/models")).unwrap(),
+        http.get(format!("{metrics_base}/v1/models")).unwrap(),
         404,
         "and no API on the metrics port"
     );

@@ -520,6 +520,12 @@ impl Listening {
     }
 }
 
+/// The `http://ADDRESS` a log line announces after `what` ("listening on ", "metrics on ").
+pub fn announced(line: &str, what: &str) -> Option<String> {
+    let at = line.find(&format!("{what}http://"))? + what.len();
+    line[at..].split_whitespace().next().map(str::to_owned)
+}
+
 /// Starts `cmd` (the gateway or the mock-providers binary) with `--listen 127.0.0.1:0` and
 /// waits, 20 s at most, for the address it announces ("listening on http://…"). A port the
 /// test picked and released before the child bound it could meanwhile be taken by anything on
@@ -553,13 +559,8 @@ pub fn spawn_listening(cmd: &mut std::process::Command) -> Listening {
         let (log, tx) = (log.clone(), tx.clone());
         std::thread::spawn(move || {
             for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                if let Some(at) = line.find("listening on http://") {
-                    let addr = line[at + "listening on ".len()..]
-                        .split_whitespace()
-                        .next()
-                        .unwrap_or_default()
-                        .to_owned();
-                    let _ = tx.send(addr);
+                if let Some(base) = announced(&line, "listening on ") {
+                    let _ = tx.send(base);
                 }
                 if echo {
                     eprintln!("{line}");
