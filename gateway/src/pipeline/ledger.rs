@@ -15,7 +15,7 @@ pub fn write(ctx: &RequestContext, status: u16, usage: Option<&Usage>, cost: Opt
     let t = ctx.target.as_ref();
     let ms = |d: std::time::Duration| d.as_millis().min(i64::MAX as u128) as i64;
     ledger.record(UsageRecord {
-        id: uuid::Uuid::new_v4().to_string(),
+        id: record_id(),
         // The budgets' clock, so the spend that seeds a period's counter is the spend the
         // counters saw in it.
         at_ms: ctx
@@ -46,4 +46,27 @@ pub fn write(ctx: &RequestContext, status: u16, usage: Option<&Usage>, cost: Opt
         status: status as i32,
         attempts: ctx.attempts as i32,
     });
+}
+
+/// A new record's id: time-ordered (UUIDv7), so that each batch appends at the right edge of
+/// the primary key's index. Random ids put nearly every record on an index page of its own
+/// once the table is large: at 2 million rows the ledger cost 8 times the CPU, most of it
+/// writing those pages to the write-ahead log.
+fn record_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn record_ids_sort_in_the_order_they_were_made() {
+        let ids: Vec<String> = (0..10_000).map(|_| super::record_id()).collect();
+        assert!(
+            ids.windows(2).all(|w| w[0] < w[1]),
+            "ids out of order: {:?}",
+            ids.windows(2).find(|w| w[0] >= w[1])
+        );
+        // Still a UUID, as the spool and the usage API have always carried.
+        assert!(ids.iter().all(|id| uuid::Uuid::parse_str(id).is_ok()));
+    }
 }
