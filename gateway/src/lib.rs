@@ -22,6 +22,7 @@ pub mod live;
 pub mod models;
 pub mod pipeline;
 pub mod providers;
+pub mod retention;
 pub mod router;
 pub mod state;
 pub mod store;

@@ -212,7 +212,15 @@ fn gateway_command(mock: &str, data: &std::path::Path) -> Command {
 /// Starts the gateway binary ([`gateway_command`]) with `args`; returns it, its base URL once
 /// `/healthz` answers, and its data folder (removed when dropped).
 fn spawn_gateway(mock: &str, args: &[&str]) -> (std::process::Child, String, tempfile::TempDir) {
-    let data = tempfile::tempdir().unwrap();
+    spawn_gateway_in(mock, args, tempfile::tempdir().unwrap())
+}
+
+/// As [`spawn_gateway`], with a data folder prepared beforehand.
+fn spawn_gateway_in(
+    mock: &str,
+    args: &[&str],
+    data: tempfile::TempDir,
+) -> (std::process::Child, String, tempfile::TempDir) {
     let common::Listening { child, base, .. } =
         common::spawn_listening(gateway_command(mock, data.path()).args(args));
     let http = reqwest::blocking_client();
@@ -842,4 +850,80 @@ fn the_ledgers_sqlite_thread_runs_below_the_serving_threads() {
         store.usage_records().await.unwrap()
     });
     assert_eq!(records.len(), 3, "{records:?}");
+}
+
+/// With `--ledger-retention-days`, records past the period are deleted as the gateway starts
+/// (and hourly after); the rest stay. A period shorter than a month is refused, naming the
+/// flag: budgets seed a month's spend from the ledger.
+#[test]
+fn ledger_retention_deletes_records_past_the_period() {
+    let out = Command::new(BIN)
+        .args(["--ledger-retention-days", "7"])
+        .env_clear()
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--ledger-retention-days"), "{err}");
+    assert!(err.contains("at least 32"), "{err}");
+
+    let data = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/gateway.db", data.path().display());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    // Ages relative to this machine's clock, which is the gateway's: passes on any date.
+    let now = llm_gateway::clock::unix_ms();
+    let day = 86_400_000;
+    rt.block_on(async {
+        let store = llm_gateway::store::Store::open(&url).await.unwrap();
+        let records: Vec<_> = [("old", 40), ("older", 400), ("month", 31), ("recent", 1)]
+            .into_iter()
+            .map(|(id, days)| llm_gateway::store::usage::UsageRecord {
+                id: id.into(),
+                at_ms: now - days * day,
+                request_id: id.into(),
+                key_id: None,
+                tenant: None,
+                endpoint: "chat".into(),
+                virtual_model: None,
+                provider: Some("openai".into()),
+                model: Some("gpt-4o-mini".into()),
+                prompt_tokens: 1,
+                completion_tokens: 1,
+                cost_usd: None,
+                usage_estimated: false,
+                latency_ms: 1,
+                ttft_ms: None,
+                cache: None,
+                status: 200,
+                attempts: 1,
+            })
+            .collect();
+        store.insert_usage(&records).await.unwrap();
+    });
+    let mock = start_mock();
+    let (mut child, _base, data) =
+        spawn_gateway_in(&mock, &["--ledger-retention-days", "32"], data);
+    let ids = || {
+        rt.block_on(async {
+            let store = llm_gateway::store::Store::open(&url).await.unwrap();
+            let mut ids: Vec<String> = store
+                .usage_records()
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|r| r.id)
+                .collect();
+            ids.sort();
+            ids
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut kept = ids();
+    while kept.len() > 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        kept = ids();
+    }
+    assert_eq!(kept, ["month", "recent"]);
+    assert_eq!(stop_with_sigterm(&mut child), Some(0));
+    drop(data);
 }

@@ -33,6 +33,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "bench",
             "cache",
             "ledger",
+            "retention",
             "auth",
             "budget",
             "telemetry",

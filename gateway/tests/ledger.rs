@@ -352,3 +352,48 @@ async fn a_backlog_is_written_at_normal_priority() {
     assert_eq!(low.usage_records().await.unwrap().len(), 10);
     assert_eq!(main.usage_records().await.unwrap().len(), 5000);
 }
+
+/// Retention deletes exactly the records older than the cutoff, a chunk per statement until
+/// none is left, on both backends; records at the cutoff and after it stay.
+#[tokio::test]
+async fn retention_deletes_only_records_older_than_the_cutoff_on_both_backends() {
+    use llm_gateway::retention;
+    let dir = tempfile::tempdir().unwrap();
+    let (pg_url, schema) = pg_schema().await;
+    for (backend, store) in [
+        (
+            "sqlite",
+            Store::open(&format!("sqlite://{}/r.db", dir.path().display()))
+                .await
+                .unwrap(),
+        ),
+        ("postgres", Store::open(&pg_url).await.unwrap()),
+    ] {
+        // Times relative to a fixed instant: the database only compares them with the
+        // cutoff it is given, never with its own clock.
+        let cutoff = 1_800_000_000_000;
+        let records: Vec<UsageRecord> = (0..40)
+            .map(|i| UsageRecord {
+                id: format!("r{i:02}"),
+                // 23 before the cutoff (some far before), one at it, 16 after.
+                at_ms: cutoff + (i as i64 - 23) * 3_600_000,
+                ..record(i)
+            })
+            .collect();
+        store.insert_usage(&records).await.unwrap();
+        let deleted = retention::prune(&store, cutoff, 5).await.unwrap();
+        assert_eq!(deleted, 23, "{backend}");
+        let kept: Vec<String> = store
+            .usage_records()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        let expected: Vec<String> = (23..40).map(|i| format!("r{i:02}")).collect();
+        assert_eq!(kept, expected, "{backend}");
+        // Nothing left to delete: a second pass is a no-op.
+        assert_eq!(retention::prune(&store, cutoff, 5).await.unwrap(), 0);
+    }
+    drop_schema(&schema).await;
+}

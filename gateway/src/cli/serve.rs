@@ -105,11 +105,13 @@ pub async fn run(args: ServeArgs, db: DbArgs, threads: Threads) -> ExitCode {
     // Usage records go to the database, or to a spool beside the embedded database when it
     // is unreachable.
     let spool = llm_gateway::store::data_dir().join("usage-spool.jsonl");
-    let ledger = llm_gateway::ledger::Ledger::start_with(
-        store.clone(),
-        store.low_priority_writer(args.ledger_nice),
-        spool,
-    );
+    let low = store.low_priority_writer(args.ledger_nice);
+    if let Ok(Some(keep)) = llm_gateway::retention::Retention::from_days(args.ledger_retention_days)
+    {
+        // On SQLite, through the ledger's own lower-priority connection, like its inserts.
+        llm_gateway::retention::spawn(low.clone().unwrap_or_else(|| store.clone()), keep);
+    }
+    let ledger = llm_gateway::ledger::Ledger::start_with(store.clone(), low, spool);
     let budgets = match open_budgets(&db, &store).await {
         Ok(b) => b,
         Err(code) => return code,

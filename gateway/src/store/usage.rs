@@ -134,6 +134,32 @@ impl Store {
         Ok(())
     }
 
+    /// Deletes up to `at_most` records older than `before_ms` (Unix ms), oldest first;
+    /// returns how many. Bounded, so that each call is a short transaction: SQLite's one
+    /// writer, and PostgreSQL's row locks, are held only briefly between inserts.
+    pub async fn prune_usage(&self, before_ms: i64, at_most: u32) -> Result<u64, StoreError> {
+        Ok(match self {
+            Store::Postgres(p) => sqlx::query(
+                "DELETE FROM usage_records WHERE id IN \
+                 (SELECT id FROM usage_records WHERE at_ms < $1 ORDER BY at_ms LIMIT $2)",
+            )
+            .bind(before_ms)
+            .bind(i64::from(at_most))
+            .execute(p)
+            .await?
+            .rows_affected(),
+            Store::Sqlite(p) => sqlx::query(
+                "DELETE FROM usage_records WHERE rowid IN \
+                 (SELECT rowid FROM usage_records WHERE at_ms < ?1 ORDER BY at_ms LIMIT ?2)",
+            )
+            .bind(before_ms)
+            .bind(i64::from(at_most))
+            .execute(p)
+            .await?
+            .rows_affected(),
+        })
+    }
+
     /// Every record, oldest first (for tests and exports).
     pub async fn usage_records(&self) -> Result<Vec<UsageRecord>, StoreError> {
         const SQL: &str = "SELECT id, at_ms, request_id, key_id, tenant, endpoint, virtual_model, provider, model, prompt_tokens, completion_tokens, cost_usd, usage_estimated, latency_ms, ttft_ms, cache, status, attempts FROM usage_records ORDER BY at_ms, id";
