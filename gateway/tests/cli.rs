@@ -800,18 +800,21 @@ fn thread_nice(pid: u32, name: &str) -> Vec<i64> {
         .collect()
 }
 
+/// The binary with `args` exits 2 at once, its error naming each of `words`.
+fn refused(args: &[&str], words: &[&str]) {
+    let out = Command::new(BIN).args(args).env_clear().output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{args:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    for w in words {
+        assert!(err.contains(w), "{args:?}: {err}");
+    }
+}
+
 /// The usage ledger's SQLite inserts run on a thread of their own, 10 nice levels below the
 /// serving threads, so that a batch yields the core to requests; its records are written.
 #[test]
 fn the_ledgers_sqlite_thread_runs_below_the_serving_threads() {
-    let out = Command::new(BIN)
-        .args(["--ledger-nice", "20"])
-        .env_clear()
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("--ledger-nice"), "{err}");
+    refused(&["--ledger-nice", "20"], &["--ledger-nice"]);
     let mock = start_mock();
     let (mut child, base, data) = spawn_gateway(&mock, &[]);
     let http = reqwest::blocking_client();
@@ -857,15 +860,10 @@ fn the_ledgers_sqlite_thread_runs_below_the_serving_threads() {
 /// flag: budgets seed a month's spend from the ledger.
 #[test]
 fn ledger_retention_deletes_records_past_the_period() {
-    let out = Command::new(BIN)
-        .args(["--ledger-retention-days", "7"])
-        .env_clear()
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("--ledger-retention-days"), "{err}");
-    assert!(err.contains("at least 32"), "{err}");
+    refused(
+        &["--ledger-retention-days", "7"],
+        &["--ledger-retention-days", "at least 32"],
+    );
 
     let data = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}/gateway.db", data.path().display());
@@ -877,26 +875,7 @@ fn ledger_retention_deletes_records_past_the_period() {
         let store = llm_gateway::store::Store::open(&url).await.unwrap();
         let records: Vec<_> = [("old", 40), ("older", 400), ("month", 31), ("recent", 1)]
             .into_iter()
-            .map(|(id, days)| llm_gateway::store::usage::UsageRecord {
-                id: id.into(),
-                at_ms: now - days * day,
-                request_id: id.into(),
-                key_id: None,
-                tenant: None,
-                endpoint: "chat".into(),
-                virtual_model: None,
-                provider: Some("openai".into()),
-                model: Some("gpt-4o-mini".into()),
-                prompt_tokens: 1,
-                completion_tokens: 1,
-                cost_usd: None,
-                usage_estimated: false,
-                latency_ms: 1,
-                ttft_ms: None,
-                cache: None,
-                status: 200,
-                attempts: 1,
-            })
+            .map(|(id, days)| common::usage_record(id, now - days * day))
             .collect();
         store.insert_usage(&records).await.unwrap();
     });

@@ -13,26 +13,7 @@ use llm_gateway::store::Store;
 use serde_json::json;
 
 fn record(i: usize) -> UsageRecord {
-    UsageRecord {
-        id: format!("rec-{i}"),
-        at_ms: 1_700_000_000_000 + i as i64,
-        request_id: "same-client-id".into(),
-        key_id: None,
-        tenant: Some("t".into()),
-        endpoint: "chat".into(),
-        virtual_model: None,
-        provider: Some("openai".into()),
-        model: Some("gpt-4o-mini".into()),
-        prompt_tokens: 10,
-        completion_tokens: 5,
-        cost_usd: Some(0.000004),
-        usage_estimated: false,
-        latency_ms: 12,
-        ttft_ms: None,
-        cache: None,
-        status: 200,
-        attempts: 1,
-    }
+    usage_record(&format!("rec-{i}"), 1_700_000_000_000 + i as i64)
 }
 
 #[tokio::test]

@@ -431,6 +431,31 @@ pub fn streamed_text(chunks: &[Value]) -> String {
         .collect()
 }
 
+/// A usage record of a priced 10 + 5 token chat request by tenant `t`, for tests that store
+/// records themselves.
+pub fn usage_record(id: &str, at_ms: i64) -> llm_gateway::store::usage::UsageRecord {
+    llm_gateway::store::usage::UsageRecord {
+        id: id.into(),
+        at_ms,
+        request_id: "same-client-id".into(),
+        key_id: None,
+        tenant: Some("t".into()),
+        endpoint: "chat".into(),
+        virtual_model: None,
+        provider: Some("openai".into()),
+        model: Some("gpt-4o-mini".into()),
+        prompt_tokens: 10,
+        completion_tokens: 5,
+        cost_usd: Some(0.000004),
+        usage_estimated: false,
+        latency_ms: 12,
+        ttft_ms: None,
+        cache: None,
+        status: 200,
+        attempts: 1,
+    }
+}
+
 /// PostgreSQL on the machine.
 pub const PG: &str = "postgres://postgres@127.0.0.1:5432/test";
 
