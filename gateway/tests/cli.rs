@@ -885,15 +885,7 @@ fn ledger_retention_deletes_records_past_the_period() {
     let ids = || {
         rt.block_on(async {
             let store = llm_gateway::store::Store::open(&url).await.unwrap();
-            let mut ids: Vec<String> = store
-                .usage_records()
-                .await
-                .unwrap()
-                .into_iter()
-                .map(|r| r.id)
-                .collect();
-            ids.sort();
-            ids
+            common::usage_ids(&store).await
         })
     };
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -364,13 +364,7 @@ async fn retention_deletes_only_records_older_than_the_cutoff_on_both_backends()
         store.insert_usage(&records).await.unwrap();
         let deleted = retention::prune(&store, cutoff, 5).await.unwrap();
         assert_eq!(deleted, 23, "{backend}");
-        let kept: Vec<String> = store
-            .usage_records()
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|r| r.id)
-            .collect();
+        let kept = usage_ids(&store).await;
         let expected: Vec<String> = (23..40).map(|i| format!("r{i:02}")).collect();
         assert_eq!(kept, expected, "{backend}");
         // Nothing left to delete: a second pass is a no-op.

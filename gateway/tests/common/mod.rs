@@ -456,6 +456,12 @@ pub fn usage_record(id: &str, at_ms: i64) -> llm_gateway::store::usage::UsageRec
     }
 }
 
+/// The ids of the stored usage records, oldest first.
+pub async fn usage_ids(store: &llm_gateway::store::Store) -> Vec<String> {
+    let records = store.usage_records().await.unwrap();
+    records.into_iter().map(|r| r.id).collect()
+}
+
 /// PostgreSQL on the machine.
 pub const PG: &str = "postgres://postgres@127.0.0.1:5432/test";
 
