@@ -18,8 +18,10 @@ pub const CHUNK: u32 = 5_000;
 
 const EVERY: Duration = Duration::from_secs(3600);
 
-/// Between chunks: the ledger's inserts and the key and budget writes get the database's
-/// write lock in between.
+/// The shortest pause between chunks. Each pause is at least as long as the chunk took, so
+/// deleting holds SQLite's one write lock at most half the time and the ledger's inserts and
+/// the key and budget writes get it in between (a chunk of old random ids dirties a page per
+/// record and can take a while).
 const PAUSE: Duration = Duration::from_millis(20);
 
 const DAY_MS: i64 = 86_400_000;
@@ -49,17 +51,19 @@ impl Retention {
     }
 }
 
-/// Deletes records older than `before_ms`, `chunk` at a time, pausing between chunks;
-/// returns how many were deleted.
+/// Deletes records older than `before_ms`, oldest first, `chunk` (at least 1) at a time,
+/// pausing between chunks; returns how many were deleted.
 pub async fn prune(store: &Store, before_ms: i64, chunk: u32) -> Result<u64, StoreError> {
+    let chunk = chunk.max(1);
     let mut total = 0;
     loop {
+        let started = std::time::Instant::now();
         let n = store.prune_usage(before_ms, chunk).await?;
         total += n;
         if n < u64::from(chunk) {
             return Ok(total);
         }
-        tokio::time::sleep(PAUSE).await;
+        tokio::time::sleep(started.elapsed().max(PAUSE)).await;
     }
 }
 

@@ -212,17 +212,22 @@ fn gateway_command(mock: &str, data: &std::path::Path) -> Command {
 /// Starts the gateway binary ([`gateway_command`]) with `args`; returns it, its base URL once
 /// `/healthz` answers, and its data folder (removed when dropped).
 fn spawn_gateway(mock: &str, args: &[&str]) -> (std::process::Child, String, tempfile::TempDir) {
-    spawn_gateway_in(mock, args, tempfile::tempdir().unwrap())
+    spawn_gateway_in(mock, args, &[], tempfile::tempdir().unwrap())
 }
 
-/// As [`spawn_gateway`], with a data folder prepared beforehand.
+/// As [`spawn_gateway`], with more environment variables and a data folder prepared
+/// beforehand.
 fn spawn_gateway_in(
     mock: &str,
     args: &[&str],
+    envs: &[(&str, &str)],
     data: tempfile::TempDir,
 ) -> (std::process::Child, String, tempfile::TempDir) {
-    let common::Listening { child, base, .. } =
-        common::spawn_listening(gateway_command(mock, data.path()).args(args));
+    let common::Listening { child, base, .. } = common::spawn_listening(
+        gateway_command(mock, data.path())
+            .args(args)
+            .envs(envs.iter().copied()),
+    );
     let http = reqwest::blocking_client();
     let deadline = Instant::now() + Duration::from_secs(20);
     while http
@@ -674,14 +679,7 @@ fn worker_threads_are_set_by_flag_and_a_bad_count_is_refused() {
         ("--worker-threads", "many"),
         ("--threading", "fibers"),
     ] {
-        let out = Command::new(BIN)
-            .args([flag, bad])
-            .env_clear()
-            .output()
-            .unwrap();
-        assert_eq!(out.status.code(), Some(2), "{flag} {bad}");
-        let err = String::from_utf8(out.stderr).unwrap();
-        assert!(err.contains(flag), "{err}");
+        refused(&[flag, bad], &[flag]);
     }
     // tokio's own variable is held to the same range, with a message instead of a panic.
     for bad in ["0", "2000", "two"] {
@@ -829,22 +827,20 @@ fn the_ledgers_sqlite_thread_runs_below_the_serving_threads() {
     }
     let pid = child.id();
     let serving = thread_nice(pid, "serve-0");
-    // The ledger's connection opens with its first batch, a tick after the first record.
+    assert_eq!(serving.len(), 1, "one serving thread named serve-0");
+    let lowered = (serving[0] + 10).min(19);
+    // The ledger's connection opens with its first batch, a tick after the first record; its
+    // thread exists (and is named) a moment before the connection's set-up lowers it.
     let deadline = Instant::now() + Duration::from_secs(10);
     let ledger = loop {
         let found = thread_nice(pid, "sqlite-ledger");
-        if !found.is_empty() || Instant::now() > deadline {
+        if found == [lowered] || Instant::now() > deadline {
             break found;
         }
         std::thread::sleep(Duration::from_millis(50));
     };
-    assert_eq!(serving.len(), 1, "one serving thread named serve-0");
     assert_eq!(ledger.len(), 1, "one ledger thread: {ledger:?}");
-    assert_eq!(
-        ledger[0],
-        (serving[0] + 10).min(19),
-        "{ledger:?} {serving:?}"
-    );
+    assert_eq!(ledger[0], lowered, "{ledger:?} {serving:?}");
     // SIGTERM flushes the ledger: every answered request has its record.
     assert_eq!(stop_with_sigterm(&mut child), Some(0));
     let records = tokio::runtime::Runtime::new().unwrap().block_on(async {
@@ -855,46 +851,61 @@ fn the_ledgers_sqlite_thread_runs_below_the_serving_threads() {
     assert_eq!(records.len(), 3, "{records:?}");
 }
 
-/// With `--ledger-retention-days`, records past the period are deleted as the gateway starts
-/// (and hourly after); the rest stay. A period shorter than a month is refused, naming the
-/// flag: budgets seed a month's spend from the ledger.
+/// By default every usage record is kept. With `--ledger-retention-days`
+/// (`LLM_GATEWAY_LEDGER_RETENTION_DAYS`), records past the period are deleted as the gateway
+/// starts (and hourly after); the rest stay. A period shorter than a month is refused, naming
+/// the flag: budgets seed a month's spend from the ledger.
 #[test]
 fn ledger_retention_deletes_records_past_the_period() {
     refused(
         &["--ledger-retention-days", "7"],
         &["--ledger-retention-days", "at least 32"],
     );
-
     let data = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}/gateway.db", data.path().display());
     let rt = tokio::runtime::Runtime::new().unwrap();
+    let store = rt.block_on(llm_gateway::store::Store::open(&url)).unwrap();
     // Ages relative to this machine's clock, which is the gateway's: passes on any date.
     let now = llm_gateway::clock::unix_ms();
     let day = 86_400_000;
-    rt.block_on(async {
-        let store = llm_gateway::store::Store::open(&url).await.unwrap();
-        let records: Vec<_> = [("old", 40), ("older", 400), ("month", 31), ("recent", 1)]
-            .into_iter()
-            .map(|(id, days)| common::usage_record(id, now - days * day))
-            .collect();
-        store.insert_usage(&records).await.unwrap();
-    });
+    let aged = [("older", 400), ("old", 40), ("month", 31), ("recent", 1)];
+    let records: Vec<_> = aged
+        .iter()
+        .map(|(id, days)| common::usage_record(id, now - days * day))
+        .collect();
+    rt.block_on(store.insert_usage(&records)).unwrap();
+    let ids = || rt.block_on(common::usage_ids(&store));
     let mock = start_mock();
-    let (mut child, _base, data) =
-        spawn_gateway_in(&mock, &["--ledger-retention-days", "32"], data);
-    let ids = || {
-        rt.block_on(async {
-            let store = llm_gateway::store::Store::open(&url).await.unwrap();
-            common::usage_ids(&store).await
-        })
-    };
+
+    // The default: a gateway that served a request and flushed its ledger deleted nothing.
+    let (mut child, base, data) = spawn_gateway_in(&mock, &[], &[], data);
+    let (status, body) = reqwest::blocking_client()
+        .post_json(
+            &format!("{base}/v1/chat/completions"),
+            r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#,
+        )
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(stop_with_sigterm(&mut child), Some(0));
+    let kept = ids();
+    assert_eq!(kept.len(), 5, "{kept:?}");
+    assert_eq!(kept[..4], aged.map(|(id, _)| id));
+
+    // 32 days, from the environment: the two older records go, the request's stays.
+    let (mut child, _base, data) = spawn_gateway_in(
+        &mock,
+        &[],
+        &[("LLM_GATEWAY_LEDGER_RETENTION_DAYS", "32")],
+        data,
+    );
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut kept = ids();
-    while kept.len() > 2 && Instant::now() < deadline {
+    while kept.len() > 3 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
         kept = ids();
     }
-    assert_eq!(kept, ["month", "recent"]);
+    assert_eq!(kept[..2], ["month", "recent"], "{kept:?}");
+    assert_eq!(kept.len(), 3, "{kept:?}");
     assert_eq!(stop_with_sigterm(&mut child), Some(0));
     drop(data);
 }

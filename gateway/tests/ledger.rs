@@ -369,6 +369,16 @@ async fn retention_deletes_only_records_older_than_the_cutoff_on_both_backends()
         assert_eq!(kept, expected, "{backend}");
         // Nothing left to delete: a second pass is a no-op.
         assert_eq!(retention::prune(&store, cutoff, 5).await.unwrap(), 0);
+
+        // One bounded statement takes the oldest first, whatever order they were stored in.
+        let shuffled: Vec<UsageRecord> = [7, 2, 9, 0, 5, 8, 1, 6, 3, 4]
+            .into_iter()
+            .map(|i| usage_record(&format!("s{i}"), cutoff - 1_000 + i))
+            .collect();
+        store.insert_usage(&shuffled).await.unwrap();
+        assert_eq!(store.prune_usage(cutoff, 4).await.unwrap(), 4);
+        let left = usage_ids(&store).await;
+        assert_eq!(left[..6], ["s4", "s5", "s6", "s7", "s8", "s9"], "{backend}");
     }
     drop_schema(&schema).await;
 }

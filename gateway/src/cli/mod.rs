@@ -275,17 +275,19 @@ struct ServeArgs {
     ledger_nice: u8,
     /// Days usage records are kept; older ones are deleted at start and hourly after. 0 keeps
     /// every record; otherwise at least 32 (budgets seed a month's spend from the ledger).
-    #[arg(long, env = "LLM_GATEWAY_LEDGER_RETENTION_DAYS", default_value_t = 0, value_parser = retention_days)]
-    ledger_retention_days: u16,
+    #[arg(long, env = "LLM_GATEWAY_LEDGER_RETENTION_DAYS", default_value = "0", value_parser = retention_days)]
+    ledger_retention_days: KeepRecords,
 }
 
-/// `--ledger-retention-days`: a number of days that [`llm_gateway::retention::Retention`]
-/// accepts.
-fn retention_days(s: &str) -> Result<u16, String> {
+/// `--ledger-retention-days`, validated: how long usage records are kept (`None`: always).
+#[derive(Clone, Copy, Debug)]
+struct KeepRecords(Option<llm_gateway::retention::Retention>);
+
+fn retention_days(s: &str) -> Result<KeepRecords, String> {
     let days: u16 = s
         .parse()
         .map_err(|_| format!("`{s}` is not a number of days (0 to 65535)"))?;
-    llm_gateway::retention::Retention::from_days(days).map(|_| days)
+    llm_gateway::retention::Retention::from_days(days).map(KeepRecords)
 }
 
 /// How requests share the serving threads.

@@ -106,8 +106,7 @@ pub async fn run(args: ServeArgs, db: DbArgs, threads: Threads) -> ExitCode {
     // is unreachable.
     let spool = llm_gateway::store::data_dir().join("usage-spool.jsonl");
     let low = store.low_priority_writer(args.ledger_nice);
-    if let Ok(Some(keep)) = llm_gateway::retention::Retention::from_days(args.ledger_retention_days)
-    {
+    if let Some(keep) = args.ledger_retention_days.0 {
         // On SQLite, through the ledger's own lower-priority connection, like its inserts.
         llm_gateway::retention::spawn(low.clone().unwrap_or_else(|| store.clone()), keep);
     }

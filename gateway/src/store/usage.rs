@@ -136,12 +136,15 @@ impl Store {
 
     /// Deletes up to `at_most` records older than `before_ms` (Unix ms), oldest first;
     /// returns how many. Bounded, so that each call is a short transaction: SQLite's one
-    /// writer, and PostgreSQL's row locks, are held only briefly between inserts.
+    /// writer, and PostgreSQL's row locks, are held only briefly between inserts. On
+    /// PostgreSQL, rows another replica is deleting are skipped, not waited for: replicas
+    /// pruning at once share the work instead of queueing (or deadlocking) on each other.
     pub async fn prune_usage(&self, before_ms: i64, at_most: u32) -> Result<u64, StoreError> {
         Ok(match self {
             Store::Postgres(p) => sqlx::query(
                 "DELETE FROM usage_records WHERE id IN \
-                 (SELECT id FROM usage_records WHERE at_ms < $1 ORDER BY at_ms LIMIT $2)",
+                 (SELECT id FROM usage_records WHERE at_ms < $1 ORDER BY at_ms LIMIT $2 \
+                 FOR UPDATE SKIP LOCKED)",
             )
             .bind(before_ms)
             .bind(i64::from(at_most))
