@@ -1,7 +1,9 @@
 //! Usage-record retention: with `--ledger-retention-days N`, records older than N days are
-//! deleted at start and every hour after, in small chunks, so that the ledger (the embedded
-//! SQLite file above all) stops growing without bound. Off by default: deleting billing
-//! history is the operator's decision, not an upgrade's.
+//! deleted at start and every minute after, in small chunks, so that the ledger (the embedded
+//! SQLite file above all) stops growing without bound. Every minute rather than every hour:
+//! at 5,000 requests/s an hour's expired records are 18 million, a burst of deleting, where
+//! a minute's are a steady trickle; a run that finds nothing is one index lookup. Off by
+//! default: deleting billing history is the operator's decision, not an upgrade's.
 
 use std::time::Duration;
 
@@ -16,12 +18,13 @@ pub const MIN_DAYS: u16 = 32;
 /// Records deleted per statement.
 pub const CHUNK: u32 = 5_000;
 
-const EVERY: Duration = Duration::from_secs(3600);
+const EVERY: Duration = Duration::from_secs(60);
 
-/// The shortest pause between chunks. Each pause is at least as long as the chunk took, so
-/// deleting holds SQLite's one write lock at most half the time and the ledger's inserts and
-/// the key and budget writes get it in between (a chunk of old random ids dirties a page per
-/// record and can take a while).
+/// The shortest pause between chunks. Each pause is at least three times as long as the
+/// chunk took, so deleting holds SQLite's one write lock (and the ledger's lower-priority
+/// thread) at most a quarter of the time and the ledger's inserts and the key and budget
+/// writes get it in between: a chunk of old random ids dirties a page per record and can
+/// take a while.
 const PAUSE: Duration = Duration::from_millis(20);
 
 const DAY_MS: i64 = 86_400_000;
@@ -63,12 +66,13 @@ pub async fn prune(store: &Store, before_ms: i64, chunk: u32) -> Result<u64, Sto
         if n < u64::from(chunk) {
             return Ok(total);
         }
-        tokio::time::sleep(started.elapsed().max(PAUSE)).await;
+        tokio::time::sleep((started.elapsed() * 3).max(PAUSE)).await;
     }
 }
 
-/// Prunes now and every hour after, for as long as the runtime runs. A failure (the database
-/// down) is logged and tried again at the next hour; records are only ever deleted by age.
+/// Prunes now and every minute after, for as long as the runtime runs. A failure (the
+/// database down) is logged and tried again a minute later; records are only ever deleted by
+/// age.
 pub fn spawn(store: Store, keep: Retention) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         loop {

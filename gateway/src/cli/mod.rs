@@ -273,7 +273,7 @@ struct ServeArgs {
     /// requests.
     #[arg(long, env = "LLM_GATEWAY_LEDGER_NICE", default_value_t = 10, value_parser = clap::value_parser!(u8).range(0..=19))]
     ledger_nice: u8,
-    /// Days usage records are kept; older ones are deleted at start and hourly after. 0 keeps
+    /// Days usage records are kept; older ones are deleted at start and every minute after. 0 keeps
     /// every record; otherwise at least 32 (budgets seed a month's spend from the ledger).
     #[arg(long, env = "LLM_GATEWAY_LEDGER_RETENTION_DAYS", default_value = "0", value_parser = retention_days)]
     ledger_retention_days: KeepRecords,
