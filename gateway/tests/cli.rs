@@ -853,7 +853,7 @@ fn the_ledgers_sqlite_thread_runs_below_the_serving_threads() {
 
 /// By default every usage record is kept. With `--ledger-retention-days`
 /// (`LLM_GATEWAY_LEDGER_RETENTION_DAYS`), records past the period are deleted as the gateway
-/// starts (and hourly after); the rest stay. A period shorter than a month is refused, naming
+/// starts (and every minute after); the rest stay. A period shorter than a month is refused, naming
 /// the flag: budgets seed a month's spend from the ledger.
 #[test]
 fn ledger_retention_deletes_records_past_the_period() {
