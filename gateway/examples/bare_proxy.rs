@@ -16,11 +16,12 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::response::Response;
 use llm_gateway::api::serve::{serve, Limits, Threads};
+use llm_gateway::providers::transport::{Client, Settings};
 
 /// Where requests go and the clients that take them, one per thread slot.
 struct Upstream {
     base: String,
-    clients: Vec<reqwest::Client>,
+    clients: Vec<Client>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -31,18 +32,18 @@ fn main() -> anyhow::Result<()> {
     let n = std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN);
     // As the gateway: serving threads declared before any client is built.
     llm_gateway::threads::set_count(n.get());
+    let base: http::Uri = upstream.parse()?;
     let clients = (0..llm_gateway::threads::slots())
         .map(|_| {
             // The gateway's provider client with its default timeouts: a read timeout is a
             // timer on every body read, which a real proxy needs and pays for.
-            llm_gateway::providers::tls::client_builder()
-                .redirect(reqwest::redirect::Policy::none())
-                .connect_timeout(Duration::from_secs(10))
-                .read_timeout(Duration::from_secs(120))
-                .pool_idle_timeout(Duration::from_secs(90))
-                .tcp_nodelay(true)
-                .user_agent("bare-proxy")
-                .build()
+            Client::new(
+                &base,
+                Settings {
+                    connect: Duration::from_secs(10),
+                    read_idle: Duration::from_secs(120),
+                },
+            )
         })
         .collect::<Result<_, _>>()?;
     let upstream = Arc::new(Upstream {
@@ -97,28 +98,39 @@ async fn forward(State(up): State<Arc<Upstream>>, req: Request) -> Response {
         Err(_) => return status(400),
     };
     let client = &up.clients[llm_gateway::threads::slot() % up.clients.len()];
-    let mut rb = client
-        .request(parts.method, format!("{}{path}", up.base))
-        .body(body);
+    let Ok(uri) = format!("{}{path}", up.base).parse::<http::Uri>() else {
+        return status(400);
+    };
+    let mut out_req = http::Request::new(body);
+    *out_req.method_mut() = parts.method;
+    *out_req.uri_mut() = uri;
     for name in [http::header::CONTENT_TYPE, http::header::AUTHORIZATION] {
         if let Some(v) = parts.headers.get(&name) {
-            rb = rb.header(name, v);
+            out_req.headers_mut().insert(name, v.clone());
         }
     }
-    let Ok(answer) = rb.send().await else {
+    out_req.headers_mut().insert(
+        http::header::USER_AGENT,
+        http::HeaderValue::from_static("bare-proxy"),
+    );
+    let Ok(mut answer) = client.send(out_req, None).await else {
         return status(502);
     };
     let mut out = Response::builder().status(answer.status());
     if let Some(ct) = answer.headers().get(http::header::CONTENT_TYPE) {
         out = out.header(http::header::CONTENT_TYPE, ct);
     }
-    let body = if answer.content_length().is_some() {
-        match answer.bytes().await {
-            Ok(b) => Body::from(b),
-            Err(_) => return status(502),
+    let body = if answer.headers().contains_key(http::header::CONTENT_LENGTH) {
+        let mut whole = bytes::BytesMut::new();
+        loop {
+            match answer.chunk().await {
+                Ok(Some(c)) => whole.extend_from_slice(&c),
+                Ok(None) => break Body::from(whole.freeze()),
+                Err(_) => return status(502),
+            }
         }
     } else {
-        Body::from_stream(answer.bytes_stream())
+        Body::from_stream(answer.into_stream())
     };
     out.body(body).unwrap_or_else(|_| status(502))
 }

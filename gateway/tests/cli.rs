@@ -909,3 +909,70 @@ fn ledger_retention_deletes_records_past_the_period() {
     assert_eq!(stop_with_sigterm(&mut child), Some(0));
     drop(data);
 }
+
+/// A forward HTTP proxy: records each connection's request line, then relays the connection
+/// to `target` unchanged (the mock reads an absolute-form request line as its path).
+fn recording_proxy(target: String) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let lines: std::sync::Arc<std::sync::Mutex<Vec<String>>> = Default::default();
+    let seen = lines.clone();
+    let target = target.trim_start_matches("http://").to_owned();
+    std::thread::spawn(move || {
+        for client in l.incoming() {
+            let Ok(mut client) = client else { return };
+            let (seen, target) = (seen.clone(), target.clone());
+            std::thread::spawn(move || {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n") && client.read(&mut byte).unwrap_or(0) == 1 {
+                    head.push(byte[0]);
+                }
+                seen.lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&head).trim().to_owned());
+                let Ok(mut server) = std::net::TcpStream::connect(&target) else {
+                    return;
+                };
+                if server.write_all(&head).is_err() {
+                    return;
+                }
+                let (mut c2, mut s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                std::thread::spawn(move || std::io::copy(&mut s2, &mut c2));
+                let _ = std::io::copy(&mut client, &mut server);
+            });
+        }
+    });
+    (format!("http://{addr}"), lines)
+}
+
+/// Requests to a provider go through `HTTP_PROXY` when it applies to the provider's URL (an
+/// egress proxy), not when `NO_PROXY` exempts it, and straight to it without either.
+#[test]
+fn providers_are_reached_through_the_environments_proxy() {
+    let mock = start_mock();
+    let (proxy, lines) = recording_proxy(mock.clone());
+    let body = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#;
+    let http = reqwest::blocking_client();
+    let requests_through = |envs: &[(&str, &str)]| {
+        lines.lock().unwrap().clear();
+        let (mut gw, base, _data) =
+            spawn_gateway_in(&mock, &[], envs, tempfile::tempdir().unwrap());
+        let (status, text) = http
+            .post_json(&format!("{base}/v1/chat/completions"), body)
+            .unwrap();
+        assert_eq!(status, 200, "{text}");
+        assert_eq!(stop_with_sigterm(&mut gw), Some(0));
+        lines.lock().unwrap().clone()
+    };
+    let via_proxy = requests_through(&[("HTTP_PROXY", &proxy)]);
+    assert!(
+        via_proxy.contains(&format!("POST {mock}/openai/v1/chat/completions HTTP/1.1")),
+        "{via_proxy:?}"
+    );
+    let exempt = requests_through(&[("HTTP_PROXY", &proxy), ("NO_PROXY", "127.0.0.1")]);
+    assert!(exempt.is_empty(), "NO_PROXY exempts the mock: {exempt:?}");
+    let direct = requests_through(&[]);
+    assert!(direct.is_empty(), "no proxy configured: {direct:?}");
+}

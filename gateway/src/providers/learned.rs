@@ -35,7 +35,7 @@ pub struct ProviderState {
 /// A provider's HTTP clients, one per [`crate::threads::slot`]: each
 /// thread's upstream connections are driven by that thread, so a request never waits for
 /// another thread to read its response.
-pub type Clients = Arc<[reqwest::Client]>;
+pub type Clients = Arc<[crate::providers::transport::Client]>;
 
 /// One model's learned state.
 #[derive(Debug, Clone)]
@@ -97,7 +97,7 @@ impl Learned {
         &self,
         name: &str,
         key: String,
-        build: impl Fn() -> reqwest::Result<reqwest::Client>,
+        build: impl Fn() -> reqwest::Result<crate::providers::transport::Client>,
     ) -> reqwest::Result<Clients> {
         let mut g = self.providers.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((k, c)) = g.get(name).and_then(|s| s.client.as_ref()) {
@@ -264,7 +264,13 @@ mod tests {
         let built = std::sync::atomic::AtomicUsize::new(0);
         let build = || {
             built.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            reqwest::Client::builder().build()
+            crate::providers::transport::Client::new(
+                &"http://127.0.0.1:1/".parse().unwrap(),
+                crate::providers::transport::Settings {
+                    connect: std::time::Duration::from_secs(1),
+                    read_idle: std::time::Duration::from_secs(1),
+                },
+            )
         };
         l.client("openai", "k1".into(), build).unwrap();
         l.client("openai", "k1".into(), build).unwrap();

@@ -9,12 +9,13 @@ pub mod limiter;
 pub mod ollama;
 pub mod openai;
 pub mod tls;
+pub mod transport;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{HeaderMap, StatusCode};
+use http::{header, HeaderMap, HeaderValue, StatusCode};
 use llm_gateway_crds::Protocol;
 use serde_json::{Map, Value};
 use tokio::sync::mpsc;
@@ -38,8 +39,8 @@ pub struct Provider {
     /// Base URL without a trailing slash.
     pub base_url: String,
     /// Where chat requests go, parsed once when the config is applied rather than per request.
-    chat_url: reqwest::Url,
-    api_key: Option<Secret>,
+    chat_url: http::Uri,
+    auth: Auth,
     key_pending: Option<String>,
     /// Only these tenants or namespaces may use it (`None`: everyone).
     pub clients: Option<Vec<String>>,
@@ -48,7 +49,7 @@ pub struct Provider {
     timeout: Duration,
     /// `first_token_timeout_secs`, when configured for the whole provider.
     pub first_token_timeout: Option<Duration>,
-    anthropic_version: String,
+    anthropic_version: HeaderValue,
     default_max_tokens: u32,
     /// The provider-wide circuit breaker.
     pub breaker: Arc<Breaker>,
@@ -61,6 +62,41 @@ pub struct Provider {
     queue_timeout: Duration,
     client_idle_timeout: Duration,
     max_response_bytes: usize,
+}
+
+/// The API key's header, built once per config rather than per request.
+#[derive(Debug)]
+enum Auth {
+    /// No key configured (a local Ollama, or a header set in `headers`).
+    None,
+    /// `x-api-key` (Anthropic) or `authorization: Bearer` (the rest), marked sensitive.
+    Header(header::HeaderName, HeaderValue),
+    /// The key has characters an HTTP header cannot carry (a control character from a
+    /// Secret's file): each request is refused, saying so, while the rest of the config works.
+    Unsendable,
+}
+
+impl Auth {
+    fn new(protocol: Protocol, key: Option<&Secret>) -> Self {
+        let Some(key) = key else { return Self::None };
+        let (name, value) = match protocol {
+            Protocol::Anthropic => (
+                header::HeaderName::from_static("x-api-key"),
+                HeaderValue::from_str(key.expose()),
+            ),
+            _ => (
+                header::AUTHORIZATION,
+                HeaderValue::from_str(&format!("Bearer {}", key.expose())),
+            ),
+        };
+        match value {
+            Ok(mut v) => {
+                v.set_sensitive(true);
+                Self::Header(name, v)
+            }
+            Err(_) => Self::Unsendable,
+        }
+    }
 }
 
 /// Default longest wait for a client that does not read a stream.
@@ -120,37 +156,46 @@ impl Provider {
     /// same).
     pub fn new(s: &ProviderSettings, learned: &learned::Learned) -> anyhow::Result<Self> {
         let state = learned.provider(&s.name, s.breaker, s.max_concurrency);
-        let client_key = format!("{:?}|{:?}", s.connect_timeout, s.read_idle_timeout);
-        let clients_by_thread = learned.client(&s.name, client_key, || {
-            tls::client_builder()
-                // A redirect would re-send the API key and the prompt to wherever it points.
-                .redirect(reqwest::redirect::Policy::none())
-                .connect_timeout(s.connect_timeout)
-                .read_timeout(s.read_idle_timeout)
-                .pool_idle_timeout(std::time::Duration::from_secs(90))
-                .tcp_nodelay(true)
-                .user_agent(concat!("llm-gateway/", env!("CARGO_PKG_VERSION")))
-                .build()
-        })?;
         let base_url = s.base_url.as_str().trim_end_matches('/').to_owned();
         let chat_url = match s.protocol {
             Protocol::Anthropic => format!("{base_url}/v1/messages"),
             p => format!("{}/chat/completions", openai::root(p, &base_url)),
         };
+        let chat_url: http::Uri = chat_url
+            .parse()
+            .map_err(|e| anyhow::anyhow!("provider {}: chat URL {chat_url}: {e}", s.name))?;
+        let settings = transport::Settings {
+            connect: s.connect_timeout,
+            read_idle: s.read_idle_timeout,
+        };
+        // The environment's proxy settings are part of the key: they decide the transport.
+        let client_key = format!(
+            "{settings:?}|{}",
+            transport::Client::new(&chat_url, settings)?.through_reqwest()
+        );
+        let clients_by_thread = learned.client(&s.name, client_key, || {
+            transport::Client::new(&chat_url, settings)
+        })?;
+        let auth = Auth::new(s.protocol, s.api_key.as_ref());
         Ok(Self {
             name: s.name.clone(),
             protocol: s.protocol,
-            chat_url: reqwest::Url::parse(&chat_url)
-                .map_err(|e| anyhow::anyhow!("provider {}: chat URL {chat_url}: {e}", s.name))?,
+            chat_url,
+            auth,
             base_url,
-            api_key: s.api_key.clone(),
             key_pending: s.key_pending.clone(),
             clients: s.clients.clone(),
             headers: s.headers.clone(),
             clients_by_thread,
             timeout: s.timeout,
             first_token_timeout: s.first_token_timeout,
-            anthropic_version: s.anthropic_version.clone(),
+            anthropic_version: HeaderValue::from_str(&s.anthropic_version).map_err(|_| {
+                anyhow::anyhow!(
+                    "provider {}: anthropic_version {:?} is not a valid HTTP header value",
+                    s.name,
+                    s.anthropic_version
+                )
+            })?,
             default_max_tokens: s.default_max_tokens,
             breaker: state.breaker,
             breaker_config: s.breaker,
@@ -265,35 +310,68 @@ impl Provider {
         }
     }
 
-    fn post(&self, url: impl reqwest::IntoUrl) -> reqwest::RequestBuilder {
+    fn post(
+        &self,
+        url: http::Uri,
+        body: impl serde::Serialize,
+    ) -> Result<http::Request<Bytes>, Error> {
+        let body = serde_json::to_vec(&body).map_err(|e| {
+            Error::invalid(
+                "messages",
+                format!("the request cannot be sent as JSON: {e}"),
+            )
+        })?;
         let mut headers = self.headers.clone();
         // The attempt's trace context, so the provider's spans join the request's trace.
         crate::trace_context::inject(&mut headers);
-        let client = &self.clients_by_thread[crate::threads::slot() % self.clients_by_thread.len()];
-        let mut rb = client.post(url).headers(headers);
-        if let Some(key) = &self.api_key {
-            rb = match self.protocol {
-                Protocol::Anthropic => rb.header("x-api-key", key.expose()),
-                _ => rb.bearer_auth(key.expose()),
-            };
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        headers
+            .entry(header::USER_AGENT)
+            .or_insert(HeaderValue::from_static(concat!(
+                "llm-gateway/",
+                env!("CARGO_PKG_VERSION")
+            )));
+        match &self.auth {
+            Auth::None => {}
+            Auth::Header(name, value) => {
+                headers.insert(name, value.clone());
+            }
+            Auth::Unsendable => {
+                return Err(Error::new(
+                    crate::error::Kind::Unavailable,
+                    format!(
+                        "provider {}: its API key has characters an HTTP header cannot carry",
+                        self.name
+                    ),
+                )
+                .with_code("credentials_invalid")
+                .with_failure(Failure::Busy))
+            }
         }
-        rb
+        let mut req = http::Request::new(Bytes::from(body));
+        *req.method_mut() = http::Method::POST;
+        *req.uri_mut() = url;
+        *req.headers_mut() = headers;
+        Ok(req)
     }
 
     /// A POST of a chat request to this provider's chat endpoint.
-    fn post_chat(&self) -> reqwest::RequestBuilder {
-        self.post(self.chat_url.clone())
+    fn post_chat(&self, body: impl serde::Serialize) -> Result<http::Request<Bytes>, Error> {
+        self.post(self.chat_url.clone(), body)
     }
 
     /// Sends a request, mapping transport failures and upstream error statuses to [`Error`].
     async fn send(
         &self,
-        rb: reqwest::RequestBuilder,
+        req: http::Request<Bytes>,
         stream: bool,
-    ) -> Result<reqwest::Response, Error> {
-        let rb = if stream { rb } else { rb.timeout(self.timeout) };
-        let resp = rb
-            .send()
+    ) -> Result<transport::Response, Error> {
+        let client = &self.clients_by_thread[crate::threads::slot() % self.clients_by_thread.len()];
+        let resp = client
+            .send(req, (!stream).then_some(self.timeout))
             .await
             .map_err(|e| from_transport(&self.name, e, TimeoutKind::Total))?;
         if resp.status().is_success() {
@@ -303,7 +381,7 @@ impl Provider {
     }
 
     /// Reads an upstream error response into an OpenAI error with the same status.
-    async fn upstream_error(&self, resp: reqwest::Response) -> Error {
+    async fn upstream_error(&self, resp: transport::Response) -> Error {
         let status = resp.status();
         let header = |k: &str| {
             resp.headers()
@@ -362,7 +440,7 @@ pub use crate::config::DEFAULT_MAX_RESPONSE_BYTES;
 pub enum BodyError {
     /// The transport failed.
     #[error("{0}")]
-    Transport(#[from] reqwest::Error),
+    Transport(#[from] transport::TransportError),
     /// The body passed the provider's `max_response_bytes`.
     #[error("the answer is larger than this gateway reads from it (max_response_bytes)")]
     TooLarge,
@@ -377,7 +455,7 @@ impl BodyError {
 
 impl Provider {
     /// A whole non-streaming body, at most `max_response_bytes`.
-    async fn read_body(&self, mut resp: reqwest::Response) -> Result<Bytes, Error> {
+    async fn read_body(&self, mut resp: transport::Response) -> Result<Bytes, Error> {
         let mut buf = bytes::BytesMut::new();
         loop {
             match resp.chunk().await {
@@ -402,11 +480,11 @@ impl Provider {
 /// A stream's bytes, ending in an error once they pass `cap` (an event that never ends
 /// would otherwise grow the parser's buffer without bound).
 fn capped(
-    resp: reqwest::Response,
+    resp: transport::Response,
     cap: usize,
 ) -> impl futures::Stream<Item = Result<Bytes, BodyError>> + Send + 'static {
     use futures::StreamExt;
-    resp.bytes_stream().scan(0usize, move |seen, chunk| {
+    resp.into_stream().scan(0usize, move |seen, chunk| {
         let item = match chunk {
             Ok(c) => {
                 *seen += c.len();
@@ -423,7 +501,7 @@ fn capped(
 }
 
 /// Reads at most `cap` bytes of a response body, as text.
-async fn read_capped(mut resp: reqwest::Response, cap: usize) -> String {
+async fn read_capped(mut resp: transport::Response, cap: usize) -> String {
     let mut buf = Vec::new();
     while let Ok(Some(chunk)) = resp.chunk().await {
         buf.extend_from_slice(&chunk);
@@ -461,9 +539,13 @@ fn opaque_error(status: StatusCode, body: &str) -> Error {
     )
 }
 
-/// Maps a reqwest failure to 502/504 without leaking URLs with credentials; `timeout` says
-/// which timeout a timeout error was (reqwest does not).
-pub fn from_transport(provider: &str, err: reqwest::Error, timeout: TimeoutKind) -> Error {
+/// Maps a transport failure to 502/504 (its messages carry no URL); `timeout` says which
+/// timeout a timeout error was.
+pub fn from_transport(
+    provider: &str,
+    err: transport::TransportError,
+    timeout: TimeoutKind,
+) -> Error {
     if err.is_connect() && err.is_timeout() {
         Error::gateway_timeout(format!(
             "provider {provider} did not accept a connection in time"
@@ -476,7 +558,7 @@ pub fn from_transport(provider: &str, err: reqwest::Error, timeout: TimeoutKind)
         Error::bad_gateway(format!("provider {provider} is unreachable"))
             .with_failure(Failure::Connect)
     } else {
-        Error::bad_gateway(format!("provider {provider} failed: {}", err.without_url()))
+        Error::bad_gateway(format!("provider {provider} failed: {err}"))
             .with_failure(Failure::StreamCut)
     }
 }

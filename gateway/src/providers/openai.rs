@@ -83,7 +83,7 @@ pub async fn chat(p: &Provider, call: ChatCall<'_>) -> Result<ChatResponse, Erro
         model: call.model,
         stream,
     };
-    let resp = p.send(p.post_chat().json(&body), stream).await?;
+    let resp = p.send(p.post_chat(&body)?, stream).await?;
     if !stream {
         let body = p.read_body(resp).await?;
         let probe: ResponseProbe = serde_json::from_slice(&body).map_err(|e| {
@@ -152,7 +152,10 @@ pub async fn embeddings(
 ) -> Result<(Bytes, Option<Usage>), Error> {
     body.insert("model".into(), Value::String(model.to_owned()));
     let url = format!("{}/embeddings", p.openai_root());
-    let resp = p.send(p.post(&url).json(&body), false).await?;
+    let url = url.parse().map_err(|e| {
+        Error::bad_gateway(format!("provider {}: embeddings URL {url}: {e}", p.name))
+    })?;
+    let resp = p.send(p.post(url, &body)?, false).await?;
     let body = p.read_body(resp).await?;
     #[derive(Deserialize)]
     struct Probe {

@@ -28,6 +28,11 @@ static CONFIG: LazyLock<Option<rustls::ClientConfig>> = LazyLock::new(|| {
     Some(config)
 });
 
+/// The shared configuration (`None`: no CA bundle could be read).
+pub fn config() -> Option<&'static rustls::ClientConfig> {
+    CONFIG.as_ref()
+}
+
 /// A client builder that uses the shared TLS configuration (the platform's verifier, as
 /// reqwest's default, HTTP/2 and HTTP/1.1 offered). Without one (no CA bundle readable),
 /// reqwest's own builder, whose `build` then reports what is wrong.

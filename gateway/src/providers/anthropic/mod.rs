@@ -19,11 +19,10 @@ pub async fn chat(p: &Provider, call: ChatCall<'_>) -> Result<ChatResponse, Erro
         .and_then(|i| i.max_output_tokens)
         .map_or(p.default_max_tokens, |m| m.min(p.default_max_tokens));
     let t = request::translate(call.req, call.raw, call.model, default_max)?;
-    let rb = p
-        .post_chat()
-        .header("anthropic-version", &p.anthropic_version)
-        .json(&t.body);
-    let resp = p.send(rb, stream).await?;
+    let mut req = p.post_chat(&t.body)?;
+    req.headers_mut()
+        .insert("anthropic-version", p.anthropic_version.clone());
+    let resp = p.send(req, stream).await?;
 
     if !stream {
         let body = p.read_body(resp).await?;
