@@ -185,7 +185,7 @@ pub struct ProviderSettings {
     /// Breaker thresholds.
     pub breaker: resilience::BreakerConfig,
     /// Anthropic's `anthropic-version` header.
-    pub anthropic_version: String,
+    pub anthropic_version: http::HeaderValue,
     /// Anthropic's `max_tokens` default.
     pub default_max_tokens: u32,
     /// Ask the provider for its models at start.

@@ -171,7 +171,7 @@ impl Provider {
         // The environment's proxy settings are part of the key: they decide the transport.
         let client_key = format!(
             "{settings:?}|{}",
-            transport::Client::new(&chat_url, settings)?.through_reqwest()
+            transport::Client::through_reqwest(&chat_url)
         );
         let clients_by_thread = learned.client(&s.name, client_key, || {
             transport::Client::new(&chat_url, settings)
@@ -189,13 +189,7 @@ impl Provider {
             clients_by_thread,
             timeout: s.timeout,
             first_token_timeout: s.first_token_timeout,
-            anthropic_version: HeaderValue::from_str(&s.anthropic_version).map_err(|_| {
-                anyhow::anyhow!(
-                    "provider {}: anthropic_version {:?} is not a valid HTTP header value",
-                    s.name,
-                    s.anthropic_version
-                )
-            })?,
+            anthropic_version: s.anthropic_version.clone(),
             default_max_tokens: s.default_max_tokens,
             breaker: state.breaker,
             breaker_config: s.breaker,
@@ -324,10 +318,13 @@ impl Provider {
         let mut headers = self.headers.clone();
         // The attempt's trace context, so the provider's spans join the request's trace.
         crate::trace_context::inject(&mut headers);
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
+        // As reqwest did: a configured header of the same name wins, and `accept: */*`.
+        headers
+            .entry(header::CONTENT_TYPE)
+            .or_insert(HeaderValue::from_static("application/json"));
+        headers
+            .entry(header::ACCEPT)
+            .or_insert(HeaderValue::from_static("*/*"));
         headers
             .entry(header::USER_AGENT)
             .or_insert(HeaderValue::from_static(concat!(

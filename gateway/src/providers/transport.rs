@@ -8,7 +8,7 @@
 //!
 //! Both give the same [`Response`] and the same [`TransportError`], so the provider code above
 //! does not know which one carried a request. Timeouts mean the same on both: `connect` for
-//! the TCP and TLS connect, `read_idle` for any wait for the upstream's next bytes (headers
+//! the whole connect (DNS, TCP, TLS), `read_idle` for any wait for the upstream's next bytes (headers
 //! included), and the whole-request `total` when the caller gives one.
 
 use std::time::Duration;
@@ -109,7 +109,12 @@ pub struct Settings {
     pub read_idle: Duration,
 }
 
-type Direct = hyper_util::client::legacy::Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+type Direct = hyper_util::client::legacy::Client<ConnectWithin, Full<Bytes>>;
+
+/// How many times a request the upstream refused unprocessed on an HTTP/2 connection (a
+/// `REFUSED_STREAM` reset, or a graceful `GOAWAY` that came before it was read) is sent again,
+/// as reqwest did: the upstream promises it did nothing with it.
+const H2_RETRIES: usize = 2;
 
 /// One HTTP client of a provider (one per serving thread, see [`super::learned::Clients`]).
 #[derive(Debug, Clone)]
@@ -125,34 +130,68 @@ enum Via {
 }
 
 impl Client {
-    /// A client for requests to `url`: the direct one unless a proxy from the environment
-    /// applies to `url` or there is no TLS configuration.
+    /// A client for requests to `url`: the direct one unless [`Client::through_reqwest`].
     pub fn new(url: &http::Uri, s: Settings) -> reqwest::Result<Self> {
-        let proxied = hyper_util::client::proxy::matcher::Matcher::from_env()
-            .intercept(url)
-            .is_some();
-        let via = match super::tls::config() {
-            Some(tls) if !proxied => Via::Direct(Box::new(direct(tls, s))),
-            _ => Via::Reqwest(
-                super::tls::client_builder()
-                    // A redirect would re-send the API key and the prompt to wherever it points.
-                    .redirect(reqwest::redirect::Policy::none())
-                    .connect_timeout(s.connect)
-                    .read_timeout(s.read_idle)
-                    .pool_idle_timeout(POOL_IDLE)
-                    .tcp_nodelay(true)
-                    .build()?,
-            ),
-        };
-        Ok(Self {
-            via,
-            read_idle: s.read_idle,
-        })
+        match super::tls::config() {
+            Some(tls) if !proxied(url) => Ok(Self::direct(tls, s)),
+            _ => Self::reqwest(s),
+        }
     }
 
-    /// Whether requests go through reqwest (a proxy applies, or no TLS configuration).
-    pub fn through_reqwest(&self) -> bool {
-        matches!(self.via, Via::Reqwest(_))
+    /// Whether requests to `url` go through reqwest: a proxy from the environment applies to
+    /// it, or there is no TLS configuration.
+    pub fn through_reqwest(url: &http::Uri) -> bool {
+        proxied(url) || super::tls::config().is_none()
+    }
+
+    /// hyper's pooled client over `tls`, HTTP/2 where the upstream offers it by ALPN (as
+    /// reqwest did), with reqwest's TCP keepalive: a pooled connection to a peer that vanished
+    /// fails in about 30 s instead of waiting out the read timeout.
+    pub fn direct(tls: &rustls::ClientConfig, s: Settings) -> Self {
+        let mut tcp = HttpConnector::new();
+        tcp.enforce_http(false);
+        tcp.set_nodelay(true);
+        tcp.set_connect_timeout(Some(s.connect));
+        tcp.set_keepalive(Some(Duration::from_secs(15)));
+        tcp.set_keepalive_interval(Some(Duration::from_secs(15)));
+        tcp.set_keepalive_retries(Some(3));
+        #[cfg(target_os = "linux")]
+        tcp.set_tcp_user_timeout(Some(Duration::from_secs(30)));
+        let mut tls = tls.clone();
+        // The connector sets ALPN itself from the versions enabled below.
+        tls.alpn_protocols.clear();
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_all_versions()
+            .wrap_connector(tcp);
+        let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(POOL_IDLE)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .build(ConnectWithin {
+                inner: https,
+                limit: s.connect,
+            });
+        Self {
+            via: Via::Direct(Box::new(client)),
+            read_idle: s.read_idle,
+        }
+    }
+
+    fn reqwest(s: Settings) -> reqwest::Result<Self> {
+        let client = super::tls::client_builder()
+            // A redirect would re-send the API key and the prompt to wherever it points.
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(s.connect)
+            .read_timeout(s.read_idle)
+            .pool_idle_timeout(POOL_IDLE)
+            .tcp_nodelay(true)
+            .build()?;
+        Ok(Self {
+            via: Via::Reqwest(client),
+            read_idle: s.read_idle,
+        })
     }
 
     /// Sends `req` and waits for the response's head. `total`, when given, bounds the whole
@@ -166,11 +205,21 @@ impl Client {
         match &self.via {
             Via::Direct(client) => {
                 let wait = self.next_read(deadline);
-                let req = req.map(Full::new);
-                let resp = tokio::time::timeout_at(wait, client.request(req))
-                    .await
-                    .map_err(|_| TransportError::Timeout)?
-                    .map_err(TransportError::from_hyper)?;
+                let mut req = req;
+                let mut retries = 0;
+                let resp = loop {
+                    let again = (retries < H2_RETRIES).then(|| copy(&req));
+                    let sent = tokio::time::timeout_at(wait, client.request(req.map(Full::new)))
+                        .await
+                        .map_err(|_| TransportError::Timeout)?;
+                    match (sent, again) {
+                        (Err(e), Some(again)) if refused_unprocessed(&e) => {
+                            retries += 1;
+                            req = again;
+                        }
+                        (sent, _) => break sent.map_err(TransportError::from_hyper)?,
+                    }
+                };
                 let (parts, body) = resp.into_parts();
                 Ok(Response {
                     status: parts.status,
@@ -206,26 +255,74 @@ impl Client {
     }
 }
 
-/// hyper's pooled client over the shared TLS configuration, HTTP/2 where the upstream offers
-/// it by ALPN, as reqwest did.
-fn direct(tls: &rustls::ClientConfig, s: Settings) -> Direct {
-    let mut tcp = HttpConnector::new();
-    tcp.enforce_http(false);
-    tcp.set_nodelay(true);
-    tcp.set_connect_timeout(Some(s.connect));
-    let mut tls = tls.clone();
-    // The connector sets ALPN itself from the versions enabled below.
-    tls.alpn_protocols.clear();
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http()
-        .enable_all_versions()
-        .wrap_connector(tcp);
-    hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(POOL_IDLE)
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .build(https)
+/// Whether a proxy from the environment (`HTTP(S)_PROXY`, `ALL_PROXY`, `NO_PROXY`) applies.
+fn proxied(url: &http::Uri) -> bool {
+    hyper_util::client::proxy::matcher::Matcher::from_env()
+        .intercept(url)
+        .is_some()
+}
+
+/// A request again (the body is shared, not copied).
+fn copy(req: &http::Request<Bytes>) -> http::Request<Bytes> {
+    let mut again = http::Request::new(req.body().clone());
+    *again.method_mut() = req.method().clone();
+    *again.uri_mut() = req.uri().clone();
+    *again.headers_mut() = req.headers().clone();
+    again
+}
+
+/// Whether the upstream refused a request over HTTP/2 before processing it.
+fn refused_unprocessed(e: &hyper_util::client::legacy::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if let Some(h2) = s.downcast_ref::<h2::Error>() {
+            return h2.is_remote()
+                && ((h2.is_reset() && h2.reason() == Some(h2::Reason::REFUSED_STREAM))
+                    || (h2.is_go_away() && h2.reason() == Some(h2::Reason::NO_ERROR)));
+        }
+        source = s.source();
+    }
+    false
+}
+
+/// The TLS connector with one timeout over the whole connect: DNS, TCP and the TLS handshake
+/// (hyper's own connect timeout covers the TCP connect only).
+#[derive(Debug, Clone)]
+pub struct ConnectWithin {
+    inner: HttpsConnector<HttpConnector>,
+    limit: Duration,
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl tower::Service<http::Uri> for ConnectWithin {
+    type Response = <HttpsConnector<HttpConnector> as tower::Service<http::Uri>>::Response;
+    type Error = BoxError;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, BoxError>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, dst: http::Uri) -> Self::Future {
+        let connect = self.inner.call(dst);
+        let limit = self.limit;
+        Box::pin(async move {
+            match tokio::time::timeout(limit, connect).await {
+                Ok(conn) => conn,
+                Err(_) => Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the connection was not ready within the connect timeout",
+                )
+                .into()),
+            }
+        })
+    }
 }
 
 /// An upstream response whose head has arrived.
@@ -309,6 +406,14 @@ mod tests {
         }
     }
 
+    /// The direct client whatever the environment's proxy settings (these tests are about it).
+    fn client(read_idle_ms: u64) -> Client {
+        Client::direct(
+            crate::providers::tls::config().expect("a CA bundle on this machine"),
+            settings(read_idle_ms),
+        )
+    }
+
     fn post(url: &str) -> http::Request<Bytes> {
         http::Request::post(url)
             .body(Bytes::from_static(b"{}"))
@@ -349,7 +454,7 @@ mod tests {
             l.local_addr().unwrap().port()
         };
         let url = format!("http://127.0.0.1:{port}/v1/chat/completions");
-        let c = Client::new(&url.parse().unwrap(), settings(500)).unwrap();
+        let c = client(500);
         let e = c.send(post(&url), None).await.unwrap_err();
         assert!(e.is_connect() && !e.is_timeout(), "{e:?}");
     }
@@ -374,7 +479,7 @@ mod tests {
             }
         }
         let url = format!("http://{addr}/v1/chat/completions");
-        let c = Client::new(&url.parse().unwrap(), settings(5_000)).unwrap();
+        let c = client(5_000);
         let start = Instant::now();
         let e = c.send(post(&url), None).await.unwrap_err();
         assert!(matches!(e, TransportError::ConnectTimeout), "{e:?}");
@@ -387,7 +492,7 @@ mod tests {
     #[tokio::test]
     async fn an_upstream_that_never_answers_times_out_after_the_read_timeout() {
         let url = server(vec![], Duration::ZERO).await;
-        let c = Client::new(&url.parse().unwrap(), settings(200)).unwrap();
+        let c = client(200);
         let e = c.send(post(&url), None).await.unwrap_err();
         assert!(matches!(e, TransportError::Timeout), "{e:?}");
     }
@@ -395,7 +500,7 @@ mod tests {
     #[tokio::test]
     async fn a_body_that_stalls_times_out_and_one_that_trickles_does_not() {
         let url = server(vec![HEAD, "2\r\n{}\r\n"], Duration::ZERO).await;
-        let c = Client::new(&url.parse().unwrap(), settings(200)).unwrap();
+        let c = client(200);
         let mut r = c.send(post(&url), None).await.unwrap();
         assert_eq!(r.status(), 200);
         assert_eq!(r.chunk().await.unwrap().unwrap(), "{}");
@@ -407,7 +512,7 @@ mod tests {
             Duration::from_millis(100),
         )
         .await;
-        let c = Client::new(&url.parse().unwrap(), settings(300)).unwrap();
+        let c = client(300);
         let mut r = c.send(post(&url), None).await.unwrap();
         let mut got = Vec::new();
         while let Some(b) = r.chunk().await.unwrap() {
@@ -422,7 +527,7 @@ mod tests {
             .chain(std::iter::repeat_n("1\r\na\r\n", 50))
             .collect();
         let url = server(parts, Duration::from_millis(50)).await;
-        let c = Client::new(&url.parse().unwrap(), settings(1_000)).unwrap();
+        let c = client(1_000);
         let start = Instant::now();
         let mut r = c
             .send(post(&url), Some(Duration::from_millis(400)))
@@ -437,5 +542,89 @@ mod tests {
         };
         assert!(matches!(e, TransportError::Timeout), "{e:?}");
         assert!(start.elapsed() < Duration::from_secs(2));
+    }
+
+    #[tokio::test]
+    async fn a_tls_handshake_that_never_finishes_is_a_connect_timeout() {
+        // TCP is accepted, then nothing: the connect timeout covers the handshake too.
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!(
+            "https://127.0.0.1:{}/v1/chat/completions",
+            l.local_addr().unwrap().port()
+        );
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((s, _)) = l.accept().await {
+                held.push(s);
+            }
+        });
+        let start = Instant::now();
+        let e = client(5_000).send(post(&url), None).await.unwrap_err();
+        assert!(matches!(e, TransportError::ConnectTimeout), "{e:?}");
+        assert!(
+            start.elapsed() < Duration::from_secs(4),
+            "the connect timeout, not the read one"
+        );
+    }
+
+    /// An HTTP/2 upstream that refuses a stream unprocessed (`REFUSED_STREAM`, as a server
+    /// at its stream limit or shutting down does) gets it again, on HTTP/2 negotiated by ALPN.
+    #[tokio::test]
+    async fn a_request_an_http2_upstream_refused_unprocessed_is_sent_again() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::Arc;
+        let provider = || Arc::new(rustls::crypto::ring::default_provider());
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let der = rustls::pki_types::CertificateDer::from(cert.cert.der().to_vec());
+        let mut server = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![der.clone()],
+                rustls::pki_types::PrivateKeyDer::try_from(cert.signing_key.serialize_der())
+                    .unwrap(),
+            )
+            .unwrap();
+        server.alpn_protocols = vec![b"h2".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!(
+            "https://localhost:{}/v1/chat/completions",
+            l.local_addr().unwrap().port()
+        );
+        let streams = Arc::new(AtomicUsize::new(0));
+        let seen = streams.clone();
+        tokio::spawn(async move {
+            let (tcp, _) = l.accept().await.unwrap();
+            let tls = acceptor.accept(tcp).await.unwrap();
+            let mut conn = h2::server::handshake(tls).await.unwrap();
+            while let Some(Ok((_req, mut respond))) = conn.accept().await {
+                if seen.fetch_add(1, Ordering::SeqCst) == 0 {
+                    respond.send_reset(h2::Reason::REFUSED_STREAM);
+                } else {
+                    let mut body = respond
+                        .send_response(http::Response::new(()), false)
+                        .unwrap();
+                    body.send_data(Bytes::from_static(b"{}"), true).unwrap();
+                }
+            }
+        });
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(der).unwrap();
+        let tls = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let c = Client::direct(&tls, settings(2_000));
+        let mut r = c.send(post(&url), None).await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.chunk().await.unwrap().unwrap(), "{}");
+        assert_eq!(
+            streams.load(Ordering::SeqCst),
+            2,
+            "refused once, then answered"
+        );
     }
 }

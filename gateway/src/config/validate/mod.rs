@@ -238,6 +238,7 @@ mod tests {
             ("providers: [{name: ollama, breaker: {consecutive_failures: 0}}]", "providers[0].breaker.consecutive_failures", "> 0"),
             ("providers: [{name: ollama, breaker: {base_backoff_secs: 10, max_backoff_secs: 5}}]", "providers[0].breaker.max_backoff_secs", "at least"),
             ("providers: [{name: ollama, max_concurrency: 0}]", "providers[0].max_concurrency", "> 0"),
+            ("providers: [{name: ollama, anthropic_version: \"2023-06-01\\n\"}]", "providers[0].anthropic_version", "not a valid header value"),
             ("providers: [{name: ollama, first_token_timeout_secs: 0}]", "providers[0].first_token_timeout_secs", "positive"),
             ("providers: [{name: ollama, models: [{name: x, first_token_timeout_secs: -2}]}]", "providers[0].models[0].first_token_timeout_secs", "positive"),
             ("routing: {virtual_models: [{name: 'a/b', strategy: cost}]}", "routing.virtual_models[0].name", "not a valid"),

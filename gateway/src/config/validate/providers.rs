@@ -232,10 +232,15 @@ pub(super) fn provider(
             None => None,
         },
         breaker: breaker(p.breaker.as_ref(), at)?,
-        anthropic_version: p
-            .anthropic_version
-            .clone()
-            .unwrap_or_else(|| "2023-06-01".to_owned()),
+        anthropic_version: HeaderValue::from_str(
+            p.anthropic_version.as_deref().unwrap_or("2023-06-01"),
+        )
+        .map_err(|_| {
+            (
+                at("anthropic_version"),
+                "not a valid header value".to_owned(),
+            )
+        })?,
         default_max_tokens: match p.default_max_tokens {
             Some(0) => return fail("default_max_tokens", "must be > 0".to_owned()),
             Some(n) => n,
