@@ -67,7 +67,7 @@ pub struct Provider {
 /// The API key's header, built once per config rather than per request.
 #[derive(Debug)]
 enum Auth {
-    /// No key configured (a local Ollama, or a header set in `headers`).
+    /// No key configured (a local Ollama, a server without authentication).
     None,
     /// `x-api-key` (Anthropic) or `authorization: Bearer` (the rest), marked sensitive.
     Header(header::HeaderName, HeaderValue),
@@ -286,7 +286,6 @@ impl Provider {
         }
     }
 
-    /// A POST to `url` with the provider's auth and headers.
     /// Refuses at once while the operator has not pushed this provider's key: the provider
     /// is unavailable (failover moves on), not at fault (its breaker does not hear of it).
     fn key_ready(&self) -> Result<(), Error> {
@@ -304,6 +303,7 @@ impl Provider {
         }
     }
 
+    /// A JSON POST of `body` to `url` with the provider's auth and headers.
     fn post(
         &self,
         url: http::Uri,
