@@ -17,9 +17,12 @@ clients with only a copy between them), whose count is what serving and forwardi
 costs before any of the gateway's logic.
 
 Run it with ./e2e/bench/instructions.sh (builds the release binaries). Knobs: BENCH_FEW
-(default 200), BENCH_MANY (1200).
+(default 200), BENCH_MANY (1200), BENCH_GATEWAY (another gateway binary to count, an earlier
+build say). BENCH_ALLOCS=1 also counts the heap allocations per request (and their bytes)
+under `valgrind --tool=dhat`, the same difference of two runs.
 """
 
+import json
 import os
 import re
 import subprocess
@@ -31,6 +34,8 @@ from overhead import BIN, KEY, Target, bare_proxy_cmd, body, free_port, spawn, w
 
 import http.client  # noqa: E402
 
+# Another gateway binary to count (an earlier build, say), beside this checkout's mock.
+GATEWAY = os.environ.get("BENCH_GATEWAY", str(BIN / "llm-gateway"))
 FEW = int(os.environ.get("BENCH_FEW", "200"))
 MANY = int(os.environ.get("BENCH_MANY", "1200"))
 
@@ -48,19 +53,20 @@ COMPONENTS = [
 ]
 
 
-def run(n, stream, work, bare=False):
-    """The callgrind file of a gateway (or bare proxy) process that served `n` requests."""
+def run(n, stream, work, bare=False, tool="callgrind"):
+    """The callgrind (or dhat) file of a gateway (or bare proxy) process that served `n`
+    requests."""
     mock_port, port = free_port(), free_port()
     mock = f"http://127.0.0.1:{mock_port}"
     cmd = bare_proxy_cmd(port, mock) if bare else \
-        [str(BIN / "llm-gateway"), "--listen", f"127.0.0.1:{port}"]
+        [GATEWAY, "--listen", f"127.0.0.1:{port}"]
     mock_proc = spawn([str(BIN / "mock-providers"), "--listen", f"127.0.0.1:{mock_port}"], {"PATH": os.environ["PATH"]})
-    out = os.path.join(work, f"callgrind-{n}-{stream}-{bare}.out")
+    out = os.path.join(work, f"{tool}-{n}-{stream}-{bare}.out")
     data = tempfile.mkdtemp(dir=work)
     env = {"PATH": os.environ["PATH"], "OPENAI_API_KEY": KEY, "LLM_GATEWAY_DATA_DIR": data,
            "OPENAI_BASE_URL": f"{mock}/openai/v1", "OLLAMA_HOST": f"{mock}/ollama", "RUST_LOG": "warn"}
     path = "/openai/v1/chat/completions" if bare else "/v1/chat/completions"
-    gw = spawn(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *cmd], env)
+    gw = spawn(["valgrind", f"--tool={tool}", f"--{tool}-out-file={out}", *cmd], env)
     try:
         wait_ready(mock_proc, f"{mock}/_mock/requests", "mock-providers")
         wait_ready(gw, f"http://127.0.0.1:{port}" + ("/_mock/requests" if bare else "/readyz"),
@@ -97,6 +103,13 @@ def costs(path):
     return total, parts
 
 
+def allocations(path):
+    """Heap blocks and bytes allocated over a dhat run (its JSON output)."""
+    with open(path) as f:
+        pps = json.load(f)["pps"]
+    return sum(p["tbk"] for p in pps), sum(p["tb"] for p in pps)
+
+
 def main():
     for tool in ("valgrind", "callgrind_annotate"):
         if subprocess.run(["sh", "-c", f"command -v {tool}"], capture_output=True).returncode:
@@ -117,7 +130,16 @@ def main():
     print("| **total** | " + " | ".join(f"**{t:,.0f}**" for t, _ in rows.values()) + " |")
     for c in comps:
         print(f"| {c} | " + " | ".join(f"{p[c]:,.0f} ({100 * p[c] / t:.0f} %)" for t, p in rows.values()) + " |")
-    print("\ncommand: ./e2e/bench/instructions.sh")
+    if os.environ.get("BENCH_ALLOCS") == "1":
+        print(f"\n# Heap allocations per chat completion, the gateway (dhat, ({MANY} - {FEW} requests) difference)\n")
+        print("| mode | allocations | bytes |")
+        print("|---|---|---|")
+        with tempfile.TemporaryDirectory() as work:
+            for stream in (False, True):
+                (b0, y0), (b1, y1) = (allocations(run(n, stream, work, tool="dhat")) for n in (FEW, MANY))
+                name = "stream (16 events)" if stream else "json"
+                print(f"| {name} | {(b1 - b0) / (MANY - FEW):,.1f} | {(y1 - y0) / (MANY - FEW):,.0f} |")
+    print("\ncommand: ./e2e/bench/instructions.sh (BENCH_ALLOCS=1 for the allocations)")
 
 
 if __name__ == "__main__":

@@ -107,7 +107,10 @@ impl Admission {
             .ok()
             .and_then(Result::ok)
             .ok_or_else(|| busy("This gateway is at its concurrency limit; retry shortly."))?;
-        metrics.queue_wait("global", started.elapsed().as_secs_f64());
+        metrics.queue_wait(
+            &crate::telemetry::metrics::global(),
+            started.elapsed().as_secs_f64(),
+        );
         let slots = Slots {
             _global: global,
             tenant: tenant_slot,

@@ -163,7 +163,7 @@ async fn apply_inner(
         .registry
         .entries()
         .iter()
-        .map(|e| (e.provider.name.clone(), e.info.name.clone()))
+        .map(|e| (e.provider.name.to_string(), e.info.name.clone()))
         .collect();
     gw.swap(next);
     gw.learned.retain(
@@ -244,6 +244,7 @@ pub async fn build(
         admission,
         meta: Meta {
             version: doc.version.clone(),
+            header: Meta::header_value(doc.version.as_deref(), &hash),
             hash,
             applied_at_ms: crate::clock::unix_ms(),
             source: source.label(),

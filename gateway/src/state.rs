@@ -119,6 +119,20 @@ pub struct Meta {
     pub source: &'static str,
     /// The document with every secret value replaced by `<redacted>`.
     pub redacted: GatewayConfig,
+    /// The `x-llm-gateway-config` value every response carries, built once (`None` if the
+    /// version cannot be a header value).
+    pub header: Option<http::HeaderValue>,
+}
+
+impl Meta {
+    /// The configuration header's value: its `version`, else `sha256:` and its hash's start.
+    pub fn header_value(version: Option<&str>, hash: &str) -> Option<http::HeaderValue> {
+        let text = match version {
+            Some(v) => v.to_owned(),
+            None => format!("sha256:{}", hash.get(..12).unwrap_or(hash)),
+        };
+        http::HeaderValue::from_str(&text).ok()
+    }
 }
 
 impl std::fmt::Debug for Gateway {

@@ -81,7 +81,7 @@ async fn run_bench(h: &common::Harness, run_id: &str, at_ms: i64) -> Vec<BenchRe
             cfg.registry
                 .entries()
                 .iter()
-                .find(|e| e.provider.name == "openai" && e.info.name == *m)
+                .find(|e| &*e.provider.name == "openai" && e.info.name == *m)
                 .unwrap()
                 .clone()
         })
@@ -329,7 +329,7 @@ async fn answers_are_read_from_every_wire_format() {
         cfg.registry
             .entries()
             .iter()
-            .find(|e| e.provider.name == *p && e.info.name == *m)
+            .find(|e| &*e.provider.name == *p && e.info.name == *m)
             .unwrap_or_else(|| panic!("{p}/{m} is enabled"))
             .clone()
     })

@@ -390,7 +390,7 @@ impl SseState {
                     Some(StreamItem::Error(e)) => e,
                     _ => Error::bad_gateway(format!(
                         "provider {} ended the stream before it was complete",
-                        self.ctx.target().map_or("?", |t| t.provider.name.as_str())
+                        self.ctx.target().map_or("?", |t| &*t.provider.name)
                     ))
                     .with_failure(Failure::StreamCut),
                 };

@@ -2,7 +2,7 @@
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
-use crate::config::model::format_usd;
+use crate::config::model::{format_usd, format_usd_in};
 use crate::models::registry::Target;
 use crate::router::Decision;
 
@@ -55,7 +55,7 @@ pub fn attempts_header(h: &mut HeaderMap, n: u32) {
 /// The cost header.
 pub fn cost_header(h: &mut HeaderMap, cost: Option<f64>) {
     if let Some(c) = cost {
-        put(h, COST, &format_usd(c));
+        put_usd(h, COST, c);
     }
 }
 
@@ -63,10 +63,18 @@ pub fn cost_header(h: &mut HeaderMap, cost: Option<f64>) {
 pub fn budget_headers(h: &mut HeaderMap, r: Option<crate::budget::Remaining>) {
     let Some(r) = r else { return };
     if let Some(usd) = r.usd {
-        put(h, BUDGET_REMAINING_USD, &format_usd(usd));
+        put_usd(h, BUDGET_REMAINING_USD, usd);
     }
     if let Some(t) = r.tokens {
         h.insert(BUDGET_REMAINING_TOKENS, HeaderValue::from(t));
+    }
+}
+
+fn put_usd(h: &mut HeaderMap, name: HeaderName, usd: f64) {
+    let mut buf = [0u8; 48];
+    match format_usd_in(usd, &mut buf) {
+        Some(s) => put(h, name, s),
+        None => put(h, name, &format_usd(usd)),
     }
 }
 

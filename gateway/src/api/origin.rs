@@ -25,9 +25,14 @@ fn is_loopback_name(host: &str) -> bool {
             }
         }),
     };
-    let name = name.trim_end_matches('.').to_ascii_lowercase();
-    name == "localhost"
-        || name.ends_with(".localhost")
+    let name = name.trim_end_matches('.');
+    // Compared without lowercasing a copy: this runs on every request.
+    let ends_with_ci = |suffix: &str| {
+        name.len() >= suffix.len()
+            && name.as_bytes()[name.len() - suffix.len()..].eq_ignore_ascii_case(suffix.as_bytes())
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || ends_with_ci(".localhost")
         || name
             .parse::<std::net::IpAddr>()
             .is_ok_and(|ip| ip.is_loopback())
@@ -124,6 +129,7 @@ mod tests {
             "[::1]:8080",
             "api.localhost",
             "LOCALHOST.",
+            "Api.LocalHost:80",
         ] {
             assert!(is_loopback_name(ok), "{ok}");
         }
@@ -133,6 +139,8 @@ mod tests {
             "10.0.0.1:8080",
             "localhost.evil.example",
             "127.0.0.1.nip.io",
+            "xlocalhost",
+            "é.localhosť",
             "",
         ] {
             assert!(!is_loopback_name(bad), "{bad}");

@@ -27,13 +27,8 @@ pub fn respond(ctx: &mut RequestContext, result: Result<Response, Error>) -> Res
     if let Ok(v) = HeaderValue::from_str(ctx.request_id()) {
         resp.headers_mut().insert(headers::REQUEST_ID, v);
     }
-    let meta = &ctx.cfg().meta;
-    let config = match &meta.version {
-        Some(v) => v.clone(),
-        None => format!("sha256:{}", &meta.hash[..12]),
-    };
-    if let Ok(v) = HeaderValue::from_str(&config) {
-        resp.headers_mut().insert(headers::CONFIG, v);
+    if let Some(v) = &ctx.cfg().meta.header {
+        resp.headers_mut().insert(headers::CONFIG, v.clone());
     }
     resp
 }

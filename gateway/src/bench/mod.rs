@@ -87,7 +87,7 @@ async fn one(
     let mut r = BenchResult {
         run_id: run_id.to_owned(),
         at_ms,
-        provider: model.provider.name.clone(),
+        provider: model.provider.name.to_string(),
         model: model.info.name.clone(),
         task: task.id.to_owned(),
         category: task.category.as_str().to_owned(),

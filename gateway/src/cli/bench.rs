@@ -59,7 +59,7 @@ pub async fn run(o: Options, db: DbArgs) -> ExitCode {
             // `llama3.2:latest`).
             let found = cfg.registry.resolve(name).ok().and_then(|t| {
                 chat.iter()
-                    .find(|e| e.provider.name == t.provider.name && e.info.name == t.model)
+                    .find(|e| e.provider.name == t.provider.name && *e.info.name == *t.model)
             });
             match found {
                 Some(e) => picked.push(e.clone()),

@@ -112,9 +112,23 @@ impl Price {
 
 /// Formats a USD amount for a header: plain decimal, no exponent, trailing zeros trimmed.
 pub fn format_usd(v: f64) -> String {
-    let s = format!("{v:.10}");
+    trim_usd(&format!("{v:.10}")).to_owned()
+}
+
+/// `v` formatted as [`format_usd`] does, into `buf` (no allocation: every response's cost
+/// header goes through it); `None` if it does not fit.
+pub fn format_usd_in(v: f64, buf: &mut [u8]) -> Option<&str> {
+    use std::io::Write;
+    let mut cur = std::io::Cursor::new(&mut *buf);
+    write!(cur, "{v:.10}").ok()?;
+    let n = usize::try_from(cur.position()).ok()?;
+    std::str::from_utf8(&buf[..n]).ok().map(trim_usd)
+}
+
+/// A fixed-point decimal without its trailing zeros (and point).
+fn trim_usd(s: &str) -> &str {
     let s = s.trim_end_matches('0');
-    s.strip_suffix('.').unwrap_or(s).to_owned()
+    s.strip_suffix('.').unwrap_or(s)
 }
 
 #[cfg(test)]
@@ -154,6 +168,11 @@ mod tests {
         assert_eq!(format_usd(0.0), "0");
         assert_eq!(format_usd(12.5), "12.5");
         assert_eq!(format_usd(1e-9), "0.000000001");
+        let mut buf = [0u8; 48];
+        for v in [0.00045, 0.0, 12.5, 1e-9, 123_456.789] {
+            assert_eq!(format_usd_in(v, &mut buf), Some(format_usd(v).as_str()));
+        }
+        assert_eq!(format_usd_in(1e40, &mut buf), None);
     }
 
     #[test]

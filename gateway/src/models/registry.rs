@@ -17,6 +17,9 @@ pub struct Entry {
     pub provider: Arc<Provider>,
     /// What is known of it.
     pub info: Arc<ModelInfo>,
+    /// Its name, shared with every [`Target`] that reaches it (a request clones its target a
+    /// few times; a shared name makes that free).
+    pub model: Arc<str>,
     /// Live latency estimates.
     pub latency: Arc<LatencyStats>,
     /// This model's circuit breaker.
@@ -40,7 +43,7 @@ pub struct Target {
     /// The provider.
     pub provider: Arc<Provider>,
     /// The model name sent upstream.
-    pub model: String,
+    pub model: Arc<str>,
     /// Catalog knowledge; `None` for a provider-qualified name the catalog lacks.
     pub info: Option<Arc<ModelInfo>>,
     /// The virtual model the client asked for, if any.
@@ -80,6 +83,7 @@ impl Registry {
                     provider: provider.clone(),
                     latency: state.latency,
                     breaker: state.breaker,
+                    model: Arc::from(info.name.as_str()),
                     info: Arc::new(info),
                     deadlines: state.deadlines,
                     measured: state.measured,
@@ -127,11 +131,11 @@ impl Registry {
             return Ok(self.target_of(&self.entries[i], None));
         }
         if let Some((prefix, rest)) = split.filter(|(_, rest)| !rest.is_empty()) {
-            if let Some(p) = self.providers.iter().find(|p| p.name == prefix) {
+            if let Some(p) = self.providers.iter().find(|p| *p.name == *prefix) {
                 // New models appear every week: let them through to the named provider, unpriced.
                 return Ok(Target {
                     provider: p.clone(),
-                    model: rest.to_owned(),
+                    model: Arc::from(rest),
                     info: None,
                     virtual_model: None,
                     latency: None,
@@ -148,7 +152,7 @@ impl Registry {
                  as `provider/model` (enabled providers: {}).",
                 self.providers
                     .iter()
-                    .map(|p| p.name.as_str())
+                    .map(|p| &*p.name)
                     .collect::<Vec<_>>()
                     .join(", ")
             ),
@@ -160,7 +164,7 @@ impl Registry {
     pub fn target_of(&self, e: &Entry, virtual_model: Option<String>) -> Target {
         Target {
             provider: e.provider.clone(),
-            model: e.info.name.clone(),
+            model: e.model.clone(),
             info: Some(e.info.clone()),
             virtual_model,
             latency: Some(e.latency.clone()),
@@ -244,8 +248,8 @@ mod tests {
         ];
         for (name, provider, model, priced) in cases {
             let t = r.resolve(name).unwrap_or_else(|e| panic!("{name}: {e}"));
-            assert_eq!(t.provider.name, provider, "{name}");
-            assert_eq!(t.model, model, "{name}");
+            assert_eq!(&*t.provider.name, provider, "{name}");
+            assert_eq!(&*t.model, model, "{name}");
             assert_eq!(t.info.is_some(), priced, "{name}");
             assert_eq!(t.virtual_model, None);
         }

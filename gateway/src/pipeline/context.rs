@@ -160,7 +160,7 @@ impl RequestContext {
         }
         let Some(a) = &self.attempt_span else { return };
         if let Some(t) = &self.target {
-            a.record("gen_ai.response.model", t.model.as_str());
+            a.record("gen_ai.response.model", &*t.model);
         }
         if let Some(u) = usage {
             // The exporter keeps signed integers as numbers (unsigned ones become text).

@@ -385,8 +385,8 @@ pub async fn chat(
                 Err(e) => {
                     let Some(f) = e.failure else { return Err(e) };
                     note_failure(gw, ctx, &t, &e, f);
-                    failed.push(t.provider.name.clone());
-                    last = Some((t.provider.name.clone(), e));
+                    failed.push(t.provider.name.to_string());
+                    last = Some((t.provider.name.to_string(), e));
                 }
             }
         }

@@ -3,7 +3,7 @@
 use tracing::info;
 
 use super::context::RequestContext;
-use crate::telemetry::metrics::{RequestLabels, UNLISTED};
+use crate::telemetry::metrics::{self, RequestLabels};
 use crate::wire::Usage;
 
 /// Counts the request in metrics and writes its log line.
@@ -11,11 +11,16 @@ pub fn emit(ctx: &RequestContext, status: u16, usage: Option<&Usage>, cost: Opti
     let secs = ctx.started.elapsed().as_secs_f64();
     let (provider, model, label) = match &ctx.target {
         Some(t) => (
-            t.provider.name.as_str(),
-            t.model.as_str(),
-            t.info.as_ref().map_or(UNLISTED, |i| i.name.as_str()),
+            t.provider.name.clone(),
+            &*t.model,
+            // A catalog target's model is its catalog name.
+            if t.info.is_some() {
+                t.model.clone()
+            } else {
+                metrics::unlisted()
+            },
         ),
-        None => ("none", "", "none"),
+        None => (metrics::none(), "", metrics::none()),
     };
     // The gateway's own time: up to the answering attempt when there was one (and only one:
     // after a failover, earlier attempts' time is upstream time), else all of it.
@@ -29,14 +34,14 @@ pub fn emit(ctx: &RequestContext, status: u16, usage: Option<&Usage>, cost: Opti
     }
     if let (Some(first), 200) = (ctx.first_token, status) {
         let ttft = first.saturating_duration_since(ctx.started).as_secs_f64();
-        ctx.gw.metrics.time_to_first_token(provider, label, ttft);
+        ctx.gw.metrics.time_to_first_token(&provider, &label, ttft);
     }
     ctx.gw.metrics.record(
         RequestLabels {
-            endpoint: ctx.endpoint.to_owned(),
-            provider: provider.to_owned(),
-            model: label.to_owned(),
-            status: status.to_string(),
+            endpoint: ctx.endpoint,
+            provider: provider.clone(),
+            model: label,
+            status,
         },
         secs,
         usage,
@@ -56,7 +61,7 @@ pub fn emit(ctx: &RequestContext, status: u16, usage: Option<&Usage>, cost: Opti
         request_id = %ctx.request_id,
         trace_id = trace.as_deref(),
         endpoint = ctx.endpoint,
-        provider,
+        provider = &*provider,
         model,
         status,
         duration_ms = (secs * 1000.0).round() as u64,

@@ -32,8 +32,8 @@ const MAX_ERROR_BODY: usize = 64 * 1024;
 /// A configured upstream with its connection pool.
 #[derive(Debug)]
 pub struct Provider {
-    /// Unique name.
-    pub name: String,
+    /// Unique name (shared: every request's metrics are labelled with it).
+    pub name: std::sync::Arc<str>,
     /// Wire protocol.
     pub protocol: Protocol,
     /// Base URL without a trailing slash.
@@ -178,7 +178,7 @@ impl Provider {
         })?;
         let auth = Auth::new(s.protocol, s.api_key.as_ref());
         Ok(Self {
-            name: s.name.clone(),
+            name: s.name.as_str().into(),
             protocol: s.protocol,
             chat_url,
             auth,

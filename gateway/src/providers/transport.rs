@@ -205,10 +205,13 @@ impl Client {
         match &self.via {
             Via::Direct(client) => {
                 let wait = self.next_read(deadline);
+                // HTTP/2 is only offered by ALPN, so only a TLS connection can refuse a request
+                // that way: a plain one sends its request without keeping a copy.
+                let h2_possible = req.uri().scheme() == Some(&http::uri::Scheme::HTTPS);
                 let mut req = req;
                 let mut retries = 0;
                 let resp = loop {
-                    let again = (retries < H2_RETRIES).then(|| copy(&req));
+                    let again = (h2_possible && retries < H2_RETRIES).then(|| copy(&req));
                     let sent = tokio::time::timeout_at(wait, client.request(req.map(Full::new)))
                         .await
                         .map_err(|_| TransportError::Timeout)?;

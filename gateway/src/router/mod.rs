@@ -290,11 +290,11 @@ pub struct Router {
 /// Whether an entry matches a selector (any list).
 fn selected(sel: &CandidateSelector, e: &Entry, registry: &Registry) -> bool {
     let i = &e.info;
-    sel.providers.iter().any(|p| *p == e.provider.name)
+    sel.providers.iter().any(|p| **p == *e.provider.name)
         || sel.models.iter().any(|m| {
             registry
                 .resolve(m)
-                .is_ok_and(|t| t.provider.name == e.provider.name && t.model == i.name)
+                .is_ok_and(|t| t.provider.name == e.provider.name && *t.model == *i.name)
         })
         || sel.tags.iter().any(|t| match t.as_str() {
             "local" => e.provider.is_local(),

@@ -3,6 +3,7 @@
 //! cannot grow the label set.
 
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, LazyLock};
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -16,37 +17,59 @@ use crate::wire::Usage;
 /// Label for a model the catalog does not list.
 pub const UNLISTED: &str = "unlisted";
 
+/// A label value every request's series share: built once, so that labelling a request
+/// clones a pointer instead of allocating a string.
+pub type Label = Arc<str>;
+
+/// [`UNLISTED`] as a [`Label`].
+pub fn unlisted() -> Label {
+    static L: LazyLock<Label> = LazyLock::new(|| Label::from(UNLISTED));
+    L.clone()
+}
+
+/// `global` (the gateway-wide concurrency limit's queue) as a [`Label`].
+pub fn global() -> Label {
+    static L: LazyLock<Label> = LazyLock::new(|| Label::from("global"));
+    L.clone()
+}
+
+/// `none` (a request that reached no provider) as a [`Label`].
+pub fn none() -> Label {
+    static L: LazyLock<Label> = LazyLock::new(|| Label::from("none"));
+    L.clone()
+}
+
 /// `endpoint`, `provider`, `model`, `status`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     /// `chat` or `embeddings`.
-    pub endpoint: String,
+    pub endpoint: &'static str,
     /// Provider name, or `none` when the request never reached one.
-    pub provider: String,
+    pub provider: Label,
     /// Catalog model name or `unlisted`.
-    pub model: String,
+    pub model: Label,
     /// HTTP status (499 when the client went away mid-stream).
-    pub status: String,
+    pub status: u16,
 }
 
 /// `provider`, `model`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ModelLabels {
     /// Provider name.
-    pub provider: String,
+    pub provider: Label,
     /// Catalog model name or `unlisted`.
-    pub model: String,
+    pub model: Label,
 }
 
 /// `provider`, `model`, `kind` (prompt/completion).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TokenLabels {
     /// Provider name.
-    pub provider: String,
+    pub provider: Label,
     /// Catalog model name or `unlisted`.
-    pub model: String,
+    pub model: Label,
     /// `prompt` or `completion`.
-    pub kind: String,
+    pub kind: &'static str,
 }
 
 /// `virtual_model`, `tier`, `provider`, `model` of a routing decision.
@@ -159,7 +182,7 @@ pub struct ReloadLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct QueueLabels {
     /// `global` or a provider name.
-    pub scope: String,
+    pub scope: Label,
 }
 
 /// One budget's labels (key-scoped budgets are left out: their subject is a key id, an
@@ -178,7 +201,7 @@ pub struct BudgetFigureLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EndpointLabels {
     /// `chat`, `embeddings`, ...
-    pub endpoint: String,
+    pub endpoint: &'static str,
 }
 
 type FloatGauge = prometheus_client::metrics::gauge::Gauge<f64, AtomicU64>;
@@ -568,23 +591,20 @@ impl Metrics {
         self.estimated_usage.inc();
     }
 
-    /// Records one finished request.
     /// Counts a stream's time to first token.
-    pub fn time_to_first_token(&self, provider: &str, model: &str, seconds: f64) {
+    pub fn time_to_first_token(&self, provider: &Label, model: &Label, seconds: f64) {
         self.ttft
             .get_or_create(&ModelLabels {
-                provider: provider.to_owned(),
-                model: model.to_owned(),
+                provider: provider.clone(),
+                model: model.clone(),
             })
             .observe(seconds);
     }
 
     /// Counts the gateway's own time in a request of `endpoint`.
-    pub fn overhead(&self, endpoint: &str, seconds: f64) {
+    pub fn overhead(&self, endpoint: &'static str, seconds: f64) {
         self.overhead
-            .get_or_create(&EndpointLabels {
-                endpoint: endpoint.to_owned(),
-            })
+            .get_or_create(&EndpointLabels { endpoint })
             .observe(seconds);
     }
 
@@ -640,7 +660,7 @@ impl Metrics {
                     .get_or_create(&TokenLabels {
                         provider: labels.provider.clone(),
                         model: labels.model.clone(),
-                        kind: kind.to_owned(),
+                        kind,
                     })
                     .inc_by(n);
             }
@@ -719,10 +739,10 @@ impl Metrics {
     }
 
     /// Records a wait for a concurrency slot.
-    pub fn queue_wait(&self, scope: &str, seconds: f64) {
+    pub fn queue_wait(&self, scope: &Label, seconds: f64) {
         self.queue_wait
             .get_or_create(&QueueLabels {
-                scope: scope.to_owned(),
+                scope: scope.clone(),
             })
             .observe(seconds);
     }
@@ -793,8 +813,8 @@ impl Metrics {
     pub fn first_content_deadline(&self, provider: &str, model: &str, secs: f64) {
         self.first_content_deadline
             .get_or_create(&ModelLabels {
-                provider: provider.to_owned(),
-                model: model.to_owned(),
+                provider: Label::from(provider),
+                model: Label::from(model),
             })
             .set(secs);
     }
