@@ -48,7 +48,7 @@ COMPONENTS = [
     ("HTTP (hyper, http, httparse, axum, tower)", r"/(hyper|hyper-util|http|http-body|http-body-util|httparse|axum|axum-core|tower|tower-http)-\d"),
     ("HTTP client (reqwest, url)", r"/(reqwest|url|idna|percent-encoding|form_urlencoded)-\d"),
     ("async runtime (tokio)", r"/tokio-\d|/futures-"),
-    ("gateway's own code", r"/work/|/gateway/src/"),
+    ("gateway's own code", r"(^|/)gateway/(src|examples)/"),
     ("tracing and metrics", r"/(tracing|tracing-core|tracing-subscriber|prometheus-client)-\d"),
 ]
 
@@ -98,7 +98,10 @@ def costs(path):
         name, cost = m.group(2), int(m.group(1).replace(",", ""))
         if "PROGRAM TOTALS" in name:
             continue
-        comp = next((c for c, pat in COMPONENTS if re.search(pat, name)), "other (std, libc, the rest)")
+        # Matched on the source file only: the object in brackets names the binary, whose path
+        # every function compiled into it shares.
+        source = name.split(" [")[0]
+        comp = next((c for c, pat in COMPONENTS if re.search(pat, source)), "other (std, libc, the rest)")
         parts[comp] += cost
     return total, parts
 
