@@ -98,8 +98,8 @@ def costs(path):
         name, cost = m.group(2), int(m.group(1).replace(",", ""))
         if "PROGRAM TOTALS" in name:
             continue
-        # Matched on the source file only: the object in brackets names the binary, whose path
-        # every function compiled into it shares.
+        # Matched on the file and function, not the object in brackets: that names the binary,
+        # whose path every function compiled into it shares.
         source = name.split(" [")[0]
         comp = next((c for c, pat in COMPONENTS if re.search(pat, source)), "other (std, libc, the rest)")
         parts[comp] += cost

@@ -245,3 +245,22 @@ pub struct Services {
     /// The environment `env` secrets are read from (default: the process's).
     pub env: Option<Env>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Meta;
+
+    #[test]
+    fn the_config_header_is_the_version_or_the_hashs_start() {
+        let hash = "0123456789abcdef0123";
+        let v = |version| Meta::header_value(version, hash).map(|h| h.to_str().unwrap().to_owned());
+        assert_eq!(v(Some("gen-7")).as_deref(), Some("gen-7"));
+        assert_eq!(v(None).as_deref(), Some("sha256:0123456789ab"));
+        // A version no header can carry: no header, rather than a failed request.
+        assert_eq!(v(Some("line\nbreak")), None);
+        assert_eq!(
+            Meta::header_value(None, "short").unwrap().to_str().unwrap(),
+            "sha256:short"
+        );
+    }
+}

@@ -420,58 +420,6 @@ pub struct ResponseProbe {
     pub error: Option<Value>,
 }
 
-/// What the gateway reads of a complete (not streamed) response: that it has `choices`, and
-/// its usage. The choices are skipped, not read: the body is forwarded as it came, and reading
-/// each choice's fields cost more than the rest of the probe.
-#[derive(Debug, Default, Deserialize)]
-pub struct JsonProbe {
-    /// `choices`, when present.
-    #[serde(default)]
-    pub choices: Option<AnArray>,
-    /// Usage, when present.
-    #[serde(default)]
-    pub usage: Option<Usage>,
-    /// Groq's extension (its usage, if any).
-    #[serde(default)]
-    pub x_groq: Option<GroqExtra>,
-}
-
-impl JsonProbe {
-    /// The usage, wherever the provider put it.
-    pub fn usage(&self) -> Option<&Usage> {
-        reported_usage(self.usage.as_ref(), self.x_groq.as_ref())
-    }
-}
-
-/// A response's usage, or Groq's in its extension.
-fn reported_usage<'a>(usage: Option<&'a Usage>, groq: Option<&'a GroqExtra>) -> Option<&'a Usage> {
-    usage.or_else(|| groq.and_then(|x| x.usage.as_ref()))
-}
-
-/// Any JSON array, its elements skipped unread.
-#[derive(Debug)]
-pub struct AnArray;
-
-impl<'de> Deserialize<'de> for AnArray {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Skip;
-        impl<'de> serde::de::Visitor<'de> for Skip {
-            type Value = AnArray;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("an array")
-            }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(
-                self,
-                mut seq: A,
-            ) -> Result<AnArray, A::Error> {
-                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
-                Ok(AnArray)
-            }
-        }
-        d.deserialize_seq(Skip)
-    }
-}
-
 /// Groq's `x_groq` extension.
 #[derive(Debug, Default, Deserialize)]
 pub struct GroqExtra {
@@ -560,49 +508,15 @@ impl ResponseProbe {
 
     /// Usage from wherever this provider put it.
     pub fn usage(&self) -> Option<&Usage> {
-        reported_usage(self.usage.as_ref(), self.x_groq.as_ref())
+        self.usage
+            .as_ref()
+            .or_else(|| self.x_groq.as_ref().and_then(|x| x.usage.as_ref()))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_complete_responses_probe_skips_the_choices_and_reads_the_usage() {
-        let p: JsonProbe = serde_json::from_str(
-            r#"{"id":"x","choices":[{"index":0,"message":{"role":"assistant","content":"hi \"there\""},"finish_reason":"stop"}],
-                "usage":{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5,"prompt_tokens_details":{"cached_tokens":1}}}"#,
-        )
-        .unwrap();
-        assert!(p.choices.is_some());
-        let u = p.usage().unwrap();
-        assert_eq!((u.prompt_tokens, u.completion_tokens), (3, 2));
-        assert_eq!(
-            u.prompt_tokens_details.as_ref().unwrap().cached_tokens,
-            Some(1)
-        );
-
-        // Groq's usage; choices missing or null are absent (the caller refuses the response).
-        let p: JsonProbe =
-            serde_json::from_str(r#"{"choices":null,"x_groq":{"usage":{"prompt_tokens":7}}}"#)
-                .unwrap();
-        assert!(p.choices.is_none());
-        assert_eq!(p.usage().unwrap().prompt_tokens, 7);
-        assert!(serde_json::from_str::<JsonProbe>("{}")
-            .unwrap()
-            .choices
-            .is_none());
-
-        // Not an array, or not JSON: an error, which the caller reports as a malformed answer.
-        for bad in [
-            r#"{"choices":5}"#,
-            r#"{"choices":{}}"#,
-            r#"{"choices":[1,}"#,
-        ] {
-            assert!(serde_json::from_str::<JsonProbe>(bad).is_err(), "{bad}");
-        }
-    }
 
     #[test]
     fn a_chunks_content_length_is_its_unescaped_text_in_bytes() {

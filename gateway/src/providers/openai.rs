@@ -11,7 +11,7 @@ use serde_json::{json, Map, Value};
 
 use super::{opaque_error, stream_channel, ChatCall, ChatResponse, Provider, StreamItem};
 use crate::error::{Error, Failure};
-use crate::wire::{JsonProbe, ResponseProbe, Usage};
+use crate::wire::{ResponseProbe, Usage};
 
 /// The OpenAI-compatible root (`…/v1`) of a provider's base URL.
 pub(super) fn root(protocol: Protocol, base_url: &str) -> String {
@@ -86,7 +86,7 @@ pub async fn chat(p: &Provider, call: ChatCall<'_>) -> Result<ChatResponse, Erro
     let resp = p.send(p.post_chat(&body)?, stream).await?;
     if !stream {
         let body = p.read_body(resp).await?;
-        let probe: JsonProbe = serde_json::from_slice(&body).map_err(|e| {
+        let probe: ResponseProbe = serde_json::from_slice(&body).map_err(|e| {
             Error::bad_gateway(format!("provider {} returned invalid JSON: {e}", p.name))
                 .with_failure(Failure::Malformed)
         })?;
