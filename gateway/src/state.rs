@@ -127,11 +127,13 @@ pub struct Meta {
 impl Meta {
     /// The configuration header's value: its `version`, else `sha256:` and its hash's start.
     pub fn header_value(version: Option<&str>, hash: &str) -> Option<http::HeaderValue> {
-        let text = match version {
-            Some(v) => v.to_owned(),
-            None => format!("sha256:{}", hash.get(..12).unwrap_or(hash)),
-        };
-        http::HeaderValue::from_str(&text).ok()
+        match version {
+            Some(v) => http::HeaderValue::from_str(v),
+            None => {
+                http::HeaderValue::from_str(&format!("sha256:{}", hash.get(..12).unwrap_or(hash)))
+            }
+        }
+        .ok()
     }
 }
 

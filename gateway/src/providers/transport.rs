@@ -204,7 +204,7 @@ impl Client {
         let deadline = total.map(|t| Instant::now() + t);
         match &self.via {
             Via::Direct(client) => {
-                let wait = self.next_read(deadline);
+                let wait = next_read(self.read_idle, deadline);
                 // HTTP/2 is only offered by ALPN, so only a TLS connection can refuse a request
                 // that way: a plain one sends its request without keeping a copy.
                 let h2_possible = req.uri().scheme() == Some(&http::uri::Scheme::HTTPS);
@@ -250,12 +250,13 @@ impl Client {
             }
         }
     }
+}
 
-    /// When a wait for the upstream's next bytes gives up.
-    fn next_read(&self, deadline: Option<Instant>) -> Instant {
-        let idle = Instant::now() + self.read_idle;
-        deadline.map_or(idle, |d| d.min(idle))
-    }
+/// When a wait for the upstream's next bytes gives up: after `read_idle`, and never past the
+/// request's total deadline.
+fn next_read(read_idle: Duration, deadline: Option<Instant>) -> Instant {
+    let idle = Instant::now() + read_idle;
+    deadline.map_or(idle, |d| d.min(idle))
 }
 
 /// Whether a proxy from the environment (`HTTP(S)_PROXY`, `ALL_PROXY`, `NO_PROXY`) applies.
@@ -360,8 +361,7 @@ impl Response {
     pub async fn chunk(&mut self) -> Result<Option<Bytes>, TransportError> {
         match &mut self.body {
             Body::Direct(body) => {
-                let idle = Instant::now() + self.read_idle;
-                let wait = self.deadline.map_or(idle, |d| d.min(idle));
+                let wait = next_read(self.read_idle, self.deadline);
                 loop {
                     let frame = tokio::time::timeout_at(wait, body.frame())
                         .await
