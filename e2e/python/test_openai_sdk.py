@@ -214,3 +214,84 @@ def test_failover_is_invisible_to_the_client(client, fault, gateway, stream):
     else:
         text = raw.parse().choices[0].message.content
     assert "Explain quicksort." in text
+
+
+# The Responses API (`client.responses`), served statelessly over each provider's chat API.
+RESPONSES_WEATHER = [{
+    "type": "function",
+    "name": "get_weather",
+    "description": "Current weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+}]
+
+
+@pytest.mark.parametrize("model,provider", CHAT_MODELS)
+def test_responses_create(client, model, provider):
+    raw = client.responses.with_raw_response.create(
+        model=model, instructions="You are terse.", input="Name a colour.", max_output_tokens=50
+    )
+    assert raw.headers["x-llm-gateway-provider"] == provider
+    resp = raw.parse()
+    assert resp.object == "response" and resp.status == "completed"
+    assert f"Mock {provider} reply" in resp.output_text and "Name a colour." in resp.output_text
+    assert resp.usage.input_tokens > 0 and resp.usage.output_tokens > 0
+    assert resp.usage.total_tokens == resp.usage.input_tokens + resp.usage.output_tokens
+
+
+@pytest.mark.parametrize("model,provider", CHAT_MODELS)
+def test_responses_stream_through_the_sdk_accumulator(client, model, provider):
+    deltas = ""
+    with client.responses.stream(model=model, input=CONVERSATION[1:]) as stream:
+        for event in stream:
+            if event.type == "response.output_text.delta":
+                deltas += event.delta
+        final = stream.get_final_response()
+    assert final.status == "completed"
+    assert final.output_text == deltas and f"Mock {provider} reply" in deltas
+    assert final.usage.output_tokens > 0
+
+
+@pytest.mark.parametrize("model,provider", [m for m in TOOL_MODELS if m[1] in ("openai", "anthropic", "groq")])
+def test_responses_function_calls_round_trip(client, model, provider):
+    history = [{"role": "user", "content": "Weather in Paris?"}]
+    first = client.responses.create(model=model, input=history, tools=RESPONSES_WEATHER, tool_choice="required")
+    calls = [o for o in first.output if o.type == "function_call"]
+    assert calls and calls[0].name == "get_weather"
+    assert json.loads(calls[0].arguments) == {"city": "sample"}
+    # The SDK's documented loop: the output items go back as input, with each call's output.
+    history += first.output
+    history.append({"type": "function_call_output", "call_id": calls[0].call_id, "output": "21C, clear"})
+    second = client.responses.create(model=model, input=history, tools=RESPONSES_WEATHER)
+    assert "21C, clear" in second.output_text
+
+    with client.responses.stream(
+        model=model, input="Weather in Rome?", tools=RESPONSES_WEATHER,
+        tool_choice={"type": "function", "name": "get_weather"},
+    ) as stream:
+        for _ in stream:
+            pass
+        final = stream.get_final_response()
+    call = next(o for o in final.output if o.type == "function_call")
+    assert json.loads(call.arguments) == {"city": "sample"}
+
+
+@pytest.mark.parametrize("model", ["gpt-4o-mini", "claude-3-5-haiku-latest"])
+def test_responses_structured_output_with_parse(client, model):
+    resp = client.responses.parse(model=model, input="Give me a number", text_format=Answer)
+    assert resp.output_parsed == Answer(n=1, label="sample")
+
+
+def test_responses_errors_and_a_cut_stream(client, fault):
+    with pytest.raises(openai.BadRequestError) as e:
+        client.responses.create(model="gpt-4o-mini", input="x", previous_response_id="resp_123")
+    assert e.value.body["param"] == "previous_response_id"
+    assert e.value.body["code"] == "unsupported_parameter"
+    with pytest.raises(openai.NotFoundError):
+        client.responses.create(model="no-such-model", input="x")
+
+    fault(vendor="openai", cut_after=5, times=1)
+    events = list(client.responses.create(model="gpt-4o-mini", input=CONVERSATION, stream=True))
+    kinds = [e.type for e in events]
+    assert kinds[0] == "response.created" and kinds[-2:] == ["error", "response.failed"], kinds
+    assert events[-1].response.status == "failed"
+    assert "response.completed" not in kinds

@@ -372,3 +372,186 @@ async fn virtual_models_are_routed_and_say_how() {
     let (_, headers, _) = h.chat(&hello("cheap")).await;
     assert_eq!(headers["x-llm-gateway-provider"], "ollama", "local is free");
 }
+
+/// The Responses API's events of a streamed `/v1/responses` answer, each checked to carry
+/// its type on the `event:` line too.
+fn response_events(body: &str) -> Vec<Value> {
+    body.split("\n\n")
+        .filter(|f| !f.trim().is_empty() && !f.starts_with(':'))
+        .map(|f| {
+            let event = f.lines().find_map(|l| l.strip_prefix("event: "));
+            let data = f.lines().find_map(|l| l.strip_prefix("data: ")).unwrap();
+            let v: Value = serde_json::from_str(data).unwrap_or_else(|e| panic!("{data}: {e}"));
+            assert_eq!(event, v["type"].as_str(), "{f}");
+            v
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn the_responses_api_answers_through_every_provider_whole_and_streamed() {
+    let h = start().await;
+    for (model, provider, _) in MODELS {
+        let req = json!({"model": model, "instructions": "Be brief.", "input": "Hello there",
+            "max_output_tokens": 64, "metadata": {"ticket": "T-1"}});
+        let r = h.post("/v1/responses", &req).await;
+        assert_eq!(r.status(), 200, "{model}");
+        assert_eq!(r.headers()["x-llm-gateway-provider"], provider);
+        let request_id = r.headers()["x-request-id"]
+            .to_str()
+            .unwrap()
+            .replace('-', "");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["object"], "response", "{model}: {body}");
+        assert_eq!(body["id"], format!("resp_{request_id}"));
+        assert_eq!(body["status"], "completed");
+        assert_eq!(body["metadata"], json!({"ticket": "T-1"}));
+        assert_eq!(body["instructions"], "Be brief.");
+        let text = body["output"][0]["content"][0]["text"].as_str().unwrap();
+        assert!(
+            text.contains(&format!("Mock {provider} reply")) && text.contains("Hello there"),
+            "{model}: {text}"
+        );
+        assert!(body["usage"]["input_tokens"].as_u64().unwrap() > 0);
+        assert!(body["usage"]["output_tokens"].as_u64().unwrap() > 0);
+
+        let mut req = req.clone();
+        req["stream"] = json!(true);
+        let r = h.post("/v1/responses", &req).await;
+        assert_eq!(r.status(), 200, "{model}");
+        assert_eq!(r.headers()["content-type"], "text/event-stream");
+        let events = response_events(&r.text().await.unwrap());
+        let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+        assert_eq!(
+            kinds[..4],
+            [
+                "response.created",
+                "response.in_progress",
+                "response.output_item.added",
+                "response.content_part.added"
+            ],
+            "{model}"
+        );
+        assert_eq!(kinds.last(), Some(&"response.completed"), "{model}");
+        let deltas: String = events
+            .iter()
+            .filter(|e| e["type"] == "response.output_text.delta")
+            .map(|e| e["delta"].as_str().unwrap())
+            .collect();
+        let done = &events.last().unwrap()["response"];
+        assert_eq!(done["output"][0]["content"][0]["text"], deltas.as_str());
+        assert!(deltas.ends_with("Hello there"), "{model}: {deltas}");
+        assert!(
+            done["usage"]["output_tokens"].as_u64().unwrap() > 0,
+            "{model}"
+        );
+        for (i, e) in events.iter().enumerate() {
+            assert_eq!(e["sequence_number"], i, "{model}");
+        }
+    }
+    // The upstream got a chat request: instructions as a system message, the limit under
+    // its current name, nothing OpenAI-only (metadata) passed on.
+    let sent = h.received("openai").await;
+    let last = &sent.last().unwrap()["body"];
+    assert_eq!(
+        last["messages"],
+        json!([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello there"}])
+    );
+    assert_eq!(last["max_completion_tokens"], 64);
+    assert!(last.get("metadata").is_none());
+    let metrics = h.get_text("/metrics").await;
+    assert!(
+        metrics.contains("endpoint=\"responses\""),
+        "the responses endpoint is not in the metrics"
+    );
+}
+
+#[tokio::test]
+async fn responses_function_calls_round_trip_and_stream_as_items() {
+    let h = start().await;
+    let tools = json!([{"type": "function", "name": "get_weather", "description": "Current weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"},
+            "unit": {"type": "string", "enum": ["c", "f"]}}, "required": ["city"]}}]);
+    for model in ["gpt-4o-mini", "claude-3-5-haiku-latest"] {
+        let req = json!({"model": model, "tools": tools, "input": "Weather in Paris?",
+            "tool_choice": {"type": "function", "name": "get_weather"}});
+        let r = h.post("/v1/responses", &req).await;
+        assert_eq!(r.status(), 200, "{model}");
+        let body: Value = r.json().await.unwrap();
+        let call = body["output"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["type"] == "function_call")
+            .unwrap_or_else(|| panic!("{model}: no call in {body}"))
+            .clone();
+        assert_eq!(call["name"], "get_weather");
+        let args: Value = serde_json::from_str(call["arguments"].as_str().unwrap()).unwrap();
+        assert_eq!(args["city"], "sample");
+
+        // The next turn sends the call and its output back, as the SDK's users do.
+        let follow = json!({"model": model, "tools": tools, "input": [
+            {"role": "user", "content": "Weather in Paris?"},
+            call,
+            {"type": "function_call_output", "call_id": call["call_id"], "output": "18 degrees and sunny"}]});
+        let r = h.post("/v1/responses", &follow).await;
+        assert_eq!(r.status(), 200, "{model}");
+        let body: Value = r.json().await.unwrap();
+        let text = body["output"][0]["content"][0]["text"].as_str().unwrap();
+        assert!(text.contains("18 degrees and sunny"), "{model}: {text}");
+
+        let mut req = req.clone();
+        req["stream"] = json!(true);
+        let events = response_events(&h.post("/v1/responses", &req).await.text().await.unwrap());
+        let added = events
+            .iter()
+            .find(|e| {
+                e["type"] == "response.output_item.added" && e["item"]["type"] == "function_call"
+            })
+            .unwrap_or_else(|| panic!("{model}: {events:?}"));
+        let args: String = events
+            .iter()
+            .filter(|e| e["type"] == "response.function_call_arguments.delta")
+            .map(|e| e["delta"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            serde_json::from_str::<Value>(&args).unwrap(),
+            json!({"city": "sample", "unit": "c"}),
+            "{model}"
+        );
+        let done = &events.last().unwrap()["response"];
+        let item = &done["output"][added["output_index"].as_u64().unwrap() as usize];
+        assert_eq!(item["arguments"], args.as_str());
+        assert_eq!(item["id"], added["item"]["id"]);
+    }
+}
+
+#[tokio::test]
+async fn responses_requests_the_gateway_cannot_serve_get_errors_naming_the_field() {
+    let h = start().await;
+    for (req, status, param) in [
+        (json!({"model": "gpt-4o-mini"}), 400, Some("input")),
+        (
+            json!({"model": "gpt-4o-mini", "input": "x", "previous_response_id": "resp_1"}),
+            400,
+            Some("previous_response_id"),
+        ),
+        (
+            json!({"model": "gpt-4o-mini", "input": "x", "tools": [{"type": "web_search"}]}),
+            400,
+            Some("tools[0].type"),
+        ),
+        (
+            json!({"model": "gpt-4o-mini", "input": "x", "max_output_tokens": 0}),
+            400,
+            Some("max_output_tokens"),
+        ),
+        (json!({"model": "no-such-model", "input": "x"}), 404, None),
+    ] {
+        let r = h.post("/v1/responses", &req).await;
+        assert_eq!(r.status(), status, "{req}");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error"]["param"].as_str(), param, "{req}: {body}");
+        assert!(body["error"]["message"].as_str().is_some(), "{body}");
+    }
+}

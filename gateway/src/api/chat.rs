@@ -38,16 +38,22 @@ pub async fn handle(
 ) -> Response {
     let mut ctx = RequestContext::new(gw.clone(), "chat", super::request_id(&req_headers));
     ctx.set_caller(caller.clone());
-    let result = serve(&gw, &caller, &req_headers, body, &mut ctx).await;
+    let result = serve(&gw, &caller, &req_headers, body, &mut ctx, body::parse).await;
     super::respond::respond(&mut ctx, result)
 }
 
-async fn serve(
+/// A parsed request: the raw body forwarded upstream and its typed view.
+pub type Parsed = (serde_json::Map<String, serde_json::Value>, ChatRequest);
+
+/// The pipeline for one request whose body `parse` reads as a chat request (`/v1/responses`
+/// translates its own body here, then serves it the same way).
+pub async fn serve(
     gw: &AppState,
     caller: &crate::auth::Caller,
     req_headers: &HeaderMap,
     body: Body,
     ctx: &mut RequestContext,
+    parse: impl FnOnce(&[u8]) -> Result<Parsed, Error>,
 ) -> Result<Response, Error> {
     let cfg = ctx.cfg().clone();
     // 1. Admit (global, tenant and buffered-body limits), then read and validate.
@@ -55,8 +61,7 @@ async fn serve(
         .admission
         .admit(caller.tenant(), req_headers, &gw.metrics)
         .await?;
-    let (raw, req): (_, ChatRequest) =
-        body::parse(&body::read(req_headers, body, cfg.max_body_bytes).await?)?;
+    let (raw, req) = parse(&body::read(req_headers, body, cfg.max_body_bytes).await?)?;
     validate(&req)?;
     let prompt_bytes = crate::router::tokens::upper_bound(&req, raw.get("tools"));
     ctx.set_prompt_bytes(prompt_bytes);

@@ -13,6 +13,7 @@ pub mod health;
 pub mod models;
 pub mod origin;
 pub mod respond;
+pub mod responses;
 pub mod route;
 pub mod serve;
 pub mod sse;
@@ -39,6 +40,7 @@ pub fn router(state: AppState, with_metrics: bool) -> Router {
     // Authentication is the first step of every model endpoint.
     let v1 = Router::new()
         .route("/v1/chat/completions", post(chat::handle))
+        .route("/v1/responses", post(responses::handle))
         .route("/v1/embeddings", post(embeddings::handle))
         .route("/v1/route", post(route::handle))
         .route("/v1/budget", get(usage::mine))
@@ -111,7 +113,7 @@ async fn v1_front(
 async fn not_found(uri: http::Uri) -> Error {
     Error::new(Kind::NotFound,
         format!(
-            "Unknown endpoint {}. This gateway serves /v1/chat/completions, /v1/embeddings and /v1/models.",
+            "Unknown endpoint {}. This gateway serves /v1/chat/completions, /v1/responses, /v1/embeddings and /v1/models.",
             uri.path()
         ),
     )

@@ -1,0 +1,501 @@
+//! A chat-completions stream as the Responses API's event stream: `response.created`,
+//! `response.in_progress`, then per output item `output_item.added`, its deltas and its
+//! `.done` events, and last `response.completed` (or `incomplete`, or `error` and
+//! `response.failed`), each numbered by `sequence_number`, as the `openai` SDK's stream
+//! accumulator expects them.
+
+use std::collections::HashMap;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use serde_json::{json, Value};
+
+use super::reply::{now, output_text, Ending, Item, Shell};
+
+/// Translates the gateway's own chat SSE frames, as they arrive, into Responses events.
+pub struct Translator {
+    shell: Shell,
+    pending: BytesMut,
+    seq: u64,
+    started: bool,
+    ended: bool,
+    created_at: i64,
+    model: String,
+    items: Vec<Item>,
+    /// The output index of the message item, once text has come.
+    message: Option<usize>,
+    /// Output index of each chat tool call index.
+    calls: HashMap<u64, usize>,
+    finish: Option<String>,
+    usage: Option<Value>,
+}
+
+impl Translator {
+    /// A translator for the response `shell` describes.
+    pub fn new(shell: Shell) -> Self {
+        Translator {
+            shell,
+            pending: BytesMut::new(),
+            seq: 0,
+            started: false,
+            ended: false,
+            created_at: now(),
+            model: String::new(),
+            items: Vec::new(),
+            message: None,
+            calls: HashMap::new(),
+            finish: None,
+            usage: None,
+        }
+    }
+
+    /// The events for the next piece of the chat stream (frames may be split anywhere).
+    pub fn push(&mut self, bytes: &[u8]) -> Bytes {
+        self.pending.extend_from_slice(bytes);
+        let mut out = BytesMut::new();
+        while let Some(end) = self.pending.windows(2).position(|w| w == b"\n\n") {
+            let frame = self.pending.split_to(end + 2);
+            self.frame(&frame[..end], &mut out);
+        }
+        out.freeze()
+    }
+
+    /// Whether the stream reached its end event (completed, incomplete or failed).
+    pub fn ended(&self) -> bool {
+        self.ended
+    }
+
+    /// The events for a chat stream that stopped without its end: the client is told it
+    /// failed rather than left with a response that never completes.
+    pub fn cut(&mut self) -> Bytes {
+        let mut out = BytesMut::new();
+        if !self.ended {
+            self.fail(
+                json!({"error": {"message": "the upstream stream ended early", "code": "stream_cut"}}),
+                &mut out,
+            );
+        }
+        out.freeze()
+    }
+
+    /// One frame of the gateway's chat stream (without its blank line).
+    fn frame(&mut self, frame: &[u8], out: &mut BytesMut) {
+        if self.ended {
+            return;
+        }
+        if frame.starts_with(b":") {
+            // The gateway's cost comment: clients ignore comments, readers of the wire want it.
+            out.put_slice(frame);
+            out.put_slice(b"\n\n");
+            return;
+        }
+        let Some(data) = frame.strip_prefix(b"data: ") else {
+            return;
+        };
+        if data == b"[DONE]" {
+            self.finish_stream(out);
+            return;
+        }
+        let Ok(chunk) = serde_json::from_slice::<Value>(data) else {
+            self.fail(
+                json!({"error": {"message": "the upstream sent a chunk that is not JSON", "code": "bad_gateway"}}),
+                out,
+            );
+            return;
+        };
+        if chunk.get("error").is_some_and(|e| !e.is_null()) {
+            self.fail(chunk, out);
+            return;
+        }
+        self.start(&chunk, out);
+        if let Some(u) = chunk.get("usage").filter(|u| u.is_object()) {
+            self.usage = Some(u.clone());
+        }
+        let Some(choice) = chunk["choices"].get(0) else {
+            return;
+        };
+        if let Some(f) = choice["finish_reason"].as_str() {
+            self.finish = Some(f.to_owned());
+        }
+        let delta = &choice["delta"];
+        if let Some(text) = delta["content"].as_str().filter(|t| !t.is_empty()) {
+            let index = self.message_item(out);
+            if let Item::Message { text: t, .. } = &mut self.items[index] {
+                t.push_str(text);
+            }
+            let item_id = self.shell.item_id(index, &self.items[index]);
+            self.emit(
+                "response.output_text.delta",
+                json!({"item_id": item_id, "output_index": index, "content_index": 0,
+                       "delta": text, "logprobs": []}),
+                out,
+            );
+        }
+        if let Some(r) = delta["refusal"].as_str().filter(|t| !t.is_empty()) {
+            let index = self.message_item(out);
+            if let Item::Message { refusal, .. } = &mut self.items[index] {
+                refusal.push_str(r);
+            }
+        }
+        for call in delta["tool_calls"].as_array().into_iter().flatten() {
+            self.call_delta(call, out);
+        }
+    }
+
+    /// `response.created` and `response.in_progress`, before the first content.
+    fn start(&mut self, chunk: &Value, out: &mut BytesMut) {
+        if self.started {
+            return;
+        }
+        self.started = true;
+        if let Some(c) = chunk["created"].as_i64() {
+            self.created_at = c;
+        }
+        self.model = chunk["model"].as_str().unwrap_or_default().to_owned();
+        let response = self.snapshot(Ending::InProgress, None);
+        self.emit(
+            "response.created",
+            json!({"response": response.clone()}),
+            out,
+        );
+        self.emit("response.in_progress", json!({"response": response}), out);
+    }
+
+    /// The message item's index, adding the item and its text part on first use.
+    fn message_item(&mut self, out: &mut BytesMut) -> usize {
+        if let Some(i) = self.message {
+            return i;
+        }
+        let index = self.items.len();
+        self.items.push(Item::Message {
+            text: String::new(),
+            refusal: String::new(),
+        });
+        self.message = Some(index);
+        let mut item = self
+            .shell
+            .item_json(index, &self.items[index], "in_progress");
+        item["content"] = json!([]);
+        let item_id = item["id"].clone();
+        self.emit(
+            "response.output_item.added",
+            json!({"output_index": index, "item": item}),
+            out,
+        );
+        self.emit(
+            "response.content_part.added",
+            json!({"item_id": item_id, "output_index": index, "content_index": 0,
+                   "part": output_text("")}),
+            out,
+        );
+        index
+    }
+
+    /// A tool call's fragment: a new call adds a `function_call` item, later fragments
+    /// extend its arguments.
+    fn call_delta(&mut self, call: &Value, out: &mut BytesMut) {
+        let chat_index = call["index"].as_u64().unwrap_or(0);
+        let f = &call["function"];
+        let index = match self.calls.get(&chat_index) {
+            Some(&i) => {
+                if let Item::Call { name, call_id, .. } = &mut self.items[i] {
+                    name.push_str(f["name"].as_str().unwrap_or_default());
+                    if call_id.is_empty() {
+                        call_id.push_str(call["id"].as_str().unwrap_or_default());
+                    }
+                }
+                i
+            }
+            None => {
+                let index = self.items.len();
+                self.items.push(Item::Call {
+                    call_id: call["id"].as_str().unwrap_or_default().to_owned(),
+                    name: f["name"].as_str().unwrap_or_default().to_owned(),
+                    arguments: String::new(),
+                });
+                self.calls.insert(chat_index, index);
+                let item = self
+                    .shell
+                    .item_json(index, &self.items[index], "in_progress");
+                self.emit(
+                    "response.output_item.added",
+                    json!({"output_index": index, "item": item}),
+                    out,
+                );
+                index
+            }
+        };
+        if let Some(a) = f["arguments"].as_str().filter(|a| !a.is_empty()) {
+            if let Item::Call { arguments, .. } = &mut self.items[index] {
+                arguments.push_str(a);
+            }
+            let item_id = self.shell.item_id(index, &self.items[index]);
+            self.emit(
+                "response.function_call_arguments.delta",
+                json!({"item_id": item_id, "output_index": index, "delta": a}),
+                out,
+            );
+        }
+    }
+
+    /// `[DONE]`: every item's `.done` events, then the final response.
+    fn finish_stream(&mut self, out: &mut BytesMut) {
+        self.start(&Value::Null, out);
+        let ending = Ending::of_finish(self.finish.as_deref());
+        let status = ending.status();
+        for index in 0..self.items.len() {
+            let item = self.shell.item_json(index, &self.items[index], status);
+            let item_id = item["id"].clone();
+            match &self.items[index] {
+                Item::Message { text, .. } => {
+                    let parts = item["content"].as_array().cloned().unwrap_or_default();
+                    self.emit(
+                        "response.output_text.done",
+                        json!({"item_id": item_id, "output_index": index, "content_index": 0,
+                               "text": text, "logprobs": []}),
+                        out,
+                    );
+                    for (content_index, part) in parts.into_iter().enumerate() {
+                        if part["type"] == "refusal" {
+                            // The refusal's text comes whole: chat streams it as deltas of
+                            // a field the Responses events have no delta for here.
+                            self.emit(
+                                "response.content_part.added",
+                                json!({"item_id": item_id, "output_index": index,
+                                       "content_index": content_index, "part": part.clone()}),
+                                out,
+                            );
+                        }
+                        self.emit(
+                            "response.content_part.done",
+                            json!({"item_id": item_id, "output_index": index,
+                                   "content_index": content_index, "part": part}),
+                            out,
+                        );
+                    }
+                }
+                Item::Call { arguments, .. } => {
+                    let arguments = arguments.clone();
+                    self.emit(
+                        "response.function_call_arguments.done",
+                        json!({"item_id": item_id, "output_index": index, "arguments": arguments}),
+                        out,
+                    );
+                }
+            }
+            self.emit(
+                "response.output_item.done",
+                json!({"output_index": index, "item": item}),
+                out,
+            );
+        }
+        let kind = match ending {
+            Ending::Incomplete(_) => "response.incomplete",
+            _ => "response.completed",
+        };
+        let response = self.snapshot(ending, None);
+        self.emit(kind, json!({"response": response}), out);
+        self.ended = true;
+    }
+
+    /// A failure mid-stream: an `error` event, then `response.failed`.
+    fn fail(&mut self, chunk: Value, out: &mut BytesMut) {
+        self.start(&Value::Null, out);
+        let e = &chunk["error"];
+        let message = e["message"]
+            .as_str()
+            .unwrap_or("the response failed")
+            .to_owned();
+        let code = e["code"].as_str().or(e["type"].as_str()).map(str::to_owned);
+        self.emit(
+            "error",
+            json!({"code": code, "message": message, "param": e["param"]}),
+            out,
+        );
+        let error =
+            json!({"code": code.unwrap_or_else(|| "server_error".into()), "message": message});
+        let response = self.snapshot(Ending::Failed, Some(error));
+        self.emit("response.failed", json!({"response": response}), out);
+        self.ended = true;
+    }
+
+    fn snapshot(&self, ending: Ending, error: Option<Value>) -> Value {
+        self.shell.response(
+            self.created_at,
+            &self.model,
+            ending,
+            &self.items,
+            self.usage.as_ref(),
+            error,
+        )
+    }
+
+    /// One event: `event: <type>` and its data, numbered.
+    fn emit(&mut self, kind: &str, mut data: Value, out: &mut BytesMut) {
+        data["type"] = json!(kind);
+        data["sequence_number"] = json!(self.seq);
+        self.seq += 1;
+        out.put_slice(b"event: ");
+        out.put_slice(kind.as_bytes());
+        out.put_slice(b"\ndata: ");
+        out.put_slice(data.to_string().as_bytes());
+        out.put_slice(b"\n\n");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::responses::request::Echo;
+
+    fn events(frames: &[&str], step: usize) -> Vec<Value> {
+        let mut t = Translator::new(Shell::new("r1", Echo::default()));
+        let wire: String = frames.iter().map(|f| format!("{f}\n\n")).collect();
+        let mut out = Vec::new();
+        for piece in wire.as_bytes().chunks(step) {
+            out.extend_from_slice(&t.push(piece));
+        }
+        out.extend_from_slice(&t.cut());
+        let text = String::from_utf8(out).unwrap();
+        text.split("\n\n")
+            .filter(|f| !f.is_empty() && !f.starts_with(':'))
+            .map(|f| {
+                let (event, data) = f.split_once('\n').unwrap();
+                let v: Value = serde_json::from_str(data.strip_prefix("data: ").unwrap()).unwrap();
+                assert_eq!(event.strip_prefix("event: ").unwrap(), v["type"]);
+                v
+            })
+            .collect()
+    }
+
+    fn kinds(evs: &[Value]) -> Vec<&str> {
+        evs.iter().map(|e| e["type"].as_str().unwrap()).collect()
+    }
+
+    const TEXT: [&str; 6] = [
+        r#"data: {"id":"c","created":7,"model":"m","choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}"#,
+        r#"data: {"id":"c","created":7,"model":"m","choices":[{"index":0,"delta":{"content":"Hel"}}]}"#,
+        r#"data: {"id":"c","created":7,"model":"m","choices":[{"index":0,"delta":{"content":"lo"},"finish_reason":"stop"}]}"#,
+        r#"data: {"id":"c","created":7,"model":"m","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5}}"#,
+        ": x-llm-gateway-cost-usd=0.000001",
+        "data: [DONE]",
+    ];
+
+    #[test]
+    fn a_text_stream_becomes_the_documented_event_sequence_however_it_is_split() {
+        for step in [1, 7, 4096] {
+            let evs = events(&TEXT, step);
+            assert_eq!(
+                kinds(&evs),
+                [
+                    "response.created",
+                    "response.in_progress",
+                    "response.output_item.added",
+                    "response.content_part.added",
+                    "response.output_text.delta",
+                    "response.output_text.delta",
+                    "response.output_text.done",
+                    "response.content_part.done",
+                    "response.output_item.done",
+                    "response.completed"
+                ],
+                "step {step}"
+            );
+            let seqs: Vec<u64> = evs
+                .iter()
+                .map(|e| e["sequence_number"].as_u64().unwrap())
+                .collect();
+            assert_eq!(seqs, (0..evs.len() as u64).collect::<Vec<_>>());
+            let done = evs.last().unwrap();
+            assert_eq!(done["response"]["id"], "resp_r1");
+            assert_eq!(done["response"]["status"], "completed");
+            assert_eq!(done["response"]["created_at"], 7);
+            assert_eq!(done["response"]["output"][0]["content"][0]["text"], "Hello");
+            assert_eq!(done["response"]["usage"]["total_tokens"], 5);
+            assert_eq!(evs[6]["text"], "Hello");
+        }
+    }
+
+    #[test]
+    fn tool_call_fragments_become_a_function_call_item() {
+        let frames = [
+            r#"data: {"created":1,"model":"m","choices":[{"delta":{"tool_calls":[{"index":0,"id":"call_9","type":"function","function":{"name":"w","arguments":""}}]}}]}"#,
+            r#"data: {"created":1,"model":"m","choices":[{"delta":{"tool_calls":[{"index":0,"function":{"arguments":"{\"c\":"}}]}}]}"#,
+            r#"data: {"created":1,"model":"m","choices":[{"delta":{"tool_calls":[{"index":0,"function":{"arguments":"1}"}}]},"finish_reason":"tool_calls"}]}"#,
+            "data: [DONE]",
+        ];
+        let evs = events(&frames, 5);
+        assert_eq!(
+            kinds(&evs),
+            [
+                "response.created",
+                "response.in_progress",
+                "response.output_item.added",
+                "response.function_call_arguments.delta",
+                "response.function_call_arguments.delta",
+                "response.function_call_arguments.done",
+                "response.output_item.done",
+                "response.completed"
+            ]
+        );
+        assert_eq!(evs[5]["arguments"], "{\"c\":1}");
+        let item = &evs.last().unwrap()["response"]["output"][0];
+        assert_eq!(item["type"], "function_call");
+        assert_eq!(item["call_id"], "call_9");
+        assert_eq!(item["name"], "w");
+        assert_eq!(item["id"], evs[2]["item"]["id"]);
+    }
+
+    #[test]
+    fn an_error_event_or_a_cut_stream_fails_the_response() {
+        let frames = [
+            TEXT[1],
+            r#"data: {"error":{"message":"upstream went away","type":"server_error","param":null,"code":"stream_cut"}}"#,
+        ];
+        let evs = events(&frames, 3);
+        let k = kinds(&evs);
+        assert_eq!(k[k.len() - 2..], ["error", "response.failed"]);
+        assert_eq!(evs[k.len() - 2]["message"], "upstream went away");
+        let failed = &evs.last().unwrap()["response"];
+        assert_eq!(failed["status"], "failed");
+        assert_eq!(failed["error"]["code"], "stream_cut");
+        assert_eq!(failed["output"][0]["content"][0]["text"], "Hel");
+
+        let evs = events(&TEXT[..2], 4096);
+        assert_eq!(kinds(&evs).last(), Some(&"response.failed"));
+    }
+
+    #[test]
+    fn a_length_stop_ends_incomplete() {
+        let frames = [
+            r#"data: {"created":1,"model":"m","choices":[{"delta":{"content":"Par"},"finish_reason":"length"}]}"#,
+            "data: [DONE]",
+        ];
+        let evs = events(&frames, 4096);
+        let last = evs.last().unwrap();
+        assert_eq!(last["type"], "response.incomplete");
+        assert_eq!(
+            last["response"]["incomplete_details"]["reason"],
+            "max_output_tokens"
+        );
+    }
+
+    #[test]
+    fn a_streamed_refusal_arrives_whole_as_a_second_part() {
+        let frames = [
+            r#"data: {"created":1,"model":"m","choices":[{"delta":{"refusal":"I can"}}]}"#,
+            r#"data: {"created":1,"model":"m","choices":[{"delta":{"refusal":"not."},"finish_reason":"stop"}]}"#,
+            "data: [DONE]",
+        ];
+        let evs = events(&frames, 4096);
+        let part = evs
+            .iter()
+            .find(|e| e["type"] == "response.content_part.done" && e["content_index"] == 1)
+            .unwrap();
+        assert_eq!(
+            part["part"],
+            json!({"type": "refusal", "refusal": "I cannot."})
+        );
+        let done = &evs.last().unwrap()["response"]["output"][0]["content"];
+        assert_eq!(done[1]["refusal"], "I cannot.");
+    }
+}
