@@ -295,3 +295,30 @@ def test_responses_errors_and_a_cut_stream(client, fault):
     assert kinds[0] == "response.created" and kinds[-2:] == ["error", "response.failed"], kinds
     assert events[-1].response.status == "failed"
     assert "response.completed" not in kinds
+
+
+def test_refusals_reach_the_sdk_as_refusals(client, mock):
+    """A model's refusal (OpenAI's structured-outputs answer with `refusal` and no content)
+    is a refusal to the SDK on both APIs, streamed or not: never a failed parse of empty text."""
+    httpx.post(f"{mock}/_mock/replies", json=[
+        {"model": "gpt-4o-mini", "contains": "forbidden number", "reply": "I can't help with that.", "refusal": True},
+    ]).raise_for_status()
+    try:
+        chat = client.chat.completions.parse(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "A forbidden number"}], response_format=Answer
+        )
+        assert chat.choices[0].message.refusal == "I can't help with that."
+        assert chat.choices[0].message.parsed is None
+
+        resp = client.responses.parse(model="gpt-4o-mini", input="A forbidden number", text_format=Answer)
+        assert [c.type for c in resp.output[0].content] == ["refusal"]
+        assert resp.output[0].content[0].refusal == "I can't help with that."
+        assert resp.output_parsed is None
+
+        with client.responses.stream(model="gpt-4o-mini", input="A forbidden number", text_format=Answer) as stream:
+            kinds = [e.type for e in stream]
+            final = stream.get_final_response()
+        assert "response.refusal.delta" in kinds and "response.refusal.done" in kinds
+        assert final.output[0].content[0].refusal == "I can't help with that."
+    finally:
+        httpx.delete(f"{mock}/_mock/replies")

@@ -58,6 +58,10 @@ pub struct Scripted {
     pub contains: String,
     /// The answer.
     pub reply: String,
+    /// OpenAI's protocol only: the answer is a refusal (`message.refusal`, `content: null`,
+    /// streamed as `refusal` deltas), as structured outputs give it.
+    #[serde(default)]
+    pub refusal: bool,
 }
 
 /// A request as the mock received it.
@@ -122,12 +126,25 @@ impl Mock {
 
     /// The scripted reply of `model` to `prompt`, else the default deterministic one.
     fn reply(&self, vendor: &str, model: &str, prompt: &str) -> String {
+        self.script(model, prompt)
+            .map(|s| s.reply)
+            .unwrap_or_else(|| common::reply_text(vendor, model, prompt))
+    }
+
+    /// The first script for `model` whose text `prompt` contains.
+    fn script(&self, model: &str, prompt: &str) -> Option<Scripted> {
         let scripts = self.replies.lock().unwrap();
         scripts
             .iter()
             .find(|s| (s.model == "*" || s.model == model) && prompt.contains(&s.contains))
-            .map(|s| s.reply.clone())
-            .unwrap_or_else(|| common::reply_text(vendor, model, prompt))
+            .cloned()
+    }
+
+    /// The scripted refusal of `model` to `prompt`, if one is scripted.
+    fn refusal(&self, model: &str, prompt: &str) -> Option<String> {
+        self.script(model, prompt)
+            .filter(|s| s.refusal)
+            .map(|s| s.reply)
     }
 
     fn load_of(&self, vendor: &str) -> Arc<common::Load> {

@@ -151,6 +151,7 @@ pub async fn chat(
         .map(|m| content_text(&m["content"]))
         .unwrap_or_default();
     let tool_call = choose_tool(&req, last);
+    let refusal = m.refusal(model, &last_user).filter(|_| tool_call.is_none());
     let text = if last["role"] == "tool" {
         format!("Tool result received: {}", content_text(&last["content"]))
     } else if matches!(req["response_format"]["type"].as_str(), Some("json_object")) {
@@ -184,10 +185,16 @@ pub async fn chat(
                        "tool_calls": [{"id": call_id, "type": "function", "function": {"name": name, "arguments": args}}]}),
                 "tool_calls",
             ),
-            None => (
-                json!({"role": "assistant", "content": text, "refusal": null, "annotations": []}),
-                "stop",
-            ),
+            None => match &refusal {
+                Some(r) => (
+                    json!({"role": "assistant", "content": null, "refusal": r, "annotations": []}),
+                    "stop",
+                ),
+                None => (
+                    json!({"role": "assistant", "content": text, "refusal": null, "annotations": []}),
+                    "stop",
+                ),
+            },
         };
         let mut body = json!({
             "id": id, "object": "chat.completion", "created": created, "model": model,
@@ -231,6 +238,12 @@ pub async fn chat(
                 ));
             }
             "tool_calls"
+        }
+        None if refusal.is_some() => {
+            for piece in text_pieces(refusal.as_deref().unwrap_or_default()) {
+                chunks.push(chunk(json!({"refusal": piece}), Value::Null));
+            }
+            "stop"
         }
         None => {
             for piece in text_pieces(&text) {

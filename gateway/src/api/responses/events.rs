@@ -9,40 +9,57 @@ use std::collections::HashMap;
 use bytes::{BufMut, Bytes, BytesMut};
 use serde_json::{json, Value};
 
-use super::reply::{now, output_text, Ending, Item, Shell};
+use super::reply::{now, Ending, Item, Part, Shell};
+
+/// Keys of tool calls that came without an `index` (not OpenAI's format, but some
+/// compatible servers send it so), above any real index.
+const UNINDEXED: u64 = 1 << 32;
 
 /// Translates the gateway's own chat SSE frames, as they arrive, into Responses events.
 pub struct Translator {
     shell: Shell,
     pending: BytesMut,
+    /// How much of `pending` holds no frame end (not searched again).
+    scanned: usize,
     seq: u64,
     started: bool,
     ended: bool,
     created_at: i64,
     model: String,
     items: Vec<Item>,
-    /// The output index of the message item, once text has come.
+    /// The output index of the message item, once text or a refusal has come.
     message: Option<usize>,
-    /// Output index of each chat tool call index.
+    /// The content index of the message's text part, and of its refusal part.
+    text_part: Option<usize>,
+    refusal_part: Option<usize>,
+    /// Output index of each chat tool call (by its `index`).
     calls: HashMap<u64, usize>,
+    /// Keys of unindexed calls by id, and the last call's key.
+    call_keys: HashMap<String, u64>,
+    last_call: Option<u64>,
     finish: Option<String>,
     usage: Option<Value>,
 }
 
 impl Translator {
-    /// A translator for the response `shell` describes.
-    pub fn new(shell: Shell) -> Self {
+    /// A translator for the response `shell` describes; `model` until a chunk names one.
+    pub fn new(shell: Shell, model: &str) -> Self {
         Translator {
             shell,
             pending: BytesMut::new(),
+            scanned: 0,
             seq: 0,
             started: false,
             ended: false,
             created_at: now(),
-            model: String::new(),
+            model: model.to_owned(),
             items: Vec::new(),
             message: None,
+            text_part: None,
+            refusal_part: None,
             calls: HashMap::new(),
+            call_keys: HashMap::new(),
+            last_call: None,
             finish: None,
             usage: None,
         }
@@ -52,10 +69,16 @@ impl Translator {
     pub fn push(&mut self, bytes: &[u8]) -> Bytes {
         self.pending.extend_from_slice(bytes);
         let mut out = BytesMut::new();
-        while let Some(end) = self.pending.windows(2).position(|w| w == b"\n\n") {
+        while let Some(at) = self.pending[self.scanned..]
+            .windows(2)
+            .position(|w| w == b"\n\n")
+        {
+            let end = self.scanned + at;
             let frame = self.pending.split_to(end + 2);
+            self.scanned = 0;
             self.frame(&frame[..end], &mut out);
         }
+        self.scanned = self.pending.len().saturating_sub(1);
         out.freeze()
     }
 
@@ -118,23 +141,10 @@ impl Translator {
         }
         let delta = &choice["delta"];
         if let Some(text) = delta["content"].as_str().filter(|t| !t.is_empty()) {
-            let index = self.message_item(out);
-            if let Item::Message { text: t, .. } = &mut self.items[index] {
-                t.push_str(text);
-            }
-            let item_id = self.shell.item_id(index, &self.items[index]);
-            self.emit(
-                "response.output_text.delta",
-                json!({"item_id": item_id, "output_index": index, "content_index": 0,
-                       "delta": text, "logprobs": []}),
-                out,
-            );
+            self.part_delta(Part::Text(String::new()), text, out);
         }
         if let Some(r) = delta["refusal"].as_str().filter(|t| !t.is_empty()) {
-            let index = self.message_item(out);
-            if let Item::Message { refusal, .. } = &mut self.items[index] {
-                refusal.push_str(r);
-            }
+            self.part_delta(Part::Refusal(String::new()), r, out);
         }
         for call in delta["tool_calls"].as_array().into_iter().flatten() {
             self.call_delta(call, out);
@@ -150,7 +160,9 @@ impl Translator {
         if let Some(c) = chunk["created"].as_i64() {
             self.created_at = c;
         }
-        self.model = chunk["model"].as_str().unwrap_or_default().to_owned();
+        if let Some(m) = chunk["model"].as_str().filter(|m| !m.is_empty()) {
+            self.model = m.to_owned();
+        }
         let response = self.snapshot(Ending::InProgress, None);
         self.emit(
             "response.created",
@@ -160,59 +172,103 @@ impl Translator {
         self.emit("response.in_progress", json!({"response": response}), out);
     }
 
-    /// The message item's index, adding the item and its text part on first use.
-    fn message_item(&mut self, out: &mut BytesMut) -> usize {
-        if let Some(i) = self.message {
-            return i;
+    /// Text or refusal for the message (`empty` says which): the message item, and its
+    /// part of that kind, are added on first use; then the delta.
+    fn part_delta(&mut self, empty: Part, delta: &str, out: &mut BytesMut) {
+        let index = match self.message {
+            Some(i) => i,
+            None => {
+                let index = self.items.len();
+                self.items.push(Item::Message(Vec::new()));
+                self.message = Some(index);
+                let item = self
+                    .shell
+                    .item_json(index, &self.items[index], "in_progress");
+                self.emit(
+                    "response.output_item.added",
+                    json!({"output_index": index, "item": item}),
+                    out,
+                );
+                index
+            }
+        };
+        let item_id = self.shell.item_id(index, &self.items[index]);
+        let is_text = matches!(empty, Part::Text(_));
+        let slot = if is_text {
+            &mut self.text_part
+        } else {
+            &mut self.refusal_part
+        };
+        let content_index = match *slot {
+            Some(c) => c,
+            None => {
+                let Item::Message(parts) = &mut self.items[index] else {
+                    unreachable!("the message index holds the message")
+                };
+                let c = parts.len();
+                *slot = Some(c);
+                let part = empty.json();
+                parts.push(empty);
+                self.emit(
+                    "response.content_part.added",
+                    json!({"item_id": item_id, "output_index": index, "content_index": c,
+                           "part": part}),
+                    out,
+                );
+                c
+            }
+        };
+        if let Item::Message(parts) = &mut self.items[index] {
+            if let Some(Part::Text(t) | Part::Refusal(t)) = parts.get_mut(content_index) {
+                t.push_str(delta);
+            }
         }
-        let index = self.items.len();
-        self.items.push(Item::Message {
-            text: String::new(),
-            refusal: String::new(),
-        });
-        self.message = Some(index);
-        let mut item = self
-            .shell
-            .item_json(index, &self.items[index], "in_progress");
-        item["content"] = json!([]);
-        let item_id = item["id"].clone();
-        self.emit(
-            "response.output_item.added",
-            json!({"output_index": index, "item": item}),
-            out,
-        );
-        self.emit(
-            "response.content_part.added",
-            json!({"item_id": item_id, "output_index": index, "content_index": 0,
-                   "part": output_text("")}),
-            out,
-        );
-        index
+        let (kind, extra) = if is_text {
+            ("response.output_text.delta", json!([]))
+        } else {
+            ("response.refusal.delta", Value::Null)
+        };
+        let mut data = json!({"item_id": item_id, "output_index": index,
+                              "content_index": content_index, "delta": delta});
+        if !extra.is_null() {
+            data["logprobs"] = extra;
+        }
+        self.emit(kind, data, out);
     }
 
     /// A tool call's fragment: a new call adds a `function_call` item, later fragments
     /// extend its arguments.
     fn call_delta(&mut self, call: &Value, out: &mut BytesMut) {
-        let chat_index = call["index"].as_u64().unwrap_or(0);
+        let id = call["id"].as_str().filter(|i| !i.is_empty());
+        let key = match (call["index"].as_u64(), id) {
+            (Some(i), _) => i,
+            // Without an index, a new id starts a call and no id continues the last one.
+            (None, Some(id)) => {
+                let next = UNINDEXED + self.call_keys.len() as u64;
+                *self.call_keys.entry(id.to_owned()).or_insert(next)
+            }
+            (None, None) => self.last_call.unwrap_or(UNINDEXED),
+        };
+        self.last_call = Some(key);
         let f = &call["function"];
-        let index = match self.calls.get(&chat_index) {
+        let index = match self.calls.get(&key) {
             Some(&i) => {
-                if let Item::Call { name, call_id, .. } = &mut self.items[i] {
+                if let Item::Call { name, .. } = &mut self.items[i] {
                     name.push_str(f["name"].as_str().unwrap_or_default());
-                    if call_id.is_empty() {
-                        call_id.push_str(call["id"].as_str().unwrap_or_default());
-                    }
                 }
                 i
             }
             None => {
                 let index = self.items.len();
+                // The id is fixed here: the SDK matches the item's `.done` to its `added`
+                // by it.
+                let call_id = self.shell.call_id(id, self.calls.len());
                 self.items.push(Item::Call {
-                    call_id: call["id"].as_str().unwrap_or_default().to_owned(),
+                    call_id,
                     name: f["name"].as_str().unwrap_or_default().to_owned(),
                     arguments: String::new(),
                 });
-                self.calls.insert(chat_index, index);
+                self.calls.insert(key, index);
                 let item = self
                     .shell
                     .item_json(index, &self.items[index], "in_progress");
@@ -246,29 +302,23 @@ impl Translator {
             let item = self.shell.item_json(index, &self.items[index], status);
             let item_id = item["id"].clone();
             match &self.items[index] {
-                Item::Message { text, .. } => {
-                    let parts = item["content"].as_array().cloned().unwrap_or_default();
-                    self.emit(
-                        "response.output_text.done",
-                        json!({"item_id": item_id, "output_index": index, "content_index": 0,
-                               "text": text, "logprobs": []}),
-                        out,
-                    );
-                    for (content_index, part) in parts.into_iter().enumerate() {
-                        if part["type"] == "refusal" {
-                            // The refusal's text comes whole: chat streams it as deltas of
-                            // a field the Responses events have no delta for here.
-                            self.emit(
-                                "response.content_part.added",
-                                json!({"item_id": item_id, "output_index": index,
-                                       "content_index": content_index, "part": part.clone()}),
-                                out,
-                            );
-                        }
+                Item::Message(parts) => {
+                    for (content_index, part) in parts.clone().into_iter().enumerate() {
+                        let (kind, mut data) = match &part {
+                            Part::Text(t) => (
+                                "response.output_text.done",
+                                json!({"text": t, "logprobs": []}),
+                            ),
+                            Part::Refusal(r) => ("response.refusal.done", json!({"refusal": r})),
+                        };
+                        data["item_id"] = item_id.clone();
+                        data["output_index"] = json!(index);
+                        data["content_index"] = json!(content_index);
+                        self.emit(kind, data, out);
                         self.emit(
                             "response.content_part.done",
                             json!({"item_id": item_id, "output_index": index,
-                                   "content_index": content_index, "part": part}),
+                                   "content_index": content_index, "part": part.json()}),
                             out,
                         );
                     }
@@ -348,7 +398,7 @@ mod tests {
     use crate::api::responses::request::Echo;
 
     fn events(frames: &[&str], step: usize) -> Vec<Value> {
-        let mut t = Translator::new(Shell::new("r1", Echo::default()));
+        let mut t = Translator::new(Shell::new("r1", Echo::default()), "header-model");
         let wire: String = frames.iter().map(|f| format!("{f}\n\n")).collect();
         let mut out = Vec::new();
         for piece in wire.as_bytes().chunks(step) {
@@ -480,22 +530,65 @@ mod tests {
     }
 
     #[test]
-    fn a_streamed_refusal_arrives_whole_as_a_second_part() {
+    fn a_refusal_streams_as_its_own_part_and_text_only_when_text_comes() {
         let frames = [
             r#"data: {"created":1,"model":"m","choices":[{"delta":{"refusal":"I can"}}]}"#,
             r#"data: {"created":1,"model":"m","choices":[{"delta":{"refusal":"not."},"finish_reason":"stop"}]}"#,
             "data: [DONE]",
         ];
         let evs = events(&frames, 4096);
-        let part = evs
-            .iter()
-            .find(|e| e["type"] == "response.content_part.done" && e["content_index"] == 1)
-            .unwrap();
         assert_eq!(
-            part["part"],
-            json!({"type": "refusal", "refusal": "I cannot."})
+            kinds(&evs),
+            [
+                "response.created",
+                "response.in_progress",
+                "response.output_item.added",
+                "response.content_part.added",
+                "response.refusal.delta",
+                "response.refusal.delta",
+                "response.refusal.done",
+                "response.content_part.done",
+                "response.output_item.done",
+                "response.completed"
+            ]
         );
-        let done = &evs.last().unwrap()["response"]["output"][0]["content"];
-        assert_eq!(done[1]["refusal"], "I cannot.");
+        assert_eq!(evs[3]["part"], json!({"type": "refusal", "refusal": ""}));
+        assert_eq!(evs[6]["refusal"], "I cannot.");
+        assert_eq!(evs[6]["content_index"], 0);
+        let content = &evs.last().unwrap()["response"]["output"][0]["content"];
+        assert_eq!(
+            content,
+            &json!([{"type": "refusal", "refusal": "I cannot."}])
+        );
+    }
+
+    #[test]
+    fn calls_without_index_or_id_still_get_distinct_stable_ids() {
+        let frames = [
+            r#"data: {"choices":[{"delta":{"tool_calls":[{"id":"a","function":{"name":"f","arguments":"{"}}]}}]}"#,
+            r#"data: {"choices":[{"delta":{"tool_calls":[{"function":{"arguments":"}"}}]}}]}"#,
+            r#"data: {"choices":[{"delta":{"tool_calls":[{"index":5,"function":{"name":"g","arguments":"[]"}}]}}]}"#,
+            r#"data: {"choices":[{"delta":{"tool_calls":[{"index":5,"id":"late","function":{}}]},"finish_reason":"tool_calls"}]}"#,
+            "data: [DONE]",
+        ];
+        let evs = events(&frames, 4096);
+        let added: Vec<&Value> = evs
+            .iter()
+            .filter(|e| e["type"] == "response.output_item.added")
+            .map(|e| &e["item"])
+            .collect();
+        let done = &evs.last().unwrap()["response"];
+        assert_eq!(done["model"], "header-model", "no chunk named a model");
+        let output = done["output"].as_array().unwrap();
+        assert_eq!(output.len(), 2);
+        assert_eq!(output[0]["call_id"], "a");
+        assert_eq!(output[0]["arguments"], "{}");
+        // No id from the upstream when the call began: one is made, and kept.
+        assert_eq!(output[1]["call_id"], "call_r1_1");
+        assert_eq!(output[1]["name"], "g");
+        for (a, o) in added.iter().zip(output) {
+            assert_eq!(a["call_id"], o["call_id"]);
+            assert_eq!(a["id"], o["id"]);
+        }
     }
 }

@@ -68,7 +68,12 @@ async fn translate(resp: Response, shell: reply::Shell) -> Response {
         .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
     parts.headers.remove(header::CONTENT_LENGTH);
     if streamed {
-        let t = events::Translator::new(shell);
+        let model = parts
+            .headers
+            .get(super::headers::MODEL)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        let t = events::Translator::new(shell, model);
         let events = futures::stream::unfold(
             (body.into_data_stream(), t, false),
             |(mut chunks, mut t, done)| async move {

@@ -16,16 +16,30 @@ pub struct Shell {
     pub echo: Echo,
 }
 
+/// One content part of a message, in the order the parts began.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Part {
+    /// `output_text`.
+    Text(String),
+    /// `refusal`.
+    Refusal(String),
+}
+
+impl Part {
+    /// The part as JSON.
+    pub fn json(&self) -> Value {
+        match self {
+            Part::Text(t) => output_text(t),
+            Part::Refusal(r) => json!({"type": "refusal", "refusal": r}),
+        }
+    }
+}
+
 /// One output item being built.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Item {
-    /// The assistant's text (and refusal, if any).
-    Message {
-        /// Text so far.
-        text: String,
-        /// Refusal text so far.
-        refusal: String,
-    },
+    /// The assistant's text and refusal parts.
+    Message(Vec<Part>),
     /// A function call.
     Call {
         /// The call id the function's output answers.
@@ -92,10 +106,19 @@ impl Shell {
         }
     }
 
+    /// A call's id: the upstream's, or one made up when it sent none (the SDK tells items
+    /// apart by it, and the client sends it back with the function's output).
+    pub fn call_id(&self, upstream: Option<&str>, n: usize) -> String {
+        match upstream.filter(|id| !id.is_empty()) {
+            Some(id) => id.to_owned(),
+            None => format!("call_{}_{n}", self.stem),
+        }
+    }
+
     /// The id of output item `index`.
     pub fn item_id(&self, index: usize, item: &Item) -> String {
         match item {
-            Item::Message { .. } => format!("msg_{}_{index}", self.stem),
+            Item::Message(_) => format!("msg_{}_{index}", self.stem),
             Item::Call { .. } => format!("fc_{}_{index}", self.stem),
         }
     }
@@ -104,11 +127,8 @@ impl Shell {
     pub fn item_json(&self, index: usize, item: &Item, status: &str) -> Value {
         let id = self.item_id(index, item);
         match item {
-            Item::Message { text, refusal } => {
-                let mut content = vec![output_text(text)];
-                if !refusal.is_empty() {
-                    content.push(json!({"type": "refusal", "refusal": refusal}));
-                }
+            Item::Message(parts) => {
+                let content: Vec<Value> = parts.iter().map(Part::json).collect();
                 json!({"id": id, "type": "message", "status": status, "role": "assistant",
                        "content": content})
             }
@@ -179,15 +199,23 @@ impl Shell {
         let text = msg["content"].as_str().unwrap_or_default();
         let refusal = msg["refusal"].as_str().unwrap_or_default();
         let calls = msg["tool_calls"].as_array();
-        if !text.is_empty() || !refusal.is_empty() || calls.is_none_or(Vec::is_empty) {
-            items.push(Item::Message {
-                text: text.to_owned(),
-                refusal: refusal.to_owned(),
-            });
+        let mut parts = Vec::new();
+        if !text.is_empty() {
+            parts.push(Part::Text(text.to_owned()));
         }
-        for c in calls.into_iter().flatten() {
+        if !refusal.is_empty() {
+            parts.push(Part::Refusal(refusal.to_owned()));
+        }
+        if parts.is_empty() && calls.is_none_or(Vec::is_empty) {
+            // An empty answer is still an answer: one empty text part, as OpenAI sends it.
+            parts.push(Part::Text(String::new()));
+        }
+        if !parts.is_empty() {
+            items.push(Item::Message(parts));
+        }
+        for (n, c) in calls.into_iter().flatten().enumerate() {
             items.push(Item::Call {
-                call_id: c["id"].as_str().unwrap_or_default().to_owned(),
+                call_id: self.call_id(c["id"].as_str(), n),
                 name: c["function"]["name"]
                     .as_str()
                     .unwrap_or_default()
@@ -305,6 +333,25 @@ mod tests {
         let r = shell().from_chat(&chat);
         assert_eq!(r["output"].as_array().unwrap().len(), 1);
         assert_eq!(r["output"][0]["type"], "function_call");
+    }
+
+    #[test]
+    fn a_refusal_is_its_own_part_without_an_empty_text_beside_it() {
+        let chat = json!({"created": 1, "model": "m", "choices": [{"finish_reason": "stop",
+            "message": {"role": "assistant", "content": null, "refusal": "No.",
+                        "tool_calls": [{"function": {"name": "f", "arguments": "{}"}}]}}]});
+        let r = shell().from_chat(&chat);
+        assert_eq!(
+            r["output"][0]["content"],
+            json!([{"type": "refusal", "refusal": "No."}])
+        );
+        assert_eq!(r["output"][1]["call_id"], "call_0a1b2c_0");
+        let empty = json!({"created": 1, "model": "m", "choices": [{"finish_reason": "stop",
+            "message": {"role": "assistant", "content": ""}}]});
+        assert_eq!(
+            shell().from_chat(&empty)["output"][0]["content"][0]["text"],
+            ""
+        );
     }
 
     #[test]

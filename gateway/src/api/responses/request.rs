@@ -36,15 +36,20 @@ pub struct Echo {
 }
 
 /// Fields accepted and not forwarded: they tune OpenAI's own server-side features (storage,
-/// service tiers, its prompt cache, log probabilities, truncation), which a chat call to
-/// any provider cannot carry.
-const IGNORED: [&str; 10] = [
+/// service tiers, its prompt cache, context compaction, log probabilities, truncation),
+/// which a chat call to any provider cannot carry.
+const IGNORED: [&str; 15] = [
+    "access_programs",
+    "background_options",
+    "context_management",
+    "image",
     "store",
     "include",
     "truncation",
     "service_tier",
     "prompt_cache_key",
     "prompt_cache_retention",
+    "prompt_cache_options",
     "top_logprobs",
     "max_tool_calls",
     "stream_options",
@@ -52,7 +57,7 @@ const IGNORED: [&str; 10] = [
 ];
 
 /// Fields that need state this gateway does not keep: refused, saying what to do instead.
-const STATEFUL: [(&str, &str); 3] = [
+const STATEFUL: [(&str, &str); 4] = [
     (
         "previous_response_id",
         "This gateway does not store responses, so `previous_response_id` cannot be followed: send the whole conversation in `input` (earlier outputs included).",
@@ -60,6 +65,10 @@ const STATEFUL: [(&str, &str); 3] = [
     (
         "conversation",
         "This gateway does not store conversations: send the whole conversation in `input`.",
+    ),
+    (
+        "moderation",
+        "Moderation policies run on OpenAI's servers; this gateway cannot apply them, and does not drop a safety setting silently.",
     ),
     (
         "prompt",
@@ -141,7 +150,8 @@ pub fn to_chat(body: &[u8]) -> Result<(Vec<u8>, Echo), Error> {
                 match k.as_str() {
                     "temperature" => echo.temperature = v.clone(),
                     "top_p" => echo.top_p = v.clone(),
-                    _ => echo.parallel_tool_calls = v.clone(),
+                    _ if v.is_boolean() => echo.parallel_tool_calls = v.clone(),
+                    _ => {}
                 }
                 if !v.is_null() {
                     chat.insert(k.clone(), v.clone());
@@ -211,6 +221,18 @@ pub fn to_chat(body: &[u8]) -> Result<(Vec<u8>, Echo), Error> {
                 .with_code("unknown_parameter"))
             }
         }
+    }
+    // Chat APIs refuse an empty tool list, and tool settings without tools, that the
+    // Responses API takes.
+    if chat
+        .get("tools")
+        .is_some_and(|t| t.as_array().is_some_and(Vec::is_empty))
+    {
+        chat.remove("tools");
+    }
+    if !chat.contains_key("tools") {
+        chat.remove("tool_choice");
+        chat.remove("parallel_tool_calls");
     }
     if !chat.contains_key("model") {
         return Err(Error::invalid("model", "`model` is required."));
@@ -487,6 +509,13 @@ fn tool_choice(v: &Value) -> Result<Value, Error> {
             let name = string(v, "name", "tool_choice")?;
             Ok(json!({"type": "function", "function": {"name": name}}))
         }
+        Value::Object(o) => Err(unsupported(
+            "tool_choice",
+            &format!(
+                "`tool_choice` of type {}: this gateway takes none, auto, required or {{\"type\": \"function\", \"name\": …}} (built-in tools run on OpenAI's servers).",
+                o.get("type").map_or("(none)".to_owned(), Value::to_string)
+            ),
+        )),
         _ => Err(Error::invalid(
             "tool_choice",
             "`tool_choice` must be none, auto, required or {\"type\": \"function\", \"name\": …}.",
@@ -630,6 +659,18 @@ mod tests {
     }
 
     #[test]
+    fn an_empty_tool_list_and_tool_settings_without_tools_are_left_out() {
+        let c = chat(
+            json!({"model": "m", "input": "x", "tools": [], "tool_choice": "auto",
+            "parallel_tool_calls": false, "context_management": [{"type": "compaction"}]}),
+        );
+        assert_eq!(
+            c,
+            json!({"model": "m", "messages": [{"role": "user", "content": "x"}]})
+        );
+    }
+
+    #[test]
     fn errors_name_the_responses_field() {
         let cases = [
             (json!({"input": "x"}), "model", ""),
@@ -663,6 +704,16 @@ mod tests {
             (
                 json!({"model": "m", "input": "x", "previous_response_id": "resp_1"}),
                 "previous_response_id",
+                "unsupported_parameter",
+            ),
+            (
+                json!({"model": "m", "input": "x", "moderation": {"mode": "block"}}),
+                "moderation",
+                "unsupported_parameter",
+            ),
+            (
+                json!({"model": "m", "input": "x", "tool_choice": {"type": "web_search_preview"}}),
+                "tool_choice",
                 "unsupported_parameter",
             ),
             (
