@@ -911,7 +911,9 @@ fn ledger_retention_deletes_records_past_the_period() {
 }
 
 /// A forward HTTP proxy: records each connection's request line, then relays the connection
-/// to `target` unchanged (the mock reads an absolute-form request line as its path).
+/// to `target` unchanged (the mock reads an absolute-form request line as its path), or, for
+/// a `CONNECT host:port` (how clients reach `https://` upstreams through a proxy), answers 200
+/// and relays the tunnel to that address.
 fn recording_proxy(target: String) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
     use std::io::{Read, Write};
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -929,15 +931,36 @@ fn recording_proxy(target: String) -> (String, std::sync::Arc<std::sync::Mutex<V
                 while !head.ends_with(b"\r\n") && client.read(&mut byte).unwrap_or(0) == 1 {
                     head.push(byte[0]);
                 }
-                seen.lock()
-                    .unwrap()
-                    .push(String::from_utf8_lossy(&head).trim().to_owned());
-                let Ok(mut server) = std::net::TcpStream::connect(&target) else {
-                    return;
+                let line = String::from_utf8_lossy(&head).trim().to_owned();
+                seen.lock().unwrap().push(line.clone());
+                let tunnel = line
+                    .strip_prefix("CONNECT ")
+                    .map(|rest| rest.split(' ').next().unwrap_or_default().to_owned());
+                let server = match &tunnel {
+                    Some(authority) => {
+                        // The rest of the CONNECT request's head, then the tunnel.
+                        while !head.ends_with(b"\r\n\r\n")
+                            && client.read(&mut byte).unwrap_or(0) == 1
+                        {
+                            head.push(byte[0]);
+                        }
+                        let server = std::net::TcpStream::connect(authority.as_str());
+                        let reply: &[u8] = if server.is_ok() {
+                            b"HTTP/1.1 200 Connection established\r\n\r\n"
+                        } else {
+                            b"HTTP/1.1 502 Bad Gateway\r\n\r\n"
+                        };
+                        if client.write_all(reply).is_err() {
+                            return;
+                        }
+                        server
+                    }
+                    None => std::net::TcpStream::connect(&target).and_then(|mut server| {
+                        server.write_all(&head)?;
+                        Ok(server)
+                    }),
                 };
-                if server.write_all(&head).is_err() {
-                    return;
-                }
+                let Ok(mut server) = server else { return };
                 let (mut c2, mut s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
                 std::thread::spawn(move || std::io::copy(&mut s2, &mut c2));
                 let _ = std::io::copy(&mut client, &mut server);
@@ -945,6 +968,91 @@ fn recording_proxy(target: String) -> (String, std::sync::Arc<std::sync::Mutex<V
         }
     });
     (format!("http://{addr}"), lines)
+}
+
+/// A TLS front for the mock at `mock` on `localhost` (a certificate of its own, written to
+/// `ca_file` for the client to trust): decrypts each connection and relays it to the mock.
+fn tls_front(mock: &str, ca_file: &std::path::Path) -> u16 {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    std::fs::write(ca_file, cert.cert.pem()).unwrap();
+    let server = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![CertificateDer::from(cert.cert.der().to_vec())],
+        PrivateKeyDer::try_from(cert.signing_key.serialize_der()).unwrap(),
+    )
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(server));
+    let mock = mock.trim_start_matches("http://").to_owned();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async move {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tx.send(l.local_addr().unwrap().port()).unwrap();
+            loop {
+                let (tcp, _) = l.accept().await.unwrap();
+                let (acceptor, mock) = (acceptor.clone(), mock.clone());
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let Ok(mut plain) = tokio::net::TcpStream::connect(&mock).await else {
+                        return;
+                    };
+                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+                });
+            }
+        });
+    });
+    rx.recv().unwrap()
+}
+
+/// An `https://` provider behind `HTTPS_PROXY` is reached through a `CONNECT` tunnel, and
+/// the upstream's certificate is still verified inside it: trusted through `SSL_CERT_FILE`
+/// the request succeeds, without that it fails.
+#[test]
+fn https_providers_are_reached_through_the_proxys_connect_tunnel_and_still_verified() {
+    let mock = start_mock();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    let port = tls_front(&mock, &ca);
+    let upstream = format!("https://localhost:{port}");
+    let (proxy, lines) = recording_proxy(mock.clone());
+    let body = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#;
+    let http = reqwest::blocking_client();
+    let ca = ca.to_str().unwrap();
+    let answer = |envs: &[(&str, &str)]| {
+        lines.lock().unwrap().clear();
+        let (mut gw, base, _data) =
+            spawn_gateway_in(&upstream, &[], envs, tempfile::tempdir().unwrap());
+        let reply = http
+            .post_json(&format!("{base}/v1/chat/completions"), body)
+            .unwrap();
+        assert_eq!(stop_with_sigterm(&mut gw), Some(0));
+        (reply, lines.lock().unwrap().clone())
+    };
+
+    let ((status, text), seen) = answer(&[("HTTPS_PROXY", &proxy), ("SSL_CERT_FILE", ca)]);
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains("Mock openai reply"), "{text}");
+    assert!(
+        seen.contains(&format!("CONNECT localhost:{port} HTTP/1.1")),
+        "{seen:?}"
+    );
+
+    // The tunnel does not loosen verification: the same upstream, untrusted, is refused.
+    let ((status, text), seen) = answer(&[("HTTPS_PROXY", &proxy)]);
+    assert_eq!(status, 502, "{text}");
+    assert!(
+        !seen.is_empty(),
+        "the request did not go to the proxy: {seen:?}"
+    );
 }
 
 /// Requests to a provider go through `HTTP_PROXY` when it applies to the provider's URL (an
