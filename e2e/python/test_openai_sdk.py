@@ -288,6 +288,9 @@ def test_responses_errors_and_a_cut_stream(client, fault):
     assert e.value.body["code"] == "unsupported_parameter"
     with pytest.raises(openai.NotFoundError):
         client.responses.create(model="no-such-model", input="x")
+    with pytest.raises(openai.NotFoundError) as e:
+        client.responses.retrieve("resp_123")
+    assert e.value.body["code"] == "response_not_stored"
 
     fault(vendor="openai", cut_after=5, times=1)
     events = list(client.responses.create(model="gpt-4o-mini", input=CONVERSATION, stream=True))

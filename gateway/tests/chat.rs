@@ -554,4 +554,30 @@ async fn responses_requests_the_gateway_cannot_serve_get_errors_naming_the_field
         assert_eq!(body["error"]["param"].as_str(), param, "{req}: {body}");
         assert!(body["error"]["message"].as_str().is_some(), "{body}");
     }
+    // Nothing is stored, and the 404 for a stored response's paths says so.
+    for (method, path) in [
+        (reqwest::Method::GET, "/v1/responses/resp_abc"),
+        (reqwest::Method::DELETE, "/v1/responses/resp_abc"),
+        (reqwest::Method::GET, "/v1/responses/resp_abc/input_items"),
+        (reqwest::Method::POST, "/v1/responses/resp_abc/cancel"),
+    ] {
+        let r = h
+            .http
+            .request(method, format!("{}{path}", h.gw))
+            // (A POST without a JSON content type is refused first: see origin.rs.)
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404, "{path}");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "response_not_stored", "{path}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("'resp_abc'"),
+            "{body}"
+        );
+    }
 }

@@ -41,6 +41,10 @@ pub fn router(state: AppState, with_metrics: bool) -> Router {
     let v1 = Router::new()
         .route("/v1/chat/completions", post(chat::handle))
         .route("/v1/responses", post(responses::handle))
+        .route(
+            "/v1/responses/{*rest}",
+            axum::routing::any(responses::not_stored),
+        )
         .route("/v1/embeddings", post(embeddings::handle))
         .route("/v1/route", post(route::handle))
         .route("/v1/budget", get(usage::mine))

@@ -46,6 +46,23 @@ pub async fn handle(
     }
 }
 
+/// `GET`/`DELETE /v1/responses/{id}`, `…/input_items`, `…/cancel`: nothing is stored, so
+/// there is nothing to find; the 404 says why rather than calling the path unknown.
+pub async fn not_stored(uri: http::Uri) -> Error {
+    let id = uri
+        .path()
+        .trim_start_matches("/v1/responses/")
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    Error::new(
+        crate::error::Kind::NotFound,
+        format!("Response with id '{id}' not found: this gateway serves /v1/responses without storing responses, so they cannot be retrieved, listed, cancelled or deleted afterwards."),
+    )
+    .with_code("response_not_stored")
+}
+
 /// A chat check's error in the Responses API's field names.
 fn responses_names(mut e: Error) -> Error {
     let renamed = match e.param.as_deref() {
