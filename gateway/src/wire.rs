@@ -55,6 +55,9 @@ pub struct ChatRequest {
     /// End-user identifier.
     #[serde(default)]
     pub user: Option<String>,
+    /// Log probabilities of the output tokens.
+    #[serde(default)]
+    pub logprobs: Option<bool>,
 }
 
 /// A request's prompt size, memoised.
@@ -93,6 +96,24 @@ impl ChatRequest {
                 .any(|p| matches!(p, ContentPart::ImageUrl { .. })),
             _ => false,
         })
+    }
+
+    /// What the request asks that only the OpenAI protocol carries (Anthropic's Messages API
+    /// has no equivalent), if anything.
+    pub fn openai_only(&self) -> Option<&'static str> {
+        if self.n.is_some_and(|n| n > 1) {
+            return Some("n > 1");
+        }
+        if self.logprobs == Some(true) {
+            return Some("logprobs");
+        }
+        let audio_or_files = self.messages.iter().any(|m| match m.content() {
+            Some(Content::Parts(parts)) => parts
+                .iter()
+                .any(|p| matches!(p, ContentPart::InputAudio { .. } | ContentPart::File { .. })),
+            _ => false,
+        });
+        audio_or_files.then_some("audio or file parts")
     }
 
     /// Whether the request defines tools.

@@ -221,6 +221,12 @@ async fn errors_cut_streams_tool_calls_hot_temperatures_and_no_store_are_never_c
     let mut hot = ask("Write a limerick.");
     hot["temperature"] = json!(1.5);
     assert_eq!(cache_of(&send(&h, &hot, None, &[]).await.1), "bypass");
+    // Log probabilities: a stored answer has none to give, so such requests bypass.
+    let mut lp = ask("Name a prime number.");
+    lp["logprobs"] = json!(true);
+    for _ in 0..2 {
+        assert_eq!(cache_of(&send(&h, &lp, None, &[]).await.1), "bypass");
+    }
     let q = ask("What is a monad?");
     assert_eq!(
         cache_of(&send(&h, &q, None, &[("cache-control", "no-store")]).await.1),

@@ -546,6 +546,11 @@ async fn responses_requests_the_gateway_cannot_serve_get_errors_naming_the_field
             400,
             Some("max_output_tokens"),
         ),
+        (
+            json!({"model": "gpt-4o-mini", "input": "x", "max_output_tokens": -5}),
+            400,
+            Some("max_output_tokens"),
+        ),
         (json!({"model": "no-such-model", "input": "x"}), 404, None),
     ] {
         let r = h.post("/v1/responses", &req).await;

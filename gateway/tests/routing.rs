@@ -176,6 +176,60 @@ async fn requests_with_tools_never_go_to_models_without_tool_support() {
     }
 }
 
+/// `n > 1`, logprobs, audio and file parts have no equivalent in Anthropic's Messages API
+/// (the translation refuses the first and third, and would drop logprobs): a virtual model
+/// never picks an Anthropic model for them, and the dry run says why.
+#[tokio::test]
+async fn requests_only_the_openai_protocol_carries_never_go_to_anthropic() {
+    let h = start().await;
+    let file = json!([{"type": "text", "text": "Summarise this contract carefully, clause by clause."},
+        {"type": "file", "file": {"filename": "a.pdf", "file_data": "data:application/pdf;base64,JVBERi0xLjQK"}}]);
+    for (field, value, feature) in [
+        ("n", json!(3), "n > 1"),
+        ("logprobs", json!(true), "logprobs"),
+        (
+            "messages",
+            json!([{"role": "user", "content": file}]),
+            "audio or file parts",
+        ),
+    ] {
+        for model in ["quality", "auto"] {
+            let mut body = ask(
+                model,
+                "Prove that there are infinitely many primes, rigorously.",
+            );
+            body[field] = value.clone();
+            let (status, d) = h.route(&body).await;
+            assert_eq!(status, 200, "{d}");
+            let excluded: Vec<&str> = d["decision"]["excluded"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|x| x["reason"] == "openai_only")
+                .map(|x| {
+                    assert_eq!(x["feature"], feature);
+                    x["model"].as_str().unwrap()
+                })
+                .collect();
+            assert!(
+                !excluded.is_empty() && excluded.iter().all(|m| m.starts_with("anthropic/")),
+                "{field} on {model}: {d}"
+            );
+            assert!(
+                ranking(&d)
+                    .iter()
+                    .all(|c| !c["model"].as_str().unwrap().starts_with("anthropic/")),
+                "{field} on {model}: {d}"
+            );
+            if field == "n" {
+                let (status, headers, resp) = h.chat(&body).await;
+                assert_eq!(status, 200, "{resp}");
+                assert_ne!(headers["x-llm-gateway-provider"], "anthropic");
+            }
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_prompt_longer_than_a_context_window_never_goes_to_that_model() {
     let h = start().await;

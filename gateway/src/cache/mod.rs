@@ -213,6 +213,8 @@ pub enum Bypass {
     Temperature,
     /// `n` > 1.
     Choices,
+    /// `logprobs`: a cached answer keeps its text, not the probabilities of its tokens.
+    Logprobs,
     /// Off for this route.
     Disabled,
 }
@@ -640,6 +642,9 @@ impl Cache {
         }
         if req.n.unwrap_or(1) > 1 {
             return Err(Bypass::Choices);
+        }
+        if req.logprobs == Some(true) {
+            return Err(Bypass::Logprobs);
         }
         let tenant = tenant.unwrap_or("");
         // The scope: everything but the last user message and the exact temperature. A

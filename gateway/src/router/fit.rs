@@ -3,7 +3,7 @@
 //! budget downgrade) all use: the capabilities the request needs, and room in the context
 //! window for the prompt and the answer.
 
-use llm_gateway_crds::ModelKind;
+use llm_gateway_crds::{ModelKind, Protocol};
 
 use super::{tokens, Exclusion};
 use crate::config::model::ModelInfo;
@@ -24,6 +24,8 @@ pub struct Needs {
     pub tools: bool,
     /// JSON output.
     pub json: bool,
+    /// Something only the OpenAI protocol carries (`n > 1`, logprobs, audio or files).
+    pub openai_only: Option<&'static str>,
     /// Tokens of room kept for the answer.
     pub reserve: usize,
 }
@@ -37,6 +39,7 @@ impl Needs {
             vision: req.has_images(),
             tools: req.has_tools(),
             json: req.wants_json(),
+            openai_only: req.openai_only(),
             reserve: req.max_output().map_or(default, |m| m as usize),
         }
     }
@@ -53,6 +56,16 @@ pub fn capability(info: &ModelInfo, needs: &Needs) -> Option<Exclusion> {
         Some(Exclusion::NoJson)
     } else {
         None
+    }
+}
+
+/// Whether a provider speaking `protocol` cannot carry what the request needs: Anthropic's
+/// Messages API has no `n`, no logprobs and no audio or file parts, so a virtual model must
+/// not pick it for such a request (the translation would refuse it, or drop logprobs).
+pub fn protocol(protocol: Protocol, needs: &Needs) -> Option<Exclusion> {
+    match (protocol, needs.openai_only) {
+        (Protocol::Anthropic, Some(feature)) => Some(Exclusion::OpenAiOnly { feature }),
+        _ => None,
     }
 }
 

@@ -75,6 +75,13 @@ pub enum Exclusion {
     NoJson,
     /// An embedding model, asked for a chat completion.
     Embedding,
+    /// The request needs something only the OpenAI protocol carries; the provider speaks
+    /// Anthropic's.
+    #[serde(rename = "openai_only")]
+    OpenAiOnly {
+        /// What (`n > 1`, `logprobs`, `audio or file parts`).
+        feature: &'static str,
+    },
     /// Prompt plus completion reserve exceed the context window.
     Context {
         /// Tokens needed.
@@ -431,6 +438,8 @@ impl Router {
             let e = &entries[i];
             let why = if let Some(x) = fit::capability(&e.info, &needs) {
                 Some(x)
+            } else if let Some(x) = fit::protocol(e.provider.protocol, &needs) {
+                Some(x)
             } else if needed > window(e) as usize {
                 Some(Exclusion::Context {
                     needed,
@@ -554,6 +563,13 @@ fn no_candidate_error(name: &str, excluded: &[Excluded]) -> Error {
     if n > 0 {
         reasons.push(format!("{n} lack JSON output"));
     }
+    if let Some(feature) = excluded.iter().find_map(|x| match x.why {
+        Exclusion::OpenAiOnly { feature } => Some(feature),
+        _ => None,
+    }) {
+        let n = count(&|w| matches!(w, Exclusion::OpenAiOnly { .. }));
+        reasons.push(format!("{n} speak Anthropic's API, which has no {feature}"));
+    }
     if let Some(needed) = excluded.iter().find_map(|x| match x.why {
         Exclusion::Context { needed, .. } => Some(needed),
         _ => None,
@@ -639,6 +655,7 @@ fn check_explicit(
         Exclusion::NoVision => unsupported("messages", "image input"),
         Exclusion::NoTools => unsupported("tools", "tools (function calling)"),
         Exclusion::NoJson => unsupported("response_format", "JSON response formats"),
+        Exclusion::OpenAiOnly { feature } => unsupported("model", feature),
         Exclusion::Context { needed, window } => Error::invalid(
             "messages",
             format!(

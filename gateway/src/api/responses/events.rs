@@ -223,6 +223,9 @@ impl Translator {
                 t.push_str(delta);
             }
         }
+        if delta.is_empty() {
+            return;
+        }
         let (kind, extra) = if is_text {
             ("response.output_text.delta", json!([]))
         } else {
@@ -296,6 +299,10 @@ impl Translator {
     /// `[DONE]`: every item's `.done` events, then the final response.
     fn finish_stream(&mut self, out: &mut BytesMut) {
         self.start(&Value::Null, out);
+        if self.items.is_empty() {
+            // An empty answer is still an answer, as in a whole response: one empty text.
+            self.part_delta(Part::Text(String::new()), "", out);
+        }
         let ending = Ending::of_finish(self.finish.as_deref());
         let status = ending.status();
         for index in 0..self.items.len() {
@@ -361,8 +368,14 @@ impl Translator {
             json!({"code": code, "message": message, "param": e["param"]}),
             out,
         );
-        let error =
-            json!({"code": code.unwrap_or_else(|| "server_error".into()), "message": message});
+        // The response's error code is one of OpenAI's fixed list; the event above keeps
+        // the gateway's own.
+        let listed = if code.as_deref() == Some("rate_limit_exceeded") {
+            "rate_limit_exceeded"
+        } else {
+            "server_error"
+        };
+        let error = json!({"code": listed, "message": message});
         let response = self.snapshot(Ending::Failed, Some(error));
         self.emit("response.failed", json!({"response": response}), out);
         self.ended = true;
@@ -507,7 +520,8 @@ mod tests {
         assert_eq!(evs[k.len() - 2]["message"], "upstream went away");
         let failed = &evs.last().unwrap()["response"];
         assert_eq!(failed["status"], "failed");
-        assert_eq!(failed["error"]["code"], "stream_cut");
+        assert_eq!(failed["error"]["code"], "server_error");
+        assert_eq!(evs[k.len() - 2]["code"], "stream_cut");
         assert_eq!(failed["output"][0]["content"][0]["text"], "Hel");
 
         let evs = events(&TEXT[..2], 4096);
@@ -590,5 +604,30 @@ mod tests {
             assert_eq!(a["call_id"], o["call_id"]);
             assert_eq!(a["id"], o["id"]);
         }
+    }
+
+    #[test]
+    fn an_empty_answer_streams_one_empty_message_as_a_whole_one_has() {
+        let frames = [
+            r#"data: {"created":1,"model":"m","choices":[{"delta":{"role":"assistant","content":null},"finish_reason":"stop"}]}"#,
+            "data: [DONE]",
+        ];
+        let evs = events(&frames, 4096);
+        assert_eq!(
+            kinds(&evs),
+            [
+                "response.created",
+                "response.in_progress",
+                "response.output_item.added",
+                "response.content_part.added",
+                "response.output_text.done",
+                "response.content_part.done",
+                "response.output_item.done",
+                "response.completed"
+            ]
+        );
+        let whole = Shell::new("r1", Echo::default()).from_chat(&json!({"created": 1, "model": "m",
+            "choices": [{"finish_reason": "stop", "message": {"role": "assistant", "content": null}}]}));
+        assert_eq!(evs.last().unwrap()["response"]["output"], whole["output"]);
     }
 }

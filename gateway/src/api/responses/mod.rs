@@ -31,7 +31,7 @@ pub async fn handle(
     let parse = |bytes: &[u8]| {
         let (chat_body, e) = request::to_chat(bytes)?;
         echo = Some(e);
-        let parsed = body::parse(&chat_body)?;
+        let parsed = body::parse(&chat_body).map_err(responses_names)?;
         chat::validate(&parsed.1).map_err(responses_names)?;
         Ok(parsed)
     };
@@ -63,17 +63,30 @@ pub async fn not_stored(uri: http::Uri) -> Error {
     .with_code("response_not_stored")
 }
 
-/// A chat check's error in the Responses API's field names.
-fn responses_names(mut e: Error) -> Error {
-    let renamed = match e.param.as_deref() {
-        Some("max_completion_tokens") => Some("max_output_tokens"),
-        Some("messages") => Some("input"),
-        _ => None,
+/// A chat check's error in the Responses API's field names, where the field maps one to
+/// one (a message's index does not: `instructions` adds one, calls merge into turns).
+fn responses_names(e: Error) -> Error {
+    let Some(param) = e.param.as_deref() else {
+        return e;
     };
-    if let Some(p) = renamed {
-        e = Error::invalid(p, e.message.replace(e.param.as_deref().unwrap_or(""), p));
+    let renamed = [
+        ("max_completion_tokens", "max_output_tokens"),
+        ("response_format", "text.format"),
+        ("reasoning_effort", "reasoning.effort"),
+    ]
+    .iter()
+    .find_map(|(chat, responses)| {
+        param
+            .strip_prefix(chat)
+            .map(|rest| format!("{responses}{rest}"))
+    });
+    match renamed {
+        Some(p) => {
+            let message = e.message.replace(param, &p);
+            Error::invalid(p, message)
+        }
+        None => e,
     }
-    e
 }
 
 /// The chat answer (JSON or SSE) as a Responses answer, headers kept.
