@@ -61,7 +61,12 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<(Map<String, Value>, T
             let path = e.path().to_string();
             let inner = e.into_inner().to_string();
             if path == "." {
-                Error::invalid("", format!("Invalid request: {inner}"))
+                // A missing top-level field is named, as OpenAI names it.
+                let missing = inner
+                    .strip_prefix("missing field `")
+                    .and_then(|r| r.split('`').next())
+                    .unwrap_or_default();
+                Error::invalid(missing, format!("Invalid request: {inner}"))
             } else {
                 Error::invalid(path.clone(), format!("Invalid value for `{path}`: {inner}"))
             }
@@ -80,8 +85,8 @@ mod tests {
     #[test]
     fn errors_name_the_field() {
         let cases = [
-            (r#"{"messages":[]}"#, None, "model"),
-            (r#"{"model":"x"}"#, None, "messages"),
+            (r#"{"messages":[]}"#, Some("model"), "model"),
+            (r#"{"model":"x"}"#, Some("messages"), "messages"),
             (
                 r#"{"model":"x","messages":[{"role":"wizard","content":"hi"}]}"#,
                 Some("messages[0].role"),

@@ -12,7 +12,12 @@ pub const MAX_AMOUNT: i64 = (1 << 53) - 1;
 
 /// Whom a budget covers.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(tag = "scope", content = "subject", rename_all = "snake_case")]
+#[serde(
+    tag = "scope",
+    content = "subject",
+    rename_all = "snake_case",
+    try_from = "ScopeFields"
+)]
 pub enum Scope {
     /// Every request through the gateway.
     Global,
@@ -23,6 +28,41 @@ pub enum Scope {
     /// Every tenant of a Kubernetes namespace: the tenant `namespace` and every
     /// `namespace/...` (its sidecars' and service accounts' calls).
     Namespace(String),
+}
+
+/// `scope` and `subject` as written: read through [`Scope::from_parts`], so `"subject": ""`
+/// on a global budget is accepted and a missing subject is named, in words a person can act
+/// on rather than serde's variant names.
+#[derive(Deserialize)]
+struct ScopeFields {
+    scope: String,
+    #[serde(default)]
+    subject: Option<String>,
+}
+
+impl TryFrom<ScopeFields> for Scope {
+    type Error = String;
+
+    fn try_from(f: ScopeFields) -> Result<Self, String> {
+        let subject = f.subject.as_deref().unwrap_or_default();
+        match f.scope.as_str() {
+            "global" if !subject.is_empty() => Err(format!(
+                "a global budget covers every request and takes no `subject` (got `{subject}`)"
+            )),
+            "tenant" | "key" | "namespace" if subject.is_empty() => Err(format!(
+                "a `{}` budget needs its `subject` (the {} it covers)",
+                f.scope,
+                match f.scope.as_str() {
+                    "tenant" => "tenant name",
+                    "key" => "key id",
+                    _ => "namespace",
+                }
+            )),
+            kind => Scope::from_parts(kind, subject).ok_or_else(|| {
+                format!("unknown `scope` `{kind}`: use global, tenant, key or namespace")
+            }),
+        }
+    }
 }
 
 impl Scope {
@@ -335,6 +375,34 @@ mod tests {
         assert_eq!(
             rfc3339(at(datetime!(2026-12-01 00:00 UTC))),
             "2026-12-01T00:00:00Z"
+        );
+    }
+
+    #[test]
+    fn scopes_read_from_scope_and_subject_with_errors_a_person_can_act_on() {
+        let read = |j: &str| serde_json::from_str::<Scope>(j).map_err(|e| e.to_string());
+        assert_eq!(read(r#"{"scope":"global"}"#), Ok(Scope::Global));
+        assert_eq!(
+            read(r#"{"scope":"global","subject":""}"#),
+            Ok(Scope::Global)
+        );
+        assert_eq!(
+            read(r#"{"scope":"tenant","subject":"team-a"}"#),
+            Ok(Scope::Tenant("team-a".into()))
+        );
+        assert!(read(r#"{"scope":"global","subject":"x"}"#)
+            .unwrap_err()
+            .contains("takes no `subject`"));
+        assert!(read(r#"{"scope":"key"}"#)
+            .unwrap_err()
+            .contains("needs its `subject`"));
+        assert!(read(r#"{"scope":"planet","subject":"x"}"#)
+            .unwrap_err()
+            .contains("use global, tenant, key or namespace"));
+        // Written back as before: a global scope has no subject.
+        assert_eq!(
+            serde_json::to_value(Scope::Global).unwrap(),
+            serde_json::json!({"scope": "global"})
         );
     }
 }
