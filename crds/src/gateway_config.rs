@@ -320,8 +320,8 @@ pub enum Protocol {
 /// `{file: PATH}`. A document pushed to the gateway's authenticated admin endpoint (what the
 /// operator does with the keys it reads from Secrets) may carry `{value: ...}`; the gateway
 /// holds it in memory only and never shows it.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(try_from = "SecretSourceRepr", into = "SecretSourceRepr")]
+#[derive(Clone, PartialEq, Eq, Serialize)]
+#[serde(into = "SecretSourceRepr")]
 pub enum SecretSource {
     /// Read from this environment variable.
     Env(String),
@@ -376,6 +376,52 @@ impl TryFrom<SecretSourceRepr> for SecretSource {
                 "set exactly one of `env` (a variable name), `file` (a path) or, in a document pushed to PUT /admin/config, `value`; non-empty".into(),
             ),
         }
+    }
+}
+
+/// Read by hand so that no error repeats what was written: the usual mistake is the key
+/// itself in place of `{env: …}`, and serde's "invalid type: string \"sk-…\"" would put it in
+/// the refusal and the log.
+impl<'de> Deserialize<'de> for SecretSource {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Source;
+        const WRITTEN: &str = "a secret written in directly is refused, and not repeated here: use `{env: VARIABLE}` or `{file: PATH}` (or, pushed to PUT /admin/config, `{value: …}`)";
+        impl<'de> serde::de::Visitor<'de> for Source {
+            type Value = SecretSource;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("`{env: VARIABLE}`, `{file: PATH}` or `{value: …}`")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                m: A,
+            ) -> Result<SecretSource, A::Error> {
+                let repr =
+                    SecretSourceRepr::deserialize(serde::de::value::MapAccessDeserializer::new(m))?;
+                SecretSource::try_from(repr).map_err(serde::de::Error::custom)
+            }
+            fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<SecretSource, E> {
+                Err(E::custom(WRITTEN))
+            }
+            fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<SecretSource, E> {
+                Err(E::custom(WRITTEN))
+            }
+            fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<SecretSource, E> {
+                Err(E::custom(WRITTEN))
+            }
+            fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<SecretSource, E> {
+                Err(E::custom(WRITTEN))
+            }
+            fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<SecretSource, E> {
+                Err(E::custom(WRITTEN))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                _: A,
+            ) -> Result<SecretSource, A::Error> {
+                Err(serde::de::Error::custom(WRITTEN))
+            }
+        }
+        d.deserialize_any(Source)
     }
 }
 

@@ -43,6 +43,14 @@ impl Caller {
     }
 }
 
+/// The token of an `Authorization: Bearer <token>` header (the scheme in any case, as
+/// RFC 9110 has it).
+pub fn bearer(headers: &http::HeaderMap) -> Option<&str> {
+    let v = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then_some(token)
+}
+
 /// Excludes the models the caller may not use: those its key's `allowed_models` leaves out,
 /// and those of providers reserved for other clients (a namespace's own ProviderPool).
 pub struct AllowedModels<'a> {
@@ -241,12 +249,7 @@ impl Auth {
         headers: &http::HeaderMap,
         peer: Option<std::net::IpAddr>,
     ) -> Result<Caller, Error> {
-        let token = headers
-            .get(http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
-            .filter(|t| !t.is_empty());
+        let token = bearer(headers).map(str::trim).filter(|t| !t.is_empty());
         if let (Some(r), Some(t)) = (&self.reviewer, token) {
             if crate::workload::looks_like_jwt(t) {
                 // Each unknown token costs a TokenReview: the same per-address failure limit
@@ -358,6 +361,21 @@ impl Auth {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_bearer_scheme_is_read_in_any_case() {
+        let h = |v: &str| {
+            let mut m = http::HeaderMap::new();
+            m.insert(http::header::AUTHORIZATION, v.parse().unwrap());
+            m
+        };
+        assert_eq!(super::bearer(&h("Bearer abc")), Some("abc"));
+        assert_eq!(super::bearer(&h("bearer abc")), Some("abc"));
+        assert_eq!(super::bearer(&h("BEARER abc")), Some("abc"));
+        assert_eq!(super::bearer(&h("Basic abc")), None);
+        assert_eq!(super::bearer(&h("Bearerabc")), None);
+        assert_eq!(super::bearer(&http::HeaderMap::new()), None);
+    }
 
     fn bearer(key: &str) -> http::HeaderMap {
         let mut h = http::HeaderMap::new();

@@ -467,6 +467,11 @@ async fn bad_budgets_are_refused_naming_the_field() {
             "subject",
         ),
         (json!({"scope": "planet", "limit_usd": 1}), ""),
+        // A misspelt limit is refused, not stored as no limit.
+        (
+            json!({"scope": "tenant", "subject": "t", "limit_usd": 5, "requests_per_min": 10}),
+            "requests_per_min",
+        ),
     ] {
         let r =
             s.h.admin(reqwest::Method::PUT, "/admin/budgets")

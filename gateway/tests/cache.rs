@@ -291,6 +291,46 @@ async fn tenants_never_share_entries_and_hits_are_recorded_free() {
         .any(|r| r.cache.as_deref() == Some("miss") && r.cost_usd.unwrap() > 0.0));
 }
 
+/// A key limited by `allowed_models` and a key without a list, in one tenant, never share
+/// a virtual model's answers: each would get a model the other's routing could not choose.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_with_different_allowed_models_never_share_a_virtual_models_answers() {
+    let h = gateway()
+        .yaml(|m| with_cache(m, ""))
+        .keys(true, std::time::Duration::from_secs(5))
+        .start()
+        .await;
+    let store = h.store.clone().unwrap();
+    let (_, open) = store.create_key("team", "open").await.unwrap();
+    let (_, local) = store
+        .create_key_with("team", "local", Some(vec!["ollama/*".into()]))
+        .await
+        .unwrap();
+    let (_, local2) = store
+        .create_key_with("team", "local2", Some(vec!["ollama/*".into()]))
+        .await
+        .unwrap();
+    let mut q = ask("Explain how a hash map handles collisions.");
+    q["model"] = json!("quality");
+    let (_, hd, _) = send(&h, &q, Some(&open), &[]).await;
+    assert_eq!(cache_of(&hd), "miss");
+    assert_ne!(hd["x-llm-gateway-provider"], "ollama");
+    let (_, hd, _) = send(&h, &q, Some(&local), &[]).await;
+    assert_eq!(
+        cache_of(&hd),
+        "miss",
+        "the open key's answer reached the limited key"
+    );
+    assert_eq!(hd["x-llm-gateway-provider"], "ollama");
+    // Keys with the same list share, as keys of one tenant do.
+    let (_, hd, _) = send(&h, &q, Some(&local2), &[]).await;
+    assert_eq!(cache_of(&hd), "hit-exact");
+    assert_eq!(hd["x-llm-gateway-provider"], "ollama");
+    let (_, hd, _) = send(&h, &q, Some(&open), &[]).await;
+    assert_eq!(cache_of(&hd), "hit-exact");
+    assert_ne!(hd["x-llm-gateway-provider"], "ollama");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_virtual_model_can_turn_its_cache_off_or_set_its_own_threshold() {
     let routing = "  virtual_models:\n  - {name: fresh, strategy: cost, candidates: {providers: [openai]}, cache: {enabled: false}}\n  - {name: loose, strategy: cost, candidates: {providers: [openai]}, cache: {similarity_threshold: 0.8}}\n";

@@ -142,6 +142,16 @@ async fn the_admin_key_api_needs_the_admin_token_and_valid_input() {
         .await
         .unwrap();
     assert_eq!(r.status(), 400);
+    // A misspelt allow-list must not make a key that may use every model.
+    let r = h
+        .admin(reqwest::Method::POST, "/admin/keys")
+        .json(&json!({"tenant": "t", "allowed_model": ["ollama/*"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["param"], "allowed_model", "{body}");
 }
 
 #[tokio::test]

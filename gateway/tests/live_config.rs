@@ -495,6 +495,27 @@ async fn secrets_never_show_in_the_admin_api_the_log_or_the_metrics() {
         "Bearer sk-pushed-SECRET-3333"
     );
 
+    // The commonest mistake, the key written in directly, is refused without repeating it.
+    let plain = doc(&mock, "s-3", "gpt-4o-mini").replace(
+        "api_key: {env: OPENAI_API_KEY}",
+        "api_key: sk-plain-SECRET-4444",
+    );
+    let r = p
+        .http
+        .put(format!("{}/admin/config", p.base))
+        .bearer_auth("admin-token-for-the-tests")
+        .header("content-type", "application/yaml")
+        .body(plain)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    let refusal = r.text().await.unwrap();
+    assert!(
+        refusal.contains("api_key") && refusal.contains("written in directly"),
+        "{refusal}"
+    );
+
     let config = p.get("/admin/config", true).await;
     assert!(config.contains("<redacted>"), "{config}");
     let metrics = p.get("/metrics", false).await;
@@ -504,12 +525,14 @@ async fn secrets_never_show_in_the_admin_api_the_log_or_the_metrics() {
         "SECRET-1111",
         "SECRET-2222",
         "SECRET-3333",
+        "SECRET-4444",
         "admin-token-for-the-tests",
     ] {
         for (what, text) in [
             ("GET /admin/config", &config),
             ("/metrics", &metrics),
             ("the log", &log),
+            ("the refusal", &refusal),
         ] {
             assert!(!text.contains(secret), "{secret} in {what}:\n{text}");
         }

@@ -550,6 +550,27 @@ async fn keys_features_models_and_answer_sizes_are_held_to_limits() {
         "gpt-4o-mini",
         "auto stays inside the list"
     );
+    // The dry run shows the decision this key gets, inside its list too.
+    let r = h
+        .http
+        .post(format!("{}/v1/route", h.gw))
+        .bearer_auth(&key)
+        .json(&hello("auto"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let d: Value = r.json().await.unwrap();
+    assert_eq!(d["chosen"], "openai/gpt-4o-mini", "{d}");
+    let r = h
+        .http
+        .post(format!("{}/v1/route", h.gw))
+        .bearer_auth(&key)
+        .json(&hello("claude-3-5-haiku-latest"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
 
     put_budget(
         &h,

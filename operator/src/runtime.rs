@@ -541,7 +541,11 @@ impl Ctx {
         };
         for pool in self.pools.state() {
             let key = key(Kind::Pool, &*pool);
-            let v = compiled.verdicts.get(&key).cloned().unwrap_or_default();
+            // A resource that came after the last compile has no verdict yet: its status waits
+            // for the compile its arrival triggers, rather than saying Ready with nothing in it.
+            let Some(v) = compiled.verdicts.get(&key).cloned() else {
+                continue;
+            };
             let (conditions, changed) =
                 self.conditions(&v, &p, pool.status.as_ref().map(|s| &s.conditions));
             let status = ProviderPoolStatus {
@@ -562,7 +566,11 @@ impl Ctx {
         }
         for route in self.routes.state() {
             let key = key(Kind::Route, &*route);
-            let v = compiled.verdicts.get(&key).cloned().unwrap_or_default();
+            // A resource that came after the last compile has no verdict yet: its status waits
+            // for the compile its arrival triggers, rather than saying Ready with nothing in it.
+            let Some(v) = compiled.verdicts.get(&key).cloned() else {
+                continue;
+            };
             let (conditions, changed) =
                 self.conditions(&v, &p, route.status.as_ref().map(|s| &s.conditions));
             let status = LLMRouteStatus {
@@ -582,7 +590,11 @@ impl Ctx {
         }
         for policy in self.policies.state() {
             let key = key(Kind::Policy, &*policy);
-            let v = compiled.verdicts.get(&key).cloned().unwrap_or_default();
+            // A resource that came after the last compile has no verdict yet: its status waits
+            // for the compile its arrival triggers, rather than saying Ready with nothing in it.
+            let Some(v) = compiled.verdicts.get(&key).cloned() else {
+                continue;
+            };
             let (conditions, changed) =
                 self.conditions(&v, &p, policy.status.as_ref().map(|s| &s.conditions));
             let source = key.describe();

@@ -34,11 +34,7 @@ fn authorize(gw: &AppState, headers: &HeaderMap) -> Result<(), Error> {
         )
         .with_code("admin_disabled"));
     };
-    let given = headers
-        .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
+    let given = crate::auth::bearer(headers).unwrap_or("");
     if bool::from(given.as_bytes().ct_eq(token.expose().as_bytes())) {
         Ok(())
     } else {
@@ -97,7 +93,9 @@ pub async fn create_key(
     State(gw): State<AppState>,
     body: axum::body::Bytes,
 ) -> Result<(StatusCode, Json<Value>), Error> {
+    // A misspelt `allowed_models` must not create a key that may use every model.
     #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
     struct NewKey {
         tenant: String,
         #[serde(default)]

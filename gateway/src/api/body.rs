@@ -61,9 +61,10 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<(Map<String, Value>, T
             let path = e.path().to_string();
             let inner = e.into_inner().to_string();
             if path == "." {
-                // A missing top-level field is named, as OpenAI names it.
-                let missing = inner
-                    .strip_prefix("missing field `")
+                // A missing or unknown top-level field is named, as OpenAI names it.
+                let missing = ["missing field `", "unknown field `"]
+                    .iter()
+                    .find_map(|p| inner.strip_prefix(p))
                     .and_then(|r| r.split('`').next())
                     .unwrap_or_default();
                 Error::invalid(missing, format!("Invalid request: {inner}"))

@@ -140,6 +140,11 @@ pub async fn serve(
     }
     let budget_left_before = hold.as_ref().map(crate::pipeline::budget::Held::remaining);
     let downgraded = hold.as_ref().is_some_and(|h| h.downgraded);
+    if downgraded {
+        // The cheaper model's answer is this caller's, at this budget: not one for others
+        // who ask the same.
+        lookup = None;
+    }
     ctx.set_held(hold);
 
     let record_cache = ctx.cache();

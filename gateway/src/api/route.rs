@@ -24,14 +24,17 @@ pub async fn handle(
     let bytes = body::read(&headers, body, cfg.max_body_bytes).await?;
     let (raw, req): (_, ChatRequest) = body::parse(&bytes)?;
     chat::validate(&req)?;
+    // The filters the request itself would meet: the decision shown is the one it gets.
     let breakers = crate::router::BreakerFilter::now();
+    let allowed = crate::auth::AllowedModels::of(&caller);
     let routed = cfg.router.route(
         &cfg.registry,
         &req,
         caller.tenant(),
         raw.get("tools"),
-        &[&breakers],
+        &[&breakers, &allowed],
     )?;
+    allowed.check_target(&routed.target.provider, &routed.target.model)?;
     Ok(Json(match &routed.decision {
         Some(d) => json!({
             "model": req.model,

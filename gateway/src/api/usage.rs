@@ -52,7 +52,18 @@ pub async fn put(
     State(gw): State<AppState>,
     body: axum::body::Bytes,
 ) -> Result<Json<Value>, Error> {
-    let (_, b): (_, Budget) = super::body::parse(&body)?;
+    let (raw, b): (_, Budget) = super::body::parse(&body)?;
+    // `Budget` flattens its scope, and serde cannot refuse unknown fields through a flatten:
+    // a typo (`requests_per_min`) would otherwise store a budget without that limit.
+    if let Some(k) = raw.keys().find(|k| !BUDGET_FIELDS.contains(&k.as_str())) {
+        return Err(Error::invalid(
+            k.as_str(),
+            format!(
+                "Unknown field `{k}`: a budget takes {}.",
+                BUDGET_FIELDS.join(", ")
+            ),
+        ));
+    }
     refuse_declared(&gw, &b.scope)?;
     admin(&gw)?.put_budget(&b).await.map_err(admin_error)?;
     engine(&gw)?
@@ -61,6 +72,18 @@ pub async fn put(
         .map_err(|e| admin_error(e.into()))?;
     Ok(Json(serde_json::to_value(&b).unwrap_or_default()))
 }
+
+/// The fields `PUT /admin/budgets` takes.
+const BUDGET_FIELDS: [&str; 8] = [
+    "scope",
+    "subject",
+    "period",
+    "limit_usd",
+    "limit_tokens",
+    "requests_per_minute",
+    "tokens_per_minute",
+    "on_limit",
+];
 
 /// `DELETE /admin/budgets/global`, `/admin/budgets/tenant/{name}`, `/admin/budgets/key/{id}`.
 pub async fn delete(
@@ -210,4 +233,30 @@ pub async fn mine(
             "note": "recorded usage; requests of the last second may still be on their way to the database",
         },
     })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The list names every field a budget is written with, and nothing else.
+    #[test]
+    fn the_budget_field_list_is_the_budgets_fields() {
+        let b = Budget {
+            scope: Scope::Tenant("t".into()),
+            period: Default::default(),
+            limit_usd: Some(1.0),
+            limit_tokens: Some(1),
+            requests_per_minute: Some(1),
+            tokens_per_minute: Some(1),
+            on_limit: Default::default(),
+            declared_by: None,
+        };
+        let v = serde_json::to_value(&b).unwrap();
+        let mut written: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        let mut listed = BUDGET_FIELDS.to_vec();
+        written.sort_unstable();
+        listed.sort_unstable();
+        assert_eq!(written, listed);
+    }
 }

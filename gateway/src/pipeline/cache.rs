@@ -45,10 +45,23 @@ pub async fn lookup(
         return Step::Miss(None);
     };
     let t = &routed.target;
-    let route = match &t.virtual_model {
+    let mut route = match &t.virtual_model {
         Some(v) => v.clone(),
         None => format!("{}/{}", t.provider.name, t.model),
     };
+    // A virtual model routes a key with an allow-list among its allowed models only: its
+    // answers must not reach a key without that list, nor the other way round. (A named
+    // model is in the route itself, and was checked against the list before this step.)
+    if t.virtual_model.is_some() {
+        if let crate::auth::Caller::Key(k) = caller {
+            if let Some(allowed) = &k.allowed_models {
+                let mut allowed: Vec<&str> = allowed.iter().map(String::as_str).collect();
+                allowed.sort_unstable();
+                route.push_str("\u{0}allowed:");
+                route.push_str(&allowed.join("\u{0}"));
+            }
+        }
+    }
     let started = std::time::Instant::now();
     let Ok(mut l) = cache.prepare(
         caller.tenant(),
