@@ -91,6 +91,31 @@ async fn every_request_leaves_a_record_priced_from_its_usage() {
         (failed.status, failed.cost_usd, failed.prompt_tokens),
         (404, None, 0)
     );
+
+    // A client that gives up while the upstream is working: the provider read the prompt
+    // and bills it, so the record estimates and prices it (status 499), rather than $0.
+    h.fault(json!({"vendor": "openai", "latency_ms": 3000, "times": 1}))
+        .await;
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(500),
+        post(json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "a question the client stops waiting for"}]})),
+    )
+    .await;
+    assert!(gave_up.is_err(), "the client was meant to give up first");
+    h.wait_in_flight("openai", 0).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let abandoned = loop {
+        h.flush_ledger().await;
+        let rows = store.usage_records().await.unwrap();
+        if let Some(r) = rows.into_iter().find(|r| r.status == 499) {
+            break r;
+        }
+        assert!(std::time::Instant::now() < deadline, "no 499 record");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(abandoned.usage_estimated, "{abandoned:?}");
+    assert!(abandoned.prompt_tokens > 0, "{abandoned:?}");
+    assert!(abandoned.cost_usd.unwrap() > 0.0, "{abandoned:?}");
 }
 
 /// A TCP proxy in front of PostgreSQL that can be cut (existing connections killed, new ones

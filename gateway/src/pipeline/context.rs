@@ -405,6 +405,12 @@ impl RequestContext {
 impl Drop for RequestContext {
     fn drop(&mut self) {
         if !self.done {
+            // The client went away. If a call had gone upstream, the provider read (and will
+            // bill) the prompt: it is estimated and charged, as for a hedge's loser, rather
+            // than recorded as free.
+            if self.attempts > 0 && self.target.is_some() {
+                self.prompt_billed = true;
+            }
             self.finish(499, None);
         }
     }
