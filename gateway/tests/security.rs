@@ -550,6 +550,31 @@ async fn keys_features_models_and_answer_sizes_are_held_to_limits() {
         "gpt-4o-mini",
         "auto stays inside the list"
     );
+    // It is shown only the models it may use (and the virtual ones).
+    let r = h
+        .http
+        .get(format!("{}/v1/models", h.gw))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    let list: Value = r.json().await.unwrap();
+    let real: Vec<&str> = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["llm_gateway"]["virtual"] != true)
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(real, ["gpt-4o-mini"], "{list}");
+    let r = h
+        .http
+        .get(format!("{}/v1/models/claude-3-5-haiku-latest", h.gw))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
     // The dry run shows the decision this key gets, inside its list too.
     let r = h
         .http

@@ -59,18 +59,34 @@ fn virtual_objects(cfg: &crate::state::Snapshot) -> Vec<Value> {
         .collect()
 }
 
-/// `GET /v1/models`: every enabled model, then the virtual ones.
-pub async fn list(State(gw): State<AppState>) -> Json<Value> {
+/// `GET /v1/models`: every enabled model the caller may use (its key's allow-list, and no
+/// provider reserved for other namespaces), then the virtual ones.
+pub async fn list(
+    State(gw): State<AppState>,
+    axum::Extension(caller): axum::Extension<crate::auth::Caller>,
+) -> Json<Value> {
     let cfg = gw.config();
-    let mut data: Vec<Value> = (0..cfg.registry.entries().len())
-        .map(|i| model_object(cfg.registry.public_name(i), &cfg.registry.entries()[i]))
+    let allowed = crate::auth::AllowedModels::of(&caller);
+    let entries = cfg.registry.entries();
+    let mut data: Vec<Value> = (0..entries.len())
+        .filter(|&i| {
+            allowed
+                .check_target(&entries[i].provider, &entries[i].model)
+                .is_ok()
+        })
+        .map(|i| model_object(cfg.registry.public_name(i), &entries[i]))
         .collect();
     data.extend(virtual_objects(&cfg));
     Json(json!({"object": "list", "data": data}))
 }
 
-/// One model by any name that resolves to it.
-pub async fn get(State(gw): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, Error> {
+/// One model by any name that resolves to it (403 or 404 as a request for it would get,
+/// when the caller may not use it).
+pub async fn get(
+    State(gw): State<AppState>,
+    axum::Extension(caller): axum::Extension<crate::auth::Caller>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, Error> {
     let cfg = gw.config();
     if let Some(v) = virtual_objects(&cfg)
         .into_iter()
@@ -79,6 +95,7 @@ pub async fn get(State(gw): State<AppState>, Path(id): Path<String>) -> Result<J
         return Ok(Json(v));
     }
     let t = cfg.registry.resolve(&id)?;
+    crate::auth::AllowedModels::of(&caller).check_target(&t.provider, &t.model)?;
     let found = cfg.registry.entries().iter().find(|e| {
         e.provider.name == t.provider.name && t.info.as_ref().is_some_and(|i| i.name == e.info.name)
     });
