@@ -25,6 +25,17 @@ async fn start() -> Harness {
     gateway().yaml(|m| with_cache(m, "")).start().await
 }
 
+/// A cached gateway that requires keys, and its key store.
+async fn keyed() -> (Harness, llm_gateway::store::Store) {
+    let h = gateway()
+        .yaml(|m| with_cache(m, ""))
+        .keys(true, std::time::Duration::from_secs(5))
+        .start()
+        .await;
+    let store = h.store.clone().unwrap();
+    (h, store)
+}
+
 fn ask(text: &str) -> Value {
     json!({"model": "gpt-4o-mini", "temperature": 0, "messages": [
         {"role": "system", "content": "You are terse."},
@@ -250,12 +261,7 @@ async fn errors_cut_streams_tool_calls_hot_temperatures_and_no_store_are_never_c
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tenants_never_share_entries_and_hits_are_recorded_free() {
-    let h = gateway()
-        .yaml(|m| with_cache(m, ""))
-        .keys(true, std::time::Duration::from_secs(5))
-        .start()
-        .await;
-    let store = h.store.clone().unwrap();
+    let (h, store) = keyed().await;
     let (_, a) = store.create_key("team-a", "").await.unwrap();
     let (_, b) = store.create_key("team-b", "").await.unwrap();
     let q = ask("What is the capital of France?");
@@ -295,12 +301,7 @@ async fn tenants_never_share_entries_and_hits_are_recorded_free() {
 /// a virtual model's answers: each would get a model the other's routing could not choose.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_with_different_allowed_models_never_share_a_virtual_models_answers() {
-    let h = gateway()
-        .yaml(|m| with_cache(m, ""))
-        .keys(true, std::time::Duration::from_secs(5))
-        .start()
-        .await;
-    let store = h.store.clone().unwrap();
+    let (h, store) = keyed().await;
     let (_, open) = store.create_key("team", "open").await.unwrap();
     let (_, local) = store
         .create_key_with("team", "local", Some(vec!["ollama/*".into()]))

@@ -356,6 +356,20 @@ impl Process {
         }
     }
 
+    /// PUTs a YAML document to an admin path: the status and the answer's text.
+    async fn put_yaml(&self, path: &str, body: String) -> (u16, String) {
+        let r = self
+            .http
+            .put(format!("{}{path}", self.base))
+            .bearer_auth("admin-token-for-the-tests")
+            .header("content-type", "application/yaml")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    }
+
     async fn get(&self, path: &str, admin: bool) -> String {
         let mut rb = self.http.get(format!("{}{path}", self.base));
         if admin {
@@ -468,16 +482,8 @@ async fn secrets_never_show_in_the_admin_api_the_log_or_the_metrics() {
         "api_key: {env: OPENAI_API_KEY}",
         "api_key: {value: sk-pushed-SECRET-3333}",
     );
-    let r = p
-        .http
-        .put(format!("{}/admin/config", p.base))
-        .bearer_auth("admin-token-for-the-tests")
-        .header("content-type", "application/yaml")
-        .body(pushed)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let (status, text) = p.put_yaml("/admin/config", pushed).await;
+    assert_eq!(status, 200, "{text}");
     // The pushed key is what goes upstream now.
     assert_eq!(p.version_served().await, "s-2");
     let seen: Value = p
@@ -500,17 +506,8 @@ async fn secrets_never_show_in_the_admin_api_the_log_or_the_metrics() {
         "api_key: {env: OPENAI_API_KEY}",
         "api_key: sk-plain-SECRET-4444",
     );
-    let r = p
-        .http
-        .put(format!("{}/admin/config", p.base))
-        .bearer_auth("admin-token-for-the-tests")
-        .header("content-type", "application/yaml")
-        .body(plain)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 422);
-    let refusal = r.text().await.unwrap();
+    let (status, refusal) = p.put_yaml("/admin/config", plain).await;
+    assert_eq!(status, 422);
     assert!(
         refusal.contains("api_key") && refusal.contains("written in directly"),
         "{refusal}"

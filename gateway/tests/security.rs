@@ -536,14 +536,20 @@ async fn keys_features_models_and_answer_sizes_are_held_to_limits() {
     let (status, body) = chat_as(&h, &key, &hello("claude-3-5-haiku-latest")).await;
     assert_eq!(status, 403, "{body}");
     assert_eq!(body["error"]["code"], "model_not_allowed");
-    let r = h
-        .http
-        .post(format!("{}/v1/chat/completions", h.gw))
-        .bearer_auth(&key)
-        .json(&hello("auto"))
-        .send()
-        .await
-        .unwrap();
+    // Everything this key asks goes through one helper: a method, a path, maybe a body.
+    let as_key = |method: reqwest::Method, path: &str, body: Option<Value>| {
+        let rb = h
+            .http
+            .request(method, format!("{}{path}", h.gw))
+            .bearer_auth(&key);
+        let rb = match body {
+            Some(b) => rb.json(&b),
+            None => rb,
+        };
+        async move { rb.send().await.unwrap() }
+    };
+    use reqwest::Method;
+    let r = as_key(Method::POST, "/v1/chat/completions", Some(hello("auto"))).await;
     assert_eq!(r.status(), 200);
     assert_eq!(
         r.headers()["x-llm-gateway-model"],
@@ -551,14 +557,11 @@ async fn keys_features_models_and_answer_sizes_are_held_to_limits() {
         "auto stays inside the list"
     );
     // It is shown only the models it may use (and the virtual ones).
-    let r = h
-        .http
-        .get(format!("{}/v1/models", h.gw))
-        .bearer_auth(&key)
-        .send()
+    let list: Value = as_key(Method::GET, "/v1/models", None)
+        .await
+        .json()
         .await
         .unwrap();
-    let list: Value = r.json().await.unwrap();
     let real: Vec<&str> = list["data"]
         .as_array()
         .unwrap()
@@ -567,34 +570,19 @@ async fn keys_features_models_and_answer_sizes_are_held_to_limits() {
         .map(|m| m["id"].as_str().unwrap())
         .collect();
     assert_eq!(real, ["gpt-4o-mini"], "{list}");
-    let r = h
-        .http
-        .get(format!("{}/v1/models/claude-3-5-haiku-latest", h.gw))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap();
+    let r = as_key(Method::GET, "/v1/models/claude-3-5-haiku-latest", None).await;
     assert_eq!(r.status(), 403);
     // The dry run shows the decision this key gets, inside its list too.
-    let r = h
-        .http
-        .post(format!("{}/v1/route", h.gw))
-        .bearer_auth(&key)
-        .json(&hello("auto"))
-        .send()
-        .await
-        .unwrap();
+    let r = as_key(Method::POST, "/v1/route", Some(hello("auto"))).await;
     assert_eq!(r.status(), 200);
     let d: Value = r.json().await.unwrap();
     assert_eq!(d["chosen"], "openai/gpt-4o-mini", "{d}");
-    let r = h
-        .http
-        .post(format!("{}/v1/route", h.gw))
-        .bearer_auth(&key)
-        .json(&hello("claude-3-5-haiku-latest"))
-        .send()
-        .await
-        .unwrap();
+    let r = as_key(
+        Method::POST,
+        "/v1/route",
+        Some(hello("claude-3-5-haiku-latest")),
+    )
+    .await;
     assert_eq!(r.status(), 403);
 
     put_budget(

@@ -35,23 +35,31 @@ pub async fn read(headers: &HeaderMap, body: Body, limit: usize) -> Result<bytes
     }
 }
 
-/// Parses a JSON object body into its raw map and a typed view; a type error names the
-/// field path (`messages[2].content`).
-pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<(Map<String, Value>, T), Error> {
+/// A body that must be a JSON object, as its map.
+pub fn object(bytes: &[u8]) -> Result<Map<String, Value>, Error> {
     if bytes.is_empty() {
         return Err(Error::invalid(
             "",
             "The request body is empty; send a JSON object.",
         ));
     }
-    let raw: Value = serde_json::from_slice(bytes)
-        .map_err(|e| Error::invalid("", format!("The request body is not valid JSON: {e}")))?;
-    if !raw.is_object() {
-        return Err(Error::invalid(
+    match serde_json::from_slice(bytes) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err(Error::invalid(
             "",
             "The request body must be a JSON object.",
-        ));
+        )),
+        Err(e) => Err(Error::invalid(
+            "",
+            format!("The request body is not valid JSON: {e}"),
+        )),
     }
+}
+
+/// Parses a JSON object body into its raw map and a typed view; a type error names the
+/// field path (`messages[2].content`).
+pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<(Map<String, Value>, T), Error> {
+    let raw = Value::Object(object(bytes)?);
     // Deserialized from the tree by reference: a 10 MB body is not copied a second time.
     // Tracking the path costs allocations on every field, so it is done only to explain a
     // failure, by reading the tree a second time.

@@ -78,20 +78,7 @@ const STATEFUL: [(&str, &str); 4] = [
 
 /// The chat-completions body for a Responses request, and what its reply echoes.
 pub fn to_chat(body: &[u8]) -> Result<(Vec<u8>, Echo), Error> {
-    if body.is_empty() {
-        return Err(Error::invalid(
-            "",
-            "The request body is empty; send a JSON object.",
-        ));
-    }
-    let req: Value = serde_json::from_slice(body)
-        .map_err(|e| Error::invalid("", format!("The request body is not valid JSON: {e}")))?;
-    let Value::Object(req) = req else {
-        return Err(Error::invalid(
-            "",
-            "The request body must be a JSON object.",
-        ));
-    };
+    let req = crate::api::body::object(body)?;
     for (k, v) in &req {
         if let Some((_, why)) = STATEFUL.iter().find(|(f, _)| f == k) {
             if !v.is_null() {
