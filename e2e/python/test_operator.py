@@ -364,6 +364,61 @@ def test_no_secret_reaches_a_configmap_status_event_log_or_metric(cluster):
             assert secret not in text, f"a secret in the {what}"
 
 
+def test_keys_are_pushed_only_to_sidecars_the_webhook_made(cluster):
+    """Anyone who can create a pod can label it a gateway: outside the operator's namespace a
+    push (which carries the cluster pools' keys) goes only to a `llm-gateway` container of the
+    sidecar image with the webhook's environment, never to a look-alike."""
+    import http.server
+    import threading
+
+    hits = []
+
+    class Recorder(http.server.BaseHTTPRequestHandler):
+        def do_PUT(self):
+            hits.append((self.server.server_address[1], self.path))
+            self.send_response(401)
+            self.end_headers()
+
+        do_GET = do_PUT
+
+        def log_message(self, *args):
+            pass
+
+    servers = [http.server.ThreadingHTTPServer(("127.0.0.1", 0), Recorder) for _ in range(2)]
+    for srv in servers:
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+    impostor_port, sidecar_port = (srv.server_address[1] for srv in servers)
+    pods = {
+        "impostor": (impostor_port, "attacker/anything", []),
+        "impostor-env": (impostor_port, "ghcr.io/llm-gateway/llm-gateway:0.1.0",
+                         [k8s.V1EnvVar(name="HTTPS_PROXY", value="http://attacker:3128")]),
+        "sidecar": (sidecar_port, "ghcr.io/llm-gateway/llm-gateway:e2e",
+                    [k8s.V1EnvVar(name="LLM_GATEWAY_DATA_DIR", value="/var/lib/llm-gateway")]),
+    }
+    try:
+        for name, (port, image, env) in pods.items():
+            cluster.core.create_namespaced_pod(cluster.team, k8s.V1Pod(
+                metadata=k8s.V1ObjectMeta(name=name, labels={"llmgateway.io/gateway": "true"}),
+                spec=k8s.V1PodSpec(containers=[k8s.V1Container(
+                    name="llm-gateway", image=image, env=env,
+                    ports=[k8s.V1ContainerPort(name="http", container_port=port)])])))
+            cluster.core.patch_namespaced_pod_status(name, cluster.team, {"status": {
+                "phase": "Running", "podIP": "127.0.0.1",
+                "conditions": [{"type": "Ready", "status": "True"}]}})
+        # The real sidecar is pushed to (and refuses: this recorder holds no admin token)...
+        until("the operator pushes to the sidecar", lambda: any(p == sidecar_port for p, _ in hits), timeout=30)
+        # ...and, by then and a resync later, never the look-alikes.
+        time.sleep(3)
+        assert not [h for h in hits if h[0] == impostor_port], hits
+        log = cluster.logs["op-1"].read_text()
+        assert "not a sidecar the webhook made" in log, "the operator says why it skips them"
+    finally:
+        for name in pods:
+            cluster.core.delete_namespaced_pod(name, cluster.team, grace_period_seconds=0)
+        for srv in servers:
+            srv.shutdown()
+
+
 def test_with_the_operator_down_traffic_goes_on_and_a_new_gateway_serves_what_needs_no_key(cluster):
     cluster.stop("op-1")
     for url in cluster.gw:

@@ -48,6 +48,78 @@ pub fn target(pod: &Pod) -> Option<Target> {
     })
 }
 
+/// The environment the webhook gives a sidecar; any other variable (a proxy, a CA bundle,
+/// a preloaded library) could turn the container against the keys pushed to it.
+pub const SIDECAR_ENV: [&str; 6] = [
+    "POD_NAMESPACE",
+    "POD_SERVICE_ACCOUNT",
+    "LLM_GATEWAY_WORKLOAD",
+    "LLM_GATEWAY_ADMIN_TOKEN",
+    "LLM_GATEWAY_DATA_DIR",
+    "LLM_GATEWAY_WORKER_THREADS",
+];
+
+/// Whether a gateway pod outside the operator's namespace is a sidecar as the webhook makes
+/// it, and so may be pushed the cluster pools' keys: its `llm-gateway` container runs the
+/// sidecar image's repository (any tag, so sidecars made before an upgrade still count)
+/// with the image's own entrypoint and only the webhook's environment. Anyone who can create
+/// a pod can label it a gateway; this is what they cannot fake without being the gateway.
+pub fn trusted_sidecar(pod: &Pod, image: &str) -> Result<(), String> {
+    let spec = pod.spec.as_ref().ok_or("no spec")?;
+    let c = spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .find(|c| c.name == CONTAINER)
+        .ok_or("no llm-gateway container")?;
+    let theirs = c.image.as_deref().unwrap_or_default();
+    if repository(theirs) != repository(image) {
+        return Err(format!(
+            "its image {theirs} is not the sidecar image's repository {}",
+            repository(image)
+        ));
+    }
+    if c.command.as_ref().is_some_and(|v| !v.is_empty()) {
+        return Err("it overrides the image's command".into());
+    }
+    if c.env_from.as_ref().is_some_and(|v| !v.is_empty()) {
+        return Err("it takes environment from envFrom".into());
+    }
+    if let Some(e) = c
+        .env
+        .iter()
+        .flatten()
+        .find(|e| !SIDECAR_ENV.contains(&e.name.as_str()))
+    {
+        return Err(format!("it sets {}, which the webhook does not", e.name));
+    }
+    Ok(())
+}
+
+/// An image reference without its tag or digest (`registry:5000/org/img:1.0` →
+/// `registry:5000/org/img`).
+fn repository(image: &str) -> &str {
+    let image = image.split('@').next().unwrap_or_default();
+    match image.rfind(':') {
+        Some(i) if !image[i..].contains('/') => &image[..i],
+        _ => image,
+    }
+}
+
+/// Logs, once per pod, why a labelled gateway pod is not pushed to.
+pub fn warn_untrusted(pod: &Pod, why: &str) {
+    static WARNED: std::sync::Mutex<Option<std::collections::HashSet<String>>> =
+        std::sync::Mutex::new(None);
+    let name = format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any());
+    let mut warned = WARNED.lock().unwrap_or_else(|e| e.into_inner());
+    if warned
+        .get_or_insert_with(Default::default)
+        .insert(name.clone())
+    {
+        tracing::warn!(pod = %name, reason = %why, "not pushing to a gateway-labelled pod that is not a sidecar the webhook made");
+    }
+}
+
 /// Why a push did not take.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PushError {
@@ -142,4 +214,67 @@ pub async fn models(
             .filter_map(|p| Some((p["name"].as_str()?.to_owned(), p["models"].as_u64()? as u32)))
             .collect(),
     )
+}
+
+#[cfg(test)]
+mod trust_tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pod(container: Value) -> Pod {
+        serde_json::from_value(json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "p", "namespace": "team"},
+            "spec": {"containers": [{"name": "app", "image": "app:1"}, container]}}))
+        .unwrap()
+    }
+
+    const IMAGE: &str = "registry.example:5000/org/llm-gateway:0.2.0";
+
+    #[test]
+    fn only_a_sidecar_as_the_webhook_makes_it_is_trusted_with_keys() {
+        let env = json!([{"name": "LLM_GATEWAY_DATA_DIR", "value": "/var/lib/llm-gateway"},
+                         {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}]);
+        let ok = json!({"name": "llm-gateway", "image": "registry.example:5000/org/llm-gateway:0.1.0",
+                        "args": ["--listen", "0.0.0.0:18080"], "env": env});
+        assert_eq!(
+            trusted_sidecar(&pod(ok.clone()), IMAGE),
+            Ok(()),
+            "an older tag still counts"
+        );
+        let mut digest = ok.clone();
+        digest["image"] = json!("registry.example:5000/org/llm-gateway@sha256:abc");
+        assert_eq!(trusted_sidecar(&pod(digest), IMAGE), Ok(()));
+        for (field, value) in [
+            ("image", json!("attacker/anything")),
+            (
+                "image",
+                json!("registry.example:5000/org/llm-gateway-fake:0.2.0"),
+            ),
+            ("command", json!(["sh", "-c", "nc -l 18080"])),
+            ("envFrom", json!([{"configMapRef": {"name": "mine"}}])),
+            (
+                "env",
+                json!([{"name": "HTTPS_PROXY", "value": "http://attacker:3128"}]),
+            ),
+            (
+                "env",
+                json!([{"name": "SSL_CERT_FILE", "value": "/mine/ca.pem"}]),
+            ),
+        ] {
+            let mut c = ok.clone();
+            c[field] = value;
+            assert!(trusted_sidecar(&pod(c), IMAGE).is_err(), "{field}");
+        }
+        let other = json!({"name": "not-the-gateway", "image": IMAGE});
+        assert!(trusted_sidecar(&pod(other), IMAGE).is_err());
+    }
+
+    #[test]
+    fn an_image_reference_loses_its_tag_or_digest_only() {
+        assert_eq!(repository("ghcr.io/a/b:1.0"), "ghcr.io/a/b");
+        assert_eq!(repository("host:5000/a/b"), "host:5000/a/b");
+        assert_eq!(repository("host:5000/a/b:2"), "host:5000/a/b");
+        assert_eq!(repository("b@sha256:00"), "b");
+        assert_eq!(repository("b"), "b");
+    }
 }

@@ -225,6 +225,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             admin_secret: cli.admin_secret.clone(),
             base,
             identity: cli.identity.clone(),
+            sidecar_image: cli.gateway_image.clone(),
         },
         (
             pools_ctl.store(),
@@ -396,6 +397,7 @@ async fn start_webhook(cli: &Cli, client: Client, addr: SocketAddr) -> anyhow::R
         admin_secret: cli.admin_secret.clone(),
         base: Default::default(),
         identity: cli.identity.clone(),
+        sidecar_image: cli.gateway_image.clone(),
     };
     let c = client.clone();
     let w = Arc::new(webhook::Webhook {

@@ -54,6 +54,10 @@ pub struct Settings {
     pub base: GatewayConfig,
     /// This replica's name (events, leases).
     pub identity: String,
+    /// The gateway image sidecars are injected with: outside this namespace, only a
+    /// `llm-gateway` container of this image, as the webhook makes it, is pushed to (a
+    /// push carries the cluster pools' keys).
+    pub sidecar_image: String,
 }
 
 /// Per gateway pod: the version it runs, and when to try again after a failure.
@@ -322,6 +326,17 @@ impl Ctx {
             .pods
             .state()
             .iter()
+            .filter(|p| {
+                let ns = p.metadata.namespace.as_deref().unwrap_or_default();
+                ns == self.settings.namespace
+                    || match gateways::trusted_sidecar(p, &self.settings.sidecar_image) {
+                        Ok(()) => true,
+                        Err(why) => {
+                            gateways::warn_untrusted(p, &why);
+                            false
+                        }
+                    }
+            })
             .filter_map(|p| gateways::target(p))
             .collect();
         t.sort();
