@@ -295,6 +295,30 @@ def test_conflicts_and_gateway_refusals_are_reported_on_the_resources(cluster):
         cluster.delete("llmroutes", cluster.ns, name)
 
 
+def test_a_route_refused_for_a_pools_fault_returns_when_the_pool_is_fixed(cluster):
+    groq = {"providers": [{"name": "groq", "type": "openai", "baseUrl": f"{cluster.mock}/groq/openai/v1",
+                           "apiKeySecretRef": {"name": "llm-keys", "key": "openai"},
+                           "models": [{"name": "llama-3.1-8b-instant"}]}]}
+    route = {"virtualModels": [{"name": "quick", "strategy": "cost",
+                                "candidates": {"models": ["groq/llama-3.1-8b-instant"]}}]}
+    cluster.apply("ProviderPool", "providerpools", cluster.ns, "extra", groq)
+    cluster.apply("LLMRoute", "llmroutes", cluster.ns, "blamed", route)
+    until("the route is live", lambda: (cluster.condition("llmroutes", cluster.ns, "blamed") or {}).get("status") == "True")
+    # A credential in headers: the gateway refuses the pool, then the route that needs it.
+    broken = json.loads(json.dumps(groq))
+    broken["providers"][0]["headers"] = {"X-Api-Key": "abc"}
+    cluster.apply("ProviderPool", "providerpools", cluster.ns, "extra", broken)
+    until("the pool is refused", lambda: (x := cluster.condition("providerpools", cluster.ns, "extra", "Accepted")) and x["status"] == "False")
+    until("the route is refused", lambda: (x := cluster.condition("llmroutes", cluster.ns, "blamed", "Accepted")) and x["status"] == "False")
+    # The route itself never changed: fixing the pool must bring it back.
+    cluster.apply("ProviderPool", "providerpools", cluster.ns, "extra", groq)
+    until("the route is live again", lambda: (cluster.condition("llmroutes", cluster.ns, "blamed") or {}).get("status") == "True", timeout=30)
+    for url in cluster.gw:
+        assert served_by(url, "quick") == "groq"
+    cluster.delete("llmroutes", cluster.ns, "blamed")
+    cluster.delete("providerpools", cluster.ns, "extra")
+
+
 def test_a_namespaces_route_serves_its_own_callers_only(cluster):
     cluster.apply("LLMRoute", "llmroutes", cluster.team, "own", route_spec("gpt-4o-mini", {"name": "team-only"}))
     until("the team's route is live", lambda: (cluster.condition("llmroutes", cluster.team, "own") or {}).get("status") == "True")

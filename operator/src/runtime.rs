@@ -93,6 +93,10 @@ struct State {
     body: Arc<Vec<u8>>,
     pods: BTreeMap<String, PodState>,
     refused: BTreeMap<Key, (Option<i64>, String)>,
+    /// Every resource's name and generation when the refusals above were made: a gateway may
+    /// refuse a resource for another's fault (a route naming a model only a broken pool
+    /// serves), so any change anywhere retries them all.
+    refused_in: u64,
     /// The conditions last reported per resource, for events on changes.
     reported: HashMap<Key, String>,
     loaded: bool,
@@ -205,6 +209,11 @@ impl Ctx {
         let secrets = self.fetch_secrets().await;
         let mut compiled;
         let mut rounds = 0;
+        let world = self.fingerprint();
+        if world != st.refused_in {
+            st.refused.clear();
+            st.refused_in = world;
+        }
         loop {
             rounds += 1;
             let pools = self.pools.state();
@@ -319,6 +328,27 @@ impl Ctx {
     pub fn behind(&self) -> bool {
         let p = self.published();
         p.in_sync < p.total
+    }
+
+    /// A hash of every resource's kind, namespace, name and generation.
+    fn fingerprint(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        fn add<K: kube::Resource>(h: &mut impl Hasher, kind: &str, items: &[Arc<K>]) {
+            let mut ids: Vec<_> = items
+                .iter()
+                .map(|r| {
+                    let m = r.meta();
+                    (m.namespace.clone(), m.name.clone(), m.generation)
+                })
+                .collect();
+            ids.sort();
+            (kind, ids).hash(h);
+        }
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        add(&mut h, "pool", &self.pools.state());
+        add(&mut h, "route", &self.routes.state());
+        add(&mut h, "policy", &self.policies.state());
+        h.finish()
     }
 
     fn targets(&self) -> Vec<Target> {
