@@ -244,3 +244,15 @@ def test_the_dashboards_are_what_their_generator_writes():
 if __name__ == "__main__" and sys.argv[1:] == ["--write"]:
     RENDERED.write_text(helm(*RENDER_ARGS).stdout)
     print(f"wrote {RENDERED}")
+
+
+def test_autoscaling_limits_are_checked_and_a_lone_gateway_gets_no_blocking_pdb():
+    out = helm(*RENDER_ARGS, "--set", "gateway.autoscaling.maxReplicas=1", check=False)
+    assert out.returncode != 0 and "minReplicas (2) is more than" in out.stderr, out.stderr
+    kinds = lambda docs: {d["kind"] for d in docs}
+    # One gateway, no autoscaling: a PDB with minAvailable 1 would block every drain.
+    lone = render(["--set", "gateway.autoscaling.enabled=false", "--set", "gateway.replicas=1"])
+    assert "PodDisruptionBudget" not in kinds(lone)
+    assert "PodDisruptionBudget" in kinds(render([]))
+    two = render(["--set", "gateway.autoscaling.enabled=false", "--set", "gateway.replicas=2"])
+    assert "PodDisruptionBudget" in kinds(two)

@@ -365,3 +365,14 @@ def test_pages_render_to_pictures(prometheus):
         plt.close(fig)
         assert drawn, page
     assert len(list(OUT.glob("*.png"))) == 7
+
+
+def test_every_command_a_runbook_names_exists():
+    """An alert's advice is followed at the worst moment: each `llm-gateway <subcommand>` it
+    names must be one the binary has."""
+    text = ALERTS.read_text()
+    named = set(re.findall(r"`llm-gateway ([a-z][a-z-]*)", text))
+    assert named, "the runbooks name no command"
+    help_text = subprocess.run([str(BIN_DIR / "llm-gateway"), "--help"], capture_output=True, text=True, check=True).stdout
+    commands = set(re.findall(r"^  ([a-z][a-z-]*)  ", help_text, re.M))
+    assert named <= commands, f"runbooks name {named - commands}; the binary has {commands}"

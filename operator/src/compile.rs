@@ -632,6 +632,30 @@ fn subject_scope(
     }
     };
     let inside = |t: &str| t == ns || t.starts_with(&format!("{ns}/"));
+    // A namespace or service account that cannot exist would be a budget that never binds,
+    // shown Ready: said instead.
+    let invalid = |what: &str, bad: &str| {
+        Problem {
+        reason: "InvalidSubject",
+        message: format!(
+            "{what} `{bad}` is not a valid Kubernetes name (lower-case letters, digits and '-', starting and ending with a letter or digit)"
+        ),
+    }
+    };
+    match kind {
+        SubjectKind::Namespace if !dns_label(name) => return Err(invalid("namespace", name)),
+        SubjectKind::ServiceAccount => {
+            for part in name.split('/') {
+                if !dns_label(part) && !dns_subdomain(part) {
+                    return Err(invalid("service account", name));
+                }
+            }
+            if name.split('/').count() > 2 {
+                return Err(invalid("service account", name));
+            }
+        }
+        _ => {}
+    }
     match kind {
         SubjectKind::Tenant if cluster || inside(name) => Ok(("tenant".into(), name.into())),
         SubjectKind::Tenant => Err(outside(&format!("tenant `{name}`"))),
@@ -652,6 +676,22 @@ fn subject_scope(
             }
         }
     }
+}
+
+/// An RFC 1123 label: a namespace's name.
+fn dns_label(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
+}
+
+/// An RFC 1123 subdomain: a service account's name.
+fn dns_subdomain(s: &str) -> bool {
+    s.len() <= 253 && s.split('.').all(dns_label)
 }
 
 /// A route's candidates: the providers of the pools it names or selects (among those it
@@ -1050,6 +1090,19 @@ mod tests {
                 ),
                 key(Kind::Policy, "team-a", "b"),
                 "SubjectOutsideNamespace",
+            ),
+            (
+                run(
+                    &[],
+                    &[],
+                    &[policy(
+                        OPS,
+                        "bad-name",
+                        json!({"subjects": [{"kind": "namespace", "name": "Team_A!!"}], "limitUsd": 5}),
+                    )],
+                ),
+                key(Kind::Policy, OPS, "bad-name"),
+                "InvalidSubject",
             ),
             (
                 run(

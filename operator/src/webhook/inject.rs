@@ -54,8 +54,9 @@ pub fn wants(pod: &Pod, namespace_enabled: bool) -> bool {
         .as_ref()
         .and_then(|a| a.get(INJECT))
     {
-        Some(v) if v == "false" => false,
-        Some(v) if v == "true" => true,
+        // Any case: `"False"` quietly injecting (or `"True"` quietly not) would surprise.
+        Some(v) if v.eq_ignore_ascii_case("false") => false,
+        Some(v) if v.eq_ignore_ascii_case("true") => true,
         _ => namespace_enabled,
     }
 }
@@ -211,6 +212,8 @@ mod tests {
     fn who_asks_for_a_sidecar() {
         let p = |a: Value| pod(a, json!([]));
         assert!(wants(&p(json!({INJECT: "true"})), false));
+        assert!(wants(&p(json!({INJECT: "True"})), false));
+        assert!(!wants(&p(json!({INJECT: "FALSE"})), true));
         assert!(wants(&p(json!({})), true));
         assert!(
             !wants(&p(json!({INJECT: "false"})), true),
