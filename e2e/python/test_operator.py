@@ -295,28 +295,65 @@ def test_conflicts_and_gateway_refusals_are_reported_on_the_resources(cluster):
         cluster.delete("llmroutes", cluster.ns, name)
 
 
+def groq_pool(cluster, headers=None):
+    provider = {"name": "groq", "type": "openai", "baseUrl": f"{cluster.mock}/groq/openai/v1",
+                "apiKeySecretRef": {"name": "llm-keys", "key": "openai"},
+                "models": [{"name": "llama-3.1-8b-instant"}]}
+    if headers:
+        provider["headers"] = headers
+    return {"providers": [provider]}
+
+
+def condition_is(cluster, plural, name, type_, status, reason=None):
+    c = cluster.condition(plural, cluster.ns, name, type_) or {}
+    return c.get("status") == status and (reason is None or c.get("reason") == reason) and c
+
+
 def test_a_route_refused_for_a_pools_fault_returns_when_the_pool_is_fixed(cluster):
-    groq = {"providers": [{"name": "groq", "type": "openai", "baseUrl": f"{cluster.mock}/groq/openai/v1",
-                           "apiKeySecretRef": {"name": "llm-keys", "key": "openai"},
-                           "models": [{"name": "llama-3.1-8b-instant"}]}]}
     route = {"virtualModels": [{"name": "quick", "strategy": "cost",
                                 "candidates": {"models": ["groq/llama-3.1-8b-instant"]}}]}
-    cluster.apply("ProviderPool", "providerpools", cluster.ns, "extra", groq)
+    # A new pool with a credential in its headers: the gateways refuse it, and then the
+    # route that needs its model.
+    cluster.apply("ProviderPool", "providerpools", cluster.ns, "extra", groq_pool(cluster, {"X-Api-Key": "abc"}))
     cluster.apply("LLMRoute", "llmroutes", cluster.ns, "blamed", route)
-    until("the route is live", lambda: (cluster.condition("llmroutes", cluster.ns, "blamed") or {}).get("status") == "True")
-    # A credential in headers: the gateway refuses the pool, then the route that needs it.
-    broken = json.loads(json.dumps(groq))
-    broken["providers"][0]["headers"] = {"X-Api-Key": "abc"}
-    cluster.apply("ProviderPool", "providerpools", cluster.ns, "extra", broken)
-    until("the pool is refused", lambda: (x := cluster.condition("providerpools", cluster.ns, "extra", "Accepted")) and x["status"] == "False")
-    until("the route is refused", lambda: (x := cluster.condition("llmroutes", cluster.ns, "blamed", "Accepted")) and x["status"] == "False")
+    until("the pool is refused", lambda: condition_is(cluster, "providerpools", "extra", "Accepted", "False"))
+    until("the route is refused", lambda: condition_is(cluster, "llmroutes", "blamed", "Accepted", "False"))
     # The route itself never changed: fixing the pool must bring it back.
-    cluster.apply("ProviderPool", "providerpools", cluster.ns, "extra", groq)
-    until("the route is live again", lambda: (cluster.condition("llmroutes", cluster.ns, "blamed") or {}).get("status") == "True", timeout=30)
+    cluster.apply("ProviderPool", "providerpools", cluster.ns, "extra", groq_pool(cluster))
+    until("the route is live", lambda: condition_is(cluster, "llmroutes", "blamed", "Ready", "True"), timeout=30)
+    for url in cluster.gw:
+        assert served_by(url, "quick") == "groq"
+
+    # Now a bad edit to the working pool: the gateways refuse it, and its last accepted
+    # generation keeps serving (and says so) instead of the pool vanishing.
+    cluster.apply("ProviderPool", "providerpools", cluster.ns, "extra", groq_pool(cluster, {"X-Api-Key": "abc"}))
+    c = until("the edit is refused, the old pool serving",
+              lambda: condition_is(cluster, "providerpools", "extra", "Ready", "False", "ServingPreviousGeneration"))
+    assert "keeps serving" in c["message"], c
+    assert condition_is(cluster, "providerpools", "extra", "Accepted", "False", "RejectedByGateway")
+    assert condition_is(cluster, "llmroutes", "blamed", "Ready", "True"), "the route is not blamed"
     for url in cluster.gw:
         assert served_by(url, "quick") == "groq"
     cluster.delete("llmroutes", cluster.ns, "blamed")
     cluster.delete("providerpools", cluster.ns, "extra")
+
+
+def test_a_bad_edit_to_a_live_route_keeps_its_last_accepted_generation_serving(cluster):
+    def steady(model):
+        return {"virtualModels": [{"name": "steady", "strategy": "cost", "candidates": {"models": [model]}}]}
+    cluster.apply("LLMRoute", "llmroutes", cluster.ns, "edited", steady("gpt-4o-mini"))
+    until("the route is live", lambda: condition_is(cluster, "llmroutes", "edited", "Ready", "True"))
+    cluster.apply("LLMRoute", "llmroutes", cluster.ns, "edited", steady("claude-3-5-haiku-latset"))
+    until("the typo is refused", lambda: condition_is(cluster, "llmroutes", "edited", "Ready", "False", "ServingPreviousGeneration"))
+    route = cluster.get("llmroutes", cluster.ns, "edited")
+    assert route["status"]["observedGeneration"] == route["metadata"]["generation"]
+    assert "latset" in condition_is(cluster, "llmroutes", "edited", "Accepted", "False", "RejectedByGateway")["message"]
+    for url in cluster.gw:
+        assert served_by(url, "steady") == "openai", "the last good generation serves"
+    cluster.apply("LLMRoute", "llmroutes", cluster.ns, "edited", steady("claude-3-5-haiku-latest"))
+    until("the fix goes live", lambda: condition_is(cluster, "llmroutes", "edited", "Ready", "True"))
+    until("the fix serves", lambda: all(served_by(url, "steady") == "anthropic" for url in cluster.gw))
+    cluster.delete("llmroutes", cluster.ns, "edited")
 
 
 def test_a_namespaces_route_serves_its_own_callers_only(cluster):

@@ -109,6 +109,9 @@ pub struct Verdict {
     pub virtual_models: Vec<String>,
     /// Subjects it covers that are compiled, `kind/name` (policies).
     pub subjects: Vec<String>,
+    /// While `generation` is refused by the gateways: the earlier generation compiled in
+    /// its place, which keeps serving (set by the runtime, not the compile).
+    pub serving: Option<i64>,
 }
 
 /// What a Secret lookup found.

@@ -86,6 +86,44 @@ pub struct Published {
     pub models: HashMap<String, u32>,
 }
 
+/// A resource as the gateways last accepted it.
+#[derive(Debug, Clone)]
+enum Good {
+    Pool(Arc<ProviderPool>),
+    Route(Arc<LLMRoute>),
+    Policy(Arc<BudgetPolicy>),
+}
+
+/// A resource compiled from its last accepted generation: (key, the refused generation,
+/// the gateways' message).
+type Substituted = (Key, Option<i64>, String);
+
+/// `items`, each refused one replaced by its last accepted generation where there is one.
+fn with_last_good<K: Resource<DynamicType = ()> + Clone>(
+    items: Vec<Arc<K>>,
+    kind: Kind,
+    st: &State,
+    unwrap: impl Fn(&Good) -> Option<Arc<K>>,
+    substituted: &mut Vec<Substituted>,
+) -> Vec<Arc<K>> {
+    items
+        .into_iter()
+        .map(|r| {
+            let k = key(kind, &*r);
+            let generation = r.meta().generation;
+            let refused = st.refused.get(&k).filter(|(g, _)| *g == generation);
+            let good = st.last_good.get(&k).and_then(&unwrap);
+            match (refused, good) {
+                (Some((_, msg)), Some(old)) if old.meta().generation != generation => {
+                    substituted.push((k, generation, msg.clone()));
+                    old
+                }
+                _ => r,
+            }
+        })
+        .collect()
+}
+
 #[derive(Debug, Default)]
 struct State {
     version: u64,
@@ -97,6 +135,10 @@ struct State {
     /// refuse a resource for another's fault (a route naming a model only a broken pool
     /// serves), so any change anywhere retries them all.
     refused_in: u64,
+    /// Each resource as last accepted by the gateways: when a later generation is refused,
+    /// this one is compiled in its place, so one bad edit does not take a working route or
+    /// pool away from every gateway.
+    last_good: HashMap<Key, Good>,
     /// The conditions last reported per resource, for events on changes.
     reported: HashMap<Key, String>,
     loaded: bool,
@@ -214,11 +256,41 @@ impl Ctx {
             st.refused.clear();
             st.refused_in = world;
         }
+        let mut substituted: Vec<Substituted>;
+        let (mut pools, mut routes, mut policies);
         loop {
             rounds += 1;
-            let pools = self.pools.state();
-            let routes = self.routes.state();
-            let policies = self.policies.state();
+            substituted = Vec::new();
+            pools = with_last_good(
+                self.pools.state(),
+                Kind::Pool,
+                &st,
+                |g| match g {
+                    Good::Pool(p) => Some(p.clone()),
+                    _ => None,
+                },
+                &mut substituted,
+            );
+            routes = with_last_good(
+                self.routes.state(),
+                Kind::Route,
+                &st,
+                |g| match g {
+                    Good::Route(r) => Some(r.clone()),
+                    _ => None,
+                },
+                &mut substituted,
+            );
+            policies = with_last_good(
+                self.policies.state(),
+                Kind::Policy,
+                &st,
+                |g| match g {
+                    Good::Policy(p) => Some(p.clone()),
+                    _ => None,
+                },
+                &mut substituted,
+            );
             let lookup = |ns: &str, name: &str, key: &str| -> SecretValue {
                 match secrets.get(&(ns.to_owned(), name.to_owned())) {
                     None => SecretValue::NoSecret,
@@ -273,6 +345,50 @@ impl Ctx {
                 st.refused.insert(key, (generation, msg));
             }
         }
+        // What each substitute stands for: the refused generation, and the one serving.
+        for (k, generation, msg) in &substituted {
+            if let Some(v) = compiled.verdicts.get_mut(k) {
+                v.serving = v.generation;
+                v.generation = *generation;
+                v.refused.insert(
+                    0,
+                    compile::Problem {
+                        reason: "RejectedByGateway",
+                        message: msg.clone(),
+                    },
+                );
+            }
+        }
+        // Resources the gateways run as compiled now are their last good generation.
+        let accepted = |k: &Key| {
+            compiled
+                .verdicts
+                .get(k)
+                .is_some_and(|v| v.refused.is_empty() && v.serving.is_none())
+        };
+        let mut good = HashMap::new();
+        {
+            let mut keep = |k: Key, now: Good| {
+                let g = if accepted(&k) {
+                    Some(now)
+                } else {
+                    st.last_good.get(&k).cloned()
+                };
+                if let Some(g) = g {
+                    good.insert(k, g);
+                }
+            };
+            for p in &pools {
+                keep(key(Kind::Pool, &**p), Good::Pool(p.clone()));
+            }
+            for r in &routes {
+                keep(key(Kind::Route, &**r), Good::Route(r.clone()));
+            }
+            for p in &policies {
+                keep(key(Kind::Policy, &**p), Good::Policy(p.clone()));
+            }
+        }
+        st.last_good = good;
         // Refusals of resources that changed or went away no longer apply.
         st.refused
             .retain(|k, (g, _)| compiled.verdicts.get(k).is_some_and(|v| v.generation == *g));
@@ -705,7 +821,16 @@ impl Ctx {
                     .join("; "),
             ),
         };
-        let (ready, r_reason, r_msg) = if !accepted {
+        let (ready, r_reason, r_msg) = if let Some(serving) = v.serving {
+            (
+                false,
+                "ServingPreviousGeneration".to_owned(),
+                format!(
+                    "generation {} was refused (see the Accepted condition); generation {serving}, the last the gateways accepted, keeps serving",
+                    v.generation.unwrap_or_default()
+                ),
+            )
+        } else if !accepted {
             (
                 false,
                 a_reason.clone(),
