@@ -473,6 +473,12 @@ def test_keys_are_pushed_only_to_sidecars_the_webhook_made(cluster):
         assert not [h for h in hits if h[0] == impostor_port], hits
         log = cluster.logs["op-1"].read_text()
         assert "not a sidecar the webhook made" in log, "the operator says why it skips them"
+        # The sidecar refuses every push (no admin token here): the status names it, and
+        # only it, as the gateway behind.
+        c = until("the status names the lagging pod", lambda: (
+            x := cluster.condition("llmroutes", cluster.ns, "default")) and x["reason"] == "Syncing"
+            and f"{cluster.team}/sidecar" in x["message"] and x)
+        assert "impostor" not in c["message"], c
     finally:
         for name in pods:
             cluster.core.delete_namespaced_pod(name, cluster.team, grace_period_seconds=0)

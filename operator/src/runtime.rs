@@ -80,6 +80,8 @@ pub struct Published {
     pub in_sync: usize,
     /// Ready gateway pods.
     pub total: usize,
+    /// The pods not running it, `namespace/name`, each with its last push error if any.
+    pub lagging: Vec<String>,
     /// The last figures of the declared budgets, read from a gateway.
     pub budgets: Vec<Value>,
     /// Models a gateway enabled per provider (catalog and discovery included).
@@ -404,6 +406,22 @@ impl Ctx {
             .count();
         st.pods
             .retain(|pod, _| targets.iter().any(|t| t.pod == *pod));
+        let lagging: Vec<String> = targets
+            .iter()
+            .filter_map(|t| {
+                let p = st.pods.get(&t.pod);
+                if p.is_some_and(|p| p.version.as_deref() == Some(version.as_str())) {
+                    return None;
+                }
+                Some(match p.and_then(|p| p.last_error.as_deref()) {
+                    Some(e) => {
+                        let e: String = e.chars().take(160).collect();
+                        format!("{} ({e})", t.pod)
+                    }
+                    None => t.pod.clone(),
+                })
+            })
+            .collect();
         self.metrics.gateways(in_sync, targets.len());
         self.metrics.version(&version);
         // Figures only a gateway knows, from one running this version.
@@ -431,6 +449,7 @@ impl Ctx {
             version,
             in_sync,
             total: targets.len(),
+            lagging,
             budgets,
             models,
         };
@@ -860,8 +879,22 @@ impl Ctx {
                 false,
                 "Syncing".to_owned(),
                 format!(
-                    "{}/{} gateways run configuration {}; the others are being updated",
-                    p.in_sync, p.total, p.version
+                    "{}/{} gateways run configuration {}; not yet: {}{}",
+                    p.in_sync,
+                    p.total,
+                    p.version,
+                    // A few by name (a status is no place for a thousand sidecars).
+                    p.lagging
+                        .iter()
+                        .take(5)
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    if p.lagging.len() > 5 {
+                        format!(" and {} more", p.lagging.len() - 5)
+                    } else {
+                        String::new()
+                    }
                 ),
             )
         } else {
