@@ -715,6 +715,21 @@ fn candidates(
         providers.extend(pool_providers.get(k).cloned().unwrap_or_default());
     }
     if let Some(sel) = &c.pool_selector {
+        // An unknown operator selects nothing: said, rather than "no candidates".
+        if let Some(e) = sel
+            .match_expressions
+            .iter()
+            .flatten()
+            .find(|e| !["In", "NotIn", "Exists", "DoesNotExist"].contains(&e.operator.as_str()))
+        {
+            return Err(Problem {
+                reason: "InvalidSelector",
+                message: format!(
+                    "poolSelector operator `{}` (key `{}`) is not In, NotIn, Exists or DoesNotExist",
+                    e.operator, e.key
+                ),
+            });
+        }
         for (pool, k) in visible {
             if selects(sel, pool.labels()) {
                 providers.extend(pool_providers.get(k).cloned().unwrap_or_default());
@@ -1106,6 +1121,21 @@ mod tests {
                 ),
                 key(Kind::Policy, OPS, "bad-name"),
                 "InvalidSubject",
+            ),
+            (
+                run(
+                    &[],
+                    &[route(
+                        OPS,
+                        "sel",
+                        json!({"virtualModels": [{"name": "s", "strategy": "cost",
+                            "candidates": {"poolSelector": {"matchExpressions": [
+                                {"key": "tier", "operator": "Inn", "values": ["a"]}]}}}]}),
+                    )],
+                    &[],
+                ),
+                key(Kind::Route, OPS, "sel"),
+                "InvalidSelector",
             ),
             (
                 run(
