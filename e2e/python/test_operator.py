@@ -278,6 +278,14 @@ def test_conflicts_and_gateway_refusals_are_reported_on_the_resources(cluster):
     for name, other in (("dup-a", "dup-b"), ("dup-b", "dup-a")):
         c = until(f"{name} is refused", lambda name=name: (x := cluster.condition("llmroutes", cluster.ns, name, "Accepted")) and x["status"] == "False" and x)
         assert c["reason"] == "Conflict" and f"LLMRoute {cluster.ns}/{other}" in c["message"], c
+    # A route that clashes in one virtual model only: the other is live, and Ready says so.
+    cluster.apply("LLMRoute", "llmroutes", cluster.ns, "dup-c", {"virtualModels": [
+        {"name": "twice", "strategy": "cost"}, {"name": "solo", "strategy": "cost"}]})
+    c = until("dup-c is partly live", lambda: (x := cluster.condition("llmroutes", cluster.ns, "dup-c")) and "partly" in x.get("message", "") and x)
+    assert c["status"] == "False" and "solo live" in c["message"], c
+    for url in cluster.gw:
+        assert served_by(url, "solo")
+    cluster.delete("llmroutes", cluster.ns, "dup-c")
     # Zero weights pass the schema but not the gateway: refused there, reported here.
     cluster.apply("LLMRoute", "llmroutes", cluster.ns, "bad", {"virtualModels": [
         {"name": "weightless", "strategy": "cost", "weights": {"cost": 0, "quality": 0, "latency": 0}}]})

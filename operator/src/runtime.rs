@@ -850,11 +850,24 @@ impl Ctx {
                 ),
             )
         } else if !accepted {
-            (
-                false,
-                a_reason.clone(),
-                "not compiled: see the Accepted condition".to_owned(),
-            )
+            // A clash leaves out only the clashing definitions: say what is live.
+            let live: Vec<String> = v
+                .provider_names
+                .iter()
+                .chain(&v.virtual_models)
+                .chain(&v.subjects)
+                .cloned()
+                .collect();
+            let msg = if live.is_empty() {
+                "not compiled: see the Accepted condition".to_owned()
+            } else {
+                format!(
+                    "partly compiled: {} live in configuration {}; the rest: see the Accepted condition",
+                    live.join(", "),
+                    p.version
+                )
+            };
+            (false, a_reason.clone(), msg)
         } else if let Some(d) = v.degraded.first() {
             (
                 false,
