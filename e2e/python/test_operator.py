@@ -492,6 +492,15 @@ def test_keys_are_pushed_only_to_sidecars_the_webhook_made(cluster):
             cluster.core.delete_namespaced_pod(name, cluster.team, grace_period_seconds=0)
         for srv in servers:
             srv.shutdown()
+    # Its sidecar gone, the namespace still gets each new version of the ConfigMap, for the
+    # next sidecar that starts there to read.
+    def version_in(ns):
+        return cluster.core.read_namespaced_config_map("llm-gateway-config", ns).metadata.annotations["llmgateway.io/version"]
+    before = version_in(cluster.ns)
+    cluster.apply("LLMRoute", "llmroutes", cluster.ns, "cm-probe", {"virtualModels": [{"name": "cm-probe", "strategy": "cost"}]})
+    until("the sidecar namespace's copy follows", lambda: version_in(cluster.ns) != before
+          and version_in(cluster.team) == version_in(cluster.ns))
+    cluster.delete("llmroutes", cluster.ns, "cm-probe")
 
 
 def test_with_the_operator_down_traffic_goes_on_and_a_new_gateway_serves_what_needs_no_key(cluster):

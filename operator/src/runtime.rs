@@ -88,6 +88,12 @@ pub struct Published {
     pub models: HashMap<String, u32>,
 }
 
+/// Whether `e` is the API server's 404 (a namespace that no longer exists).
+fn is_not_found(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<kube::Error>()
+        .is_some_and(|k| matches!(k, kube::Error::Api(r) if r.code == 404))
+}
+
 /// A resource as the gateways last accepted it.
 #[derive(Debug, Clone)]
 enum Good {
@@ -141,6 +147,10 @@ struct State {
     /// this one is compiled in its place, so one bad edit does not take a working route or
     /// pool away from every gateway.
     last_good: HashMap<Key, Good>,
+    /// Namespaces given the ConfigMap, and the version last written there: a namespace whose
+    /// sidecars are all down keeps getting new versions, so a sidecar starting there reads a
+    /// current one.
+    config_maps: BTreeMap<String, String>,
     /// The conditions last reported per resource, for events on changes.
     reported: HashMap<Key, String>,
     loaded: bool,
@@ -327,14 +337,30 @@ impl Ctx {
                 .filter_map(|t| t.pod.split('/').next().map(str::to_owned))
                 .collect();
             namespaces.push(self.settings.namespace.clone());
+            // Namespaces written before, whose sidecars are gone for now: on a new version.
+            namespaces.extend(
+                st.config_maps
+                    .iter()
+                    .filter(|(_, v)| **v != version)
+                    .map(|(ns, _)| ns.clone()),
+            );
             namespaces.sort();
             namespaces.dedup();
             for ns in namespaces {
-                if let Err(e) = self
+                match self
                     .write_config_map(&ns, &compiled.public, &version, &hash)
                     .await
                 {
-                    warn!(namespace = %ns, error = %e, "cannot write the configuration ConfigMap; retrying at the next sync");
+                    Ok(()) => {
+                        st.config_maps.insert(ns, version.clone());
+                    }
+                    Err(e) if is_not_found(&e) => {
+                        // The namespace is gone.
+                        st.config_maps.remove(&ns);
+                    }
+                    Err(e) => {
+                        warn!(namespace = %ns, error = %e, "cannot write the configuration ConfigMap; retrying at the next sync");
+                    }
                 }
             }
             let refused = self.push_all(&mut st, &compiled, &version).await;
