@@ -139,7 +139,7 @@ async fn apply_inner(
     if hash == current.meta.hash {
         return Ok(Applied::Unchanged(current.meta.clone()));
     }
-    let fixed = needs_restart(&current.settings, &settings);
+    let fixed = needs_restart(&current.settings, &settings, gw.bound.get());
     if !fixed.is_empty() {
         return Err(Refused::NeedsRestart(fixed));
     }
@@ -299,13 +299,32 @@ pub fn redacted(doc: &GatewayConfig) -> GatewayConfig {
     d
 }
 
-/// Settings a running gateway cannot change, named by their field paths.
-fn needs_restart(old: &Settings, new: &Settings) -> Vec<&'static str> {
+/// Settings a running gateway cannot change, named by their field paths. An address counts
+/// as changed only if it differs from the one in use (`bound`; a gateway started with
+/// `--listen` and no file is given a document naming that same address, say); one left out
+/// keeps what runs.
+fn needs_restart(
+    old: &Settings,
+    new: &Settings,
+    bound: Option<&(std::net::SocketAddr, Option<std::net::SocketAddr>)>,
+) -> Vec<&'static str> {
     let (a, b) = (&old.cache, &new.cache);
+    let moved = |wanted: Option<std::net::SocketAddr>,
+                 was: Option<std::net::SocketAddr>,
+                 running: Option<std::net::SocketAddr>| {
+        wanted.is_some_and(|w| Some(w) != running.or(was))
+    };
     [
-        (old.listen != new.listen, "server.listen"),
         (
-            old.metrics_listen != new.metrics_listen,
+            moved(new.listen, old.listen, bound.map(|b| b.0)),
+            "server.listen",
+        ),
+        (
+            moved(
+                new.metrics_listen,
+                old.metrics_listen,
+                bound.and_then(|b| b.1),
+            ),
             "server.metrics_listen",
         ),
         (

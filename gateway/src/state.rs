@@ -56,6 +56,9 @@ pub struct Gateway {
     current: ArcSwap<Snapshot>,
     /// Held while a new configuration is validated, built and swapped in: one at a time.
     pub(crate) applying: tokio::sync::Mutex<()>,
+    /// The API and metrics addresses it actually listens on (set once bound): a new
+    /// configuration naming the same ones changes nothing that needs a restart.
+    pub bound: std::sync::OnceLock<(std::net::SocketAddr, Option<std::net::SocketAddr>)>,
 }
 
 /// Settings read once at start; a new configuration that changes them is refused (they need
@@ -182,6 +185,7 @@ impl Gateway {
             fixed,
             current: ArcSwap::from_pointee(snapshot),
             applying: tokio::sync::Mutex::new(()),
+            bound: std::sync::OnceLock::new(),
         }
     }
 

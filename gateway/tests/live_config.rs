@@ -464,6 +464,37 @@ async fn a_configmap_style_symlink_swap_and_sighup_are_picked_up() {
     );
 }
 
+/// A document naming the address the gateway already listens on (started with `--listen`,
+/// the file silent on it) changes nothing that needs a restart: it is applied. Another
+/// address still is refused.
+#[tokio::test]
+async fn a_document_naming_the_address_in_use_is_applied() {
+    let mock = mock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("gateway.yaml");
+    std::fs::write(&file, doc(&mock, "l-1", "gpt-4o-mini")).unwrap();
+    let p = spawn(
+        &file,
+        &[("OPENAI_API_KEY", "sk-test"), ("GROQ_API_KEY", "gsk-test")],
+    )
+    .await;
+    let addr = p.base.trim_start_matches("http://").to_owned();
+    let same = format!(
+        "{}server: {{listen: \"{addr}\"}}\n",
+        doc(&mock, "l-2", "gpt-4o-mini")
+    );
+    let (status, text) = p.put_yaml("/admin/config", same).await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(p.version_served().await, "l-2");
+    let moved = format!(
+        "{}server: {{listen: \"127.0.0.1:1\"}}\n",
+        doc(&mock, "l-3", "gpt-4o-mini")
+    );
+    let (status, text) = p.put_yaml("/admin/config", moved).await;
+    assert_eq!(status, 422, "{text}");
+    assert!(text.contains("server.listen"), "{text}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secrets_never_show_in_the_admin_api_the_log_or_the_metrics() {
     let mock = mock().await;

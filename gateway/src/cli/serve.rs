@@ -188,6 +188,10 @@ pub async fn run(args: ServeArgs, db: DbArgs, threads: Threads) -> ExitCode {
             }
         },
     };
+    if let Ok(api) = listener.local_addr() {
+        let metrics = metrics.as_ref().and_then(|m| m.local_addr().ok());
+        let _ = gw.bound.set((api, metrics));
+    }
     match llm_gateway::app::serve_with_metrics(listener, metrics, threads, gw).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
