@@ -6,16 +6,61 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, RedisResult};
 
-/// A client (for subscriptions) and a reconnecting connection to `url`; fails if Redis does
-/// not answer within 2 s. Each command then waits at most 500 ms.
-pub async fn connect(url: &str) -> RedisResult<(Client, ConnectionManager)> {
+/// How often a connection that could not be made is tried again (requests meanwhile use
+/// their fallbacks at once instead of each waiting for a connect timeout).
+const RETRY_CONNECT: Duration = Duration::from_secs(5);
+
+/// A reconnecting connection to Redis that may not exist yet: Redis down when the gateway
+/// starts must not stop it (a pod restarting during an outage would crash-loop), so the
+/// first connection is made when Redis first answers, tried at most every 5 s.
+#[derive(Clone)]
+pub struct Conn {
+    client: Client,
+    made: std::sync::Arc<arc_swap::ArcSwapOption<ConnectionManager>>,
+    next_try: std::sync::Arc<std::sync::Mutex<std::time::Instant>>,
+}
+
+impl Conn {
+    /// The connection, made now if it has not been and a try is due.
+    pub async fn get(&self) -> RedisResult<ConnectionManager> {
+        if let Some(c) = self.made.load_full() {
+            return Ok((*c).clone());
+        }
+        {
+            let mut next = self.next_try.lock().unwrap_or_else(|e| e.into_inner());
+            let now = std::time::Instant::now();
+            if now < *next {
+                return Err(redis::RedisError::from((
+                    redis::ErrorKind::Io,
+                    "Redis has not answered yet; trying again shortly",
+                )));
+            }
+            *next = now + RETRY_CONNECT;
+        }
+        let cfg = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_millis(500)))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_secs(1));
+        let c = ConnectionManager::new_with_config(self.client.clone(), cfg).await?;
+        self.made.store(Some(std::sync::Arc::new(c.clone())));
+        Ok(c)
+    }
+}
+
+/// A client (for subscriptions) and a reconnecting connection to `url`. Only a bad URL is an
+/// error: if Redis does not answer within 2 s, that is logged and the connection is made
+/// later (see [`Conn`]). Each command then waits at most 500 ms.
+pub async fn connect(url: &str) -> RedisResult<(Client, Conn)> {
     let client = Client::open(url)?;
-    let cfg = ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(2)))
-        .set_response_timeout(Some(Duration::from_millis(500)))
-        .set_number_of_retries(1)
-        .set_max_delay(Duration::from_secs(1));
-    let conn = ConnectionManager::new_with_config(client.clone(), cfg).await?;
+    let conn = Conn {
+        client: client.clone(),
+        made: Default::default(),
+        next_try: std::sync::Arc::new(std::sync::Mutex::new(std::time::Instant::now())),
+    };
+    if let Err(e) = conn.get().await {
+        tracing::warn!(error = %e, "Redis does not answer at start; serving without it and connecting when it does");
+    }
     Ok((client, conn))
 }
 

@@ -511,21 +511,44 @@ fn a_bad_database_url_is_a_clear_startup_error() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    // Redis that does not answer, and a URL that is not Redis's: exit 2 naming it, password
-    // hidden.
+    // A URL that is not Redis's: exit 2 naming it, password hidden.
     let data = tempfile::tempdir().unwrap();
-    for url in ["redis://:secret@127.0.0.1:9/0", "http://127.0.0.1:6379"] {
-        let out = Command::new(BIN)
-            .args(["--redis-url", url, "--listen", "127.0.0.1:0"])
-            .env_clear()
-            .env("LLM_GATEWAY_DATA_DIR", data.path())
-            .output()
-            .unwrap();
-        assert_eq!(out.status.code(), Some(2), "{url}");
-        let err = String::from_utf8(out.stderr).unwrap();
-        assert!(err.contains("cannot use Redis at"), "{err}");
-        assert!(!err.contains("secret"), "{err}");
-    }
+    let out = Command::new(BIN)
+        .args([
+            "--redis-url",
+            "http://:secret@127.0.0.1:6379",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .env_clear()
+        .env("LLM_GATEWAY_DATA_DIR", data.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("cannot use Redis at"), "{err}");
+    assert!(!err.contains("secret"), "{err}");
+
+    // Redis that does not answer at start: the gateway starts and serves on local counters
+    // (a pod restarting during a Redis outage must not crash-loop), says so, password hidden.
+    let mock = start_mock();
+    let mut gw = common::spawn_listening(
+        gateway_command(&mock, data.path())
+            .args(["--redis-url", "redis://:secret@127.0.0.1:9/0"])
+            .env("LLM_GATEWAY_CACHE", "on"),
+    );
+    let http = reqwest::blocking_client();
+    let (status, text) = http
+        .post_json(
+            &format!("{}/v1/chat/completions", gw.base),
+            r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#,
+        )
+        .unwrap();
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(stop_with_sigterm(&mut gw.child), Some(0));
+    let log = gw.full_log();
+    assert!(log.contains("Redis does not answer at start"), "{log}");
+    assert!(!log.contains("secret"), "{log}");
 }
 
 #[test]

@@ -14,7 +14,6 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use redis::aio::ConnectionManager;
 use redis::Script;
 
 /// What a counter measures.
@@ -252,7 +251,7 @@ impl Local {
 /// Counters in Redis, shared by every replica.
 #[derive(Clone)]
 pub struct Shared {
-    conn: ConnectionManager,
+    conn: crate::kv::Conn,
 }
 
 impl std::fmt::Debug for Shared {
@@ -397,7 +396,7 @@ impl Shared {
                 .arg(opt(seed.map(|s| s.0)))
                 .arg(opt(seed.map(|s| s.1)));
         }
-        let v: Vec<i64> = inv.invoke_async(&mut self.conn.clone()).await?;
+        let v: Vec<i64> = inv.invoke_async(&mut self.conn.get().await?).await?;
         let bad = || {
             CounterError(redis::RedisError::from((
                 redis::ErrorKind::Parse,
@@ -450,7 +449,7 @@ impl Shared {
             inv.key(&l.key)
                 .arg(if l.kind == Kind::Budget { "b" } else { "r" });
         }
-        let _: i64 = inv.invoke_async(&mut self.conn.clone()).await?;
+        let _: i64 = inv.invoke_async(&mut self.conn.get().await?).await?;
         Ok(())
     }
 
@@ -466,7 +465,7 @@ impl Shared {
                 .arg("ub")
                 .arg("rb");
         }
-        let rows: Vec<Vec<Option<i64>>> = pipe.query_async(&mut self.conn.clone()).await?;
+        let rows: Vec<Vec<Option<i64>>> = pipe.query_async(&mut self.conn.get().await?).await?;
         Ok(lines
             .iter()
             .zip(rows)

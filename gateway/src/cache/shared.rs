@@ -21,7 +21,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 
 use super::{Answer, Cache, Key};
@@ -45,7 +44,7 @@ pub struct Stored {
 #[derive(Clone)]
 pub struct Shared {
     client: redis::Client,
-    conn: ConnectionManager,
+    conn: crate::kv::Conn,
     prefix: String,
     max_bytes: usize,
     health: crate::kv::Health,
@@ -151,7 +150,10 @@ impl Shared {
             let Ok(json) = serde_json::to_string(&stored) else {
                 return;
             };
-            let mut conn = me.conn.clone();
+            let mut conn = match me.conn.get().await {
+                Ok(c) => c,
+                Err(e) => return me.note::<i64>(&Err(e)),
+            };
             let r: redis::RedisResult<i64> = PUT_SCRIPT
                 .key(me.entry_key(&key))
                 .key(format!("{}cache:index", me.prefix))
@@ -174,7 +176,7 @@ impl Shared {
 
     /// Bytes of entries Redis holds for all replicas (as the budget counts them).
     pub async fn bytes(&self) -> redis::RedisResult<i64> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn.get().await?;
         let v: Option<i64> = redis::cmd("GET")
             .arg(format!("{}cache:bytes", self.prefix))
             .query_async(&mut conn)
@@ -183,7 +185,7 @@ impl Shared {
     }
 
     async fn get(&self, key: &str) -> redis::RedisResult<Option<Stored>> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn.get().await?;
         let v: Option<String> = redis::cmd("GET")
             .arg(self.entry_key(key))
             .query_async(&mut conn)
@@ -193,7 +195,7 @@ impl Shared {
 
     /// Loads every entry Redis holds into `cache`; returns how many.
     pub async fn load_all(&self, cache: &Cache) -> redis::RedisResult<usize> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn.get().await?;
         let pattern = self.entry_key("*");
         let mut cursor: u64 = 0;
         let mut n = 0;
