@@ -108,16 +108,16 @@ impl<'a> AllowedModels<'a> {
 impl crate::router::CandidateFilter for AllowedModels<'_> {
     fn check(&self, e: &crate::models::registry::Entry) -> Option<crate::router::Exclusion> {
         if !self.may_use(e.provider.clients.as_deref()) {
-            return Some(crate::router::Exclusion::Unavailable {
-                detail: "reserved for other clients".into(),
-                retry_after_secs: None,
+            return Some(crate::router::Exclusion::NotAllowed {
+                detail: "reserved for other clients",
             });
         }
         let k = self.key?;
-        (!k.allows(&e.provider.name, &e.info.name)).then(|| crate::router::Exclusion::Unavailable {
-            detail: "not among this key's allowed models".into(),
-            retry_after_secs: None,
-        })
+        (!k.allows(&e.provider.name, &e.info.name)).then_some(
+            crate::router::Exclusion::NotAllowed {
+                detail: "not among this key's allowed models",
+            },
+        )
     }
 }
 

@@ -230,6 +230,38 @@ async fn requests_only_the_openai_protocol_carries_never_go_to_anthropic() {
     }
 }
 
+/// A virtual model never sends a request for more output tokens than a candidate writes:
+/// it passes that model over, and the dry run says why.
+#[tokio::test]
+async fn requests_for_more_output_than_a_model_writes_never_go_to_it() {
+    let h = start().await;
+    let mut body = ask("auto", "Write a very long essay about rivers.");
+    body["max_tokens"] = json!(40000);
+    let (status, d) = h.route(&body).await;
+    assert_eq!(status, 200, "{d}");
+    let limited: Vec<&Value> = d["decision"]["excluded"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|x| x["reason"] == "output_limit")
+        .collect();
+    assert!(
+        limited
+            .iter()
+            .any(|x| x["model"] == "openai/gpt-4o-mini" && x["max"] == 16384),
+        "{d}"
+    );
+    for c in ranking(&d) {
+        let m = c["model"].as_str().unwrap();
+        let info: Value = h.get_json(&format!("/v1/models/{m}")).await;
+        if let Some(max) = info["llm_gateway"]["max_output_tokens"].as_u64() {
+            assert!(max >= 40000, "{m} ranked with max output {max}");
+        }
+    }
+    let (status, _, resp) = h.chat(&body).await;
+    assert_eq!(status, 200, "{resp}");
+}
+
 #[tokio::test]
 async fn a_prompt_longer_than_a_context_window_never_goes_to_that_model() {
     let h = start().await;

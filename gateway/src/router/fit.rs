@@ -28,6 +28,8 @@ pub struct Needs {
     pub openai_only: Option<&'static str>,
     /// Tokens of room kept for the answer.
     pub reserve: usize,
+    /// The output limit the request set itself, if any.
+    pub max_output: Option<u32>,
 }
 
 impl Needs {
@@ -41,6 +43,7 @@ impl Needs {
             json: req.wants_json(),
             openai_only: req.openai_only(),
             reserve: req.max_output().map_or(default, |m| m as usize),
+            max_output: req.max_output(),
         }
     }
 }
@@ -57,6 +60,14 @@ pub fn capability(info: &ModelInfo, needs: &Needs) -> Option<Exclusion> {
     } else {
         None
     }
+}
+
+/// Whether the request asks `info` for more output tokens than it writes (for a virtual
+/// model's candidates: a model named explicitly is sent what the client asked, and its
+/// provider answers for itself).
+pub fn output(info: &ModelInfo, needs: &Needs) -> Option<Exclusion> {
+    let (requested, max) = (needs.max_output?, info.max_output_tokens?);
+    (requested > max).then_some(Exclusion::OutputLimit { requested, max })
 }
 
 /// Whether a provider speaking `protocol` cannot carry what the request needs: Anthropic's

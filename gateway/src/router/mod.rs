@@ -89,6 +89,18 @@ pub enum Exclusion {
         /// The model's window.
         window: u32,
     },
+    /// The request asks for more output tokens than the model can write.
+    OutputLimit {
+        /// `max_tokens` (or `max_completion_tokens`) asked.
+        requested: u32,
+        /// The model's most.
+        max: u32,
+    },
+    /// The caller may not use it (its key's allow-list, a provider reserved for others).
+    NotAllowed {
+        /// Which of the two.
+        detail: &'static str,
+    },
     /// Removed by a filter (circuit breaker, budget), with its explanation.
     Unavailable {
         /// Why.
@@ -445,6 +457,8 @@ impl Router {
                     needed,
                     window: window(e),
                 })
+            } else if let Some(x) = fit::output(&e.info, &needs) {
+                Some(x)
             } else {
                 filters.iter().find_map(|f| f.check(e))
             };
@@ -570,6 +584,24 @@ fn no_candidate_error(name: &str, excluded: &[Excluded]) -> Error {
         let n = count(&|w| matches!(w, Exclusion::OpenAiOnly { .. }));
         reasons.push(format!("{n} speak Anthropic's API, which has no {feature}"));
     }
+    if let Some((requested, max)) = excluded.iter().find_map(|x| match x.why {
+        Exclusion::OutputLimit { requested, max } => Some((requested, max)),
+        _ => None,
+    }) {
+        let n = count(&|w| matches!(w, Exclusion::OutputLimit { .. }));
+        reasons.push(format!(
+            "{n} write fewer than the {requested} output tokens asked (e.g. at most {max})"
+        ));
+    }
+    for detail in [
+        "not among this key's allowed models",
+        "reserved for other clients",
+    ] {
+        let n = count(&|w| matches!(w, Exclusion::NotAllowed { detail: d } if *d == detail));
+        if n > 0 {
+            reasons.push(format!("{n} {detail}"));
+        }
+    }
     if let Some(needed) = excluded.iter().find_map(|x| match x.why {
         Exclusion::Context { needed, .. } => Some(needed),
         _ => None,
@@ -605,6 +637,13 @@ fn no_candidate_error(name: &str, excluded: &[Excluded]) -> Error {
         reasons.join("; ")
     );
     if excluded.iter().all(|x| x.why.is_client_caused()) {
+        // Permanent for this caller, never worth a retry: 403 if its allow-list is why.
+        if excluded
+            .iter()
+            .any(|x| matches!(x.why, Exclusion::NotAllowed { .. }))
+        {
+            return Error::new(Kind::Forbidden, msg).with_code("model_not_allowed");
+        }
         return Error::invalid("model", msg).with_code("no_suitable_model");
     }
     let retry = excluded
@@ -656,6 +695,12 @@ fn check_explicit(
         Exclusion::NoTools => unsupported("tools", "tools (function calling)"),
         Exclusion::NoJson => unsupported("response_format", "JSON response formats"),
         Exclusion::OpenAiOnly { feature } => unsupported("model", feature),
+        Exclusion::OutputLimit { requested, max } => Error::invalid(
+            "max_tokens",
+            format!("max_tokens is too large: {requested}. This model supports at most {max} completion tokens."),
+        ),
+        Exclusion::NotAllowed { detail } => Error::new(Kind::Forbidden, detail)
+            .with_code("model_not_allowed"),
         Exclusion::Context { needed, window } => Error::invalid(
             "messages",
             format!(
