@@ -83,3 +83,9 @@ def test_bench_refuses_unknown_models_and_tasks_naming_the_flag(gateway_env, tmp
     assert r.returncode == 2 and "--models: `no-such-model`" in r.stderr, r.stderr
     r = bench(env, "--tasks", "no-such-task")
     assert r.returncode == 2 and "--tasks: no task `no-such-task`" in r.stderr, r.stderr
+    # An --out it cannot write to is refused before a single provider call is paid for.
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    r = bench(env, "--models", "gpt-4o-mini", "--out", str(blocker))
+    assert r.returncode == 2 and "--out" in r.stderr, r.stderr
+    assert "stored" not in r.stdout.lower(), r.stdout

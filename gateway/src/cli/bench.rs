@@ -102,6 +102,16 @@ pub async fn run(o: Options, db: DbArgs) -> ExitCode {
         }
         picked
     };
+    // Before any provider call is paid for: the report must have somewhere to go.
+    if let Err(e) = std::fs::create_dir_all(&o.out) {
+        return fail(
+            2,
+            format!(
+                "--out {}: cannot write the report there: {e}",
+                o.out.display()
+            ),
+        );
+    }
     let store = match open_store(&db).await {
         Ok(s) => s,
         Err(code) => return code,

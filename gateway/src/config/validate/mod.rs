@@ -218,6 +218,7 @@ mod tests {
             ("providers: [{name: ollama, timeout_secs: -1}]", "providers[0].timeout_secs", "positive"),
             ("providers: [{name: ollama, catalog: foo}]", "providers[0].catalog", "unknown catalog"),
             ("providers: [{name: ollama, models: [{name: x, quality: 2}]}]", "providers[0].models[0].quality", "between 0 and 1"),
+            ("providers: [{name: ollama, models: [{name: x}, {name: y}, {name: x}]}]", "providers[0].models[2].name", "duplicate model `x`"),
             ("providers: [{name: ollama, models: [{name: x, input_usd_per_mtok: -1}]}]", "providers[0].models[0].input_usd_per_mtok", ">= 0"),
             ("providers: [{name: ollama, api_key: {file: /nonexistent/key}}]", "providers[0].api_key.file", "cannot read"),
             ("server: {listen: 'localhost'}", "server.listen", "IP:PORT"),

@@ -264,6 +264,14 @@ fn merge_models(
         if o.name.trim().is_empty() {
             return Err((field("name"), "must not be empty".to_owned()));
         }
+        // Two entries for one model: the last would win silently, as provider and virtual
+        // model names may not.
+        if overrides[..j].iter().any(|p| p.name == o.name) {
+            return Err((
+                field("name"),
+                format!("duplicate model `{}` in this provider", o.name),
+            ));
+        }
         for (f, v) in [
             ("input_usd_per_mtok", o.input_usd_per_mtok),
             ("output_usd_per_mtok", o.output_usd_per_mtok),
