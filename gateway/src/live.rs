@@ -300,9 +300,9 @@ pub fn redacted(doc: &GatewayConfig) -> GatewayConfig {
 }
 
 /// Settings a running gateway cannot change, named by their field paths. An address counts
-/// as changed only if it differs from the one in use (`bound`; a gateway started with
-/// `--listen` and no file is given a document naming that same address, say); one left out
-/// keeps what runs.
+/// as changed only if it differs both from the running document's and from the one in use
+/// (`bound`: a gateway started with `--listen` and no file is given a document naming that
+/// address, say, or `--listen` overrides the file's); one left out keeps what runs.
 fn needs_restart(
     old: &Settings,
     new: &Settings,
@@ -312,7 +312,7 @@ fn needs_restart(
     let moved = |wanted: Option<std::net::SocketAddr>,
                  was: Option<std::net::SocketAddr>,
                  running: Option<std::net::SocketAddr>| {
-        wanted.is_some_and(|w| Some(w) != running.or(was))
+        wanted.is_some_and(|w| Some(w) != was && Some(w) != running)
     };
     [
         (

@@ -506,6 +506,16 @@ async fn bad_budgets_are_refused_naming_the_field() {
             .unwrap();
     assert_eq!(list["budgets"][0]["scope"], "global", "{list}");
     assert_eq!(list["budgets"][0]["remaining_usd"], 5.0);
+    // An item as GET gave it, a limit changed, PUT back: its read-only figures are ignored.
+    let mut item = list["budgets"][0].clone();
+    item["limit_usd"] = json!(6.0);
+    let r =
+        s.h.admin(reqwest::Method::PUT, "/admin/budgets")
+            .json(&item)
+            .send()
+            .await
+            .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
     let del =
         s.h.admin(reqwest::Method::DELETE, "/admin/budgets/global")
             .send()

@@ -269,6 +269,7 @@ impl Ctx {
             st.refused_in = world;
         }
         let mut substituted: Vec<Substituted>;
+        let mut last_round_refused;
         let (mut pools, mut routes, mut policies);
         loop {
             rounds += 1;
@@ -364,10 +365,17 @@ impl Ctx {
                 }
             }
             let refused = self.push_all(&mut st, &compiled, &version).await;
+            last_round_refused = !refused.is_empty();
             if refused.is_empty() || rounds >= 4 {
                 break;
             }
             for (key, msg) in refused {
+                if substituted.iter().any(|(k, _, _)| *k == key) {
+                    // The earlier generation is refused too now (what it needs changed):
+                    // it is no longer good, and the current one's refusal stands.
+                    st.last_good.remove(&key);
+                    continue;
+                }
                 let generation = compiled.verdicts.get(&key).and_then(|v| v.generation);
                 warn!(resource = %key, message = %msg, "a gateway refused it; leaving it out until it changes");
                 st.refused.insert(key, (generation, msg));
@@ -395,7 +403,16 @@ impl Ctx {
                 .is_some_and(|v| v.refused.is_empty() && v.serving.is_none())
         };
         let mut good = HashMap::new();
-        {
+        // "Good" means a gateway runs it: updated only once this version is applied
+        // somewhere, and never from a round the gateways refused.
+        let applied = !last_round_refused
+            && st
+                .pods
+                .values()
+                .any(|p| p.version.as_deref() == Some(format!("v{}", st.version).as_str()));
+        if !applied {
+            good = st.last_good.clone();
+        } else {
             let mut keep = |k: Key, now: Good| {
                 let g = if accepted(&k) {
                     Some(now)
@@ -752,8 +769,12 @@ impl Ctx {
             let Some(v) = compiled.verdicts.get(&key).cloned() else {
                 continue;
             };
-            let (conditions, changed) =
-                self.conditions(&v, &p, pool.status.as_ref().map(|s| &s.conditions));
+            let (conditions, changed) = self.conditions(
+                &v,
+                &p,
+                &pool.namespace().unwrap_or_default(),
+                pool.status.as_ref().map(|s| &s.conditions),
+            );
             let status = ProviderPoolStatus {
                 observed_generation: v.generation,
                 conditions,
@@ -777,8 +798,12 @@ impl Ctx {
             let Some(v) = compiled.verdicts.get(&key).cloned() else {
                 continue;
             };
-            let (conditions, changed) =
-                self.conditions(&v, &p, route.status.as_ref().map(|s| &s.conditions));
+            let (conditions, changed) = self.conditions(
+                &v,
+                &p,
+                &route.namespace().unwrap_or_default(),
+                route.status.as_ref().map(|s| &s.conditions),
+            );
             let status = LLMRouteStatus {
                 observed_generation: v.generation,
                 conditions,
@@ -801,8 +826,12 @@ impl Ctx {
             let Some(v) = compiled.verdicts.get(&key).cloned() else {
                 continue;
             };
-            let (conditions, changed) =
-                self.conditions(&v, &p, policy.status.as_ref().map(|s| &s.conditions));
+            let (conditions, changed) = self.conditions(
+                &v,
+                &p,
+                &policy.namespace().unwrap_or_default(),
+                policy.status.as_ref().map(|s| &s.conditions),
+            );
             let source = key.describe();
             let subjects: Vec<SubjectSpend> = p
                 .budgets
@@ -848,8 +877,17 @@ impl Ctx {
         &self,
         v: &Verdict,
         p: &Published,
+        ns: &str,
         old: Option<&Vec<Condition>>,
     ) -> (Vec<Condition>, bool) {
+        // A team's resource names only its own namespace's pods (and their errors); the
+        // operator's namespace's resources, the cluster's, name any.
+        let lagging: Vec<&str> = p
+            .lagging
+            .iter()
+            .filter(|pod| ns == self.settings.namespace || pod.starts_with(&format!("{ns}/")))
+            .map(String::as_str)
+            .collect();
         let (accepted, a_reason, a_msg) = match v.refused.first() {
             None => (
                 true,
@@ -918,21 +956,15 @@ impl Ctx {
                 false,
                 "Syncing".to_owned(),
                 format!(
-                    "{}/{} gateways run configuration {}; not yet: {}{}",
+                    "{}/{} gateways run configuration {}; the others are being updated{}",
                     p.in_sync,
                     p.total,
                     p.version,
                     // A few by name (a status is no place for a thousand sidecars).
-                    p.lagging
-                        .iter()
-                        .take(5)
-                        .cloned()
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                    if p.lagging.len() > 5 {
-                        format!(" and {} more", p.lagging.len() - 5)
-                    } else {
-                        String::new()
+                    match lagging.len() {
+                        0 => String::new(),
+                        n @ 1..=5 => format!("; not yet: {}", lagging[..n].join(", ")),
+                        n => format!("; not yet: {} and {} more", lagging[..5].join(", "), n - 5),
                     }
                 ),
             )

@@ -55,7 +55,10 @@ pub async fn put(
     let (raw, b): (_, Budget) = super::body::parse(&body)?;
     // `Budget` flattens its scope, and serde cannot refuse unknown fields through a flatten:
     // a typo (`requests_per_min`) would otherwise store a budget without that limit.
-    if let Some(k) = raw.keys().find(|k| !BUDGET_FIELDS.contains(&k.as_str())) {
+    if let Some(k) = raw
+        .keys()
+        .find(|k| !BUDGET_FIELDS.contains(&k.as_str()) && !STATUS_FIELDS.contains(&k.as_str()))
+    {
         return Err(Error::invalid(
             k.as_str(),
             format!(
@@ -83,6 +86,20 @@ const BUDGET_FIELDS: [&str; 8] = [
     "requests_per_minute",
     "tokens_per_minute",
     "on_limit",
+];
+
+/// What `GET /admin/budgets` adds to each budget: read-only figures, ignored when an item is
+/// PUT back as it came (get, change a limit, put).
+const STATUS_FIELDS: [&str; 9] = [
+    "period_start",
+    "resets_at",
+    "used_usd",
+    "reserved_usd",
+    "remaining_usd",
+    "used_tokens",
+    "reserved_tokens",
+    "remaining_tokens",
+    "declared_by",
 ];
 
 /// `DELETE /admin/budgets/global`, `/admin/budgets/tenant/{name}`, `/admin/budgets/key/{id}`.

@@ -637,10 +637,11 @@ fn no_candidate_error(name: &str, excluded: &[Excluded]) -> Error {
         reasons.join("; ")
     );
     if excluded.iter().all(|x| x.why.is_client_caused()) {
-        // Permanent for this caller, never worth a retry: 403 if its allow-list is why.
+        // Permanent for this caller, never worth a retry: 403 if its allow-list (or the
+        // providers' reservations) alone is why; with other reasons the request can change.
         if excluded
             .iter()
-            .any(|x| matches!(x.why, Exclusion::NotAllowed { .. }))
+            .all(|x| matches!(x.why, Exclusion::NotAllowed { .. }))
         {
             return Error::new(Kind::Forbidden, msg).with_code("model_not_allowed");
         }
