@@ -235,6 +235,8 @@ mod tests {
             ("server: {cors_allowed_origins: ['https://a.example/path']}", "server.cors_allowed_origins[0]", "not an origin"),
             ("server: {admin_token: {env: OPENAI_API_KEY}}", "server.admin_token", "at least 16"),
             ("server: {admin_token: {env: NOPE}}", "server.admin_token.env", "`NOPE` is not set"),
+            ("providers: [{name: groq, api_key: {env: sk-proj-SECRET9}}]", "providers[0].api_key.env", "is not repeated"),
+            ("providers: [{name: groq, api_key: {env: gsk_SECRET9SECRET9SECRET9SECRET9SECRET9SECRET9}}]", "providers[0].api_key.env", "is not repeated"),
             ("providers: [{name: ollama, breaker: {failure_ratio: 2}}]", "providers[0].breaker.failure_ratio", "(0, 1]"),
             ("providers: [{name: ollama, breaker: {consecutive_failures: 0}}]", "providers[0].breaker.consecutive_failures", "> 0"),
             ("providers: [{name: ollama, breaker: {base_backoff_secs: 10, max_backoff_secs: 5}}]", "providers[0].breaker.max_backoff_secs", "at least"),
@@ -262,6 +264,7 @@ mod tests {
             let e = run(yaml).expect_err(yaml);
             assert_eq!(e.path, path, "{yaml}: {e}");
             assert!(e.message.contains(words), "{yaml}: {e}");
+            assert!(!e.to_string().contains("SECRET9"), "a value repeated: {e}");
             assert_eq!(e.source, "gw.yaml");
         }
     }

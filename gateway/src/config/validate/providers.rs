@@ -29,6 +29,17 @@ pub(super) fn secret(
             "value".into(),
             "a secret's value is accepted only in a document pushed to PUT /admin/config; in a file use `env` or `file`".into(),
         )),
+        // A value written where the variable's name goes (`{env: sk-…}`) must not be repeated
+        // in the refusal: a name is letters, digits and `_`, and short.
+        SecretSource::Env(var)
+            if var.len() > 40
+                || !var.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') =>
+        {
+            Err((
+                "env".into(),
+                "must name an environment variable (letters, digits and `_`, at most 40 characters); what is there looks like a value, and is not repeated here".into(),
+            ))
+        }
         SecretSource::Env(var) => match getenv(var).filter(|v| !v.trim().is_empty()) {
             Some(v) => Ok(Secret::new(v.trim())),
             None => Err((
