@@ -304,11 +304,23 @@ async fn keys_with_different_allowed_models_never_share_a_virtual_models_answers
     let (h, store) = keyed().await;
     let (_, open) = store.create_key("team", "open").await.unwrap();
     let (_, local) = store
-        .create_key_with("team", "local", Some(vec!["ollama/*".into()]))
+        .create_key_with(
+            "team",
+            "local",
+            Some(vec!["ollama/*".into(), "ollama/llama3.2".into()]),
+        )
         .await
         .unwrap();
     let (_, local2) = store
-        .create_key_with("team", "local2", Some(vec!["ollama/*".into()]))
+        .create_key_with(
+            "team",
+            "local2",
+            Some(vec![
+                "ollama/llama3.2".into(),
+                "ollama/*".into(),
+                "ollama/*".into(),
+            ]),
+        )
         .await
         .unwrap();
     let mut q = ask("Explain how a hash map handles collisions.");
@@ -323,7 +335,7 @@ async fn keys_with_different_allowed_models_never_share_a_virtual_models_answers
         "the open key's answer reached the limited key"
     );
     assert_eq!(hd["x-llm-gateway-provider"], "ollama");
-    // Keys with the same list share, as keys of one tenant do.
+    // Keys with the same list share, as keys of one tenant do, whatever its order or repeats.
     let (_, hd, _) = send(&h, &q, Some(&local2), &[]).await;
     assert_eq!(cache_of(&hd), "hit-exact");
     assert_eq!(hd["x-llm-gateway-provider"], "ollama");

@@ -26,8 +26,9 @@ pub struct KeyRecord {
     pub created_at: i64,
     /// Unix seconds, when revoked.
     pub revoked_at: Option<i64>,
-    /// Model patterns this key may use (`provider/model`, a bare name, `provider/*`);
-    /// `None` for every model.
+    /// Model patterns this key may use (`provider/model`, a bare name, `provider/*`),
+    /// sorted and without repeats (the cache scopes answers by this exact list); `None` for
+    /// every model.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub allowed_models: Option<Vec<String>>,
 }
@@ -53,6 +54,13 @@ pub fn hash_key(key: &str) -> String {
         .collect()
 }
 
+/// An allow-list in its one stored form: sorted, without repeats.
+fn normalized(mut list: Vec<String>) -> Vec<String> {
+    list.sort_unstable();
+    list.dedup();
+    list
+}
+
 fn new_key() -> String {
     let mut bytes = [0u8; 24];
     SystemRandom::new()
@@ -76,7 +84,8 @@ fn record(row: &impl RowLike) -> Result<KeyRecord, sqlx::Error> {
         revoked_at: row.opt_int("revoked_at")?,
         allowed_models: row
             .opt_text("allowed_models")?
-            .and_then(|j| serde_json::from_str(&j).ok()),
+            .and_then(|j| serde_json::from_str(&j).ok())
+            .map(normalized),
     })
 }
 
@@ -142,7 +151,7 @@ impl Store {
             key_prefix: key[..14].to_owned(),
             created_at: now(),
             revoked_at: None,
-            allowed_models,
+            allowed_models: allowed_models.map(normalized),
         };
         let hash = hash_key(&key);
         let allowed = rec
