@@ -88,32 +88,35 @@ impl ChatRequest {
         self.max_completion_tokens.or(self.max_tokens)
     }
 
-    /// Whether any message carries an image.
-    pub fn has_images(&self) -> bool {
-        self.messages.iter().any(|m| match m.content() {
-            Some(Content::Parts(parts)) => parts
-                .iter()
-                .any(|p| matches!(p, ContentPart::ImageUrl { .. })),
-            _ => false,
-        })
+    /// What kinds of non-text parts the messages carry, in one pass over them.
+    pub fn media(&self) -> Media {
+        let mut media = Media::default();
+        for m in &self.messages {
+            if let Some(Content::Parts(parts)) = m.content() {
+                for p in parts {
+                    match p {
+                        ContentPart::ImageUrl { .. } => media.images = true,
+                        ContentPart::InputAudio { .. } | ContentPart::File { .. } => {
+                            media.audio_or_files = true
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+        media
     }
 
     /// What the request asks that only the OpenAI protocol carries (Anthropic's Messages API
-    /// has no equivalent), if anything.
-    pub fn openai_only(&self) -> Option<&'static str> {
+    /// has no equivalent), if anything; `media` is [`ChatRequest::media`].
+    pub fn openai_only(&self, media: Media) -> Option<&'static str> {
         if self.n.is_some_and(|n| n > 1) {
             return Some("n > 1");
         }
         if self.logprobs == Some(true) {
             return Some("logprobs");
         }
-        let audio_or_files = self.messages.iter().any(|m| match m.content() {
-            Some(Content::Parts(parts)) => parts
-                .iter()
-                .any(|p| matches!(p, ContentPart::InputAudio { .. } | ContentPart::File { .. })),
-            _ => false,
-        });
-        audio_or_files.then_some("audio or file parts")
+        media.audio_or_files.then_some("audio or file parts")
     }
 
     /// Whether the request defines tools.
@@ -128,6 +131,15 @@ impl ChatRequest {
             Some(ResponseFormat::JsonObject) | Some(ResponseFormat::JsonSchema { .. })
         )
     }
+}
+
+/// The non-text parts of a request's messages.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Media {
+    /// Some message carries an image.
+    pub images: bool,
+    /// Some message carries audio or a file.
+    pub audio_or_files: bool,
 }
 
 /// `stream_options`.

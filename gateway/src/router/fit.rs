@@ -37,11 +37,12 @@ impl Needs {
     /// [`DEFAULT_OUTPUT_RESERVE`]).
     pub fn of(req: &ChatRequest, routed: bool) -> Self {
         let default = if routed { DEFAULT_OUTPUT_RESERVE } else { 0 };
+        let media = req.media();
         Self {
-            vision: req.has_images(),
+            vision: media.images,
             tools: req.has_tools(),
             json: req.wants_json(),
-            openai_only: req.openai_only(),
+            openai_only: req.openai_only(media),
             reserve: req.max_output().map_or(default, |m| m as usize),
             max_output: req.max_output(),
         }
