@@ -257,9 +257,8 @@ mod tests {
     use super::*;
 
     /// The list names every field a budget is written with, and nothing else.
-    #[test]
-    fn the_budget_field_list_is_the_budgets_fields() {
-        let b = Budget {
+    fn every_limit(declared_by: Option<String>) -> Budget {
+        Budget {
             scope: Scope::Tenant("t".into()),
             period: Default::default(),
             limit_usd: Some(1.0),
@@ -267,13 +266,48 @@ mod tests {
             requests_per_minute: Some(1),
             tokens_per_minute: Some(1),
             on_limit: Default::default(),
-            declared_by: None,
+            declared_by,
+        }
+    }
+
+    fn keys_of(v: impl serde::Serialize) -> Vec<String> {
+        let mut keys: Vec<String> = serde_json::to_value(v)
+            .unwrap()
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect();
+        keys.sort_unstable();
+        keys
+    }
+
+    fn sorted(lists: &[&[&str]]) -> Vec<String> {
+        let mut all: Vec<String> = lists.concat().into_iter().map(String::from).collect();
+        all.sort_unstable();
+        all
+    }
+
+    #[test]
+    fn the_budget_field_list_is_the_budgets_fields() {
+        assert_eq!(keys_of(every_limit(None)), sorted(&[&BUDGET_FIELDS]));
+    }
+
+    /// An item of `GET /admin/budgets` PUT back as it came must be accepted: every field the
+    /// listing writes is either a budget field or a read-only figure.
+    #[test]
+    fn the_status_field_list_is_what_the_listing_adds() {
+        let status = crate::budget::BudgetStatus {
+            budget: every_limit(Some("BudgetPolicy team/monthly".into())),
+            period_start: String::new(),
+            resets_at: String::new(),
+            used_usd: 0.0,
+            reserved_usd: 0.0,
+            remaining_usd: Some(0.0),
+            used_tokens: 0,
+            reserved_tokens: 0,
+            remaining_tokens: Some(0),
         };
-        let v = serde_json::to_value(&b).unwrap();
-        let mut written: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
-        let mut listed = BUDGET_FIELDS.to_vec();
-        written.sort_unstable();
-        listed.sort_unstable();
-        assert_eq!(written, listed);
+        assert_eq!(keys_of(status), sorted(&[&BUDGET_FIELDS, &STATUS_FIELDS]));
     }
 }
