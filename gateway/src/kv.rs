@@ -21,6 +21,11 @@ pub struct Conn {
 }
 
 impl Conn {
+    /// The client it connects with (for subscriptions, which need their own connection).
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
     /// The connection, made now if it has not been and a try is due.
     pub async fn get(&self) -> RedisResult<ConnectionManager> {
         if let Some(c) = self.made.load_full() {
@@ -48,20 +53,19 @@ impl Conn {
     }
 }
 
-/// A client (for subscriptions) and a reconnecting connection to `url`. Only a bad URL is an
+/// A reconnecting connection to `url`. Only a bad URL is an
 /// error: if Redis does not answer within 2 s, that is logged and the connection is made
 /// later (see [`Conn`]). Each command then waits at most 500 ms.
-pub async fn connect(url: &str) -> RedisResult<(Client, Conn)> {
-    let client = Client::open(url)?;
+pub async fn connect(url: &str) -> RedisResult<Conn> {
     let conn = Conn {
-        client: client.clone(),
+        client: Client::open(url)?,
         made: Default::default(),
         next_try: std::sync::Arc::new(std::sync::Mutex::new(std::time::Instant::now())),
     };
     if let Err(e) = conn.get().await {
         tracing::warn!(error = %e, "Redis does not answer at start; serving without it and connecting when it does");
     }
-    Ok((client, conn))
+    Ok(conn)
 }
 
 /// Whether Redis answers, as seen by one user of it: failures counted in a metric, each

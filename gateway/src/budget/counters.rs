@@ -374,7 +374,7 @@ fn opt(v: Option<i64>) -> String {
 impl Shared {
     /// Connects; fails if Redis does not answer within a few seconds.
     pub async fn connect(url: &str) -> Result<Self, CounterError> {
-        let (_, conn) = crate::kv::connect(url).await?;
+        let conn = crate::kv::connect(url).await?;
         Ok(Self { conn })
     }
 

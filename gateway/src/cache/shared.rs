@@ -43,7 +43,6 @@ pub struct Stored {
 /// The Redis side of the cache.
 #[derive(Clone)]
 pub struct Shared {
-    client: redis::Client,
     conn: crate::kv::Conn,
     prefix: String,
     max_bytes: usize,
@@ -105,9 +104,8 @@ pub fn unhex(s: &str) -> Option<Key> {
 impl Shared {
     /// Connects to Redis at `url`; the replicas keep at most `max_bytes` of entries there.
     pub async fn connect(url: &str, prefix: &str, max_bytes: usize) -> redis::RedisResult<Self> {
-        let (client, conn) = crate::kv::connect(url).await?;
+        let conn = crate::kv::connect(url).await?;
         Ok(Self {
-            client,
             conn,
             prefix: prefix.to_owned(),
             max_bytes,
@@ -229,7 +227,7 @@ impl Shared {
         tokio::spawn(async move {
             let mut first = true;
             loop {
-                match me.client.get_async_pubsub().await {
+                match me.conn.client().get_async_pubsub().await {
                     Ok(mut ps) => {
                         if ps.subscribe(me.channel()).await.is_ok() {
                             // Entries announced while unsubscribed are read from Redis.
