@@ -115,6 +115,16 @@ async fn provider_state(h: &Harness, provider: &str) -> String {
         .unwrap()
 }
 
+/// The states of `provider`'s model breakers.
+async fn model_states(h: &Harness, provider: &str) -> Vec<String> {
+    breakers(h)
+        .await
+        .into_iter()
+        .filter(|b| b["provider"] == provider && !b["model"].is_null())
+        .map(|b| b["status"]["state"].as_str().unwrap().to_owned())
+        .collect()
+}
+
 /// How many probes `provider`'s breakers let through: the provider's own (`model="*"`) or
 /// its models' together, whichever counted more (one probe may half-open both).
 async fn half_opens(h: &Harness, provider: &str) -> usize {
@@ -140,21 +150,19 @@ async fn half_opens(h: &Harness, provider: &str) -> usize {
 
 /// The provider the `chaos` virtual model currently ranks first among those reachable.
 async fn top_provider(h: &Harness) -> String {
+    top_model(h).await.split('/').next().unwrap().to_owned()
+}
+
+/// The model (`provider/model`) the `chaos` virtual model currently ranks first among
+/// those reachable.
+async fn top_model(h: &Harness) -> String {
     let (_, d) = h.route(&json!({"model": "chaos", "messages": [{"role": "user", "content": "Explain how a hash map works."}]})).await;
     d["decision"]["ranking"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|c| {
-            c["model"]
-                .as_str()
-                .unwrap()
-                .split('/')
-                .next()
-                .unwrap()
-                .to_owned()
-        })
-        .find(|p| p != "mirage")
+        .map(|c| c["model"].as_str().unwrap().to_owned())
+        .find(|m| !m.starts_with("mirage/"))
         .unwrap()
 }
 
@@ -177,7 +185,8 @@ async fn no_client_errors_while_a_healthy_candidate_exists() {
     ];
     let mut total = 0;
     for (name, fault) in scenarios {
-        let victim = top_provider(&h).await;
+        let top = top_model(&h).await;
+        let victim = top.split('/').next().unwrap().to_owned();
         let mut fault = fault;
         fault["vendor"] = json!(victim);
         h.fault(fault).await;
@@ -203,7 +212,16 @@ async fn no_client_errors_while_a_healthy_candidate_exists() {
                 hit <= 3 + 4 + probes,
                 "{name}: the breaker should stop traffic after 3 failures (+ in-flight and {probes} probes), saw {hit}"
             );
-            assert_eq!(provider_state(&h, &victim).await, "open", "{name}");
+            if name.starts_with("429") {
+                // A rate limit is the model's own: its breaker opens, the provider's does not.
+                assert_eq!(provider_state(&h, &victim).await, "closed", "{name}");
+                assert!(
+                    model_states(&h, &victim).await.iter().any(|s| s == "open"),
+                    "{name}"
+                );
+            } else {
+                assert_eq!(provider_state(&h, &victim).await, "open", "{name}");
+            }
             assert!(
                 served.iter().all(|p| *p != victim),
                 "{name}: a failed provider answered?"
@@ -215,12 +233,18 @@ async fn no_client_errors_while_a_healthy_candidate_exists() {
         loop {
             let (errors, served) = traffic(&h, "chaos", 2, 2).await;
             assert!(errors.is_empty(), "{name} healing: {errors:?}");
-            if served.contains(&victim) && provider_state(&h, &victim).await == "closed" {
+            // A 429 opened only models' breakers: healed once the model it hit first is
+            // ranked first again, so the next scenario starts from the same ranking.
+            if served.contains(&victim)
+                && provider_state(&h, &victim).await == "closed"
+                && (!name.starts_with("429") || top_model(&h).await == top)
+            {
                 break;
             }
             assert!(
                 Instant::now() < deadline,
-                "{name}: traffic never returned to {victim}"
+                "{name}: traffic never returned to {victim}; served by {served:?}; breakers {:#}",
+                Value::Array(breakers(&h).await)
             );
             tokio::time::sleep(Duration::from_millis(300)).await;
         }

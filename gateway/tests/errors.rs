@@ -287,3 +287,51 @@ async fn an_upstream_error_before_a_stream_starts_is_a_json_error() {
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["error"]["type"], "rate_limit_error");
 }
+
+#[tokio::test]
+async fn a_rate_limit_stops_its_model_and_a_spent_quota_its_provider() {
+    let hello = |m: &str| json!({"model": m, "messages": [{"role": "user", "content": "x"}]});
+    let h = gateway()
+        .routing("  virtual_models:\n  - {name: pair, strategy: quality, candidates: {models: [gpt-4o, gpt-4o-mini]}}\n")
+        .start()
+        .await;
+    let state = |m: String, model: &str| {
+        m.lines()
+            .find(|l| {
+                l.starts_with(&format!(
+                    r#"llm_gateway_breaker_state{{provider="openai",model="{model}"}}"#
+                ))
+            })
+            .map(|l| l.rsplit(' ').next().unwrap().to_owned())
+            .unwrap_or_else(|| "0".into())
+    };
+    // Within one request: gpt-4o's own limit leaves the provider's other model to answer.
+    h.fault(json!({"vendor": "openai", "model": "gpt-4o", "status": 429, "retry_after": "30"}))
+        .await;
+    let (status, headers, body) = h
+        .chat(&json!({"model": "pair", "messages": [{"role": "user", "content": "hi"}]}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(headers["x-llm-gateway-provider"], "openai");
+    assert_eq!(headers["x-llm-gateway-attempts"], "2");
+    assert_eq!(body["model"], "gpt-4o-mini", "{body}");
+    // Across requests: gpt-4o's breaker is open for the 30 s asked, the provider's is not.
+    let m = h.get_text("/metrics").await;
+    assert_eq!(state(m.clone(), "gpt-4o"), "2", "open");
+    assert_eq!(state(m, "*"), "0", "closed");
+    let (status, _, body) = h.chat(&hello("openai/gpt-4o")).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "circuit_open");
+    let (status, _, body) = h.chat(&hello("openai/gpt-4o-mini")).await;
+    assert_eq!(status, 200, "{body}");
+    // A spent account (OpenAI's insufficient_quota) stops every model of the provider.
+    h.fault(json!({"vendor": "openai", "quota_exhausted": true, "retry_after": "30", "times": 1}))
+        .await;
+    let (status, _, body) = h.chat(&hello("openai/gpt-4o-mini")).await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["error"]["code"], "insufficient_quota", "{body}");
+    assert_eq!(state(h.get_text("/metrics").await, "*"), "2", "open");
+    let (status, _, body) = h.chat(&hello("openai/gpt-4o-mini")).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "circuit_open");
+}

@@ -124,7 +124,7 @@ pub async fn messages(State(m): State<Arc<Mock>>, headers: HeaderMap, body: Byte
             "anthropic-version: header is required",
         );
     }
-    let (fault, load) = m.take_fault("anthropic");
+    let (fault, load) = m.take_fault("anthropic", req["model"].as_str().unwrap_or_default());
     if let Some(r) = fault.redirect() {
         return r;
     }

@@ -18,6 +18,14 @@ use serde_json::{json, Value};
 pub struct Fault {
     /// Vendor prefix: openai, groq, together, anthropic, ollama.
     pub vendor: String,
+    /// Only requests for this model (as the request names it) meet the fault; the others
+    /// are served normally (a per-model rate limit).
+    #[serde(default)]
+    pub model: Option<String>,
+    /// OpenAI format: answer `status` (default 429) as OpenAI does when the account's quota
+    /// is spent (`type` and `code` `insufficient_quota`), not a rate limit.
+    #[serde(default)]
+    pub quota_exhausted: bool,
     /// Answer with this error status, in the vendor's error format.
     #[serde(default)]
     pub status: Option<u16>,
@@ -155,7 +163,9 @@ impl Fault {
         if self.max_inflight.is_some() {
             return None;
         }
-        self.status.and_then(|s| StatusCode::from_u16(s).ok())
+        self.status
+            .or(self.quota_exhausted.then_some(429))
+            .and_then(|s| StatusCode::from_u16(s).ok())
     }
 
     /// The raw error page to answer with, if the fault sets one.

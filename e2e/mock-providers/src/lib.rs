@@ -158,14 +158,17 @@ impl Mock {
 
     /// The fault to apply to the next request of `vendor` (consuming one of its `times`),
     /// and the request counted as in progress.
-    fn take_fault(&self, vendor: &str) -> (Fault, common::InFlight) {
+    fn take_fault(&self, vendor: &str, model: &str) -> (Fault, common::InFlight) {
         let load = common::InFlight::enter(self.load_of(vendor));
-        (self.next_fault(vendor), load)
+        (self.next_fault(vendor, model), load)
     }
 
-    fn next_fault(&self, vendor: &str) -> Fault {
+    fn next_fault(&self, vendor: &str, model: &str) -> Fault {
         let mut faults = self.faults.lock().unwrap();
-        let Some(f) = faults.get_mut(vendor) else {
+        let Some(f) = faults
+            .get_mut(vendor)
+            .filter(|f| f.model.as_deref().is_none_or(|m| m == model))
+        else {
             return Fault::default();
         };
         let out = f.clone();

@@ -53,7 +53,7 @@ pub async fn chat(State(m): State<Arc<Mock>>, headers: HeaderMap, body: Bytes) -
         return error(StatusCode::BAD_REQUEST, "invalid character in JSON body");
     };
     m.record("ollama", "/api/chat", &headers, &req);
-    let (fault, load) = m.take_fault("ollama");
+    let (fault, load) = m.take_fault("ollama", req["model"].as_str().unwrap_or_default());
     if let Some(status) = fault.before_response(&load).await {
         return error(
             status,

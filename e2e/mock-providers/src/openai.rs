@@ -26,6 +26,11 @@ fn fault_error(vendor: &str, status: StatusCode, fault: &Fault) -> Response {
         return r;
     }
     let (kind, msg, code) = match status.as_u16() {
+        _ if fault.quota_exhausted => (
+            "insufficient_quota",
+            "You exceeded your current quota, please check your plan and billing details. For more information on this error, read the docs: https://platform.openai.com/docs/guides/error-codes/api-errors.",
+            Some("insufficient_quota"),
+        ),
         429 => (
             "requests",
             "Rate limit reached for requests",
@@ -109,7 +114,7 @@ pub async fn chat(
         return error(StatusCode::UNAUTHORIZED, "invalid_request_error",
             "You didn't provide an API key. You need to provide your API key in an Authorization header using Bearer auth.", None);
     }
-    let (fault, load) = m.take_fault(vendor);
+    let (fault, load) = m.take_fault(vendor, req["model"].as_str().unwrap_or_default());
     if let Some(r) = fault.redirect() {
         return r;
     }
@@ -366,7 +371,7 @@ pub async fn embeddings(
             None,
         );
     }
-    let (fault, load) = m.take_fault(vendor);
+    let (fault, load) = m.take_fault(vendor, req["model"].as_str().unwrap_or_default());
     if let Some(status) = fault.before_response(&load).await {
         return fault_error(vendor, status, &fault);
     }

@@ -4,9 +4,11 @@
 //! that fails in a way that is the provider's fault (connect error, timeout, 408/429/5xx,
 //! malformed answer, a stream that breaks before its first content) is reported to the
 //! breakers and the next candidate of another provider is tried (a provider that just failed
-//! is not tried again for the same request: rate limits, outages and network trouble are
-//! rarely confined to one model), up to `routing.failover.max_attempts` attempts. Errors
-//! caused by the request (other 4xx) go straight back to the client.
+//! is not tried again for the same request: outages and network trouble are rarely confined
+//! to one model), up to `routing.failover.max_attempts` attempts. A 429 is the exception:
+//! providers rate-limit each model apart, so it opens only that model's breaker and the
+//! provider's other models stay candidates (unless it says the account's quota is spent).
+//! Errors caused by the request (other 4xx) go straight back to the client.
 //!
 //! **Deadlines, designed together.** The request has one deadline for a response to start:
 //! `routing.failover.deadline_secs`, or sooner if the client declares its own timeout
@@ -203,6 +205,9 @@ impl Candidates<'_> {
 /// Reports an upstream outcome of `t` to its provider's and its model's breakers — the one
 /// place breakers hear about outcomes: `None` is a success, an error a failure (only errors
 /// that are the provider's fault are reported; see [`Failure::counts_against_provider`]).
+/// A rate limit (429) is the model's alone: providers limit each model apart, so one
+/// model's limit must not take its provider's other models away — unless it says the
+/// account's quota is spent, which stops every model.
 pub fn report(metrics: &Metrics, t: &Target, failure: Option<&Error>) {
     let outcome = match failure {
         None => BreakerOutcome::Success,
@@ -210,13 +215,21 @@ pub fn report(metrics: &Metrics, t: &Target, failure: Option<&Error>) {
             retry_after: e.retry_after,
         },
     };
+    let model_only = t.breaker.is_some() && failure.is_some_and(is_model_rate_limit);
     let now = Instant::now();
-    let tr = t.provider.breaker.record(now, outcome, fastrand::f64());
-    note_transition(metrics, &t.provider.name, "*", tr);
+    if !model_only {
+        let tr = t.provider.breaker.record(now, outcome, fastrand::f64());
+        note_transition(metrics, &t.provider.name, "*", tr);
+    }
     if let Some(b) = &t.breaker {
         let tr = b.record(now, outcome, fastrand::f64());
         note_transition(metrics, &t.provider.name, &t.model, tr);
     }
+}
+
+/// A 429 that limits one model (not `insufficient_quota`, OpenAI's spent account).
+fn is_model_rate_limit(e: &Error) -> bool {
+    e.failure == Some(Failure::Status(429)) && e.code.as_deref() != Some("insufficient_quota")
 }
 
 /// How a committed stream ended, for its breakers: complete, cut by the provider, or ended
@@ -385,7 +398,10 @@ pub async fn chat(
                 Err(e) => {
                     let Some(f) = e.failure else { return Err(e) };
                     note_failure(gw, ctx, &t, &e, f);
-                    failed.push(t.provider.name.to_string());
+                    // A model's own rate limit leaves its provider's other models to try.
+                    if !is_model_rate_limit(&e) {
+                        failed.push(t.provider.name.to_string());
+                    }
                     last = Some((t.provider.name.to_string(), e));
                 }
             }
@@ -431,8 +447,9 @@ fn note_failure(gw: &Gateway, ctx: &mut RequestContext, t: &Target, e: &Error, f
     // limit, and only once that is at its floor and the provider still refuses is it a
     // quota the breaker should keep traffic from. With Retry-After, the provider said when
     // to come back, and the breaker keeps traffic away until then.
+    // A spent quota is no capacity signal: it counts at once.
     let capacity =
-        f == Failure::Status(429) && e.retry_after.is_none() && !t.provider.limiter.at_floor();
+        is_model_rate_limit(e) && e.retry_after.is_none() && !t.provider.limiter.at_floor();
     if f.counts_against_provider() && !capacity {
         ctx.switch_target(t);
         report(&gw.metrics, t, Some(e));
