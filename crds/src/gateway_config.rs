@@ -333,6 +333,9 @@ pub enum SecretSource {
     /// Held by the Kubernetes operator, which pushes it (`namespace/secret/key`): a gateway
     /// that starts from this document alone serves the provider once the push arrives.
     Pushed(String),
+    /// Held by the Kubernetes operator and not given to this gateway, for the reason given:
+    /// the provider refuses every call with it (403), and routing passes it over.
+    Withheld(String),
 }
 
 impl std::fmt::Debug for SecretSource {
@@ -342,6 +345,7 @@ impl std::fmt::Debug for SecretSource {
             SecretSource::File(p) => f.debug_tuple("File").field(p).finish(),
             SecretSource::Value(_) => f.write_str("Value(***)"),
             SecretSource::Pushed(r) => f.debug_tuple("Pushed").field(r).finish(),
+            SecretSource::Withheld(r) => f.debug_tuple("Withheld").field(r).finish(),
         }
     }
 }
@@ -362,16 +366,20 @@ pub struct SecretSourceRepr {
     /// A Secret the operator holds and pushes, `namespace/secret/key`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pushed: Option<String>,
+    /// A key the operator holds and does not give this gateway: why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub withheld: Option<String>,
 }
 
 impl TryFrom<SecretSourceRepr> for SecretSource {
     type Error = String;
     fn try_from(r: SecretSourceRepr) -> Result<Self, String> {
-        match (r.env, r.file, r.value, r.pushed) {
-            (Some(e), None, None, None) if !e.is_empty() => Ok(Self::Env(e)),
-            (None, Some(f), None, None) if !f.is_empty() => Ok(Self::File(f)),
-            (None, None, Some(v), None) if !v.is_empty() => Ok(Self::Value(v)),
-            (None, None, None, Some(p)) if !p.is_empty() => Ok(Self::Pushed(p)),
+        match (r.env, r.file, r.value, r.pushed, r.withheld) {
+            (Some(e), None, None, None, None) if !e.is_empty() => Ok(Self::Env(e)),
+            (None, Some(f), None, None, None) if !f.is_empty() => Ok(Self::File(f)),
+            (None, None, Some(v), None, None) if !v.is_empty() => Ok(Self::Value(v)),
+            (None, None, None, Some(p), None) if !p.is_empty() => Ok(Self::Pushed(p)),
+            (None, None, None, None, Some(w)) if !w.is_empty() => Ok(Self::Withheld(w)),
             _ => Err(
                 "set exactly one of `env` (a variable name), `file` (a path) or, in a document pushed to PUT /admin/config, `value`; non-empty".into(),
             ),
@@ -433,6 +441,7 @@ impl From<SecretSource> for SecretSourceRepr {
             SecretSource::File(f) => r.file = Some(f),
             SecretSource::Value(v) => r.value = Some(v),
             SecretSource::Pushed(p) => r.pushed = Some(p),
+            SecretSource::Withheld(w) => r.withheld = Some(w),
         }
         r
     }

@@ -193,6 +193,7 @@ def test_cert_manager_gives_the_webhook_its_certificate():
     (["--set", "gateway.replicas=two"], "replicas"),
     (["--set", "gateway.databse.existingSecret=x"], "databse"),
     (["--set", "monitoring.interval=often"], "interval"),
+    (["--set", "operator.clusterKeysNamespaces="], "clusterKeysNamespaces"),
 ])
 def test_the_values_schema_names_a_bad_value(bad, field):
     out = helm(*RENDER_ARGS, *bad, check=False)

@@ -280,9 +280,24 @@ def test_the_api_server_calls_the_webhook_and_stores_the_sidecar(api, procs, moc
         version = until("the operator pushes to the sidecar", lambda: httpx.get(
             f"{url}/admin/config", headers=admin).json().get("version"), timeout=30)
         assert version, version
-        until("the pushed provider serves", lambda: "gpt-4o-mini" in httpx.get(
-            f"{url}/admin/config", headers=admin).text or httpx.get(f"{url}/v1/models").status_code == 200
-              and any(m["id"].endswith("gpt-4o-mini") for m in httpx.get(f"{url}/v1/models").json()["data"]))
+
+        # The namespace is not given the cluster pools' keys (no label): the provider is
+        # there, keyless, and refuses with the reason; its models are not listed.
+        def refusal():
+            r = httpx.post(f"{url}/v1/chat/completions", json={
+                "model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
+            return r.status_code == 403 and r.json()["error"]
+
+        def listed():
+            return any(m["id"].endswith("gpt-4o-mini") for m in httpx.get(f"{url}/v1/models").json()["data"])
+
+        err = until("the cluster pool's key is withheld", refusal, timeout=30)
+        assert err["code"] == "provider_withheld", err
+        assert "llmgateway.io/cluster-keys=allowed" in err["message"] and team in err["message"], err
+        assert not listed()
+        # A cluster admin gives the namespace the keys: the next push carries them.
+        core.patch_namespace(team, {"metadata": {"labels": {"llmgateway.io/cluster-keys": "allowed"}}})
+        until("the pushed provider serves", listed, timeout=30)
         r = openai.OpenAI(base_url=f"{url}/v1", api_key="llm-gateway-sidecar").chat.completions.with_raw_response.create(
             model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
         assert r.http_response.status_code == 200
@@ -290,6 +305,9 @@ def test_the_api_server_calls_the_webhook_and_stores_the_sidecar(api, procs, moc
             row for row in httpx.get(f"{url}/admin/usage", headers=admin).json()["rows"]
             if row.get("tenant") == f"{team}/app"], timeout=10)
         assert usage[0]["requests"] >= 1, usage
+        # The label taken away, so is the key.
+        core.patch_namespace(team, {"metadata": {"labels": {"llmgateway.io/cluster-keys": None}}})
+        assert until("the key is taken back", refusal, timeout=30)["code"] == "provider_withheld"
         # Nothing secret in the operator's log.
         assert token not in procs.log("operator")
     finally:

@@ -94,6 +94,9 @@ impl<'a> AllowedModels<'a> {
             )
             .with_code("model_not_found"));
         }
+        if let Some(why) = &provider.key_withheld {
+            return Err(provider.withheld(why));
+        }
         match self.key {
             Some(k) if !k.allows(&provider.name, model) => Err(Error::new(
                 Kind::Forbidden,
@@ -110,6 +113,11 @@ impl crate::router::CandidateFilter for AllowedModels<'_> {
         if !self.may_use(e.provider.clients.as_deref()) {
             return Some(crate::router::Exclusion::NotAllowed {
                 detail: "reserved for other clients",
+            });
+        }
+        if e.provider.key_withheld.is_some() {
+            return Some(crate::router::Exclusion::NotAllowed {
+                detail: "withheld from this gateway by the operator (its namespace is not given the cluster's provider keys)",
             });
         }
         let k = self.key?;

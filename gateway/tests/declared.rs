@@ -188,6 +188,70 @@ providers:
     );
 }
 
+#[tokio::test]
+async fn a_provider_whose_key_is_withheld_refuses_with_the_reason_and_is_routed_around() {
+    let why = "namespace team-a is not given the cluster's keys";
+    let yaml = move |m: &str| {
+        format!(
+            r#"
+routing:
+  virtual_models:
+    - {{name: pair, strategy: quality, candidates: {{models: [gpt-4o-mini, llama-3.1-8b-instant]}}}}
+    - {{name: only, strategy: quality, candidates: {{models: [gpt-4o-mini]}}}}
+providers:
+  - name: openai
+    base_url: {m}/openai/v1
+    api_key: {{withheld: "{why}"}}
+  - name: groq
+    base_url: {m}/groq/openai/v1
+    api_key: {{env: GROQ_API_KEY}}
+"#
+        )
+    };
+    let h = gateway().yaml(yaml).start().await;
+    let (status, _, body) = h
+        .chat(&json!({"model": "openai/gpt-4o-mini",
+        "messages": [{"role": "user", "content": "hi"}]}))
+        .await
+        .into_triple();
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["error"]["code"], "provider_withheld", "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains(why));
+    // Routing passes it over, with no failed attempt...
+    let (status, headers, _) = h
+        .chat(&json!({"model": "pair", "messages": [{"role": "user", "content": "hi"}]}))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["x-llm-gateway-provider"], "groq");
+    assert!(h.received("openai").await.is_empty());
+    // ...and says why when it was the only choice.
+    let (status, _, body) = h
+        .chat(&json!({"model": "only", "messages": [{"role": "user", "content": "hi"}]}))
+        .await
+        .into_triple();
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("1 withheld from this gateway"),
+        "{body}"
+    );
+    // Not listed among the models this gateway serves.
+    let models = h.get_json("/v1/models").await;
+    let ids: Vec<&str> = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["id"].as_str())
+        .collect();
+    assert!(!ids.iter().any(|id| id.contains("gpt-4o-mini")), "{ids:?}");
+    assert!(
+        ids.iter().any(|id| id.contains("llama-3.1-8b-instant")),
+        "{ids:?}"
+    );
+}
+
 trait Triple {
     fn into_triple(self) -> (u16, reqwest::header::HeaderMap, Value);
 }

@@ -161,23 +161,43 @@ pub struct Compiled {
 impl Compiled {
     /// What the gateways of `namespace` are sent: the keys of providers reserved for other
     /// namespaces stay references (those providers answer only their own clients, and a
-    /// namespace's pods must not hold another team's keys). The operator's own namespace
-    /// (the shared gateway) gets every key.
-    pub fn for_namespace(&self, namespace: &str, operator_namespace: &str) -> GatewayConfig {
+    /// namespace's pods must not hold another team's keys), and the cluster pools' keys are
+    /// withheld (with `cluster_keys`' reason) from a namespace not given them. The operator's
+    /// own namespace (the shared gateway) gets every key.
+    pub fn for_namespace(
+        &self,
+        namespace: &str,
+        operator_namespace: &str,
+        cluster_keys: ClusterKeys<'_>,
+    ) -> GatewayConfig {
         let mut c = self.config.clone();
         if namespace == operator_namespace {
             return c;
         }
         for (p, public) in c.providers.iter_mut().zip(&self.public.providers) {
-            if p.clients
-                .as_ref()
-                .is_some_and(|cl| !cl.iter().any(|x| x == namespace))
-            {
-                p.api_key = public.api_key.clone();
+            match &p.clients {
+                Some(cl) if !cl.iter().any(|x| x == namespace) => {
+                    p.api_key = public.api_key.clone();
+                }
+                None if matches!(p.api_key, Some(SecretSource::Value(_))) => {
+                    if let ClusterKeys::Withheld(why) = cluster_keys {
+                        p.api_key = Some(SecretSource::Withheld(why.to_owned()));
+                    }
+                }
+                _ => {}
             }
         }
         c
     }
+}
+
+/// Whether a namespace's gateways get the keys of the cluster's pools.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClusterKeys<'a> {
+    /// They do.
+    Given,
+    /// They do not, for this reason (the gateways answer it to callers).
+    Withheld(&'a str),
 }
 
 /// Where each compiled entry came from.
@@ -998,16 +1018,28 @@ mod tests {
                 .and_then(|p| p.api_key.clone())
         };
         let inline = Some(SecretSource::Value("sk-from-the-secret".into()));
-        let a = c.for_namespace("team-a", OPS);
+        let a = c.for_namespace("team-a", OPS, ClusterKeys::Given);
         assert_eq!(key(&a, "openai"), inline);
         assert_eq!(key(&a, "team-a.openai"), inline);
         assert_eq!(
             key(&a, "team-b.openai"),
             Some(SecretSource::Pushed("team-b/openai/api-key".into()))
         );
+        // A namespace not given the cluster's keys keeps its own pool's.
+        let why = "namespace team-a is not labelled";
+        let b = c.for_namespace("team-a", OPS, ClusterKeys::Withheld(why));
+        assert_eq!(key(&b, "openai"), Some(SecretSource::Withheld(why.into())));
+        assert_eq!(key(&b, "team-a.openai"), inline);
+        assert_eq!(
+            key(&b, "team-b.openai"),
+            Some(SecretSource::Pushed("team-b/openai/api-key".into()))
+        );
         // The shared gateway, in the operator's namespace, serves everyone: every key.
-        let shared = c.for_namespace(OPS, OPS);
-        assert_eq!(key(&shared, "team-b.openai"), inline);
+        for keys in [ClusterKeys::Given, ClusterKeys::Withheld(why)] {
+            let shared = c.for_namespace(OPS, OPS, keys);
+            assert_eq!(key(&shared, "team-b.openai"), inline);
+            assert_eq!(key(&shared, "openai"), inline);
+        }
     }
 
     #[test]

@@ -106,20 +106,6 @@ fn repository(image: &str) -> &str {
     }
 }
 
-/// Logs, once per pod, why a labelled gateway pod is not pushed to.
-pub fn warn_untrusted(pod: &Pod, why: &str) {
-    static WARNED: std::sync::Mutex<Option<std::collections::HashSet<String>>> =
-        std::sync::Mutex::new(None);
-    let name = format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any());
-    let mut warned = WARNED.lock().unwrap_or_else(|e| e.into_inner());
-    if warned
-        .get_or_insert_with(Default::default)
-        .insert(name.clone())
-    {
-        tracing::warn!(pod = %name, reason = %why, "not pushing to a gateway-labelled pod that is not a sidecar the webhook made");
-    }
-}
-
 /// Why a push did not take.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PushError {

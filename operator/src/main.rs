@@ -8,14 +8,14 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Action;
 use kube::runtime::{reflector, watcher, Controller, WatchStreamExt};
 use kube::{Api, Client};
 use llm_gateway_crds::resources::{BudgetPolicy, LLMRoute, ProviderPool};
 use llm_gateway_operator::metrics::Metrics;
-use llm_gateway_operator::runtime::{Ctx, Settings};
+use llm_gateway_operator::runtime::{Ctx, Settings, Stores};
 use tracing::{error, info, warn};
 
 /// Compiles ProviderPool, LLMRoute and BudgetPolicy resources into the configuration of
@@ -76,6 +76,11 @@ struct Cli {
         default_value = "ghcr.io/llm-gateway/llm-gateway:0.1.0"
     )]
     gateway_image: String,
+    /// The label selector of the namespaces whose gateways (sidecars) get the keys of the
+    /// cluster's pools, those of the operator's namespace; elsewhere those providers refuse
+    /// calls (403 `provider_withheld`). `*`: every namespace.
+    #[arg(long, default_value = "llmgateway.io/cluster-keys=allowed")]
+    cluster_keys_namespaces: String,
     /// `native` (an init container with restartPolicy Always, Kubernetes 1.29+), `container`,
     /// or `auto` (native when the API server is 1.29 or newer).
     #[arg(long, default_value = "auto", value_parser = ["auto", "native", "container"])]
@@ -216,6 +221,37 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Api::<BudgetPolicy>::all(client.clone()),
         watcher::Config::default(),
     );
+    // Namespaces given the cluster's keys: a bad selector stops the start with its own
+    // message, rather than leaving a watch failing in the background.
+    let key_selector = match cli.cluster_keys_namespaces.trim() {
+        "*" => None,
+        "" => anyhow::bail!(
+            "--cluster-keys-namespaces is empty: give a label selector, or `*` for every namespace"
+        ),
+        sel => {
+            Api::<Namespace>::all(client.clone())
+                .list_metadata(&kube::api::ListParams::default().labels(sel).limit(1))
+                .await
+                .map_err(|e| anyhow::anyhow!("--cluster-keys-namespaces `{sel}`: {e}"))?;
+            Some(sel.to_owned())
+        }
+    };
+    let (key_namespaces, key_namespaces_stream) = match &key_selector {
+        None => (None, None),
+        Some(sel) => {
+            let (store, writer) = reflector::store();
+            let stream = reflector::reflector(
+                writer,
+                watcher(
+                    Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
+                    watcher::Config::default().labels(sel),
+                ),
+            )
+            .default_backoff()
+            .touched_objects();
+            (Some(store), Some(stream))
+        }
+    };
     let (pods, pods_writer) = reflector::store();
     let ctx = Ctx::new(
         client.clone(),
@@ -226,13 +262,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             base,
             identity: cli.identity.clone(),
             sidecar_image: cli.gateway_image.clone(),
+            cluster_keys: key_selector,
         },
-        (
-            pools_ctl.store(),
-            routes_ctl.store(),
-            policies_ctl.store(),
+        Stores {
+            pools: pools_ctl.store(),
+            routes: routes_ctl.store(),
+            policies: policies_ctl.store(),
             pods,
-        ),
+            key_namespaces,
+        },
         metrics.clone(),
     )
     .await?;
@@ -259,10 +297,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     .touched_objects();
     let c = ctx.clone();
     tokio::spawn(async move {
-        let mut events = std::pin::pin!(futures::stream::select(
-            pods_stream.map(|_| ()),
-            secrets_stream.map(|_| ())
-        ));
+        let namespaces_stream = match key_namespaces_stream {
+            Some(s) => s.map(|_| ()).boxed(),
+            None => futures::stream::pending().boxed(),
+        };
+        let mut events = std::pin::pin!(futures::stream::select_all([
+            pods_stream.map(|_| ()).boxed(),
+            secrets_stream.map(|_| ()).boxed(),
+            namespaces_stream,
+        ]));
         while events.next().await.is_some() {
             c.wake.notify_one();
         }
@@ -398,6 +441,8 @@ async fn start_webhook(cli: &Cli, client: Client, addr: SocketAddr) -> anyhow::R
         base: Default::default(),
         identity: cli.identity.clone(),
         sidecar_image: cli.gateway_image.clone(),
+        // The webhook prepares namespaces; it pushes no keys.
+        cluster_keys: None,
     };
     let c = client.clone();
     let w = Arc::new(webhook::Webhook {

@@ -6,15 +6,15 @@
 //! resource it came from is left out (reported `RejectedByGateway`) until it changes, and the
 //! rest is pushed again at once, so one bad resource never holds the others back.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, PartialObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::Store;
 use kube::{Client, Resource, ResourceExt};
@@ -28,7 +28,7 @@ use serde_json::{json, Value};
 use tokio::sync::Notify;
 use tracing::{info, warn};
 
-use crate::compile::{self, Compiled, Key, Kind, SecretValue, Verdict};
+use crate::compile::{self, ClusterKeys, Compiled, Key, Kind, SecretValue, Verdict};
 use crate::gateways::{self, PushError, Target};
 use crate::metrics::Metrics;
 
@@ -58,6 +58,9 @@ pub struct Settings {
     /// `llm-gateway` container of this image, as the webhook makes it, is pushed to (a
     /// push carries the cluster pools' keys).
     pub sidecar_image: String,
+    /// The label selector of the namespaces whose gateways get the cluster pools' keys;
+    /// `None`: every namespace.
+    pub cluster_keys: Option<String>,
 }
 
 /// Per gateway pod: the version it runs, and when to try again after a failure.
@@ -106,21 +109,46 @@ enum Good {
 /// the gateways' message).
 type Substituted = (Key, Option<i64>, String);
 
+/// A kind whose last accepted generation is remembered.
+trait Remembered: Resource<DynamicType = ()> + Sized {
+    const KIND: Kind;
+    fn wrap(r: Arc<Self>) -> Good;
+    fn unwrap(g: &Good) -> Option<Arc<Self>>;
+}
+
+macro_rules! remembered {
+    ($ty:ty, $kind:ident) => {
+        impl Remembered for $ty {
+            const KIND: Kind = Kind::$kind;
+            fn wrap(r: Arc<Self>) -> Good {
+                Good::$kind(r)
+            }
+            fn unwrap(g: &Good) -> Option<Arc<Self>> {
+                match g {
+                    Good::$kind(r) => Some(r.clone()),
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+remembered!(ProviderPool, Pool);
+remembered!(LLMRoute, Route);
+remembered!(BudgetPolicy, Policy);
+
 /// `items`, each refused one replaced by its last accepted generation where there is one.
-fn with_last_good<K: Resource<DynamicType = ()> + Clone>(
+fn with_last_good<K: Remembered>(
     items: Vec<Arc<K>>,
-    kind: Kind,
     st: &State,
-    unwrap: impl Fn(&Good) -> Option<Arc<K>>,
     substituted: &mut Vec<Substituted>,
 ) -> Vec<Arc<K>> {
     items
         .into_iter()
         .map(|r| {
-            let k = key(kind, &*r);
+            let k = key(K::KIND, &*r);
             let generation = r.meta().generation;
             let refused = st.refused.get(&k).filter(|(g, _)| *g == generation);
-            let good = st.last_good.get(&k).and_then(&unwrap);
+            let good = st.last_good.get(&k).and_then(K::unwrap);
             match (refused, good) {
                 (Some((_, msg)), Some(old)) if old.meta().generation != generation => {
                     substituted.push((k, generation, msg.clone()));
@@ -130,6 +158,27 @@ fn with_last_good<K: Resource<DynamicType = ()> + Clone>(
             }
         })
         .collect()
+}
+
+/// Adds to `good` each of `items` the gateways accepted as compiled now, and for the rest
+/// their generation remembered in `last`, if any.
+fn keep_good<K: Remembered>(
+    items: &[Arc<K>],
+    accepted: impl Fn(&Key) -> bool,
+    last: &HashMap<Key, Good>,
+    good: &mut HashMap<Key, Good>,
+) {
+    for r in items {
+        let k = key(K::KIND, &**r);
+        let g = if accepted(&k) {
+            Some(K::wrap(r.clone()))
+        } else {
+            last.get(&k).cloned()
+        };
+        if let Some(g) = g {
+            good.insert(k, g);
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -170,6 +219,8 @@ pub struct Ctx {
     pub policies: Store<BudgetPolicy>,
     /// Gateway pods.
     pub pods: Store<Pod>,
+    /// The namespaces matching [`Settings::cluster_keys`] (none watched without one).
+    pub key_namespaces: Option<Store<PartialObjectMeta<Namespace>>>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Set when anything changed; the sync loop waits on it.
@@ -181,6 +232,23 @@ pub struct Ctx {
     /// The admin token of each namespace with gateways (a team's sidecars accept only their
     /// namespace's, so its Secret cannot steer the shared gateway).
     tokens: tokio::sync::Mutex<HashMap<String, String>>,
+    /// Labelled pods outside the operator's namespace already logged as not pushed to
+    /// (`namespace/name`): each is logged once, and forgotten when it goes or becomes trusted.
+    untrusted_logged: std::sync::Mutex<HashSet<String>>,
+}
+
+/// The watched caches the operator works from.
+pub struct Stores {
+    /// `ProviderPool`s.
+    pub pools: Store<ProviderPool>,
+    /// `LLMRoute`s.
+    pub routes: Store<LLMRoute>,
+    /// `BudgetPolicy`s.
+    pub policies: Store<BudgetPolicy>,
+    /// Gateway pods.
+    pub pods: Store<Pod>,
+    /// The namespaces given the cluster pools' keys (see [`Settings::cluster_keys`]).
+    pub key_namespaces: Option<Store<PartialObjectMeta<Namespace>>>,
 }
 
 fn hex(b: &[u8]) -> String {
@@ -192,12 +260,7 @@ impl Ctx {
     pub async fn new(
         client: Client,
         settings: Settings,
-        stores: (
-            Store<ProviderPool>,
-            Store<LLMRoute>,
-            Store<BudgetPolicy>,
-            Store<Pod>,
-        ),
+        stores: Stores,
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Arc<Self>> {
         let token = admin_token(&client, &settings.namespace, &settings.admin_secret).await?;
@@ -212,10 +275,11 @@ impl Ctx {
         Ok(Arc::new(Self {
             client,
             settings,
-            pools: stores.0,
-            routes: stores.1,
-            policies: stores.2,
-            pods: stores.3,
+            pools: stores.pools,
+            routes: stores.routes,
+            policies: stores.policies,
+            pods: stores.pods,
+            key_namespaces: stores.key_namespaces,
             metrics,
             wake: Notify::new(),
             state: tokio::sync::Mutex::default(),
@@ -223,6 +287,7 @@ impl Ctx {
             http: gateways::client(),
             recorder,
             tokens: tokio::sync::Mutex::new(HashMap::from([(settings_ns, token)])),
+            untrusted_logged: std::sync::Mutex::default(),
         }))
     }
 
@@ -242,6 +307,32 @@ impl Ctx {
             && ready(self.routes.wait_until_ready().now_or_never())
             && ready(self.policies.wait_until_ready().now_or_never())
             && ready(self.pods.wait_until_ready().now_or_never())
+            && self
+                .key_namespaces
+                .as_ref()
+                .is_none_or(|n| ready(n.wait_until_ready().now_or_never()))
+    }
+
+    /// The namespaces given the cluster pools' keys, sorted (`None`: every one).
+    fn given_cluster_keys(&self) -> Option<Vec<String>> {
+        let store = self.key_namespaces.as_ref()?;
+        let mut names: Vec<String> = store.state().iter().map(|n| n.name_any()).collect();
+        names.sort();
+        Some(names)
+    }
+
+    /// Why `namespace`'s gateways do not get the cluster pools' keys (see
+    /// [`Settings::cluster_keys`]), if they do not.
+    fn withheld_reason(&self, namespace: &str, given: Option<&[String]>) -> Option<String> {
+        let selector = self.settings.cluster_keys.as_deref()?;
+        if namespace == self.settings.namespace
+            || given.is_none_or(|g| g.iter().any(|n| n == namespace))
+        {
+            return None;
+        }
+        Some(format!(
+            "the operator gives the cluster's provider keys only to namespaces matching the label selector `{selector}`, and namespace {namespace} does not"
+        ))
     }
 
     /// Compiles, stores, pushes (see the module docs). Safe to call any time.
@@ -274,36 +365,9 @@ impl Ctx {
         loop {
             rounds += 1;
             substituted = Vec::new();
-            pools = with_last_good(
-                self.pools.state(),
-                Kind::Pool,
-                &st,
-                |g| match g {
-                    Good::Pool(p) => Some(p.clone()),
-                    _ => None,
-                },
-                &mut substituted,
-            );
-            routes = with_last_good(
-                self.routes.state(),
-                Kind::Route,
-                &st,
-                |g| match g {
-                    Good::Route(r) => Some(r.clone()),
-                    _ => None,
-                },
-                &mut substituted,
-            );
-            policies = with_last_good(
-                self.policies.state(),
-                Kind::Policy,
-                &st,
-                |g| match g {
-                    Good::Policy(p) => Some(p.clone()),
-                    _ => None,
-                },
-                &mut substituted,
-            );
+            pools = with_last_good(self.pools.state(), &st, &mut substituted);
+            routes = with_last_good(self.routes.state(), &st, &mut substituted);
+            policies = with_last_good(self.policies.state(), &st, &mut substituted);
             let lookup = |ns: &str, name: &str, key: &str| -> SecretValue {
                 match secrets.get(&(ns.to_owned(), name.to_owned())) {
                     None => SecretValue::NoSecret,
@@ -321,7 +385,15 @@ impl Ctx {
                 refused_by_gateway: &st.refused,
                 base: &self.settings.base,
             });
-            let hash = hex(digest(&SHA256, &serde_json::to_vec(&compiled.config)?).as_ref());
+            // Which namespaces get the cluster's keys is part of what is pushed: a change
+            // makes a new version, so every gateway gets it.
+            let given = self.given_cluster_keys();
+            let mut content = serde_json::to_vec(&compiled.config)?;
+            if let Some(g) = &given {
+                content.extend_from_slice(b"\0cluster keys given to:");
+                content.extend_from_slice(g.join(",").as_bytes());
+            }
+            let hash = hex(digest(&SHA256, &content).as_ref());
             if st.hash.as_deref() != Some(hash.as_str()) {
                 st.version += 1;
                 st.hash = Some(hash.clone());
@@ -364,7 +436,9 @@ impl Ctx {
                     }
                 }
             }
-            let refused = self.push_all(&mut st, &compiled, &version).await;
+            let refused = self
+                .push_all(&mut st, &compiled, &version, given.as_deref())
+                .await;
             last_round_refused = !refused.is_empty();
             if refused.is_empty() || rounds >= 4 {
                 break;
@@ -413,25 +487,9 @@ impl Ctx {
         if !applied {
             good = st.last_good.clone();
         } else {
-            let mut keep = |k: Key, now: Good| {
-                let g = if accepted(&k) {
-                    Some(now)
-                } else {
-                    st.last_good.get(&k).cloned()
-                };
-                if let Some(g) = g {
-                    good.insert(k, g);
-                }
-            };
-            for p in &pools {
-                keep(key(Kind::Pool, &**p), Good::Pool(p.clone()));
-            }
-            for r in &routes {
-                keep(key(Kind::Route, &**r), Good::Route(r.clone()));
-            }
-            for p in &policies {
-                keep(key(Kind::Policy, &**p), Good::Policy(p.clone()));
-            }
+            keep_good(&pools, accepted, &st.last_good, &mut good);
+            keep_good(&routes, accepted, &st.last_good, &mut good);
+            keep_good(&policies, accepted, &st.last_good, &mut good);
         }
         st.last_good = good;
         // Refusals of resources that changed or went away no longer apply.
@@ -530,6 +588,7 @@ impl Ctx {
     }
 
     fn targets(&self) -> Vec<Target> {
+        let mut untrusted = HashMap::new();
         let mut t: Vec<Target> = self
             .pods
             .state()
@@ -540,7 +599,7 @@ impl Ctx {
                     || match gateways::trusted_sidecar(p, &self.settings.sidecar_image) {
                         Ok(()) => true,
                         Err(why) => {
-                            gateways::warn_untrusted(p, &why);
+                            untrusted.insert(format!("{ns}/{}", p.name_any()), why);
                             false
                         }
                     }
@@ -548,6 +607,17 @@ impl Ctx {
             .filter_map(|p| gateways::target(p))
             .collect();
         t.sort();
+        let mut logged = self
+            .untrusted_logged
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        logged.retain(|pod| untrusted.contains_key(pod));
+        for (pod, why) in untrusted {
+            if !logged.contains(&pod) {
+                tracing::warn!(pod = %pod, reason = %why, "not pushing to a gateway-labelled pod that is not a sidecar the webhook made");
+                logged.insert(pod);
+            }
+        }
         t
     }
 
@@ -558,6 +628,7 @@ impl Ctx {
         st: &mut State,
         compiled: &Compiled,
         version: &str,
+        given: Option<&[String]>,
     ) -> Vec<(Key, String)> {
         let now = Instant::now();
         let body = st.body.clone();
@@ -578,7 +649,11 @@ impl Ctx {
             tokens.push(self.token_of(&t.pod).await);
             let ns = t.pod.split('/').next().unwrap_or_default();
             if ns != self.settings.namespace && !bodies.contains_key(ns) {
-                let own = compiled.for_namespace(ns, &self.settings.namespace);
+                let why = self.withheld_reason(ns, given);
+                let keys = why
+                    .as_deref()
+                    .map_or(ClusterKeys::Given, ClusterKeys::Withheld);
+                let own = compiled.for_namespace(ns, &self.settings.namespace, keys);
                 // Never the full body in its place: an empty one is refused, nothing leaks.
                 let own_body = Arc::new(serde_json::to_vec(&own).unwrap_or_default());
                 bodies.insert(ns.to_owned(), own_body);

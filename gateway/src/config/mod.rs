@@ -163,6 +163,9 @@ pub struct ProviderSettings {
     /// The key is held by the operator and not here yet (`namespace/secret/key`): calls
     /// answer 503 `credentials_pending` until a push brings it.
     pub key_pending: Option<String>,
+    /// The operator holds the key and does not give it to this gateway (why): the provider
+    /// refuses every call (403) and routing passes it over.
+    pub key_withheld: Option<String>,
     /// Only these tenants or namespaces may use it (`None`: everyone).
     pub clients: Option<Vec<String>>,
     /// Extra headers sent upstream.

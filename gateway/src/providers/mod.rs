@@ -42,6 +42,8 @@ pub struct Provider {
     chat_url: http::Uri,
     auth: Auth,
     key_pending: Option<String>,
+    /// Why the operator gives this gateway no key for it, when it does not.
+    pub key_withheld: Option<String>,
     /// Only these tenants or namespaces may use it (`None`: everyone).
     pub clients: Option<Vec<String>>,
     headers: HeaderMap,
@@ -184,6 +186,7 @@ impl Provider {
             auth,
             base_url,
             key_pending: s.key_pending.clone(),
+            key_withheld: s.key_withheld.clone(),
             clients: s.clients.clone(),
             headers: s.headers.clone(),
             clients_by_thread,
@@ -289,6 +292,9 @@ impl Provider {
     /// Refuses at once while the operator has not pushed this provider's key: the provider
     /// is unavailable (failover moves on), not at fault (its breaker does not hear of it).
     fn key_ready(&self) -> Result<(), Error> {
+        if let Some(why) = &self.key_withheld {
+            return Err(self.withheld(why));
+        }
         match &self.key_pending {
             None => Ok(()),
             Some(secret) => Err(Error::new(
@@ -301,6 +307,20 @@ impl Provider {
             .with_code("credentials_pending")
             .with_failure(Failure::Busy)),
         }
+    }
+
+    /// The refusal of a provider whose key this gateway is not given: not its fault, and
+    /// failover moves on.
+    pub fn withheld(&self, why: &str) -> Error {
+        Error::new(
+            crate::error::Kind::Forbidden,
+            format!(
+                "provider {} is not available to this gateway: {why}",
+                self.name
+            ),
+        )
+        .with_code("provider_withheld")
+        .with_failure(Failure::Busy)
     }
 
     /// A JSON POST of `body` to `url` with the provider's auth and headers.

@@ -593,14 +593,17 @@ fn no_candidate_error(name: &str, excluded: &[Excluded]) -> Error {
             "{n} write fewer than the {requested} output tokens asked (e.g. at most {max})"
         ));
     }
-    for detail in [
-        "not among this key's allowed models",
-        "reserved for other clients",
-    ] {
-        let n = count(&|w| matches!(w, Exclusion::NotAllowed { detail: d } if *d == detail));
-        if n > 0 {
-            reasons.push(format!("{n} {detail}"));
+    let mut not_allowed: Vec<(&str, usize)> = Vec::new();
+    for x in excluded {
+        if let Exclusion::NotAllowed { detail } = x.why {
+            match not_allowed.iter_mut().find(|(d, _)| *d == detail) {
+                Some(g) => g.1 += 1,
+                None => not_allowed.push((detail, 1)),
+            }
         }
+    }
+    for (detail, n) in not_allowed {
+        reasons.push(format!("{n} {detail}"));
     }
     if let Some(needed) = excluded.iter().find_map(|x| match x.why {
         Exclusion::Context { needed, .. } => Some(needed),

@@ -21,7 +21,7 @@ pub(super) fn secret(
 ) -> Result<Secret, FieldError> {
     match src {
         SecretSource::Value(v) if inline => Ok(Secret::new(v.trim())),
-        SecretSource::Pushed(_) => Err((
+        SecretSource::Pushed(_) | SecretSource::Withheld(_) => Err((
             "pushed".into(),
             "only a provider's api_key can be held by the operator".into(),
         )),
@@ -157,12 +157,18 @@ pub(super) fn provider(
         // Held by the operator: the provider waits for its key (a push) and meanwhile answers
         // 503 `credentials_pending`, so every route that names it stays valid.
         Some(SecretSource::Pushed(_)) => None,
+        // Not for this gateway (see `key_withheld`).
+        Some(SecretSource::Withheld(_)) => None,
         Some(src) => {
             Some(secret(src, inline, getenv).map_err(|(f, m)| (at(&format!("api_key.{f}")), m))?)
         }
     };
     let key_pending = match &p.api_key {
         Some(SecretSource::Pushed(r)) => Some(r.clone()),
+        _ => None,
+    };
+    let key_withheld = match &p.api_key {
+        Some(SecretSource::Withheld(why)) => Some(why.clone()),
         _ => None,
     };
 
@@ -222,6 +228,7 @@ pub(super) fn provider(
         base_url,
         api_key,
         key_pending,
+        key_withheld,
         clients: p.clients.clone(),
         headers,
         connect_timeout: secs("connect_timeout_secs", p.connect_timeout_secs, 10.0)?,
