@@ -294,13 +294,19 @@ impl Breaker {
         }
     }
 
-    /// Current state for the admin API and metrics.
+    /// Current state for the admin API and metrics. An open breaker whose backoff has ended
+    /// reads half-open: the next request is let through as a probe (the state itself moves
+    /// only then, and a breaker no traffic reaches would otherwise read open forever).
     pub fn status(&self, now: Instant) -> Status {
         let g = self.lock();
         let n = g.window.len();
+        let backing_off = g.state == State::Open && now < g.open_until;
         Status {
-            state: g.state,
-            retry_in_secs: (g.state == State::Open)
+            state: match g.state {
+                State::Open if !backing_off => State::HalfOpen,
+                s => s,
+            },
+            retry_in_secs: backing_off
                 .then(|| g.open_until.saturating_duration_since(now).as_secs_f64()),
             consecutive_failures: g.consecutive,
             window_failure_ratio: if n == 0 {
@@ -517,5 +523,22 @@ mod tests {
         assert_eq!(b.would_admit(t1), Ok(()));
         assert_eq!(b.would_admit(t1), Ok(()));
         assert_eq!(b.admit(t1).0, Admission::Probe);
+    }
+
+    #[test]
+    fn an_open_breaker_past_its_backoff_reads_half_open_before_any_request() {
+        let t = Instant::now();
+        let b = Breaker::new(cfg(), t);
+        let asked = Outcome::Failure {
+            retry_after: Some(Duration::from_secs(20)),
+        };
+        b.record(t, asked, MID);
+        let during = b.status(t + Duration::from_secs(19));
+        assert_eq!(during.state, State::Open);
+        assert_eq!(during.retry_in_secs, Some(1.0));
+        let after = b.status(t + Duration::from_secs(21));
+        assert_eq!(after.state, State::HalfOpen, "no request has come yet");
+        assert_eq!(after.retry_in_secs, None);
+        assert_eq!(after.state.gauge(), 1);
     }
 }

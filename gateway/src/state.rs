@@ -197,6 +197,7 @@ impl Gateway {
     /// Makes `next` the configuration of every request from now on.
     pub(crate) fn swap(&self, next: Snapshot) {
         self.current.store(Arc::new(next));
+        self.metrics.forget_configured_gauges();
     }
 
     /// Publishes the state gauges read at scrape time: breakers, concurrency limits,

@@ -216,11 +216,15 @@ async fn no_client_errors_while_a_healthy_candidate_exists() {
                 // A rate limit is the model's own: its breaker opens, the provider's does not.
                 assert_eq!(provider_state(&h, &victim).await, "closed", "{name}");
                 assert!(
-                    model_states(&h, &victim).await.iter().any(|s| s == "open"),
+                    model_states(&h, &victim)
+                        .await
+                        .iter()
+                        .any(|s| s != "closed"),
                     "{name}"
                 );
             } else {
-                assert_eq!(provider_state(&h, &victim).await, "open", "{name}");
+                // Open, or past its short backoff and waiting for a probe.
+                assert_ne!(provider_state(&h, &victim).await, "closed", "{name}");
             }
             assert!(
                 served.iter().all(|p| *p != victim),

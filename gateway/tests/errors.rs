@@ -324,8 +324,9 @@ async fn a_rate_limit_stops_its_model_and_a_spent_quota_its_provider() {
     assert_eq!(body["error"]["code"], "circuit_open");
     let (status, _, body) = h.chat(&hello("openai/gpt-4o-mini")).await;
     assert_eq!(status, 200, "{body}");
-    // A spent account (OpenAI's insufficient_quota) stops every model of the provider.
-    h.fault(json!({"vendor": "openai", "quota_exhausted": true, "retry_after": "30", "times": 1}))
+    // A spent account (OpenAI's insufficient_quota) stops every model of the provider, at
+    // once: it is neither a model's limit nor a capacity signal.
+    h.fault(json!({"vendor": "openai", "quota_exhausted": true, "times": 1}))
         .await;
     let (status, _, body) = h.chat(&hello("openai/gpt-4o-mini")).await;
     assert_eq!(status, 429, "{body}");
@@ -334,4 +335,37 @@ async fn a_rate_limit_stops_its_model_and_a_spent_quota_its_provider() {
     let (status, _, body) = h.chat(&hello("openai/gpt-4o-mini")).await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["error"]["code"], "circuit_open");
+}
+
+#[tokio::test]
+async fn rate_limited_models_never_spend_the_attempts_a_healthy_provider_needs() {
+    let h = gateway()
+        .routing("  virtual_models:\n  - {name: mix, strategy: quality, candidates: {models: [gpt-5, gpt-4.1, gpt-4o, gpt-4o-mini, claude-3-5-haiku-latest]}}\n")
+        .start()
+        .await;
+    let ask = json!({"model": "mix", "messages": [{"role": "user", "content": "hi"}]});
+    // The precondition: at least three OpenAI models rank before Anthropic's one, as many
+    // as the attempts a request has.
+    let (_, d) = h.route(&ask).await;
+    let ranking: Vec<&str> = d["decision"]["ranking"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["model"].as_str().unwrap())
+        .collect();
+    let anthropic = ranking.iter().position(|m| m.starts_with("anthropic/"));
+    assert!(anthropic.is_some_and(|i| i >= 3), "{ranking:?}");
+    h.fault(json!({"vendor": "openai", "status": 429, "retry_after": "30"}))
+        .await;
+    for stream in [false, true] {
+        let mut ask = ask.clone();
+        ask["stream"] = json!(stream);
+        let (status, headers, body) = h.chat_stream(&ask).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(headers["x-llm-gateway-provider"], "anthropic");
+        // One 429 (the top model still closed), then Anthropic: OpenAI's other models were
+        // left for last, not tried before it.
+        assert_eq!(headers["x-llm-gateway-attempts"], "2");
+    }
+    assert_eq!(h.received("openai").await.len(), 2);
 }

@@ -260,6 +260,8 @@ async fn what_was_learned_survives_a_swap_and_a_removed_provider_is_forgotten() 
     assert_eq!(open(&breakers(&h).await), Some(json!("open")));
     let (status, _, _) = ask(&h, "openai/gpt-4o-mini").await;
     assert_eq!(status, 503, "still open after the swap");
+    let gauge = r#"llm_gateway_breaker_state{provider="openai",model="*"}"#;
+    assert!(h.get_text("/metrics").await.contains(&format!("{gauge} 2")));
     // Dropping openai forgets it; bringing it back starts closed.
     let without = doc(&h.mock, "v3", "llama-3.1-8b-instant");
     let without = without.split("  - name: openai").next().unwrap().to_owned()
@@ -267,6 +269,11 @@ async fn what_was_learned_survives_a_swap_and_a_removed_provider_is_forgotten() 
         + without.split("  - name: groq").nth(1).unwrap();
     assert_eq!(push(&h, "application/yaml", without).await.0, 200);
     assert_eq!(open(&breakers(&h).await), None);
+    // Nor do its metrics stay frozen at their last value.
+    let metrics = h.get_text("/metrics").await;
+    assert!(!metrics.contains(gauge), "{metrics}");
+    assert!(!metrics.contains(r#"llm_gateway_provider_concurrency_limit{provider="openai"}"#));
+    assert!(metrics.contains(r#"llm_gateway_breaker_state{provider="groq",model="*"} 0"#));
     assert_eq!(ask(&h, "openai/gpt-4o-mini").await.0, 404);
     assert_eq!(
         push(&h, "application/yaml", doc(&h.mock, "v4", "gpt-4o-mini"))

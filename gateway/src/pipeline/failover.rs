@@ -7,7 +7,8 @@
 //! is not tried again for the same request: outages and network trouble are rarely confined
 //! to one model), up to `routing.failover.max_attempts` attempts. A 429 is the exception:
 //! providers rate-limit each model apart, so it opens only that model's breaker and the
-//! provider's other models stay candidates (unless it says the account's quota is spent).
+//! provider's other models stay candidates, tried after every other provider's (unless it
+//! says the account's quota is spent).
 //! Errors caused by the request (other 4xx) go straight back to the client.
 //!
 //! **Deadlines, designed together.** The request has one deadline for a response to start:
@@ -211,11 +212,18 @@ impl Candidates<'_> {
 pub fn report(metrics: &Metrics, t: &Target, failure: Option<&Error>) {
     let outcome = match failure {
         None => BreakerOutcome::Success,
+        // A spent account does not come back within a backoff: the breaker opens at once,
+        // for its longest backoff unless the provider said otherwise.
+        Some(e) if is_quota_spent(e) => BreakerOutcome::Failure {
+            retry_after: Some(e.retry_after.unwrap_or(Duration::MAX)),
+        },
         Some(e) => BreakerOutcome::Failure {
             retry_after: e.retry_after,
         },
     };
-    let model_only = t.breaker.is_some() && failure.is_some_and(is_model_rate_limit);
+    // A model outside the catalog has no breaker of its own: its rate limit goes to no
+    // breaker rather than its provider's.
+    let model_only = failure.is_some_and(is_model_rate_limit);
     let now = Instant::now();
     if !model_only {
         let tr = t.provider.breaker.record(now, outcome, fastrand::f64());
@@ -229,7 +237,12 @@ pub fn report(metrics: &Metrics, t: &Target, failure: Option<&Error>) {
 
 /// A 429 that limits one model (not `insufficient_quota`, OpenAI's spent account).
 fn is_model_rate_limit(e: &Error) -> bool {
-    e.failure == Some(Failure::Status(429)) && e.code.as_deref() != Some("insufficient_quota")
+    e.failure == Some(Failure::Status(429)) && !is_quota_spent(e)
+}
+
+/// OpenAI's 429 `insufficient_quota`: the account's credit is spent, for every model.
+fn is_quota_spent(e: &Error) -> bool {
+    e.failure == Some(Failure::Status(429)) && e.code.as_deref() == Some("insufficient_quota")
 }
 
 /// How a committed stream ended, for its breakers: complete, cut by the provider, or ended
@@ -296,13 +309,24 @@ pub async fn chat(
     let mut open: Vec<(String, Instant)> = Vec::new();
     let mut soonest: Option<(Instant, Target)> = None;
     let mut failed: Vec<String> = Vec::new();
+    // Providers one of whose models answered 429: their other models are tried only after
+    // every other provider's, so a rate limit never spends the attempts a healthy provider
+    // further down the ranking needs.
+    let mut limited: Vec<String> = Vec::new();
+    let mut order: VecDeque<usize> = (0..cands.len()).collect();
+    let mut deferred = vec![false; cands.len()];
     let mut hedged = false;
-    for i in 0..cands.len() {
+    while let Some(i) = order.pop_front() {
         let now = Instant::now();
         if attempts >= cfg.max_attempts || (attempts > 0 && now >= plan.deadline) {
             break;
         }
         if failed.iter().any(|f| f == cands.provider(i)) {
+            continue;
+        }
+        if !deferred[i] && limited.iter().any(|f| f == cands.provider(i)) {
+            deferred[i] = true;
+            order.push_back(i);
             continue;
         }
         let target = cands.target(i);
@@ -398,8 +422,11 @@ pub async fn chat(
                 Err(e) => {
                     let Some(f) = e.failure else { return Err(e) };
                     note_failure(gw, ctx, &t, &e, f);
-                    // A model's own rate limit leaves its provider's other models to try.
-                    if !is_model_rate_limit(&e) {
+                    // A model's own rate limit leaves its provider's other models to try,
+                    // after the other providers'.
+                    if is_model_rate_limit(&e) {
+                        limited.push(t.provider.name.to_string());
+                    } else {
                         failed.push(t.provider.name.to_string());
                     }
                     last = Some((t.provider.name.to_string(), e));

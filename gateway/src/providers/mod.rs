@@ -406,11 +406,12 @@ impl Provider {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned)
         };
-        // `retry-after-ms` (OpenAI) is more precise than `Retry-After` when both are sent.
+        // `retry-after-ms` (OpenAI) is more precise than `Retry-After` when both are sent;
+        // `Retry-After` is seconds or an HTTP date.
         let retry_after = header("retry-after-ms")
             .and_then(|ms| ms.trim().parse::<f64>().ok())
             .map(|ms| ms / 1000.0)
-            .or_else(|| header("retry-after").and_then(|s| s.trim().parse::<f64>().ok()))
+            .or_else(|| header("retry-after").and_then(|s| retry_after_secs(&s)))
             .filter(|s| s.is_finite() && *s >= 0.0 && *s < 1e7)
             .map(Duration::from_secs_f64);
         let body = read_capped(resp, MAX_ERROR_BODY).await;
@@ -448,6 +449,20 @@ impl Provider {
         }
         err
     }
+}
+
+/// A `Retry-After` value in seconds: a number of seconds, or an HTTP date (a date already
+/// past is 0).
+fn retry_after_secs(value: &str) -> Option<f64> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<f64>() {
+        return Some(secs);
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(
+        at.duration_since(std::time::SystemTime::now())
+            .map_or(0.0, |d| d.as_secs_f64()),
+    )
 }
 
 pub use crate::config::DEFAULT_MAX_RESPONSE_BYTES;
@@ -724,6 +739,22 @@ fn stream_read_error(provider: &str, e: event_stream::StreamError) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retry_after_is_seconds_or_an_http_date() {
+        assert_eq!(retry_after_secs(" 120 "), Some(120.0));
+        assert_eq!(retry_after_secs("1.5"), Some(1.5));
+        let in_a_minute = std::time::SystemTime::now() + Duration::from_secs(60);
+        let secs = retry_after_secs(&httpdate::fmt_http_date(in_a_minute)).unwrap();
+        // The date has whole seconds: 59 to 60 seconds from now.
+        assert!((58.0..=60.0).contains(&secs), "{secs}");
+        assert_eq!(
+            retry_after_secs("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(0.0),
+            "a past date: now"
+        );
+        assert_eq!(retry_after_secs("soon"), None);
+    }
 
     #[test]
     fn a_stream_event_that_is_not_utf8_is_malformed_not_cut() {

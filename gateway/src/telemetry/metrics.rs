@@ -819,6 +819,17 @@ impl Metrics {
             .set(secs);
     }
 
+    /// Forgets the gauges published per provider and model (breaker states, concurrency,
+    /// first-content deadlines): after a new configuration, those of providers and models it
+    /// dropped must not stay frozen at their last value. The next scrape publishes the rest.
+    pub fn forget_configured_gauges(&self) {
+        self.breaker_state.clear();
+        self.provider_limit.clear();
+        self.provider_in_flight.clear();
+        self.provider_queued.clear();
+        self.first_content_deadline.clear();
+    }
+
     /// The OpenMetrics text exposition.
     pub fn encode(&self) -> String {
         let mut out = String::new();
