@@ -355,20 +355,70 @@ impl std::fmt::Debug for SecretSource {
 #[serde(deny_unknown_fields)]
 pub struct SecretSourceRepr {
     /// Name of the environment variable holding the secret.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "text",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub env: Option<String>,
     /// Path of the file holding the secret.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "text",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub file: Option<String>,
     /// The secret itself: accepted only in a document pushed to `PUT /admin/config`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "text",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub value: Option<String>,
     /// A Secret the operator holds and pushes, `namespace/secret/key`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "text",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub pushed: Option<String>,
     /// A key the operator holds and does not give this gateway: why.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "text",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub withheld: Option<String>,
+}
+
+/// A string field of a secret's source; anything else is refused without being repeated
+/// (a number written as `value` may be the secret itself).
+fn text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    struct Text;
+    impl<'de> serde::de::Visitor<'de> for Text {
+        type Value = Option<String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a string")
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(Some(v.to_owned()))
+        }
+        fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Self::Value, E> {
+            Ok(Some(v))
+        }
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_any(Text)
+        }
+    }
+    d.deserialize_any(Text).map_err(|_: D::Error| {
+        serde::de::Error::custom("must be a string (what is there is not repeated here)")
+    })
 }
 
 impl TryFrom<SecretSourceRepr> for SecretSource {

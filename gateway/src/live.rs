@@ -191,7 +191,8 @@ pub async fn build(
 ) -> anyhow::Result<Snapshot> {
     let mut providers = Vec::new();
     for p in &settings.providers {
-        let models = if p.discover_models {
+        // A provider withheld from this gateway is asked nothing, not even its models.
+        let models = if p.discover_models && p.key_withheld.is_none() {
             match ollama::list_models(p.base_url.as_str()).await {
                 Ok(names) => discovered_models(p, &names),
                 Err(e) if p.optional => {

@@ -237,6 +237,10 @@ mod tests {
             ("server: {admin_token: {env: NOPE}}", "server.admin_token.env", "`NOPE` is not set"),
             ("providers: [{name: groq, api_key: {env: sk-proj-SECRET9}}]", "providers[0].api_key.env", "is not repeated"),
             ("providers: [{name: groq, api_key: {env: gsk_SECRET9SECRET9SECRET9SECRET9SECRET9SECRET9}}]", "providers[0].api_key.env", "is not repeated"),
+            ("providers: [{name: groq, api_key: {value: 99999999999999999}}]", "providers[0].api_key.value", "not repeated"),
+            ("providers: [{name: groq, api_key: {withheld: '  '}}]", "providers[0].api_key.withheld", "one line"),
+            ("providers: [{name: groq, api_key: {withheld: \"a\\nb\"}}]", "providers[0].api_key.withheld", "one line"),
+            ("server: {admin_token: {withheld: because}}", "server.admin_token.withheld", "only a provider's api_key"),
             ("providers: [{name: ollama, breaker: {failure_ratio: 2}}]", "providers[0].breaker.failure_ratio", "(0, 1]"),
             ("providers: [{name: ollama, breaker: {consecutive_failures: 0}}]", "providers[0].breaker.consecutive_failures", "> 0"),
             ("providers: [{name: ollama, breaker: {base_backoff_secs: 10, max_backoff_secs: 5}}]", "providers[0].breaker.max_backoff_secs", "at least"),
@@ -265,6 +269,7 @@ mod tests {
             assert_eq!(e.path, path, "{yaml}: {e}");
             assert!(e.message.contains(words), "{yaml}: {e}");
             assert!(!e.to_string().contains("SECRET9"), "a value repeated: {e}");
+            assert!(!e.to_string().contains("99999"), "a value repeated: {e}");
             assert_eq!(e.source, "gw.yaml");
         }
     }

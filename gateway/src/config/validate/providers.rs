@@ -13,6 +13,9 @@ use super::{positive_secs, FieldError, KEYED_VENDORS};
 use crate::catalog;
 use crate::config::model::ModelInfo;
 
+/// The longest reason a withheld provider's refusals may carry.
+const MAX_WITHHELD_REASON: usize = 500;
+
 /// Reads a secret from its source; errors name the sub-field (`env` or `file`).
 pub(super) fn secret(
     src: &SecretSource,
@@ -21,9 +24,13 @@ pub(super) fn secret(
 ) -> Result<Secret, FieldError> {
     match src {
         SecretSource::Value(v) if inline => Ok(Secret::new(v.trim())),
-        SecretSource::Pushed(_) | SecretSource::Withheld(_) => Err((
+        SecretSource::Pushed(_) => Err((
             "pushed".into(),
             "only a provider's api_key can be held by the operator".into(),
+        )),
+        SecretSource::Withheld(_) => Err((
+            "withheld".into(),
+            "only a provider's api_key can be withheld by the operator".into(),
         )),
         SecretSource::Value(_) => Err((
             "value".into(),
@@ -168,7 +175,18 @@ pub(super) fn provider(
         _ => None,
     };
     let key_withheld = match &p.api_key {
-        Some(SecretSource::Withheld(why)) => Some(why.clone()),
+        // Every caller of the provider's models reads it: short and one line (and redacted
+        // like upstream messages when the provider is built).
+        Some(SecretSource::Withheld(why)) => {
+            let why = why.trim();
+            if why.is_empty() || why.chars().count() > MAX_WITHHELD_REASON || why.contains('\n') {
+                return fail(
+                    "api_key.withheld",
+                    format!("the reason must be one line of 1 to {MAX_WITHHELD_REASON} characters"),
+                );
+            }
+            Some(why.to_owned())
+        }
         _ => None,
     };
 
