@@ -358,6 +358,20 @@ def test_a_bad_edit_to_a_live_route_keeps_its_last_accepted_generation_serving(c
     assert "latset" in condition_is(cluster, "llmroutes", "edited", "Accepted", "False", "RejectedByGateway")["message"]
     for url in cluster.gw:
         assert served_by(url, "steady") == "openai", "the last good generation serves"
+    # A restarted operator remembers it (kept in a ConfigMap): the route stays served, never
+    # dropped for the refused generation.
+    stored = cluster.core.read_namespaced_config_map("llm-gateway-config-last-good", cluster.ns)
+    assert '"name":"edited"' in stored.data["resources.json"]
+    cluster.stop("op-1")
+    cluster.op = cluster.operator("op-1")
+    until("the restarted operator reads what was accepted",
+          lambda: "continuing with the resources the gateways last accepted" in cluster.logs["op-1"].read_text())
+    deadline = time.monotonic() + 6  # three resyncs
+    while time.monotonic() < deadline:
+        for url in cluster.gw:
+            assert served_by(url, "steady") == "openai", "dropped after the restart"
+        time.sleep(0.3)
+    assert condition_is(cluster, "llmroutes", "edited", "Ready", "False", "ServingPreviousGeneration")
     cluster.apply("LLMRoute", "llmroutes", cluster.ns, "edited", steady("claude-3-5-haiku-latest"))
     until("the fix goes live", lambda: condition_is(cluster, "llmroutes", "edited", "Ready", "True"))
     until("the fix serves", lambda: all(served_by(url, "steady") == "anthropic" for url in cluster.gw))
@@ -521,6 +535,18 @@ def test_with_the_operator_down_traffic_goes_on_and_a_new_gateway_serves_what_ne
     cluster.op = cluster.operator("op-1")
     until("the new gateway gets its keys", lambda: served_by(cold, "openai/gpt-4o-mini") == "openai")
     until("3/3 in sync", lambda: cluster.get("llmroutes", cluster.ns, "default")["status"]["gateways"] == "3/3 in sync")
+
+
+@pytest.mark.parametrize("selector", ["a b", " "])
+def test_a_bad_cluster_keys_selector_stops_the_operator_before_it_is_ready(cluster, selector):
+    env = {"PATH": os.environ.get("PATH", ""), "KUBECONFIG": kubeconfig(),
+           "POD_NAMESPACE": cluster.ns, "POD_NAME": "op-bad"}
+    # Another replica leads: this one must stop on its own flag, not once it wins the lease.
+    out = subprocess.run([str(BIN_DIR / "llm-gateway-operator"), "--metrics-listen", "127.0.0.1:0",
+                          "--cluster-keys-namespaces", selector],
+                         env=env, capture_output=True, text=True, timeout=30)
+    assert out.returncode != 0
+    assert "--cluster-keys-namespaces" in out.stdout + out.stderr, out.stdout + out.stderr
 
 
 def test_two_operators_elect_one_leader_and_the_standby_takes_over(cluster):

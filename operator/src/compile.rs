@@ -179,7 +179,13 @@ impl Compiled {
                 Some(cl) if !cl.iter().any(|x| x == namespace) => {
                     p.api_key = public.api_key.clone();
                 }
-                None if matches!(p.api_key, Some(SecretSource::Value(_))) => {
+                // Withheld whether the key is here or still missing (then it would read
+                // `credentials_pending`, as if it were coming).
+                None if matches!(
+                    p.api_key,
+                    Some(SecretSource::Value(_) | SecretSource::Pushed(_))
+                ) =>
+                {
                     if let ClusterKeys::Withheld(why) = cluster_keys {
                         p.api_key = Some(SecretSource::Withheld(why.to_owned()));
                     }
@@ -1033,6 +1039,15 @@ mod tests {
         assert_eq!(
             key(&b, "team-b.openai"),
             Some(SecretSource::Pushed("team-b/openai/api-key".into()))
+        );
+        // A cluster pool whose Secret is missing is withheld too, not "pending".
+        let pending = run(&[pool(OPS, "main", openai("missing"))], &[], &[]);
+        assert_eq!(
+            key(
+                &pending.for_namespace("team-a", OPS, ClusterKeys::Withheld(why)),
+                "openai"
+            ),
+            Some(SecretSource::Withheld(why.into()))
         );
         // The shared gateway, in the operator's namespace, serves everyone: every key.
         for keys in [ClusterKeys::Given, ClusterKeys::Withheld(why)] {

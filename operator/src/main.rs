@@ -188,6 +188,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         ready.clone(),
     ));
 
+    // Namespaces given the cluster's keys: a bad selector stops the start with its own
+    // message (before this replica is ready or stands for leader, so a rollout with a typo
+    // stops at its first pod rather than once the old ones are gone).
+    let key_selector = match cli.cluster_keys_namespaces.trim() {
+        "*" => None,
+        "" => anyhow::bail!(
+            "--cluster-keys-namespaces is empty: give a label selector, or `*` for every namespace"
+        ),
+        sel => {
+            Api::<Namespace>::all(client.clone())
+                .list_metadata(&kube::api::ListParams::default().labels(sel).limit(1))
+                .await
+                .map_err(|e| anyhow::anyhow!("--cluster-keys-namespaces `{sel}`: {e}"))?;
+            Some(sel.to_owned())
+        }
+    };
     // Leader election: only the lease holder reconciles and pushes; a standby waits.
     let lease =
         kube_lease_manager::LeaseManagerBuilder::new(client.clone(), "llm-gateway-operator")
@@ -221,21 +237,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Api::<BudgetPolicy>::all(client.clone()),
         watcher::Config::default(),
     );
-    // Namespaces given the cluster's keys: a bad selector stops the start with its own
-    // message, rather than leaving a watch failing in the background.
-    let key_selector = match cli.cluster_keys_namespaces.trim() {
-        "*" => None,
-        "" => anyhow::bail!(
-            "--cluster-keys-namespaces is empty: give a label selector, or `*` for every namespace"
-        ),
-        sel => {
-            Api::<Namespace>::all(client.clone())
-                .list_metadata(&kube::api::ListParams::default().labels(sel).limit(1))
-                .await
-                .map_err(|e| anyhow::anyhow!("--cluster-keys-namespaces `{sel}`: {e}"))?;
-            Some(sel.to_owned())
-        }
-    };
     let (key_namespaces, key_namespaces_stream) = match &key_selector {
         None => (None, None),
         Some(sel) => {

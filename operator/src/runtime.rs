@@ -67,6 +67,9 @@ pub struct Settings {
 #[derive(Debug, Clone, Default)]
 struct PodState {
     version: Option<String>,
+    /// Whether that push carried the cluster pools' keys (a namespace labelled or unlabelled
+    /// since is pushed again, without a new version for every other gateway).
+    keys_given: bool,
     failures: u32,
     retry_at: Option<Instant>,
     last_error: Option<String>,
@@ -109,9 +112,14 @@ enum Good {
 /// the gateways' message).
 type Substituted = (Key, Option<i64>, String);
 
-/// A kind whose last accepted generation is remembered.
-trait Remembered: Resource<DynamicType = ()> + Sized {
+/// A kind whose last accepted generation is remembered (and kept in a ConfigMap across
+/// restarts).
+trait Remembered:
+    Resource<DynamicType = ()> + serde::Serialize + serde::de::DeserializeOwned + Sized
+{
     const KIND: Kind;
+    /// Its name in the stored list.
+    const STORED: &'static str;
     fn wrap(r: Arc<Self>) -> Good;
     fn unwrap(g: &Good) -> Option<Arc<Self>>;
 }
@@ -120,6 +128,7 @@ macro_rules! remembered {
     ($ty:ty, $kind:ident) => {
         impl Remembered for $ty {
             const KIND: Kind = Kind::$kind;
+            const STORED: &'static str = stringify!($ty);
             fn wrap(r: Arc<Self>) -> Good {
                 Good::$kind(r)
             }
@@ -155,6 +164,67 @@ fn with_last_good<K: Remembered>(
                     old
                 }
                 _ => r,
+            }
+        })
+        .collect()
+}
+
+/// The reason pushed for the cluster pools' providers to the gateways of `namespace`, which
+/// `selector` does not match: at most about 250 characters (a namespace name has at most 63).
+fn withheld_reason(namespace: &str, selector: &str) -> String {
+    let by = if selector.chars().count() <= 100 {
+        format!("the label selector `{selector}`")
+    } else {
+        "the operator's --cluster-keys-namespaces selector".to_owned()
+    };
+    format!(
+        "namespace {namespace} is not given the cluster's provider keys: {by} does not match it"
+    )
+}
+
+/// The data key of the last-good ConfigMap.
+const LAST_GOOD_KEY: &str = "resources.json";
+
+/// `good` as stored: each resource without its status and managed fields, in key order.
+fn stored_last_good(good: &HashMap<Key, Good>) -> String {
+    fn one<K: Remembered>(r: &K) -> Value {
+        let mut v = serde_json::to_value(r).unwrap_or_default();
+        if let Some(o) = v.as_object_mut() {
+            o.remove("status");
+            if let Some(m) = o.get_mut("metadata").and_then(Value::as_object_mut) {
+                m.remove("managedFields");
+            }
+        }
+        json!({"kind": K::STORED, "object": v})
+    }
+    let mut keys: Vec<&Key> = good.keys().collect();
+    keys.sort();
+    let list: Vec<Value> = keys
+        .into_iter()
+        .map(|k| match &good[k] {
+            Good::Pool(r) => one(&**r),
+            Good::Route(r) => one(&**r),
+            Good::Policy(r) => one(&**r),
+        })
+        .collect();
+    serde_json::to_string(&list).unwrap_or_default()
+}
+
+/// The resources of [`stored_last_good`]'s text; entries it cannot read are skipped.
+fn restored_last_good(text: &str) -> HashMap<Key, Good> {
+    fn one<K: Remembered>(v: Value) -> Option<(Key, Good)> {
+        let r: K = serde_json::from_value(v).ok()?;
+        Some((key(K::KIND, &r), K::wrap(Arc::new(r))))
+    }
+    let list: Vec<Value> = serde_json::from_str(text).unwrap_or_default();
+    list.into_iter()
+        .filter_map(|mut e| {
+            let object = e.get_mut("object").map(Value::take)?;
+            match e.get("kind").and_then(Value::as_str)? {
+                ProviderPool::STORED => one::<ProviderPool>(object),
+                LLMRoute::STORED => one::<LLMRoute>(object),
+                BudgetPolicy::STORED => one::<BudgetPolicy>(object),
+                _ => None,
             }
         })
         .collect()
@@ -196,6 +266,8 @@ struct State {
     /// this one is compiled in its place, so one bad edit does not take a working route or
     /// pool away from every gateway.
     last_good: HashMap<Key, Good>,
+    /// `last_good` as last written to its ConfigMap.
+    last_good_written: Option<String>,
     /// Namespaces given the ConfigMap, and the version last written there: a namespace whose
     /// sidecars are all down keeps getting new versions, so a sidecar starting there reads a
     /// current one.
@@ -249,6 +321,11 @@ pub struct Stores {
     pub pods: Store<Pod>,
     /// The namespaces given the cluster pools' keys (see [`Settings::cluster_keys`]).
     pub key_namespaces: Option<Store<PartialObjectMeta<Namespace>>>,
+}
+
+/// The namespace of a `namespace/name` pod reference.
+fn namespace_of(pod: &str) -> &str {
+    pod.split('/').next().unwrap_or_default()
 }
 
 fn hex(b: &[u8]) -> String {
@@ -321,18 +398,23 @@ impl Ctx {
         Some(names)
     }
 
-    /// Why `namespace`'s gateways do not get the cluster pools' keys (see
-    /// [`Settings::cluster_keys`]), if they do not.
-    fn withheld_reason(&self, namespace: &str, given: Option<&[String]>) -> Option<String> {
-        let selector = self.settings.cluster_keys.as_deref()?;
-        if namespace == self.settings.namespace
+    /// Whether `namespace`'s gateways get the cluster pools' keys (see
+    /// [`Settings::cluster_keys`]); `given` is [`Ctx::given_cluster_keys`].
+    fn keys_given(&self, namespace: &str, given: Option<&[String]>) -> bool {
+        self.settings.cluster_keys.is_none()
+            || namespace == self.settings.namespace
             || given.is_none_or(|g| g.iter().any(|n| n == namespace))
-        {
+    }
+
+    /// Why `namespace`'s gateways do not get the cluster pools' keys, if they do not: short,
+    /// whatever the selector (every caller of those providers there reads it, and the
+    /// gateway refuses a reason over 500 characters).
+    fn withheld_reason(&self, namespace: &str, given: Option<&[String]>) -> Option<String> {
+        if self.keys_given(namespace, given) {
             return None;
         }
-        Some(format!(
-            "the operator gives the cluster's provider keys only to namespaces matching the label selector `{selector}`, and namespace {namespace} does not"
-        ))
+        let selector = self.settings.cluster_keys.as_deref().unwrap_or_default();
+        Some(withheld_reason(namespace, selector))
     }
 
     /// Compiles, stores, pushes (see the module docs). Safe to call any time.
@@ -385,15 +467,10 @@ impl Ctx {
                 refused_by_gateway: &st.refused,
                 base: &self.settings.base,
             });
-            // Which namespaces get the cluster's keys is part of what is pushed: a change
-            // makes a new version, so every gateway gets it.
+            // Which namespaces get the cluster's keys is not part of the version: a namespace
+            // labelled or unlabelled has its own gateways pushed again (see `push_all`).
             let given = self.given_cluster_keys();
-            let mut content = serde_json::to_vec(&compiled.config)?;
-            if let Some(g) = &given {
-                content.extend_from_slice(b"\0cluster keys given to:");
-                content.extend_from_slice(g.join(",").as_bytes());
-            }
-            let hash = hex(digest(&SHA256, &content).as_ref());
+            let hash = hex(digest(&SHA256, &serde_json::to_vec(&compiled.config)?).as_ref());
             if st.hash.as_deref() != Some(hash.as_str()) {
                 st.version += 1;
                 st.hash = Some(hash.clone());
@@ -492,6 +569,7 @@ impl Ctx {
             keep_good(&policies, accepted, &st.last_good, &mut good);
         }
         st.last_good = good;
+        self.keep_last_good(&mut st).await;
         // Refusals of resources that changed or went away no longer apply.
         st.refused
             .retain(|k, (g, _)| compiled.verdicts.get(k).is_some_and(|v| v.generation == *g));
@@ -639,8 +717,10 @@ impl Ctx {
             .into_iter()
             .filter(|t| {
                 let p = st.pods.get(&t.pod);
+                let keys = self.keys_given(namespace_of(&t.pod), given);
                 p.is_none_or(|p| {
-                    p.version.as_deref() != Some(version) && p.retry_at.is_none_or(|r| r <= now)
+                    (p.version.as_deref() != Some(version) || p.keys_given != keys)
+                        && p.retry_at.is_none_or(|r| r <= now)
                 })
             })
             .collect();
@@ -685,8 +765,17 @@ impl Ctx {
             match r {
                 Ok(v) => {
                     self.metrics.push("applied", secs);
+                    let keys_given = self.keys_given(namespace_of(&t.pod), given);
+                    // Who holds the cluster's keys matters to security: each change is logged.
+                    let first = ps.version.is_none();
+                    if !keys_given && (first || ps.keys_given) {
+                        info!(pod = %t.pod, "the cluster pools' keys are withheld from this gateway: its namespace does not match --cluster-keys-namespaces");
+                    } else if keys_given && !first && !ps.keys_given {
+                        info!(pod = %t.pod, "the cluster pools' keys are given to this gateway: its namespace matches --cluster-keys-namespaces");
+                    }
                     *ps = PodState {
                         version: Some(v),
+                        keys_given,
                         ..PodState::default()
                     };
                 }
@@ -785,8 +874,59 @@ impl Ctx {
 
     /// Continues the version numbering of the ConfigMap (so a restarted operator does not
     /// bump the version of an unchanged configuration).
+    /// The ConfigMap keeping the resources the gateways last accepted, so that a restarted
+    /// operator still compiles them in place of a generation the gateways refuse (else the
+    /// restart would take a working route or pool away).
+    fn last_good_config_map(&self) -> String {
+        format!("{}-last-good", self.settings.config_map)
+    }
+
+    /// Writes `st.last_good` to its ConfigMap when it changed.
+    async fn keep_last_good(&self, st: &mut State) {
+        let text = stored_last_good(&st.last_good);
+        if st.last_good_written.as_deref() == Some(text.as_str()) {
+            return;
+        }
+        let name = self.last_good_config_map();
+        let cm = json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {
+                "name": name,
+                "namespace": self.settings.namespace,
+                "labels": {"app.kubernetes.io/managed-by": MANAGER},
+            },
+            "data": {LAST_GOOD_KEY: text},
+        });
+        let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), &self.settings.namespace);
+        match api
+            .patch(
+                &name,
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(&cm),
+            )
+            .await
+        {
+            Ok(_) => st.last_good_written = Some(text),
+            Err(e) => {
+                warn!(config_map = %name, error = %e, "cannot keep the last accepted resources; retrying at the next sync")
+            }
+        }
+    }
+
     async fn load_version(&self, st: &mut State) {
         let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), &self.settings.namespace);
+        if let Ok(Some(cm)) = api.get_opt(&self.last_good_config_map()).await {
+            if let Some(text) = cm.data.as_ref().and_then(|d| d.get(LAST_GOOD_KEY)) {
+                st.last_good = restored_last_good(text);
+                st.last_good_written = Some(text.clone());
+                if !st.last_good.is_empty() {
+                    info!(
+                        resources = st.last_good.len(),
+                        "continuing with the resources the gateways last accepted"
+                    );
+                }
+            }
+        }
         if let Ok(Some(cm)) = api.get_opt(&self.settings.config_map).await {
             let a = cm.annotations();
             st.version = a
@@ -1224,4 +1364,87 @@ pub async fn prepare_namespace(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn good<K: Remembered>(v: Value) -> (Key, Good) {
+        let r: K = serde_json::from_value(v).unwrap();
+        (key(K::KIND, &r), K::wrap(Arc::new(r)))
+    }
+
+    #[test]
+    fn a_withheld_reason_is_one_short_line_whatever_the_selector() {
+        let ns = "n".repeat(63);
+        let short = withheld_reason(&ns, "llmgateway.io/cluster-keys=allowed");
+        assert!(
+            short.contains("`llmgateway.io/cluster-keys=allowed`"),
+            "{short}"
+        );
+        let long = withheld_reason(&ns, &format!("team in ({})", "t,".repeat(400)));
+        for r in [short, long] {
+            assert!(r.contains(&ns), "{r}");
+            // The gateway refuses a reason over 500 characters (then the pool would be
+            // blamed and left out everywhere).
+            assert!(r.chars().count() <= 250 && !r.contains('\n'), "{r}");
+        }
+    }
+
+    #[test]
+    fn the_last_accepted_resources_survive_their_stored_form() {
+        let meta = |ns: &str, name: &str, generation: i64| {
+            json!({"name": name, "namespace": ns, "generation": generation,
+                   "managedFields": [{"manager": "kubectl"}]})
+        };
+        let last: HashMap<Key, Good> = [
+            good::<ProviderPool>(json!({
+                "apiVersion": "llmgateway.io/v1alpha1", "kind": "ProviderPool",
+                "metadata": meta("ops", "main", 4),
+                "spec": {"providers": [{"name": "openai", "type": "openai",
+                         "apiKeySecretRef": {"name": "keys", "key": "openai"}}]},
+                "status": {"conditions": []},
+            })),
+            good::<LLMRoute>(json!({
+                "apiVersion": "llmgateway.io/v1alpha1", "kind": "LLMRoute",
+                "metadata": meta("team-a", "smart", 7),
+                "spec": {"virtualModels": [{"name": "smart", "strategy": "cost"}]},
+            })),
+            good::<BudgetPolicy>(json!({
+                "apiVersion": "llmgateway.io/v1alpha1", "kind": "BudgetPolicy",
+                "metadata": meta("team-a", "monthly", 2),
+                "spec": {"subjects": [{"kind": "namespace", "name": "team-a"}], "limitUsd": 5.0},
+            })),
+        ]
+        .into_iter()
+        .collect();
+        let text = stored_last_good(&last);
+        assert!(
+            !text.contains("managedFields") && !text.contains("conditions"),
+            "{text}"
+        );
+        let back = restored_last_good(&text);
+        assert_eq!(back.len(), 3);
+        for (k, g) in &last {
+            let generation = |g: &Good| match g {
+                Good::Pool(r) => r.meta().generation,
+                Good::Route(r) => r.meta().generation,
+                Good::Policy(r) => r.meta().generation,
+            };
+            assert_eq!(generation(&back[k]), generation(g), "{k}");
+        }
+        assert_eq!(
+            stored_last_good(&back),
+            text,
+            "stable: no rewrite after a restart"
+        );
+        // Anything unreadable is skipped, never a failed start.
+        assert!(restored_last_good("not json").is_empty());
+        assert_eq!(
+            restored_last_good(r#"[{"kind": "Mystery", "object": {}}, {"kind": "LLMRoute"}]"#)
+                .len(),
+            0
+        );
+    }
 }
