@@ -117,7 +117,7 @@ impl crate::router::CandidateFilter for AllowedModels<'_> {
         }
         if e.provider.key_withheld.is_some() {
             return Some(crate::router::Exclusion::NotAllowed {
-                detail: "withheld from this gateway by the operator (its namespace is not given the cluster's provider keys)",
+                detail: "withheld from this gateway by the operator (a call naming one says why)",
             });
         }
         let k = self.key?;

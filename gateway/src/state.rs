@@ -56,6 +56,10 @@ pub struct Gateway {
     current: ArcSwap<Snapshot>,
     /// Held while a new configuration is validated, built and swapped in: one at a time.
     pub(crate) applying: tokio::sync::Mutex<()>,
+    /// Configurations swapped in so far.
+    swaps: std::sync::atomic::AtomicU64,
+    /// The value of `swaps` the state gauges were last published for.
+    gauges_for: std::sync::Mutex<u64>,
     /// The API and metrics addresses it actually listens on (set once bound): a new
     /// configuration naming the same ones changes nothing that needs a restart.
     pub bound: std::sync::OnceLock<(std::net::SocketAddr, Option<std::net::SocketAddr>)>,
@@ -184,6 +188,8 @@ impl Gateway {
             env: services.env.unwrap_or_else(process_env),
             fixed,
             current: ArcSwap::from_pointee(snapshot),
+            swaps: std::sync::atomic::AtomicU64::new(0),
+            gauges_for: std::sync::Mutex::new(0),
             applying: tokio::sync::Mutex::new(()),
             bound: std::sync::OnceLock::new(),
         }
@@ -197,14 +203,31 @@ impl Gateway {
     /// Makes `next` the configuration of every request from now on.
     pub(crate) fn swap(&self, next: Snapshot) {
         self.current.store(Arc::new(next));
-        self.metrics.forget_configured_gauges();
+        self.swaps
+            .fetch_add(1, std::sync::atomic::Ordering::Release);
+    }
+
+    /// The metrics exposition, with the state gauges published first. Scrapes take turns,
+    /// so one never encodes while another clears the gauges of a replaced configuration.
+    pub fn metrics_text(&self) -> String {
+        let mut published_for = self.gauges_for.lock().unwrap_or_else(|e| e.into_inner());
+        // Read before the configuration: a swap in between only clears once more next time.
+        let id = self.swaps.load(std::sync::atomic::Ordering::Acquire);
+        let cfg = self.config();
+        if *published_for != id {
+            // Providers and models the new configuration dropped must not stay frozen at
+            // their last value.
+            self.metrics.forget_configured_gauges();
+            *published_for = id;
+        }
+        self.publish_gauges_of(&cfg);
+        self.metrics.encode()
     }
 
     /// Publishes the state gauges read at scrape time: breakers, concurrency limits,
     /// learned deadlines.
-    pub fn publish_gauges(&self) {
+    fn publish_gauges_of(&self, cfg: &Snapshot) {
         let now = Instant::now();
-        let cfg = self.config();
         for p in cfg.registry.providers() {
             self.metrics
                 .breaker_state(&p.name, "*", p.breaker.status(now).state.gauge());

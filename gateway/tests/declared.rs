@@ -145,24 +145,28 @@ async fn an_invalid_declared_budget_names_its_field() {
     assert_eq!(e.path, "budgets[1].scope", "{e}");
 }
 
-#[tokio::test]
-async fn a_provider_waiting_for_its_pushed_key_is_skipped_not_failed() {
-    let yaml = |m: &str| {
-        format!(
-            r#"
+/// OpenAI with `openai_key` (a secret source) and Groq, and the virtual model `pair` of
+/// one model of each, plus `more_routes`.
+fn openai_and_groq(m: &str, openai_key: &str, more_routes: &str) -> String {
+    format!(
+        r#"
 routing:
   virtual_models:
     - {{name: pair, strategy: quality, candidates: {{models: [gpt-4o-mini, llama-3.1-8b-instant]}}}}
-providers:
+{more_routes}providers:
   - name: openai
     base_url: {m}/openai/v1
-    api_key: {{pushed: llm-gateway/openai/api-key}}
+    api_key: {openai_key}
   - name: groq
     base_url: {m}/groq/openai/v1
     api_key: {{env: GROQ_API_KEY}}
 "#
-        )
-    };
+    )
+}
+
+#[tokio::test]
+async fn a_provider_waiting_for_its_pushed_key_is_skipped_not_failed() {
+    let yaml = |m: &str| openai_and_groq(m, "{pushed: llm-gateway/openai/api-key}", "");
     let h = gateway().yaml(yaml).start().await;
     let (status, _, body) = h
         .chat(&json!({"model": "openai/gpt-4o-mini",
@@ -192,20 +196,10 @@ providers:
 async fn a_provider_whose_key_is_withheld_refuses_with_the_reason_and_is_routed_around() {
     let why = "namespace team-a is not given the cluster's keys";
     let yaml = move |m: &str| {
-        format!(
-            r#"
-routing:
-  virtual_models:
-    - {{name: pair, strategy: quality, candidates: {{models: [gpt-4o-mini, llama-3.1-8b-instant]}}}}
-    - {{name: only, strategy: quality, candidates: {{models: [gpt-4o-mini]}}}}
-providers:
-  - name: openai
-    base_url: {m}/openai/v1
-    api_key: {{withheld: "{why}"}}
-  - name: groq
-    base_url: {m}/groq/openai/v1
-    api_key: {{env: GROQ_API_KEY}}
-"#
+        openai_and_groq(
+            m,
+            &format!("{{withheld: \"{why}\"}}"),
+            "    - {name: only, strategy: quality, candidates: {models: [gpt-4o-mini]}}\n",
         )
     };
     let h = gateway().yaml(yaml).start().await;

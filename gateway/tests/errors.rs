@@ -337,6 +337,17 @@ async fn a_rate_limit_stops_its_model_and_a_spent_quota_its_provider() {
     assert_eq!(body["error"]["code"], "circuit_open");
 }
 
+/// The candidates `/v1/route` ranks for `ask`, `provider/model`, best first.
+async fn ranking(h: &Harness, ask: &Value) -> Vec<String> {
+    let (_, d) = h.route(ask).await;
+    d["decision"]["ranking"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["model"].as_str().unwrap().to_owned())
+        .collect()
+}
+
 #[tokio::test]
 async fn rate_limited_models_never_spend_the_attempts_a_healthy_provider_needs() {
     let h = gateway()
@@ -346,13 +357,7 @@ async fn rate_limited_models_never_spend_the_attempts_a_healthy_provider_needs()
     let ask = json!({"model": "mix", "messages": [{"role": "user", "content": "hi"}]});
     // The precondition: at least three OpenAI models rank before Anthropic's one, as many
     // as the attempts a request has.
-    let (_, d) = h.route(&ask).await;
-    let ranking: Vec<&str> = d["decision"]["ranking"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["model"].as_str().unwrap())
-        .collect();
+    let ranking = ranking(&h, &ask).await;
     let anthropic = ranking.iter().position(|m| m.starts_with("anthropic/"));
     assert!(anthropic.is_some_and(|i| i >= 3), "{ranking:?}");
     h.fault(json!({"vendor": "openai", "status": 429, "retry_after": "30"}))
@@ -368,4 +373,31 @@ async fn rate_limited_models_never_spend_the_attempts_a_healthy_provider_needs()
         assert_eq!(headers["x-llm-gateway-attempts"], "2");
     }
     assert_eq!(h.received("openai").await.len(), 2);
+}
+
+#[tokio::test]
+async fn a_hedge_that_met_a_rate_limit_is_not_asked_again_in_the_same_request() {
+    let h = gateway()
+        .routing("  failover: {max_attempts: 5}\n  virtual_models:\n  - {name: trio, strategy: quality, candidates: {models: [gpt-4o, claude-3-5-haiku-latest, llama-3.1-8b-instant]}, hedge: {after_secs: 0.2}}\n")
+        .start()
+        .await;
+    let ask = json!({"model": "trio", "messages": [{"role": "user", "content": "hi"}]});
+    let ranking = ranking(&h, &ask).await;
+    assert!(
+        ranking[0].starts_with("openai/") && ranking[1].starts_with("anthropic/"),
+        "{ranking:?}"
+    );
+    // OpenAI fails slowly (so the hedge to Anthropic is sent), Anthropic is rate-limited,
+    // Groq fails: every candidate fails, and Anthropic is asked once, not again after Groq.
+    h.fault(json!({"vendor": "openai", "status": 500, "latency_ms": 600}))
+        .await;
+    h.fault(json!({"vendor": "anthropic", "status": 429})).await;
+    h.fault(json!({"vendor": "groq", "status": 500})).await;
+    let (status, _, body) = h.chat(&ask).await;
+    assert!(
+        status.is_client_error() || status.is_server_error(),
+        "{body}"
+    );
+    assert_eq!(h.received("anthropic").await.len(), 1);
+    assert_eq!(h.received("groq").await.len(), 1);
 }

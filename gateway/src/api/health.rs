@@ -37,7 +37,6 @@ pub async fn readyz(State(gw): State<AppState>) -> Response {
 
 /// Prometheus / OpenMetrics exposition.
 pub async fn metrics(State(gw): State<AppState>) -> Response {
-    gw.publish_gauges();
     if let Some(engine) = &gw.budgets {
         let all = engine.all();
         gw.metrics.budgets(&engine.status(&all).await);
@@ -47,7 +46,7 @@ pub async fn metrics(State(gw): State<AppState>) -> Response {
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        gw.metrics.encode(),
+        gw.metrics_text(),
     )
         .into_response()
 }

@@ -55,10 +55,13 @@ pub async fn lookup(
     if t.virtual_model.is_some() {
         if let crate::auth::Caller::Key(k) = caller {
             // The list is stored sorted, so equal lists give equal scopes.
+            // The same scope as replicas of earlier versions write: `\0allowed:a\0b`.
             if let Some(allowed) = &k.allowed_models {
                 route.push_str("\u{0}allowed:");
-                for m in allowed {
-                    route.push('\u{0}');
+                for (i, m) in allowed.iter().enumerate() {
+                    if i > 0 {
+                        route.push('\u{0}');
+                    }
                     route.push_str(m);
                 }
             }

@@ -194,11 +194,18 @@ impl Candidates<'_> {
         }
     }
 
-    /// The first candidate after `i` whose provider is neither `provider` nor failed.
-    fn next_other(&self, i: usize, provider: &str, failed: &[String]) -> Option<usize> {
+    /// The first candidate after `i` not tried yet whose provider is neither `provider` nor
+    /// among `skip` (failed or rate-limited).
+    fn next_other(
+        &self,
+        i: usize,
+        provider: &str,
+        skip: &[String],
+        tried: &[bool],
+    ) -> Option<usize> {
         (i + 1..self.len()).find(|&j| {
             let p = self.provider(j);
-            p != provider && !failed.iter().any(|f| f == p)
+            !tried[j] && p != provider && !skip.iter().any(|f| f == p)
         })
     }
 }
@@ -315,13 +322,15 @@ pub async fn chat(
     let mut limited: Vec<String> = Vec::new();
     let mut order: VecDeque<usize> = (0..cands.len()).collect();
     let mut deferred = vec![false; cands.len()];
+    // Asked already, as an attempt or as a hedge (never twice in one request).
+    let mut tried = vec![false; cands.len()];
     let mut hedged = false;
     while let Some(i) = order.pop_front() {
         let now = Instant::now();
         if attempts >= cfg.max_attempts || (attempts > 0 && now >= plan.deadline) {
             break;
         }
-        if failed.iter().any(|f| f == cands.provider(i)) {
+        if tried[i] || failed.iter().any(|f| f == cands.provider(i)) {
             continue;
         }
         if !deferred[i] && limited.iter().any(|f| f == cands.provider(i)) {
@@ -342,10 +351,13 @@ pub async fn chat(
             gw.metrics.failover(from, &target.provider.name, reason);
         }
         attempts += 1;
+        tried[i] = true;
+        // Another attempt may follow if any candidate is left whose provider has not failed
+        // (the deferred ones of a rate-limited provider included).
         let more = attempts < cfg.max_attempts
-            && cands
-                .next_other(i, &target.provider.name, &failed)
-                .is_some();
+            && order
+                .iter()
+                .any(|&j| !tried[j] && !failed.iter().any(|f| f == cands.provider(j)));
         let limit = plan.attempt_limit(&target, more, now);
         // With another candidate to go to, a provider at its concurrency limit is not
         // waited for long: the request spills over instead.
@@ -358,10 +370,12 @@ pub async fn chat(
         ctx.set_attempts(attempts);
         let span = ctx.attempt_span(&target, attempts);
         let primary = attempt(gw, &target, req, raw, limit, queue, plan).instrument(span);
-        // A hedge, once per request, to the next candidate of another provider.
+        // A hedge, once per request, to the next candidate of another provider (not one
+        // that failed or is rate-limited).
+        let skip: Vec<String> = failed.iter().chain(&limited).cloned().collect();
         let hedge_to = match hedge {
             Some(h) if !hedged && attempts < cfg.max_attempts => cands
-                .next_other(i, &target.provider.name, &failed)
+                .next_other(i, &target.provider.name, &skip, &tried)
                 .map(|j| (h, j)),
             _ => None,
         };
@@ -401,6 +415,10 @@ pub async fn chat(
             Outcome::Two(a, b) => {
                 attempts += 1;
                 ctx.set_attempts(attempts);
+                // The hedge was asked: it is not asked again.
+                if let Some((_, j)) = hedge_to {
+                    tried[j] = true;
+                }
                 vec![a, b]
             }
         };

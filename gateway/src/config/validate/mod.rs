@@ -240,6 +240,7 @@ mod tests {
             ("providers: [{name: groq, api_key: {value: 99999999999999999}}]", "providers[0].api_key.value", "not repeated"),
             ("providers: [{name: groq, api_key: {withheld: '  '}}]", "providers[0].api_key.withheld", "one line"),
             ("providers: [{name: groq, api_key: {withheld: \"a\\nb\"}}]", "providers[0].api_key.withheld", "one line"),
+            ("providers: [{name: groq, api_key: {withheld: \"a\\rb\"}}]", "providers[0].api_key.withheld", "one line"),
             ("server: {admin_token: {withheld: because}}", "server.admin_token.withheld", "only a provider's api_key"),
             ("providers: [{name: ollama, breaker: {failure_ratio: 2}}]", "providers[0].breaker.failure_ratio", "(0, 1]"),
             ("providers: [{name: ollama, breaker: {consecutive_failures: 0}}]", "providers[0].breaker.consecutive_failures", "> 0"),

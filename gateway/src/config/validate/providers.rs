@@ -179,7 +179,10 @@ pub(super) fn provider(
         // like upstream messages when the provider is built).
         Some(SecretSource::Withheld(why)) => {
             let why = why.trim();
-            if why.is_empty() || why.chars().count() > MAX_WITHHELD_REASON || why.contains('\n') {
+            if why.is_empty()
+                || why.chars().count() > MAX_WITHHELD_REASON
+                || why.chars().any(char::is_control)
+            {
                 return fail(
                     "api_key.withheld",
                     format!("the reason must be one line of 1 to {MAX_WITHHELD_REASON} characters"),
