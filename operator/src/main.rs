@@ -200,7 +200,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Api::<Namespace>::all(client.clone())
                 .list_metadata(&kube::api::ListParams::default().labels(sel).limit(1))
                 .await
-                .map_err(|e| anyhow::anyhow!("--cluster-keys-namespaces `{sel}`: {e}"))?;
+                .map_err(|e| {
+                    anyhow::anyhow!("--cluster-keys-namespaces `{sel}`: cannot list the namespaces it selects (a bad selector, or no permission to list namespaces): {e}")
+                })?;
             Some(sel.to_owned())
         }
     };

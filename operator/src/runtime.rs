@@ -171,7 +171,7 @@ fn with_last_good<K: Remembered>(
 
 /// The reason pushed for the cluster pools' providers to the gateways of `namespace`, which
 /// `selector` does not match: at most about 250 characters (a namespace name has at most 63).
-fn withheld_reason(namespace: &str, selector: &str) -> String {
+fn withheld_text(namespace: &str, selector: &str) -> String {
     let by = if selector.chars().count() <= 100 {
         format!("the label selector `{selector}`")
     } else {
@@ -185,17 +185,20 @@ fn withheld_reason(namespace: &str, selector: &str) -> String {
 /// The data key of the last-good ConfigMap.
 const LAST_GOOD_KEY: &str = "resources.json";
 
-/// `good` as stored: each resource without its status and managed fields, in key order.
+/// `good` as stored: each resource's kind, name, namespace, generation and spec, in key
+/// order.
 fn stored_last_good(good: &HashMap<Key, Good>) -> String {
+    // Only what identifies and specifies it: a status write changes `resourceVersion`, and
+    // the text must change only when an accepted generation does.
     fn one<K: Remembered>(r: &K) -> Value {
-        let mut v = serde_json::to_value(r).unwrap_or_default();
-        if let Some(o) = v.as_object_mut() {
-            o.remove("status");
-            if let Some(m) = o.get_mut("metadata").and_then(Value::as_object_mut) {
-                m.remove("managedFields");
-            }
-        }
-        json!({"kind": K::STORED, "object": v})
+        let v = serde_json::to_value(r).unwrap_or_default();
+        let m = r.meta();
+        json!({"kind": K::STORED, "object": {
+            "apiVersion": v.get("apiVersion"),
+            "kind": v.get("kind"),
+            "metadata": {"name": m.name, "namespace": m.namespace, "generation": m.generation},
+            "spec": v.get("spec"),
+        }})
     }
     let mut keys: Vec<&Key> = good.keys().collect();
     keys.sort();
@@ -210,14 +213,19 @@ fn stored_last_good(good: &HashMap<Key, Good>) -> String {
     serde_json::to_string(&list).unwrap_or_default()
 }
 
-/// The resources of [`stored_last_good`]'s text; entries it cannot read are skipped.
-fn restored_last_good(text: &str) -> HashMap<Key, Good> {
+/// The resources of [`stored_last_good`]'s text, and how many entries could not be read
+/// (left out: never a failed start).
+fn restored_last_good(text: &str) -> (HashMap<Key, Good>, usize) {
     fn one<K: Remembered>(v: Value) -> Option<(Key, Good)> {
         let r: K = serde_json::from_value(v).ok()?;
         Some((key(K::KIND, &r), K::wrap(Arc::new(r))))
     }
-    let list: Vec<Value> = serde_json::from_str(text).unwrap_or_default();
-    list.into_iter()
+    let Ok(list) = serde_json::from_str::<Vec<Value>>(text) else {
+        return (HashMap::new(), 1);
+    };
+    let total = list.len();
+    let restored: HashMap<Key, Good> = list
+        .into_iter()
         .filter_map(|mut e| {
             let object = e.get_mut("object").map(Value::take)?;
             match e.get("kind").and_then(Value::as_str)? {
@@ -227,7 +235,9 @@ fn restored_last_good(text: &str) -> HashMap<Key, Good> {
                 _ => None,
             }
         })
-        .collect()
+        .collect();
+    let skipped = total - restored.len();
+    (restored, skipped)
 }
 
 /// Adds to `good` each of `items` the gateways accepted as compiled now, and for the rest
@@ -268,6 +278,8 @@ struct State {
     last_good: HashMap<Key, Good>,
     /// `last_good` as last written to its ConfigMap.
     last_good_written: Option<String>,
+    /// The ConfigMap has been read (until then nothing is written over it).
+    last_good_read: bool,
     /// Namespaces given the ConfigMap, and the version last written there: a namespace whose
     /// sidecars are all down keeps getting new versions, so a sidecar starting there reads a
     /// current one.
@@ -401,9 +413,13 @@ impl Ctx {
     /// Whether `namespace`'s gateways get the cluster pools' keys (see
     /// [`Settings::cluster_keys`]); `given` is [`Ctx::given_cluster_keys`].
     fn keys_given(&self, namespace: &str, given: Option<&[String]>) -> bool {
-        self.settings.cluster_keys.is_none()
-            || namespace == self.settings.namespace
-            || given.is_none_or(|g| g.iter().any(|n| n == namespace))
+        match (&self.settings.cluster_keys, given) {
+            (None, _) => true,
+            _ if namespace == self.settings.namespace => true,
+            (Some(_), Some(g)) => g.iter().any(|n| n == namespace),
+            // A selector without its watch (never built so): fail closed.
+            (Some(_), None) => false,
+        }
     }
 
     /// Why `namespace`'s gateways do not get the cluster pools' keys, if they do not: short,
@@ -414,7 +430,7 @@ impl Ctx {
             return None;
         }
         let selector = self.settings.cluster_keys.as_deref().unwrap_or_default();
-        Some(withheld_reason(namespace, selector))
+        Some(withheld_text(namespace, selector))
     }
 
     /// Compiles, stores, pushes (see the module docs). Safe to call any time.
@@ -433,6 +449,9 @@ impl Ctx {
             self.load_version(&mut st).await;
             st.loaded = true;
         }
+        if !st.last_good_read {
+            self.read_last_good(&mut st).await;
+        }
         let secrets = self.fetch_secrets().await;
         let mut compiled;
         let mut rounds = 0;
@@ -442,6 +461,7 @@ impl Ctx {
             st.refused_in = world;
         }
         let mut substituted: Vec<Substituted>;
+        let mut given;
         let mut last_round_refused;
         let (mut pools, mut routes, mut policies);
         loop {
@@ -469,7 +489,7 @@ impl Ctx {
             });
             // Which namespaces get the cluster's keys is not part of the version: a namespace
             // labelled or unlabelled has its own gateways pushed again (see `push_all`).
-            let given = self.given_cluster_keys();
+            given = self.given_cluster_keys();
             let hash = hex(digest(&SHA256, &serde_json::to_vec(&compiled.config)?).as_ref());
             if st.hash.as_deref() != Some(hash.as_str()) {
                 st.version += 1;
@@ -575,13 +595,15 @@ impl Ctx {
             .retain(|k, (g, _)| compiled.verdicts.get(k).is_some_and(|v| v.generation == *g));
         let version = format!("v{}", st.version);
         let targets: Vec<Target> = self.targets();
+        // A pod runs what it should when it has this version, with or without the cluster's
+        // keys as its namespace says now (a pod that kept keys it lost is not in sync).
+        let current = |t: &Target, p: &PodState| {
+            p.version.as_deref() == Some(version.as_str())
+                && p.keys_given == self.keys_given(namespace_of(&t.pod), given.as_deref())
+        };
         let in_sync = targets
             .iter()
-            .filter(|t| {
-                st.pods
-                    .get(&t.pod)
-                    .is_some_and(|p| p.version.as_deref() == Some(version.as_str()))
-            })
+            .filter(|t| st.pods.get(&t.pod).is_some_and(|p| current(t, p)))
             .count();
         st.pods
             .retain(|pod, _| targets.iter().any(|t| t.pod == *pod));
@@ -589,7 +611,7 @@ impl Ctx {
             .iter()
             .filter_map(|t| {
                 let p = st.pods.get(&t.pod);
-                if p.is_some_and(|p| p.version.as_deref() == Some(version.as_str())) {
+                if p.is_some_and(|p| current(t, p)) {
                     return None;
                 }
                 Some(match p.and_then(|p| p.last_error.as_deref()) {
@@ -727,7 +749,7 @@ impl Ctx {
         let mut tokens = Vec::with_capacity(due.len());
         for t in &due {
             tokens.push(self.token_of(&t.pod).await);
-            let ns = t.pod.split('/').next().unwrap_or_default();
+            let ns = namespace_of(&t.pod);
             if ns != self.settings.namespace && !bodies.contains_key(ns) {
                 let why = self.withheld_reason(ns, given);
                 let keys = why
@@ -740,7 +762,7 @@ impl Ctx {
             }
         }
         let results = join_all(due.iter().zip(&tokens).map(|(t, token)| {
-            let ns = t.pod.split('/').next().unwrap_or_default();
+            let ns = namespace_of(&t.pod);
             let body = bodies.get(ns).cloned().unwrap_or_else(|| body.clone());
             let http = &self.http;
             async move {
@@ -872,8 +894,6 @@ impl Ctx {
         out
     }
 
-    /// Continues the version numbering of the ConfigMap (so a restarted operator does not
-    /// bump the version of an unchanged configuration).
     /// The ConfigMap keeping the resources the gateways last accepted, so that a restarted
     /// operator still compiles them in place of a generation the gateways refuse (else the
     /// restart would take a working route or pool away).
@@ -881,8 +901,12 @@ impl Ctx {
         format!("{}-last-good", self.settings.config_map)
     }
 
-    /// Writes `st.last_good` to its ConfigMap when it changed.
+    /// Writes `st.last_good` to its ConfigMap when it changed (never before the stored one
+    /// was read: that would overwrite it).
     async fn keep_last_good(&self, st: &mut State) {
+        if !st.last_good_read {
+            return;
+        }
         let text = stored_last_good(&st.last_good);
         if st.last_good_written.as_deref() == Some(text.as_str()) {
             return;
@@ -913,20 +937,42 @@ impl Ctx {
         }
     }
 
+    /// Reads the resources the gateways last accepted, kept by an earlier run; tried at
+    /// each sync until the API server answers. What this run learned meanwhile wins.
+    async fn read_last_good(&self, st: &mut State) {
+        let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), &self.settings.namespace);
+        let name = self.last_good_config_map();
+        let cm = match api.get_opt(&name).await {
+            Ok(cm) => cm,
+            Err(e) => {
+                warn!(config_map = %name, error = %e, "cannot read the last accepted resources; trying again at the next sync");
+                return;
+            }
+        };
+        st.last_good_read = true;
+        let Some(text) = cm
+            .as_ref()
+            .and_then(|c| c.data.as_ref()?.get(LAST_GOOD_KEY))
+        else {
+            return;
+        };
+        let (restored, skipped) = restored_last_good(text);
+        if skipped > 0 {
+            warn!(config_map = %name, skipped, "some stored resources could not be read (a schema change?); they are left out");
+        }
+        info!(
+            resources = restored.len(),
+            "continuing with the resources the gateways last accepted"
+        );
+        for (k, g) in restored {
+            st.last_good.entry(k).or_insert(g);
+        }
+    }
+
+    /// Continues the version numbering of the ConfigMap (so a restarted operator does not
+    /// bump the version of an unchanged configuration).
     async fn load_version(&self, st: &mut State) {
         let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), &self.settings.namespace);
-        if let Ok(Some(cm)) = api.get_opt(&self.last_good_config_map()).await {
-            if let Some(text) = cm.data.as_ref().and_then(|d| d.get(LAST_GOOD_KEY)) {
-                st.last_good = restored_last_good(text);
-                st.last_good_written = Some(text.clone());
-                if !st.last_good.is_empty() {
-                    info!(
-                        resources = st.last_good.len(),
-                        "continuing with the resources the gateways last accepted"
-                    );
-                }
-            }
-        }
         if let Ok(Some(cm)) = api.get_opt(&self.settings.config_map).await {
             let a = cm.annotations();
             st.version = a
@@ -1378,12 +1424,12 @@ mod tests {
     #[test]
     fn a_withheld_reason_is_one_short_line_whatever_the_selector() {
         let ns = "n".repeat(63);
-        let short = withheld_reason(&ns, "llmgateway.io/cluster-keys=allowed");
+        let short = withheld_text(&ns, "llmgateway.io/cluster-keys=allowed");
         assert!(
             short.contains("`llmgateway.io/cluster-keys=allowed`"),
             "{short}"
         );
-        let long = withheld_reason(&ns, &format!("team in ({})", "t,".repeat(400)));
+        let long = withheld_text(&ns, &format!("team in ({})", "t,".repeat(400)));
         for r in [short, long] {
             assert!(r.contains(&ns), "{r}");
             // The gateway refuses a reason over 500 characters (then the pool would be
@@ -1424,8 +1470,8 @@ mod tests {
             !text.contains("managedFields") && !text.contains("conditions"),
             "{text}"
         );
-        let back = restored_last_good(&text);
-        assert_eq!(back.len(), 3);
+        let (back, skipped) = restored_last_good(&text);
+        assert_eq!((back.len(), skipped), (3, 0));
         for (k, g) in &last {
             let generation = |g: &Good| match g {
                 Good::Pool(r) => r.meta().generation,
@@ -1439,12 +1485,20 @@ mod tests {
             text,
             "stable: no rewrite after a restart"
         );
-        // Anything unreadable is skipped, never a failed start.
-        assert!(restored_last_good("not json").is_empty());
-        assert_eq!(
-            restored_last_good(r#"[{"kind": "Mystery", "object": {}}, {"kind": "LLMRoute"}]"#)
-                .len(),
-            0
-        );
+        // A status write (a new resourceVersion) changes nothing stored.
+        let mut touched = last.clone();
+        for g in touched.values_mut() {
+            if let Good::Route(r) = g {
+                let mut r2 = (**r).clone();
+                r2.metadata.resource_version = Some("12345".into());
+                *g = Good::Route(Arc::new(r2));
+            }
+        }
+        assert_eq!(stored_last_good(&touched), text);
+        // Anything unreadable is skipped and counted, never a failed start.
+        assert_eq!(restored_last_good("not json").0.len(), 0);
+        let (none, skipped) =
+            restored_last_good(r#"[{"kind": "Mystery", "object": {}}, {"kind": "LLMRoute"}]"#);
+        assert_eq!((none.len(), skipped), (0, 2));
     }
 }
