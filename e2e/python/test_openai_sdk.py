@@ -170,7 +170,7 @@ def test_virtual_model_routes_and_says_so(client):
     assert raw.parse().choices[0].message.content
 
 
-def test_errors_raise_the_sdk_exceptions(client, fault):
+def test_errors_raise_the_sdk_exceptions(client, fault, gateway):
     with pytest.raises(openai.NotFoundError) as e:
         client.chat.completions.create(model="no-such-model", messages=CONVERSATION)
     assert "GET /v1/models" in e.value.message
@@ -191,10 +191,17 @@ def test_errors_raise_the_sdk_exceptions(client, fault):
     fault(vendor="groq", status=503, times=1)
     with pytest.raises(openai.InternalServerError):
         client.chat.completions.create(model="groq/llama-3.1-8b-instant", messages=CONVERSATION)
-    # The 429's Retry-After opened together's breaker: later tests use it, so wait for the
-    # probe after the backoff to close it again.
-    until("together's breaker closes", lambda: client.chat.completions.create(
-        model="together/meta-llama/Llama-3.3-70B-Instruct-Turbo", messages=CONVERSATION).choices, timeout=15)
+    # The 429's Retry-After opened the model's breaker: later tests use it, so wait for the
+    # probes after the backoff to close it again (two successes, one probe a second: one
+    # success leaves it half-open, and a call within the second would be refused).
+    closed = 'llm_gateway_breaker_state{provider="together",model="meta-llama/Llama-3.3-70B-Instruct-Turbo"} 0'
+
+    def probe_and_check():
+        client.chat.completions.create(
+            model="together/meta-llama/Llama-3.3-70B-Instruct-Turbo", messages=CONVERSATION)
+        return closed in httpx.get(f"{gateway}/metrics").text
+
+    until("together's breaker closes", probe_and_check, timeout=15)
 
 
 @pytest.mark.parametrize("vendor,model", [("openai", "gpt-4o-mini"), ("anthropic", "claude-3-5-haiku-latest")])
