@@ -118,6 +118,79 @@ async fn every_request_leaves_a_record_priced_from_its_usage() {
     assert!(abandoned.cost_usd.unwrap() > 0.0, "{abandoned:?}");
 }
 
+/// A client that gives up while its request still waits for the provider's concurrency slot
+/// sent nothing upstream: its record says 499 and charges nothing, neither estimated tokens
+/// nor cost, and the provider never sees the request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_abandoned_in_the_slot_queue_is_not_billed() {
+    let h = gateway()
+        .keys(true, Duration::from_secs(5))
+        .provider_yaml("    max_concurrency: 1\n    queue_timeout_secs: 10\n")
+        .start()
+        .await;
+    let store = h.store.clone().unwrap();
+    let (_, key) = store.create_key("team-a", "ci").await.unwrap();
+    let send = |content: &str| {
+        let rb = h
+            .http
+            .post(format!("{}/v1/chat/completions", h.gw))
+            .bearer_auth(&key)
+            .json(&json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": content}]}));
+        tokio::spawn(async move { rb.send().await })
+    };
+    h.fault(json!({"vendor": "openai", "latency_ms": 2000, "times": 1}))
+        .await;
+    let first = send("the one holding the only slot");
+    h.wait_in_flight("openai", 1).await;
+    let queued = send("a question that waits for the slot, then is given up");
+    let limiter = h
+        .state
+        .config()
+        .registry
+        .providers()
+        .iter()
+        .find(|p| &*p.name == "openai")
+        .unwrap()
+        .limiter
+        .clone();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while limiter.queued() != 1 {
+        assert!(std::time::Instant::now() < deadline, "never queued");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The client gives up while its request waits for the slot.
+    queued.abort();
+    assert_eq!(first.await.unwrap().unwrap().status(), 200);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let rows = loop {
+        h.flush_ledger().await;
+        let rows = store.usage_records().await.unwrap();
+        if rows.len() == 2 {
+            break rows;
+        }
+        assert!(std::time::Instant::now() < deadline, "{rows:#?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let abandoned = rows.iter().find(|r| r.status == 499).expect("a 499 record");
+    assert_eq!(
+        (
+            abandoned.usage_estimated,
+            abandoned.prompt_tokens,
+            abandoned.cost_usd
+        ),
+        (false, 0, None),
+        "{abandoned:?}"
+    );
+    let answered = rows.iter().find(|r| r.status == 200).expect("a 200 record");
+    assert!(answered.cost_usd.unwrap() > 0.0, "{answered:?}");
+    let sent = h.received("openai").await;
+    assert_eq!(
+        sent.len(),
+        1,
+        "only the first reached the provider: {sent:#?}"
+    );
+}
+
 /// A TCP proxy in front of PostgreSQL that can be cut (existing connections killed, new ones
 /// refused) and restored.
 

@@ -2,6 +2,7 @@
 //! way a request ends (answered, refused, failed, the client gone), [`RequestContext::finish`]
 //! runs exactly once and lists the last steps in order.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -10,6 +11,11 @@ use crate::models::registry::Target;
 use crate::router::{Decision, Routed};
 use crate::state::{AppState, Snapshot};
 use crate::wire::Usage;
+
+/// Index in [`RequestContext::sent`] of the request's current upstream attempt.
+pub const PRIMARY: usize = 0;
+/// Index in [`RequestContext::sent`] of its hedge.
+pub const HEDGE: usize = 1;
 
 /// The outcome recorder of one request; if dropped unfinished (the client went away
 /// mid-stream), it records status 499.
@@ -40,6 +46,13 @@ pub struct RequestContext {
     /// The upstream was sent the prompt and the call was then abandoned (a hedge's loser):
     /// with no usage reported, its prompt is estimated and charged.
     pub(super) prompt_billed: bool,
+    /// Whether the request's upstream call ([`PRIMARY`]) and its hedge ([`HEDGE`]) have been
+    /// sent to their providers and have not failed: a client that leaves then has the prompt
+    /// billed, one that leaves while the call still waits for a concurrency slot does not.
+    /// Atomic so an attempt in flight can mark it while the hedge reads the context.
+    pub(super) sent: [AtomicBool; 2],
+    /// Where the request's hedge went, once sent (one per request).
+    pub(super) hedge_target: std::sync::OnceLock<Target>,
     /// A complete answer to store in the cache once the request is settled.
     pub(super) to_cache: Option<(crate::cache::Lookup, crate::cache::Answer)>,
     /// The request's server span (disabled when traces are off).
@@ -75,6 +88,8 @@ impl RequestContext {
             estimated: false,
             cache: None,
             prompt_billed: false,
+            sent: Default::default(),
+            hedge_target: std::sync::OnceLock::new(),
             to_cache: None,
             span: tracing::Span::current(),
             attempt_span: None,
@@ -326,6 +341,11 @@ impl RequestContext {
             estimated: self.estimated,
             cache: self.cache,
             prompt_billed: self.prompt_billed,
+            sent: [
+                AtomicBool::new(self.sent[PRIMARY].load(Ordering::Relaxed)),
+                AtomicBool::new(self.sent[HEDGE].load(Ordering::Relaxed)),
+            ],
+            hedge_target: self.hedge_target.clone(),
             to_cache: self.to_cache.take(),
             span: self.span.clone(),
             attempt_span: self.attempt_span.clone(),
@@ -353,9 +373,14 @@ impl RequestContext {
         super::budget::hold(&self.gw, caller, t, prompt, completion).await
     }
 
-    /// Records the cancelled loser of a hedge on `t`: a ledger row with this request's id and
-    /// status 499, its prompt estimated and settled on `hold`.
-    pub fn record_hedge_loser(&self, t: &Target, hold: Option<super::budget::Held>) {
+    /// Records the cancelled loser of a hedge on `t`, whose call was `slot` ([`PRIMARY`] or
+    /// [`HEDGE`]): a ledger row with this request's id and status 499, its prompt estimated
+    /// and settled on `hold`, if the call had been sent; nothing if it was still waiting for
+    /// a concurrency slot (dropping `hold` releases it).
+    pub fn record_hedge_loser(&self, t: &Target, slot: usize, hold: Option<super::budget::Held>) {
+        if !self.sent[slot].swap(false, Ordering::Relaxed) {
+            return;
+        }
         let mut r = RequestContext::new(self.gw.clone(), self.endpoint, self.request_id.clone());
         r.cfg = self.cfg.clone();
         r.caller = self.caller.clone();
@@ -407,8 +432,16 @@ impl Drop for RequestContext {
         if !self.done {
             // The client went away. If a call had gone upstream, the provider read (and will
             // bill) the prompt: it is estimated and charged, as for a hedge's loser, rather
-            // than recorded as free.
-            if self.attempts > 0 && self.target.is_some() {
+            // than recorded as free. A call still queued for a slot sent nothing.
+            let primary = self.sent[PRIMARY].load(Ordering::Relaxed);
+            let hedge = self.sent[HEDGE].load(Ordering::Relaxed);
+            if hedge && !primary {
+                // Only the hedge reached its provider: that is the model that bills.
+                if let Some(t) = self.hedge_target.get() {
+                    self.target = Some(t.clone());
+                }
+            }
+            if self.target.is_some() && (primary || hedge) {
                 self.prompt_billed = true;
             }
             self.finish(499, None);

@@ -19,15 +19,16 @@
 //!
 //! **Hedging** (opt-in per virtual model): when the first candidate has not started
 //! answering after the hedge delay, the next-ranked candidate of another provider is asked
-//! too; the first to produce content wins and the other is cancelled. The loser is recorded
-//! (ledger row with the same request id, status 499, its prompt estimated) and its cost held
-//! to the caller's budgets.
+//! too; the first to produce content wins and the other is cancelled. The loser, if it had
+//! been sent (not still queued for a slot), is recorded (ledger row with the same request id,
+//! status 499, its prompt estimated) and its cost held to the caller's budgets.
 //!
 //! Streams are held back until their first content or tool-call chunk: the role preamble and
 //! empty deltas are buffered, so a failure before real content fails over without the client
 //! seeing anything. Once content has been sent, a failure ends the stream with an error event.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tracing::Instrument;
 
@@ -42,7 +43,7 @@ use crate::deadline::{self, Mode};
 use crate::error::{Error, Failure, Kind, TimeoutKind};
 use crate::models::registry::Registry;
 use crate::models::registry::Target;
-use crate::pipeline::context::RequestContext;
+use crate::pipeline::context::{RequestContext, HEDGE, PRIMARY};
 use crate::providers::limiter::Permit;
 use crate::providers::{ChatCall, ChatResponse, StreamItem};
 use crate::router::{Hedge, Routed};
@@ -369,7 +370,17 @@ pub async fn chat(
         ctx.set_target(&target);
         ctx.set_attempts(attempts);
         let span = ctx.attempt_span(&target, attempts);
-        let primary = attempt(gw, &target, req, raw, limit, queue, plan).instrument(span);
+        let primary = attempt(
+            gw,
+            &target,
+            req,
+            raw,
+            limit,
+            queue,
+            plan,
+            &ctx.sent[PRIMARY],
+        )
+        .instrument(span);
         // A hedge, once per request, to the next candidate of another provider (not one
         // that failed or is rate-limited).
         let skip: Vec<String> = failed.iter().chain(&limited).cloned().collect();
@@ -458,14 +469,24 @@ pub async fn chat(
         ctx.set_attempts(1);
         let limit = plan.attempt_limit(&target, false, Instant::now());
         let span = ctx.attempt_span(&target, 1);
-        let (committed, permit) = attempt(gw, &target, req, raw, limit, SlotWait::LastResort, plan)
-            .instrument(span)
-            .await
-            .inspect_err(|e| {
-                if e.failure.is_some_and(Failure::counts_against_provider) {
-                    report(&gw.metrics, &target, Some(e));
-                }
-            })?;
+        let sent = &ctx.sent[PRIMARY];
+        let (committed, permit) = attempt(
+            gw,
+            &target,
+            req,
+            raw,
+            limit,
+            SlotWait::LastResort,
+            plan,
+            sent,
+        )
+        .instrument(span)
+        .await
+        .inspect_err(|e| {
+            if e.failure.is_some_and(Failure::counts_against_provider) {
+                report(&gw.metrics, &target, Some(e));
+            }
+        })?;
         return Ok(Answer {
             target,
             committed,
@@ -569,17 +590,19 @@ async fn race(
         Err(_) => return Outcome::One(first, primary.await),
     };
     let limit = plan.attempt_limit(&second, false, Instant::now());
-    let hedge = attempt(gw, &second, req, raw, limit, SlotWait::Spill, plan)
+    let _ = ctx.hedge_target.set(second.clone());
+    let sent = &ctx.sent[HEDGE];
+    let hedge = attempt(gw, &second, req, raw, limit, SlotWait::Spill, plan, sent)
         .instrument(ctx.child_span(&second, ctx.attempts() + 1));
     tokio::pin!(hedge);
     let (winner_is_hedge, r) = tokio::select! {
         r = &mut primary => (false, r),
         r = &mut hedge => (true, r),
     };
-    let (winner, loser) = if winner_is_hedge {
-        (second.clone(), first.clone())
+    let (winner, loser, loser_slot) = if winner_is_hedge {
+        (second.clone(), first.clone(), PRIMARY)
     } else {
-        (first.clone(), second.clone())
+        (first.clone(), second.clone(), HEDGE)
     };
     match r {
         Ok(result) => {
@@ -588,7 +611,7 @@ async fn race(
                 if winner_is_hedge { "won" } else { "lost" },
             );
             // The loser's future is dropped with this frame: its upstream call is cancelled.
-            ctx.record_hedge_loser(&loser, hold);
+            ctx.record_hedge_loser(&loser, loser_slot, hold);
             Outcome::Won {
                 target: winner,
                 result,
@@ -670,7 +693,9 @@ enum SlotWait {
 }
 
 /// One upstream attempt, up to the moment the response starts, waiting at most `limit` for
-/// it, part of which for a concurrency slot.
+/// it, part of which for a concurrency slot; `sent` is set while the call is at the provider
+/// (from its slot until it fails, or for good once it answers).
+#[allow(clippy::too_many_arguments)]
 async fn attempt(
     gw: &Gateway,
     t: &Target,
@@ -679,6 +704,7 @@ async fn attempt(
     limit: Duration,
     queue: SlotWait,
     plan: &Plan,
+    sent: &AtomicBool,
 ) -> Attempted {
     let mut began = Instant::now();
     let mut limit = limit;
@@ -696,6 +722,7 @@ async fn attempt(
     };
     gw.metrics
         .queue_wait(&t.provider.name, waited.as_secs_f64());
+    sent.store(true, Ordering::Relaxed);
     let started = Instant::now();
     let content_deadline = tokio::time::Instant::from_std(began + limit);
     let timed_out = || {
@@ -725,6 +752,8 @@ async fn attempt(
             t.provider.limiter.on_success(signal, now);
         }
         Err(e) => {
+            // A failed call is not billed (as when another candidate then answers).
+            sent.store(false, Ordering::Relaxed);
             if e.failure.is_some_and(is_overload) {
                 t.provider.limiter.on_overload(now);
             }
