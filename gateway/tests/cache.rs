@@ -428,6 +428,87 @@ async fn replicas_share_entries_through_redis_and_new_replicas_load_them() {
     delete_redis_keys(&prefix).await;
 }
 
+/// A replica whose first load of Redis's entries fails (here: its Redis user may subscribe
+/// but not yet SCAN) still receives the entries announced meanwhile, and keeps trying the
+/// load until it works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_first_load_of_shared_entries_is_retried() {
+    assert!(llm_gateway::cache::embed::default_model_dir().is_some());
+    let id = uuid::Uuid::new_v4();
+    let prefix = format!("lgw-test-{id}:");
+    let user = format!("lgw-test-{id}");
+    let admin = redis::Client::open(redis_url()).unwrap();
+    let mut admin = admin.get_multiplexed_async_connection().await.unwrap();
+    let acl = |rules: &[&str]| {
+        let mut c = redis::cmd("ACL");
+        c.arg("SETUSER").arg(&user).arg(rules);
+        c
+    };
+    let _: () = acl(&["on", ">pw-for-this-test", "~*", "&*", "+@all", "-scan"])
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let a = gateway()
+        .yaml(|m| with_cache(m, ""))
+        .shared_cache(redis_url(), &prefix)
+        .start()
+        .await;
+    let (s, hd, _) = send(&a, &ask("What is a monad?"), None, &[]).await;
+    assert_eq!((s, cache_of(&hd)), (200, "miss"));
+    // The entry reaches Redis in the background; B, started after, can only load it.
+    let start = std::time::Instant::now();
+    while entries_in_redis(&mut admin, &prefix).await == 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "A never wrote its entry"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut limited = url::Url::parse(redis_url()).unwrap();
+    limited.set_username(&user).unwrap();
+    limited.set_password(Some("pw-for-this-test")).unwrap();
+    let b = gateway()
+        .yaml(|m| with_cache(m, ""))
+        .shared_cache(limited.as_str(), &prefix)
+        .start()
+        .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        b.state.cache.as_ref().unwrap().is_empty(),
+        "SCAN was refused"
+    );
+    // Announced entries still arrive while the load fails.
+    send(&a, &ask("Who wrote Hamlet?"), None, &[]).await;
+    wait_entries(&b, 1).await;
+    let _: () = acl(&["+scan"]).query_async(&mut admin).await.unwrap();
+    // The load is retried with a backoff (1 s doubling): the first entry arrives with it.
+    let start = std::time::Instant::now();
+    while b.state.cache.as_ref().unwrap().len() < 2 {
+        assert!(
+            start.elapsed() < Duration::from_secs(40),
+            "the load was never retried"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _: () = redis::cmd("ACL")
+        .arg("DELUSER")
+        .arg(&user)
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    delete_redis_keys(&prefix).await;
+}
+
+/// How many cache entries Redis holds under `prefix`.
+async fn entries_in_redis(c: &mut redis::aio::MultiplexedConnection, prefix: &str) -> usize {
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}cache:e:*"))
+        .query_async(c)
+        .await
+        .unwrap();
+    keys.len()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_redis_down_the_cache_serves_locally_and_shares_again_when_it_is_back() {
     assert!(llm_gateway::cache::embed::default_model_dir().is_some());

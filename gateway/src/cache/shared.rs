@@ -191,12 +191,15 @@ impl Shared {
         Ok(v.and_then(|s| serde_json::from_str(&s).ok()))
     }
 
-    /// Loads every entry Redis holds into `cache`; returns how many.
+    /// Loads every entry Redis holds that `cache` lacks; returns how many. An entry that
+    /// cannot be read is skipped (the load goes on) and makes the result an error, so that
+    /// the caller tries again.
     pub async fn load_all(&self, cache: &Cache) -> redis::RedisResult<usize> {
         let mut conn = self.conn.get().await?;
         let pattern = self.entry_key("*");
         let mut cursor: u64 = 0;
         let mut n = 0;
+        let mut unread = None;
         loop {
             let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
                 .arg(cursor)
@@ -208,20 +211,29 @@ impl Shared {
                 .await?;
             for k in keys {
                 let hexkey = k.rsplit(':').next().unwrap_or_default().to_owned();
-                if let (Some(key), Some(s)) = (unhex(&hexkey), self.get(&hexkey).await?) {
-                    cache.insert_stored(key, s);
-                    n += 1;
+                let Some(key) = unhex(&hexkey) else { continue };
+                if cache.contains(&key) {
+                    continue;
+                }
+                match self.get(&hexkey).await {
+                    Ok(Some(s)) => {
+                        cache.insert_stored(key, s);
+                        n += 1;
+                    }
+                    Ok(None) => {}
+                    Err(e) => unread = Some(e),
                 }
             }
             if next == 0 {
-                return Ok(n);
+                return unread.map_or(Ok(n), Err);
             }
             cursor = next;
         }
     }
 
     /// Listens for announced entries until the process ends, re-subscribing (and reloading
-    /// everything) after a lost connection.
+    /// everything) after a lost connection. A load that fails is tried again (1 s, doubling
+    /// to 30 s) while announced entries keep arriving.
     pub fn spawn_listener(&self, cache: Arc<Cache>) {
         let me = self.clone();
         tokio::spawn(async move {
@@ -230,17 +242,45 @@ impl Shared {
                 match me.conn.client().get_async_pubsub().await {
                     Ok(mut ps) => {
                         if ps.subscribe(me.channel()).await.is_ok() {
-                            // Entries announced while unsubscribed are read from Redis.
-                            let loaded = me.load_all(&cache).await;
-                            me.note(&loaded);
-                            if let Ok(n) = loaded {
-                                if first || n > 0 {
-                                    tracing::info!(entries = n, "cache entries loaded from redis");
-                                }
-                            }
-                            first = false;
                             let mut stream = ps.into_on_message();
-                            while let Some(msg) = stream.next().await {
+                            // Entries announced while unsubscribed are read from Redis; until
+                            // that has worked, when to try again.
+                            let mut load_at = Some(tokio::time::Instant::now());
+                            let mut backoff = Duration::from_secs(1);
+                            loop {
+                                if let Some(at) =
+                                    load_at.filter(|at| *at <= tokio::time::Instant::now())
+                                {
+                                    let loaded = me.load_all(&cache).await;
+                                    me.note(&loaded);
+                                    match loaded {
+                                        Ok(n) => {
+                                            if first || n > 0 {
+                                                tracing::info!(
+                                                    entries = n,
+                                                    "cache entries loaded from redis"
+                                                );
+                                            }
+                                            first = false;
+                                            load_at = None;
+                                        }
+                                        Err(_) => {
+                                            load_at =
+                                                Some(at.max(tokio::time::Instant::now()) + backoff);
+                                            backoff = (backoff * 2).min(Duration::from_secs(30));
+                                        }
+                                    }
+                                }
+                                let msg = match load_at {
+                                    None => stream.next().await,
+                                    Some(at) => {
+                                        match tokio::time::timeout_at(at, stream.next()).await {
+                                            Ok(m) => m,
+                                            Err(_) => continue,
+                                        }
+                                    }
+                                };
+                                let Some(msg) = msg else { break };
                                 let Ok(key) = msg.get_payload::<String>() else {
                                     continue;
                                 };
