@@ -12,12 +12,17 @@ const RETRY_CONNECT: Duration = Duration::from_secs(5);
 
 /// A reconnecting connection to Redis that may not exist yet: Redis down when the gateway
 /// starts must not stop it (a pod restarting during an outage would crash-loop), so the
-/// first connection is made when Redis first answers, tried at most every 5 s.
+/// first connection is made when Redis first answers, tried at most every 5 s, in the
+/// background on the runtime that started it (a request never waits for the connect, which
+/// a Redis that drops packets would make it do for the whole connect timeout).
 #[derive(Clone)]
 pub struct Conn {
     client: Client,
     made: std::sync::Arc<arc_swap::ArcSwapOption<ConnectionManager>>,
     next_try: std::sync::Arc<std::sync::Mutex<std::time::Instant>>,
+    /// Where later connects run and the connection's own task lives: the runtime of what
+    /// all serving threads share, not the serving thread that happened to ask.
+    home: tokio::runtime::Handle,
 }
 
 impl Conn {
@@ -26,22 +31,38 @@ impl Conn {
         &self.client
     }
 
-    /// The connection, made now if it has not been and a try is due.
+    /// The connection; if it has not been made, an error at once (and a connect started in
+    /// the background if a try is due).
     pub async fn get(&self) -> RedisResult<ConnectionManager> {
         if let Some(c) = self.made.load_full() {
             return Ok((*c).clone());
         }
-        {
-            let mut next = self.next_try.lock().unwrap_or_else(|e| e.into_inner());
-            let now = std::time::Instant::now();
-            if now < *next {
-                return Err(redis::RedisError::from((
-                    redis::ErrorKind::Io,
-                    "Redis has not answered yet; trying again shortly",
-                )));
-            }
-            *next = now + RETRY_CONNECT;
+        if self.try_due() {
+            let me = self.clone();
+            self.home.spawn(async move {
+                if let Err(e) = me.make().await {
+                    tracing::debug!(error = %e, "Redis still does not answer");
+                }
+            });
         }
+        Err(redis::RedisError::from((
+            redis::ErrorKind::Io,
+            "Redis has not answered yet; trying again shortly",
+        )))
+    }
+
+    /// Whether a connect may be tried now (then the next is due in [`RETRY_CONNECT`]).
+    fn try_due(&self) -> bool {
+        let mut next = self.next_try.lock().unwrap_or_else(|e| e.into_inner());
+        let now = std::time::Instant::now();
+        if now < *next {
+            return false;
+        }
+        *next = now + RETRY_CONNECT;
+        true
+    }
+
+    async fn make(&self) -> RedisResult<ConnectionManager> {
         let cfg = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(2)))
             .set_response_timeout(Some(Duration::from_millis(500)))
@@ -53,16 +74,18 @@ impl Conn {
     }
 }
 
-/// A reconnecting connection to `url`. Only a bad URL is an
-/// error: if Redis does not answer within 2 s, that is logged and the connection is made
-/// later (see [`Conn`]). Each command then waits at most 500 ms.
+/// A reconnecting connection to `url`, tried once now. Only a bad URL is an error: if Redis
+/// does not answer within 2 s, that is logged and the connection is made later (see
+/// [`Conn`]). Each command then waits at most 500 ms.
 pub async fn connect(url: &str) -> RedisResult<Conn> {
     let conn = Conn {
         client: Client::open(url)?,
         made: Default::default(),
         next_try: std::sync::Arc::new(std::sync::Mutex::new(std::time::Instant::now())),
+        home: tokio::runtime::Handle::current(),
     };
-    if let Err(e) = conn.get().await {
+    conn.try_due();
+    if let Err(e) = conn.make().await {
         tracing::warn!(error = %e, "Redis does not answer at start; serving without it and connecting when it does");
     }
     Ok(conn)
@@ -111,5 +134,40 @@ impl Health {
         if !self.down.swap(true, std::sync::atomic::Ordering::Relaxed) {
             tracing::warn!(error = %e, "redis unreachable: {}", self.meanwhile);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::FutureExt;
+
+    /// A connection not made yet answers at once, even when a connect is due, and the
+    /// connect made in the background is used once it succeeds.
+    #[tokio::test]
+    async fn a_request_never_waits_for_the_connect() {
+        let url = std::env::var("LLM_GATEWAY_TEST_REDIS")
+            .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+        // As after a failed connect at start, with the next try due now.
+        let conn = Conn {
+            client: Client::open(url.as_str()).unwrap(),
+            made: Default::default(),
+            next_try: std::sync::Arc::new(std::sync::Mutex::new(std::time::Instant::now())),
+            home: tokio::runtime::Handle::current(),
+        };
+        let first = conn.get().now_or_never();
+        assert!(matches!(first, Some(Err(_))), "answered without waiting");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut c = loop {
+            if let Ok(c) = conn.get().await {
+                break c;
+            }
+            assert!(std::time::Instant::now() < deadline, "never connected");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let pong: String = redis::cmd("PING").query_async(&mut c).await.unwrap();
+        assert_eq!(pong, "PONG");
+        // Only one connect was due: the next waits RETRY_CONNECT.
+        assert!(!conn.try_due());
     }
 }
