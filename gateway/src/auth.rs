@@ -260,9 +260,16 @@ impl Auth {
         let token = bearer(headers).map(str::trim).filter(|t| !t.is_empty());
         if let (Some(r), Some(t)) = (&self.reviewer, token) {
             if crate::workload::looks_like_jwt(t) {
+                // A token found valid recently passes whatever its address has done: behind
+                // a shared ingress or NAT that address is every client's.
+                if let Some(tenant) = r.known_tenant(t) {
+                    return Ok(Caller::Workload(tenant));
+                }
                 // Each unknown token costs a TokenReview: the same per-address failure limit
-                // as for keys keeps a flood of made-up tokens off the API server.
-                if self.over_failure_limit(peer) {
+                // as for keys keeps a flood of made-up tokens off the API server. A token
+                // found valid before is reviewed again whatever the address's count (as a
+                // key seen before is looked up again).
+                if !r.seen_valid(t) && self.over_failure_limit(peer) {
                     self.note_failure(peer);
                     return Err(Error::new(
                         Kind::RateLimited,

@@ -102,17 +102,36 @@ impl TokenReviewer {
         })
     }
 
+    /// The tenant of a token (by its hash) found valid within the last review period.
+    fn reviewed(&self, hash: &str) -> Option<String> {
+        self.cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(hash)
+            .filter(|(_, at)| at.elapsed() < REVIEW_TTL)
+            .map(|(t, _)| t.clone())
+    }
+
+    /// The tenant of `token` if it was found valid within the last review period, without
+    /// asking the API server.
+    pub fn known_tenant(&self, token: &str) -> Option<String> {
+        self.reviewed(&crate::store::keys::hash_key(token))
+    }
+
+    /// Whether `token` was found valid at its last review, however long ago (it is reviewed
+    /// again before it is used; one found invalid then is forgotten).
+    pub fn seen_valid(&self, token: &str) -> bool {
+        self.cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&crate::store::keys::hash_key(token))
+    }
+
     /// The tenant (`namespace/serviceaccount`) of a valid service-account token; 401 for
     /// any other token; 503 if the API server cannot be asked.
     pub async fn tenant(&self, token: &str) -> Result<String, Error> {
         let hash = crate::store::keys::hash_key(token);
-        let cached = self
-            .cache
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&hash)
-            .filter(|(_, at)| at.elapsed() < REVIEW_TTL)
-            .map(|(t, _)| t.clone());
+        let cached = self.reviewed(&hash);
         let refused = || {
             self.refused
                 .lock()
@@ -133,6 +152,10 @@ impl TokenReviewer {
                             .put(hash, (t.clone(), Instant::now()));
                     }
                     None => {
+                        self.cache
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .pop(&hash);
                         self.refused
                             .lock()
                             .unwrap_or_else(|e| e.into_inner())
