@@ -16,6 +16,7 @@ started by e2e/k8s/cluster.sh; test-all.sh exports KUBECONFIG and LLM_GATEWAY_HE
 import base64
 import json
 import os
+import re
 import signal
 import subprocess
 import uuid
@@ -295,9 +296,26 @@ def test_the_api_server_calls_the_webhook_and_stores_the_sidecar(api, procs, moc
         assert err["code"] == "provider_withheld", err
         assert "llmgateway.io/cluster-keys=allowed" in err["message"] and team in err["message"], err
         assert not listed()
+
+        # The cluster pool's status says whose gateways go without its keys.
+        def pool_ready_message():
+            pool = k8s.CustomObjectsApi(api).get_namespaced_custom_object(
+                "llmgateway.io", "v1alpha1", op_ns, "providerpools", "main")
+            return next((c["message"] for c in (pool.get("status") or {}).get("conditions", [])
+                         if c["type"] == "Ready"), "")
+
+        def withheld_from():
+            m = re.search(r"its keys are withheld from the gateways in (.*) \(namespaces not matching",
+                          pool_ready_message())
+            return m and m.group(1).split(", ")
+
+        until("the pool names the namespace its keys are withheld from",
+              lambda: team in (withheld_from() or []), timeout=30)
         # A cluster admin gives the namespace the keys: the next push carries them.
         core.patch_namespace(team, {"metadata": {"labels": {"llmgateway.io/cluster-keys": "allowed"}}})
         until("the pushed provider serves", listed, timeout=30)
+        until("the pool no longer says its keys are withheld",
+              lambda: "withheld" not in pool_ready_message(), timeout=30)
         r = openai.OpenAI(base_url=f"{url}/v1", api_key="llm-gateway-sidecar").chat.completions.with_raw_response.create(
             model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
         assert r.http_response.status_code == 200
@@ -381,6 +399,23 @@ def test_service_account_tokens_are_credentials_for_the_shared_gateway(api, proc
     r = openai.OpenAI(base_url=f"{url}/v1", api_key=key["key"]).chat.completions.create(
         model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
     assert r.choices[0].message.content
+    # Made-up tokens from one address (here every client's, as behind a shared ingress):
+    # after 20 failed reviews they are refused without asking the API server, while the
+    # token and the key already found valid keep working.
+    # (More guesses than the allowance, in case a slow API server lets a window pass.)
+    statuses = []
+    for i in range(100):
+        made_up = f"{head}.{body}.{base64.urlsafe_b64encode(f'guess {i}'.encode()).decode().rstrip('=')}"
+        r = httpx.post(f"{url}/v1/chat/completions", headers={"authorization": f"Bearer {made_up}"},
+                       json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
+        statuses.append((r.status_code, r.json()["error"]["code"]))
+        if r.status_code != 401:
+            break
+    assert statuses[-1] == (429, "too_many_invalid_keys"), statuses
+    for credential in (caller, key["key"]):
+        r = openai.OpenAI(base_url=f"{url}/v1", api_key=credential, max_retries=0).chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+        assert r.choices[0].message.content
     # Neither token nor key reaches the log.
     log = procs.log("gateway")
     assert caller not in log and forged not in log and key["key"] not in log

@@ -92,6 +92,8 @@ pub struct Published {
     pub budgets: Vec<Value>,
     /// Models a gateway enabled per provider (catalog and discovery included).
     pub models: HashMap<String, u32>,
+    /// Namespaces with ready gateways that the cluster pools' keys are withheld from, sorted.
+    pub withheld_from: Vec<String>,
 }
 
 /// Whether `e` is the API server's 404 (a namespace that no longer exists).
@@ -167,6 +169,19 @@ fn with_last_good<K: Remembered>(
             }
         })
         .collect()
+}
+
+/// The Ready message's note on a cluster pool whose keys some namespaces' gateways do not
+/// get (up to five named: a status is no place for a thousand namespaces).
+fn withheld_note(namespaces: &[String]) -> Option<String> {
+    let names = match namespaces.len() {
+        0 => return None,
+        n @ 1..=5 => namespaces[..n].join(", "),
+        n => format!("{} and {} more", namespaces[..5].join(", "), n - 5),
+    };
+    Some(format!(
+        "; its keys are withheld from the gateways in {names} (namespaces not matching --cluster-keys-namespaces)"
+    ))
 }
 
 /// The reason pushed for the cluster pools' providers to the gateways of `namespace`, which
@@ -623,6 +638,14 @@ impl Ctx {
                 })
             })
             .collect();
+        let mut withheld_from: Vec<String> = targets
+            .iter()
+            .map(|t| namespace_of(&t.pod))
+            .filter(|ns| !self.keys_given(ns, given.as_deref()))
+            .map(str::to_owned)
+            .collect();
+        withheld_from.sort();
+        withheld_from.dedup();
         self.metrics.gateways(in_sync, targets.len());
         self.metrics.version(&version);
         // Figures only a gateway knows, from one running this version.
@@ -653,6 +676,7 @@ impl Ctx {
             lagging,
             budgets,
             models,
+            withheld_from,
         };
         drop(st);
         self.write_statuses().await;
@@ -1030,12 +1054,19 @@ impl Ctx {
             let Some(v) = compiled.verdicts.get(&key).cloned() else {
                 continue;
             };
-            let (conditions, changed) = self.conditions(
-                &v,
-                &p,
-                &pool.namespace().unwrap_or_default(),
-                pool.status.as_ref().map(|s| &s.conditions),
-            );
+            let ns = pool.namespace().unwrap_or_default();
+            let (mut conditions, changed) =
+                self.conditions(&v, &p, &ns, pool.status.as_ref().map(|s| &s.conditions));
+            // A cluster pool says which teams' gateways do not get its keys: a call there
+            // gets 403 provider_withheld, and this is where the platform team looks.
+            if ns == self.settings.namespace && !v.provider_names.is_empty() {
+                if let (Some(ready), Some(note)) = (
+                    conditions.iter_mut().find(|c| c.type_ == "Ready"),
+                    withheld_note(&p.withheld_from),
+                ) {
+                    ready.message.push_str(&note);
+                }
+            }
             let status = ProviderPoolStatus {
                 observed_generation: v.generation,
                 conditions,
@@ -1419,6 +1450,20 @@ mod tests {
     fn good<K: Remembered>(v: Value) -> (Key, Good) {
         let r: K = serde_json::from_value(v).unwrap();
         (key(K::KIND, &r), K::wrap(Arc::new(r)))
+    }
+
+    #[test]
+    fn a_cluster_pool_names_at_most_five_namespaces_it_withholds_keys_from() {
+        assert_eq!(withheld_note(&[]), None);
+        let two = withheld_note(&["team-a".into(), "team-b".into()]).unwrap();
+        assert!(
+            two.contains("in team-a, team-b (namespaces not matching"),
+            "{two}"
+        );
+        let many: Vec<String> = (0..8).map(|i| format!("team-{i}")).collect();
+        let note = withheld_note(&many).unwrap();
+        assert!(note.contains("team-4 and 3 more"), "{note}");
+        assert!(!note.contains("team-5"), "{note}");
     }
 
     #[test]
