@@ -430,3 +430,76 @@ async fn hedging_asks_the_next_provider_after_the_delay_and_both_calls_are_paid(
     );
     let _ = rec;
 }
+
+/// A client that leaves while both the first call and its hedge are at their providers pays
+/// for both (each read the prompt), on the tenant's budget too, as after a decided race.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_leaving_during_a_hedge_race_pays_for_both_calls() {
+    let clock = std::sync::Arc::new(llm_gateway::clock::ManualClock::at(
+        llm_gateway::clock::SystemClock.now_ms(),
+    ));
+    let routing = "  virtual_models:\n    - {name: pair, strategy: quality, candidates: {models: [gpt-4o-mini, llama-3.1-8b-instant]}, hedge: {after_secs: 0.5}}\n";
+    let h = gateway()
+        .routing(routing)
+        .budgets(BudgetSetup {
+            redis_url: None,
+            database_url: None,
+            redis_prefix: None,
+            clock,
+        })
+        .start()
+        .await;
+    let store = h.store.clone().unwrap();
+    let (_, key) = store.create_key("team-r", "ci").await.unwrap();
+    let r = h
+        .admin(reqwest::Method::PUT, "/admin/budgets")
+        .json(&json!({"scope": "tenant", "subject": "team-r", "limit_usd": 1.0}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    for vendor in ["openai", "groq"] {
+        h.fault(json!({"vendor": vendor, "latency_ms": 5000, "times": 1}))
+            .await;
+    }
+    let rb = h
+        .http
+        .post(format!("{}/v1/chat/completions", h.gw))
+        .bearer_auth(&key)
+        .json(&body("pair", false, 4));
+    let call = tokio::spawn(async move { rb.send().await });
+    h.wait_in_flight("openai", 1).await;
+    h.wait_in_flight("groq", 1).await;
+    call.abort();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let rows = loop {
+        assert!(Instant::now() < deadline, "the two rows never came");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let rows = store.usage_records().await.unwrap();
+        if rows.len() == 2 {
+            break rows;
+        }
+    };
+    let mut providers: Vec<_> = rows.iter().map(|u| u.provider.clone().unwrap()).collect();
+    providers.sort();
+    assert_eq!(providers, ["groq", "openai"], "{rows:#?}");
+    assert_eq!(rows[0].request_id, rows[1].request_id);
+    for u in &rows {
+        assert_eq!(u.status, 499, "{u:?}");
+        assert!(u.usage_estimated && u.prompt_tokens > 0, "{u:?}");
+        assert!(u.cost_usd.unwrap() > 0.0, "{u:?}");
+    }
+    let me: Value = h
+        .http
+        .get(format!("{}/v1/budget", h.gw))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let used = me["budgets"][0]["used_usd"].as_f64().unwrap();
+    let both: f64 = rows.iter().map(|u| u.cost_usd.unwrap()).sum();
+    assert!((used - both).abs() < 1e-12, "{me} vs {both}");
+}

@@ -53,6 +53,9 @@ pub struct RequestContext {
     pub(super) sent: [AtomicBool; 2],
     /// Where the request's hedge went, once sent (one per request).
     pub(super) hedge_target: std::sync::OnceLock<Target>,
+    /// The hedge's estimate held on the caller's budgets while the race runs (settled by
+    /// the loser's row, or by the hedge's own row if the client leaves during the race).
+    pub(super) hedge_hold: std::sync::Mutex<Option<super::budget::Held>>,
     /// A complete answer to store in the cache once the request is settled.
     pub(super) to_cache: Option<(crate::cache::Lookup, crate::cache::Answer)>,
     /// The request's server span (disabled when traces are off).
@@ -90,6 +93,7 @@ impl RequestContext {
             prompt_billed: false,
             sent: Default::default(),
             hedge_target: std::sync::OnceLock::new(),
+            hedge_hold: std::sync::Mutex::new(None),
             to_cache: None,
             span: tracing::Span::current(),
             attempt_span: None,
@@ -346,6 +350,7 @@ impl RequestContext {
                 AtomicBool::new(self.sent[HEDGE].load(Ordering::Relaxed)),
             ],
             hedge_target: self.hedge_target.clone(),
+            hedge_hold: std::sync::Mutex::new(self.take_hedge_hold()),
             to_cache: self.to_cache.take(),
             span: self.span.clone(),
             attempt_span: self.attempt_span.clone(),
@@ -393,6 +398,19 @@ impl RequestContext {
         r.finish(499, None);
     }
 
+    /// Holds the hedge's estimate until the race is decided.
+    pub fn keep_hedge_hold(&self, hold: Option<super::budget::Held>) {
+        *self.hedge_hold.lock().unwrap_or_else(|e| e.into_inner()) = hold;
+    }
+
+    /// The hedge's estimate, once the race is decided (or the client has left).
+    pub fn take_hedge_hold(&self) -> Option<super::budget::Held> {
+        self.hedge_hold
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+    }
+
     /// Keeps a complete answer to store in the cache when the request is settled.
     pub fn keep_for_cache(&mut self, lookup: crate::cache::Lookup, answer: crate::cache::Answer) {
         self.to_cache = Some((lookup, answer));
@@ -435,10 +453,14 @@ impl Drop for RequestContext {
             // than recorded as free. A call still queued for a slot sent nothing.
             let primary = self.sent[PRIMARY].load(Ordering::Relaxed);
             let hedge = self.sent[HEDGE].load(Ordering::Relaxed);
-            if hedge && !primary {
-                // Only the hedge reached its provider: that is the model that bills.
-                if let Some(t) = self.hedge_target.get() {
-                    self.target = Some(t.clone());
+            let hedge_hold = self.take_hedge_hold();
+            if let (true, Some(t)) = (hedge, self.hedge_target.get().cloned()) {
+                if primary {
+                    // Both calls were at their providers: both bill, as after a race.
+                    self.record_hedge_loser(&t, HEDGE, hedge_hold);
+                } else {
+                    // Only the hedge reached its provider: that is the model that bills.
+                    self.target = Some(t);
                 }
             }
             if self.target.is_some() && (primary || hedge) {

@@ -585,10 +585,10 @@ async fn race(
         return Outcome::One(first, primary.await);
     }
     // The hedge is paid for: hold its estimate on the caller's budgets, or do not send it.
-    let hold = match ctx.hold_extra(&second).await {
-        Ok(h) => h,
+    match ctx.hold_extra(&second).await {
+        Ok(h) => ctx.keep_hedge_hold(h),
         Err(_) => return Outcome::One(first, primary.await),
-    };
+    }
     let limit = plan.attempt_limit(&second, false, Instant::now());
     let _ = ctx.hedge_target.set(second.clone());
     let sent = &ctx.sent[HEDGE];
@@ -611,7 +611,7 @@ async fn race(
                 if winner_is_hedge { "won" } else { "lost" },
             );
             // The loser's future is dropped with this frame: its upstream call is cancelled.
-            ctx.record_hedge_loser(&loser, loser_slot, hold);
+            ctx.record_hedge_loser(&loser, loser_slot, ctx.take_hedge_hold());
             Outcome::Won {
                 target: winner,
                 result,
@@ -631,12 +631,12 @@ async fn race(
                         &second.provider.name,
                         if winner_is_hedge { "lost" } else { "won" },
                     );
-                    drop(hold);
+                    drop(ctx.take_hedge_hold());
                     Outcome::Two((winner, Err(e)), (loser, Ok(result)))
                 }
                 Err(e2) => {
                     gw.metrics.hedge(&second.provider.name, "failed");
-                    drop(hold);
+                    drop(ctx.take_hedge_hold());
                     Outcome::Two((winner, Err(e)), (loser, Err(e2)))
                 }
             }
