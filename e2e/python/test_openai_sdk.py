@@ -191,9 +191,8 @@ def test_errors_raise_the_sdk_exceptions(client, fault, gateway):
     fault(vendor="groq", status=503, times=1)
     with pytest.raises(openai.InternalServerError):
         client.chat.completions.create(model="groq/llama-3.1-8b-instant", messages=CONVERSATION)
-    # The 429's Retry-After opened the model's breaker: later tests use it, so wait for the
-    # probes after the backoff to close it again (two successes, one probe a second: one
-    # success leaves it half-open, and a call within the second would be refused).
+    # The 429's Retry-After opened the model's breaker: later tests use it, so wait until it
+    # reads closed again (a rate limit's breaker closes outright at the reset it announced).
     closed = 'llm_gateway_breaker_state{provider="together",model="meta-llama/Llama-3.3-70B-Instruct-Turbo"} 0'
 
     def probe_and_check():

@@ -5,7 +5,8 @@
 //! letting at most `half_open_probes` requests per second through → closed after enough
 //! probe successes, or open again with a longer backoff. Probes are bounded by time rather
 //! than counted in flight, so a probe whose client went away cannot wedge the breaker. Backoff doubles with each consecutive opening, with ±20%
-//! jitter, up to a cap; a `Retry-After` from the provider is the open time instead.
+//! jitter, up to a cap; a `Retry-After` from the provider is the open time instead, and a
+//! rate limit's `Retry-After` ends closed, not half-open (the provider said when it resets).
 //!
 //! Every method takes `now`, so the state machine is tested with a controlled clock.
 
@@ -65,6 +66,13 @@ pub enum Outcome {
         /// Minimum open time asked by the provider.
         retry_after: Option<Duration>,
     },
+    /// The upstream refused for a rate limit and said when it resets: open for that long,
+    /// then closed again, with no probing (the provider announced the end; probes at one
+    /// per second would refuse the traffic it is ready to take).
+    RateLimited {
+        /// When the limit resets, from now.
+        retry_after: Duration,
+    },
 }
 
 #[derive(Debug)]
@@ -78,6 +86,8 @@ struct Inner {
     probe_window: Instant,
     probes_in_window: u32,
     probe_successes: u32,
+    /// The current opening ends closed rather than half-open (see [`Outcome::RateLimited`]).
+    closes_when_over: bool,
 }
 
 /// The period over which `half_open_probes` applies.
@@ -135,6 +145,7 @@ impl Breaker {
                 probe_window: now,
                 probes_in_window: 0,
                 probe_successes: 0,
+                closes_when_over: false,
             }),
         }
     }
@@ -154,6 +165,19 @@ impl Breaker {
                 },
                 None,
             ),
+            State::Open if g.closes_when_over => {
+                g.state = State::Closed;
+                g.consecutive = 0;
+                g.window.clear();
+                g.failures_in_window = 0;
+                (
+                    Admission::Allowed,
+                    Some(Transition {
+                        from: State::Open,
+                        to: State::Closed,
+                    }),
+                )
+            }
             State::Open => {
                 g.state = State::HalfOpen;
                 g.probe_window = now;
@@ -207,7 +231,7 @@ impl Breaker {
     /// Records an outcome; `jitter` in [0, 1) spreads backoffs of many gateways apart.
     pub fn record(&self, now: Instant, outcome: Outcome, jitter: f64) -> Option<Transition> {
         let mut g = self.lock();
-        let failed = matches!(outcome, Outcome::Failure { .. });
+        let failed = !matches!(outcome, Outcome::Success);
         // Sliding window.
         g.window.push_back((now, failed));
         if failed {
@@ -222,9 +246,10 @@ impl Breaker {
                 g.failures_in_window -= 1;
             }
         }
-        let retry_after = match outcome {
-            Outcome::Failure { retry_after } => retry_after,
-            Outcome::Success => None,
+        let (retry_after, announced) = match outcome {
+            Outcome::Failure { retry_after } => (retry_after, false),
+            Outcome::RateLimited { retry_after } => (Some(retry_after), true),
+            Outcome::Success => (None, false),
         };
         match (g.state, failed) {
             (State::Closed, false) => {
@@ -241,7 +266,9 @@ impl Breaker {
                     || ratio_trip
                     || retry_after.is_some()
                 {
-                    Some(self.open(&mut g, now, retry_after, jitter, State::Closed))
+                    let tr = self.open(&mut g, now, retry_after, jitter, State::Closed);
+                    g.closes_when_over = announced;
+                    Some(tr)
                 } else {
                     None
                 }
@@ -263,7 +290,9 @@ impl Breaker {
                 }
             }
             (State::HalfOpen, true) => {
-                Some(self.open(&mut g, now, retry_after, jitter, State::HalfOpen))
+                let tr = self.open(&mut g, now, retry_after, jitter, State::HalfOpen);
+                g.closes_when_over = announced;
+                Some(tr)
             }
             // A request admitted before the breaker opened: its outcome changes nothing.
             (State::Open, _) => None,
@@ -303,6 +332,7 @@ impl Breaker {
         let backing_off = g.state == State::Open && now < g.open_until;
         Status {
             state: match g.state {
+                State::Open if !backing_off && g.closes_when_over => State::Closed,
                 State::Open if !backing_off => State::HalfOpen,
                 s => s,
             },
@@ -509,6 +539,42 @@ mod tests {
             }
         );
         assert_eq!(b.admit(t + Duration::from_millis(500)).0, Admission::Probe);
+    }
+
+    #[test]
+    fn a_rate_limit_with_its_reset_time_ends_closed_not_half_open() {
+        let t = Instant::now();
+        let b = Breaker::new(cfg(), t);
+        let limited = Outcome::RateLimited {
+            retry_after: Duration::from_secs(1),
+        };
+        assert_eq!(b.record(t, limited, MID).unwrap().to, State::Open);
+        let during = t + Duration::from_millis(999);
+        assert!(matches!(b.admit(during).0, Admission::Rejected { .. }));
+        let after = t + Duration::from_secs(1);
+        assert_eq!(
+            b.status(after).state,
+            State::Closed,
+            "reads closed once over"
+        );
+        let (a, tr) = b.admit(after);
+        assert_eq!(
+            (a, tr.map(|t| t.to)),
+            (Admission::Allowed, Some(State::Closed))
+        );
+        // Every request goes, not one probe per second.
+        for _ in 0..10 {
+            assert_eq!(b.admit(after).0, Admission::Allowed);
+        }
+        // Another limit opens it again at once; a plain failure's opening still probes.
+        b.record(after, limited, MID);
+        assert!(matches!(b.admit(after).0, Admission::Rejected { .. }));
+        let b = Breaker::new(cfg(), t);
+        let unavailable = Outcome::Failure {
+            retry_after: Some(Duration::from_secs(1)),
+        };
+        b.record(t, unavailable, MID);
+        assert_eq!(b.admit(t + Duration::from_secs(1)).0, Admission::Probe);
     }
 
     #[test]

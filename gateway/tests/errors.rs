@@ -4,6 +4,7 @@ mod common;
 
 use common::*;
 use serde_json::{json, Value};
+use std::time::Duration;
 
 fn assert_openai_error(body: &Value) {
     let e = &body["error"];
@@ -335,6 +336,31 @@ async fn a_rate_limit_stops_its_model_and_a_spent_quota_its_provider() {
     let (status, _, body) = h.chat(&hello("openai/gpt-4o-mini")).await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["error"]["code"], "circuit_open");
+}
+
+/// When a model's rate limit resets (its Retry-After has passed), every request goes again
+/// at once: concurrent callers are not refused 503 while the breaker probes one a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_a_rate_limits_reset_all_traffic_resumes_at_once() {
+    let h = start().await;
+    let hello = json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}]});
+    h.fault(json!({"vendor": "openai", "model": "gpt-4o-mini", "status": 429, "retry_after": "1", "times": 1}))
+        .await;
+    let (status, _, body) = h.chat(&hello).await;
+    assert_eq!(status, 429, "{body}");
+    // Past the reset (asked for 1 s; waited until the breaker reads closed).
+    let start = std::time::Instant::now();
+    while !h
+        .get_text("/metrics")
+        .await
+        .contains(r#"llm_gateway_breaker_state{provider="openai",model="gpt-4o-mini"} 0"#)
+    {
+        assert!(start.elapsed() < Duration::from_secs(10), "never closed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let answers = futures::future::join_all((0..4).map(|_| h.chat(&hello))).await;
+    let statuses: Vec<u16> = answers.iter().map(|a| a.0.as_u16()).collect();
+    assert_eq!(statuses, [200, 200, 200, 200]);
 }
 
 /// The candidates `/v1/route` ranks for `ask`, `provider/model`, best first.

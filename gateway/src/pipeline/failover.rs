@@ -225,6 +225,12 @@ pub fn report(metrics: &Metrics, t: &Target, failure: Option<&Error>) {
         Some(e) if is_quota_spent(e) => BreakerOutcome::Failure {
             retry_after: Some(e.retry_after.unwrap_or(Duration::MAX)),
         },
+        // A model's rate limit with its reset time: traffic resumes in full at the reset.
+        Some(e) if is_model_rate_limit(e) && e.retry_after.is_some() => {
+            BreakerOutcome::RateLimited {
+                retry_after: e.retry_after.unwrap_or_default(),
+            }
+        }
         Some(e) => BreakerOutcome::Failure {
             retry_after: e.retry_after,
         },
