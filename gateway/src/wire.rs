@@ -58,6 +58,18 @@ pub struct ChatRequest {
     /// Log probabilities of the output tokens.
     #[serde(default)]
     pub logprobs: Option<bool>,
+    /// The deprecated `functions` (only whether they are there is read).
+    #[serde(default)]
+    pub functions: Option<serde::de::IgnoredAny>,
+    /// The deprecated `function_call`.
+    #[serde(default)]
+    pub function_call: Option<serde::de::IgnoredAny>,
+    /// Audio output settings.
+    #[serde(default)]
+    pub audio: Option<serde::de::IgnoredAny>,
+    /// Output modalities (`["text"]`, `["text", "audio"]`).
+    #[serde(default)]
+    pub modalities: Option<Vec<String>>,
 }
 
 /// A request's prompt size, memoised.
@@ -115,6 +127,16 @@ impl ChatRequest {
         }
         if self.logprobs == Some(true) {
             return Some("logprobs");
+        }
+        if self.functions.is_some() || self.function_call.is_some() {
+            return Some("the deprecated functions");
+        }
+        if self.audio.is_some() || self.modalities.iter().flatten().any(|m| m != "text") {
+            return Some("audio output");
+        }
+        let custom_tool = self.tools.iter().flatten().any(|t| t.kind != "function");
+        if custom_tool || matches!(self.tool_choice, Some(ToolChoice::Custom { .. })) {
+            return Some("custom tools");
         }
         media.audio_or_files.then_some("audio or file parts")
     }
@@ -334,6 +356,16 @@ pub enum ToolChoice {
         /// The function to call.
         function: NamedFunction,
     },
+    /// `{"type": "allowed_tools", "allowed_tools": {"mode", "tools"}}`: only these tools.
+    Allowed {
+        /// The mode and the tools.
+        allowed_tools: AllowedTools,
+    },
+    /// `{"type": "custom", "custom": {"name"}}`: a named custom tool.
+    Custom {
+        /// The tool to call.
+        custom: NamedFunction,
+    },
 }
 
 /// The function named by `tool_choice`.
@@ -341,6 +373,26 @@ pub enum ToolChoice {
 pub struct NamedFunction {
     /// Its name.
     pub name: String,
+}
+
+/// `tool_choice.allowed_tools`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct AllowedTools {
+    /// `auto` or `required`.
+    pub mode: String,
+    /// The tools the model may call (`{"type": "function", "function": {"name"}}`).
+    pub tools: Vec<AllowedTool>,
+}
+
+/// One tool of `tool_choice.allowed_tools`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct AllowedTool {
+    /// `function` or `custom`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The function, for `function`.
+    #[serde(default)]
+    pub function: Option<NamedFunction>,
 }
 
 /// A tool call in an assistant message.

@@ -295,6 +295,29 @@ async fn openai_protocol_requests_pass_unknown_fields_through_untouched() {
     let answer: Value =
         serde_json::from_str(body["choices"][0]["message"]["content"].as_str().unwrap()).unwrap();
     assert!(answer.is_object(), "json mode answer is JSON");
+
+    // Every `tool_choice` form OpenAI takes goes through as sent; a value of no form is a 400
+    // in OpenAI's words, naming the field.
+    let tools = json!([{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}},
+                       {"type": "custom", "custom": {"name": "c"}}]);
+    for choice in [
+        json!({"type": "allowed_tools", "allowed_tools": {"mode": "auto", "tools": [{"type": "function", "function": {"name": "f"}}]}}),
+        json!({"type": "custom", "custom": {"name": "c"}}),
+    ] {
+        let req = json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}],
+            "tools": tools, "tool_choice": choice});
+        let (status, _, body) = h.chat(&req).await;
+        assert_eq!(status, 200, "{body}");
+        let got = h.received("openai").await;
+        assert_eq!(got.last().unwrap()["body"]["tool_choice"], choice);
+    }
+    let req = json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}],
+        "tools": tools, "tool_choice": {"type": "function"}});
+    let (status, _, body) = h.chat(&req).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["param"], "tool_choice");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(!message.contains("enum"), "{message}");
 }
 
 #[tokio::test]

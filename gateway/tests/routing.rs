@@ -192,6 +192,17 @@ async fn requests_only_the_openai_protocol_carries_never_go_to_anthropic() {
             json!([{"role": "user", "content": file}]),
             "audio or file parts",
         ),
+        (
+            "functions",
+            json!([{"name": "f", "parameters": {"type": "object"}}]),
+            "the deprecated functions",
+        ),
+        ("modalities", json!(["text", "audio"]), "audio output"),
+        (
+            "tools",
+            json!([{"type": "custom", "custom": {"name": "grammar"}}]),
+            "custom tools",
+        ),
     ] {
         for model in ["quality", "auto"] {
             let mut body = ask(

@@ -67,7 +67,11 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<(Map<String, Value>, T
         .or_else(|_| serde_path_to_error::deserialize(&raw))
         .map_err(|e| {
             let path = e.path().to_string();
-            let inner = e.into_inner().to_string();
+            let mut inner = e.into_inner().to_string();
+            // serde's words for a value of none of a field's shapes name a Rust type.
+            if inner.starts_with("data did not match any variant of untagged enum") {
+                inner = "not one of the forms this field takes (see the API reference)".to_owned();
+            }
             if path == "." {
                 // A missing or unknown top-level field is named, as OpenAI names it.
                 let missing = ["missing field `", "unknown field `"]

@@ -496,10 +496,34 @@ fn tool_choice(v: &Value) -> Result<Value, Error> {
             let name = string(v, "name", "tool_choice")?;
             Ok(json!({"type": "function", "function": {"name": name}}))
         }
+        // `{"type": "allowed_tools", "mode", "tools": [{"type": "function", "name"}]}`: chat's
+        // shape nests the mode and the tools, and each function's name.
+        Value::Object(o) if o.get("type").and_then(Value::as_str) == Some("allowed_tools") => {
+            let mode = string(v, "mode", "tool_choice")?;
+            let Some(tools) = o.get("tools").and_then(Value::as_array) else {
+                return Err(Error::invalid(
+                    "tool_choice.tools",
+                    "`tool_choice.tools` must be an array of {\"type\": \"function\", \"name\": …}.",
+                ));
+            };
+            let mut allowed = Vec::with_capacity(tools.len());
+            for (k, t) in tools.iter().enumerate() {
+                let param = format!("tool_choice.tools[{k}]");
+                if t.get("type").and_then(Value::as_str) != Some("function") {
+                    return Err(unsupported(
+                        &param,
+                        "only function tools can be allowed here (built-in tools run on OpenAI's servers).",
+                    ));
+                }
+                let name = string(t, "name", &param)?;
+                allowed.push(json!({"type": "function", "function": {"name": name}}));
+            }
+            Ok(json!({"type": "allowed_tools", "allowed_tools": {"mode": mode, "tools": allowed}}))
+        }
         Value::Object(o) => Err(unsupported(
             "tool_choice",
             &format!(
-                "`tool_choice` of type {}: this gateway takes none, auto, required or {{\"type\": \"function\", \"name\": …}} (built-in tools run on OpenAI's servers).",
+                "`tool_choice` of type {}: this gateway takes none, auto, required, {{\"type\": \"function\", \"name\": …}} or {{\"type\": \"allowed_tools\", …}} of functions (built-in tools run on OpenAI's servers).",
                 o.get("type").map_or("(none)".to_owned(), Value::to_string)
             ),
         )),
@@ -643,6 +667,15 @@ mod tests {
         assert_eq!(c["reasoning_effort"], "low");
         assert_eq!(c["stream_options"], json!({"include_usage": true}));
         assert!(c.get("metadata").is_none() && c.get("store").is_none());
+        let c = chat(json!({"model": "m", "input": "x",
+            "tools": [{"type": "function", "name": "w"}, {"type": "function", "name": "v"}],
+            "tool_choice": {"type": "allowed_tools", "mode": "required",
+                            "tools": [{"type": "function", "name": "v"}]}}));
+        assert_eq!(
+            c["tool_choice"],
+            json!({"type": "allowed_tools", "allowed_tools": {"mode": "required",
+                "tools": [{"type": "function", "function": {"name": "v"}}]}})
+        );
     }
 
     #[test]

@@ -98,6 +98,30 @@ pub fn translate(
         }
     }
 
+    if turns.is_empty() {
+        return Err(Error::invalid(
+            "messages",
+            "Anthropic models need at least one user or assistant message besides the system prompt",
+        ));
+    }
+    // OpenAI parameters with no Messages API counterpart that would change the answer: refused
+    // rather than dropped, so the caller does not get something other than it asked for.
+    for (key, there, why) in [
+        ("functions", req.functions.is_some(), "the deprecated `functions` are not supported for Anthropic models; send them as `tools`"),
+        ("function_call", req.function_call.is_some(), "the deprecated `function_call` is not supported for Anthropic models; use `tool_choice`"),
+        ("audio", req.audio.is_some(), "audio output is not supported for Anthropic models"),
+    ] {
+        if there {
+            return Err(Error::invalid(key, why));
+        }
+    }
+    if req.modalities.iter().flatten().any(|m| m != "text") {
+        return Err(Error::invalid(
+            "modalities",
+            "Anthropic models answer in text only: `modalities` may only be [\"text\"]",
+        ));
+    }
+
     let mut body = Map::new();
     body.insert("model".into(), json!(model));
     body.insert(
@@ -155,7 +179,11 @@ pub fn translate(
         }
         tools.push(tool);
     }
-    let mut tool_choice = tool_choice(req)?;
+    let (mut tool_choice, allowed) = tool_choice(req)?;
+    // `allowed_tools`: the Messages API has no such choice, so the model is shown only those.
+    if let Some(names) = allowed {
+        tools.retain(|t| names.iter().any(|n| t["name"] == n.as_str()));
+    }
 
     let mut json_tool = None;
     match &req.response_format {
@@ -192,30 +220,66 @@ pub fn translate(
     })
 }
 
-fn tool_choice(req: &ChatRequest) -> Result<Option<Value>, Error> {
+/// The Messages API's `tool_choice`, and the names of the tools an `allowed_tools` choice
+/// leaves the model (the others are not sent).
+type Choice = (Option<Value>, Option<Vec<String>>);
+
+fn tool_choice(req: &ChatRequest) -> Result<Choice, Error> {
     let parallel_off = req.parallel_tool_calls == Some(false);
+    let mode = |m: &str| match m {
+        "auto" => Ok(json!({"type": "auto"})),
+        "required" => Ok(json!({"type": "any"})),
+        other => Err(Error::invalid(
+            "tool_choice",
+            format!("`{other}` is not one of none, auto, required"),
+        )),
+    };
+    let mut allowed = None;
     let mut choice = match &req.tool_choice {
         None if parallel_off && req.has_tools() => json!({"type": "auto"}),
-        None => return Ok(None),
-        Some(ToolChoice::Mode(m)) => match m.as_str() {
-            "auto" => json!({"type": "auto"}),
-            "required" => json!({"type": "any"}),
-            "none" => return Ok(Some(json!({"type": "none"}))),
-            other => {
-                return Err(Error::invalid(
-                    "tool_choice",
-                    format!("`{other}` is not one of none, auto, required"),
-                ))
-            }
-        },
+        None => return Ok((None, None)),
+        Some(ToolChoice::Mode(m)) if m == "none" => {
+            return Ok((Some(json!({"type": "none"})), None))
+        }
+        Some(ToolChoice::Mode(m)) => mode(m)?,
         Some(ToolChoice::Named { function, .. }) => {
             json!({"type": "tool", "name": function.name})
+        }
+        Some(ToolChoice::Allowed { allowed_tools }) => {
+            let mut names = Vec::with_capacity(allowed_tools.tools.len());
+            for (k, t) in allowed_tools.tools.iter().enumerate() {
+                match (&t.function, t.kind.as_str()) {
+                    (Some(f), "function") => names.push(f.name.clone()),
+                    _ => {
+                        return Err(Error::invalid(
+                            format!("tool_choice.allowed_tools.tools[{k}]"),
+                            "only `{\"type\": \"function\", \"function\": {\"name\": …}}` tools can be allowed for Anthropic models",
+                        ))
+                    }
+                }
+            }
+            allowed = Some(names);
+            match allowed_tools.mode.as_str() {
+                "auto" | "required" => mode(&allowed_tools.mode)?,
+                other => {
+                    return Err(Error::invalid(
+                        "tool_choice.allowed_tools.mode",
+                        format!("`{other}` is not one of auto, required"),
+                    ))
+                }
+            }
+        }
+        Some(ToolChoice::Custom { .. }) => {
+            return Err(Error::invalid(
+                "tool_choice",
+                "custom tools are not supported for Anthropic models; use a function tool",
+            ))
         }
     };
     if parallel_off {
         choice["disable_parallel_tool_use"] = json!(true);
     }
-    Ok(Some(choice))
+    Ok((Some(choice), allowed))
 }
 
 fn user_blocks(content: &Content, i: usize) -> Result<Vec<Value>, Error> {
@@ -329,6 +393,16 @@ mod tests {
                   "messages":[{"role":"user","content":[{"type":"text","text":"n?"}]}]}),
             ),
             (
+                "allowed_tools: the model is shown only those, with the mode's choice",
+                json!({"model":"m","tools":[{"type":"function","function":{"name":"f"}},{"type":"function","function":{"name":"g"}}],
+                  "tool_choice":{"type":"allowed_tools","allowed_tools":{"mode":"required","tools":[{"type":"function","function":{"name":"g"}}]}},
+                  "messages":[{"role":"user","content":"x"}]}),
+                json!({"model":"claude-x","max_tokens":4096,
+                  "tools":[{"name":"g","input_schema":{"type":"object","properties":{}}}],
+                  "tool_choice":{"type":"any"},
+                  "messages":[{"role":"user","content":[{"type":"text","text":"x"}]}]}),
+            ),
+            (
                 "json_object",
                 json!({"model":"m","response_format":{"type":"json_object"},"messages":[{"role":"user","content":"x"}]}),
                 json!({"model":"claude-x","max_tokens":4096,"system":JSON_OBJECT_INSTRUCTION,
@@ -373,6 +447,34 @@ mod tests {
             (
                 json!({"model":"m","tools":[{"type":"custom"}],"messages":[{"role":"user","content":"x"}]}),
                 "tools[0].type",
+            ),
+            (
+                json!({"model":"m","tools":[{"type":"function","function":{"name":"f"}}],"tool_choice":{"type":"custom","custom":{"name":"f"}},"messages":[{"role":"user","content":"x"}]}),
+                "tool_choice",
+            ),
+            (
+                json!({"model":"m","tools":[{"type":"function","function":{"name":"f"}}],"tool_choice":{"type":"allowed_tools","allowed_tools":{"mode":"none","tools":[]}},"messages":[{"role":"user","content":"x"}]}),
+                "tool_choice.allowed_tools.mode",
+            ),
+            (
+                json!({"model":"m","functions":[{"name":"f","parameters":{"type":"object"}}],"function_call":"auto","messages":[{"role":"user","content":"x"}]}),
+                "functions",
+            ),
+            (
+                json!({"model":"m","function_call":"auto","messages":[{"role":"user","content":"x"}]}),
+                "function_call",
+            ),
+            (
+                json!({"model":"m","modalities":["text","audio"],"audio":{"voice":"alloy","format":"wav"},"messages":[{"role":"user","content":"x"}]}),
+                "audio",
+            ),
+            (
+                json!({"model":"m","modalities":["text","audio"],"messages":[{"role":"user","content":"x"}]}),
+                "modalities",
+            ),
+            (
+                json!({"model":"m","messages":[{"role":"system","content":"only a system prompt"}]}),
+                "messages",
             ),
         ];
         for (req, param) in cases {
