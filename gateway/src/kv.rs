@@ -128,6 +128,11 @@ impl Health {
         was_down
     }
 
+    /// Whether the last use failed.
+    pub fn is_down(&self) -> bool {
+        self.down.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Notes a failure.
     pub fn failed(&self, e: &dyn std::fmt::Display) {
         self.errors.inc();

@@ -564,20 +564,35 @@ async fn with_redis_down_budgets_fall_back_to_local_counters_and_resume_after() 
     assert!(errors >= 1.0, "{errors}");
 
     proxy.restore();
-    // Back on Redis, whose counter still says 2 requests spent... plus none of the outage's:
-    // the shared counter resumes where it was.
+    // Back on Redis, whose counter said 2 requests spent: the outage's spend is added to it,
+    // so it resumes at what the ledger holds and the budget stays spent.
+    let recorded = || async {
+        s.h.flush_ledger().await;
+        let rows = s.h.store.as_ref().unwrap().usage_records().await.unwrap();
+        rows.iter().filter_map(|r| r.cost_usd).sum::<f64>()
+    };
     let took = std::time::Instant::now();
-    loop {
-        let (status, _, _) = s.chat(ask("gpt-4o-mini")).await;
-        if status == 200 {
-            break;
-        }
+    let mut used = 0.0;
+    while (used - recorded().await).abs() > 1e-9 {
         assert!(
             took.elapsed() < Duration::from_secs(10),
-            "redis never resumed"
+            "redis never counted the outage's spend: {used} against {}",
+            recorded().await
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
+        used = s.my_budget().await["budgets"][0]["used_usd"]
+            .as_f64()
+            .unwrap();
     }
+    for _ in 0..3 {
+        let (status, _, body) = s.chat(ask("gpt-4o-mini")).await;
+        assert_eq!(status, 429, "no spend lost, no overspend: {body}");
+        assert_eq!(body["error"]["code"], "budget_exceeded", "{body}");
+    }
+    let used = s.my_budget().await["budgets"][0]["used_usd"]
+        .as_f64()
+        .unwrap();
+    assert!((used - recorded().await).abs() < 1e-9, "{used}");
     s.cleanup().await;
 }
 

@@ -362,6 +362,21 @@ end
 return 1
 ";
 
+// Spend a replica settled while it could not reach Redis, added to the counters that exist
+// (a counter that does not is seeded from the database, which holds that spend already).
+const ADD_USED: &str = r"
+for i = 1, #KEYS do
+  local k = KEYS[i]
+  if redis.call('HEXISTS', k, 's') == 1 then
+    redis.call('HINCRBY', k, 'ua', ARGV[2 * i - 1])
+    redis.call('HINCRBY', k, 'ub', ARGV[2 * i])
+  end
+end
+return 1
+";
+
+static ADD_USED_SCRIPT: std::sync::LazyLock<Script> =
+    std::sync::LazyLock::new(|| Script::new(ADD_USED));
 static RESERVE_SCRIPT: std::sync::LazyLock<Script> =
     std::sync::LazyLock::new(|| Script::new(RESERVE));
 static SETTLE_SCRIPT: std::sync::LazyLock<Script> =
@@ -448,6 +463,19 @@ impl Shared {
         for l in lines {
             inv.key(&l.key)
                 .arg(if l.kind == Kind::Budget { "b" } else { "r" });
+        }
+        let _: i64 = inv.invoke_async(&mut self.conn.get().await?).await?;
+        Ok(())
+    }
+
+    /// Adds spend settled elsewhere (key → (a, b)) to the budget counters Redis holds.
+    pub async fn add_used(&self, spend: &[(String, (i64, i64))]) -> Result<(), CounterError> {
+        if spend.is_empty() {
+            return Ok(());
+        }
+        let mut inv = ADD_USED_SCRIPT.prepare_invoke();
+        for (key, (a, b)) in spend {
+            inv.key(key).arg(*a).arg(*b);
         }
         let _: i64 = inv.invoke_async(&mut self.conn.get().await?).await?;
         Ok(())

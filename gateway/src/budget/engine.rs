@@ -64,6 +64,12 @@ pub struct Budgets {
     clock: Arc<dyn Clock>,
     prefix: String,
     redis: crate::kv::Health,
+    /// Budget spend settled while Redis could not be reached (on this replica's own
+    /// counters, or a settlement Redis refused), by counter: added to Redis's counters once
+    /// it answers, so an outage loses no spend and the shared counters resume at the truth.
+    unsynced: std::sync::Mutex<HashMap<String, (i64, i64)>>,
+    /// Whether `unsynced` holds anything (read on every request without the lock).
+    has_unsynced: std::sync::atomic::AtomicBool,
 }
 
 /// The backend a reservation was made on (settled on the same one).
@@ -94,6 +100,8 @@ impl Budgets {
                 "budgets fall back to this replica's own counters",
                 "budget counters are shared again",
             ),
+            unsynced: Default::default(),
+            has_unsynced: Default::default(),
         }
     }
 
@@ -334,10 +342,52 @@ impl Budgets {
         }
     }
 
-    fn redis_ok(&self) {
+    fn redis_ok(self: &Arc<Self>) {
         if self.redis.ok() {
             // The fallback counters are stale from now on; a later outage seeds anew.
             self.local.clear();
+            let me = self.clone();
+            tokio::spawn(async move { me.sync_spend().await });
+        }
+    }
+
+    /// Notes budget spend Redis has not counted (see `unsynced`).
+    fn keep_unsynced(&self, lines: &[Line], actual: Amount) {
+        if actual.nano == 0 && actual.tokens == 0 {
+            return;
+        }
+        let mut u = self.unsynced.lock().unwrap_or_else(|e| e.into_inner());
+        for l in lines.iter().filter(|l| l.kind == Kind::Budget) {
+            let e = u.entry(l.key.clone()).or_default();
+            e.0 += actual.nano;
+            e.1 += actual.tokens;
+        }
+        self.has_unsynced
+            .store(!u.is_empty(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Adds the spend Redis missed to its counters; kept for the next try if it fails.
+    async fn sync_spend(&self) {
+        let Some(shared) = &self.shared else { return };
+        let spend: Vec<(String, (i64, i64))> = {
+            let mut u = self.unsynced.lock().unwrap_or_else(|e| e.into_inner());
+            self.has_unsynced
+                .store(false, std::sync::atomic::Ordering::Relaxed);
+            u.drain().collect()
+        };
+        if spend.is_empty() {
+            return;
+        }
+        if let Err(e) = shared.add_used(&spend).await {
+            self.redis.failed(&e);
+            let mut u = self.unsynced.lock().unwrap_or_else(|e| e.into_inner());
+            for (k, (a, b)) in spend {
+                let e = u.entry(k).or_default();
+                e.0 += a;
+                e.1 += b;
+            }
+            self.has_unsynced
+                .store(true, std::sync::atomic::Ordering::Relaxed);
         }
     }
 
@@ -363,6 +413,10 @@ impl Budgets {
         } else {
             Backend::Local
         };
+        // Spend Redis missed goes in before anything is reserved against its counters.
+        if self.has_unsynced.load(std::sync::atomic::Ordering::Relaxed) && !self.redis.is_down() {
+            self.sync_spend().await;
+        }
         let mut tries = 0;
         let levels = loop {
             tries += 1;
@@ -467,6 +521,9 @@ impl Budgets {
         let (Backend::Shared, Some(shared)) = (backend, self.shared.clone()) else {
             self.local
                 .settle(&lines, &id, est_tokens, (actual.nano, actual.tokens));
+            if self.shared.is_some() {
+                self.keep_unsynced(&lines, actual);
+            }
             return;
         };
         let me = self.clone();
@@ -485,7 +542,8 @@ impl Budgets {
                     }
                     Err(e) => {
                         me.redis.failed(&e);
-                        error!(error = %e, "cannot settle a budget reservation in redis; it expires on its own");
+                        warn!(error = %e, "cannot settle a budget reservation in redis: its estimate is released when it expires, and its cost is added once redis answers");
+                        me.keep_unsynced(&lines, actual);
                     }
                 }
             }
@@ -494,11 +552,19 @@ impl Budgets {
 
     /// Each covering budget's figures in its current window.
     pub async fn status(&self, budgets: &[Arc<Budget>]) -> Vec<BudgetStatus> {
+        if self.has_unsynced.load(std::sync::atomic::Ordering::Relaxed) {
+            self.sync_spend().await;
+        }
         let now = self.clock.now_ms();
         let (lines, refs) = self.lines(budgets, now);
         let levels = match &self.shared {
             Some(s) => match s.levels(&lines).await {
-                Ok(l) => l,
+                Ok(l) => {
+                    if self.redis.ok() {
+                        self.local.clear();
+                    }
+                    l
+                }
                 Err(e) => {
                     self.redis.failed(&e);
                     self.local.levels(&lines)
