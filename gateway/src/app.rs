@@ -43,14 +43,24 @@ pub async fn assemble(
 /// the path is read afresh each time, never watched by inode).
 pub fn watch_file(gw: Arc<Gateway>, path: PathBuf, every: Duration) {
     tokio::spawn(async move {
-        let mut last = std::fs::read(&path).ok();
+        // The file and the `{file: …}` secrets it names: a key rotated in its Secret volume
+        // (the ConfigMap unchanged) is a change too, and so is a key file that appears after
+        // the document naming it was refused for its absence.
+        let read = |config: Vec<u8>| {
+            let secrets = secret_files(&config)
+                .into_iter()
+                .map(|f| std::fs::read(f).ok())
+                .collect::<Vec<_>>();
+            (config, secrets)
+        };
+        let mut last = std::fs::read(&path).ok().map(read);
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
         loop {
             tick.tick().await;
             let now = match tokio::fs::read(&path).await {
-                Ok(b) => b,
+                Ok(b) => read(b),
                 Err(e) => {
                     // A ConfigMap update replaces the file in one rename; a read that fails
                     // in between is retried at the next tick.
@@ -58,7 +68,7 @@ pub fn watch_file(gw: Arc<Gateway>, path: PathBuf, every: Duration) {
                     continue;
                 }
             };
-            if last.as_deref() == Some(now.as_slice()) {
+            if last.as_ref() == Some(&now) {
                 continue;
             }
             last = Some(now);
@@ -67,10 +77,31 @@ pub fn watch_file(gw: Arc<Gateway>, path: PathBuf, every: Duration) {
     });
 }
 
+/// The `{file: …}` secrets a configuration file names (none if it does not parse).
+fn secret_files(config: &[u8]) -> Vec<String> {
+    use llm_gateway_crds::SecretSource;
+    let Some(doc) = std::str::from_utf8(config)
+        .ok()
+        .and_then(|text| crate::config::parse("", text).ok())
+    else {
+        return Vec::new();
+    };
+    let admin = doc.server.admin_token.as_ref();
+    doc.providers
+        .iter()
+        .filter_map(|p| p.api_key.as_ref())
+        .chain(admin)
+        .filter_map(|s| match s {
+            SecretSource::File(f) => Some(f.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
 /// Applies the file at `path` (SIGHUP and the file watcher come here).
 pub async fn reload_file(gw: &Gateway, path: &std::path::Path, source: Source) {
     let name = path.display().to_string();
-    let doc = match crate::config::load_file(path) {
+    let doc = match crate::config::load_replacement(path) {
         Ok(d) => d,
         Err(e) => {
             live::report_refused(gw, source, &live::Refused::Invalid(e));

@@ -165,6 +165,8 @@ async fn an_invalid_push_is_refused_with_its_field_and_the_old_config_keeps_serv
             ),
             "",
         ),
+        // A truncated document does not take every provider away.
+        ("application/yaml", "# nothing left\n".into(), "."),
     ];
     for (ct, body, field) in cases {
         let (status, v) = push(&h, ct, body).await;
@@ -178,6 +180,10 @@ async fn an_invalid_push_is_refused_with_its_field_and_the_old_config_keeps_serv
                     .contains("server.listen"),
                 "{v}"
             );
+        } else if field == "." {
+            assert_eq!(v["error"]["code"], "invalid_config", "{v}");
+            let message = v["error"]["message"].as_str().unwrap();
+            assert!(message.contains("is empty"), "{v}");
         } else {
             assert_eq!(v["error"]["code"], "invalid_config", "{v}");
             assert_eq!(v["error"]["param"], field, "{v}");
@@ -208,7 +214,7 @@ async fn an_invalid_push_is_refused_with_its_field_and_the_old_config_keeps_serv
     assert_eq!(push(&h, "application/yaml", inline).await.0, 200);
     let m = h.get_text("/metrics").await;
     assert!(
-        m.contains(r#"llm_gateway_config_reloads_total{source="push",result="refused"} 3"#),
+        m.contains(r#"llm_gateway_config_reloads_total{source="push",result="refused"} 4"#),
         "{m}"
     );
 
@@ -439,6 +445,15 @@ async fn a_configmap_style_symlink_swap_and_sighup_are_picked_up() {
     assert_eq!(p.version_served().await, "cm-2");
     let log = p.log.lock().unwrap().join("\n");
     assert!(refused(&log), "{log}");
+    // So is a file caught empty (an editor's truncate before its write).
+    write_version(4, "");
+    let emptied = |log: &str| log.contains("the new configuration is empty");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !emptied(&p.log.lock().unwrap().join("\n")) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(emptied(&p.log.lock().unwrap().join("\n")));
+    assert_eq!(p.version_served().await, "cm-2");
 
     // SIGHUP applies the file at once: a gateway that polls once an hour sees a change
     // only when signalled.
@@ -469,6 +484,52 @@ async fn a_configmap_style_symlink_swap_and_sighup_are_picked_up() {
         metrics.contains(r#"llm_gateway_config_reloads_total{source="file",result="refused"}"#),
         "{metrics}"
     );
+}
+
+/// A key read from a file and rotated in place (as a Secret volume does, the ConfigMap
+/// unchanged) is picked up by the file watch, without a signal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_key_file_is_picked_up_by_the_file_watch() {
+    let mock = mock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("openai-key");
+    std::fs::write(&key, "sk-key-one\n").unwrap();
+    let file = dir.path().join("gateway.yaml");
+    let body = doc(&mock, "k-1", "gpt-4o-mini").replace(
+        "api_key: {env: OPENAI_API_KEY}",
+        &format!("api_key: {{file: {}}}", key.display()),
+    );
+    std::fs::write(&file, body).unwrap();
+    let p = spawn(&file, &[("GROQ_API_KEY", "gsk-test")]).await;
+    let sent_key = || async {
+        p.version_served().await;
+        let got: Value = p
+            .http
+            .get(format!("{mock}/_mock/requests?vendor=openai"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let last = got.as_array().unwrap().last().unwrap().clone();
+        last["headers"]["authorization"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(sent_key().await, "Bearer sk-key-one");
+    let fresh = dir.path().join("openai-key.new");
+    std::fs::write(&fresh, "sk-key-two\n").unwrap();
+    std::fs::rename(&fresh, &key).unwrap();
+    let started = Instant::now();
+    while sent_key().await != "Bearer sk-key-two" {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the new key was never used"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// A document naming the address the gateway already listens on (started with `--listen`,

@@ -80,7 +80,7 @@ pub async fn put(
         .map_err(|_| Error::invalid("", "The configuration is not UTF-8 text."))?;
     let source = DocSource::Pushed;
     let parsed = if yaml {
-        crate::config::parse(source.name(), text)
+        crate::config::parse_replacement(source.name(), text)
     } else {
         crate::config::parse_json(source.name(), text)
     };

@@ -14,6 +14,35 @@ pub fn load_file(path: &Path) -> Result<GatewayConfig, ConfigError> {
     parse(&source, &text)
 }
 
+/// Reads and parses a YAML config file that replaces a running configuration: as
+/// [`load_file`], but a file with no document in it is refused (see [`parse_replacement`]).
+pub fn load_replacement(path: &Path) -> Result<GatewayConfig, ConfigError> {
+    let source = path.display().to_string();
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::at(&source, "", format!("cannot read the file: {e}")))?;
+    parse_replacement(&source, &text)
+}
+
+/// Parses YAML text that replaces a running configuration. Unlike a file read at start, a
+/// text with no document (empty, comments only, `null`) is refused: it is far more often a
+/// file caught half-written or a truncated push than a wish to drop every provider, which
+/// `providers: []` says explicitly.
+pub fn parse_replacement(source: &str, text: &str) -> Result<GatewayConfig, ConfigError> {
+    let empty = text.trim().is_empty()
+        || matches!(
+            yaml_serde::from_str::<yaml_serde::Value>(text),
+            Ok(yaml_serde::Value::Null)
+        );
+    if empty {
+        return Err(ConfigError::at(
+            source,
+            "",
+            "the new configuration is empty (a file still being written?); the running one stays. To run with no providers, say so: `providers: []`",
+        ));
+    }
+    parse(source, text)
+}
+
 /// Parses YAML text; `source` names it in errors.
 pub fn parse(source: &str, text: &str) -> Result<GatewayConfig, ConfigError> {
     if text.trim().is_empty() {
@@ -46,6 +75,26 @@ pub fn parse_json(source: &str, text: &str) -> Result<GatewayConfig, ConfigError
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_replacement_with_no_document_is_refused_but_an_explicit_empty_list_is_not() {
+        for text in [
+            "",
+            "  \n",
+            "# all commented out\n# providers: []\n",
+            "---\n",
+            "~\n",
+        ] {
+            let err = parse_replacement("t.yaml", text).unwrap_err();
+            assert!(err.to_string().contains("is empty"), "{text:?}: {err}");
+        }
+        let none = parse_replacement("t.yaml", "providers: []\n").unwrap();
+        assert!(none.providers.is_empty());
+        assert!(
+            parse("t.yaml", "").is_ok(),
+            "a file read at start may be empty"
+        );
+    }
 
     #[test]
     fn errors_name_the_field_path() {

@@ -21,7 +21,7 @@ use crate::config::model::ModelInfo;
 use routing::VirtualSpec;
 
 pub use env::from_env;
-pub use file::{load_file, parse, parse_json};
+pub use file::{load_file, load_replacement, parse, parse_json, parse_replacement};
 pub use validate::{validate, validate_as};
 
 /// Default largest request body: 10 MiB (room for a few inline images).
