@@ -51,6 +51,22 @@ impl Conn {
         )))
     }
 
+    /// Notes a command's error: when it says the connection is dead or silent, the
+    /// connection is dropped and a new one made in the background at the next use. The
+    /// manager replaces a connection the peer closed, but not one that stopped answering
+    /// (a node gone, packets dropped): every command would wait out its timeout on it
+    /// until the kernel gave up, minutes later. Requests use their fallbacks meanwhile.
+    pub fn on_error(&self, e: &redis::RedisError) {
+        let dead = e.is_timeout()
+            || e.is_connection_dropped()
+            || e.is_io_error()
+            || e.is_connection_refusal();
+        if dead && self.made.swap(None).is_some() {
+            *self.next_try.lock().unwrap_or_else(|e| e.into_inner()) = std::time::Instant::now();
+            tracing::debug!(error = %e, "redis connection dropped; a new one is made in the background");
+        }
+    }
+
     /// Whether a connect may be tried now (then the next is due in [`RETRY_CONNECT`]).
     fn try_due(&self) -> bool {
         let mut next = self.next_try.lock().unwrap_or_else(|e| e.into_inner());

@@ -596,6 +596,69 @@ async fn with_redis_down_budgets_fall_back_to_local_counters_and_resume_after() 
     s.cleanup().await;
 }
 
+/// A Redis connection that stops answering without closing (a node gone, packets dropped)
+/// is replaced: the shared counters count again within seconds, not when the kernel gives
+/// up on the connection minutes later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_connection_that_goes_silent_is_replaced() {
+    let proxy = Proxy::start(redis_addr()).await;
+    let s = setup_via(Some(format!("redis://{}", proxy.addr)), "").await;
+    s.put_budget(json!({"scope": "tenant", "subject": "team-a", "limit_usd": 1000.0}))
+        .await;
+    let prefix = s.prefix.clone().unwrap();
+    // The USD spent on the shared counters, read from Redis itself.
+    let shared_spend = || async {
+        let client = redis::Client::open(redis_url()).unwrap();
+        let mut c = client.get_multiplexed_async_connection().await.unwrap();
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{prefix}budget:*"))
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        let mut total = 0i64;
+        for k in keys
+            .iter()
+            .filter(|k| !k.ends_with(":m") && !k.ends_with(":z"))
+        {
+            let ua: Option<i64> = redis::cmd("HGET")
+                .arg(k)
+                .arg("ua")
+                .query_async(&mut c)
+                .await
+                .unwrap();
+            total += ua.unwrap_or(0);
+        }
+        total
+    };
+    let started = std::time::Instant::now();
+    let before = loop {
+        assert_eq!(s.chat(ask("gpt-4o-mini")).await.0, 200);
+        let spent = shared_spend().await;
+        if spent > 0 {
+            break spent;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "nothing counted in redis"
+        );
+    };
+    proxy.silence();
+    let started = std::time::Instant::now();
+    loop {
+        let (status, _, body) = s.chat(ask("gpt-4o-mini")).await;
+        assert_eq!(status, 200, "{body}");
+        if shared_spend().await > before {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the silent connection was never replaced"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    s.cleanup().await;
+}
+
 #[tokio::test]
 async fn a_crashed_replicas_reservations_return_to_the_budget_after_their_ttl() {
     use llm_gateway::budget::counters::Shared;

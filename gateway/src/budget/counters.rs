@@ -411,7 +411,10 @@ impl Shared {
                 .arg(opt(seed.map(|s| s.0)))
                 .arg(opt(seed.map(|s| s.1)));
         }
-        let v: Vec<i64> = inv.invoke_async(&mut self.conn.get().await?).await?;
+        let v: Vec<i64> = inv
+            .invoke_async(&mut self.conn.get().await?)
+            .await
+            .inspect_err(|e| self.conn.on_error(e))?;
         let bad = || {
             CounterError(redis::RedisError::from((
                 redis::ErrorKind::Parse,
@@ -464,7 +467,10 @@ impl Shared {
             inv.key(&l.key)
                 .arg(if l.kind == Kind::Budget { "b" } else { "r" });
         }
-        let _: i64 = inv.invoke_async(&mut self.conn.get().await?).await?;
+        let _: i64 = inv
+            .invoke_async(&mut self.conn.get().await?)
+            .await
+            .inspect_err(|e| self.conn.on_error(e))?;
         Ok(())
     }
 
@@ -477,7 +483,10 @@ impl Shared {
         for (key, (a, b)) in spend {
             inv.key(key).arg(*a).arg(*b);
         }
-        let _: i64 = inv.invoke_async(&mut self.conn.get().await?).await?;
+        let _: i64 = inv
+            .invoke_async(&mut self.conn.get().await?)
+            .await
+            .inspect_err(|e| self.conn.on_error(e))?;
         Ok(())
     }
 
@@ -493,7 +502,10 @@ impl Shared {
                 .arg("ub")
                 .arg("rb");
         }
-        let rows: Vec<Vec<Option<i64>>> = pipe.query_async(&mut self.conn.get().await?).await?;
+        let rows: Vec<Vec<Option<i64>>> = pipe
+            .query_async(&mut self.conn.get().await?)
+            .await
+            .inspect_err(|e| self.conn.on_error(e))?;
         Ok(lines
             .iter()
             .zip(rows)

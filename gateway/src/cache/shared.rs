@@ -134,7 +134,10 @@ impl Shared {
             Ok(_) => {
                 self.health.ok();
             }
-            Err(e) => self.health.failed(e),
+            Err(e) => {
+                self.conn.on_error(e);
+                self.health.failed(e)
+            }
         }
     }
 
@@ -178,7 +181,8 @@ impl Shared {
         let v: Option<i64> = redis::cmd("GET")
             .arg(format!("{}cache:bytes", self.prefix))
             .query_async(&mut conn)
-            .await?;
+            .await
+            .inspect_err(|e| self.conn.on_error(e))?;
         Ok(v.unwrap_or(0))
     }
 
@@ -187,7 +191,8 @@ impl Shared {
         let v: Option<String> = redis::cmd("GET")
             .arg(self.entry_key(key))
             .query_async(&mut conn)
-            .await?;
+            .await
+            .inspect_err(|e| self.conn.on_error(e))?;
         Ok(v.and_then(|s| serde_json::from_str(&s).ok()))
     }
 
@@ -208,7 +213,8 @@ impl Shared {
                 .arg("COUNT")
                 .arg(500)
                 .query_async(&mut conn)
-                .await?;
+                .await
+                .inspect_err(|e| self.conn.on_error(e))?;
             for k in keys {
                 let hexkey = k.rsplit(':').next().unwrap_or_default().to_owned();
                 let Some(key) = unhex(&hexkey) else { continue };

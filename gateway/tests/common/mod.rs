@@ -487,11 +487,13 @@ pub async fn drop_schema(name: &str) {
         .unwrap();
 }
 
-/// A TCP proxy that can be cut and restored (a database or Redis outage).
+/// A TCP proxy that can be cut and restored (a database or Redis outage), or silence the
+/// connections open now (a peer gone without closing them).
 pub struct Proxy {
     pub addr: std::net::SocketAddr,
     up: Arc<std::sync::atomic::AtomicBool>,
     conns: Arc<tokio::sync::Mutex<tokio::task::JoinSet<()>>>,
+    silence: Arc<tokio::sync::Notify>,
 }
 
 impl Proxy {
@@ -500,7 +502,8 @@ impl Proxy {
         let addr = l.local_addr().unwrap();
         let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let conns: Arc<tokio::sync::Mutex<tokio::task::JoinSet<()>>> = Arc::default();
-        let (u, c) = (up.clone(), conns.clone());
+        let silence = Arc::new(tokio::sync::Notify::new());
+        let (u, c, quiet) = (up.clone(), conns.clone(), silence.clone());
         tokio::spawn(async move {
             loop {
                 let Ok((mut client, _)) = l.accept().await else {
@@ -510,14 +513,31 @@ impl Proxy {
                     drop(client);
                     continue;
                 }
+                let quiet = quiet.clone();
                 c.lock().await.spawn(async move {
                     if let Ok(mut server) = tokio::net::TcpStream::connect(target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                        tokio::select! {
+                            _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                            _ = quiet.notified() => {
+                                // Open, and nothing passes either way any more.
+                                std::future::pending::<()>().await;
+                            }
+                        }
                     }
                 });
             }
         });
-        Proxy { addr, up, conns }
+        Proxy {
+            addr,
+            up,
+            conns,
+            silence,
+        }
+    }
+
+    /// The connections open now stay open but pass nothing more; new ones work.
+    pub fn silence(&self) {
+        self.silence.notify_waiters();
     }
 
     pub async fn cut(&self) {
