@@ -69,6 +69,15 @@ async fn models_lists_enabled_and_virtual_models() {
     let h = start().await;
     let body: Value = h.get_json("/v1/models").await;
     assert_eq!(body["object"], "list");
+    // `created` is a real time (when the serving configuration was applied), not 1970.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    for m in body["data"].as_array().unwrap() {
+        let created = m["created"].as_i64().unwrap();
+        assert!((now - 3600..=now + 60).contains(&created), "{m}");
+    }
     let ids: Vec<&str> = body["data"]
         .as_array()
         .unwrap()

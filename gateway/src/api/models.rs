@@ -9,7 +9,13 @@ use super::AppState;
 use crate::error::{Error, Kind};
 use crate::models::registry::Entry;
 
-fn model_object(id: String, e: &Entry) -> Value {
+/// `created` of every model: when the configuration serving it was applied, Unix seconds
+/// (clients sort and show it; 0 reads as 1970).
+fn created(cfg: &crate::state::Snapshot) -> i64 {
+    cfg.meta.applied_at_ms / 1000
+}
+
+fn model_object(id: String, e: &Entry, created: i64) -> Value {
     let i = &e.info;
     let mut caps = Vec::new();
     if let Some(c) = i.capabilities {
@@ -22,7 +28,7 @@ fn model_object(id: String, e: &Entry) -> Value {
     json!({
         "id": id,
         "object": "model",
-        "created": 0,
+        "created": created,
         "owned_by": e.provider.name,
         "llm_gateway": {
             "provider": e.provider.name,
@@ -39,13 +45,14 @@ fn model_object(id: String, e: &Entry) -> Value {
 }
 
 fn virtual_objects(cfg: &crate::state::Snapshot) -> Vec<Value> {
+    let created = created(cfg);
     cfg.router
         .virtuals()
         .map(|(v, pool)| {
             json!({
                 "id": v.name,
                 "object": "model",
-                "created": 0,
+                "created": created,
                 "owned_by": "llm-gateway",
                 "llm_gateway": {
                     "virtual": true,
@@ -74,7 +81,7 @@ pub async fn list(
                 .check_target(&entries[i].provider, &entries[i].model)
                 .is_ok()
         })
-        .map(|i| model_object(cfg.registry.public_name(i), &entries[i]))
+        .map(|i| model_object(cfg.registry.public_name(i), &entries[i], created(&cfg)))
         .collect();
     data.extend(virtual_objects(&cfg));
     Json(json!({"object": "list", "data": data}))
@@ -100,7 +107,7 @@ pub async fn get(
         e.provider.name == t.provider.name && t.info.as_ref().is_some_and(|i| i.name == e.info.name)
     });
     match found {
-        Some(e) => Ok(Json(model_object(id, e))),
+        Some(e) => Ok(Json(model_object(id, e, created(&cfg)))),
         None => Err(Error::new(
             Kind::NotFound,
             format!("The model `{id}` is not in the catalog of provider `{}`; it can still be requested by that name.", t.provider.name),

@@ -184,7 +184,17 @@ fn positive_secs(v: Option<f64>, default: f64) -> Result<Duration, String> {
     if v.is_finite() && v > 0.0 && v < 1e7 {
         Ok(Duration::from_secs_f64(v))
     } else {
-        Err(format!("{v} is not a positive number of seconds"))
+        Err(not_secs(v))
+    }
+}
+
+/// Why `v` is not a number of seconds, in a line of its own size (1e308 is not written out
+/// in 309 digits).
+fn not_secs(v: f64) -> String {
+    if v.is_finite() && v >= 1e6 {
+        format!("{v:e} seconds is more than this setting allows")
+    } else {
+        format!("{v} is not a positive number of seconds")
     }
 }
 
@@ -264,6 +274,8 @@ mod tests {
             ("routing: {virtual_models: [{name: x, strategy: cost, hedge: {after_secs: -1}}]}", "routing.virtual_models[0].hedge.after_secs", "positive"),
             ("routing: {virtual_models: [{name: x, strategy: cost, hedge: {after_quantile: 1}}]}", "routing.virtual_models[0].hedge.after_quantile", "between 0 and 1"),
             ("providers: [{name: ollama, discover_models: false}]\nrouting: {virtual_models: [{name: llama3.2, strategy: cost}]}", "routing.virtual_models[0].name", "already a model"),
+            ("providers: [{name: ollama, timeout_secs: 1e308}]", "providers[0].timeout_secs", "1e308 seconds is more than"),
+            ("server: {drain_timeout_secs: 1e300}", "server.drain_timeout_secs", "1e300 seconds"),
         ];
         for (yaml, path, words) in cases {
             let e = run(yaml).expect_err(yaml);
@@ -272,6 +284,7 @@ mod tests {
             assert!(!e.to_string().contains("SECRET9"), "a value repeated: {e}");
             assert!(!e.to_string().contains("99999"), "a value repeated: {e}");
             assert_eq!(e.source, "gw.yaml");
+            assert!(e.message.len() < 200, "{e}");
         }
     }
 

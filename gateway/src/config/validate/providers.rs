@@ -217,10 +217,7 @@ pub(super) fn provider(
         if v.is_finite() && v > 0.0 && v < 1e7 {
             Ok(Duration::from_secs_f64(v))
         } else {
-            Err((
-                at(field),
-                format!("{v} is not a positive number of seconds"),
-            ))
+            Err((at(field), super::not_secs(v)))
         }
     };
 
@@ -330,10 +327,7 @@ fn merge_models(
             .first_token_timeout_secs
             .filter(|v| !(v.is_finite() && *v > 0.0 && *v < 1e7))
         {
-            return Err((
-                field("first_token_timeout_secs"),
-                format!("{v} is not a positive number of seconds"),
-            ));
+            return Err((field("first_token_timeout_secs"), super::not_secs(v)));
         }
         match models.iter_mut().find(|m| m.name == o.name) {
             Some(m) => overlay(m, o),

@@ -31,10 +31,7 @@ pub(super) fn routing(
     };
     let decay = r.latency_decay_secs.unwrap_or(DEFAULT_LATENCY_DECAY_SECS);
     if !(decay.is_finite() && decay > 0.0) {
-        return Err((
-            "routing.latency_decay_secs".into(),
-            format!("{decay} is not a positive number of seconds"),
-        ));
+        return Err(("routing.latency_decay_secs".into(), super::not_secs(decay)));
     }
     let known_tags: BTreeSet<String> = ["local", "tools", "vision", "json"]
         .into_iter()
@@ -217,12 +214,7 @@ fn candidates(
 fn hedge(h: &HedgeConfig, at: &dyn Fn(&str) -> String) -> Result<Hedge, FieldError> {
     Ok(match (h.after_secs, h.after_quantile) {
         (Some(s), None) if s.is_finite() && s > 0.0 && s < 1e6 => Hedge::Delay { secs: s },
-        (Some(s), None) => {
-            return Err((
-                at("hedge.after_secs"),
-                format!("{s} is not a positive number of seconds"),
-            ))
-        }
+        (Some(s), None) => return Err((at("hedge.after_secs"), super::not_secs(s))),
         (None, Some(q)) if q > 0.0 && q < 1.0 => Hedge::Quantile { q },
         (None, Some(q)) => {
             return Err((
