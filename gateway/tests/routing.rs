@@ -241,6 +241,59 @@ async fn requests_only_the_openai_protocol_carries_never_go_to_anthropic() {
     }
 }
 
+/// Some OpenAI-protocol APIs refuse or ignore what OpenAI's takes: Groq answers `n > 1` and
+/// `logprobs` with a 400, Ollama ignores `n`, OpenAI's reasoning models take no `logprobs`.
+/// A virtual model passes them over for such a request, and the dry run says why.
+#[tokio::test]
+async fn requests_a_providers_api_refuses_never_go_to_it() {
+    let h = gateway()
+        .routing("  virtual_models:\n  - {name: every, strategy: quality, candidates: {providers: [openai, groq, together, ollama]}}\n")
+        .start()
+        .await;
+    for (field, value, feature, lacking) in [
+        ("n", json!(2), "n > 1", &["groq/", "ollama/"][..]),
+        (
+            "logprobs",
+            json!(true),
+            "logprobs",
+            &["groq/", "openai/o3"][..],
+        ),
+    ] {
+        let mut body = ask("every", "Name a colour.");
+        body[field] = value;
+        let (status, d) = h.route(&body).await;
+        assert_eq!(status, 200, "{d}");
+        let excluded: Vec<&str> = d["decision"]["excluded"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|x| x["reason"] == "unsupported_by_provider")
+            .map(|x| {
+                assert_eq!(x["feature"], feature, "{x}");
+                x["model"].as_str().unwrap()
+            })
+            .collect();
+        for prefix in lacking {
+            assert!(
+                excluded.iter().any(|m| m.starts_with(prefix)),
+                "{field}: {prefix} not excluded: {excluded:?}"
+            );
+        }
+        let ranked: Vec<&str> = ranking(&d)
+            .iter()
+            .map(|c| c["model"].as_str().unwrap())
+            .collect();
+        assert!(ranked.iter().all(|m| !excluded.contains(m)), "{ranked:?}");
+        assert!(
+            ranked.iter().any(|m| m.starts_with("together/")),
+            "Together takes both: {ranked:?}"
+        );
+        if field == "logprobs" {
+            assert!(ranked.contains(&"openai/gpt-4o-mini"), "{ranked:?}");
+        }
+    }
+}
+
 /// A virtual model never sends a request for more output tokens than a candidate writes:
 /// it passes that model over, and the dry run says why.
 #[tokio::test]

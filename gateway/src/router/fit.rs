@@ -26,6 +26,10 @@ pub struct Needs {
     pub json: bool,
     /// Something only the OpenAI protocol carries (`n > 1`, logprobs, audio or files).
     pub openai_only: Option<&'static str>,
+    /// More than one choice (`n > 1`).
+    pub choices: bool,
+    /// Log probabilities (`logprobs: true`).
+    pub logprobs: bool,
     /// Tokens of room kept for the answer.
     pub reserve: usize,
     /// The output limit the request set itself, if any.
@@ -43,6 +47,8 @@ impl Needs {
             tools: req.has_tools(),
             json: req.wants_json(),
             openai_only: req.openai_only(media),
+            choices: req.n.is_some_and(|n| n > 1),
+            logprobs: req.logprobs == Some(true),
             reserve: req.max_output().map_or(default, |m| m as usize),
             max_output: req.max_output(),
         }
@@ -79,6 +85,30 @@ pub fn protocol(protocol: Protocol, needs: &Needs) -> Option<Exclusion> {
         (Protocol::Anthropic, Some(feature)) => Some(Exclusion::OpenAiOnly { feature }),
         _ => None,
     }
+}
+
+/// Whether `provider`'s own API refuses or ignores what the request asks though its protocol
+/// carries it, so a virtual model must not pick it: Groq answers `n > 1` and `logprobs`
+/// with a 400, Ollama ignores `n` (one choice comes back), and OpenAI's reasoning models
+/// take no `logprobs`. A provider is Groq's or OpenAI's by its name (as the quick start and
+/// the catalog name them) or its API's host.
+pub fn provider_api(
+    provider: &crate::providers::Provider,
+    info: &ModelInfo,
+    needs: &Needs,
+) -> Option<Exclusion> {
+    let is = |name: &str, host: &str| &*provider.name == name || provider.base_url.contains(host);
+    let groq = is("groq", "api.groq.com");
+    let feature = if needs.choices && (groq || provider.protocol == Protocol::Ollama) {
+        "n > 1"
+    } else if needs.logprobs
+        && (groq || (is("openai", "api.openai.com") && info.tags.iter().any(|t| t == "reasoning")))
+    {
+        "logprobs"
+    } else {
+        return None;
+    };
+    Some(Exclusion::ProviderLacks { feature })
 }
 
 /// Tokens the request needs in a context window no larger than `window`: a free upper

@@ -82,6 +82,14 @@ pub enum Exclusion {
         /// What (`n > 1`, `logprobs`, `audio or file parts`).
         feature: &'static str,
     },
+    /// The provider's own API refuses (or ignores) something the request asks, though its
+    /// protocol has it (Groq's `n > 1` and `logprobs`, Ollama's `n`, OpenAI's reasoning
+    /// models' `logprobs`).
+    #[serde(rename = "unsupported_by_provider")]
+    ProviderLacks {
+        /// What (`n > 1`, `logprobs`).
+        feature: &'static str,
+    },
     /// Prompt plus completion reserve exceed the context window.
     Context {
         /// Tokens needed.
@@ -452,6 +460,8 @@ impl Router {
                 Some(x)
             } else if let Some(x) = fit::protocol(e.provider.protocol, &needs) {
                 Some(x)
+            } else if let Some(x) = fit::provider_api(&e.provider, &e.info, &needs) {
+                Some(x)
             } else if needed > window(e) as usize {
                 Some(Exclusion::Context {
                     needed,
@@ -584,6 +594,15 @@ fn no_candidate_error(name: &str, excluded: &[Excluded]) -> Error {
         let n = count(&|w| matches!(w, Exclusion::OpenAiOnly { .. }));
         reasons.push(format!("{n} speak Anthropic's API, which has no {feature}"));
     }
+    if let Some(feature) = excluded.iter().find_map(|x| match x.why {
+        Exclusion::ProviderLacks { feature } => Some(feature),
+        _ => None,
+    }) {
+        let n = count(&|w| matches!(w, Exclusion::ProviderLacks { .. }));
+        reasons.push(format!(
+            "{n} are served by APIs that refuse or ignore {feature}"
+        ));
+    }
     if let Some((requested, max)) = excluded.iter().find_map(|x| match x.why {
         Exclusion::OutputLimit { requested, max } => Some((requested, max)),
         _ => None,
@@ -698,7 +717,9 @@ fn check_explicit(
         Exclusion::NoVision => unsupported("messages", "image input"),
         Exclusion::NoTools => unsupported("tools", "tools (function calling)"),
         Exclusion::NoJson => unsupported("response_format", "JSON response formats"),
-        Exclusion::OpenAiOnly { feature } => unsupported("model", feature),
+        Exclusion::OpenAiOnly { feature } | Exclusion::ProviderLacks { feature } => {
+            unsupported("model", feature)
+        }
         Exclusion::OutputLimit { requested, max } => Error::invalid(
             "max_tokens",
             format!("max_tokens is too large: {requested}. This model supports at most {max} completion tokens."),
