@@ -39,6 +39,9 @@ pub struct Translator {
     last_call: Option<u64>,
     finish: Option<String>,
     usage: Option<Value>,
+    /// Items before this index have had their `.done` events: each item is closed before
+    /// the next is added, as OpenAI streams them.
+    closed: usize,
 }
 
 impl Translator {
@@ -62,6 +65,7 @@ impl Translator {
             last_call: None,
             finish: None,
             usage: None,
+            closed: 0,
         }
     }
 
@@ -175,9 +179,16 @@ impl Translator {
     /// Text or refusal for the message (`empty` says which): the message item, and its
     /// part of that kind, are added on first use; then the delta.
     fn part_delta(&mut self, empty: Part, delta: &str, out: &mut BytesMut) {
+        // Text after a tool call closed the message goes in a message item of its own.
+        if self.message.is_some_and(|i| i < self.closed) {
+            self.message = None;
+            self.text_part = None;
+            self.refusal_part = None;
+        }
         let index = match self.message {
             Some(i) => i,
             None => {
+                self.close_open_items("completed", out);
                 let index = self.items.len();
                 self.items.push(Item::Message(Vec::new()));
                 self.message = Some(index);
@@ -262,6 +273,7 @@ impl Translator {
                 i
             }
             None => {
+                self.close_open_items("completed", out);
                 let index = self.items.len();
                 // The id is fixed here: the SDK matches the item's `.done` to its `added`
                 // by it.
@@ -304,8 +316,19 @@ impl Translator {
             self.part_delta(Part::Text(String::new()), "", out);
         }
         let ending = Ending::of_finish(self.finish.as_deref());
-        let status = ending.status();
-        for index in 0..self.items.len() {
+        self.close_open_items(ending.status(), out);
+        let kind = match ending {
+            Ending::Incomplete(_) => "response.incomplete",
+            _ => "response.completed",
+        };
+        let response = self.snapshot(ending, None);
+        self.emit(kind, json!({"response": response}), out);
+        self.ended = true;
+    }
+
+    /// The `.done` events of every item not closed yet, with `status`.
+    fn close_open_items(&mut self, status: &str, out: &mut BytesMut) {
+        for index in self.closed..self.items.len() {
             let item = self.shell.item_json(index, &self.items[index], status);
             let item_id = item["id"].clone();
             match &self.items[index] {
@@ -345,13 +368,7 @@ impl Translator {
                 out,
             );
         }
-        let kind = match ending {
-            Ending::Incomplete(_) => "response.incomplete",
-            _ => "response.completed",
-        };
-        let response = self.snapshot(ending, None);
-        self.emit(kind, json!({"response": response}), out);
-        self.ended = true;
+        self.closed = self.items.len();
     }
 
     /// A failure mid-stream: an `error` event, then `response.failed`.
@@ -475,6 +492,58 @@ mod tests {
             assert_eq!(done["response"]["output"][0]["content"][0]["text"], "Hello");
             assert_eq!(done["response"]["usage"]["total_tokens"], 5);
             assert_eq!(evs[6]["text"], "Hello");
+        }
+    }
+
+    #[test]
+    fn each_item_is_closed_before_the_next_is_added() {
+        let frames = [
+            r#"data: {"created":1,"model":"m","choices":[{"delta":{"content":"Let me look."}}]}"#,
+            r#"data: {"created":1,"model":"m","choices":[{"delta":{"tool_calls":[{"index":0,"id":"call_a","type":"function","function":{"name":"w","arguments":"{}"}}]}}]}"#,
+            r#"data: {"created":1,"model":"m","choices":[{"delta":{"tool_calls":[{"index":1,"id":"call_b","type":"function","function":{"name":"v","arguments":"{}"}}]}}]}"#,
+            r#"data: {"created":1,"model":"m","choices":[{"delta":{"content":"And more."},"finish_reason":"tool_calls"}]}"#,
+            "data: [DONE]",
+        ];
+        let evs = events(&frames, 9);
+        let steps: Vec<(&str, u64)> = evs
+            .iter()
+            .filter(|e| {
+                let k = e["type"].as_str().unwrap();
+                k == "response.output_item.added" || k == "response.output_item.done"
+            })
+            .map(|e| {
+                (
+                    e["type"].as_str().unwrap(),
+                    e["output_index"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            steps,
+            [
+                ("response.output_item.added", 0),
+                ("response.output_item.done", 0),
+                ("response.output_item.added", 1),
+                ("response.output_item.done", 1),
+                ("response.output_item.added", 2),
+                ("response.output_item.done", 2),
+                ("response.output_item.added", 3),
+                ("response.output_item.done", 3),
+            ]
+        );
+        let done = evs.last().unwrap();
+        let output = done["response"]["output"].as_array().unwrap();
+        assert_eq!(output[0]["content"][0]["text"], "Let me look.");
+        assert_eq!(output[3]["content"][0]["text"], "And more.");
+        // No delta after its item's `.done`.
+        let mut closed = std::collections::HashSet::new();
+        for e in &evs {
+            let index = e["output_index"].as_u64();
+            if e["type"] == "response.output_item.done" {
+                closed.insert(index);
+            } else if index.is_some() {
+                assert!(!closed.contains(&index), "{e} after its item was done");
+            }
         }
     }
 
