@@ -239,6 +239,11 @@ pub async fn serve_with_metrics(
             "shutdown signal received; draining in-flight requests"
         );
         let _ = stopping_tx.send(true);
+        // Streams still open just before the drain timeout end with an error event saying
+        // why (and are recorded so), rather than being cut mid-frame when it ends.
+        let drain = g.config().drain_timeout;
+        tokio::time::sleep(drain.saturating_sub((drain / 4).min(Duration::from_secs(1)))).await;
+        g.closing.send_replace(true);
     });
     let g = gw.clone();
     let d = gw.clone();

@@ -47,6 +47,9 @@ pub struct Gateway {
     pub metrics: Metrics,
     /// Cleared when shutdown begins, so `/readyz` fails at once.
     pub ready: AtomicBool,
+    /// Set just before the drain timeout ends: streams still open end with an error event
+    /// saying so (and are recorded as such) instead of being cut mid-frame.
+    pub closing: tokio::sync::watch::Sender<bool>,
     /// Breakers, limits, latency figures and HTTP clients of providers and models, by name.
     pub learned: Learned,
     /// Settings of the listener, fixed at start.
@@ -184,6 +187,7 @@ impl Gateway {
             cache,
             metrics,
             ready: AtomicBool::new(true),
+            closing: tokio::sync::watch::Sender::new(false),
             learned: services.learned,
             env: services.env.unwrap_or_else(process_env),
             fixed,

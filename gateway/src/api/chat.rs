@@ -194,6 +194,7 @@ pub async fn serve(
                 capture: lookup.map(|l| (l, cached::Capture::default())),
                 finished: false,
                 _slots: (admitted.slots, answer.permit),
+                closing: gw.closing.subscribe(),
             });
             // A stream's headers leave before its cost is known: what is left once the
             // reserved estimate is spent.
@@ -297,17 +298,29 @@ struct SseState {
     finished: bool,
     /// The global and provider concurrency slots, released when the stream ends.
     _slots: (crate::admission::Slots, crate::providers::limiter::Permit),
+    /// Turns true when the gateway's drain timeout is about to end (see `Gateway::closing`).
+    closing: tokio::sync::watch::Receiver<bool>,
 }
 
 impl SseState {
     async fn next_item(&mut self) -> Option<StreamItem> {
         let item = match self.held.pop_front() {
             Some(item) => Some(item),
-            None => match tokio::time::timeout_at(self.deadline, self.rx.recv()).await {
-                Ok(item) => item,
-                Err(_) => Some(StreamItem::Error(
-                    Error::gateway_timeout("the stream exceeded the provider's total timeout")
-                        .with_failure(Failure::Timeout(TimeoutKind::Total)),
+            None => tokio::select! {
+                got = tokio::time::timeout_at(self.deadline, self.rx.recv()) => match got {
+                    Ok(item) => item,
+                    Err(_) => Some(StreamItem::Error(
+                        Error::gateway_timeout("the stream exceeded the provider's total timeout")
+                            .with_failure(Failure::Timeout(TimeoutKind::Total)),
+                    )),
+                },
+                // No failure of the provider's: no breaker hears of it.
+                _ = self.closing.wait_for(|c| *c) => Some(StreamItem::Error(
+                    Error::new(
+                        Kind::Unavailable,
+                        "The gateway is shutting down and this stream reached its drain timeout (server.drain_timeout_secs); retry the request.",
+                    )
+                    .with_code("shutting_down"),
                 )),
             },
         };
