@@ -229,6 +229,13 @@ async fn an_invalid_push_is_refused_with_its_field_and_the_old_config_keeps_serv
         .unwrap();
     assert_eq!(r.status(), 401);
     assert_eq!(ask(&h, "pick").await.2, "v2");
+    // Counted (and logged), so a platform team sees someone trying.
+    assert!(
+        h.get_text("/metrics")
+            .await
+            .contains("llm_gateway_admin_auth_failures_total 1"),
+        "the refusal is counted"
+    );
 }
 
 #[tokio::test]

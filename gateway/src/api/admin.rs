@@ -22,7 +22,23 @@ pub async fn require_token(
 ) -> axum::response::Response {
     match authorize(&gw, req.headers()) {
         Ok(()) => next.run(req).await,
-        Err(e) => axum::response::IntoResponse::into_response(e),
+        Err(e) => {
+            if e.code.as_deref() == Some("invalid_admin_token") {
+                // Someone holding the admin port without the token: logged (the first, then
+                // every hundredth, so a flood cannot flood the log) and counted.
+                let n = gw.metrics.admin_auth_failed();
+                if n == 1 || n % 100 == 0 {
+                    let peer = super::serve::peer(req.extensions());
+                    tracing::warn!(
+                        peer = ?peer,
+                        path = %req.uri().path(),
+                        refused_so_far = n,
+                        "admin call refused: missing or wrong admin token (see llm_gateway_admin_auth_failures_total)"
+                    );
+                }
+            }
+            axum::response::IntoResponse::into_response(e)
+        }
     }
 }
 

@@ -244,6 +244,7 @@ pub struct Metrics {
         Family<ModelLabels, prometheus_client::metrics::gauge::Gauge<f64, AtomicU64>>,
     connections_open: prometheus_client::metrics::gauge::Gauge,
     connections_rejected: Counter,
+    admin_auth_failures: Counter,
     config_info: Family<ConfigInfoLabels, prometheus_client::metrics::gauge::Gauge>,
     config_reloads: Family<ReloadLabels, Counter>,
     config_last_success: prometheus_client::metrics::gauge::Gauge<f64, AtomicU64>,
@@ -428,6 +429,12 @@ impl Default for Metrics {
             "Client connections closed at once because server.max_connections were open",
             connections_rejected.clone(),
         );
+        let admin_auth_failures = Counter::default();
+        registry.register(
+            "admin_auth_failures",
+            "Admin API calls refused for a missing or wrong admin token",
+            admin_auth_failures.clone(),
+        );
         let ttft = Family::<ModelLabels, Histogram>::new_with_constructor(|| {
             Histogram::new(exponential_buckets(0.01, 2.0, 14))
         });
@@ -503,6 +510,7 @@ impl Default for Metrics {
             config_last_success,
             connections_open,
             connections_rejected,
+            admin_auth_failures,
             hedges,
             provider_limit,
             provider_in_flight,
@@ -755,6 +763,11 @@ impl Metrics {
     /// Counts a connection closed at the cap.
     pub fn connection_rejected(&self) {
         self.connections_rejected.inc();
+    }
+
+    /// Counts an admin call refused for its token; the total so far.
+    pub fn admin_auth_failed(&self) -> u64 {
+        self.admin_auth_failures.inc() + 1
     }
 
     /// Counts a hedge.
