@@ -46,14 +46,20 @@ pub fn watch_file(gw: Arc<Gateway>, path: PathBuf, every: Duration) {
         // The file and the `{file: …}` secrets it names: a key rotated in its Secret volume
         // (the ConfigMap unchanged) is a change too, and so is a key file that appears after
         // the document naming it was refused for its absence.
-        let read = |config: Vec<u8>| {
-            let secrets = secret_files(&config)
-                .into_iter()
+        // The secret files' paths, worked out again only when the file's bytes change.
+        let mut named: (Vec<u8>, Vec<String>) = (Vec::new(), Vec::new());
+        let mut read = |config: Vec<u8>| {
+            if named.0 != config {
+                named = (config.clone(), secret_files(&config));
+            }
+            let secrets = named
+                .1
+                .iter()
                 .map(|f| std::fs::read(f).ok())
                 .collect::<Vec<_>>();
             (config, secrets)
         };
-        let mut last = std::fs::read(&path).ok().map(read);
+        let mut last = std::fs::read(&path).ok().map(&mut read);
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;

@@ -168,6 +168,9 @@ impl Breaker {
             State::Open if g.closes_when_over => {
                 g.state = State::Closed;
                 g.consecutive = 0;
+                // A rate limit's opening says nothing of failures: the next failure's backoff
+                // starts from the base again.
+                g.openings = 0;
                 g.window.clear();
                 g.failures_in_window = 0;
                 (
@@ -248,7 +251,11 @@ impl Breaker {
         }
         let (retry_after, announced) = match outcome {
             Outcome::Failure { retry_after } => (retry_after, false),
-            Outcome::RateLimited { retry_after } => (Some(retry_after), true),
+            // Past `max_backoff` the breaker opens for less than the provider asked: it
+            // probes at the end rather than let all traffic into a limit still in force.
+            Outcome::RateLimited { retry_after } => {
+                (Some(retry_after), retry_after <= self.cfg.max_backoff)
+            }
             Outcome::Success => (None, false),
         };
         match (g.state, failed) {
@@ -566,6 +573,14 @@ mod tests {
         for _ in 0..10 {
             assert_eq!(b.admit(after).0, Admission::Allowed);
         }
+        // A reset later than max_backoff (a daily quota): opened for max_backoff, then
+        // probed, not thrown open to a limit still in force.
+        let b2 = Breaker::new(cfg(), t);
+        let long = Outcome::RateLimited {
+            retry_after: cfg().max_backoff + Duration::from_secs(3600),
+        };
+        b2.record(t, long, MID);
+        assert_eq!(b2.admit(t + cfg().max_backoff).0, Admission::Probe);
         // Another limit opens it again at once; a plain failure's opening still probes.
         b.record(after, limited, MID);
         assert!(matches!(b.admit(after).0, Admission::Rejected { .. }));

@@ -9,6 +9,9 @@ use redis::{Client, RedisResult};
 /// How often a connection that could not be made is tried again (requests meanwhile use
 /// their fallbacks at once instead of each waiting for a connect timeout).
 const RETRY_CONNECT: Duration = Duration::from_secs(5);
+/// How long a new connection is not blamed for errors (those of commands its predecessor
+/// carried: each waits at most the 500 ms response timeout).
+const REPLACED_GRACE: Duration = Duration::from_secs(1);
 
 /// A reconnecting connection to Redis that may not exist yet: Redis down when the gateway
 /// starts must not stop it (a pod restarting during an outage would crash-loop), so the
@@ -20,6 +23,8 @@ pub struct Conn {
     client: Client,
     made: std::sync::Arc<arc_swap::ArcSwapOption<ConnectionManager>>,
     next_try: std::sync::Arc<std::sync::Mutex<std::time::Instant>>,
+    /// When the current connection was made (see [`Conn::on_error`]).
+    made_at: std::sync::Arc<std::sync::Mutex<std::time::Instant>>,
     /// Where later connects run and the connection's own task lives: the runtime of what
     /// all serving threads share, not the serving thread that happened to ask.
     home: tokio::runtime::Handle,
@@ -61,7 +66,15 @@ impl Conn {
             || e.is_connection_dropped()
             || e.is_io_error()
             || e.is_connection_refusal();
-        if dead && self.made.swap(None).is_some() {
+        // Commands sent on the connection just replaced time out over the next half second:
+        // they do not condemn its successor.
+        let young = self
+            .made_at
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .elapsed()
+            < REPLACED_GRACE;
+        if dead && !young && self.made.swap(None).is_some() {
             *self.next_try.lock().unwrap_or_else(|e| e.into_inner()) = std::time::Instant::now();
             tracing::debug!(error = %e, "redis connection dropped; a new one is made in the background");
         }
@@ -85,6 +98,7 @@ impl Conn {
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_secs(1));
         let c = ConnectionManager::new_with_config(self.client.clone(), cfg).await?;
+        *self.made_at.lock().unwrap_or_else(|e| e.into_inner()) = std::time::Instant::now();
         self.made.store(Some(std::sync::Arc::new(c.clone())));
         Ok(c)
     }
@@ -98,6 +112,7 @@ pub async fn connect(url: &str) -> RedisResult<Conn> {
         client: Client::open(url)?,
         made: Default::default(),
         next_try: std::sync::Arc::new(std::sync::Mutex::new(std::time::Instant::now())),
+        made_at: std::sync::Arc::new(std::sync::Mutex::new(std::time::Instant::now())),
         home: tokio::runtime::Handle::current(),
     };
     conn.try_due();
@@ -174,6 +189,7 @@ mod tests {
             client: Client::open(url.as_str()).unwrap(),
             made: Default::default(),
             next_try: std::sync::Arc::new(std::sync::Mutex::new(std::time::Instant::now())),
+            made_at: std::sync::Arc::new(std::sync::Mutex::new(std::time::Instant::now())),
             home: tokio::runtime::Handle::current(),
         };
         let first = conn.get().now_or_never();

@@ -618,7 +618,7 @@ async fn a_redis_connection_that_goes_silent_is_replaced() {
         let mut total = 0i64;
         for k in keys
             .iter()
-            .filter(|k| !k.ends_with(":m") && !k.ends_with(":z"))
+            .filter(|k| !k.ends_with(":m") && !k.ends_with(":z") && !k.ends_with(":d"))
         {
             let ua: Option<i64> = redis::cmd("HGET")
                 .arg(k)
@@ -657,6 +657,88 @@ async fn a_redis_connection_that_goes_silent_is_replaced() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     s.cleanup().await;
+}
+
+/// Spend settled while Redis was out of reach is added once, and only to a counter that
+/// predates it: one seeded from the database afterwards (Redis restarted empty) has it.
+#[tokio::test]
+async fn spend_synced_after_an_outage_counts_once_and_never_twice_against_a_fresh_seed() {
+    use llm_gateway::budget::counters::{Shared, Unsynced};
+    use llm_gateway::budget::{Amount, Budgets};
+    use llm_gateway::config::budget::{Budget, OnLimit, Scope};
+    let prefix = format!("lgw-test-{}:", uuid::Uuid::new_v4());
+    let start = month_end().0 - 3_600_000;
+    let clock = Arc::new(ManualClock::at(start));
+    let shared = Shared::connect(redis_url()).await.unwrap();
+    let engine = Arc::new(Budgets::new(
+        None,
+        Some(shared.clone()),
+        clock.clone(),
+        &prefix,
+    ));
+    let budget = Arc::new(Budget {
+        scope: Scope::Global,
+        period: Period::Month,
+        limit_usd: Some(1.0),
+        limit_tokens: None,
+        requests_per_minute: None,
+        tokens_per_minute: None,
+        on_limit: OnLimit::Reject,
+        declared_by: None,
+    });
+    // The counter is seeded (at `start`) by a first reservation.
+    let r = engine
+        .reserve(vec![budget.clone()], Amount { nano: 1, tokens: 1 })
+        .await
+        .unwrap();
+    r.settle(Amount { nano: 0, tokens: 0 });
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}budget:*"))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let key = keys
+        .into_iter()
+        .find(|k| !k.ends_with(":m") && !k.ends_with(":z") && !k.ends_with(":d"))
+        .unwrap();
+    let ua = |c: &mut redis::aio::MultiplexedConnection| {
+        let key = key.clone();
+        let mut c = c.clone();
+        async move {
+            let v: i64 = redis::cmd("HGET")
+                .arg(&key)
+                .arg("ua")
+                .query_async(&mut c)
+                .await
+                .unwrap();
+            v
+        }
+    };
+    let spent = |id: &str, at_ms: i64| Unsynced {
+        id: id.to_owned(),
+        at_ms,
+        keys: vec![key.clone()],
+        a: 1000,
+        b: 10,
+    };
+    let before = ua(&mut c).await;
+    // Settled before the counter was seeded: the seed had it.
+    shared
+        .add_used(&[spent("early", start - 1000)], start)
+        .await
+        .unwrap();
+    assert_eq!(ua(&mut c).await, before);
+    // Settled after: added, once, however often it is sent.
+    for _ in 0..3 {
+        shared
+            .add_used(&[spent("late", start + 1000)], start + 2000)
+            .await
+            .unwrap();
+    }
+    assert_eq!(ua(&mut c).await, before + 1000);
+    delete_redis_keys(&prefix).await;
 }
 
 #[tokio::test]

@@ -307,6 +307,8 @@ impl SseState {
         let item = match self.held.pop_front() {
             Some(item) => Some(item),
             None => tokio::select! {
+                // What has arrived goes first (an end already here is an end, not a cut).
+                biased;
                 got = tokio::time::timeout_at(self.deadline, self.rx.recv()) => match got {
                     Ok(item) => item,
                     Err(_) => Some(StreamItem::Error(
@@ -315,7 +317,7 @@ impl SseState {
                     )),
                 },
                 // No failure of the provider's: no breaker hears of it.
-                _ = self.closing.wait_for(|c| *c) => Some(StreamItem::Error(
+                Ok(_) = self.closing.wait_for(|c| *c) => Some(StreamItem::Error(
                     Error::new(
                         Kind::Unavailable,
                         "The gateway is shutting down and this stream reached its drain timeout (server.drain_timeout_secs); retry the request.",

@@ -248,6 +248,22 @@ impl Local {
     }
 }
 
+/// One settlement Redis has not counted: its reservation id, when it was settled (Unix ms),
+/// the budget counters it concerns and its amounts.
+#[derive(Debug, Clone)]
+pub struct Unsynced {
+    /// The reservation id (a settlement counts once).
+    pub id: String,
+    /// When it was settled.
+    pub at_ms: i64,
+    /// The budget counters' keys.
+    pub keys: Vec<String>,
+    /// Nano-USD.
+    pub a: i64,
+    /// Tokens.
+    pub b: i64,
+}
+
 /// Counters in Redis, shared by every replica.
 #[derive(Clone)]
 pub struct Shared {
@@ -275,7 +291,7 @@ for i = 1, n do
   if arg(i, 1) == 'b' then
     if redis.call('HEXISTS', k, 's') == 0 then
       if arg(i, 5) ~= '' then
-        redis.call('HSET', k, 's', '1', 'ua', arg(i, 5), 'ub', arg(i, 6), 'ra', '0', 'rb', '0')
+        redis.call('HSET', k, 's', '1', 'ua', arg(i, 5), 'ub', arg(i, 6), 'ra', '0', 'rb', '0', 'st', ARGV[1])
         redis.call('PEXPIRE', k, arg(i, 4))
       else
         need[#need + 1] = i - 1
@@ -337,23 +353,31 @@ end
 return out
 ";
 
+// A settlement counts once however often it is sent (a retry after a timeout may repeat one
+// Redis did run): ids settled in the last hour are kept in `k:d`.
 const SETTLE: &str = r"
-local id, aa, ab, db = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local id, aa, ab, db, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
 local function neg(x) if x == '0' then return '0' elseif string.sub(x, 1, 1) == '-' then return string.sub(x, 2) else return '-' .. x end end
 for i = 1, #KEYS do
   local k = KEYS[i]
-  if ARGV[4 + i] == 'b' then
-    local amt = redis.call('HGET', k .. ':m', id)
-    if amt then
-      local a, b = string.match(amt, '^(%-?%d+):(%-?%d+)$')
-      redis.call('HINCRBY', k, 'ra', neg(a))
-      redis.call('HINCRBY', k, 'rb', neg(b))
-      redis.call('HDEL', k .. ':m', id)
-      redis.call('ZREM', k .. ':z', id)
-    end
-    if redis.call('HEXISTS', k, 's') == 1 then
-      redis.call('HINCRBY', k, 'ua', aa)
-      redis.call('HINCRBY', k, 'ub', ab)
+  if ARGV[5 + i] == 'b' then
+    if redis.call('ZSCORE', k .. ':d', id) == false then
+      local amt = redis.call('HGET', k .. ':m', id)
+      if amt then
+        local a, b = string.match(amt, '^(%-?%d+):(%-?%d+)$')
+        redis.call('HINCRBY', k, 'ra', neg(a))
+        redis.call('HINCRBY', k, 'rb', neg(b))
+        redis.call('HDEL', k .. ':m', id)
+        redis.call('ZREM', k .. ':z', id)
+      end
+      if redis.call('HEXISTS', k, 's') == 1 then
+        redis.call('HINCRBY', k, 'ua', aa)
+        redis.call('HINCRBY', k, 'ub', ab)
+        redis.call('ZADD', k .. ':d', now, id)
+        redis.call('ZREMRANGEBYSCORE', k .. ':d', '-inf', now - 3600000)
+        local ttl = redis.call('PTTL', k)
+        if ttl > 0 then redis.call('PEXPIRE', k .. ':d', ttl) end
+      end
     end
   elseif redis.call('EXISTS', k) == 1 then
     redis.call('HINCRBY', k, 'ub', db)
@@ -362,14 +386,31 @@ end
 return 1
 ";
 
-// Spend a replica settled while it could not reach Redis, added to the counters that exist
-// (a counter that does not is seeded from the database, which holds that spend already).
+// Spend a replica settled while it could not reach Redis (on its own counters, or a
+// settlement Redis did not confirm): per key, a count, then (id, settled at, a, b) each.
+// Added to a counter Redis held before that spend: one seeded later (after a Redis restart,
+// say) read it from the database already. An id counted before (its settlement did run)
+// is not counted again.
 const ADD_USED: &str = r"
+local now, p = tonumber(ARGV[1]), 2
 for i = 1, #KEYS do
   local k = KEYS[i]
-  if redis.call('HEXISTS', k, 's') == 1 then
-    redis.call('HINCRBY', k, 'ua', ARGV[2 * i - 1])
-    redis.call('HINCRBY', k, 'ub', ARGV[2 * i])
+  local n = tonumber(ARGV[p])
+  p = p + 1
+  local held = redis.call('HEXISTS', k, 's') == 1
+  local st = tonumber(redis.call('HGET', k, 'st') or '0')
+  for _ = 1, n do
+    local id, at, a, b = ARGV[p], tonumber(ARGV[p + 1]), ARGV[p + 2], ARGV[p + 3]
+    p = p + 4
+    if held and st <= at and redis.call('ZSCORE', k .. ':d', id) == false then
+      redis.call('HINCRBY', k, 'ua', a)
+      redis.call('HINCRBY', k, 'ub', b)
+      redis.call('ZADD', k .. ':d', now, id)
+    end
+  end
+  if held then
+    local ttl = redis.call('PTTL', k)
+    if ttl > 0 then redis.call('PEXPIRE', k .. ':d', ttl) end
   end
 end
 return 1
@@ -457,12 +498,14 @@ impl Shared {
         id: &str,
         estimate_b: i64,
         actual: (i64, i64),
+        now_ms: i64,
     ) -> Result<(), CounterError> {
         let mut inv = SETTLE_SCRIPT.prepare_invoke();
         inv.arg(id)
             .arg(actual.0)
             .arg(actual.1)
-            .arg(actual.1 - estimate_b);
+            .arg(actual.1 - estimate_b)
+            .arg(now_ms);
         for l in lines {
             inv.key(&l.key)
                 .arg(if l.kind == Kind::Budget { "b" } else { "r" });
@@ -474,14 +517,25 @@ impl Shared {
         Ok(())
     }
 
-    /// Adds spend settled elsewhere (key → (a, b)) to the budget counters Redis holds.
-    pub async fn add_used(&self, spend: &[(String, (i64, i64))]) -> Result<(), CounterError> {
+    /// Adds spend settled while Redis was out of reach to the counters it concerns (see the
+    /// script: each settlement once, and only where the counter predates it).
+    pub async fn add_used(&self, spend: &[Unsynced], now_ms: i64) -> Result<(), CounterError> {
         if spend.is_empty() {
             return Ok(());
         }
+        let mut by_key: HashMap<&str, Vec<&Unsynced>> = HashMap::new();
+        for u in spend {
+            for k in &u.keys {
+                by_key.entry(k).or_default().push(u);
+            }
+        }
         let mut inv = ADD_USED_SCRIPT.prepare_invoke();
-        for (key, (a, b)) in spend {
-            inv.key(key).arg(*a).arg(*b);
+        inv.arg(now_ms);
+        for (key, list) in &by_key {
+            inv.key(*key).arg(list.len());
+            for u in list {
+                inv.arg(&u.id).arg(u.at_ms).arg(u.a).arg(u.b);
+            }
         }
         let _: i64 = inv
             .invoke_async(&mut self.conn.get().await?)

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tracing::{error, warn};
 
-use super::counters::{Ask, Kind, Level, Line, Local, Reserved, Shared};
+use super::counters::{Ask, Kind, Level, Line, Local, Reserved, Shared, Unsynced};
 use super::figures::{Amount, BudgetStatus, LimitKind, Refusal};
 use super::reservation::Reservation;
 use super::{COUNTER_GRACE_MS, REFRESH, RESERVATION_TTL_MS};
@@ -50,6 +50,9 @@ pub(super) struct LineRef {
     pub(super) window: Window,
 }
 
+/// Settlements kept for Redis while it is out of reach, at most (see `Budgets::unsynced`).
+const UNSYNCED_MAX: usize = 100_000;
+
 /// The budget engine of one gateway process.
 #[derive(Debug)]
 pub struct Budgets {
@@ -67,7 +70,7 @@ pub struct Budgets {
     /// Budget spend settled while Redis could not be reached (on this replica's own
     /// counters, or a settlement Redis refused), by counter: added to Redis's counters once
     /// it answers, so an outage loses no spend and the shared counters resume at the truth.
-    unsynced: std::sync::Mutex<HashMap<String, (i64, i64)>>,
+    unsynced: std::sync::Mutex<Vec<Unsynced>>,
     /// Whether `unsynced` holds anything (read on every request without the lock).
     has_unsynced: std::sync::atomic::AtomicBool,
 }
@@ -351,41 +354,54 @@ impl Budgets {
         }
     }
 
-    /// Notes budget spend Redis has not counted (see `unsynced`).
-    fn keep_unsynced(&self, lines: &[Line], actual: Amount) {
-        if actual.nano == 0 && actual.tokens == 0 {
+    /// Notes a settlement Redis has not counted (see `unsynced`). At most [`UNSYNCED_MAX`]
+    /// are kept: past that, the oldest are dropped (the database still has them; a counter
+    /// seeded from it after the outage counts them).
+    fn keep_unsynced(&self, lines: &[Line], id: &str, actual: Amount) {
+        let keys: Vec<String> = lines
+            .iter()
+            .filter(|l| l.kind == Kind::Budget)
+            .map(|l| l.key.clone())
+            .collect();
+        if keys.is_empty() || (actual.nano == 0 && actual.tokens == 0) {
             return;
         }
         let mut u = self.unsynced.lock().unwrap_or_else(|e| e.into_inner());
-        for l in lines.iter().filter(|l| l.kind == Kind::Budget) {
-            let e = u.entry(l.key.clone()).or_default();
-            e.0 += actual.nano;
-            e.1 += actual.tokens;
+        if u.len() >= UNSYNCED_MAX {
+            let drop = u.len() + 1 - UNSYNCED_MAX;
+            u.drain(..drop);
+            warn!("more budget settlements waiting for redis than are kept; the oldest are left to the database");
         }
+        u.push(Unsynced {
+            id: id.to_owned(),
+            at_ms: self.clock.now_ms(),
+            keys,
+            a: actual.nano,
+            b: actual.tokens,
+        });
         self.has_unsynced
-            .store(!u.is_empty(), std::sync::atomic::Ordering::Relaxed);
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// Adds the spend Redis missed to its counters; kept for the next try if it fails.
+    /// Adds the settlements Redis missed to its counters; kept for the next try if that
+    /// fails (a try that did run counts nothing twice: see `Shared::add_used`).
     async fn sync_spend(&self) {
         let Some(shared) = &self.shared else { return };
-        let spend: Vec<(String, (i64, i64))> = {
+        let spend: Vec<Unsynced> = {
             let mut u = self.unsynced.lock().unwrap_or_else(|e| e.into_inner());
             self.has_unsynced
                 .store(false, std::sync::atomic::Ordering::Relaxed);
-            u.drain().collect()
+            std::mem::take(&mut *u)
         };
         if spend.is_empty() {
             return;
         }
-        if let Err(e) = shared.add_used(&spend).await {
+        if let Err(e) = shared.add_used(&spend, self.clock.now_ms()).await {
             self.redis.failed(&e);
             let mut u = self.unsynced.lock().unwrap_or_else(|e| e.into_inner());
-            for (k, (a, b)) in spend {
-                let e = u.entry(k).or_default();
-                e.0 += a;
-                e.1 += b;
-            }
+            let later = std::mem::take(&mut *u);
+            *u = spend;
+            u.extend(later);
             self.has_unsynced
                 .store(true, std::sync::atomic::Ordering::Relaxed);
         }
@@ -522,7 +538,7 @@ impl Budgets {
             self.local
                 .settle(&lines, &id, est_tokens, (actual.nano, actual.tokens));
             if self.shared.is_some() {
-                self.keep_unsynced(&lines, actual);
+                self.keep_unsynced(&lines, &id, actual);
             }
             return;
         };
@@ -531,8 +547,9 @@ impl Budgets {
             // One retry: a settlement lost to a Redis blip leaves the use uncounted in Redis
             // until the next period (the database still has it).
             for attempt in 0..2 {
+                let now = me.clock.now_ms();
                 match shared
-                    .settle(&lines, &id, est_tokens, (actual.nano, actual.tokens))
+                    .settle(&lines, &id, est_tokens, (actual.nano, actual.tokens), now)
                     .await
                 {
                     Ok(()) => return,
@@ -543,7 +560,7 @@ impl Budgets {
                     Err(e) => {
                         me.redis.failed(&e);
                         warn!(error = %e, "cannot settle a budget reservation in redis: its estimate is released when it expires, and its cost is added once redis answers");
-                        me.keep_unsynced(&lines, actual);
+                        me.keep_unsynced(&lines, &id, actual);
                     }
                 }
             }

@@ -299,6 +299,11 @@ impl Translator {
             if let Item::Call { arguments, .. } = &mut self.items[index] {
                 arguments.push_str(a);
             }
+            // A fragment of a call already closed (a provider interleaving calls): no event
+            // after its `.done`; the final response carries the whole call.
+            if index < self.closed {
+                return;
+            }
             let item_id = self.shell.item_id(index, &self.items[index]);
             self.emit(
                 "response.function_call_arguments.delta",

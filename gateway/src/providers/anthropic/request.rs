@@ -183,6 +183,12 @@ pub fn translate(
     // `allowed_tools`: the Messages API has no such choice, so the model is shown only those.
     if let Some(names) = allowed {
         tools.retain(|t| names.iter().any(|n| t["name"] == n.as_str()));
+        if tools.is_empty() {
+            return Err(Error::invalid(
+                "tool_choice.allowed_tools.tools",
+                "names none of the request's tools",
+            ));
+        }
     }
 
     let mut json_tool = None;
@@ -455,6 +461,10 @@ mod tests {
             (
                 json!({"model":"m","tools":[{"type":"function","function":{"name":"f"}}],"tool_choice":{"type":"allowed_tools","allowed_tools":{"mode":"none","tools":[]}},"messages":[{"role":"user","content":"x"}]}),
                 "tool_choice.allowed_tools.mode",
+            ),
+            (
+                json!({"model":"m","tools":[{"type":"function","function":{"name":"f"}}],"tool_choice":{"type":"allowed_tools","allowed_tools":{"mode":"auto","tools":[{"type":"function","function":{"name":"g"}}]}},"messages":[{"role":"user","content":"x"}]}),
+                "tool_choice.allowed_tools.tools",
             ),
             (
                 json!({"model":"m","functions":[{"name":"f","parameters":{"type":"object"}}],"function_call":"auto","messages":[{"role":"user","content":"x"}]}),
