@@ -138,6 +138,21 @@ impl Setup {
     }
 }
 
+/// A global monthly budget of `usd`, rejecting past it (for tests that drive the engine).
+fn global_usd_budget(usd: f64) -> Arc<llm_gateway::config::budget::Budget> {
+    use llm_gateway::config::budget::{Budget, OnLimit, Scope};
+    Arc::new(Budget {
+        scope: Scope::Global,
+        period: Period::Month,
+        limit_usd: Some(usd),
+        limit_tokens: None,
+        requests_per_minute: None,
+        tokens_per_minute: None,
+        on_limit: OnLimit::Reject,
+        declared_by: None,
+    })
+}
+
 fn ask(model: &str) -> Value {
     json!({"model": model, "max_tokens": 20, "messages": [{"role": "user", "content": "Say hello [[words=10]]"}]})
 }
@@ -665,7 +680,6 @@ async fn a_redis_connection_that_goes_silent_is_replaced() {
 async fn spend_synced_after_an_outage_counts_once_and_never_twice_against_a_fresh_seed() {
     use llm_gateway::budget::counters::{Shared, Unsynced};
     use llm_gateway::budget::{Amount, Budgets};
-    use llm_gateway::config::budget::{Budget, OnLimit, Scope};
     let prefix = format!("lgw-test-{}:", uuid::Uuid::new_v4());
     let start = month_end().0 - 3_600_000;
     let clock = Arc::new(ManualClock::at(start));
@@ -676,16 +690,7 @@ async fn spend_synced_after_an_outage_counts_once_and_never_twice_against_a_fres
         clock.clone(),
         &prefix,
     ));
-    let budget = Arc::new(Budget {
-        scope: Scope::Global,
-        period: Period::Month,
-        limit_usd: Some(1.0),
-        limit_tokens: None,
-        requests_per_minute: None,
-        tokens_per_minute: None,
-        on_limit: OnLimit::Reject,
-        declared_by: None,
-    });
+    let budget = global_usd_budget(1.0);
     // The counter is seeded (at `start`) by a first reservation.
     let r = engine
         .reserve(vec![budget.clone()], Amount { nano: 1, tokens: 1 })
@@ -745,7 +750,6 @@ async fn spend_synced_after_an_outage_counts_once_and_never_twice_against_a_fres
 async fn a_crashed_replicas_reservations_return_to_the_budget_after_their_ttl() {
     use llm_gateway::budget::counters::Shared;
     use llm_gateway::budget::{Amount, Budgets, RESERVATION_TTL_MS};
-    use llm_gateway::config::budget::{Budget, OnLimit, Scope};
     let prefix = format!("lgw-test-{}:", uuid::Uuid::new_v4());
     let start = month_end().0 - 3_600_000;
     let clock = Arc::new(ManualClock::at(start));
@@ -755,16 +759,7 @@ async fn a_crashed_replicas_reservations_return_to_the_budget_after_their_ttl() 
         clock.clone(),
         &prefix,
     ));
-    let budget = Arc::new(Budget {
-        scope: Scope::Global,
-        period: Period::Month,
-        limit_usd: Some(1.0),
-        limit_tokens: None,
-        requests_per_minute: None,
-        tokens_per_minute: None,
-        on_limit: OnLimit::Reject,
-        declared_by: None,
-    });
+    let budget = global_usd_budget(1.0);
     let half = Amount {
         nano: 600_000_000,
         tokens: 10,

@@ -301,14 +301,18 @@ async fn a_provider_answering_429_under_load_sheds_traffic_without_client_errors
     assert!(limit < INITIAL_LIMIT, "429s cut openai's limit: {limit}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hedging_asks_the_next_provider_after_the_delay_and_both_calls_are_paid() {
+/// A gateway whose virtual model `pair` (gpt-4o-mini, then Groq's llama) hedges after
+/// `after_secs`, with a key of `tenant` held to a 1 USD budget: the gateway, its store, the key.
+async fn hedged_pair(
+    after_secs: f64,
+    tenant: &str,
+) -> (Harness, llm_gateway::store::Store, String) {
     let clock = std::sync::Arc::new(llm_gateway::clock::ManualClock::at(
         llm_gateway::clock::SystemClock.now_ms(),
     ));
-    let routing = "  virtual_models:\n    - {name: pair, strategy: quality, candidates: {models: [gpt-4o-mini, llama-3.1-8b-instant]}, hedge: {after_secs: 1.0}}\n";
+    let routing = format!("  virtual_models:\n    - {{name: pair, strategy: quality, candidates: {{models: [gpt-4o-mini, llama-3.1-8b-instant]}}, hedge: {{after_secs: {after_secs}}}}}\n");
     let h = gateway()
-        .routing(routing)
+        .routing(&routing)
         .budgets(BudgetSetup {
             redis_url: None,
             database_url: None,
@@ -318,14 +322,35 @@ async fn hedging_asks_the_next_provider_after_the_delay_and_both_calls_are_paid(
         .start()
         .await;
     let store = h.store.clone().unwrap();
-    let (rec, key) = store.create_key("team-h", "ci").await.unwrap();
+    let (_, key) = store.create_key(tenant, "ci").await.unwrap();
     let r = h
         .admin(reqwest::Method::PUT, "/admin/budgets")
-        .json(&json!({"scope": "tenant", "subject": "team-h", "limit_usd": 1.0}))
+        .json(&json!({"scope": "tenant", "subject": tenant, "limit_usd": 1.0}))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
+    (h, store, key)
+}
+
+/// The USD `key`'s first budget has used, and the whole `GET /v1/budget` answer.
+async fn used_usd(h: &Harness, key: &str) -> (f64, Value) {
+    let me: Value = h
+        .http
+        .get(format!("{}/v1/budget", h.gw))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    (me["budgets"][0]["used_usd"].as_f64().unwrap(), me)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hedging_asks_the_next_provider_after_the_delay_and_both_calls_are_paid() {
+    let (h, store, key) = hedged_pair(1.0, "team-h").await;
     // OpenAI is slow this time: the hedge to Groq answers first. (The delays are seconds so
     // that a busy machine's own slowness is never mistaken for them.)
     h.fault(json!({"vendor": "openai", "latency_ms": 5000, "times": 1}))
@@ -388,17 +413,7 @@ async fn hedging_asks_the_next_provider_after_the_delay_and_both_calls_are_paid(
             let winner = rows.iter().find(|u| u.status == 200).unwrap();
             assert_eq!(winner.provider.as_deref(), Some("groq"));
             // Both costs are in the tenant's budget.
-            let me: Value = h
-                .http
-                .get(format!("{}/v1/budget", h.gw))
-                .bearer_auth(&key)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            let used = me["budgets"][0]["used_usd"].as_f64().unwrap();
+            let (used, me) = used_usd(&h, &key).await;
             let both = loser.cost_usd.unwrap() + winner.cost_usd.unwrap();
             assert!((used - both).abs() < 1e-12, "{me} vs {both}");
         }
@@ -428,36 +443,13 @@ async fn hedging_asks_the_next_provider_after_the_delay_and_both_calls_are_paid(
         m.contains(r#"llm_gateway_hedges_total{provider="groq",outcome="lost"}"#),
         "{m}"
     );
-    let _ = rec;
 }
 
 /// A client that leaves while both the first call and its hedge are at their providers pays
 /// for both (each read the prompt), on the tenant's budget too, as after a decided race.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_leaving_during_a_hedge_race_pays_for_both_calls() {
-    let clock = std::sync::Arc::new(llm_gateway::clock::ManualClock::at(
-        llm_gateway::clock::SystemClock.now_ms(),
-    ));
-    let routing = "  virtual_models:\n    - {name: pair, strategy: quality, candidates: {models: [gpt-4o-mini, llama-3.1-8b-instant]}, hedge: {after_secs: 0.5}}\n";
-    let h = gateway()
-        .routing(routing)
-        .budgets(BudgetSetup {
-            redis_url: None,
-            database_url: None,
-            redis_prefix: None,
-            clock,
-        })
-        .start()
-        .await;
-    let store = h.store.clone().unwrap();
-    let (_, key) = store.create_key("team-r", "ci").await.unwrap();
-    let r = h
-        .admin(reqwest::Method::PUT, "/admin/budgets")
-        .json(&json!({"scope": "tenant", "subject": "team-r", "limit_usd": 1.0}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    let (h, store, key) = hedged_pair(0.5, "team-r").await;
     for vendor in ["openai", "groq"] {
         h.fault(json!({"vendor": vendor, "latency_ms": 5000, "times": 1}))
             .await;
@@ -489,17 +481,7 @@ async fn a_client_leaving_during_a_hedge_race_pays_for_both_calls() {
         assert!(u.usage_estimated && u.prompt_tokens > 0, "{u:?}");
         assert!(u.cost_usd.unwrap() > 0.0, "{u:?}");
     }
-    let me: Value = h
-        .http
-        .get(format!("{}/v1/budget", h.gw))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let used = me["budgets"][0]["used_usd"].as_f64().unwrap();
+    let (used, me) = used_usd(&h, &key).await;
     let both: f64 = rows.iter().map(|u| u.cost_usd.unwrap()).sum();
     assert!((used - both).abs() < 1e-12, "{me} vs {both}");
 }

@@ -97,6 +97,9 @@ pub fn provider_api(
     info: &ModelInfo,
     needs: &Needs,
 ) -> Option<Exclusion> {
+    if !needs.choices && !needs.logprobs {
+        return None;
+    }
     let is = |name: &str, host: &str| &*provider.name == name || provider.base_url.contains(host);
     let groq = is("groq", "api.groq.com");
     let feature = if needs.choices && (groq || provider.protocol == Protocol::Ollama) {
