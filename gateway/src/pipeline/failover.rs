@@ -401,7 +401,9 @@ pub async fn chat(
             Some((h, j)) => {
                 hedged = true;
                 let delay = hedge_delay(h, &target, plan);
-                race(
+                // Boxed: the race holds two attempts, and inline it would triple the size of
+                // every request's future, hedged or not (copied whole when axum boxes it).
+                Box::pin(race(
                     gw,
                     ctx,
                     &cands,
@@ -412,7 +414,7 @@ pub async fn chat(
                     plan,
                     req,
                     raw,
-                )
+                ))
                 .await
             }
         };
