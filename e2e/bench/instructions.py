@@ -19,7 +19,8 @@ costs before any of the gateway's logic.
 Run it with ./e2e/bench/instructions.sh (builds the release binaries). Knobs: BENCH_FEW
 (default 200), BENCH_MANY (1200), BENCH_GATEWAY (another gateway binary to count, an earlier
 build say). BENCH_ALLOCS=1 also counts the heap allocations per request (and their bytes)
-under `valgrind --tool=dhat`, the same difference of two runs.
+under `valgrind --tool=dhat`, the same difference of two runs (with the C library's allocator,
+`LLM_GATEWAY_ALLOCATOR=system`: dhat sees only malloc's blocks).
 """
 
 import json
@@ -65,6 +66,9 @@ def run(n, stream, work, bare=False, tool="callgrind"):
     data = tempfile.mkdtemp(dir=work)
     env = {"PATH": os.environ["PATH"], "OPENAI_API_KEY": KEY, "LLM_GATEWAY_DATA_DIR": data,
            "OPENAI_BASE_URL": f"{mock}/openai/v1", "OLLAMA_HOST": f"{mock}/ollama", "RUST_LOG": "warn"}
+    if tool == "dhat":
+        # dhat counts the C library's malloc; mimalloc's blocks would go uncounted.
+        env["LLM_GATEWAY_ALLOCATOR"] = "system"
     path = "/openai/v1/chat/completions" if bare else "/v1/chat/completions"
     gw = spawn(["valgrind", f"--tool={tool}", f"--{tool}-out-file={out}", *cmd], env)
     try:

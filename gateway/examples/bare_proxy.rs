@@ -24,6 +24,10 @@ struct Upstream {
     clients: Vec<Client>,
 }
 
+// The gateway's allocator, so that the floor is measured on the same footing.
+#[global_allocator]
+static ALLOCATOR: llm_gateway::alloc::Allocator = llm_gateway::alloc::Allocator;
+
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [listen, upstream] = args.as_slice() else {

@@ -200,6 +200,7 @@ pub async fn serve_with_metrics(
             Threads::Shared => tokio::runtime::Handle::current().metrics().num_workers(),
             Threads::PerThread(n) => n.get(),
         },
+        allocator = crate::alloc::in_use(),
         "listening on http://{addr} — point OpenAI SDKs at OPENAI_BASE_URL=http://{addr}/v1"
     );
     let limits = crate::api::serve::Limits {

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod admission;
+pub mod alloc;
 pub mod api;
 pub mod app;
 pub mod auth;

@@ -2,6 +2,9 @@
 
 mod cli;
 
+#[global_allocator]
+static ALLOCATOR: llm_gateway::alloc::Allocator = llm_gateway::alloc::Allocator;
+
 fn main() -> std::process::ExitCode {
     cli::run()
 }

@@ -196,6 +196,54 @@ fn quick_start_from_environment_serves_and_stops_cleanly_on_sigterm() {
     assert!(!log.contains(secret), "a secret reached the log: {log}");
 }
 
+/// Each heap allocator serves requests, streams included, and stops cleanly.
+#[test]
+fn both_allocators_serve_and_stop_cleanly() {
+    let mock = start_mock();
+    let http = reqwest::blocking_client();
+    for (env, expect) in [(None, "mimalloc"), (Some("system"), "system")] {
+        let envs: Vec<(&str, &str)> = env
+            .map(|v| ("LLM_GATEWAY_ALLOCATOR", v))
+            .into_iter()
+            .collect();
+        let data = tempfile::tempdir().unwrap();
+        let mut gw = common::spawn_listening(
+            gateway_command(&mock, data.path())
+                .env("RUST_LOG", "info")
+                .envs(envs),
+        );
+        let base = gw.base.clone();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while http
+            .get(format!("{base}/readyz"))
+            .map(|s| s != 200)
+            .unwrap_or(true)
+        {
+            assert!(
+                Instant::now() < deadline,
+                "{expect}: the gateway did not get ready"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        for stream in [false, true] {
+            let (status, body) = http
+                .post_json(
+                    &format!("{base}/v1/chat/completions"),
+                    &format!(r#"{{"model":"gpt-4o-mini","stream":{stream},"messages":[{{"role":"user","content":"hi"}}]}}"#),
+                )
+                .unwrap();
+            assert_eq!(status, 200, "{expect}, stream {stream}: {body}");
+            assert!(body.contains("chat.completion"), "{expect}: {body}");
+        }
+        assert_eq!(stop_with_sigterm(&mut gw.child), Some(0), "{expect}");
+        let log = gw.full_log();
+        assert!(
+            log.contains(&format!("allocator=\"{expect}\"")),
+            "{expect}: {log}"
+        );
+    }
+}
+
 /// The gateway binary, OpenAI at the mock, Ollama absent, its data (the ledger) in `data`
 /// rather than in a `gateway.db` of the working directory shared with other tests, and nothing
 /// else from this environment. [`common::spawn_listening`] gives it its port.
