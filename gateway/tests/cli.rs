@@ -552,6 +552,84 @@ fn a_stream_cut_by_the_drain_timeout_ends_with_an_error_event() {
     );
 }
 
+/// A JSON request still waiting for its provider when the drain timeout ends gets a 503 the
+/// client can retry elsewhere, not a cut connection, and its record says 503 with the prompt
+/// the provider read estimated and charged, not 499 (the client did not leave).
+#[test]
+fn a_request_cut_by_the_drain_timeout_gets_a_503_it_can_retry() {
+    let mock = start_mock();
+    let data = tempfile::tempdir().unwrap();
+    let config = data.path().join("gw.yaml");
+    std::fs::write(
+        &config,
+        format!("server: {{drain_timeout_secs: 1}}\nproviders:\n  - name: openai\n    base_url: {mock}/openai/v1\n    api_key: {{env: OPENAI_API_KEY}}\n"),
+    )
+    .unwrap();
+    let db = format!("sqlite://{}/gw.db", data.path().display());
+    let mut gw = common::spawn_listening(gateway_command(&mock, data.path()).args([
+        "--config",
+        config.to_str().unwrap(),
+        "--database-url",
+        &db,
+    ]));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let ((status, body), store) = rt.block_on(async {
+        llm_gateway::install_crypto();
+        let store = llm_gateway::store::Store::open(&db).await.unwrap();
+        let (_, key) = store.create_key("team-d", "ci").await.unwrap();
+        let http = ::reqwest::Client::new();
+        // The provider answers in 5 s, far past the 1 s drain.
+        http.post(format!("{mock}/_mock/faults"))
+            .json(&serde_json::json!({"vendor": "openai", "latency_ms": 5000}))
+            .send()
+            .await
+            .unwrap();
+        let url = format!("{}/v1/chat/completions", gw.base);
+        let call = tokio::spawn({
+            let http = http.clone();
+            async move {
+                let r = http
+                    .post(url)
+                    .bearer_auth(key)
+                    .json(&serde_json::json!({"model": "gpt-4o-mini",
+                        "messages": [{"role": "user", "content": "hello there"}]}))
+                    .send()
+                    .await
+                    .unwrap();
+                (r.status().as_u16(), r.text().await.unwrap())
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let load = common::fetch_json(&http, format!("{mock}/_mock/load?vendor=openai")).await;
+            if load["in_flight"] == 1 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the request never reached the provider: {load}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        sigterm(&gw.child);
+        (call.await.unwrap(), store)
+    });
+    assert_eq!(
+        wait_with_timeout(&mut gw.child, Duration::from_secs(15)),
+        Some(0)
+    );
+    assert_eq!(status, 503, "{body}");
+    let err: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(err["error"]["code"], "shutting_down", "{body}");
+    let rows = rt.block_on(store.usage_records()).unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0].status, 503, "{rows:?}");
+    assert!(
+        rows[0].usage_estimated && rows[0].prompt_tokens > 0 && rows[0].completion_tokens == 0,
+        "the provider read the prompt: {rows:?}"
+    );
+}
+
 #[test]
 fn keys_cli_creates_lists_and_revokes_and_an_explicit_database_requires_keys() {
     let data = tempfile::tempdir().unwrap();

@@ -148,8 +148,18 @@ pub async fn serve(
     ctx.set_held(hold);
 
     let record_cache = ctx.cache();
-    // 5. Call the provider, failing over along the ranking until a response starts.
-    let answer = failover::chat(gw, &req, &raw, &routed, &plan, ctx).await?;
+    // 5. Call the provider, failing over along the ranking until a response starts. At the
+    //    end of a shutdown's drain the caller gets a 503 it can retry elsewhere (the OpenAI
+    //    SDKs do), not a cut connection.
+    let mut closing = gw.closing.subscribe();
+    let answer = tokio::select! {
+        biased;
+        answer = failover::chat(gw, &req, &raw, &routed, &plan, ctx) => answer?,
+        Ok(_) = closing.wait_for(|c| *c) => {
+            ctx.abandon_calls();
+            return Err(shutting_down("request"));
+        }
+    };
 
     // 6. Respond, recording usage, cost and the outcome; store a complete answer.
     let mut resp = match answer.committed {
@@ -317,13 +327,7 @@ impl SseState {
                     )),
                 },
                 // No failure of the provider's: no breaker hears of it.
-                Ok(_) = self.closing.wait_for(|c| *c) => Some(StreamItem::Error(
-                    Error::new(
-                        Kind::Unavailable,
-                        "The gateway is shutting down and this stream reached its drain timeout (server.drain_timeout_secs); retry the request.",
-                    )
-                    .with_code("shutting_down"),
-                )),
+                Ok(_) = self.closing.wait_for(|c| *c) => Some(StreamItem::Error(shutting_down("stream"))),
             },
         };
         self.before_end(&item).await;
@@ -520,6 +524,16 @@ impl std::future::Future for YieldOnce {
         cx.waker().wake_by_ref();
         std::task::Poll::Pending
     }
+}
+
+/// The error of a request or stream still open when the shutdown's drain timeout ends (no
+/// failure of the provider's: no breaker hears of it).
+fn shutting_down(what: &str) -> Error {
+    Error::new(
+        Kind::Unavailable,
+        format!("The gateway is shutting down and this {what} reached its drain timeout (server.drain_timeout_secs); retry the request."),
+    )
+    .with_code("shutting_down")
 }
 
 #[cfg(test)]

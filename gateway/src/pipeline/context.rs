@@ -445,27 +445,35 @@ impl RequestContext {
     }
 }
 
+impl RequestContext {
+    /// The upstream calls were dropped unanswered (the client left, or the drain timeout
+    /// came): a call that had gone upstream was read (and will be billed) by its provider,
+    /// so its prompt is estimated and charged, as for a hedge's loser, rather than recorded
+    /// as free. A call still queued for a slot sent nothing. Call before [`Self::finish`].
+    pub fn abandon_calls(&mut self) {
+        let primary = self.sent[PRIMARY].load(Ordering::Relaxed);
+        let hedge = self.sent[HEDGE].load(Ordering::Relaxed);
+        let hedge_hold = self.take_hedge_hold();
+        if let (true, Some(t)) = (hedge, self.hedge_target.get().cloned()) {
+            if primary {
+                // Both calls were at their providers: both bill, as after a race.
+                self.record_hedge_loser(&t, HEDGE, hedge_hold);
+            } else {
+                // Only the hedge reached its provider: that is the model that bills.
+                self.target = Some(t);
+            }
+        }
+        if self.target.is_some() && (primary || hedge) {
+            self.prompt_billed = true;
+        }
+    }
+}
+
 impl Drop for RequestContext {
     fn drop(&mut self) {
         if !self.done {
-            // The client went away. If a call had gone upstream, the provider read (and will
-            // bill) the prompt: it is estimated and charged, as for a hedge's loser, rather
-            // than recorded as free. A call still queued for a slot sent nothing.
-            let primary = self.sent[PRIMARY].load(Ordering::Relaxed);
-            let hedge = self.sent[HEDGE].load(Ordering::Relaxed);
-            let hedge_hold = self.take_hedge_hold();
-            if let (true, Some(t)) = (hedge, self.hedge_target.get().cloned()) {
-                if primary {
-                    // Both calls were at their providers: both bill, as after a race.
-                    self.record_hedge_loser(&t, HEDGE, hedge_hold);
-                } else {
-                    // Only the hedge reached its provider: that is the model that bills.
-                    self.target = Some(t);
-                }
-            }
-            if self.target.is_some() && (primary || hedge) {
-                self.prompt_billed = true;
-            }
+            // The client went away.
+            self.abandon_calls();
             self.finish(499, None);
         }
     }
