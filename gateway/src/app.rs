@@ -247,9 +247,16 @@ pub async fn serve_with_metrics(
         );
         let _ = stopping_tx.send(true);
         // Streams still open just before the drain timeout end with an error event saying
-        // why (and are recorded so), rather than being cut mid-frame when it ends.
+        // why (and are recorded so), rather than being cut mid-frame when it ends; so do
+        // requests still waiting upstream (503). A second signal (an impatient Ctrl-C) ends
+        // them now: the drain then finishes as soon as they have answered.
         let drain = g.config().drain_timeout;
-        tokio::time::sleep(drain.saturating_sub((drain / 4).min(Duration::from_secs(1)))).await;
+        tokio::select! {
+            _ = tokio::time::sleep(drain.saturating_sub((drain / 4).min(Duration::from_secs(1)))) => {}
+            _ = shutdown_signal() => {
+                warn!("second shutdown signal: ending the requests still in flight now");
+            }
+        }
         g.closing.send_replace(true);
     });
     let g = gw.clone();

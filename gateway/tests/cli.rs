@@ -630,6 +630,83 @@ fn a_request_cut_by_the_drain_timeout_gets_a_503_it_can_retry() {
     );
 }
 
+/// A second SIGTERM (or Ctrl-C) during the drain ends what is still in flight at once, the
+/// way the drain timeout would: the stream gets its error event and the process exits 0 in
+/// seconds, not after the 30 s drain timeout.
+#[test]
+fn a_second_signal_ends_the_drain_at_once() {
+    let mock = start_mock();
+    let data = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}/gw.db", data.path().display());
+    let mut gw =
+        common::spawn_listening(gateway_command(&mock, data.path()).args(["--database-url", &db]));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (body, store, took) = rt.block_on(async {
+        llm_gateway::install_crypto();
+        let store = llm_gateway::store::Store::open(&db).await.unwrap();
+        let (_, key) = store.create_key("team-d", "ci").await.unwrap();
+        let http = ::reqwest::Client::new();
+        // 600 words, 100 ms apart: a minute, far past the default 30 s drain.
+        http.post(format!("{mock}/_mock/faults"))
+            .json(&serde_json::json!({"vendor": "openai", "chunk_delay_ms": 100}))
+            .send()
+            .await
+            .unwrap();
+        let url = format!("{}/v1/chat/completions", gw.base);
+        let stream = tokio::spawn({
+            let http = http.clone();
+            async move {
+                let r = http
+                    .post(url)
+                    .bearer_auth(key)
+                    .json(&serde_json::json!({"model": "gpt-4o-mini", "stream": true,
+                        "messages": [{"role": "user", "content": "[[words=600]]"}]}))
+                    .send()
+                    .await
+                    .unwrap();
+                r.text().await.unwrap()
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let load = common::fetch_json(&http, format!("{mock}/_mock/load?vendor=openai")).await;
+            if load["in_flight"] == 1 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the stream never started: {load}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let start = Instant::now();
+        sigterm(&gw.child);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(
+            !stream.is_finished(),
+            "one signal waits for the stream (up to the drain timeout)"
+        );
+        sigterm(&gw.child);
+        let body = stream.await.unwrap();
+        (body, store, start.elapsed())
+    });
+    assert_eq!(
+        wait_with_timeout(&mut gw.child, Duration::from_secs(15)),
+        Some(0)
+    );
+    assert!(took < Duration::from_secs(20), "{took:?}");
+    assert!(!body.contains("[DONE]"), "{body}");
+    let last = body
+        .split("\n\n")
+        .filter(|f| f.starts_with("data: "))
+        .last()
+        .unwrap();
+    assert!(last.contains("\"shutting_down\""), "{body}");
+    let rows = rt.block_on(store.usage_records()).unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0].status, 503, "{rows:?}");
+}
+
 #[test]
 fn keys_cli_creates_lists_and_revokes_and_an_explicit_database_requires_keys() {
     let data = tempfile::tempdir().unwrap();
