@@ -152,6 +152,10 @@ pub async fn serve(
     //    end of a shutdown's drain the caller gets a 503 it can retry elsewhere (the OpenAI
     //    SDKs do), not a cut connection.
     let mut closing = gw.closing.subscribe();
+    if *closing.borrow_and_update() {
+        // Too late to start a call (nothing has been sent, so nothing is charged).
+        return Err(shutting_down("request"));
+    }
     let answer = tokio::select! {
         biased;
         answer = failover::chat(gw, &req, &raw, &routed, &plan, ctx) => answer?,

@@ -451,6 +451,9 @@ impl RequestContext {
     /// so its prompt is estimated and charged, as for a hedge's loser, rather than recorded
     /// as free. A call still queued for a slot sent nothing. Call before [`Self::finish`].
     pub fn abandon_calls(&mut self) {
+        if self.done {
+            return;
+        }
         let primary = self.sent[PRIMARY].load(Ordering::Relaxed);
         let hedge = self.sent[HEDGE].load(Ordering::Relaxed);
         let hedge_hold = self.take_hedge_hold();

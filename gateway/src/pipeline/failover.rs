@@ -401,8 +401,8 @@ pub async fn chat(
             Some((h, j)) => {
                 hedged = true;
                 let delay = hedge_delay(h, &target, plan);
-                // Boxed: the race holds two attempts, and inline it would triple the size of
-                // every request's future, hedged or not (copied whole when axum boxes it).
+                // Boxed: the race holds two attempts, and inline it doubled the size of every
+                // request's future, hedged or not (copied whole when axum boxes it).
                 Box::pin(race(
                     gw,
                     ctx,
