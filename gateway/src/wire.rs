@@ -58,6 +58,9 @@ pub struct ChatRequest {
     /// Log probabilities of the output tokens.
     #[serde(default)]
     pub logprobs: Option<bool>,
+    /// Token biases (only whether they are there is read).
+    #[serde(default)]
+    pub logit_bias: Option<serde::de::IgnoredAny>,
     /// The deprecated `functions` (only whether they are there is read).
     #[serde(default)]
     pub functions: Option<serde::de::IgnoredAny>,
@@ -141,6 +144,19 @@ impl ChatRequest {
         media.audio_or_files.then_some("audio or file parts")
     }
 
+    /// Whether a message names its participant (`messages[].name`).
+    pub fn names_participants(&self) -> bool {
+        self.messages.iter().any(|m| {
+            matches!(
+                m,
+                Message::System { name: Some(_), .. }
+                    | Message::Developer { name: Some(_), .. }
+                    | Message::User { name: Some(_), .. }
+                    | Message::Assistant { name: Some(_), .. }
+            )
+        })
+    }
+
     /// Whether the request defines tools.
     pub fn has_tools(&self) -> bool {
         self.tools.as_ref().is_some_and(|t| !t.is_empty())
@@ -180,16 +196,25 @@ pub enum Message {
     System {
         /// Text or text parts.
         content: Content,
+        /// The participant's name (only whether it is there is read).
+        #[serde(default)]
+        name: Option<serde::de::IgnoredAny>,
     },
     /// Instructions (newer name of `system`).
     Developer {
         /// Text or text parts.
         content: Content,
+        /// The participant's name (only whether it is there is read).
+        #[serde(default)]
+        name: Option<serde::de::IgnoredAny>,
     },
     /// The user's turn.
     User {
         /// Text, or text and image parts.
         content: Content,
+        /// The participant's name (only whether it is there is read).
+        #[serde(default)]
+        name: Option<serde::de::IgnoredAny>,
     },
     /// The model's earlier turn.
     Assistant {
@@ -199,6 +224,9 @@ pub enum Message {
         /// Tool calls made in this turn.
         #[serde(default)]
         tool_calls: Option<Vec<ToolCall>>,
+        /// The participant's name (only whether it is there is read).
+        #[serde(default)]
+        name: Option<serde::de::IgnoredAny>,
     },
     /// A tool's result.
     Tool {
@@ -221,9 +249,9 @@ impl Message {
     /// The message's content, if any.
     pub fn content(&self) -> Option<&Content> {
         match self {
-            Message::System { content }
-            | Message::Developer { content }
-            | Message::User { content }
+            Message::System { content, .. }
+            | Message::Developer { content, .. }
+            | Message::User { content, .. }
             | Message::Tool { content, .. } => Some(content),
             Message::Assistant { content, .. } => content.as_ref(),
             Message::Function { .. } => None,

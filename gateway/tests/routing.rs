@@ -258,9 +258,20 @@ async fn requests_a_providers_api_refuses_never_go_to_it() {
             "logprobs",
             &["groq/", "openai/o3"][..],
         ),
+        (
+            "logit_bias",
+            json!({"1734": -100}),
+            "logit_bias",
+            &["groq/"][..],
+        ),
+        ("name", json!("alice"), "messages[].name", &["groq/"][..]),
     ] {
         let mut body = ask("every", "Name a colour.");
-        body[field] = value;
+        if field == "name" {
+            body["messages"][0][field] = value;
+        } else {
+            body[field] = value;
+        }
         let (status, d) = h.route(&body).await;
         assert_eq!(status, 200, "{d}");
         let excluded: Vec<&str> = d["decision"]["excluded"]
@@ -292,6 +303,19 @@ async fn requests_a_providers_api_refuses_never_go_to_it() {
             assert!(ranked.contains(&"openai/gpt-4o-mini"), "{ranked:?}");
         }
     }
+    // Served for real: the virtual model answers a named participant; Groq itself, asked
+    // by name, refuses as it does (the mock speaks its 400).
+    let mut body = ask("every", "Name a colour.");
+    body["messages"][0]["name"] = json!("alice");
+    let (status, _, v) = h.chat(&body).await;
+    assert_eq!(status, 200, "{v}");
+    body["model"] = json!("groq/llama-3.1-8b-instant");
+    let (status, _, v) = h.chat(&body).await;
+    assert_eq!(status, 400, "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("'name'"),
+        "{v}"
+    );
 }
 
 /// A virtual model never sends a request for more output tokens than a candidate writes:

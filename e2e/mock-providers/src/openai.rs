@@ -140,6 +140,11 @@ pub async fn chat(
     if let Some(msg) = tool_message_error(messages) {
         return error(StatusCode::BAD_REQUEST, "invalid_request_error", &msg, None);
     }
+    if vendor == "groq" {
+        if let Some(msg) = groq_unsupported(&req, messages) {
+            return error(StatusCode::BAD_REQUEST, "invalid_request_error", &msg, None);
+        }
+    }
     if !model_exists(&m, vendor, model) {
         return not_found(vendor, model);
     }
@@ -337,6 +342,24 @@ fn choose_tool(req: &Value, last: &Value) -> Option<(String, String)> {
         .unwrap_or("tool")
         .to_owned();
     Some((name, sample(&tool["function"]["parameters"]).to_string()))
+}
+
+/// What Groq's OpenAI-compatible API refuses with a 400 though OpenAI's takes it (its
+/// compatibility page: `logprobs`, `logit_bias`, `top_logprobs`, `messages[].name`, and `n`
+/// other than 1).
+fn groq_unsupported(req: &Value, messages: &[Value]) -> Option<String> {
+    if req.get("n").is_some_and(|n| !n.is_null() && n != 1) {
+        return Some("'n' : number must be at most 1".into());
+    }
+    for field in ["logprobs", "logit_bias", "top_logprobs"] {
+        if req.get(field).is_some_and(|v| !v.is_null() && v != false) {
+            return Some(format!("property '{field}' is unsupported"));
+        }
+    }
+    messages
+        .iter()
+        .position(|m| m.get("name").is_some_and(|n| !n.is_null()))
+        .map(|i| format!("'messages.{i}' : property 'name' is unsupported"))
 }
 
 /// `POST …/embeddings`.

@@ -360,7 +360,7 @@ impl std::io::Write for HashWriter {
 fn last_user_text(req: &ChatRequest) -> Option<String> {
     let last = req.messages.last()?;
     match last {
-        crate::wire::Message::User { content } => Some(content.text_cow().into_owned()),
+        crate::wire::Message::User { content, .. } => Some(content.text_cow().into_owned()),
         _ => None,
     }
 }

@@ -440,7 +440,7 @@ fn last_user_text(req: &ChatRequest) -> std::borrow::Cow<'_, str> {
         .iter()
         .rev()
         .find_map(|m| match m {
-            Message::User { content } => Some(content.text_cow()),
+            Message::User { content, .. } => Some(content.text_cow()),
             _ => None,
         })
         .unwrap_or_default()
@@ -487,7 +487,7 @@ fn features_of(req: &ChatRequest, text: &str) -> Features {
             .messages
             .iter()
             .filter_map(|m| match m {
-                Message::System { content } | Message::Developer { content } => {
+                Message::System { content, .. } | Message::Developer { content, .. } => {
                     Some(content.text_cow().split_whitespace().count())
                 }
                 _ => None,

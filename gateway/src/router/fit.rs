@@ -30,6 +30,10 @@ pub struct Needs {
     pub choices: bool,
     /// Log probabilities (`logprobs: true`).
     pub logprobs: bool,
+    /// Token biases (`logit_bias`).
+    pub logit_bias: bool,
+    /// Named participants (`messages[].name`).
+    pub names: bool,
     /// Tokens of room kept for the answer.
     pub reserve: usize,
     /// The output limit the request set itself, if any.
@@ -49,6 +53,8 @@ impl Needs {
             openai_only: req.openai_only(media),
             choices: req.n.is_some_and(|n| n > 1),
             logprobs: req.logprobs == Some(true),
+            logit_bias: req.logit_bias.is_some(),
+            names: req.names_participants(),
             reserve: req.max_output().map_or(default, |m| m as usize),
             max_output: req.max_output(),
         }
@@ -88,16 +94,17 @@ pub fn protocol(protocol: Protocol, needs: &Needs) -> Option<Exclusion> {
 }
 
 /// Whether `provider`'s own API refuses or ignores what the request asks though its protocol
-/// carries it, so a virtual model must not pick it: Groq answers `n > 1` and `logprobs`
-/// with a 400, Ollama ignores `n` (one choice comes back), and OpenAI's reasoning models
-/// take no `logprobs`. A provider is Groq's or OpenAI's by its name (as the quick start and
-/// the catalog name them) or its API's host.
+/// carries it, so a virtual model must not pick it: Groq answers `n > 1`, `logprobs`,
+/// `logit_bias` and `messages[].name` with a 400 (its OpenAI-compatibility page), Ollama
+/// ignores `n` (one choice comes back), and OpenAI's reasoning models take no `logprobs`.
+/// A provider is Groq's or OpenAI's by its name (as the quick start and the catalog name
+/// them) or its API's host.
 pub fn provider_api(
     provider: &crate::providers::Provider,
     info: &ModelInfo,
     needs: &Needs,
 ) -> Option<Exclusion> {
-    if !needs.choices && !needs.logprobs {
+    if !needs.choices && !needs.logprobs && !needs.logit_bias && !needs.names {
         return None;
     }
     let is = |name: &str, host: &str| &*provider.name == name || provider.base_url.contains(host);
@@ -108,6 +115,10 @@ pub fn provider_api(
         && (groq || (is("openai", "api.openai.com") && info.tags.iter().any(|t| t == "reasoning")))
     {
         "logprobs"
+    } else if needs.logit_bias && groq {
+        "logit_bias"
+    } else if needs.names && groq {
+        "messages[].name"
     } else {
         return None;
     };

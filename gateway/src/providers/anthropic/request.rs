@@ -48,13 +48,14 @@ pub fn translate(
     };
     for (i, m) in req.messages.iter().enumerate() {
         match m {
-            Message::System { content } | Message::Developer { content } => {
+            Message::System { content, .. } | Message::Developer { content, .. } => {
                 system.push(content.text())
             }
-            Message::User { content } => push("user", user_blocks(content, i)?),
+            Message::User { content, .. } => push("user", user_blocks(content, i)?),
             Message::Assistant {
                 content,
                 tool_calls,
+                ..
             } => {
                 let mut blocks = Vec::new();
                 if let Some(text) = content
