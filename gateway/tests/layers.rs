@@ -20,6 +20,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "install_crypto",
             "trace_context",
             "threads",
+            "alloc",
         ],
     ),
     ("config", &["config"]),
