@@ -471,79 +471,124 @@ fn sigterm_during_streams(threading: &str) {
     );
 }
 
+/// One call through the gateway binary (with a database, and `drain_timeout_secs` if
+/// given), waiting at the mock, whose `fault` slows it: what the shutdown tests signal into.
+struct InFlight {
+    gw: common::Listening,
+    rt: tokio::runtime::Runtime,
+    store: llm_gateway::store::Store,
+    /// The call's status and body, once it ends.
+    call: tokio::task::JoinHandle<(u16, String)>,
+    _data: tempfile::TempDir,
+}
+
+impl InFlight {
+    fn start(drain_secs: Option<u32>, fault: serde_json::Value, body: serde_json::Value) -> Self {
+        let mock = start_mock();
+        let data = tempfile::tempdir().unwrap();
+        let db = format!("sqlite://{}/gw.db", data.path().display());
+        let mut cmd = gateway_command(&mock, data.path());
+        cmd.args(["--database-url", &db]);
+        if let Some(secs) = drain_secs {
+            let config = data.path().join("gw.yaml");
+            std::fs::write(
+                &config,
+                format!("server: {{drain_timeout_secs: {secs}}}\nproviders:\n  - name: openai\n    base_url: {mock}/openai/v1\n    api_key: {{env: OPENAI_API_KEY}}\n"),
+            )
+            .unwrap();
+            cmd.args(["--config", config.to_str().unwrap()]);
+        }
+        let gw = common::spawn_listening(&mut cmd);
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let url = format!("{}/v1/chat/completions", gw.base);
+        let (store, call) = rt.block_on(async {
+            llm_gateway::install_crypto();
+            let store = llm_gateway::store::Store::open(&db).await.unwrap();
+            let (_, key) = store.create_key("team-d", "ci").await.unwrap();
+            let http = ::reqwest::Client::new();
+            let mut fault = fault;
+            fault["vendor"] = serde_json::json!("openai");
+            http.post(format!("{mock}/_mock/faults"))
+                .json(&fault)
+                .send()
+                .await
+                .unwrap();
+            let call = tokio::spawn({
+                let http = http.clone();
+                async move {
+                    let r = http
+                        .post(url)
+                        .bearer_auth(key)
+                        .json(&body)
+                        .send()
+                        .await
+                        .unwrap();
+                    (r.status().as_u16(), r.text().await.unwrap())
+                }
+            });
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let load =
+                    common::fetch_json(&http, format!("{mock}/_mock/load?vendor=openai")).await;
+                if load["in_flight"] == 1 {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "the call never reached the provider: {load}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            (store, call)
+        });
+        Self {
+            gw,
+            rt,
+            store,
+            call,
+            _data: data,
+        }
+    }
+
+    /// The call's outcome, the gateway's exit code (within 15 s) and the ledger's rows.
+    fn finish(
+        mut self,
+    ) -> (
+        (u16, String),
+        Option<i32>,
+        Vec<llm_gateway::store::usage::UsageRecord>,
+    ) {
+        let out = self.rt.block_on(self.call).unwrap();
+        let code = wait_with_timeout(&mut self.gw.child, Duration::from_secs(15));
+        let rows = self.rt.block_on(self.store.usage_records()).unwrap();
+        (out, code, rows)
+    }
+}
+
+/// The last `data:` event of an SSE body.
+fn last_event(body: &str) -> &str {
+    body.split("\n\n")
+        .filter(|f| f.starts_with("data: "))
+        .last()
+        .unwrap()
+}
+
 /// A stream that outlasts the drain timeout ends with an error event saying why, and its
 /// record says 503 with what it produced estimated, not 499 (the client did not leave).
 #[test]
 fn a_stream_cut_by_the_drain_timeout_ends_with_an_error_event() {
-    let mock = start_mock();
-    let data = tempfile::tempdir().unwrap();
-    let config = data.path().join("gw.yaml");
-    std::fs::write(
-        &config,
-        format!("server: {{drain_timeout_secs: 1}}\nproviders:\n  - name: openai\n    base_url: {mock}/openai/v1\n    api_key: {{env: OPENAI_API_KEY}}\n"),
-    )
-    .unwrap();
-    let db = format!("sqlite://{}/gw.db", data.path().display());
-    let mut gw = common::spawn_listening(gateway_command(&mock, data.path()).args([
-        "--config",
-        config.to_str().unwrap(),
-        "--database-url",
-        &db,
-    ]));
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let (body, store) = rt.block_on(async {
-        llm_gateway::install_crypto();
-        let store = llm_gateway::store::Store::open(&db).await.unwrap();
-        let (_, key) = store.create_key("team-d", "ci").await.unwrap();
-        let http = ::reqwest::Client::new();
-        // 50 words, 100 ms apart: 5 s, far past the 1 s drain.
-        http.post(format!("{mock}/_mock/faults"))
-            .json(&serde_json::json!({"vendor": "openai", "chunk_delay_ms": 100}))
-            .send()
-            .await
-            .unwrap();
-        let url = format!("{}/v1/chat/completions", gw.base);
-        let stream = tokio::spawn({
-            let http = http.clone();
-            async move {
-                let r = http
-                    .post(url)
-                    .bearer_auth(key)
-                    .json(&serde_json::json!({"model": "gpt-4o-mini", "stream": true,
-                        "messages": [{"role": "user", "content": "[[words=50]]"}]}))
-                    .send()
-                    .await
-                    .unwrap();
-                r.text().await.unwrap()
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let load = common::fetch_json(&http, format!("{mock}/_mock/load?vendor=openai")).await;
-            if load["in_flight"] == 1 {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the stream never started: {load}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        sigterm(&gw.child);
-        (stream.await.unwrap(), store)
-    });
-    assert_eq!(
-        wait_with_timeout(&mut gw.child, Duration::from_secs(15)),
-        Some(0)
+    // 50 words, 100 ms apart: 5 s, far past the 1 s drain.
+    let f = InFlight::start(
+        Some(1),
+        serde_json::json!({"chunk_delay_ms": 100}),
+        serde_json::json!({"model": "gpt-4o-mini", "stream": true,
+            "messages": [{"role": "user", "content": "[[words=50]]"}]}),
     );
+    sigterm(&f.gw.child);
+    let ((_, body), code, rows) = f.finish();
+    assert_eq!(code, Some(0));
     assert!(!body.contains("[DONE]"), "{body}");
-    let last = body
-        .split("\n\n")
-        .filter(|f| f.starts_with("data: "))
-        .last()
-        .unwrap();
-    assert!(last.contains("\"shutting_down\""), "{body}");
-    let rows = rt.block_on(store.usage_records()).unwrap();
+    assert!(last_event(&body).contains("\"shutting_down\""), "{body}");
     assert_eq!(rows.len(), 1, "{rows:?}");
     assert_eq!(rows[0].status, 503, "{rows:?}");
     assert!(
@@ -557,71 +602,19 @@ fn a_stream_cut_by_the_drain_timeout_ends_with_an_error_event() {
 /// the provider read estimated and charged, not 499 (the client did not leave).
 #[test]
 fn a_request_cut_by_the_drain_timeout_gets_a_503_it_can_retry() {
-    let mock = start_mock();
-    let data = tempfile::tempdir().unwrap();
-    let config = data.path().join("gw.yaml");
-    std::fs::write(
-        &config,
-        format!("server: {{drain_timeout_secs: 1}}\nproviders:\n  - name: openai\n    base_url: {mock}/openai/v1\n    api_key: {{env: OPENAI_API_KEY}}\n"),
-    )
-    .unwrap();
-    let db = format!("sqlite://{}/gw.db", data.path().display());
-    let mut gw = common::spawn_listening(gateway_command(&mock, data.path()).args([
-        "--config",
-        config.to_str().unwrap(),
-        "--database-url",
-        &db,
-    ]));
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let ((status, body), store) = rt.block_on(async {
-        llm_gateway::install_crypto();
-        let store = llm_gateway::store::Store::open(&db).await.unwrap();
-        let (_, key) = store.create_key("team-d", "ci").await.unwrap();
-        let http = ::reqwest::Client::new();
-        // The provider answers in 5 s, far past the 1 s drain.
-        http.post(format!("{mock}/_mock/faults"))
-            .json(&serde_json::json!({"vendor": "openai", "latency_ms": 5000}))
-            .send()
-            .await
-            .unwrap();
-        let url = format!("{}/v1/chat/completions", gw.base);
-        let call = tokio::spawn({
-            let http = http.clone();
-            async move {
-                let r = http
-                    .post(url)
-                    .bearer_auth(key)
-                    .json(&serde_json::json!({"model": "gpt-4o-mini",
-                        "messages": [{"role": "user", "content": "hello there"}]}))
-                    .send()
-                    .await
-                    .unwrap();
-                (r.status().as_u16(), r.text().await.unwrap())
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let load = common::fetch_json(&http, format!("{mock}/_mock/load?vendor=openai")).await;
-            if load["in_flight"] == 1 {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the request never reached the provider: {load}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        sigterm(&gw.child);
-        (call.await.unwrap(), store)
-    });
-    assert_eq!(
-        wait_with_timeout(&mut gw.child, Duration::from_secs(15)),
-        Some(0)
+    // The provider answers in 5 s, far past the 1 s drain.
+    let f = InFlight::start(
+        Some(1),
+        serde_json::json!({"latency_ms": 5000}),
+        serde_json::json!({"model": "gpt-4o-mini",
+            "messages": [{"role": "user", "content": "hello there"}]}),
     );
+    sigterm(&f.gw.child);
+    let ((status, body), code, rows) = f.finish();
+    assert_eq!(code, Some(0));
     assert_eq!(status, 503, "{body}");
     let err: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(err["error"]["code"], "shutting_down", "{body}");
-    let rows = rt.block_on(store.usage_records()).unwrap();
     assert_eq!(rows.len(), 1, "{rows:?}");
     assert_eq!(rows[0].status, 503, "{rows:?}");
     assert!(
@@ -635,74 +628,30 @@ fn a_request_cut_by_the_drain_timeout_gets_a_503_it_can_retry() {
 /// seconds, not after the 30 s drain timeout.
 #[test]
 fn a_second_signal_ends_the_drain_at_once() {
-    let mock = start_mock();
-    let data = tempfile::tempdir().unwrap();
-    let db = format!("sqlite://{}/gw.db", data.path().display());
-    let mut gw =
-        common::spawn_listening(gateway_command(&mock, data.path()).args(["--database-url", &db]));
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let (body, store, took) = rt.block_on(async {
-        llm_gateway::install_crypto();
-        let store = llm_gateway::store::Store::open(&db).await.unwrap();
-        let (_, key) = store.create_key("team-d", "ci").await.unwrap();
-        let http = ::reqwest::Client::new();
-        // 600 words, 100 ms apart: a minute, far past the default 30 s drain.
-        http.post(format!("{mock}/_mock/faults"))
-            .json(&serde_json::json!({"vendor": "openai", "chunk_delay_ms": 100}))
-            .send()
-            .await
-            .unwrap();
-        let url = format!("{}/v1/chat/completions", gw.base);
-        let stream = tokio::spawn({
-            let http = http.clone();
-            async move {
-                let r = http
-                    .post(url)
-                    .bearer_auth(key)
-                    .json(&serde_json::json!({"model": "gpt-4o-mini", "stream": true,
-                        "messages": [{"role": "user", "content": "[[words=600]]"}]}))
-                    .send()
-                    .await
-                    .unwrap();
-                r.text().await.unwrap()
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let load = common::fetch_json(&http, format!("{mock}/_mock/load?vendor=openai")).await;
-            if load["in_flight"] == 1 {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the stream never started: {load}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let start = Instant::now();
-        sigterm(&gw.child);
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        assert!(
-            !stream.is_finished(),
-            "one signal waits for the stream (up to the drain timeout)"
-        );
-        sigterm(&gw.child);
-        let body = stream.await.unwrap();
-        (body, store, start.elapsed())
-    });
-    assert_eq!(
-        wait_with_timeout(&mut gw.child, Duration::from_secs(15)),
-        Some(0)
+    // 600 words, 100 ms apart: a minute, far past the default 30 s drain.
+    let f = InFlight::start(
+        None,
+        serde_json::json!({"chunk_delay_ms": 100}),
+        serde_json::json!({"model": "gpt-4o-mini", "stream": true,
+            "messages": [{"role": "user", "content": "[[words=600]]"}]}),
     );
-    assert!(took < Duration::from_secs(20), "{took:?}");
+    let start = Instant::now();
+    sigterm(&f.gw.child);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        !f.call.is_finished(),
+        "one signal waits for the stream (up to the drain timeout)"
+    );
+    sigterm(&f.gw.child);
+    let ((_, body), code, rows) = f.finish();
+    assert!(
+        start.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(code, Some(0));
     assert!(!body.contains("[DONE]"), "{body}");
-    let last = body
-        .split("\n\n")
-        .filter(|f| f.starts_with("data: "))
-        .last()
-        .unwrap();
-    assert!(last.contains("\"shutting_down\""), "{body}");
-    let rows = rt.block_on(store.usage_records()).unwrap();
+    assert!(last_event(&body).contains("\"shutting_down\""), "{body}");
     assert_eq!(rows.len(), 1, "{rows:?}");
     assert_eq!(rows[0].status, 503, "{rows:?}");
 }
