@@ -445,6 +445,47 @@ async fn hedging_asks_the_next_provider_after_the_delay_and_both_calls_are_paid(
     );
 }
 
+/// When the first call is refused by its provider (a 400, the request's own fault there)
+/// after its hedge has gone out, the hedge's answer is what the client gets: that call was
+/// made and is paid for, and another provider took the request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hedge_that_answers_stands_when_the_first_call_is_refused() {
+    let (h, store, key) = hedged_pair(0.5, "team-x").await;
+    // OpenAI refuses after the hedge is sent (0.5 s); Groq answers after that.
+    h.fault(json!({"vendor": "openai", "latency_ms": 1500, "status": 400, "times": 1}))
+        .await;
+    h.fault(json!({"vendor": "groq", "latency_ms": 2500, "times": 1}))
+        .await;
+    let r = h
+        .http
+        .post(format!("{}/v1/chat/completions", h.gw))
+        .bearer_auth(&key)
+        .json(&body("pair", false, 4))
+        .send()
+        .await
+        .unwrap();
+    let (status, provider) = (r.status(), r.headers()["x-llm-gateway-provider"].clone());
+    let id = r.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(provider, "groq");
+    assert!(v["choices"][0]["message"]["content"].is_string(), "{v}");
+    h.flush_ledger().await;
+    let rows: Vec<_> = store
+        .usage_records()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|u| u.request_id == id)
+        .collect();
+    let answered = rows
+        .iter()
+        .find(|u| u.status == 200)
+        .expect("the answer's row");
+    assert_eq!(answered.provider.as_deref(), Some("groq"), "{rows:?}");
+    assert!(answered.cost_usd.unwrap() > 0.0, "{rows:?}");
+}
+
 /// A client that leaves while both the first call and its hedge are at their providers pays
 /// for both (each read the prompt), on the tenant's budget too, as after a decided race.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

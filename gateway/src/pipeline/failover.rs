@@ -441,6 +441,9 @@ pub async fn chat(
                 vec![a, b]
             }
         };
+        // After a hedge race, the other call's answer stands even where one provider refused
+        // the request itself (a 4xx): that call was made, and is paid for.
+        let answered = results.iter().any(|(_, r)| r.is_ok());
         for (t, r) in results {
             match r {
                 Ok((committed, permit)) => {
@@ -457,7 +460,12 @@ pub async fn chat(
                     });
                 }
                 Err(e) => {
-                    let Some(f) = e.failure else { return Err(e) };
+                    let Some(f) = e.failure else {
+                        if answered {
+                            continue;
+                        }
+                        return Err(e);
+                    };
                     note_failure(gw, ctx, &t, &e, f);
                     // A model's own rate limit leaves its provider's other models to try,
                     // after the other providers'.
