@@ -333,6 +333,20 @@ async fn hedged_pair(
     (h, store, key)
 }
 
+/// The ledger's rows of request `id` (a hedged request has one per call).
+async fn rows_of(
+    store: &llm_gateway::store::Store,
+    id: &str,
+) -> Vec<llm_gateway::store::usage::UsageRecord> {
+    store
+        .usage_records()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|u| u.request_id == id)
+        .collect()
+}
+
 /// The USD `key`'s first budget has used, and the whole `GET /v1/budget` answer.
 async fn used_usd(h: &Harness, key: &str) -> (f64, Value) {
     let me: Value = h
@@ -385,13 +399,7 @@ async fn hedging_asks_the_next_provider_after_the_delay_and_both_calls_are_paid(
                 "the usage rows of {id} never came"
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
-            let rows: Vec<_> = store
-                .usage_records()
-                .await
-                .unwrap()
-                .into_iter()
-                .filter(|u| u.request_id == id)
-                .collect();
+            let rows = rows_of(&store, &id).await;
             if rows.len() == 2 || (stream && attempts == "1" && rows.len() == 1) {
                 break rows;
             }
@@ -471,13 +479,7 @@ async fn a_hedge_that_answers_stands_when_the_first_call_is_refused() {
     assert_eq!(provider, "groq");
     assert!(v["choices"][0]["message"]["content"].is_string(), "{v}");
     h.flush_ledger().await;
-    let rows: Vec<_> = store
-        .usage_records()
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|u| u.request_id == id)
-        .collect();
+    let rows = rows_of(&store, &id).await;
     let answered = rows
         .iter()
         .find(|u| u.status == 200)

@@ -11,6 +11,20 @@ fn ask(model: &str, text: &str) -> Value {
     json!({"model": model, "messages": [{"role": "user", "content": text}]})
 }
 
+/// The models a dry run excluded for `reason`, each checked to name `feature`.
+fn excluded_for<'a>(decision: &'a Value, reason: &str, feature: &str) -> Vec<&'a str> {
+    decision["decision"]["excluded"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|x| x["reason"] == reason)
+        .map(|x| {
+            assert_eq!(x["feature"], feature, "{x}");
+            x["model"].as_str().unwrap()
+        })
+        .collect()
+}
+
 fn ranking(decision: &Value) -> &Vec<Value> {
     decision["decision"]["ranking"].as_array().unwrap()
 }
@@ -212,16 +226,7 @@ async fn requests_only_the_openai_protocol_carries_never_go_to_anthropic() {
             body[field] = value.clone();
             let (status, d) = h.route(&body).await;
             assert_eq!(status, 200, "{d}");
-            let excluded: Vec<&str> = d["decision"]["excluded"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter(|x| x["reason"] == "openai_only")
-                .map(|x| {
-                    assert_eq!(x["feature"], feature);
-                    x["model"].as_str().unwrap()
-                })
-                .collect();
+            let excluded = excluded_for(&d, "openai_only", feature);
             assert!(
                 !excluded.is_empty() && excluded.iter().all(|m| m.starts_with("anthropic/")),
                 "{field} on {model}: {d}"
@@ -274,16 +279,7 @@ async fn requests_a_providers_api_refuses_never_go_to_it() {
         }
         let (status, d) = h.route(&body).await;
         assert_eq!(status, 200, "{d}");
-        let excluded: Vec<&str> = d["decision"]["excluded"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|x| x["reason"] == "unsupported_by_provider")
-            .map(|x| {
-                assert_eq!(x["feature"], feature, "{x}");
-                x["model"].as_str().unwrap()
-            })
-            .collect();
+        let excluded = excluded_for(&d, "unsupported_by_provider", feature);
         for prefix in lacking {
             assert!(
                 excluded.iter().any(|m| m.starts_with(prefix)),
